@@ -1,0 +1,127 @@
+//! Block devices behind one trait.
+//!
+//! A [`Bdev`] is shared by all reactors (it is `Send + Sync` and holds no per-I/O state); each reactor
+//! opens its own [`BdevChannel`] and drives it from its polling loop, like SPDK's I/O channels. I/O is
+//! submitted with an owned [`IoBuf`] that comes back in the [`Completion`], so an asynchronous backend
+//! (io_uring) can never outlive the memory it writes into, and nothing is allocated per I/O.
+
+mod buf;
+
+pub use buf::IoBuf;
+
+use std::sync::Arc;
+
+/// Static facts about a block device.
+#[derive(Debug, Clone)]
+pub struct BdevInfo {
+    pub name: String,
+    /// Backend kind for logs and reports: "malloc", "null", "uring".
+    pub kind: &'static str,
+    /// Logical block size in bytes (a power of two, 512..=65536).
+    pub block_size: u32,
+    pub num_blocks: u64,
+    /// Deallocated blocks read back as zeroes.
+    pub deallocate_zeroes: bool,
+    /// The device has a volatile write cache (Flush means something).
+    pub volatile_cache: bool,
+}
+
+/// One NVMe DSM range as the host sends it (16 bytes, little endian): context attributes, length in
+/// blocks, starting LBA. Deallocate I/O carries a list of these in its buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DsmRange {
+    pub attributes: u32,
+    pub blocks: u32,
+    pub lba: u64,
+}
+
+impl DsmRange {
+    pub const SIZE: usize = 16;
+
+    pub fn parse(b: &[u8; 16]) -> Self {
+        DsmRange {
+            attributes: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            blocks: u32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            lba: u64::from_le_bytes([b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]]),
+        }
+    }
+
+    pub fn encode(&self) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        b[0..4].copy_from_slice(&self.attributes.to_le_bytes());
+        b[4..8].copy_from_slice(&self.blocks.to_le_bytes());
+        b[8..16].copy_from_slice(&self.lba.to_le_bytes());
+        b
+    }
+}
+
+/// What an I/O does. LBAs and block counts are already checked against the device size by the
+/// caller; a backend still refuses out-of-range requests with [`IoError::OutOfRange`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// Read `blocks` blocks at `lba` into the first `blocks * block_size` bytes of the buffer.
+    Read { lba: u64, blocks: u32 },
+    /// Write `blocks` blocks at `lba` from the first `blocks * block_size` bytes of the buffer.
+    Write { lba: u64, blocks: u32 },
+    /// Make completed writes durable.
+    Flush,
+    /// Write zeroes to `blocks` blocks at `lba` (the buffer is not used).
+    WriteZeroes { lba: u64, blocks: u32 },
+    /// Deallocate the `ranges` [`DsmRange`]s stored at the start of the buffer.
+    Deallocate { ranges: u16 },
+}
+
+/// An I/O handed to a channel. `tag` is the submitter's and comes back unchanged.
+#[derive(Debug)]
+pub struct Io {
+    pub tag: u64,
+    pub op: Op,
+    pub buf: IoBuf,
+}
+
+/// Why an I/O failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum IoError {
+    #[error("LBA range outside the device")]
+    OutOfRange,
+    #[error("buffer smaller than the transfer")]
+    BufferTooSmall,
+    #[error("operation not supported by this backend")]
+    Unsupported,
+    /// The backend's device failed; carries the errno.
+    #[error("device I/O error (errno {0})")]
+    Media(i32),
+}
+
+/// A finished I/O: the submitter's tag, the result and the buffer back.
+#[derive(Debug)]
+pub struct Completion {
+    pub tag: u64,
+    pub result: Result<(), IoError>,
+    pub buf: IoBuf,
+}
+
+/// A block device, shared by every reactor.
+pub trait Bdev: Send + Sync {
+    fn info(&self) -> &BdevInfo;
+    /// Open this reactor's channel. Called once per reactor at start-up, never on the I/O path.
+    fn channel(&self) -> std::io::Result<Box<dyn BdevChannel>>;
+}
+
+/// One reactor's view of a device. Not `Send`: it lives and dies on the reactor that opened it.
+pub trait BdevChannel {
+    /// Queue an I/O. On refusal (the channel is full) the I/O is handed back untouched; the caller
+    /// retries after a `poll`.
+    fn submit(&mut self, io: Io) -> Result<(), Io>;
+    /// Reap finished I/Os, calling `done` for each; returns how many. Never blocks.
+    fn poll(&mut self, done: &mut dyn FnMut(Completion)) -> usize;
+    /// I/Os submitted and not yet reaped.
+    fn in_flight(&self) -> usize;
+}
+
+/// Open the device a config entry describes.
+pub fn open(cfg: &nvmfd_config::BdevConfig) -> std::io::Result<Arc<dyn Bdev>> {
+    backends::open(cfg)
+}
+
+mod backends;

@@ -1,0 +1,1 @@
+//! nvmfd configuration (filled in by the config work).

@@ -1,1 +1,3 @@
-//! placeholder
+//! NVMe-oF wire formats ([`proto`]) and transports.
+
+pub mod proto;

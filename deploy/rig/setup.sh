@@ -34,7 +34,7 @@ PACKAGES=(
     qemu-system-x86 qemu-utils      # the guest machine; qemu-img for emulated SSD images
     busybox-static cpio gzip        # the initramfs
     kmod                            # modprobe --show-depends, depmod
-    nvme-cli fio                    # the initiator-side tools, run inside the guest from this /
+    nvme-cli fio jq                 # the initiator-side tools, run inside the guest from this /
     iproute2 procps util-linux coreutils   # ip/ss, pgrep, blockdev/uuidgen, timeout
     rdma-core ibverbs-providers ibverbs-utils  # soft-RoCE (rxe) userspace for RDMA tests
 )

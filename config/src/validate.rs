@@ -1,0 +1,735 @@
+//! From the raw YAML shape to a validated [`Config`] with every default filled in.
+//!
+//! All checks run even after one fails, so one run reports every problem found in the values.
+
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use crate::de::NodeDe;
+use crate::path::FieldPath;
+use crate::raw::{
+    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawReactors, RawSubsystem, RawTcp,
+    RawTransportKind, RawUring,
+};
+use crate::size::Size;
+use crate::yaml::{self, Node, Pos};
+use crate::{
+    BdevConfig, BdevKind, Config, ConfigError, Diagnostic, DigestMode, Discovery, ListenerConfig,
+    NamespaceConfig, Reactors, SubsystemConfig, TcpTransport, TransportKind, Transports,
+    DISCOVERY_NQN,
+};
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+const MAX_NQN_LEN: usize = 223;
+const MAX_SERIAL_LEN: usize = 20;
+const MAX_MODEL_LEN: usize = 40;
+const DEFAULT_PORT: u16 = 4420;
+const DEFAULT_BLOCK_SIZE: u32 = 4096;
+
+fn diagnostic(file: &str, pos: Pos, path: &FieldPath, message: String) -> Diagnostic {
+    Diagnostic {
+        file: file.to_owned(),
+        line: pos.line,
+        column: pos.column,
+        path: path.to_string(),
+        message,
+    }
+}
+
+/// Parse, deserialize and validate.
+pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+    let root = yaml::parse(text)
+        .map_err(|e| ConfigError::Invalid(vec![diagnostic(file, e.pos, &e.path, e.message)]))?;
+    // A document that is just `~` or empty means "all defaults", like an empty file.
+    let root = if root.is_null() {
+        Node::empty_map(root.pos)
+    } else {
+        root
+    };
+    let raw = RawConfig::deserialize(NodeDe {
+        node: &root,
+        path: FieldPath::root(),
+    })
+    .map_err(|e| {
+        let path = e.path.unwrap_or_default();
+        let pos = e.pos.unwrap_or(root.pos);
+        ConfigError::Invalid(vec![diagnostic(file, pos, &path, e.message)])
+    })?;
+    let mut v = Validator {
+        root: &root,
+        file,
+        diags: Vec::new(),
+    };
+    let config = v.config(raw);
+    if v.diags.is_empty() {
+        Ok(config)
+    } else {
+        // Stable: problems on the same spot keep the order they were found in.
+        v.diags.sort_by_key(|d| (d.line, d.column));
+        Err(ConfigError::Invalid(v.diags))
+    }
+}
+
+/// Where a diagnostic points: at the key (`foo:`) or at its value.
+#[derive(Clone, Copy)]
+enum At {
+    Key,
+    Value,
+}
+
+struct Validator<'a> {
+    root: &'a Node,
+    file: &'a str,
+    diags: Vec<Diagnostic>,
+}
+
+/// `4096` → `4KiB`, `1000` → `1000 bytes`.
+fn fmt_size(n: u64) -> String {
+    for (unit, shift) in [
+        ("EiB", 60),
+        ("PiB", 50),
+        ("TiB", 40),
+        ("GiB", 30),
+        ("MiB", 20),
+    ] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    if n >= KIB && n.is_multiple_of(KIB) {
+        return format!("{}KiB", n / KIB);
+    }
+    format!("{n} bytes")
+}
+
+/// NQN rules shared by subsystem and host NQNs; `None` when valid.
+fn nqn_problem(nqn: &str) -> Option<String> {
+    if !nqn.starts_with("nqn.") || nqn.len() <= 4 {
+        return Some(format!(
+            "{nqn:?} is not a valid NQN: it must start with \"nqn.\" \
+             (e.g. nqn.2026-11.io.example:disk1)"
+        ));
+    }
+    if nqn.len() > MAX_NQN_LEN {
+        return Some(format!(
+            "NQN is {} bytes long, at most {MAX_NQN_LEN} are allowed",
+            nqn.len()
+        ));
+    }
+    if let Some(c) = nqn.chars().find(|c| !c.is_ascii_graphic()) {
+        return Some(format!(
+            "{nqn:?} is not a valid NQN: it may only contain printable ASCII without spaces \
+             (found {c:?})"
+        ));
+    }
+    None
+}
+
+/// Printable ASCII (spaces allowed), non-empty, at most `max` bytes; `None` when valid.
+fn ascii_field_problem(what: &str, value: &str, max: usize) -> Option<String> {
+    if value.is_empty() {
+        return Some(format!("{what} must not be empty"));
+    }
+    if let Some(c) = value.chars().find(|c| !(' '..='~').contains(c)) {
+        return Some(format!(
+            "{what} {value:?} may only contain printable ASCII (found {c:?})"
+        ));
+    }
+    if value.len() > max {
+        return Some(format!(
+            "{what} {value:?} is {} bytes long, at most {max} are allowed",
+            value.len()
+        ));
+    }
+    None
+}
+
+fn digest(d: Option<RawDigest>) -> DigestMode {
+    match d {
+        None | Some(RawDigest::Allowed) => DigestMode::Allowed,
+        Some(RawDigest::Required) => DigestMode::Required,
+        Some(RawDigest::Off) => DigestMode::Off,
+    }
+}
+
+impl Validator<'_> {
+    fn report(&mut self, path: &FieldPath, at: At, message: impl Into<String>) {
+        let pos = self.root.locate(path, matches!(at, At::Key));
+        self.diags
+            .push(diagnostic(self.file, pos, path, message.into()));
+    }
+
+    /// Whether `path` was written in the file (as opposed to defaulted).
+    fn written(&self, path: &FieldPath) -> bool {
+        self.root.get(path).is_some()
+    }
+
+    /// `, the default` when `path` was not written.
+    fn default_note(&self, path: &FieldPath) -> &'static str {
+        if self.written(path) {
+            ""
+        } else {
+            ", the default"
+        }
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Config {
+        let root = FieldPath::root();
+        let reactors = self.reactors(&root.key("reactors"), raw.reactors);
+        let tcp = self.tcp(&root.key("transports").key("tcp"), raw.transports.tcp);
+        if raw.transports.rdma.is_some() {
+            self.report(
+                &root.key("transports").key("rdma"),
+                At::Key,
+                "RDMA transport is not supported yet",
+            );
+        }
+        let mut bdev_index = HashMap::new();
+        let mut bdevs = Vec::new();
+        for (i, b) in raw.bdevs.into_iter().enumerate() {
+            let path = root.key("bdevs").index(i);
+            if let Some(b) = self.bdev(&path, i, b, &mut bdev_index) {
+                bdevs.push(b);
+            }
+        }
+        let mut nqns = HashMap::new();
+        let mut bdev_users = HashMap::new();
+        let mut subsystems = Vec::new();
+        for (i, s) in raw.subsystems.into_iter().enumerate() {
+            let path = root.key("subsystems").index(i);
+            subsystems.push(self.subsystem(&path, i, s, &mut nqns, &bdev_index, &mut bdev_users));
+        }
+        Config {
+            reactors,
+            transports: Transports { tcp },
+            bdevs,
+            subsystems,
+            discovery: Discovery {
+                enabled: raw.discovery.enabled.unwrap_or(true),
+            },
+        }
+    }
+
+    fn reactors(&mut self, p: &FieldPath, r: RawReactors) -> Reactors {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let machine = if cpus == 1 {
+            "this machine has 1 CPU: core 0".to_owned()
+        } else {
+            format!("this machine has {cpus} CPUs: cores 0-{}", cpus - 1)
+        };
+        let mut cores = Vec::new();
+        match (r.cores, r.count) {
+            (Some(_), Some(_)) => self.report(
+                &p.key("count"),
+                At::Key,
+                "give either `cores` or `count`, not both",
+            ),
+            (Some(list), None) => {
+                if list.is_empty() {
+                    self.report(&p.key("cores"), At::Value, "at least one core is needed");
+                }
+                for (i, &core) in list.iter().enumerate() {
+                    let cp = p.key("cores").index(i);
+                    if let Some(first) = list[..i].iter().position(|&c| c == core) {
+                        self.report(
+                            &cp,
+                            At::Value,
+                            format!("core {core} is already listed as cores[{first}]"),
+                        );
+                    } else if core >= cpus as u64 {
+                        self.report(
+                            &cp,
+                            At::Value,
+                            format!("core {core} does not exist ({machine})"),
+                        );
+                    } else {
+                        cores.push(core as usize);
+                    }
+                }
+            }
+            (None, Some(count)) => {
+                if count == 0 {
+                    self.report(&p.key("count"), At::Value, "count must be at least 1");
+                } else if count > cpus as u64 {
+                    self.report(
+                        &p.key("count"),
+                        At::Value,
+                        format!(
+                            "count {count} needs cores 0-{}, but core {cpus} does not exist ({machine})",
+                            count - 1
+                        ),
+                    );
+                } else {
+                    cores = (0..count as usize).collect();
+                }
+            }
+            (None, None) => cores.push(0),
+        }
+        Reactors {
+            cores,
+            idle_sleep_us: r.idle_sleep_us.unwrap_or(0),
+        }
+    }
+
+    fn tcp(&mut self, p: &FieldPath, t: RawTcp) -> TcpTransport {
+        let d = TcpTransport::default();
+        let mio_path = p.key("max_io_size");
+        let max_io = t.max_io_size.map_or(u64::from(d.max_io_size), |s| s.0);
+        let max_io_ok = max_io.is_power_of_two() && (4 * KIB..=8 * MIB).contains(&max_io);
+        if !max_io_ok {
+            self.report(
+                &mio_path,
+                At::Value,
+                format!(
+                    "max_io_size must be a power of two from 4KiB to 8MiB (got {})",
+                    fmt_size(max_io)
+                ),
+            );
+        }
+        let icd_path = p.key("in_capsule_data_size");
+        let icd = t
+            .in_capsule_data_size
+            .map_or(u64::from(d.in_capsule_data_size), |s| s.0);
+        if !icd.is_multiple_of(16) {
+            self.report(
+                &icd_path,
+                At::Value,
+                format!(
+                    "in_capsule_data_size must be a multiple of 16 bytes (got {})",
+                    fmt_size(icd)
+                ),
+            );
+        } else if icd > 128 * KIB {
+            self.report(
+                &icd_path,
+                At::Value,
+                format!(
+                    "in_capsule_data_size must be at most 128KiB (got {})",
+                    fmt_size(icd)
+                ),
+            );
+        } else if max_io_ok && icd > max_io {
+            let note = self.default_note(&icd_path);
+            let mio_note = self.default_note(&mio_path);
+            self.report(
+                &icd_path,
+                At::Value,
+                format!(
+                    "in_capsule_data_size ({}{note}) must not exceed max_io_size ({}{mio_note})",
+                    fmt_size(icd),
+                    fmt_size(max_io)
+                ),
+            );
+        }
+        let mut ranged = |name: &str, value: Option<u64>, default: u16, lo: u16, hi: u16| {
+            let v = value.unwrap_or(u64::from(default));
+            if v < u64::from(lo) || v > u64::from(hi) {
+                self.report(
+                    &p.key(name),
+                    At::Value,
+                    format!("{name} must be between {lo} and {hi} (got {v})"),
+                );
+                default
+            } else {
+                v as u16
+            }
+        };
+        let max_queue_depth = ranged(
+            "max_queue_depth",
+            t.max_queue_depth,
+            d.max_queue_depth,
+            2,
+            1024,
+        );
+        let max_io_queues = ranged("max_io_queues", t.max_io_queues, d.max_io_queues, 1, 1024);
+        TcpTransport {
+            in_capsule_data_size: u32::try_from(icd).unwrap_or(d.in_capsule_data_size),
+            max_io_size: u32::try_from(max_io).unwrap_or(d.max_io_size),
+            max_queue_depth,
+            max_io_queues,
+            header_digest: digest(t.header_digest),
+            data_digest: digest(t.data_digest),
+        }
+    }
+
+    /// A block size: power of two in 512..=65536.
+    fn block_size(&mut self, p: &FieldPath, size: Option<Size>) -> Option<u32> {
+        let bs = size?.0;
+        if bs.is_power_of_two() && (512..=64 * KIB).contains(&bs) {
+            Some(bs as u32)
+        } else {
+            self.report(
+                p,
+                At::Value,
+                format!(
+                    "block_size must be a power of two from 512 to 65536 bytes (got {})",
+                    fmt_size(bs)
+                ),
+            );
+            None
+        }
+    }
+
+    fn mem_bdev(&mut self, p: &FieldPath, m: RawMemBdev) -> (u64, u32) {
+        let bs = if m.block_size.is_some() {
+            self.block_size(&p.key("block_size"), m.block_size)
+        } else {
+            Some(DEFAULT_BLOCK_SIZE)
+        };
+        let size = m.size.0;
+        if size == 0 {
+            self.report(&p.key("size"), At::Value, "size must be greater than 0");
+        } else if let Some(bs) = bs {
+            if !size.is_multiple_of(u64::from(bs)) {
+                let note = self.default_note(&p.key("block_size"));
+                self.report(
+                    &p.key("size"),
+                    At::Value,
+                    format!(
+                        "size {} is not a multiple of block_size ({bs}{note})",
+                        fmt_size(size)
+                    ),
+                );
+            }
+        }
+        (size, bs.unwrap_or(DEFAULT_BLOCK_SIZE))
+    }
+
+    fn uring_bdev(&mut self, p: &FieldPath, u: RawUring) -> BdevKind {
+        if u.path.is_empty() {
+            self.report(&p.key("path"), At::Value, "path must not be empty");
+        }
+        if u.passthrough == Some(true) {
+            self.report(
+                &p.key("passthrough"),
+                At::Key,
+                "NVMe passthrough (`passthrough: true`) is not supported yet",
+            );
+        }
+        BdevKind::Uring {
+            path: PathBuf::from(u.path),
+            block_size: self.block_size(&p.key("block_size"), u.block_size),
+        }
+    }
+
+    fn bdev(
+        &mut self,
+        p: &FieldPath,
+        i: usize,
+        b: RawBdev,
+        names: &mut HashMap<String, usize>,
+    ) -> Option<BdevConfig> {
+        let name_path = p.key("name");
+        if b.name.is_empty() {
+            self.report(&name_path, At::Value, "bdev name must not be empty");
+        } else if !b
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        {
+            self.report(
+                &name_path,
+                At::Value,
+                format!(
+                    "bdev name {:?} may only contain letters, digits, '_', '.' and '-'",
+                    b.name
+                ),
+            );
+        } else if let Some(first) = names.get(&b.name) {
+            self.report(
+                &name_path,
+                At::Value,
+                format!("bdev name {:?} is already used by bdevs[{first}]", b.name),
+            );
+        } else {
+            names.insert(b.name.clone(), i);
+        }
+
+        if b.nvme.is_some() {
+            self.report(
+                &p.key("nvme"),
+                At::Key,
+                "the nvme bdev kind (userspace NVMe driver) is not supported yet",
+            );
+            return None;
+        }
+        let given: Vec<&str> = [
+            ("malloc", b.malloc.is_some()),
+            ("null", b.null.is_some()),
+            ("uring", b.uring.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, present)| present.then_some(k))
+        .collect();
+        if given.len() != 1 {
+            if given.is_empty() {
+                self.report(
+                    p,
+                    At::Value,
+                    "a bdev needs exactly one kind: `malloc`, `null` or `uring`",
+                );
+            } else {
+                self.report(
+                    &p.key(given[1]),
+                    At::Key,
+                    format!(
+                        "a bdev has exactly one kind, but `{}` and `{}` are both given",
+                        given[0], given[1]
+                    ),
+                );
+            }
+            return None;
+        }
+        let kind = if let Some(m) = b.malloc {
+            let (size, block_size) = self.mem_bdev(&p.key("malloc"), m);
+            BdevKind::Malloc { size, block_size }
+        } else if let Some(m) = b.null {
+            let (size, block_size) = self.mem_bdev(&p.key("null"), m);
+            BdevKind::Null { size, block_size }
+        } else {
+            let u = b.uring?;
+            self.uring_bdev(&p.key("uring"), u)
+        };
+        Some(BdevConfig { name: b.name, kind })
+    }
+
+    fn subsystem(
+        &mut self,
+        p: &FieldPath,
+        i: usize,
+        s: RawSubsystem,
+        nqns: &mut HashMap<String, usize>,
+        bdevs: &HashMap<String, usize>,
+        bdev_users: &mut HashMap<String, String>,
+    ) -> SubsystemConfig {
+        let nqn_path = p.key("nqn");
+        if let Some(problem) = nqn_problem(&s.nqn) {
+            self.report(&nqn_path, At::Value, problem);
+        } else if s.nqn == DISCOVERY_NQN {
+            self.report(
+                &nqn_path,
+                At::Value,
+                format!(
+                    "{DISCOVERY_NQN} is the discovery service's NQN and cannot name a subsystem"
+                ),
+            );
+        } else if let Some(first) = nqns.get(&s.nqn) {
+            self.report(
+                &nqn_path,
+                At::Value,
+                format!("NQN {:?} is already used by subsystems[{first}]", s.nqn),
+            );
+        } else {
+            nqns.insert(s.nqn.clone(), i);
+        }
+
+        let serial = s.serial.unwrap_or_else(|| format!("NVMFD{:04}", i + 1));
+        if let Some(problem) = ascii_field_problem("serial", &serial, MAX_SERIAL_LEN) {
+            self.report(&p.key("serial"), At::Value, problem);
+        }
+        let model = s.model.unwrap_or_else(|| "nvmfd".to_owned());
+        if let Some(problem) = ascii_field_problem("model", &model, MAX_MODEL_LEN) {
+            self.report(&p.key("model"), At::Value, problem);
+        }
+
+        for (k, host) in s.hosts.iter().enumerate() {
+            let hp = p.key("hosts").index(k);
+            if let Some(problem) = nqn_problem(host) {
+                self.report(&hp, At::Value, problem);
+            } else if let Some(first) = s.hosts[..k].iter().position(|h| h == host) {
+                self.report(
+                    &hp,
+                    At::Value,
+                    format!("host {host:?} is already listed as hosts[{first}]"),
+                );
+            }
+        }
+        let allow_any_host = match s.allow_any_host {
+            None => s.hosts.is_empty(),
+            Some(true) if !s.hosts.is_empty() => {
+                self.report(
+                    &p.key("allow_any_host"),
+                    At::Value,
+                    "`allow_any_host: true` admits every host, so the `hosts` list would have no \
+                     effect; remove one of them",
+                );
+                true
+            }
+            Some(x) => x,
+        };
+        if s.p2p.is_some() {
+            self.report(
+                &p.key("p2p"),
+                At::Key,
+                "peer-to-peer data placement (p2p) is not supported yet",
+            );
+        }
+
+        let mut namespaces: Vec<NamespaceConfig> = Vec::new();
+        for (j, n) in s.namespaces.into_iter().enumerate() {
+            let np = p.key("namespaces").index(j);
+            let nsid_path = np.key("nsid");
+            let nsid = n.nsid.unwrap_or(j as u64 + 1);
+            let nsid = if (1..=0xFFFF_FFFE).contains(&nsid) {
+                nsid as u32
+            } else {
+                self.report(
+                    &nsid_path,
+                    At::Value,
+                    format!("nsid must be between 1 and 4294967294 (got {nsid})"),
+                );
+                0
+            };
+            if nsid != 0 {
+                if let Some(first) = namespaces.iter().position(|x| x.nsid == nsid) {
+                    let note = if n.nsid.is_none() {
+                        " (the default, position + 1)"
+                    } else {
+                        ""
+                    };
+                    self.report(
+                        &nsid_path,
+                        At::Value,
+                        format!("nsid {nsid}{note} is already used by namespaces[{first}]"),
+                    );
+                }
+            }
+            let bp = np.key("bdev");
+            if !bdevs.contains_key(&n.bdev) {
+                let mut known: Vec<&str> = bdevs.keys().map(String::as_str).collect();
+                known.sort_unstable();
+                let hint = if known.is_empty() {
+                    " (no bdevs are defined)".to_owned()
+                } else {
+                    format!(" (defined: {})", known.join(", "))
+                };
+                self.report(&bp, At::Value, format!("no bdev named {:?}{hint}", n.bdev));
+            } else if let Some(first) = bdev_users.get(&n.bdev) {
+                self.report(
+                    &bp,
+                    At::Value,
+                    format!(
+                        "bdev {:?} already backs {first}; a bdev can back only one namespace",
+                        n.bdev
+                    ),
+                );
+            } else {
+                bdev_users.insert(n.bdev.clone(), np.to_string());
+            }
+            if n.p2p.is_some() {
+                self.report(
+                    &np.key("p2p"),
+                    At::Key,
+                    "peer-to-peer data placement (p2p) is not supported yet",
+                );
+            }
+            namespaces.push(NamespaceConfig { nsid, bdev: n.bdev });
+        }
+
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        for (k, l) in s.listeners.into_iter().enumerate() {
+            if let Some(listener) = self.listener(&p.key("listeners").index(k), l) {
+                if let Some(first) = listeners.iter().position(|x| *x == listener) {
+                    self.report(
+                        &p.key("listeners").index(k),
+                        At::Value,
+                        format!(
+                            "listener {} {} is already listed as listeners[{first}]",
+                            listener.transport,
+                            std::net::SocketAddr::new(listener.address, listener.port)
+                        ),
+                    );
+                }
+                listeners.push(listener);
+            }
+        }
+
+        SubsystemConfig {
+            nqn: s.nqn,
+            serial,
+            model,
+            allow_any_host,
+            hosts: s.hosts,
+            namespaces,
+            listeners,
+        }
+    }
+
+    fn listener(&mut self, p: &FieldPath, l: RawListener) -> Option<ListenerConfig> {
+        let mut ok = true;
+        let transport = match l.transport {
+            None | Some(RawTransportKind::Tcp) => TransportKind::Tcp,
+            Some(RawTransportKind::Rdma) => {
+                self.report(
+                    &p.key("transport"),
+                    At::Value,
+                    "RDMA transport is not supported yet",
+                );
+                ok = false;
+                TransportKind::Tcp
+            }
+        };
+        let address = match l.address.parse::<IpAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.report(
+                    &p.key("address"),
+                    At::Value,
+                    format!(
+                        "{:?} is not an IP address: write an IPv4 or IPv6 literal such as \
+                         192.0.2.10 or fd00::1 (host names are not resolved)",
+                        l.address
+                    ),
+                );
+                None
+            }
+        };
+        let port = l.port.unwrap_or(u64::from(DEFAULT_PORT));
+        let port = match u16::try_from(port) {
+            Ok(p) if p != 0 => Some(p),
+            _ => {
+                self.report(
+                    &p.key("port"),
+                    At::Value,
+                    format!("port must be between 1 and 65535 (got {port})"),
+                );
+                None
+            }
+        };
+        match (ok, address, port) {
+            (true, Some(address), Some(port)) => Some(ListenerConfig {
+                transport,
+                address,
+                port,
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn size_formatting() {
+        assert_eq!(fmt_size(4096), "4KiB");
+        assert_eq!(fmt_size(1000), "1000 bytes");
+        assert_eq!(fmt_size(3 << 20), "3MiB");
+        assert_eq!(fmt_size(1 << 30), "1GiB");
+        assert_eq!(fmt_size(1536), "1536 bytes");
+    }
+
+    #[test]
+    fn nqn_rules() {
+        assert!(nqn_problem("nqn.2026-11.io.nvmfd:a").is_none());
+        assert!(nqn_problem("iqn.2026-11.io.nvmfd:a").is_some());
+        assert!(nqn_problem("nqn.").is_some());
+        assert!(nqn_problem("nqn.a b").is_some());
+        assert!(nqn_problem(&format!("nqn.{}", "x".repeat(219))).is_none());
+        assert!(nqn_problem(&format!("nqn.{}", "x".repeat(220))).is_some());
+    }
+}

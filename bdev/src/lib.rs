@@ -7,6 +7,9 @@
 
 mod buf;
 
+pub use backends::malloc::Malloc;
+pub use backends::null::Null;
+pub use backends::uring::Uring;
 pub use buf::IoBuf;
 
 use std::sync::Arc;
@@ -104,6 +107,10 @@ pub struct Completion {
 /// A block device, shared by every reactor.
 pub trait Bdev: Send + Sync {
     fn info(&self) -> &BdevInfo;
+    /// The device's configured name (shorthand for `info().name`).
+    fn name(&self) -> &str {
+        &self.info().name
+    }
     /// Open this reactor's channel. Called once per reactor at start-up, never on the I/O path.
     fn channel(&self) -> std::io::Result<Box<dyn BdevChannel>>;
 }

@@ -1,0 +1,117 @@
+//! `malloc`: a RAM disk shared by every reactor. I/Os are plain memory copies done during `submit`;
+//! their completions wait in the channel's ring until `poll`.
+
+use std::io;
+use std::sync::Arc;
+
+use super::mem::MemRegion;
+use super::{dsm_range, CompletionRing, Geometry};
+use crate::{Bdev, BdevChannel, BdevInfo, Completion, Io, IoBuf, IoError, Op};
+
+/// Completions a malloc or null channel holds before `submit` refuses more.
+pub(crate) const SYNC_QUEUE_DEPTH: usize = 4096;
+
+/// A RAM disk.
+pub struct Malloc {
+    info: BdevInfo,
+    geo: Geometry,
+    mem: Arc<MemRegion>,
+}
+
+impl Malloc {
+    /// A zeroed RAM disk of `size` bytes (a multiple of `block_size`). Memory is only committed as
+    /// blocks are written.
+    pub fn new(name: impl Into<String>, size: u64, block_size: u32) -> io::Result<Self> {
+        let name = name.into();
+        let geo = Geometry::new(&name, size, block_size)?;
+        let mem = MemRegion::new(geo.size())
+            .map_err(|e| io::Error::new(e.kind(), format!("{name}: mapping {size} bytes: {e}")))?;
+        Ok(Malloc {
+            info: BdevInfo {
+                name,
+                kind: "malloc",
+                block_size,
+                num_blocks: geo.num_blocks,
+                deallocate_zeroes: true,
+                volatile_cache: false,
+            },
+            geo,
+            mem: Arc::new(mem),
+        })
+    }
+}
+
+impl Bdev for Malloc {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn channel(&self) -> io::Result<Box<dyn BdevChannel>> {
+        Ok(Box::new(MallocChannel {
+            geo: self.geo,
+            mem: Arc::clone(&self.mem),
+            done: CompletionRing::new(SYNC_QUEUE_DEPTH),
+        }))
+    }
+}
+
+struct MallocChannel {
+    geo: Geometry,
+    mem: Arc<MemRegion>,
+    done: CompletionRing,
+}
+
+impl MallocChannel {
+    fn execute(&self, op: Op, buf: &mut IoBuf) -> Result<(), IoError> {
+        match op {
+            Op::Read { lba, blocks } => {
+                let (off, len) = self.geo.transfer(lba, blocks, buf)?;
+                let dst = buf
+                    .as_mut_slice()
+                    .get_mut(..len)
+                    .ok_or(IoError::BufferTooSmall)?;
+                self.mem.read(off, dst)
+            }
+            Op::Write { lba, blocks } => {
+                let (off, len) = self.geo.transfer(lba, blocks, buf)?;
+                let src = buf.as_slice().get(..len).ok_or(IoError::BufferTooSmall)?;
+                self.mem.write(off, src)
+            }
+            Op::Flush => Ok(()),
+            Op::WriteZeroes { lba, blocks } => {
+                let (off, len) = self.geo.extent(lba, u64::from(blocks))?;
+                self.mem.zero(off, len)
+            }
+            Op::Deallocate { ranges } => {
+                // Check every range before touching any, so a bad request changes nothing.
+                self.geo.check_dsm(ranges, buf)?;
+                for i in 0..ranges {
+                    let r = dsm_range(buf, i).ok_or(IoError::BufferTooSmall)?;
+                    let (off, len) = self.geo.extent(r.lba, u64::from(r.blocks))?;
+                    self.mem.zero(off, len)?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl BdevChannel for MallocChannel {
+    fn submit(&mut self, io: Io) -> Result<(), Io> {
+        if self.done.is_full() {
+            return Err(io);
+        }
+        let Io { tag, op, mut buf } = io;
+        let result = self.execute(op, &mut buf);
+        self.done.push(Completion { tag, result, buf });
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
+        self.done.drain(done)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
+}

@@ -1,0 +1,323 @@
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::{Arc, Barrier};
+
+use common::*;
+use nvmfd_bdev::{Bdev, Io, IoBuf, IoError, Op, Uring};
+
+fn file_bytes(path: &Path, off: u64, len: usize) -> Vec<u8> {
+    let all = std::fs::read(path).expect("read file");
+    all[off as usize..off as usize + len].to_vec()
+}
+
+#[test]
+fn info_and_block_size() {
+    let f = TempFile::new("info", 1 << 20);
+    let u = Uring::open("u0", &f.0, None).expect("open");
+    let i = u.info();
+    assert_eq!((i.name.as_str(), i.kind), ("u0", "uring"));
+    assert_eq!((i.block_size, i.num_blocks), (4096, 256));
+    assert!(i.deallocate_zeroes);
+    assert!(i.volatile_cache);
+    eprintln!("O_DIRECT in {}: {}", f.0.display(), u.direct_io());
+    let u = Uring::open("u0", &f.0, Some(512)).expect("open");
+    assert_eq!((u.info().block_size, u.info().num_blocks), (512, 2048));
+    assert!(Uring::open("u0", &f.0, Some(1000)).is_err());
+}
+
+#[test]
+fn size_not_a_multiple_of_block_size_is_refused() {
+    let f = TempFile::new("odd", 6144);
+    let e = Uring::open("u", &f.0, None)
+        .err()
+        .expect("6144 is not a multiple of 4096");
+    let msg = e.to_string();
+    assert!(msg.contains(&*f.0.to_string_lossy()), "{msg}");
+    assert!(
+        msg.contains("not a multiple of the block size 4096"),
+        "{msg}"
+    );
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+    // 512-byte blocks fit.
+    assert_eq!(
+        Uring::open("u", &f.0, Some(512))
+            .expect("open")
+            .info()
+            .num_blocks,
+        12
+    );
+    let f = TempFile::new("odd", 4097);
+    assert!(Uring::open("u", &f.0, Some(512)).is_err());
+    let f = TempFile::new("empty", 0);
+    assert!(Uring::open("u", &f.0, None).is_err());
+    let missing = std::env::temp_dir().join("nvmfd-bdev-test-does-not-exist.img");
+    let e = Uring::open("u", &missing, None)
+        .err()
+        .expect("missing file");
+    assert!(e.to_string().contains(&*missing.to_string_lossy()), "{e}");
+    assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    let e = Uring::open("u", std::env::temp_dir(), None)
+        .err()
+        .expect("a directory");
+    assert!(
+        e.to_string()
+            .contains(&*std::env::temp_dir().to_string_lossy()),
+        "{e}"
+    );
+    let e = Uring::open("u", "/dev/null", None)
+        .err()
+        .expect("a character device");
+    assert!(
+        e.to_string()
+            .contains("/dev/null: not a regular file or a block device"),
+        "{e}"
+    );
+}
+
+#[test]
+fn write_read_patterns() {
+    for bs in [512u32, 4096] {
+        let f = TempFile::new("rw", 4 << 20);
+        let u = Uring::open("u", &f.0, Some(bs)).expect("open");
+        let mut ch = u.channel().expect("channel");
+        check_patterns(&mut *ch, u.info().num_blocks, bs);
+        // The bytes really are in the file, at lba * block size.
+        let last = u.info().num_blocks - 1;
+        assert!(file_bytes(&f.0, last * u64::from(bs), bs as usize) == pattern(last, 1, bs, 1));
+        assert!(file_bytes(&f.0, 9 * u64::from(bs), 2 * bs as usize) == pattern(9, 2, bs, 1));
+        assert_eq!(run(&mut *ch, Op::Flush, IoBuf::new(0)).result, Ok(()));
+    }
+}
+
+#[test]
+fn large_transfer() {
+    let bs = 4096u32;
+    let f = TempFile::new("large", 16 << 20);
+    let u = Uring::open("u", &f.0, None).expect("open");
+    let mut ch = u.channel().expect("channel");
+    let data = pattern(100, 2048, bs, 4); // 8 MiB in one I/O
+    write(&mut *ch, 100, &data, bs).expect("write");
+    assert!(read(&mut *ch, 100, 2048, bs) == data);
+}
+
+#[test]
+fn errors_are_completions() {
+    let f = TempFile::new("err", 1 << 20);
+    let u = Uring::open("u", &f.0, Some(512)).expect("open");
+    let mut ch = u.channel().expect("channel");
+    let data = pattern(2047, 1, 512, 3);
+    write(&mut *ch, 2047, &data, 512).expect("write last block");
+    check_errors(&mut *ch, 2048, 512);
+    assert!(read(&mut *ch, 2047, 1, 512) == data);
+    // A zero-block read succeeds without touching anything.
+    let c = run(
+        &mut *ch,
+        Op::Read {
+            lba: 2048,
+            blocks: 0,
+        },
+        IoBuf::new(0),
+    );
+    assert_eq!(c.result, Ok(()));
+}
+
+/// WriteZeroes and Deallocate read back as zeroes, in the device and in the file.
+fn check_zeroing(dir: &Path) {
+    let bs = 4096u32;
+    let nb = 1024u64; // 4 MiB
+    let f = TempFile::new_in(dir, "zero", nb * u64::from(bs));
+    let u = Uring::open("u", &f.0, None).expect("open");
+    eprintln!("O_DIRECT in {}: {}", dir.display(), u.direct_io());
+    let mut ch = u.channel().expect("channel");
+    let all = pattern(0, nb as u32, bs, 5);
+    write(&mut *ch, 0, &all, bs).expect("fill");
+    assert_eq!(run(&mut *ch, Op::Flush, IoBuf::new(0)).result, Ok(()));
+    let allocated = std::fs::metadata(&f.0).expect("stat").blocks();
+
+    // 600 blocks = 2.4 MiB: more than one zero-buffer write if fallocate is not supported.
+    let c = run(
+        &mut *ch,
+        Op::WriteZeroes {
+            lba: 3,
+            blocks: 600,
+        },
+        IoBuf::new(0),
+    );
+    assert_eq!(c.result, Ok(()));
+    let c = run(
+        &mut *ch,
+        Op::Deallocate { ranges: 3 },
+        dsm_buf(&[(700, 1), (710, 0), (800, 200)]),
+    );
+    assert_eq!(c.result, Ok(()));
+    let zeroed = |lba: usize| (3..603).contains(&lba) || lba == 700 || (800..1000).contains(&lba);
+
+    let back = read(&mut *ch, 0, nb as u32, bs);
+    let file = std::fs::read(&f.0).expect("read file");
+    assert_eq!(file.len(), back.len(), "file size changed");
+    let b = bs as usize;
+    for lba in 0..nb as usize {
+        let r = lba * b..(lba + 1) * b;
+        if zeroed(lba) {
+            assert!(
+                back[r.clone()].iter().all(|&x| x == 0),
+                "lba {lba} not zeroed"
+            );
+            assert!(
+                file[r].iter().all(|&x| x == 0),
+                "lba {lba} not zeroed in the file"
+            );
+        } else {
+            assert!(back[r.clone()] == all[r.clone()], "lba {lba} changed");
+            assert!(file[r.clone()] == all[r], "lba {lba} changed in the file");
+        }
+    }
+    let after = std::fs::metadata(&f.0).expect("stat").blocks();
+    eprintln!(
+        "{}: 512-byte blocks allocated {allocated} -> {after}",
+        dir.display()
+    );
+    assert!(after < allocated, "deallocate punched no hole");
+}
+
+#[test]
+fn zeroing_on_temp_dir() {
+    check_zeroing(&std::env::temp_dir());
+}
+
+#[test]
+fn zeroing_on_tmpfs_falls_back_to_writes() {
+    // tmpfs punches holes but has no FALLOC_FL_ZERO_RANGE: WriteZeroes takes the write path.
+    let shm = Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("no /dev/shm, skipped");
+        return;
+    }
+    check_zeroing(shm);
+}
+
+#[test]
+fn full_queue_refuses_and_recovers() {
+    let bs = 4096u32;
+    let f = TempFile::new("full", 4 << 20);
+    let u = Uring::open("u", &f.0, None).expect("open");
+    let mut ch = u.channel().expect("channel");
+    let data = pattern(7, 1, bs, 2);
+    write(&mut *ch, 7, &data, bs).expect("write");
+    let mut n = 0u64;
+    let refused = loop {
+        let io = Io {
+            tag: n,
+            op: Op::Read { lba: 7, blocks: 1 },
+            buf: IoBuf::new(bs as usize),
+        };
+        match ch.submit(io) {
+            Ok(()) => n += 1,
+            Err(io) => break io,
+        }
+        assert!(n <= 10_000, "never refused");
+    };
+    assert_eq!(n, 256);
+    assert_eq!(refused.tag, 256);
+    assert_eq!(refused.op, Op::Read { lba: 7, blocks: 1 });
+    assert_eq!(ch.in_flight(), 256);
+    // Refused again until something is reaped.
+    let refused = ch.submit(refused).expect_err("still full");
+    let mut tags: Vec<u64> = reap(&mut *ch, 256)
+        .into_iter()
+        .map(|c| {
+            assert_eq!(c.result, Ok(()));
+            assert!(c.buf.as_slice()[..bs as usize] == data);
+            c.tag
+        })
+        .collect();
+    tags.sort_unstable();
+    assert!(tags.iter().copied().eq(0..256));
+    assert_eq!(ch.in_flight(), 0);
+    ch.submit(refused).expect("accepted after poll");
+    let c = reap(&mut *ch, 1).remove(0);
+    assert_eq!((c.tag, c.result), (256, Ok(())));
+    // Errors count against the depth too, and are reaped by poll.
+    for t in 0..256 {
+        let io = Io {
+            tag: t,
+            op: Op::Read {
+                lba: 1 << 40,
+                blocks: 1,
+            },
+            buf: IoBuf::new(0),
+        };
+        ch.submit(io).expect("room");
+    }
+    let io = Io {
+        tag: 0,
+        op: Op::Flush,
+        buf: IoBuf::new(0),
+    };
+    let io = ch.submit(io).expect_err("full of errors");
+    assert!(reap(&mut *ch, 256)
+        .iter()
+        .all(|c| c.result == Err(IoError::OutOfRange)));
+    ch.submit(io).expect("room again");
+    assert_eq!(reap(&mut *ch, 1)[0].result, Ok(()));
+}
+
+#[test]
+fn dropping_a_channel_waits_for_its_io() {
+    let bs = 4096u32;
+    let f = TempFile::new("drop", 4 << 20);
+    let u = Uring::open("u", &f.0, None).expect("open");
+    let mut ch = u.channel().expect("channel");
+    for lba in 0..100u64 {
+        let data = pattern(lba, 1, bs, 8);
+        let mut buf = IoBuf::new(bs as usize);
+        buf.as_mut_slice().copy_from_slice(&data);
+        let io = Io {
+            tag: lba,
+            op: Op::Write { lba, blocks: 1 },
+            buf,
+        };
+        ch.submit(io).expect("room");
+    }
+    ch.poll(&mut |_| {}); // gets some into the kernel
+    drop(ch);
+    let mut ch = u.channel().expect("channel");
+    for lba in 0..100u64 {
+        assert!(
+            read(&mut *ch, lba, 1, bs) == pattern(lba, 1, bs, 8),
+            "lba {lba}"
+        );
+    }
+}
+
+#[test]
+fn two_channels_on_two_threads_share_data() {
+    let bs = 4096u32;
+    let f = TempFile::new("mt", 4 << 20);
+    let u = Arc::new(Uring::open("u", &f.0, None).expect("open"));
+    let barrier = Arc::new(Barrier::new(2));
+    let threads: Vec<_> = (0..2u64)
+        .map(|me| {
+            let u = Arc::clone(&u);
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut ch = u.channel().expect("channel");
+                for i in 0..64u64 {
+                    let lba = i * 2 + me;
+                    write(&mut *ch, lba, &pattern(lba, 1, bs, me as u8), bs).expect("write");
+                }
+                barrier.wait();
+                let other = 1 - me;
+                for i in 0..64u64 {
+                    let lba = i * 2 + other;
+                    assert!(read(&mut *ch, lba, 1, bs) == pattern(lba, 1, bs, other as u8));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+}

@@ -1,0 +1,905 @@
+//! Every error names `file:line:column: path: message`; these tests pin the exact spot.
+
+mod common;
+
+use common::{diags, err1, BASE};
+
+// ---------------------------------------------------------------- syntax and shape
+
+#[test]
+fn syntax_error() {
+    let shown = err1(
+        "subsystems:\n  - nqn: nqn.2026-11.io.nvmfd:a\n    hosts: [nqn.2014-08.org.nvmexpress:uuid:1\n",
+        3,
+        12,
+        "subsystems[0].hosts",
+        "unclosed bracket",
+    );
+    assert!(
+        shown.starts_with("t.yaml:3:12: subsystems[0].hosts: YAML syntax error"),
+        "{shown}"
+    );
+    err1(
+        "subsystems:\n  - nqn: a\n   bad: x\n",
+        3,
+        4,
+        "subsystems",
+        "YAML syntax error",
+    );
+    err1("a: b: c\n", 1, 5, "<document>", "YAML syntax error");
+}
+
+#[test]
+fn second_document_is_an_error() {
+    err1(
+        "discovery: {}\n---\ndiscovery: {}\n",
+        2,
+        1,
+        "<document>",
+        "one YAML document",
+    );
+}
+
+#[test]
+fn duplicate_key() {
+    let shown = err1(
+        "discovery:\n  enabled: true\n  enabled: false\n",
+        3,
+        3,
+        "discovery.enabled",
+        "duplicate key `enabled` (first given at line 2, column 3)",
+    );
+    assert_eq!(
+        shown,
+        "t.yaml:3:3: discovery.enabled: duplicate key `enabled` (first given at line 2, column 3)"
+    );
+}
+
+#[test]
+fn unknown_keys() {
+    let shown = err1(
+        "reactors:\n  cores: [0]\n  corez: [1]\n",
+        3,
+        3,
+        "reactors.corez",
+        "unknown field `corez`",
+    );
+    assert_eq!(
+        shown,
+        "t.yaml:3:3: reactors.corez: unknown field `corez` (expected one of `cores`, `count`, `idle_sleep_us`)"
+    );
+    err1(
+        "discover: {}\n",
+        1,
+        1,
+        "discover",
+        "unknown field `discover`",
+    );
+    err1(
+        &format!("{BASE}    namespace: []\n"),
+        10,
+        5,
+        "subsystems[0].namespace",
+        "unknown field `namespace`",
+    );
+    err1(
+        "bdevs:\n  - name: x\n    malloc: { size: 1MiB, blocksize: 512 }\n",
+        3,
+        27,
+        "bdevs[0].malloc.blocksize",
+        "unknown field `blocksize`",
+    );
+    err1(
+        &BASE.replace(
+            "      - address: 127.0.0.1\n",
+            "      - { address: 127.0.0.1, prot: 1 }\n",
+        ),
+        9,
+        31,
+        "subsystems[0].listeners[0].prot",
+        "unknown field `prot`",
+    );
+    // The YAML 1.1 "no" spelling is just a key here, not `false`.
+    err1("no: 1\n", 1, 1, "no", "unknown field `no`");
+}
+
+#[test]
+fn wrong_types() {
+    err1(
+        "reactors:\n  cores: [0, one]\n",
+        2,
+        14,
+        "reactors.cores[1]",
+        "expected an integer, found string \"one\"",
+    );
+    err1(
+        "transports: 5\n",
+        1,
+        13,
+        "transports",
+        "expected a mapping, found integer 5",
+    );
+    err1(
+        "bdevs: {}\n",
+        1,
+        8,
+        "bdevs",
+        "expected a list, found a mapping",
+    );
+    err1(
+        "- a\n",
+        1,
+        1,
+        "<document>",
+        "expected a mapping, found a list",
+    );
+    err1(
+        "discovery:\n  enabled: yes\n",
+        2,
+        12,
+        "discovery.enabled",
+        "expected `true` or `false`, found string \"yes\"",
+    );
+    err1(
+        "transports:\n  tcp:\n    max_queue_depth: \"64\"\n",
+        3,
+        22,
+        "transports.tcp.max_queue_depth",
+        "expected an integer, found string \"64\"",
+    );
+    err1(
+        "transports:\n  tcp:\n    header_digest: sometimes\n",
+        3,
+        20,
+        "transports.tcp.header_digest",
+        "unknown value `sometimes` (expected one of `allowed`, `required`, `off`)",
+    );
+    err1(
+        "subsystems:\n  - nqn: [a]\n",
+        2,
+        10,
+        "subsystems[0].nqn",
+        "expected a string, found a list",
+    );
+    err1(
+        "reactors: { idle_sleep_us: -1 }\n",
+        1,
+        28,
+        "reactors.idle_sleep_us",
+        "integer -1 is out of range (0..=4294967295)",
+    );
+    err1(
+        "bdevs:\n  - name: x\n    null: { size: 1.5 }\n",
+        3,
+        19,
+        "bdevs[0].null.size",
+        "expected a size",
+    );
+}
+
+#[test]
+fn missing_required_fields() {
+    // Points at the mapping that lacks the field.
+    err1(
+        "subsystems:\n  - serial: \"1\"\n    model: m\n",
+        2,
+        5,
+        "subsystems[0].nqn",
+        "missing required field `nqn`",
+    );
+    err1(
+        "bdevs:\n  - malloc: { size: 1MiB }\n",
+        2,
+        5,
+        "bdevs[0].name",
+        "missing required field `name`",
+    );
+    err1(
+        "bdevs:\n  - name: x\n    malloc: { block_size: 512 }\n",
+        3,
+        13,
+        "bdevs[0].malloc.size",
+        "missing required field `size`",
+    );
+    err1(
+        "bdevs:\n  - name: x\n    uring: {}\n",
+        3,
+        12,
+        "bdevs[0].uring.path",
+        "missing required field `path`",
+    );
+    err1(
+        &BASE.replace("      - bdev: ram0\n", "      - nsid: 1\n"),
+        7,
+        9,
+        "subsystems[0].namespaces[0].bdev",
+        "missing required field `bdev`",
+    );
+    err1(
+        &BASE.replace("      - address: 127.0.0.1\n", "      - port: 4420\n"),
+        9,
+        9,
+        "subsystems[0].listeners[0].address",
+        "missing required field `address`",
+    );
+}
+
+// ---------------------------------------------------------------- sizes
+
+#[test]
+fn bad_sizes() {
+    let at = |size: &str| format!("bdevs:\n  - name: x\n    null: {{ size: {size} }}\n");
+    err1(
+        &at("4KB"),
+        3,
+        19,
+        "bdevs[0].null.size",
+        "unit \"KB\" is ambiguous",
+    );
+    err1(&at("1G"), 3, 19, "bdevs[0].null.size", "write 1GiB");
+    err1(
+        &at("lots"),
+        3,
+        19,
+        "bdevs[0].null.size",
+        "invalid size \"lots\"",
+    );
+    err1(
+        &at("4 bananas"),
+        3,
+        19,
+        "bdevs[0].null.size",
+        "unknown unit \"bananas\"",
+    );
+    err1(&at("1.5GiB"), 3, 19, "bdevs[0].null.size", "whole number");
+    err1(
+        &at("-4096"),
+        3,
+        19,
+        "bdevs[0].null.size",
+        "must not be negative",
+    );
+    err1(&at("16EiB"), 3, 19, "bdevs[0].null.size", "too large");
+    err1(
+        &at("[4096]"),
+        3,
+        19,
+        "bdevs[0].null.size",
+        "expected a size",
+    );
+}
+
+// ---------------------------------------------------------------- not supported yet
+
+#[test]
+fn rdma_transport_not_supported() {
+    let shown = err1(
+        "transports:\n  tcp: {}\n  rdma:\n    srq_depth: 4096\n",
+        3,
+        3,
+        "transports.rdma",
+        "RDMA transport is not supported yet",
+    );
+    assert_eq!(
+        shown,
+        "t.yaml:3:3: transports.rdma: RDMA transport is not supported yet"
+    );
+    // Even an empty section is refused, never ignored.
+    err1(
+        "transports:\n  rdma:\n",
+        2,
+        3,
+        "transports.rdma",
+        "not supported yet",
+    );
+    err1(
+        &BASE.replace(
+            "      - address: 127.0.0.1\n",
+            "      - { transport: rdma, address: 127.0.0.1 }\n",
+        ),
+        9,
+        22,
+        "subsystems[0].listeners[0].transport",
+        "RDMA transport is not supported yet",
+    );
+}
+
+#[test]
+fn nvme_bdev_not_supported() {
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:00.0\", namespace: 1 }\n",
+        3,
+        5,
+        "bdevs[0].nvme",
+        "the nvme bdev kind (userspace NVMe driver) is not supported yet",
+    );
+}
+
+#[test]
+fn uring_passthrough_not_supported() {
+    err1(
+        "bdevs:\n  - name: ng0\n    uring: { path: /dev/ng0n1, passthrough: true }\n",
+        3,
+        32,
+        "bdevs[0].uring.passthrough",
+        "passthrough: true`) is not supported yet",
+    );
+    err1(
+        "bdevs:\n  - name: ng0\n    uring: { path: /dev/ng0n1, passthrough: 1 }\n",
+        3,
+        45,
+        "bdevs[0].uring.passthrough",
+        "expected `true` or `false`",
+    );
+}
+
+#[test]
+fn p2p_not_supported() {
+    err1(
+        &format!("{BASE}    p2p: auto\n"),
+        10,
+        5,
+        "subsystems[0].p2p",
+        "p2p) is not supported yet",
+    );
+    err1(
+        &BASE.replace(
+            "      - bdev: ram0\n",
+            "      - bdev: ram0\n        p2p: off\n",
+        ),
+        8,
+        9,
+        "subsystems[0].namespaces[0].p2p",
+        "p2p) is not supported yet",
+    );
+}
+
+// ---------------------------------------------------------------- reactors
+
+#[test]
+fn cores_and_count_together() {
+    let shown = err1(
+        "reactors:\n  cores: [0]\n  count: 1\n",
+        3,
+        3,
+        "reactors.count",
+        "give either `cores` or `count`, not both",
+    );
+    assert_eq!(
+        shown,
+        "t.yaml:3:3: reactors.count: give either `cores` or `count`, not both"
+    );
+}
+
+#[test]
+fn bad_cores() {
+    err1(
+        "reactors: { count: 0 }\n",
+        1,
+        20,
+        "reactors.count",
+        "at least 1",
+    );
+    err1(
+        "reactors: { cores: [] }\n",
+        1,
+        20,
+        "reactors.cores",
+        "at least one core",
+    );
+    err1(
+        "reactors:\n  cores: [0, 0]\n",
+        2,
+        14,
+        "reactors.cores[1]",
+        "core 0 is already listed as cores[0]",
+    );
+    let shown = err1(
+        "reactors:\n  cores:\n    - 0\n    - 100000\n",
+        4,
+        7,
+        "reactors.cores[1]",
+        "core 100000 does not exist (this machine has",
+    );
+    assert!(shown.starts_with("t.yaml:4:7: reactors.cores[1]: core 100000 does not exist"));
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    err1(
+        &format!("reactors: {{ count: {} }}\n", cpus + 1),
+        1,
+        20,
+        "reactors.count",
+        &format!("but core {cpus} does not exist"),
+    );
+}
+
+// ---------------------------------------------------------------- transports
+
+#[test]
+fn tcp_rules() {
+    let tcp = |body: &str| format!("transports:\n  tcp:\n    {body}\n");
+    let p = "transports.tcp";
+    err1(
+        &tcp("max_io_size: 12KiB"),
+        3,
+        18,
+        &format!("{p}.max_io_size"),
+        "power of two from 4KiB to 8MiB (got 12KiB)",
+    );
+    err1(
+        &tcp("max_io_size: 2KiB"),
+        3,
+        18,
+        &format!("{p}.max_io_size"),
+        "(got 2KiB)",
+    );
+    err1(
+        &tcp("max_io_size: 16MiB"),
+        3,
+        18,
+        &format!("{p}.max_io_size"),
+        "(got 16MiB)",
+    );
+    err1(
+        &tcp("in_capsule_data_size: 1000"),
+        3,
+        27,
+        &format!("{p}.in_capsule_data_size"),
+        "multiple of 16 bytes (got 1000 bytes)",
+    );
+    err1(
+        &tcp("in_capsule_data_size: 256KiB\n    max_io_size: 1MiB"),
+        3,
+        27,
+        &format!("{p}.in_capsule_data_size"),
+        "at most 128KiB (got 256KiB)",
+    );
+    // The default in-capsule size (8KiB) exceeds a small max_io_size: points at the `tcp`
+    // mapping, since the offending field was not written.
+    let shown = err1(
+        &tcp("max_io_size: 4KiB"),
+        3,
+        5,
+        &format!("{p}.in_capsule_data_size"),
+        "in_capsule_data_size (8KiB, the default) must not exceed max_io_size (4KiB)",
+    );
+    assert!(shown.starts_with("t.yaml:3:5: transports.tcp.in_capsule_data_size:"));
+    err1(
+        &tcp("max_queue_depth: 1"),
+        3,
+        22,
+        &format!("{p}.max_queue_depth"),
+        "between 2 and 1024 (got 1)",
+    );
+    err1(
+        &tcp("max_queue_depth: 1025"),
+        3,
+        22,
+        &format!("{p}.max_queue_depth"),
+        "(got 1025)",
+    );
+    err1(
+        &tcp("max_io_queues: 0"),
+        3,
+        20,
+        &format!("{p}.max_io_queues"),
+        "between 1 and 1024 (got 0)",
+    );
+    err1(
+        &tcp("max_io_queues: 99999"),
+        3,
+        20,
+        &format!("{p}.max_io_queues"),
+        "(got 99999)",
+    );
+}
+
+// ---------------------------------------------------------------- bdevs
+
+#[test]
+fn bdev_kind_count() {
+    err1(
+        "bdevs:\n  - name: x\n",
+        2,
+        5,
+        "bdevs[0]",
+        "a bdev needs exactly one kind: `malloc`, `null` or `uring`",
+    );
+    err1(
+        "bdevs:\n  - name: x\n    malloc: { size: 1MiB }\n    uring: { path: /tmp/x }\n",
+        4,
+        5,
+        "bdevs[0].uring",
+        "exactly one kind, but `malloc` and `uring` are both given",
+    );
+    // An empty kind section counts as given (and then lacks its required field).
+    err1(
+        "bdevs:\n  - name: x\n    null:\n",
+        3,
+        9,
+        "bdevs[0].null.size",
+        "missing required field `size`",
+    );
+}
+
+#[test]
+fn bdev_names() {
+    let two = |a: &str, b: &str| {
+        format!("bdevs:\n  - name: {a}\n    null: {{ size: 1MiB }}\n  - name: {b}\n    null: {{ size: 1MiB }}\n")
+    };
+    err1(
+        &two("a", "a"),
+        4,
+        11,
+        "bdevs[1].name",
+        "bdev name \"a\" is already used by bdevs[0]",
+    );
+    err1(
+        &two("a", "\"\""),
+        4,
+        11,
+        "bdevs[1].name",
+        "must not be empty",
+    );
+    err1(
+        &two("a", "\"b c\""),
+        4,
+        11,
+        "bdevs[1].name",
+        "may only contain letters, digits",
+    );
+    err1(
+        &two("a", "b/c"),
+        4,
+        11,
+        "bdevs[1].name",
+        "may only contain letters, digits",
+    );
+    crate::common::ok(&two("a.b-c_D9", "x"));
+}
+
+#[test]
+fn bdev_sizes_and_block_sizes() {
+    let b = |kind: &str| format!("bdevs:\n  - name: x\n    {kind}\n");
+    err1(
+        &b("malloc: { size: 0 }"),
+        3,
+        21,
+        "bdevs[0].malloc.size",
+        "greater than 0",
+    );
+    err1(
+        &b("malloc: { size: 6000 }"),
+        3,
+        21,
+        "bdevs[0].malloc.size",
+        "size 6000 bytes is not a multiple of block_size (4096, the default)",
+    );
+    err1(
+        &b("null: { size: 1MiB, block_size: 1000 }"),
+        3,
+        37,
+        "bdevs[0].null.block_size",
+        "power of two from 512 to 65536 bytes (got 1000 bytes)",
+    );
+    err1(
+        &b("null: { size: 1MiB, block_size: 256 }"),
+        3,
+        37,
+        "bdevs[0].null.block_size",
+        "(got 256 bytes)",
+    );
+    err1(
+        &b("null: { size: 1MiB, block_size: 128KiB }"),
+        3,
+        37,
+        "bdevs[0].null.block_size",
+        "(got 128KiB)",
+    );
+    err1(
+        &b("uring: { path: /x, block_size: 3000 }"),
+        3,
+        36,
+        "bdevs[0].uring.block_size",
+        "power of two",
+    );
+    err1(
+        &b("uring: { path: \"\" }"),
+        3,
+        20,
+        "bdevs[0].uring.path",
+        "must not be empty",
+    );
+    crate::common::ok(&b("null: { size: 64KiB, block_size: 64KiB }"));
+}
+
+// ---------------------------------------------------------------- subsystems
+
+const NS2: &str = "\
+bdevs:
+  - name: ram0
+    malloc: { size: 1MiB }
+  - name: ram1
+    malloc: { size: 1MiB }
+subsystems:
+  - nqn: nqn.2026-11.io.nvmfd:a
+    namespaces:
+      - nsid: 1
+        bdev: ram0
+      - nsid: 2
+        bdev: nvme9
+";
+
+/// The nested case from the specification, exact to the column.
+#[test]
+fn unknown_bdev_in_nested_namespace() {
+    let shown = err1(
+        NS2,
+        12,
+        15,
+        "subsystems[0].namespaces[1].bdev",
+        "no bdev named \"nvme9\"",
+    );
+    assert_eq!(
+        shown,
+        "t.yaml:12:15: subsystems[0].namespaces[1].bdev: no bdev named \"nvme9\" (defined: ram0, ram1)"
+    );
+}
+
+#[test]
+fn bdev_backs_one_namespace_only() {
+    err1(
+        &NS2.replace("nvme9", "ram0"),
+        12,
+        15,
+        "subsystems[0].namespaces[1].bdev",
+        "bdev \"ram0\" already backs subsystems[0].namespaces[0]",
+    );
+    // Across subsystems too.
+    let text = NS2.replace("nvme9", "ram1")
+        + "  - nqn: nqn.2026-11.io.nvmfd:b\n    namespaces:\n      - bdev: ram1\n";
+    err1(
+        &text,
+        15,
+        15,
+        "subsystems[1].namespaces[0].bdev",
+        "bdev \"ram1\" already backs subsystems[0].namespaces[1]",
+    );
+}
+
+#[test]
+fn nsid_rules() {
+    err1(
+        &NS2.replace("nvme9", "ram1").replace("nsid: 2", "nsid: 1"),
+        11,
+        15,
+        "subsystems[0].namespaces[1].nsid",
+        "nsid 1 is already used by namespaces[0]",
+    );
+    err1(
+        &NS2.replace("nvme9", "ram1").replace("nsid: 2", "nsid: 0"),
+        11,
+        15,
+        "subsystems[0].namespaces[1].nsid",
+        "nsid must be between 1 and 4294967294 (got 0)",
+    );
+    err1(
+        &NS2.replace("nvme9", "ram1")
+            .replace("nsid: 2", "nsid: 4294967295"),
+        11,
+        15,
+        "subsystems[0].namespaces[1].nsid",
+        "(got 4294967295)",
+    );
+    // A defaulted nsid (position + 1) colliding with an explicit one: points at the entry.
+    err1(
+        &NS2.replace("nvme9", "ram1")
+            .replace("      - nsid: 1\n", "      - nsid: 2\n")
+            .replace("      - nsid: 2\n        bdev: ram1", "      - bdev: ram1"),
+        11,
+        9,
+        "subsystems[0].namespaces[1].nsid",
+        "nsid 2 (the default, position + 1) is already used by namespaces[0]",
+    );
+}
+
+#[test]
+fn nqn_rules() {
+    let sub = |nqn: &str| format!("subsystems:\n  - nqn: {nqn}\n");
+    err1(
+        &sub("iqn.2026-11.io.x:a"),
+        2,
+        10,
+        "subsystems[0].nqn",
+        "must start with \"nqn.\"",
+    );
+    err1(
+        &sub("\"nqn.2026-11.io.x:a b\""),
+        2,
+        10,
+        "subsystems[0].nqn",
+        "printable ASCII",
+    );
+    err1(
+        &sub(&format!("nqn.{}", "x".repeat(220))),
+        2,
+        10,
+        "subsystems[0].nqn",
+        "NQN is 224 bytes long, at most 223",
+    );
+    err1(
+        &sub("nqn.2014-08.org.nvmexpress.discovery"),
+        2,
+        10,
+        "subsystems[0].nqn",
+        "discovery service's NQN",
+    );
+    err1(
+        "subsystems:\n  - nqn: nqn.2026-11.io.x:a\n  - nqn: nqn.2026-11.io.x:a\n",
+        3,
+        10,
+        "subsystems[1].nqn",
+        "NQN \"nqn.2026-11.io.x:a\" is already used by subsystems[0]",
+    );
+    crate::common::ok(&sub(&format!("nqn.{}", "x".repeat(219))));
+}
+
+#[test]
+fn hosts_rules() {
+    let base = "subsystems:\n  - nqn: nqn.2026-11.io.x:a\n    hosts:\n      - nqn.2014-08.org.nvmexpress:uuid:1\n";
+    err1(
+        &format!("{base}      - hostname\n"),
+        5,
+        9,
+        "subsystems[0].hosts[1]",
+        "\"hostname\" is not a valid NQN",
+    );
+    err1(
+        &format!("{base}      - nqn.2014-08.org.nvmexpress:uuid:1\n"),
+        5,
+        9,
+        "subsystems[0].hosts[1]",
+        "already listed as hosts[0]",
+    );
+    err1(
+        &format!("{base}    allow_any_host: true\n"),
+        5,
+        21,
+        "subsystems[0].allow_any_host",
+        "`allow_any_host: true` admits every host",
+    );
+}
+
+#[test]
+fn serial_and_model_rules() {
+    let sub = |extra: &str| format!("subsystems:\n  - nqn: nqn.2026-11.io.x:a\n    {extra}\n");
+    err1(
+        &sub("serial: ABCDEFGHIJKLMNOPQRSTU"),
+        3,
+        13,
+        "subsystems[0].serial",
+        "21 bytes long, at most 20",
+    );
+    err1(
+        &sub("serial: \"\""),
+        3,
+        13,
+        "subsystems[0].serial",
+        "must not be empty",
+    );
+    err1(
+        &sub("serial: \"caf\u{e9}\""),
+        3,
+        13,
+        "subsystems[0].serial",
+        "printable ASCII",
+    );
+    err1(
+        &sub(&format!("model: {}", "m".repeat(41))),
+        3,
+        12,
+        "subsystems[0].model",
+        "41 bytes long, at most 40",
+    );
+    crate::common::ok(&sub("serial: ABCDEFGHIJKLMNOPQRST"));
+    crate::common::ok(&sub(&format!("model: {}", "m".repeat(40))));
+    // More than 9999 subsystems would overflow the default serial's 4 digits only in width,
+    // "NVMFD10000" is still within 20 bytes; nothing to test there.
+}
+
+#[test]
+fn listener_rules() {
+    let l = |body: &str| BASE.replace("      - address: 127.0.0.1\n", &format!("      - {body}\n"));
+    err1(
+        &l("{ address: storage.example.com }"),
+        9,
+        20,
+        "subsystems[0].listeners[0].address",
+        "\"storage.example.com\" is not an IP address",
+    );
+    err1(
+        &l("{ address: \"[::1]\" }"),
+        9,
+        20,
+        "subsystems[0].listeners[0].address",
+        "not an IP address",
+    );
+    err1(
+        &l("{ address: 127.0.0.1, port: 0 }"),
+        9,
+        37,
+        "subsystems[0].listeners[0].port",
+        "between 1 and 65535 (got 0)",
+    );
+    err1(
+        &l("{ address: 127.0.0.1, port: 65536 }"),
+        9,
+        37,
+        "subsystems[0].listeners[0].port",
+        "(got 65536)",
+    );
+    err1(
+        &l("{ address: 127.0.0.1 }\n      - { address: 127.0.0.1, port: 4420, transport: tcp }"),
+        10,
+        9,
+        "subsystems[0].listeners[1]",
+        "listener tcp 127.0.0.1:4420 is already listed as listeners[0]",
+    );
+    err1(
+        &l("{ address: \"::1\" }\n      - { address: \"::1\" }"),
+        10,
+        9,
+        "subsystems[0].listeners[1]",
+        "listener tcp [::1]:4420 is already listed",
+    );
+    // Same address on another port, or in another subsystem, is fine.
+    crate::common::ok(&l(
+        "{ address: 127.0.0.1 }\n      - { address: 127.0.0.1, port: 4421 }",
+    ));
+}
+
+// ---------------------------------------------------------------- several errors
+
+/// Checks of values all run: several problems come out together, sorted by position.
+#[test]
+fn several_errors_are_all_reported_in_file_order() {
+    let text = "\
+transports:
+  tcp:
+    max_queue_depth: 0
+  rdma: {}
+bdevs:
+  - name: ram0
+    malloc: { size: 1000 }
+subsystems:
+  - nqn: nqn.2026-11.io.x:a
+    namespaces:
+      - bdev: ram9
+";
+    let d = diags(text);
+    let got: Vec<(usize, usize, &str)> = d
+        .iter()
+        .map(|d| (d.line, d.column, d.path.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (3, 22, "transports.tcp.max_queue_depth"),
+            (4, 3, "transports.rdma"),
+            (7, 21, "bdevs[0].malloc.size"),
+            (11, 15, "subsystems[0].namespaces[0].bdev"),
+        ]
+    );
+    let e = nvmfd_config::parse_str(text, "t.yaml").unwrap_err();
+    assert_eq!(e.to_string().lines().count(), 4);
+}
+
+#[test]
+fn quoted_keys_in_paths() {
+    err1(
+        "discovery:\n  \"a b\": 1\n",
+        2,
+        3,
+        "discovery.\"a b\"",
+        "unknown field `a b`",
+    );
+}

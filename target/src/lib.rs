@@ -1,1 +1,8 @@
-//! placeholder
+//! nvmfd: the NVMe-oF target core ([`core`]), the reactor runtime ([`reactor`]) and the daemon
+//! ([`daemon`]).
+
+mod affinity;
+pub mod core;
+pub mod daemon;
+pub mod reactor;
+pub mod signals;

@@ -1,0 +1,132 @@
+//! Fabrics commands: Connect (admin and I/O queues) and Property Get/Set.
+
+use super::admin::AdminState;
+use super::qpair::{Outcome, QueuePair, State};
+use super::SubsysRef;
+use nvmfd_transport::proto::fabrics::{ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN};
+use nvmfd_transport::proto::nvme::property;
+use nvmfd_transport::proto::status::Status;
+use nvmfd_transport::Capsule;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+use tracing::{info, warn};
+
+/// NVMe version reported in VS and Identify Controller: 1.3.
+pub const NVME_VERSION: u32 = 0x0001_0300;
+
+/// Connect Invalid Parameters carries where the bad parameter is: IPO (byte offset) and IATTR
+/// (set when the offset is into the Connect data rather than the command).
+fn invalid_param(qp: &QueuePair, cap: &Capsule, in_data: bool, offset: u16) -> Outcome {
+    qp.respond(cap, Status::CONNECT_INVALID_PARAMETERS, offset as u32 | ((in_data as u32) << 16), 0)
+}
+
+pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Outcome {
+    let cmd = ConnectCommand::from_sqe(&cap.sqe);
+    if cmd.recfmt != 0 {
+        return qp.respond(cap, Status::CONNECT_INCOMPATIBLE_FORMAT, 0, 0);
+    }
+    let data = match cap.buf.as_ref().map(|b| b.as_slice()) {
+        Some(b) if cap.data_len as usize >= ConnectData::SIZE && b.len() >= ConnectData::SIZE => {
+            ConnectData::decode(b[..ConnectData::SIZE].try_into().expect("1024 bytes"))
+        }
+        _ => return qp.respond(cap, Status::DATA_SGL_LENGTH_INVALID, 0, 0),
+    };
+    let target = qp.target.clone();
+    let Some(subsys) = target.find_subsystem(&data.subnqn) else {
+        warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, "connect refused: no such subsystem");
+        return invalid_param(qp, cap, true, 256);
+    };
+    if data.hostnqn.is_empty() || !data.hostnqn.starts_with("nqn.") {
+        warn!(subnqn = %data.subnqn, "connect refused: malformed host NQN");
+        return invalid_param(qp, cap, true, 512);
+    }
+    if let SubsysRef::Nvm(i) = subsys {
+        if !target.subsystems[i].host_allowed(&data.hostnqn) {
+            warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, "connect refused: host not on the subsystem's allow list");
+            return qp.respond(cap, Status::CONNECT_INVALID_HOST, 0, 0);
+        }
+    }
+    let entries = cmd.sqsize as u32 + 1;
+    if cmd.sqsize == 0 || entries > target.limits.max_queue_depth as u32 {
+        warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, sqsize = cmd.sqsize, max = target.limits.max_queue_depth,
+            "connect refused: queue size out of range");
+        return invalid_param(qp, cap, false, 44);
+    }
+    if cmd.qid == 0 {
+        if data.cntlid != 0xffff {
+            return invalid_param(qp, cap, true, 16);
+        }
+        let max_io = if subsys == SubsysRef::Discovery { 0 } else { target.limits.max_io_queues };
+        let Some(ctrl) = target.registry.create(subsys, &data.hostnqn, data.hostid, max_io) else {
+            return qp.respond(cap, Status::CONNECT_CONTROLLER_BUSY, 0, 0);
+        };
+        info!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, cntlid = ctrl.cntlid, kato_ms = cmd.kato_ms, "controller created");
+        let cntlid = ctrl.cntlid;
+        qp.qid = 0;
+        qp.sq_entries = entries as u16;
+        qp.state = State::Admin(Box::new(AdminState::new(ctrl, cmd.kato_ms, now)));
+        return qp.respond(cap, Status::SUCCESS, cntlid as u32, 0);
+    }
+    let SubsysRef::Nvm(si) = subsys else {
+        return invalid_param(qp, cap, false, 42);
+    };
+    let Some(ctrl) = target.registry.get(data.cntlid) else {
+        warn!(subnqn = %data.subnqn, cntlid = data.cntlid, "I/O queue connect refused: unknown controller");
+        return invalid_param(qp, cap, true, 16);
+    };
+    if ctrl.subsys != subsys || ctrl.hostnqn != data.hostnqn {
+        warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, cntlid = data.cntlid,
+            "I/O queue connect refused: controller belongs to another host or subsystem");
+        return invalid_param(qp, cap, true, 16);
+    }
+    if !ctrl.ready.load(Ordering::Acquire) {
+        return qp.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
+    }
+    if cmd.qid > ctrl.io_queues.load(Ordering::Acquire) || !ctrl.claim_qid(cmd.qid) {
+        warn!(subnqn = %data.subnqn, cntlid = data.cntlid, qid = cmd.qid, "I/O queue connect refused: queue ID out of range or in use");
+        return invalid_param(qp, cap, false, 42);
+    }
+    let cntlid = ctrl.cntlid;
+    qp.qid = cmd.qid;
+    qp.sq_entries = entries as u16;
+    qp.state = State::Io { ctrl, subsys: si };
+    qp.respond(cap, Status::SUCCESS, cntlid as u32, 0)
+}
+
+/// CAP: MQES, contiguous queues required, 15 s timeout, NVM command set, 4 KiB pages.
+pub(super) fn cap_register(max_queue_depth: u16) -> u64 {
+    (max_queue_depth as u64 - 1) | (1 << 16) | (30 << 24) | (1 << 37)
+}
+
+pub(super) fn property(qp: &mut QueuePair, cap: &mut Capsule) -> Outcome {
+    let cmd = PropertyCommand::from_sqe(&cap.sqe);
+    let set = cap.sqe.fctype() == nvmfd_transport::proto::fabrics::fctype::PROPERTY_SET;
+    let max_qd = qp.target.limits.max_queue_depth;
+    let State::Admin(a) = &mut qp.state else {
+        return qp.respond(cap, Status::INVALID_OPCODE, 0, 0);
+    };
+    let value: u64 = match (set, cmd.offset, cmd.size) {
+        (false, property::CAP, _) => cap_register(max_qd),
+        (false, property::VS, 4) => NVME_VERSION as u64,
+        (false, property::CC, 4) => a.cc as u64,
+        (false, property::CSTS, 4) => a.csts as u64,
+        (true, property::CC, 4) => {
+            a.set_cc(cmd.value as u32);
+            0
+        }
+        _ => return qp.respond(cap, Status::INVALID_FIELD, 0, 0),
+    };
+    let mut out = qp.respond(cap, Status::SUCCESS, value as u32, 0);
+    if let Outcome::Done(r) = &mut out {
+        r.cqe.dw1 = (value >> 32) as u32;
+    }
+    out
+}
+
+/// The NQN of the subsystem a controller serves.
+pub(super) fn subsys_nqn(target: &super::Target, s: SubsysRef) -> &str {
+    match s {
+        SubsysRef::Discovery => DISCOVERY_NQN,
+        SubsysRef::Nvm(i) => &target.subsystems[i].nqn,
+    }
+}

@@ -1,0 +1,180 @@
+//! Identify data structures: controller, namespace, active namespace list, namespace
+//! identification descriptors, and the NVM command set controller structure.
+
+use super::admin::AERL;
+use super::controller::CtrlShared;
+use super::fabrics::{subsys_nqn, NVME_VERSION};
+use super::{SubsysRef, Target};
+use nvmfd_transport::proto::nvme::{cns, Sqe};
+use nvmfd_transport::proto::put_str;
+use nvmfd_transport::proto::status::Status;
+
+pub const SIZE: usize = 4096;
+
+/// Firmware revision reported in Identify and the firmware slot log.
+pub const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
+
+fn put16(b: &mut [u8], o: usize, v: u16) {
+    b[o..o + 2].copy_from_slice(&v.to_le_bytes());
+}
+fn put32(b: &mut [u8], o: usize, v: u32) {
+    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
+}
+fn put64(b: &mut [u8], o: usize, v: u64) {
+    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+/// A stable 16-byte identifier derived from a subsystem NQN and an NSID (so a namespace keeps its
+/// NGUID/UUID across restarts of the same config).
+pub fn derive_id(nqn: &str, nsid: u32, salt: u32) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut seed = crc32c::crc32c_append(salt, nqn.as_bytes());
+    seed = crc32c::crc32c_append(seed, &nsid.to_le_bytes());
+    for (i, chunk) in out.chunks_mut(4).enumerate() {
+        seed = crc32c::crc32c_append(seed, &[i as u8, 0x5a]);
+        chunk.copy_from_slice(&seed.to_be_bytes());
+    }
+    out
+}
+
+/// A name-based (version 8, RFC 9562 variant) UUID for a namespace.
+pub fn derive_uuid(nqn: &str, nsid: u32) -> [u8; 16] {
+    let mut u = derive_id(nqn, nsid, 0x7575);
+    u[6] = (u[6] & 0x0f) | 0x80;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+/// Fill `out` (4096 bytes, zeroed) for the Identify command `sqe`.
+pub fn identify(target: &Target, ctrl: &CtrlShared, sqe: &Sqe, out: &mut [u8]) -> Result<(), Status> {
+    let cns = sqe.cdw10 as u8;
+    let csi = (sqe.cdw11 >> 24) as u8;
+    let subsys = match ctrl.subsys {
+        SubsysRef::Nvm(i) => Some(&target.subsystems[i]),
+        SubsysRef::Discovery => None,
+    };
+    match (cns, subsys) {
+        (cns::CONTROLLER, _) => {
+            controller(target, ctrl, out);
+            Ok(())
+        }
+        (cns::NAMESPACE, Some(s)) => {
+            let Some(ns) = s.namespace(sqe.nsid) else {
+                // An NSID within 1..=NN without a namespace reads as zeroes (inactive).
+                return if sqe.nsid != 0 && sqe.nsid <= s.max_nsid() { Ok(()) } else { Err(Status::INVALID_NAMESPACE) };
+            };
+            namespace(ns, out);
+            Ok(())
+        }
+        (cns::ACTIVE_NAMESPACES, Some(s)) => {
+            if sqe.nsid >= 0xffff_fffe {
+                return Err(Status::INVALID_NAMESPACE);
+            }
+            for (i, ns) in s.namespaces.iter().filter(|n| n.nsid > sqe.nsid).take(SIZE / 4).enumerate() {
+                put32(out, i * 4, ns.nsid);
+            }
+            Ok(())
+        }
+        (cns::NAMESPACE_DESCRIPTORS, Some(s)) => {
+            let ns = s.namespace(sqe.nsid).ok_or(Status::INVALID_NAMESPACE)?;
+            // NIDT 2 = NGUID (16 bytes), 3 = UUID (16 bytes), 4 = command set identifier (1 byte).
+            let mut o = 0;
+            for (nidt, id) in [(2u8, &ns.nguid[..]), (3u8, &ns.uuid[..]), (4u8, &[0u8][..])] {
+                out[o] = nidt;
+                out[o + 1] = id.len() as u8;
+                out[o + 4..o + 4 + id.len()].copy_from_slice(id);
+                o += 4 + id.len();
+            }
+            Ok(())
+        }
+        // The NVM command set's controller structure: all limits zero (none beyond MDTS).
+        (cns::CSI_CONTROLLER, Some(_)) if csi == 0 => Ok(()),
+        _ => Err(Status::INVALID_FIELD),
+    }
+}
+
+fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
+    let limits = &target.limits;
+    let subsys = match ctrl.subsys {
+        SubsysRef::Nvm(i) => Some(&target.subsystems[i]),
+        SubsysRef::Discovery => None,
+    };
+    // VID/SSVID stay 0: a fabrics target has no PCI vendor.
+    let (serial, model) = match subsys {
+        Some(s) => (s.serial.as_str(), s.model.as_str()),
+        None => ("nvmfd-discovery", "nvmfd discovery"),
+    };
+    put_str(&mut b[4..24], serial, b' ');
+    put_str(&mut b[24..64], model, b' ');
+    put_str(&mut b[64..72], FIRMWARE_REVISION, b' ');
+    b[72] = 6; // recommended arbitration burst
+    // CMIC bit 1: the subsystem may have several controllers (one per connected host).
+    b[76] = if subsys.is_some() { 0x02 } else { 0 };
+    // MDTS in units of the 4 KiB minimum page size, as a power of two.
+    b[77] = (limits.max_io_size / 4096).trailing_zeros() as u8;
+    put16(b, 78, ctrl.cntlid);
+    put32(b, 80, NVME_VERSION);
+    // OAES bit 8: namespace attribute notices.
+    put32(b, 92, if subsys.is_some() { 1 << 8 } else { 0 });
+    // CNTRLTYPE: 1 I/O controller, 2 discovery controller.
+    b[111] = if subsys.is_some() { 1 } else { 2 };
+    b[258] = 3; // ACL: 4 aborts
+    b[259] = AERL;
+    b[260] = 0x03; // FRMW: one slot, slot 1 read-only
+    b[261] = 0x04; // LPA: extended data for Get Log Page
+    b[262] = 0; // ELPE: one error log entry
+    put16(b, 266, 343); // WCTEMP 70 °C
+    put16(b, 268, 358); // CCTEMP 85 °C
+    put16(b, 320, 10); // KAS: keep-alive granularity 10 * 100 ms
+    b[512] = 0x66; // SQES: 64-byte entries
+    b[513] = 0x44; // CQES: 16-byte entries
+    put16(b, 514, limits.max_queue_depth);
+    if let Some(s) = subsys {
+        put32(b, 516, s.max_nsid());
+        put16(b, 520, 0x000c); // ONCS: Dataset Management, Write Zeroes
+        // VWC: bit 0 cache present; bits 2:1 = 10b: Flush with NSID FFFFFFFFh not supported.
+        b[525] = 0x04 | s.volatile_cache() as u8;
+    }
+    // SGLS: SGLs supported (bits 1:0 = 01b), address field as offset (bit 20).
+    put32(b, 536, 0x0010_0001);
+    put32(b, 540, 0); // MNAN
+    put_str(&mut b[768..1024], subsys_nqn(target, ctrl.subsys), 0);
+    // NVMe over Fabrics attributes.
+    put32(b, 1792, (64 + limits.in_capsule_data_size) / 16); // IOCCSZ
+    put32(b, 1796, 1); // IORCSZ: 16-byte responses
+    put16(b, 1800, 0); // ICDOFF
+    b[1802] = 0; // FCATT: dynamic controller model
+    b[1803] = 1; // MSDBD: one SGL descriptor
+    put16(b, 1804, 1); // OFCS: Disconnect supported
+    // Power state 0: 25 W max (centiwatts), entry/exit latency unreported.
+    put16(b, 2048, 2500);
+}
+
+fn namespace(ns: &super::Namespace, b: &mut [u8]) {
+    let n = ns.info.num_blocks;
+    put64(b, 0, n); // NSZE
+    put64(b, 8, n); // NCAP
+    put64(b, 16, n); // NUSE
+    b[25] = 0; // NLBAF: one format
+    b[26] = 0; // FLBAS: format 0
+    // DLFEAT: deallocated blocks read zero (001b) and Write Zeroes may deallocate (bit 3).
+    b[33] = if ns.info.deallocate_zeroes { 0x09 } else { 0 };
+    b[30] = 1; // NMIC: may be attached to several controllers
+    b[104..120].copy_from_slice(&ns.nguid);
+    // LBA format 0: no metadata, LBADS = log2(block size), best relative performance.
+    b[128 + 2] = ns.info.block_size.trailing_zeros() as u8;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_and_distinct() {
+        assert_eq!(derive_id("nqn.a", 1, 1), derive_id("nqn.a", 1, 1));
+        assert_ne!(derive_id("nqn.a", 1, 1), derive_id("nqn.a", 2, 1));
+        let u = derive_uuid("nqn.a", 1);
+        assert_eq!(u[6] >> 4, 8);
+        assert_eq!(u[8] >> 6, 2);
+    }
+}

@@ -1,0 +1,77 @@
+//! The NVM command set on I/O queues: Read, Write, Flush, Write Zeroes, Dataset Management.
+
+use super::qpair::State;
+use super::{Limits, Subsystem, Target};
+use nvmfd_bdev::{DsmRange, Op};
+use nvmfd_transport::proto::nvme::opcode;
+use nvmfd_transport::proto::status::Status;
+use nvmfd_transport::Capsule;
+
+/// A checked I/O command: hand it to a block device, or it is already done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checked {
+    Io { bdev: usize, op: Op },
+    Done,
+}
+
+/// Validate an I/O command against its namespace and turn it into a block-device operation.
+pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Checked, Status> {
+    let sqe = &cap.sqe;
+    let ns = subsys.namespace(sqe.nsid).ok_or(Status::INVALID_NAMESPACE)?;
+    let bdev = ns.bdev;
+    let in_range = |lba: u64, blocks: u64| lba.checked_add(blocks).is_some_and(|end| end <= ns.info.num_blocks);
+    match sqe.opcode {
+        opcode::NVM_READ | opcode::NVM_WRITE => {
+            let (lba, blocks) = (sqe.slba(), sqe.nlb());
+            let bytes = blocks as u64 * ns.info.block_size as u64;
+            if bytes > limits.max_io_size as u64 {
+                return Err(Status::INVALID_FIELD);
+            }
+            if !in_range(lba, blocks as u64) {
+                return Err(Status::LBA_OUT_OF_RANGE);
+            }
+            if (cap.data_len as u64) < bytes || cap.buf.as_ref().is_none_or(|b| (b.capacity() as u64) < bytes) {
+                return Err(Status::DATA_SGL_LENGTH_INVALID);
+            }
+            let op = if sqe.opcode == opcode::NVM_READ { Op::Read { lba, blocks } } else { Op::Write { lba, blocks } };
+            Ok(Checked::Io { bdev, op })
+        }
+        opcode::NVM_FLUSH => Ok(Checked::Io { bdev, op: Op::Flush }),
+        opcode::NVM_WRITE_ZEROES => {
+            let (lba, blocks) = (sqe.slba(), sqe.nlb());
+            if !in_range(lba, blocks as u64) {
+                return Err(Status::LBA_OUT_OF_RANGE);
+            }
+            Ok(Checked::Io { bdev, op: Op::WriteZeroes { lba, blocks } })
+        }
+        opcode::NVM_DATASET_MANAGEMENT => {
+            let ranges = (sqe.cdw10 & 0xff) as usize + 1;
+            let deallocate = sqe.cdw11 & (1 << 2) != 0;
+            let need = ranges * DsmRange::SIZE;
+            let data = match &cap.buf {
+                Some(b) if cap.data_len as usize >= need => &b.as_slice()[..need],
+                _ => return Err(Status::DATA_SGL_LENGTH_INVALID),
+            };
+            for chunk in data.chunks_exact(DsmRange::SIZE) {
+                let r = DsmRange::parse(chunk.try_into().expect("16 bytes"));
+                if !in_range(r.lba, r.blocks as u64) {
+                    return Err(Status::LBA_OUT_OF_RANGE);
+                }
+            }
+            // Only the deallocate attribute does anything; integral read/write hints are advisory.
+            if !deallocate {
+                return Ok(Checked::Done);
+            }
+            Ok(Checked::Io { bdev, op: Op::Deallocate { ranges: ranges as u16 } })
+        }
+        _ => Err(Status::INVALID_OPCODE),
+    }
+}
+
+/// Bytes a finished read returns to the host.
+pub(super) fn transfer_len(target: &Target, state: &State, cap: &Capsule) -> u32 {
+    let State::Io { subsys, .. } = state else { return 0 };
+    target.subsystems[*subsys]
+        .namespace(cap.sqe.nsid)
+        .map_or(0, |ns| cap.sqe.nlb() * ns.info.block_size)
+}

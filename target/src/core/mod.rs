@@ -1,0 +1,183 @@
+//! The NVMe-oF target core: subsystems, namespaces, controllers and queue pairs, as a state machine
+//! over capsules and completions. It never touches a socket, a block device or a clock: transports
+//! hand it [`Capsule`]s (with the current time), it answers with an [`Outcome`], and the reactor
+//! carries the outcome out. Every NVMe-oF rule is therefore testable without I/O.
+
+mod admin;
+mod controller;
+mod fabrics;
+mod identify;
+mod io;
+mod logpage;
+mod qpair;
+
+pub use controller::CtrlShared;
+pub use qpair::{Outcome, QueuePair};
+
+use nvmfd_bdev::BdevInfo;
+use nvmfd_config::{Config, TransportKind};
+use nvmfd_transport::proto::fabrics::DISCOVERY_NQN;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+pub use nvmfd_transport::{Capsule, Response};
+
+/// Limits the transport advertises and the core enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub in_capsule_data_size: u32,
+    pub max_io_size: u32,
+    pub max_queue_depth: u16,
+    pub max_io_queues: u16,
+}
+
+/// A namespace: an NSID mapped to a block device.
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub nsid: u32,
+    /// Index of the block device in the daemon's bdev table (and each reactor's channel table).
+    pub bdev: usize,
+    pub info: BdevInfo,
+    pub nguid: [u8; 16],
+    pub uuid: [u8; 16],
+}
+
+/// A listener address as the discovery log reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listener {
+    pub transport: TransportKind,
+    pub address: IpAddr,
+    pub port: u16,
+}
+
+/// An NVM subsystem.
+#[derive(Debug)]
+pub struct Subsystem {
+    pub nqn: String,
+    pub serial: String,
+    pub model: String,
+    pub allow_any_host: bool,
+    pub hosts: Vec<String>,
+    /// Sorted by NSID.
+    pub namespaces: Vec<Namespace>,
+    pub listeners: Vec<Listener>,
+}
+
+impl Subsystem {
+    pub fn host_allowed(&self, hostnqn: &str) -> bool {
+        self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+    }
+
+    pub fn namespace(&self, nsid: u32) -> Option<&Namespace> {
+        self.namespaces.binary_search_by_key(&nsid, |n| n.nsid).ok().map(|i| &self.namespaces[i])
+    }
+
+    /// Highest NSID (Identify Controller NN).
+    pub fn max_nsid(&self) -> u32 {
+        self.namespaces.last().map_or(0, |n| n.nsid)
+    }
+
+    /// Whether any namespace's device has a volatile write cache.
+    pub fn volatile_cache(&self) -> bool {
+        self.namespaces.iter().any(|n| n.info.volatile_cache)
+    }
+}
+
+/// Which subsystem a controller belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubsysRef {
+    Discovery,
+    Nvm(usize),
+}
+
+/// Everything the core knows, shared read-only by all reactors (the controller registry inside is
+/// touched only when queues connect and disconnect, never per I/O).
+#[derive(Debug)]
+pub struct Target {
+    pub subsystems: Vec<Subsystem>,
+    pub discovery_enabled: bool,
+    pub limits: Limits,
+    /// Generation counter of the discovery log.
+    pub discovery_genctr: u64,
+    registry: controller::Registry,
+}
+
+impl Target {
+    /// Build the target from a validated config and the facts of the bdevs it names (in config order).
+    pub fn new(cfg: &Config, bdevs: &[BdevInfo]) -> Arc<Target> {
+        let tcp = &cfg.transports.tcp;
+        let subsystems = cfg
+            .subsystems
+            .iter()
+            .map(|s| {
+                let mut namespaces: Vec<Namespace> = s
+                    .namespaces
+                    .iter()
+                    .filter_map(|ns| {
+                        let bdev = cfg.bdevs.iter().position(|b| b.name == ns.bdev)?;
+                        Some(Namespace {
+                            nsid: ns.nsid,
+                            bdev,
+                            info: bdevs[bdev].clone(),
+                            nguid: identify::derive_id(&s.nqn, ns.nsid, 0x6e67),
+                            uuid: identify::derive_uuid(&s.nqn, ns.nsid),
+                        })
+                    })
+                    .collect();
+                namespaces.sort_by_key(|n| n.nsid);
+                Subsystem {
+                    nqn: s.nqn.clone(),
+                    serial: s.serial.clone(),
+                    model: s.model.clone(),
+                    allow_any_host: s.allow_any_host,
+                    hosts: s.hosts.clone(),
+                    namespaces,
+                    listeners: s
+                        .listeners
+                        .iter()
+                        .map(|l| Listener { transport: l.transport, address: l.address, port: l.port })
+                        .collect(),
+                }
+            })
+            .collect();
+        Arc::new(Target {
+            subsystems,
+            discovery_enabled: cfg.discovery.enabled,
+            limits: Limits {
+                in_capsule_data_size: tcp.in_capsule_data_size,
+                max_io_size: tcp.max_io_size,
+                max_queue_depth: tcp.max_queue_depth,
+                max_io_queues: tcp.max_io_queues,
+            },
+            discovery_genctr: 1,
+            registry: controller::Registry::default(),
+        })
+    }
+
+    /// Look a subsystem up by NQN (the discovery NQN when discovery is enabled).
+    pub fn find_subsystem(&self, nqn: &str) -> Option<SubsysRef> {
+        if nqn == DISCOVERY_NQN {
+            return self.discovery_enabled.then_some(SubsysRef::Discovery);
+        }
+        self.subsystems.iter().position(|s| s.nqn == nqn).map(SubsysRef::Nvm)
+    }
+
+    /// Live controllers (for reports and tests).
+    pub fn controller_count(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Every listener address of every subsystem, deduplicated: what the daemon binds.
+    pub fn listeners(&self) -> Vec<Listener> {
+        let mut out: Vec<Listener> = Vec::new();
+        for l in self.subsystems.iter().flat_map(|s| s.listeners.iter()) {
+            if !out.contains(l) {
+                out.push(l.clone());
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,128 @@
+//! The daemon: open block devices, build the target, bind listeners, start reactors, accept
+//! connections, and stop cleanly on SIGINT/SIGTERM.
+
+use crate::core::Target;
+use crate::reactor::{self, NewConn, ReactorConfig, ReactorHandle};
+use anyhow::{bail, Context};
+use nvmfd_config::{Config, TransportKind};
+use nvmfd_transport::tcp::TcpParams;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{error, info, warn};
+
+/// A running daemon (used by `main` and by integration tests).
+pub struct Daemon {
+    pub target: Arc<Target>,
+    /// The addresses actually bound (port 0 in the config picks a free port).
+    pub listen_addrs: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    reactors: Vec<ReactorHandle>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Open everything the config names and start serving.
+    pub fn start(cfg: &Config) -> anyhow::Result<Daemon> {
+        let mut bdevs = Vec::with_capacity(cfg.bdevs.len());
+        for b in &cfg.bdevs {
+            let bdev = nvmfd_bdev::open(b).with_context(|| format!("cannot open bdev {:?}", b.name))?;
+            let i = bdev.info();
+            info!(bdev = %i.name, kind = i.kind, block_size = i.block_size, blocks = i.num_blocks,
+                size_bytes = i.block_size as u64 * i.num_blocks, "bdev opened");
+            bdevs.push(bdev);
+        }
+        let infos: Vec<_> = bdevs.iter().map(|b| b.info().clone()).collect();
+        let target = Target::new(cfg, &infos);
+        for s in &target.subsystems {
+            info!(nqn = %s.nqn, namespaces = s.namespaces.len(), allow_any_host = s.allow_any_host,
+                hosts = s.hosts.len(), "subsystem ready");
+        }
+
+        let mut listeners = Vec::new();
+        let mut listen_addrs = Vec::new();
+        for l in target.listeners() {
+            match l.transport {
+                TransportKind::Tcp => {
+                    let addr = SocketAddr::new(l.address, l.port);
+                    let sock = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (tcp)"))?;
+                    sock.set_nonblocking(true)?;
+                    let bound = sock.local_addr()?;
+                    info!(transport = "tcp", address = %bound, "listening");
+                    listen_addrs.push(bound);
+                    listeners.push(sock);
+                }
+            }
+        }
+        if listeners.is_empty() {
+            warn!("no listeners configured: nothing to serve");
+        }
+
+        let tcp = &cfg.transports.tcp;
+        let params = TcpParams {
+            in_capsule_data_size: tcp.in_capsule_data_size,
+            max_io_size: tcp.max_io_size,
+            max_queue_depth: tcp.max_queue_depth,
+            header_digest: tcp.header_digest,
+            data_digest: tcp.data_digest,
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let idle_sleep = (cfg.reactors.idle_sleep_us > 0).then(|| Duration::from_micros(cfg.reactors.idle_sleep_us as u64));
+        if cfg.reactors.cores.is_empty() {
+            bail!("reactors: no cores configured");
+        }
+        let mut reactors = Vec::new();
+        for (id, &core) in cfg.reactors.cores.iter().enumerate() {
+            let rc = ReactorConfig { id, core, idle_sleep, tcp: params };
+            reactors.push(reactor::spawn(rc, target.clone(), bdevs.clone(), stop.clone())?);
+        }
+        let inboxes: Vec<_> = reactors.iter().map(|r| r.inbox.clone()).collect();
+        let astop = stop.clone();
+        let acceptor = std::thread::Builder::new().name("acceptor".into()).spawn(move || {
+            let mut next = 0usize;
+            while !astop.load(Ordering::Relaxed) {
+                let mut any = false;
+                for l in &listeners {
+                    match l.accept() {
+                        Ok((stream, peer)) => {
+                            any = true;
+                            // Round-robin: each connection (queue pair) lives on one reactor.
+                            let inbox = &inboxes[next % inboxes.len()];
+                            next = next.wrapping_add(1);
+                            if inbox.push(NewConn { stream, peer }).is_err() {
+                                warn!(%peer, "reactor inbox full; refusing connection");
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => warn!(error = %e, "accept failed"),
+                    }
+                }
+                if !any {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+        })?;
+        Ok(Daemon { target, listen_addrs, stop, reactors, acceptor: Some(acceptor) })
+    }
+
+    /// Stop accepting, let reactors finish in-flight I/O and flush responses, then join them.
+    pub fn shutdown(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(a) = self.acceptor.take() {
+            let _ = a.join();
+        }
+        for r in self.reactors.drain(..) {
+            if r.thread.join().is_err() {
+                error!("a reactor panicked");
+            }
+        }
+        info!("all reactors stopped");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,300 @@
+//! Reactors: one pinned thread per configured core, polling its connections and block-device
+//! channels forever. A connection lives on one reactor for its whole life; so do the channels.
+//! New connections arrive through a lock-free queue from the acceptor; nothing else is shared
+//! except the read-only [`Target`] and the atomics inside it.
+
+use crate::core::{Outcome, QueuePair, Target};
+use crossbeam_queue::ArrayQueue;
+use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
+use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
+use std::collections::VecDeque;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// How many empty polls before an idle reactor sleeps (when `idle_sleep_us` is set).
+const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
+/// Timers (keep-alive) are checked this often, in loop iterations.
+const TIMER_EVERY: u32 = 256;
+
+/// The hand-off from the acceptor to a reactor.
+pub struct NewConn {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+}
+
+/// What the daemon keeps to talk to a running reactor.
+pub struct ReactorHandle {
+    pub inbox: Arc<ArrayQueue<NewConn>>,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+struct Conn {
+    tcp: TcpConn<TcpStream>,
+    qp: QueuePair,
+    peer: SocketAddr,
+    generation: u32,
+    /// Bdev I/Os in flight for this connection.
+    in_flight: u32,
+}
+
+/// A pending block-device submission that the channel refused (queue full).
+struct Deferred {
+    bdev: usize,
+    io: Io,
+}
+
+pub struct ReactorConfig {
+    pub id: usize,
+    pub core: usize,
+    pub idle_sleep: Option<Duration>,
+    pub tcp: TcpParams,
+}
+
+/// Start a reactor thread pinned to `cfg.core`. It opens its own channel to every bdev.
+pub fn spawn(
+    cfg: ReactorConfig,
+    target: Arc<Target>,
+    bdevs: Vec<Arc<dyn Bdev>>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<ReactorHandle> {
+    let inbox = Arc::new(ArrayQueue::new(1024));
+    let rx = inbox.clone();
+    let thread = std::thread::Builder::new().name(format!("reactor-{}", cfg.id)).spawn(move || {
+        crate::affinity::pin_to_core(cfg.core);
+        let channels: Vec<Box<dyn BdevChannel>> = match bdevs.iter().map(|b| b.channel()).collect() {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(reactor = cfg.id, error = %e, "cannot open block device channels; reactor stops");
+                return;
+            }
+        };
+        info!(reactor = cfg.id, core = cfg.core, "reactor running");
+        let mut r = Reactor { cfg, target, inbox: rx, conns: Vec::new(), free: Vec::new(), channels, deferred: VecDeque::with_capacity(4096), stop };
+        r.run();
+    })?;
+    Ok(ReactorHandle { inbox, thread })
+}
+
+struct Reactor {
+    cfg: ReactorConfig,
+    target: Arc<Target>,
+    inbox: Arc<ArrayQueue<NewConn>>,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    channels: Vec<Box<dyn BdevChannel>>,
+    deferred: VecDeque<Deferred>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Tag layout for block-device I/O: generation (32) | connection index (16) | slot (16).
+fn tag(generation: u32, conn: usize, slot: u16) -> u64 {
+    ((generation as u64) << 32) | ((conn as u64 & 0xffff) << 16) | slot as u64
+}
+
+fn untag(tag: u64) -> (u32, usize, u16) {
+    ((tag >> 32) as u32, ((tag >> 16) & 0xffff) as usize, tag as u16)
+}
+
+impl Reactor {
+    fn run(&mut self) {
+        let mut idle = 0u32;
+        let mut tick = 0u32;
+        let mut generation = 0u32;
+        loop {
+            let stopping = self.stop.load(Ordering::Relaxed);
+            let mut work = false;
+            if !stopping {
+                while let Some(nc) = self.inbox.pop() {
+                    generation = generation.wrapping_add(1);
+                    self.add_conn(nc, generation);
+                    work = true;
+                }
+            }
+            work |= self.poll_bdevs();
+            work |= self.retry_deferred();
+            for i in 0..self.conns.len() {
+                if self.conns[i].is_some() {
+                    work |= self.poll_conn(i, stopping);
+                }
+            }
+            tick = tick.wrapping_add(1);
+            if tick % TIMER_EVERY == 0 {
+                self.check_timers();
+            }
+            if stopping && self.drained() {
+                break;
+            }
+            if work {
+                idle = 0;
+            } else if let Some(d) = self.cfg.idle_sleep {
+                idle += 1;
+                if idle >= IDLE_POLLS_BEFORE_SLEEP {
+                    std::thread::sleep(d);
+                }
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let n = self.conns.iter().flatten().count();
+        for i in 0..self.conns.len() {
+            self.close(i, "daemon shutting down");
+        }
+        info!(reactor = self.cfg.id, connections = n, "reactor stopped");
+    }
+
+    /// Stopping: no I/O in flight anywhere and every response written.
+    fn drained(&self) -> bool {
+        self.deferred.is_empty()
+            && self.channels.iter().all(|c| c.in_flight() == 0)
+            && self.conns.iter().flatten().all(|c| c.in_flight == 0 && c.tcp.tx_pending() == 0)
+    }
+
+    fn add_conn(&mut self, nc: NewConn, generation: u32) {
+        if let Err(e) = nc.stream.set_nonblocking(true).and_then(|_| nc.stream.set_nodelay(true)) {
+            warn!(peer = %nc.peer, error = %e, "cannot configure accepted socket; dropping it");
+            return;
+        }
+        let conn = Conn {
+            tcp: TcpConn::new(nc.stream, self.cfg.tcp),
+            qp: QueuePair::new(self.target.clone()),
+            peer: nc.peer,
+            generation,
+            in_flight: 0,
+        };
+        let idx = match self.free.pop() {
+            Some(i) => i,
+            None if self.conns.len() < 0xffff => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+            None => {
+                warn!(peer = %nc.peer, "too many connections on this reactor; dropping");
+                return;
+            }
+        };
+        debug!(reactor = self.cfg.id, peer = %nc.peer, conn = idx, "connection accepted");
+        self.conns[idx] = Some(conn);
+    }
+
+    fn close(&mut self, idx: usize, why: &str) {
+        if let Some(mut c) = self.conns[idx].take() {
+            let _ = c.tcp.poll_send();
+            if c.qp.is_connected() {
+                info!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "queue pair closed");
+            } else {
+                debug!(peer = %c.peer, reason = why, "connection closed before connect");
+            }
+            let was_admin = c.qp.qid() == 0 && c.qp.is_connected();
+            c.qp.teardown();
+            if was_admin {
+                info!(peer = %c.peer, "controller destroyed");
+            }
+            let _ = c.tcp.stream().shutdown(std::net::Shutdown::Both);
+            self.free.push(idx);
+        }
+    }
+
+    fn poll_conn(&mut self, idx: usize, stopping: bool) -> bool {
+        let Some(c) = self.conns[idx].as_mut() else { return false };
+        let mut work = false;
+        if !stopping {
+            match c.tcp.poll_recv() {
+                Ok(p) => work |= p,
+                Err(e) => {
+                    let why = e.to_string();
+                    if matches!(e, ConnError::Fatal(_)) {
+                        let _ = c.tcp.poll_send();
+                    }
+                    self.close(idx, &why);
+                    return true;
+                }
+            }
+            let now = Instant::now();
+            while let Some(slot) = c.tcp.next_ready() {
+                work = true;
+                let cap = c.tcp.capsule_mut(slot);
+                match c.qp.execute(cap, now) {
+                    Outcome::Done(resp) => c.tcp.complete(slot, resp),
+                    Outcome::Held => {}
+                    Outcome::Io { bdev, op } => {
+                        let Some(buf) = cap.buf.take() else {
+                            // Unreachable by construction: every slot owns a buffer while it runs.
+                            warn!("capsule without a buffer; failing the command");
+                            continue;
+                        };
+                        c.in_flight += 1;
+                        let io = Io { tag: tag(c.generation, idx, slot), op, buf };
+                        if let Err(io) = self.channels[bdev].submit(io) {
+                            self.deferred.push_back(Deferred { bdev, io });
+                        }
+                    }
+                }
+            }
+        }
+        match c.tcp.poll_send() {
+            Ok(p) => work |= p,
+            Err(e) => {
+                let why = e.to_string();
+                self.close(idx, &why);
+            }
+        }
+        work
+    }
+
+    fn retry_deferred(&mut self) -> bool {
+        let mut work = false;
+        for _ in 0..self.deferred.len() {
+            let Some(d) = self.deferred.pop_front() else { break };
+            match self.channels[d.bdev].submit(d.io) {
+                Ok(()) => work = true,
+                Err(io) => {
+                    self.deferred.push_front(Deferred { bdev: d.bdev, io });
+                    break;
+                }
+            }
+        }
+        work
+    }
+
+    fn poll_bdevs(&mut self) -> bool {
+        let mut n = 0;
+        let conns = &mut self.conns;
+        for ch in self.channels.iter_mut() {
+            n += ch.poll(&mut |done: Completion| complete_io(conns, done));
+        }
+        n > 0
+    }
+
+    fn check_timers(&mut self) {
+        let now = Instant::now();
+        for i in 0..self.conns.len() {
+            let why = match self.conns[i].as_mut() {
+                Some(c) => c.qp.poll_timers(now),
+                None => None,
+            };
+            if let Some(why) = why {
+                if let Some(c) = self.conns[i].as_ref() {
+                    warn!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "tearing down queue pair");
+                }
+                self.close(i, why);
+            }
+        }
+    }
+}
+
+/// Route a block-device completion back to its connection (dropped if the connection is gone).
+fn complete_io(conns: &mut [Option<Conn>], done: Completion) {
+    let (generation, idx, slot) = untag(done.tag);
+    let Some(Some(c)) = conns.get_mut(idx) else { return };
+    if c.generation != generation {
+        return;
+    }
+    c.in_flight -= 1;
+    let cap = c.tcp.capsule_mut(slot);
+    cap.buf = Some(done.buf);
+    let resp = c.qp.io_done(cap, done.result);
+    c.tcp.complete(slot, resp);
+}

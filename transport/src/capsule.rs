@@ -1,0 +1,26 @@
+//! The unit of work a transport hands to the target core: one command and its data buffer.
+
+use crate::proto::nvme::{Cqe, Sqe};
+use nvmfd_bdev::IoBuf;
+
+/// A command capsule as the core sees it, whatever transport carried it.
+///
+/// For host-to-controller commands the transport has gathered all `data_len` bytes into `buf`
+/// before the core sees the capsule; for controller-to-host commands `buf` has room for `data_len`
+/// bytes and the core says in its [`Response`] how many of them to send.
+#[derive(Debug)]
+pub struct Capsule {
+    pub sqe: Sqe,
+    /// The data buffer; `None` while a block device owns it.
+    pub buf: Option<IoBuf>,
+    /// Bytes of data the command's SGL describes.
+    pub data_len: u32,
+}
+
+/// What the core answers: the completion and how many bytes of the capsule's buffer go back to the
+/// host ahead of it (controller-to-host commands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    pub cqe: Cqe,
+    pub data_len: u32,
+}

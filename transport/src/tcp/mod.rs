@@ -1,0 +1,430 @@
+//! NVMe/TCP, controller side: one [`TcpConn`] per host connection, owned and polled by one reactor.
+//!
+//! The connection negotiates ICReq/ICResp, turns CapsuleCmd PDUs into [`Capsule`]s (gathering
+//! write data in-capsule or through R2T/H2CData), and turns [`Response`]s into C2HData and
+//! CapsuleResp PDUs. It checks every PDU; a malformed one ends this connection (after a
+//! C2HTermReq saying why) and nothing else.
+
+use crate::proto::nvme::{Cqe, Direction, SglDescriptor};
+use crate::proto::status::Status;
+use crate::proto::tcp::{
+    encode_capsule_resp, encode_term_req, fes, flags, parse_pdu, DataHeader, Digests, FatalError, Header, IcResp,
+    R2t, COMMON_HEADER_SIZE,
+};
+use crate::{Capsule, Response};
+use nvmfd_bdev::IoBuf;
+use nvmfd_config::DigestMode;
+use std::collections::VecDeque;
+use std::io::{ErrorKind, Read, Write};
+use tracing::{debug, warn};
+
+/// Transient Transport Error (SCT 3, SC 0x22): what a command whose data digest failed gets.
+pub const TRANSIENT_TRANSPORT_ERROR: Status = Status { sct: 3, sc: 0x22, dnr: false };
+
+/// Host-side in-capsule data the admin queue may carry whatever IOCCSZ says (Linux assumes 8 KiB).
+const ADMIN_IN_CAPSULE: u32 = 8192;
+
+/// What a connection needs to know of the configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpParams {
+    pub in_capsule_data_size: u32,
+    pub max_io_size: u32,
+    /// Commands a connection may have outstanding (the largest queue a host may connect).
+    pub max_queue_depth: u16,
+    pub header_digest: DigestMode,
+    pub data_digest: DigestMode,
+}
+
+impl TcpParams {
+    fn max_h2c_data(&self) -> u32 {
+        self.max_io_size
+    }
+
+    fn max_in_capsule(&self) -> u32 {
+        self.in_capsule_data_size.max(ADMIN_IN_CAPSULE)
+    }
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnError {
+    #[error("host closed the connection")]
+    Closed,
+    #[error("socket error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol error, connection terminated: {0}")]
+    Fatal(FatalError),
+    #[error("host terminated the connection (fes {fes:#x}, fei {fei})")]
+    HostTerminated { fes: u16, fei: u32 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    /// Waiting for H2CData after an R2T.
+    AwaitingData,
+    /// Data complete: waiting to be handed to the core.
+    Ready,
+    /// The core (or a block device) has it.
+    Executing,
+}
+
+struct Slot {
+    capsule: Capsule,
+    state: SlotState,
+    received: u32,
+    /// A data digest failed: answer with a transient transport error instead of executing.
+    digest_failed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    AwaitIcReq,
+    Ready,
+    /// A fatal error was found; only the termination request is still being sent.
+    Terminating,
+}
+
+/// Everything but the receive buffer, so PDUs borrowed from it can be handled with `&mut self`.
+struct Inner {
+    params: TcpParams,
+    phase: Phase,
+    digests: Digests,
+    /// C2H data alignment the host asked for ((HPDA + 1) * 4 bytes).
+    c2h_align: usize,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    ready: VecDeque<u16>,
+    tx: Vec<u8>,
+    tx_off: usize,
+}
+
+/// One NVMe/TCP connection over a non-blocking stream.
+pub struct TcpConn<S> {
+    stream: S,
+    rx: Vec<u8>,
+    rx_start: usize,
+    rx_end: usize,
+    inner: Inner,
+}
+
+impl<S: Read + Write> TcpConn<S> {
+    /// Wrap an accepted, non-blocking stream.
+    pub fn new(stream: S, params: TcpParams) -> Self {
+        // Slots: a full queue plus room for the admin queue's held async event requests.
+        let nslots = params.max_queue_depth as usize + 8;
+        let slots = (0..nslots)
+            .map(|_| Slot {
+                capsule: Capsule { sqe: Default::default(), buf: None, data_len: 0 },
+                state: SlotState::Free,
+                received: 0,
+                digest_failed: false,
+            })
+            .collect();
+        let rx_cap = params.max_io_size.max(params.max_in_capsule()) as usize + 64 * 1024;
+        TcpConn {
+            stream,
+            rx: vec![0; rx_cap],
+            rx_start: 0,
+            rx_end: 0,
+            inner: Inner {
+                params,
+                phase: Phase::AwaitIcReq,
+                digests: Digests::default(),
+                c2h_align: 4,
+                slots,
+                free: (0..nslots as u16).rev().collect(),
+                ready: VecDeque::with_capacity(nslots),
+                tx: Vec::with_capacity(2 * params.max_io_size as usize + 4096),
+                tx_off: 0,
+            },
+        }
+    }
+
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
+    /// Read what the socket has and process every whole PDU. Returns whether anything happened.
+    pub fn poll_recv(&mut self) -> Result<bool, ConnError> {
+        if self.inner.phase == Phase::Terminating {
+            return Ok(false);
+        }
+        let mut progress = false;
+        loop {
+            // Handle every whole PDU already buffered.
+            loop {
+                let buf = &self.rx[self.rx_start..self.rx_end];
+                let max_data = self.inner.params.max_h2c_data().max(self.inner.params.max_in_capsule());
+                match parse_pdu(buf, self.inner.digests, max_data) {
+                    Ok(Some(pdu)) => {
+                        let len = pdu.len;
+                        let res = self.inner.handle(pdu.header, pdu.data, pdu.data_digest_ok, &buf[..len]);
+                        self.rx_start += len;
+                        progress = true;
+                        res?;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        let quote_len = buf.len().min(COMMON_HEADER_SIZE.max(buf.get(2).map_or(0, |&h| h as usize)));
+                        let quote = buf[..quote_len].to_vec();
+                        return Err(self.inner.terminate(e, &quote));
+                    }
+                }
+            }
+            if self.rx_start == self.rx_end {
+                self.rx_start = 0;
+                self.rx_end = 0;
+            } else if self.rx_start > 0 {
+                self.rx.copy_within(self.rx_start..self.rx_end, 0);
+                self.rx_end -= self.rx_start;
+                self.rx_start = 0;
+            }
+            if self.rx_end == self.rx.len() {
+                // The framer bounds PDU sizes below the buffer size, so a full buffer always
+                // holds a whole PDU and was drained above.
+                break;
+            }
+            match self.stream.read(&mut self.rx[self.rx_end..]) {
+                Ok(0) => return Err(ConnError::Closed),
+                Ok(n) => {
+                    self.rx_end += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ConnError::Io(e)),
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Write queued PDUs. Returns whether anything was written.
+    pub fn poll_send(&mut self) -> Result<bool, ConnError> {
+        let inner = &mut self.inner;
+        let mut progress = false;
+        while inner.tx_off < inner.tx.len() {
+            match self.stream.write(&inner.tx[inner.tx_off..]) {
+                Ok(0) => return Err(ConnError::Closed),
+                Ok(n) => {
+                    inner.tx_off += n;
+                    progress = true;
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => return Err(ConnError::Io(e)),
+            }
+        }
+        if inner.tx_off == inner.tx.len() {
+            inner.tx.clear();
+            inner.tx_off = 0;
+        }
+        Ok(progress)
+    }
+
+    /// Bytes queued but not yet written.
+    pub fn tx_pending(&self) -> usize {
+        self.inner.tx.len() - self.inner.tx_off
+    }
+
+    /// The next capsule whose data is complete, now owned by the caller until [`Self::complete`].
+    pub fn next_ready(&mut self) -> Option<u16> {
+        let slot = self.inner.ready.pop_front()?;
+        self.inner.slots[slot as usize].state = SlotState::Executing;
+        Some(slot)
+    }
+
+    pub fn capsule_mut(&mut self, slot: u16) -> &mut Capsule {
+        &mut self.inner.slots[slot as usize].capsule
+    }
+
+    /// Send the response for `slot` (data first for controller-to-host commands) and free it.
+    pub fn complete(&mut self, slot: u16, resp: Response) {
+        self.inner.complete(slot, resp);
+    }
+
+    /// Commands handed out by [`Self::next_ready`] and not completed yet.
+    pub fn executing(&self) -> usize {
+        self.inner.slots.iter().filter(|s| s.state == SlotState::Executing).count()
+    }
+}
+
+impl Inner {
+    fn handle(&mut self, header: Header, data: &[u8], digest_ok: bool, raw: &[u8]) -> Result<(), ConnError> {
+        let hdr = &raw[..raw.len().min(raw.get(2).map_or(0, |&h| h as usize))];
+        match (self.phase, header) {
+            (Phase::AwaitIcReq, Header::IcReq(req)) => {
+                if req.pfv != 0 {
+                    return Err(self.terminate(fatal(fes::UNSUPPORTED_PARAMETER, 8, "unsupported PDU format version"), hdr));
+                }
+                if req.hpda > 31 {
+                    return Err(self.terminate(fatal(fes::INVALID_HEADER_FIELD, 10, "HPDA out of range"), hdr));
+                }
+                let grant = |asked: bool, mode: DigestMode| asked && mode != DigestMode::Off;
+                let digests = Digests {
+                    header: grant(req.digests.header, self.params.header_digest),
+                    data: grant(req.digests.data, self.params.data_digest),
+                };
+                if (self.params.header_digest == DigestMode::Required && !digests.header)
+                    || (self.params.data_digest == DigestMode::Required && !digests.data)
+                {
+                    warn!(asked_header = req.digests.header, asked_data = req.digests.data,
+                        "host did not enable a digest this target requires");
+                    return Err(self.terminate(fatal(fes::UNSUPPORTED_PARAMETER, 11, "digest required by target"), hdr));
+                }
+                IcResp { pfv: 0, cpda: 0, digests, maxh2cdata: self.params.max_h2c_data() }.encode(&mut self.tx);
+                self.digests = digests;
+                self.c2h_align = (req.hpda as usize + 1) * 4;
+                self.phase = Phase::Ready;
+                debug!(?digests, hpda = req.hpda, "NVMe/TCP connection initialized");
+                Ok(())
+            }
+            (Phase::AwaitIcReq, _) | (Phase::Ready, Header::IcReq(_)) => {
+                Err(self.terminate(fatal(fes::PDU_SEQUENCE_ERROR, 0, "PDU out of sequence"), hdr))
+            }
+            (Phase::Ready, Header::CapsuleCmd(sqe)) => self.capsule(sqe, data, digest_ok, hdr),
+            (Phase::Ready, Header::H2CData(dh)) => self.h2c_data(dh, data, digest_ok, hdr),
+            (_, Header::TermReq { fes, fei }) => {
+                self.phase = Phase::Terminating;
+                Err(ConnError::HostTerminated { fes, fei })
+            }
+            _ => Err(self.terminate(fatal(fes::INVALID_HEADER_FIELD, 0, "PDU type not valid from a host"), hdr)),
+        }
+    }
+
+    fn capsule(&mut self, sqe: crate::proto::nvme::Sqe, data: &[u8], digest_ok: bool, hdr: &[u8]) -> Result<(), ConnError> {
+        let Some(slot) = self.free.pop() else {
+            return Err(self.terminate(fatal(fes::PDU_SEQUENCE_ERROR, 0, "host exceeded the queue depth"), hdr));
+        };
+        let max_io = self.params.max_io_size;
+        let s = &mut self.slots[slot as usize];
+        s.capsule.sqe = sqe;
+        s.capsule.data_len = 0;
+        s.received = 0;
+        s.digest_failed = !digest_ok;
+        if s.capsule.buf.is_none() {
+            // Once per slot for the connection's life; the buffer then cycles through I/Os.
+            s.capsule.buf = Some(IoBuf::new(max_io.max(ADMIN_IN_CAPSULE) as usize));
+        }
+        let dir = sqe.data_direction();
+        let sgl = sqe.dptr;
+        let reject = |this: &mut Inner, status: Status| {
+            this.slots[slot as usize].state = SlotState::Executing;
+            this.complete(slot, error_response(&sqe, status));
+            Ok(())
+        };
+        if sqe.psdt() == 0 {
+            return reject(self, Status::INVALID_FIELD);
+        }
+        if !data.is_empty() {
+            // In-capsule data: a data block descriptor with an offset into the capsule.
+            if sgl.identifier != (SglDescriptor::DATA_BLOCK << 4 | SglDescriptor::SUBTYPE_OFFSET) {
+                return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID);
+            }
+            if sgl.address != 0 {
+                return reject(self, Status::SGL_OFFSET_INVALID);
+            }
+            if sgl.length as usize != data.len() || dir != Direction::HostToController {
+                return reject(self, Status::DATA_SGL_LENGTH_INVALID);
+            }
+            let s = &mut self.slots[slot as usize];
+            if let Some(buf) = s.capsule.buf.as_mut() {
+                buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+            }
+            s.capsule.data_len = data.len() as u32;
+            return self.make_ready(slot);
+        }
+        match dir {
+            Direction::None => self.make_ready(slot),
+            Direction::Bidirectional => reject(self, Status::INVALID_OPCODE),
+            _ if sgl.length == 0 => self.make_ready(slot),
+            _ if sgl.length > max_io.max(ADMIN_IN_CAPSULE) => reject(self, Status::DATA_SGL_LENGTH_INVALID),
+            Direction::ControllerToHost => {
+                if sgl.sgl_type() != SglDescriptor::TRANSPORT_DATA_BLOCK {
+                    return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID);
+                }
+                self.slots[slot as usize].capsule.data_len = sgl.length;
+                self.make_ready(slot)
+            }
+            Direction::HostToController => {
+                if sgl.sgl_type() != SglDescriptor::TRANSPORT_DATA_BLOCK {
+                    return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID);
+                }
+                let s = &mut self.slots[slot as usize];
+                s.capsule.data_len = sgl.length;
+                s.state = SlotState::AwaitingData;
+                R2t { cccid: sqe.cid, ttag: slot, offset: 0, length: sgl.length }.encode(&mut self.tx, self.digests);
+                Ok(())
+            }
+        }
+    }
+
+    fn h2c_data(&mut self, dh: DataHeader, data: &[u8], digest_ok: bool, hdr: &[u8]) -> Result<(), ConnError> {
+        let Some(s) = self.slots.get_mut(dh.ttag as usize).filter(|s| s.state == SlotState::AwaitingData) else {
+            return Err(self.terminate(fatal(fes::INVALID_HEADER_FIELD, 10, "H2CData for an unknown transfer tag"), hdr));
+        };
+        if s.capsule.sqe.cid != dh.cccid {
+            return Err(self.terminate(fatal(fes::INVALID_HEADER_FIELD, 8, "H2CData command ID does not match its tag"), hdr));
+        }
+        let end = dh.offset as u64 + dh.length as u64;
+        if dh.offset != s.received || end > s.capsule.data_len as u64 {
+            return Err(self.terminate(fatal(fes::DATA_OUT_OF_RANGE, 12, "H2CData outside the requested range"), hdr));
+        }
+        if let Some(buf) = s.capsule.buf.as_mut() {
+            buf.as_mut_slice()[dh.offset as usize..end as usize].copy_from_slice(data);
+        }
+        s.received = end as u32;
+        s.digest_failed |= !digest_ok;
+        if s.received == s.capsule.data_len {
+            self.make_ready(dh.ttag)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn make_ready(&mut self, slot: u16) -> Result<(), ConnError> {
+        let s = &mut self.slots[slot as usize];
+        if s.digest_failed {
+            warn!(cid = s.capsule.sqe.cid, "data digest mismatch: command failed with a transient transport error");
+            s.state = SlotState::Executing;
+            let sqe = s.capsule.sqe;
+            self.complete(slot, error_response(&sqe, TRANSIENT_TRANSPORT_ERROR));
+            return Ok(());
+        }
+        s.state = SlotState::Ready;
+        self.ready.push_back(slot);
+        Ok(())
+    }
+
+    fn complete(&mut self, slot: u16, resp: Response) {
+        let s = &mut self.slots[slot as usize];
+        debug_assert_eq!(s.state, SlotState::Executing);
+        if resp.data_len > 0 {
+            if let Some(buf) = s.capsule.buf.as_ref() {
+                let len = resp.data_len.min(buf.capacity() as u32);
+                let dh = DataHeader { cccid: s.capsule.sqe.cid, ttag: 0, offset: 0, length: len };
+                dh.encode(&mut self.tx, true, flags::DATA_LAST, &buf.as_slice()[..len as usize], self.digests, self.c2h_align);
+            }
+        }
+        encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
+        s.state = SlotState::Free;
+        self.free.push(slot);
+    }
+
+    /// Queue a C2HTermReq for `e` and stop reading; the caller drops the connection once it is sent.
+    fn terminate(&mut self, e: FatalError, offending: &[u8]) -> ConnError {
+        warn!(fes = e.fes, fei = e.fei, reason = e.reason, "malformed PDU from host: terminating the connection");
+        encode_term_req(&mut self.tx, true, e.fes, e.fei, offending);
+        self.phase = Phase::Terminating;
+        ConnError::Fatal(e)
+    }
+}
+
+fn fatal(fes: u16, fei: u32, reason: &'static str) -> FatalError {
+    FatalError { fes, fei, reason }
+}
+
+/// A response for a command the transport refused before the core saw it.
+fn error_response(sqe: &crate::proto::nvme::Sqe, status: Status) -> Response {
+    Response { cqe: Cqe { cid: sqe.cid, status, ..Default::default() }, data_len: 0 }
+}

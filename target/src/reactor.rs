@@ -18,6 +18,8 @@ use tracing::{debug, info, warn};
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
 /// Timers (keep-alive) are checked this often, in loop iterations.
 const TIMER_EVERY: u32 = 256;
+/// On shutdown, how long to wait for in-flight I/O and unsent responses.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The hand-off from the acceptor to a reactor.
 pub struct NewConn {
@@ -103,6 +105,7 @@ impl Reactor {
         let mut idle = 0u32;
         let mut tick = 0u32;
         let mut generation = 0u32;
+        let mut stop_started: Option<Instant> = None;
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             let mut work = false;
@@ -124,8 +127,15 @@ impl Reactor {
             if tick % TIMER_EVERY == 0 {
                 self.check_timers();
             }
-            if stopping && self.drained() {
-                break;
+            if stopping {
+                let since = *stop_started.get_or_insert_with(Instant::now);
+                if self.drained() {
+                    break;
+                }
+                if since.elapsed() > DRAIN_TIMEOUT {
+                    warn!(reactor = self.cfg.id, "in-flight I/O or unsent responses left after the drain timeout");
+                    break;
+                }
             }
             if work {
                 idle = 0;
@@ -142,7 +152,30 @@ impl Reactor {
         for i in 0..self.conns.len() {
             self.close(i, "daemon shutting down");
         }
+        self.flush_bdevs();
         info!(reactor = self.cfg.id, connections = n, "reactor stopped");
+    }
+
+    /// Make every completed write durable before the daemon exits (a Flush on each channel).
+    fn flush_bdevs(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for (i, ch) in self.channels.iter_mut().enumerate() {
+            let io = Io { tag: i as u64, op: nvmfd_bdev::Op::Flush, buf: nvmfd_bdev::IoBuf::new(4096) };
+            if ch.submit(io).is_err() {
+                warn!(reactor = self.cfg.id, bdev = i, "cannot submit the shutdown flush");
+                continue;
+            }
+            let mut result = None;
+            while result.is_none() && Instant::now() < deadline {
+                ch.poll(&mut |c: Completion| result = Some(c.result));
+                std::hint::spin_loop();
+            }
+            match result {
+                Some(Ok(())) => {}
+                Some(Err(e)) => warn!(reactor = self.cfg.id, bdev = i, error = %e, "shutdown flush failed"),
+                None => warn!(reactor = self.cfg.id, bdev = i, "shutdown flush timed out"),
+            }
+        }
     }
 
     /// Stopping: no I/O in flight anywhere and every response written.

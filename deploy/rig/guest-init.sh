@@ -38,7 +38,8 @@ finish() {
 }
 
 # ---- parameters ------------------------------------------------------------------------------
-script= hostnqn= hostid= out= timeout_s=0 printk=4
+script='' hostnqn='' hostid='' out='' timeout_s=0 printk=4
+# shellcheck disable=SC2013  # the command line is a list of words
 for arg in $(cat /proc/cmdline); do
     case $arg in
     script=*) script=${arg#script=} ;;
@@ -72,6 +73,11 @@ mount -o bind /proc /newroot/proc
 mount -o bind /sys /newroot/sys
 mount -o bind /dev /newroot/dev
 mount -t configfs configfs /newroot/sys/kernel/config
+# devtmpfs lacks the links udev would make; bash process substitution needs /dev/fd.
+ln -sf /proc/self/fd /newroot/dev/fd
+ln -sf /proc/self/fd/0 /newroot/dev/stdin
+ln -sf /proc/self/fd/1 /newroot/dev/stdout
+ln -sf /proc/self/fd/2 /newroot/dev/stderr
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
@@ -117,6 +123,7 @@ say "kernel $(uname -r), hostnqn $hostnqn; running $script"
 echo "$printk" >/proc/sys/kernel/printk
 
 # A clean environment; HOME is a writable tmpfs. The host's /bin/sh runs the script.
+# shellcheck disable=SC2016  # "$0" expands in the chroot's shell
 set -- env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp TERM=dumb LANG=C.UTF-8 RIG_GUEST=1 RIG_HOSTNQN="$hostnqn" RIG_HOSTID="$hostid" \
     RIG_OUT="$out" chroot /newroot /bin/sh -c 'cd /tmp && exec "$0"' "$script"

@@ -101,6 +101,15 @@ nsdev_for() {
     return 1
 }
 
+# subsys_dir NQN: the kernel's nvme-subsystem sysfs folder for NQN (iopolicy lives there).
+subsys_dir() {
+    local s
+    for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+        [[ -e $s/subsysnqn && $(cat "$s/subsysnqn") == "$1" ]] && { echo "$s"; return 0; }
+    done
+    return 1
+}
+
 # has_nsdev NQN [NSID]: true once the namespace's block device exists.
 has_nsdev() {
     local dev

@@ -321,3 +321,41 @@ fn two_channels_on_two_threads_share_data() {
         t.join().expect("thread");
     }
 }
+
+/// Runs on a real block device only when `NVMFD_TEST_BLOCK_DEVICE` names one (its contents are
+/// overwritten!), e.g. a loop device: `losetup -f --show /var/tmp/x.img`.
+#[test]
+fn block_device_from_env() {
+    let Some(dev) = std::env::var_os("NVMFD_TEST_BLOCK_DEVICE") else {
+        eprintln!("NVMFD_TEST_BLOCK_DEVICE not set, skipped");
+        return;
+    };
+    let u = Uring::open("blk", &dev, None).expect("open block device");
+    let i = u.info().clone();
+    eprintln!(
+        "{}: block size {}, {} blocks, O_DIRECT {}",
+        u.path().display(),
+        i.block_size,
+        i.num_blocks,
+        u.direct_io()
+    );
+    assert!(!i.deallocate_zeroes);
+    let bs = i.block_size;
+    let mut ch = u.channel().expect("channel");
+    check_patterns(&mut *ch, i.num_blocks, bs);
+    check_errors(&mut *ch, i.num_blocks, bs);
+    let c = run(
+        &mut *ch,
+        Op::WriteZeroes { lba: 1, blocks: 3 },
+        IoBuf::new(0),
+    );
+    assert_eq!(c.result, Ok(()));
+    assert!(read(&mut *ch, 1, 3, bs).iter().all(|&b| b == 0));
+    let c = run(&mut *ch, Op::Deallocate { ranges: 1 }, dsm_buf(&[(9, 2)]));
+    assert_eq!(c.result, Ok(()));
+    assert_eq!(run(&mut *ch, Op::Flush, IoBuf::new(0)).result, Ok(()));
+    // A configured block size below the device's logical block size is refused.
+    if i.block_size > 512 {
+        assert!(Uring::open("blk", &dev, Some(512)).is_err());
+    }
+}

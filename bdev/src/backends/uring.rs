@@ -230,6 +230,7 @@ impl Uring {
             punch_ok: true,
             zero_range_ok: true,
             submit_error_logged: false,
+            max_chunk: MAX_CHUNK,
         })
     }
 }
@@ -303,6 +304,8 @@ struct UringChannel {
     punch_ok: bool,
     zero_range_ok: bool,
     submit_error_logged: bool,
+    /// Largest read or write per SQE ([`MAX_CHUNK`]; tests lower it to exercise continuations).
+    max_chunk: usize,
 }
 
 impl UringChannel {
@@ -366,8 +369,8 @@ impl UringChannel {
                 if done >= len {
                     return Err(Ok(()));
                 }
-                // At most MAX_CHUNK (< u32::MAX), so the cast is lossless.
-                let n = (len - done).min(MAX_CHUNK) as u32;
+                // At most max_chunk (<= MAX_CHUNK < u32::MAX), so the cast is lossless.
+                let n = (len - done).min(self.max_chunk) as u32;
                 // The pointer stays inside the buffer: done < len <= capacity.
                 let p = ptr.wrapping_add(done);
                 let pos = off + done as u64;
@@ -745,6 +748,41 @@ mod tests {
         };
         buf.as_mut_slice()[..16].copy_from_slice(&r.encode());
         buf
+    }
+
+    /// A transfer split into several SQEs lands at the right offsets (the continuation path that a
+    /// short read or write also takes).
+    #[test]
+    fn transfers_continue_in_chunks() {
+        let path = temp_file(&std::env::temp_dir(), "chunks", &[0u8; 64 * 512]);
+        let u = Uring::open("c", &path, Some(512)).expect("open");
+        let mut ch = u.new_channel().expect("channel");
+        ch.max_chunk = 1024;
+        let mut buf = IoBuf::new(40 * 512);
+        for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
+            *b = (i / 512) as u8 + 1;
+        }
+        let c = run(&mut ch, Op::Write { lba: 3, blocks: 39 }, buf);
+        assert_eq!(c.result, Ok(()));
+        let file = std::fs::read(&path).expect("read file");
+        let _ = std::fs::remove_file(&path);
+        for (i, &b) in file.iter().enumerate() {
+            let lba = i / 512;
+            let want = if (3..42).contains(&lba) {
+                lba as u8 - 2
+            } else {
+                0
+            };
+            assert_eq!(b, want, "byte {i}");
+        }
+        ch.max_chunk = 1536;
+        let c = run(
+            &mut ch,
+            Op::Read { lba: 2, blocks: 41 },
+            IoBuf::new(41 * 512),
+        );
+        assert_eq!(c.result, Ok(()));
+        assert!(c.buf.as_slice()[..41 * 512] == file[2 * 512..43 * 512]);
     }
 
     /// Zeroing takes the fallocate path where the filesystem has it and the zero-buffer write path

@@ -463,7 +463,7 @@ impl UringChannel {
             self.flush();
         }
         // SAFETY: the SQE points into memory that outlives the operation: a Read/Write into the
-        // slot's IoBuf, which the slot owns until this SQE's completion is reaped (`finish`), or a
+        // slot's IoBuf, which the slot owns until this SQE's completion is reaped (`release`), or a
         // zero-buffer Write from `self.zeroes`, which lives as long as the channel, and Drop waits
         // for every outstanding completion (or leaks the buffers) before anything is freed. Fsync
         // and Fallocate carry no pointers. The fd stays open through `_file`.

@@ -27,7 +27,8 @@ impl Daemon {
     pub fn start(cfg: &Config) -> anyhow::Result<Daemon> {
         let mut bdevs = Vec::with_capacity(cfg.bdevs.len());
         for b in &cfg.bdevs {
-            let bdev = nvmfd_bdev::open(b).with_context(|| format!("cannot open bdev {:?}", b.name))?;
+            let bdev =
+                nvmfd_bdev::open(b).with_context(|| format!("cannot open bdev {:?}", b.name))?;
             let i = bdev.info();
             info!(bdev = %i.name, kind = i.kind, block_size = i.block_size, blocks = i.num_blocks,
                 size_bytes = i.block_size as u64 * i.num_blocks, "bdev opened");
@@ -46,7 +47,8 @@ impl Daemon {
             match l.transport {
                 TransportKind::Tcp => {
                     let addr = SocketAddr::new(l.address, l.port);
-                    let sock = TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr} (tcp)"))?;
+                    let sock = TcpListener::bind(addr)
+                        .with_context(|| format!("cannot listen on {addr} (tcp)"))?;
                     sock.set_nonblocking(true)?;
                     let bound = sock.local_addr()?;
                     info!(transport = "tcp", address = %bound, "listening");
@@ -68,42 +70,61 @@ impl Daemon {
             data_digest: tcp.data_digest,
         };
         let stop = Arc::new(AtomicBool::new(false));
-        let idle_sleep = (cfg.reactors.idle_sleep_us > 0).then(|| Duration::from_micros(cfg.reactors.idle_sleep_us as u64));
+        let idle_sleep = (cfg.reactors.idle_sleep_us > 0)
+            .then(|| Duration::from_micros(cfg.reactors.idle_sleep_us as u64));
         if cfg.reactors.cores.is_empty() {
             bail!("reactors: no cores configured");
         }
         let mut reactors = Vec::new();
         for (id, &core) in cfg.reactors.cores.iter().enumerate() {
-            let rc = ReactorConfig { id, core, idle_sleep, tcp: params };
-            reactors.push(reactor::spawn(rc, target.clone(), bdevs.clone(), stop.clone())?);
+            let rc = ReactorConfig {
+                id,
+                core,
+                idle_sleep,
+                tcp: params,
+            };
+            reactors.push(reactor::spawn(
+                rc,
+                target.clone(),
+                bdevs.clone(),
+                stop.clone(),
+            )?);
         }
         let inboxes: Vec<_> = reactors.iter().map(|r| r.inbox.clone()).collect();
         let astop = stop.clone();
-        let acceptor = std::thread::Builder::new().name("acceptor".into()).spawn(move || {
-            let mut next = 0usize;
-            while !astop.load(Ordering::Relaxed) {
-                let mut any = false;
-                for l in &listeners {
-                    match l.accept() {
-                        Ok((stream, peer)) => {
-                            any = true;
-                            // Round-robin: each connection (queue pair) lives on one reactor.
-                            let inbox = &inboxes[next % inboxes.len()];
-                            next = next.wrapping_add(1);
-                            if inbox.push(NewConn { stream, peer }).is_err() {
-                                warn!(%peer, "reactor inbox full; refusing connection");
+        let acceptor = std::thread::Builder::new()
+            .name("acceptor".into())
+            .spawn(move || {
+                let mut next = 0usize;
+                while !astop.load(Ordering::Relaxed) {
+                    let mut any = false;
+                    for l in &listeners {
+                        match l.accept() {
+                            Ok((stream, peer)) => {
+                                any = true;
+                                // Round-robin: each connection (queue pair) lives on one reactor.
+                                let inbox = &inboxes[next % inboxes.len()];
+                                next = next.wrapping_add(1);
+                                if inbox.push(NewConn { stream, peer }).is_err() {
+                                    warn!(%peer, "reactor inbox full; refusing connection");
+                                }
                             }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                            Err(e) => warn!(error = %e, "accept failed"),
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => warn!(error = %e, "accept failed"),
+                    }
+                    if !any {
+                        std::thread::sleep(Duration::from_millis(2));
                     }
                 }
-                if !any {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-            }
-        })?;
-        Ok(Daemon { target, listen_addrs, stop, reactors, acceptor: Some(acceptor) })
+            })?;
+        Ok(Daemon {
+            target,
+            listen_addrs,
+            stop,
+            reactors,
+            acceptor: Some(acceptor),
+        })
     }
 
     /// Stop accepting, let reactors finish in-flight I/O and flush responses, then join them.

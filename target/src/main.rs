@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use tracing::{error, info};
 
 #[derive(Parser)]
-#[command(name = "nvmfd", version, about = "NVMe over Fabrics target (NVMe/TCP) with polled reactors")]
+#[command(
+    name = "nvmfd",
+    version,
+    about = "NVMe over Fabrics target (NVMe/TCP) with polled reactors"
+)]
 struct Cli {
     /// YAML configuration; without it the embedded default runs (NVMe/TCP on 127.0.0.1:4420, one
     /// 1 GiB RAM namespace).
@@ -35,8 +39,11 @@ enum LogFormat {
 }
 
 fn init_logs(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Human => b.init(),
         LogFormat::Json => b.json().init(),
@@ -95,7 +102,10 @@ fn main() -> ExitCode {
     };
     info!(version = env!("CARGO_PKG_VERSION"), "nvmfd started");
     let sig = signals.wait();
-    info!(signal = sig, "stopping: no new connections, finishing in-flight I/O");
+    info!(
+        signal = sig,
+        "stopping: no new connections, finishing in-flight I/O"
+    );
     daemon.shutdown();
     info!("nvmfd stopped");
     ExitCode::SUCCESS

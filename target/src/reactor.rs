@@ -97,7 +97,11 @@ fn tag(generation: u32, conn: usize, slot: u16) -> u64 {
 }
 
 fn untag(tag: u64) -> (u32, usize, u16) {
-    ((tag >> 32) as u32, ((tag >> 16) & 0xffff) as usize, tag as u16)
+    (
+        (tag >> 32) as u32,
+        ((tag >> 16) & 0xffff) as usize,
+        tag as u16,
+    )
 }
 
 impl Reactor {
@@ -124,7 +128,7 @@ impl Reactor {
                 }
             }
             tick = tick.wrapping_add(1);
-            if tick % TIMER_EVERY == 0 {
+            if tick.is_multiple_of(TIMER_EVERY) {
                 self.check_timers();
             }
             if stopping {
@@ -133,7 +137,10 @@ impl Reactor {
                     break;
                 }
                 if since.elapsed() > DRAIN_TIMEOUT {
-                    warn!(reactor = self.cfg.id, "in-flight I/O or unsent responses left after the drain timeout");
+                    warn!(
+                        reactor = self.cfg.id,
+                        "in-flight I/O or unsent responses left after the drain timeout"
+                    );
                     break;
                 }
             }
@@ -160,9 +167,17 @@ impl Reactor {
     fn flush_bdevs(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         for (i, ch) in self.channels.iter_mut().enumerate() {
-            let io = Io { tag: i as u64, op: nvmfd_bdev::Op::Flush, buf: nvmfd_bdev::IoBuf::new(4096) };
+            let io = Io {
+                tag: i as u64,
+                op: nvmfd_bdev::Op::Flush,
+                buf: nvmfd_bdev::IoBuf::new(4096),
+            };
             if ch.submit(io).is_err() {
-                warn!(reactor = self.cfg.id, bdev = i, "cannot submit the shutdown flush");
+                warn!(
+                    reactor = self.cfg.id,
+                    bdev = i,
+                    "cannot submit the shutdown flush"
+                );
                 continue;
             }
             let mut result = None;
@@ -172,7 +187,9 @@ impl Reactor {
             }
             match result {
                 Some(Ok(())) => {}
-                Some(Err(e)) => warn!(reactor = self.cfg.id, bdev = i, error = %e, "shutdown flush failed"),
+                Some(Err(e)) => {
+                    warn!(reactor = self.cfg.id, bdev = i, error = %e, "shutdown flush failed")
+                }
                 None => warn!(reactor = self.cfg.id, bdev = i, "shutdown flush timed out"),
             }
         }
@@ -182,11 +199,19 @@ impl Reactor {
     fn drained(&self) -> bool {
         self.deferred.is_empty()
             && self.channels.iter().all(|c| c.in_flight() == 0)
-            && self.conns.iter().flatten().all(|c| c.in_flight == 0 && c.tcp.tx_pending() == 0)
+            && self
+                .conns
+                .iter()
+                .flatten()
+                .all(|c| c.in_flight == 0 && c.tcp.tx_pending() == 0)
     }
 
     fn add_conn(&mut self, nc: NewConn, generation: u32) {
-        if let Err(e) = nc.stream.set_nonblocking(true).and_then(|_| nc.stream.set_nodelay(true)) {
+        if let Err(e) = nc
+            .stream
+            .set_nonblocking(true)
+            .and_then(|_| nc.stream.set_nodelay(true))
+        {
             warn!(peer = %nc.peer, error = %e, "cannot configure accepted socket; dropping it");
             return;
         }
@@ -231,7 +256,9 @@ impl Reactor {
     }
 
     fn poll_conn(&mut self, idx: usize, stopping: bool) -> bool {
-        let Some(c) = self.conns[idx].as_mut() else { return false };
+        let Some(c) = self.conns[idx].as_mut() else {
+            return false;
+        };
         let mut work = false;
         if !stopping {
             match c.tcp.poll_recv() {
@@ -259,7 +286,11 @@ impl Reactor {
                             continue;
                         };
                         c.in_flight += 1;
-                        let io = Io { tag: tag(c.generation, idx, slot), op, buf };
+                        let io = Io {
+                            tag: tag(c.generation, idx, slot),
+                            op,
+                            buf,
+                        };
                         if let Err(io) = self.channels[bdev].submit(io) {
                             self.deferred.push_back(Deferred { bdev, io });
                         }
@@ -280,7 +311,9 @@ impl Reactor {
     fn retry_deferred(&mut self) -> bool {
         let mut work = false;
         for _ in 0..self.deferred.len() {
-            let Some(d) = self.deferred.pop_front() else { break };
+            let Some(d) = self.deferred.pop_front() else {
+                break;
+            };
             match self.channels[d.bdev].submit(d.io) {
                 Ok(()) => work = true,
                 Err(io) => {
@@ -321,7 +354,9 @@ impl Reactor {
 /// Route a block-device completion back to its connection (dropped if the connection is gone).
 fn complete_io(conns: &mut [Option<Conn>], done: Completion) {
     let (generation, idx, slot) = untag(done.tag);
-    let Some(Some(c)) = conns.get_mut(idx) else { return };
+    let Some(Some(c)) = conns.get_mut(idx) else {
+        return;
+    };
     if c.generation != generation {
         return;
     }

@@ -1,7 +1,7 @@
 //! NVMe-oF wire formats ([`proto`]) and transports.
 
 mod capsule;
-pub mod tcp;
 pub mod proto;
+pub mod tcp;
 
 pub use capsule::{Capsule, Response};

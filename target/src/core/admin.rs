@@ -47,7 +47,8 @@ impl AdminState {
 
     /// Restart the keep-alive timer (Connect, Keep Alive, Set Features KATO).
     pub fn keep_alive(&mut self, now: Instant) {
-        self.ka_deadline = (self.kato_ms != 0).then(|| now + Duration::from_millis(self.kato_ms as u64));
+        self.ka_deadline =
+            (self.kato_ms != 0).then(|| now + Duration::from_millis(self.kato_ms as u64));
     }
 
     pub fn expired(&self, now: Instant) -> bool {
@@ -81,7 +82,9 @@ impl AdminState {
 }
 
 pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Outcome {
-    let State::Admin(a) = &mut qp.state else { unreachable!("admin::execute on a non-admin queue") };
+    let State::Admin(a) = &mut qp.state else {
+        unreachable!("admin::execute on a non-admin queue")
+    };
     if !a.enabled() {
         return qp.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
     }
@@ -100,7 +103,9 @@ pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             let target = qp.target.clone();
             let ctrl = a.ctrl.clone();
             let len = cap.data_len.min(identify::SIZE as u32);
-            let Some(buf) = cap.buf.as_mut() else { return qp.respond(cap, Status::INTERNAL_ERROR, 0, 0) };
+            let Some(buf) = cap.buf.as_mut() else {
+                return qp.respond(cap, Status::INTERNAL_ERROR, 0, 0);
+            };
             let out = &mut buf.as_mut_slice()[..identify::SIZE];
             out.fill(0);
             match identify::identify(&target, &ctrl, &sqe, out) {
@@ -135,7 +140,9 @@ fn features(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Outcome {
     let fid = cap.sqe.cdw10 as u8;
     let cdw11 = cap.sqe.cdw11;
     let max_io = qp.target.limits.max_io_queues;
-    let State::Admin(a) = &mut qp.state else { unreachable!() };
+    let State::Admin(a) = &mut qp.state else {
+        unreachable!()
+    };
     let discovery = a.ctrl.subsys == SubsysRef::Discovery;
     let vwc = match a.ctrl.subsys {
         SubsysRef::Nvm(i) => qp.target.subsystems[i].volatile_cache(),
@@ -172,7 +179,12 @@ fn features(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Outcome {
                 }
                 let granted = (nsqr.min(ncqr) + 1).min(max_io as u32) as u16;
                 a.ctrl.io_queues.store(granted, Ordering::Release);
-                info!(cntlid = a.ctrl.cntlid, requested = nsqr.min(ncqr) + 1, granted, "number of I/O queues set");
+                info!(
+                    cntlid = a.ctrl.cntlid,
+                    requested = nsqr.min(ncqr) + 1,
+                    granted,
+                    "number of I/O queues set"
+                );
             }
             let n = a.ctrl.io_queues.load(Ordering::Acquire) as u32 - 1;
             n | (n << 16)

@@ -29,7 +29,9 @@ impl CtrlShared {
     /// Claim `qid` for a new I/O queue; false if it is out of range or taken.
     pub fn claim_qid(&self, qid: u16) -> bool {
         match self.qids.get(qid as usize) {
-            Some(slot) => slot.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok(),
+            Some(slot) => slot
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok(),
             None => false,
         }
     }
@@ -84,7 +86,9 @@ impl Registry {
                 ready: AtomicBool::new(false),
                 failed: AtomicBool::new(false),
                 io_queues: AtomicU16::new(max_io_queues),
-                qids: (0..=max_io_queues).map(|_| AtomicBool::new(false)).collect(),
+                qids: (0..=max_io_queues)
+                    .map(|_| AtomicBool::new(false))
+                    .collect(),
             });
             g.by_id.insert(id, ctrl.clone());
             return Some(ctrl);
@@ -93,17 +97,30 @@ impl Registry {
     }
 
     pub fn get(&self, cntlid: u16) -> Option<Arc<CtrlShared>> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_id.get(&cntlid).cloned()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .get(&cntlid)
+            .cloned()
     }
 
     /// Remove a controller and mark it failed so its I/O queues tear down.
     pub fn destroy(&self, ctrl: &CtrlShared) {
         ctrl.failed.store(true, Ordering::Release);
         ctrl.ready.store(false, Ordering::Release);
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_id.remove(&ctrl.cntlid);
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .remove(&ctrl.cntlid);
     }
 
     pub fn len(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).by_id.len()
+        self.inner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .by_id
+            .len()
     }
 }

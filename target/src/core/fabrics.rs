@@ -3,7 +3,9 @@
 use super::admin::AdminState;
 use super::qpair::{Outcome, QueuePair, State};
 use super::SubsysRef;
-use nvmfd_transport::proto::fabrics::{ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN};
+use nvmfd_transport::proto::fabrics::{
+    ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN,
+};
 use nvmfd_transport::proto::nvme::property;
 use nvmfd_transport::proto::status::Status;
 use nvmfd_transport::Capsule;
@@ -17,7 +19,12 @@ pub const NVME_VERSION: u32 = 0x0001_0300;
 /// Connect Invalid Parameters carries where the bad parameter is: IPO (byte offset) and IATTR
 /// (set when the offset is into the Connect data rather than the command).
 fn invalid_param(qp: &QueuePair, cap: &Capsule, in_data: bool, offset: u16) -> Outcome {
-    qp.respond(cap, Status::CONNECT_INVALID_PARAMETERS, offset as u32 | ((in_data as u32) << 16), 0)
+    qp.respond(
+        cap,
+        Status::CONNECT_INVALID_PARAMETERS,
+        offset as u32 | ((in_data as u32) << 16),
+        0,
+    )
 }
 
 pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Outcome {
@@ -56,8 +63,15 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         if data.cntlid != 0xffff {
             return invalid_param(qp, cap, true, 16);
         }
-        let max_io = if subsys == SubsysRef::Discovery { 0 } else { target.limits.max_io_queues };
-        let Some(ctrl) = target.registry.create(subsys, &data.hostnqn, data.hostid, max_io) else {
+        let max_io = if subsys == SubsysRef::Discovery {
+            0
+        } else {
+            target.limits.max_io_queues
+        };
+        let Some(ctrl) = target
+            .registry
+            .create(subsys, &data.hostnqn, data.hostid, max_io)
+        else {
             return qp.respond(cap, Status::CONNECT_CONTROLLER_BUSY, 0, 0);
         };
         info!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, cntlid = ctrl.cntlid, kato_ms = cmd.kato_ms, "controller created");

@@ -46,7 +46,12 @@ pub fn derive_uuid(nqn: &str, nsid: u32) -> [u8; 16] {
 }
 
 /// Fill `out` (4096 bytes, zeroed) for the Identify command `sqe`.
-pub fn identify(target: &Target, ctrl: &CtrlShared, sqe: &Sqe, out: &mut [u8]) -> Result<(), Status> {
+pub fn identify(
+    target: &Target,
+    ctrl: &CtrlShared,
+    sqe: &Sqe,
+    out: &mut [u8],
+) -> Result<(), Status> {
     let cns = sqe.cdw10 as u8;
     let csi = (sqe.cdw11 >> 24) as u8;
     let subsys = match ctrl.subsys {
@@ -61,7 +66,11 @@ pub fn identify(target: &Target, ctrl: &CtrlShared, sqe: &Sqe, out: &mut [u8]) -
         (cns::NAMESPACE, Some(s)) => {
             let Some(ns) = s.namespace(sqe.nsid) else {
                 // An NSID within 1..=NN without a namespace reads as zeroes (inactive).
-                return if sqe.nsid != 0 && sqe.nsid <= s.max_nsid() { Ok(()) } else { Err(Status::INVALID_NAMESPACE) };
+                return if sqe.nsid != 0 && sqe.nsid <= s.max_nsid() {
+                    Ok(())
+                } else {
+                    Err(Status::INVALID_NAMESPACE)
+                };
             };
             namespace(ns, out);
             Ok(())
@@ -70,7 +79,13 @@ pub fn identify(target: &Target, ctrl: &CtrlShared, sqe: &Sqe, out: &mut [u8]) -
             if sqe.nsid >= 0xffff_fffe {
                 return Err(Status::INVALID_NAMESPACE);
             }
-            for (i, ns) in s.namespaces.iter().filter(|n| n.nsid > sqe.nsid).take(SIZE / 4).enumerate() {
+            for (i, ns) in s
+                .namespaces
+                .iter()
+                .filter(|n| n.nsid > sqe.nsid)
+                .take(SIZE / 4)
+                .enumerate()
+            {
                 put32(out, i * 4, ns.nsid);
             }
             Ok(())
@@ -108,7 +123,7 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     put_str(&mut b[24..64], model, b' ');
     put_str(&mut b[64..72], FIRMWARE_REVISION, b' ');
     b[72] = 6; // recommended arbitration burst
-    // CMIC bit 1: the subsystem may have several controllers (one per connected host).
+               // CMIC bit 1: the subsystem may have several controllers (one per connected host).
     b[76] = if subsys.is_some() { 0x02 } else { 0 };
     // MDTS in units of the 4 KiB minimum page size, as a power of two.
     b[77] = (limits.max_io_size / 4096).trailing_zeros() as u8;
@@ -132,7 +147,7 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     if let Some(s) = subsys {
         put32(b, 516, s.max_nsid());
         put16(b, 520, 0x000c); // ONCS: Dataset Management, Write Zeroes
-        // VWC: bit 0 cache present; bits 2:1 = 10b: Flush with NSID FFFFFFFFh not supported.
+                               // VWC: bit 0 cache present; bits 2:1 = 10b: Flush with NSID FFFFFFFFh not supported.
         b[525] = 0x04 | s.volatile_cache() as u8;
     }
     // SGLS: SGLs supported (bits 1:0 = 01b), address field as offset (bit 20).
@@ -146,7 +161,7 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     b[1802] = 0; // FCATT: dynamic controller model
     b[1803] = 1; // MSDBD: one SGL descriptor
     put16(b, 1804, 1); // OFCS: Disconnect supported
-    // Power state 0: 25 W max (centiwatts), entry/exit latency unreported.
+                       // Power state 0: 25 W max (centiwatts), entry/exit latency unreported.
     put16(b, 2048, 2500);
 }
 
@@ -157,7 +172,7 @@ fn namespace(ns: &super::Namespace, b: &mut [u8]) {
     put64(b, 16, n); // NUSE
     b[25] = 0; // NLBAF: one format
     b[26] = 0; // FLBAS: format 0
-    // DLFEAT: deallocated blocks read zero (001b) and Write Zeroes may deallocate (bit 3).
+               // DLFEAT: deallocated blocks read zero (001b) and Write Zeroes may deallocate (bit 3).
     b[33] = if ns.info.deallocate_zeroes { 0x09 } else { 0 };
     b[30] = 1; // NMIC: may be attached to several controllers
     b[104..120].copy_from_slice(&ns.nguid);

@@ -17,9 +17,14 @@ pub enum Checked {
 /// Validate an I/O command against its namespace and turn it into a block-device operation.
 pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Checked, Status> {
     let sqe = &cap.sqe;
-    let ns = subsys.namespace(sqe.nsid).ok_or(Status::INVALID_NAMESPACE)?;
+    let ns = subsys
+        .namespace(sqe.nsid)
+        .ok_or(Status::INVALID_NAMESPACE)?;
     let bdev = ns.bdev;
-    let in_range = |lba: u64, blocks: u64| lba.checked_add(blocks).is_some_and(|end| end <= ns.info.num_blocks);
+    let in_range = |lba: u64, blocks: u64| {
+        lba.checked_add(blocks)
+            .is_some_and(|end| end <= ns.info.num_blocks)
+    };
     match sqe.opcode {
         opcode::NVM_READ | opcode::NVM_WRITE => {
             let (lba, blocks) = (sqe.slba(), sqe.nlb());
@@ -30,19 +35,34 @@ pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Check
             if !in_range(lba, blocks as u64) {
                 return Err(Status::LBA_OUT_OF_RANGE);
             }
-            if (cap.data_len as u64) < bytes || cap.buf.as_ref().is_none_or(|b| (b.capacity() as u64) < bytes) {
+            if (cap.data_len as u64) < bytes
+                || cap
+                    .buf
+                    .as_ref()
+                    .is_none_or(|b| (b.capacity() as u64) < bytes)
+            {
                 return Err(Status::DATA_SGL_LENGTH_INVALID);
             }
-            let op = if sqe.opcode == opcode::NVM_READ { Op::Read { lba, blocks } } else { Op::Write { lba, blocks } };
+            let op = if sqe.opcode == opcode::NVM_READ {
+                Op::Read { lba, blocks }
+            } else {
+                Op::Write { lba, blocks }
+            };
             Ok(Checked::Io { bdev, op })
         }
-        opcode::NVM_FLUSH => Ok(Checked::Io { bdev, op: Op::Flush }),
+        opcode::NVM_FLUSH => Ok(Checked::Io {
+            bdev,
+            op: Op::Flush,
+        }),
         opcode::NVM_WRITE_ZEROES => {
             let (lba, blocks) = (sqe.slba(), sqe.nlb());
             if !in_range(lba, blocks as u64) {
                 return Err(Status::LBA_OUT_OF_RANGE);
             }
-            Ok(Checked::Io { bdev, op: Op::WriteZeroes { lba, blocks } })
+            Ok(Checked::Io {
+                bdev,
+                op: Op::WriteZeroes { lba, blocks },
+            })
         }
         opcode::NVM_DATASET_MANAGEMENT => {
             let ranges = (sqe.cdw10 & 0xff) as usize + 1;
@@ -62,7 +82,12 @@ pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Check
             if !deallocate {
                 return Ok(Checked::Done);
             }
-            Ok(Checked::Io { bdev, op: Op::Deallocate { ranges: ranges as u16 } })
+            Ok(Checked::Io {
+                bdev,
+                op: Op::Deallocate {
+                    ranges: ranges as u16,
+                },
+            })
         }
         _ => Err(Status::INVALID_OPCODE),
     }
@@ -70,7 +95,9 @@ pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Check
 
 /// Bytes a finished read returns to the host.
 pub(super) fn transfer_len(target: &Target, state: &State, cap: &Capsule) -> u32 {
-    let State::Io { subsys, .. } = state else { return 0 };
+    let State::Io { subsys, .. } = state else {
+        return 0;
+    };
     target.subsystems[*subsys]
         .namespace(cap.sqe.nsid)
         .map_or(0, |ns| cap.sqe.nlb() * ns.info.block_size)

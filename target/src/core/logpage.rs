@@ -5,7 +5,9 @@ use super::controller::CtrlShared;
 use super::identify::FIRMWARE_REVISION;
 use super::{SubsysRef, Target};
 use nvmfd_config::TransportKind;
-use nvmfd_transport::proto::fabrics::{encode_discovery_header, subtype, trtype, DiscoveryLogEntry};
+use nvmfd_transport::proto::fabrics::{
+    encode_discovery_header, subtype, trtype, DiscoveryLogEntry,
+};
 use nvmfd_transport::proto::nvme::log_page;
 use nvmfd_transport::proto::put_str;
 use nvmfd_transport::proto::status::Status;
@@ -13,7 +15,11 @@ use nvmfd_transport::Capsule;
 
 /// Copy the window [offset, offset+len) of the log page the command asks for into the capsule's
 /// buffer; returns the number of bytes to send.
-pub(super) fn get_log_page(target: &Target, ctrl: &CtrlShared, cap: &mut Capsule) -> Result<u32, Status> {
+pub(super) fn get_log_page(
+    target: &Target,
+    ctrl: &CtrlShared,
+    cap: &mut Capsule,
+) -> Result<u32, Status> {
     let sqe = cap.sqe;
     let lid = sqe.cdw10 as u8;
     let numd = ((sqe.cdw10 >> 16) | ((sqe.cdw11 & 0xffff) << 16)) as u64 + 1;
@@ -22,7 +28,7 @@ pub(super) fn get_log_page(target: &Target, ctrl: &CtrlShared, cap: &mut Capsule
     if len > cap.data_len as u64 {
         return Err(Status::DATA_SGL_LENGTH_INVALID);
     }
-    if offset % 4 != 0 {
+    if !offset.is_multiple_of(4) {
         return Err(Status::INVALID_FIELD);
     }
     let discovery = ctrl.subsys == SubsysRef::Discovery;
@@ -43,7 +49,9 @@ pub(super) fn get_log_page(target: &Target, ctrl: &CtrlShared, cap: &mut Capsule
     if offset > page.len() as u64 {
         return Err(Status::INVALID_FIELD);
     }
-    let Some(buf) = cap.buf.as_mut() else { return Err(Status::INTERNAL_ERROR) };
+    let Some(buf) = cap.buf.as_mut() else {
+        return Err(Status::INTERNAL_ERROR);
+    };
     let out = &mut buf.as_mut_slice()[..len as usize];
     let avail = &page[offset as usize..];
     let n = avail.len().min(out.len());
@@ -87,8 +95,13 @@ pub fn discovery_log(target: &Target, hostnqn: &str) -> Vec<u8> {
             entries.push(e.encode());
         }
     }
-    let mut page = Vec::with_capacity(DiscoveryLogEntry::HEADER_SIZE + entries.len() * DiscoveryLogEntry::SIZE);
-    page.extend_from_slice(&encode_discovery_header(target.discovery_genctr, entries.len() as u64));
+    let mut page = Vec::with_capacity(
+        DiscoveryLogEntry::HEADER_SIZE + entries.len() * DiscoveryLogEntry::SIZE,
+    );
+    page.extend_from_slice(&encode_discovery_header(
+        target.discovery_genctr,
+        entries.len() as u64,
+    ));
     for e in entries {
         page.extend_from_slice(&e);
     }

@@ -69,7 +69,10 @@ impl Subsystem {
     }
 
     pub fn namespace(&self, nsid: u32) -> Option<&Namespace> {
-        self.namespaces.binary_search_by_key(&nsid, |n| n.nsid).ok().map(|i| &self.namespaces[i])
+        self.namespaces
+            .binary_search_by_key(&nsid, |n| n.nsid)
+            .ok()
+            .map(|i| &self.namespaces[i])
     }
 
     /// Highest NSID (Identify Controller NN).
@@ -135,7 +138,11 @@ impl Target {
                     listeners: s
                         .listeners
                         .iter()
-                        .map(|l| Listener { transport: l.transport, address: l.address, port: l.port })
+                        .map(|l| Listener {
+                            transport: l.transport,
+                            address: l.address,
+                            port: l.port,
+                        })
                         .collect(),
                 }
             })
@@ -159,7 +166,10 @@ impl Target {
         if nqn == DISCOVERY_NQN {
             return self.discovery_enabled.then_some(SubsysRef::Discovery);
         }
-        self.subsystems.iter().position(|s| s.nqn == nqn).map(SubsysRef::Nvm)
+        self.subsystems
+            .iter()
+            .position(|s| s.nqn == nqn)
+            .map(SubsysRef::Nvm)
     }
 
     /// Live controllers (for reports and tests).

@@ -27,7 +27,10 @@ pub enum Outcome {
 pub(super) enum State {
     Unconnected,
     Admin(Box<AdminState>),
-    Io { ctrl: Arc<CtrlShared>, subsys: usize },
+    Io {
+        ctrl: Arc<CtrlShared>,
+        subsys: usize,
+    },
 }
 
 /// One queue pair's state.
@@ -42,7 +45,13 @@ pub struct QueuePair {
 
 impl QueuePair {
     pub fn new(target: Arc<Target>) -> Self {
-        QueuePair { target, qid: 0, sq_entries: 0, sqhd: 0, state: State::Unconnected }
+        QueuePair {
+            target,
+            qid: 0,
+            sq_entries: 0,
+            sqhd: 0,
+            state: State::Unconnected,
+        }
     }
 
     pub fn target(&self) -> &Arc<Target> {
@@ -73,14 +82,27 @@ impl QueuePair {
     }
 
     /// Build a response to `cap` with the current SQ head.
-    pub(super) fn respond(&self, cap: &Capsule, status: Status, dw0: u32, data_len: u32) -> Outcome {
+    pub(super) fn respond(
+        &self,
+        cap: &Capsule,
+        status: Status,
+        dw0: u32,
+        data_len: u32,
+    ) -> Outcome {
         Outcome::Done(self.response(cap, status, dw0, data_len))
     }
 
     fn response(&self, cap: &Capsule, status: Status, dw0: u32, data_len: u32) -> Response {
         let data_len = if status.is_success() { data_len } else { 0 };
         Response {
-            cqe: Cqe { dw0, dw1: 0, sqhd: self.sqhd, sqid: self.qid, cid: cap.sqe.cid, status },
+            cqe: Cqe {
+                dw0,
+                dw1: 0,
+                sqhd: self.sqhd,
+                sqid: self.qid,
+                cid: cap.sqe.cid,
+                status,
+            },
             data_len,
         }
     }
@@ -96,7 +118,9 @@ impl QueuePair {
                 (State::Unconnected, fctype::CONNECT) => fabrics::connect(self, cap, now),
                 (_, fctype::CONNECT) => self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0),
                 (State::Unconnected, _) => self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0),
-                (State::Admin(_), fctype::PROPERTY_GET | fctype::PROPERTY_SET) => fabrics::property(self, cap),
+                (State::Admin(_), fctype::PROPERTY_GET | fctype::PROPERTY_SET) => {
+                    fabrics::property(self, cap)
+                }
                 // Disconnect is defined for I/O queues; an admin queue ends by closing the connection.
                 (State::Io { .. }, fctype::DISCONNECT) => self.respond(cap, Status::SUCCESS, 0, 0),
                 _ => self.respond(cap, Status::INVALID_OPCODE, 0, 0),
@@ -126,10 +150,16 @@ impl QueuePair {
             Err(IoError::OutOfRange) => Status::LBA_OUT_OF_RANGE,
             Err(IoError::BufferTooSmall) => Status::DATA_SGL_LENGTH_INVALID,
             Err(IoError::Unsupported) => Status::INVALID_OPCODE,
-            Err(IoError::Media(_)) if cap.sqe.opcode == opcode::NVM_READ => Status::UNRECOVERED_READ_ERROR,
+            Err(IoError::Media(_)) if cap.sqe.opcode == opcode::NVM_READ => {
+                Status::UNRECOVERED_READ_ERROR
+            }
             Err(IoError::Media(_)) => Status::WRITE_FAULT,
         };
-        let data_len = if cap.sqe.opcode == opcode::NVM_READ { io::transfer_len(&self.target, &self.state, cap) } else { 0 };
+        let data_len = if cap.sqe.opcode == opcode::NVM_READ {
+            io::transfer_len(&self.target, &self.state, cap)
+        } else {
+            0
+        };
         self.response(cap, status, 0, data_len)
     }
 

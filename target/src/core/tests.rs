@@ -2,8 +2,10 @@
 
 use super::*;
 use nvmfd_bdev::{IoBuf, IoError, Op};
-use nvmfd_transport::proto::fabrics::{ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN};
-use nvmfd_transport::proto::nvme::{cns, feature, log_page, opcode, property, Sqe, SglDescriptor};
+use nvmfd_transport::proto::fabrics::{
+    ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN,
+};
+use nvmfd_transport::proto::nvme::{cns, feature, log_page, opcode, property, SglDescriptor, Sqe};
 use nvmfd_transport::proto::status::Status;
 use std::time::{Duration, Instant};
 
@@ -32,8 +34,22 @@ subsystems:
     );
     let cfg = nvmfd_config::parse_str(&yaml, "test.yaml").expect("test config is valid");
     let infos = vec![
-        BdevInfo { name: "ram0".into(), kind: "malloc", block_size: 4096, num_blocks: 256, deallocate_zeroes: true, volatile_cache: false },
-        BdevInfo { name: "ram1".into(), kind: "malloc", block_size: 512, num_blocks: 2048, deallocate_zeroes: true, volatile_cache: false },
+        BdevInfo {
+            name: "ram0".into(),
+            kind: "malloc",
+            block_size: 4096,
+            num_blocks: 256,
+            deallocate_zeroes: true,
+            volatile_cache: false,
+        },
+        BdevInfo {
+            name: "ram1".into(),
+            kind: "malloc",
+            block_size: 512,
+            num_blocks: 2048,
+            deallocate_zeroes: true,
+            volatile_cache: false,
+        },
     ];
     Target::new(&cfg, &infos)
 }
@@ -41,7 +57,11 @@ subsystems:
 fn capsule(sqe: Sqe, data: &[u8], data_len: u32) -> Capsule {
     let mut buf = IoBuf::new(256 * 1024);
     buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-    Capsule { sqe, buf: Some(buf), data_len }
+    Capsule {
+        sqe,
+        buf: Some(buf),
+        data_len,
+    }
 }
 
 fn done(o: Outcome) -> Response {
@@ -51,14 +71,39 @@ fn done(o: Outcome) -> Response {
     }
 }
 
-fn connect_cmd(qp: &mut QueuePair, qid: u16, sqsize: u16, cntlid: u16, subnqn: &str, hostnqn: &str, now: Instant) -> Response {
-    let data = ConnectData { hostid: [1; 16], cntlid, subnqn: subnqn.into(), hostnqn: hostnqn.into() };
-    let sqe = ConnectCommand { recfmt: 0, qid, sqsize, cattr: 0, kato_ms: 1000 }.to_sqe(1, 1024);
+fn connect_cmd(
+    qp: &mut QueuePair,
+    qid: u16,
+    sqsize: u16,
+    cntlid: u16,
+    subnqn: &str,
+    hostnqn: &str,
+    now: Instant,
+) -> Response {
+    let data = ConnectData {
+        hostid: [1; 16],
+        cntlid,
+        subnqn: subnqn.into(),
+        hostnqn: hostnqn.into(),
+    };
+    let sqe = ConnectCommand {
+        recfmt: 0,
+        qid,
+        sqsize,
+        cattr: 0,
+        kato_ms: 1000,
+    }
+    .to_sqe(1, 1024);
     done(qp.execute(&mut capsule(sqe, &data.encode(), 1024), now))
 }
 
 fn prop(qp: &mut QueuePair, set: bool, offset: u32, size: u8, value: u64) -> Response {
-    let sqe = PropertyCommand { size, offset, value }.to_sqe(2, set);
+    let sqe = PropertyCommand {
+        size,
+        offset,
+        value,
+    }
+    .to_sqe(2, set);
     done(qp.execute(&mut capsule(sqe, &[], 0), Instant::now()))
 }
 
@@ -67,7 +112,12 @@ fn admin(t: &Arc<Target>, nqn: &str, host: &str) -> (QueuePair, u16) {
     let mut qp = QueuePair::new(t.clone());
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, nqn, host, Instant::now());
     assert_eq!(r.cqe.status, Status::SUCCESS);
-    assert_eq!(prop(&mut qp, true, property::CC, 4, 1 | (6 << 16) | (4 << 20)).cqe.status, Status::SUCCESS);
+    assert_eq!(
+        prop(&mut qp, true, property::CC, 4, 1 | (6 << 16) | (4 << 20))
+            .cqe
+            .status,
+        Status::SUCCESS
+    );
     (qp, r.cqe.dw0 as u16)
 }
 
@@ -78,13 +128,28 @@ fn admin_cmd(qp: &mut QueuePair, sqe: Sqe, data_len: u32) -> (Response, Capsule)
 }
 
 fn identify(qp: &mut QueuePair, cns: u8, nsid: u32) -> (Status, Vec<u8>) {
-    let sqe = Sqe { opcode: opcode::ADMIN_IDENTIFY, nsid, cdw10: cns as u32, dptr: SglDescriptor::transport(4096), flags: 0x40, ..Default::default() };
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_IDENTIFY,
+        nsid,
+        cdw10: cns as u32,
+        dptr: SglDescriptor::transport(4096),
+        flags: 0x40,
+        ..Default::default()
+    };
     let (r, cap) = admin_cmd(qp, sqe, 4096);
     (r.cqe.status, cap.buf.unwrap().as_slice()[..4096].to_vec())
 }
 
 fn io_sqe(op: u8, nsid: u32, lba: u64, blocks: u32) -> Sqe {
-    Sqe { opcode: op, nsid, cdw10: lba as u32, cdw11: (lba >> 32) as u32, cdw12: blocks - 1, flags: 0x40, ..Default::default() }
+    Sqe {
+        opcode: op,
+        nsid,
+        cdw10: lba as u32,
+        cdw11: (lba >> 32) as u32,
+        cdw12: blocks - 1,
+        flags: 0x40,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -101,17 +166,39 @@ fn connect_rules() {
     let t = target();
     let now = Instant::now();
     let mut qp = QueuePair::new(t.clone());
-    let r = connect_cmd(&mut qp, 0, 31, 0xffff, "nqn.2026-11.io.nvmfd:nope", HOST_A, now);
+    let r = connect_cmd(
+        &mut qp,
+        0,
+        31,
+        0xffff,
+        "nqn.2026-11.io.nvmfd:nope",
+        HOST_A,
+        now,
+    );
     assert_eq!(r.cqe.status, Status::CONNECT_INVALID_PARAMETERS);
-    assert_eq!(r.cqe.dw0, 256 | (1 << 16), "IPO points at SUBNQN in the connect data");
+    assert_eq!(
+        r.cqe.dw0,
+        256 | (1 << 16),
+        "IPO points at SUBNQN in the connect data"
+    );
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, LOCKED, HOST_B, now);
     assert_eq!(r.cqe.status, Status::CONNECT_INVALID_HOST);
     let r = connect_cmd(&mut qp, 0, 0, 0xffff, NQN, HOST_A, now);
-    assert_eq!((r.cqe.status, r.cqe.dw0), (Status::CONNECT_INVALID_PARAMETERS, 44));
+    assert_eq!(
+        (r.cqe.status, r.cqe.dw0),
+        (Status::CONNECT_INVALID_PARAMETERS, 44)
+    );
     let r = connect_cmd(&mut qp, 0, 64, 0xffff, NQN, HOST_A, now);
-    assert_eq!(r.cqe.status, Status::CONNECT_INVALID_PARAMETERS, "65 entries exceed max_queue_depth 64");
+    assert_eq!(
+        r.cqe.status,
+        Status::CONNECT_INVALID_PARAMETERS,
+        "65 entries exceed max_queue_depth 64"
+    );
     let r = connect_cmd(&mut qp, 0, 31, 7, NQN, HOST_A, now);
-    assert_eq!((r.cqe.status, r.cqe.dw0), (Status::CONNECT_INVALID_PARAMETERS, 16 | (1 << 16)));
+    assert_eq!(
+        (r.cqe.status, r.cqe.dw0),
+        (Status::CONNECT_INVALID_PARAMETERS, 16 | (1 << 16))
+    );
     // The allowed host gets in; nothing was leaked by the refusals.
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, LOCKED, HOST_A, now);
     assert_eq!(r.cqe.status, Status::SUCCESS);
@@ -142,15 +229,38 @@ fn properties_enable_and_shutdown() {
     let cap_value = cap.cqe.dw0 as u64 | ((cap.cqe.dw1 as u64) << 32);
     assert_eq!(cap_value & 0xffff, 63, "MQES is 0-based");
     assert_ne!(cap_value & (1 << 37), 0, "NVM command set");
-    assert_eq!(prop(&mut qp, false, property::VS, 4, 0).cqe.dw0, 0x0001_0300);
+    assert_eq!(
+        prop(&mut qp, false, property::VS, 4, 0).cqe.dw0,
+        0x0001_0300
+    );
     assert_eq!(prop(&mut qp, false, property::CSTS, 4, 0).cqe.dw0 & 1, 0);
     prop(&mut qp, true, property::CC, 4, 1 | (6 << 16) | (4 << 20));
     assert_eq!(prop(&mut qp, false, property::CSTS, 4, 0).cqe.dw0 & 1, 1);
-    assert!(qp.controller().unwrap().ready.load(std::sync::atomic::Ordering::Acquire));
-    prop(&mut qp, true, property::CC, 4, 1 | (1 << 14) | (6 << 16) | (4 << 20));
-    assert_eq!((prop(&mut qp, false, property::CSTS, 4, 0).cqe.dw0 >> 2) & 3, 2, "shutdown complete");
-    assert_eq!(prop(&mut qp, false, 0x24, 4, 0).cqe.status, Status::INVALID_FIELD);
-    assert_eq!(prop(&mut qp, true, property::VS, 4, 0).cqe.status, Status::INVALID_FIELD);
+    assert!(qp
+        .controller()
+        .unwrap()
+        .ready
+        .load(std::sync::atomic::Ordering::Acquire));
+    prop(
+        &mut qp,
+        true,
+        property::CC,
+        4,
+        1 | (1 << 14) | (6 << 16) | (4 << 20),
+    );
+    assert_eq!(
+        (prop(&mut qp, false, property::CSTS, 4, 0).cqe.dw0 >> 2) & 3,
+        2,
+        "shutdown complete"
+    );
+    assert_eq!(
+        prop(&mut qp, false, 0x24, 4, 0).cqe.status,
+        Status::INVALID_FIELD
+    );
+    assert_eq!(
+        prop(&mut qp, true, property::VS, 4, 0).cqe.status,
+        Status::INVALID_FIELD
+    );
 }
 
 #[test]
@@ -158,20 +268,59 @@ fn io_queue_connect_rules() {
     let t = target();
     let now = Instant::now();
     let mut io = QueuePair::new(t.clone());
-    assert_eq!(connect_cmd(&mut io, 1, 31, 99, NQN, HOST_A, now).cqe.status, Status::CONNECT_INVALID_PARAMETERS);
+    assert_eq!(
+        connect_cmd(&mut io, 1, 31, 99, NQN, HOST_A, now).cqe.status,
+        Status::CONNECT_INVALID_PARAMETERS
+    );
 
     let mut aq = QueuePair::new(t.clone());
-    let cntlid = connect_cmd(&mut aq, 0, 31, 0xffff, NQN, HOST_A, now).cqe.dw0 as u16;
-    assert_eq!(connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, now).cqe.status, Status::COMMAND_SEQUENCE_ERROR, "not enabled yet");
+    let cntlid = connect_cmd(&mut aq, 0, 31, 0xffff, NQN, HOST_A, now)
+        .cqe
+        .dw0 as u16;
+    assert_eq!(
+        connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, now)
+            .cqe
+            .status,
+        Status::COMMAND_SEQUENCE_ERROR,
+        "not enabled yet"
+    );
     prop(&mut aq, true, property::CC, 4, 1);
-    assert_eq!(connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_B, now).cqe.status, Status::CONNECT_INVALID_PARAMETERS, "other host");
-    assert_eq!(connect_cmd(&mut io, 5, 31, cntlid, NQN, HOST_A, now).cqe.status, Status::CONNECT_INVALID_PARAMETERS, "qid > 4");
-    assert_eq!(connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, now).cqe.status, Status::SUCCESS);
+    assert_eq!(
+        connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_B, now)
+            .cqe
+            .status,
+        Status::CONNECT_INVALID_PARAMETERS,
+        "other host"
+    );
+    assert_eq!(
+        connect_cmd(&mut io, 5, 31, cntlid, NQN, HOST_A, now)
+            .cqe
+            .status,
+        Status::CONNECT_INVALID_PARAMETERS,
+        "qid > 4"
+    );
+    assert_eq!(
+        connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, now)
+            .cqe
+            .status,
+        Status::SUCCESS
+    );
     let mut dup = QueuePair::new(t.clone());
-    assert_eq!(connect_cmd(&mut dup, 1, 31, cntlid, NQN, HOST_A, now).cqe.status, Status::CONNECT_INVALID_PARAMETERS, "qid 1 taken");
+    assert_eq!(
+        connect_cmd(&mut dup, 1, 31, cntlid, NQN, HOST_A, now)
+            .cqe
+            .status,
+        Status::CONNECT_INVALID_PARAMETERS,
+        "qid 1 taken"
+    );
     // Dropping the I/O queue frees its QID.
     drop(io);
-    assert_eq!(connect_cmd(&mut dup, 1, 31, cntlid, NQN, HOST_A, now).cqe.status, Status::SUCCESS);
+    assert_eq!(
+        connect_cmd(&mut dup, 1, 31, cntlid, NQN, HOST_A, now)
+            .cqe
+            .status,
+        Status::SUCCESS
+    );
     // Losing the admin queue takes the controller and tells its I/O queues.
     assert_eq!(dup.poll_timers(now), None);
     drop(aq);
@@ -183,16 +332,50 @@ fn io_queue_connect_rules() {
 fn number_of_queues_limits_io_connect() {
     let t = target();
     let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
-    let sqe = Sqe { opcode: opcode::ADMIN_SET_FEATURES, cdw10: feature::NUMBER_OF_QUEUES as u32, cdw11: 1 | (1 << 16), ..Default::default() };
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_SET_FEATURES,
+        cdw10: feature::NUMBER_OF_QUEUES as u32,
+        cdw11: 1 | (1 << 16),
+        ..Default::default()
+    };
     let (r, _) = admin_cmd(&mut aq, sqe, 0);
-    assert_eq!((r.cqe.status, r.cqe.dw0), (Status::SUCCESS, 1 | (1 << 16)), "2 queues granted, 0-based");
+    assert_eq!(
+        (r.cqe.status, r.cqe.dw0),
+        (Status::SUCCESS, 1 | (1 << 16)),
+        "2 queues granted, 0-based"
+    );
     let mut io = QueuePair::new(t.clone());
-    assert_eq!(connect_cmd(&mut io, 3, 31, cntlid, NQN, HOST_A, Instant::now()).cqe.status, Status::CONNECT_INVALID_PARAMETERS);
-    assert_eq!(connect_cmd(&mut io, 2, 31, cntlid, NQN, HOST_A, Instant::now()).cqe.status, Status::SUCCESS);
-    let sqe = Sqe { opcode: opcode::ADMIN_SET_FEATURES, cdw10: feature::NUMBER_OF_QUEUES as u32, cdw11: 0xffff, ..Default::default() };
-    assert_eq!(admin_cmd(&mut aq, sqe, 0).0.cqe.status, Status::INVALID_FIELD);
-    let sqe = Sqe { opcode: opcode::ADMIN_GET_FEATURES, cdw10: 0x7e, ..Default::default() };
-    assert_eq!(admin_cmd(&mut aq, sqe, 0).0.cqe.status, Status::INVALID_FIELD);
+    assert_eq!(
+        connect_cmd(&mut io, 3, 31, cntlid, NQN, HOST_A, Instant::now())
+            .cqe
+            .status,
+        Status::CONNECT_INVALID_PARAMETERS
+    );
+    assert_eq!(
+        connect_cmd(&mut io, 2, 31, cntlid, NQN, HOST_A, Instant::now())
+            .cqe
+            .status,
+        Status::SUCCESS
+    );
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_SET_FEATURES,
+        cdw10: feature::NUMBER_OF_QUEUES as u32,
+        cdw11: 0xffff,
+        ..Default::default()
+    };
+    assert_eq!(
+        admin_cmd(&mut aq, sqe, 0).0.cqe.status,
+        Status::INVALID_FIELD
+    );
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_GET_FEATURES,
+        cdw10: 0x7e,
+        ..Default::default()
+    };
+    assert_eq!(
+        admin_cmd(&mut aq, sqe, 0).0.cqe.status,
+        Status::INVALID_FIELD
+    );
 }
 
 #[test]
@@ -206,15 +389,26 @@ fn identify_controller_and_namespace() {
     assert_eq!(id[77], 5, "MDTS: 128 KiB / 4 KiB = 2^5");
     assert_eq!(u16::from_le_bytes([id[78], id[79]]), cntlid);
     assert_eq!(id[111], 1, "I/O controller");
-    assert_eq!(u32::from_le_bytes(id[516..520].try_into().unwrap()), 1, "NN");
+    assert_eq!(
+        u32::from_le_bytes(id[516..520].try_into().unwrap()),
+        1,
+        "NN"
+    );
     assert_eq!(&id[768..768 + NQN.len()], NQN.as_bytes());
-    assert_eq!(u32::from_le_bytes(id[1792..1796].try_into().unwrap()), (64 + 8192) / 16, "IOCCSZ");
+    assert_eq!(
+        u32::from_le_bytes(id[1792..1796].try_into().unwrap()),
+        (64 + 8192) / 16,
+        "IOCCSZ"
+    );
 
     let (s, ns) = identify(&mut aq, cns::NAMESPACE, 1);
     assert_eq!(s, Status::SUCCESS);
     assert_eq!(u64::from_le_bytes(ns[0..8].try_into().unwrap()), 256);
     assert_eq!(ns[130], 12, "LBADS = log2(4096)");
-    assert_eq!(identify(&mut aq, cns::NAMESPACE, 2).0, Status::INVALID_NAMESPACE);
+    assert_eq!(
+        identify(&mut aq, cns::NAMESPACE, 2).0,
+        Status::INVALID_NAMESPACE
+    );
 
     let (_, list) = identify(&mut aq, cns::ACTIVE_NAMESPACES, 0);
     assert_eq!(&list[0..8], &[1, 0, 0, 0, 0, 0, 0, 0]);
@@ -224,7 +418,11 @@ fn identify_controller_and_namespace() {
     let (s, desc) = identify(&mut aq, cns::NAMESPACE_DESCRIPTORS, 1);
     assert_eq!(s, Status::SUCCESS);
     assert_eq!((desc[0], desc[1]), (2, 16), "NGUID descriptor first");
-    assert_eq!(&desc[4..20], &ns[104..120], "same NGUID as Identify Namespace");
+    assert_eq!(
+        &desc[4..20],
+        &ns[104..120],
+        "same NGUID as Identify Namespace"
+    );
     assert_eq!(identify(&mut aq, 0x1f, 0).0, Status::INVALID_FIELD);
 }
 
@@ -236,28 +434,66 @@ fn discovery_controller_lists_what_the_host_may_use() {
     assert_eq!(id[111], 2, "discovery controller");
     let get_log = |qp: &mut QueuePair, len: u32| {
         let numd = len / 4 - 1;
-        let sqe = Sqe { opcode: opcode::ADMIN_GET_LOG_PAGE, cdw10: log_page::DISCOVERY as u32 | (numd << 16), dptr: SglDescriptor::transport(len), flags: 0x40, ..Default::default() };
+        let sqe = Sqe {
+            opcode: opcode::ADMIN_GET_LOG_PAGE,
+            cdw10: log_page::DISCOVERY as u32 | (numd << 16),
+            dptr: SglDescriptor::transport(len),
+            flags: 0x40,
+            ..Default::default()
+        };
         let (r, cap) = admin_cmd(qp, sqe, len);
         (r, cap.buf.unwrap().as_slice()[..len as usize].to_vec())
     };
     let (r, page) = get_log(&mut dq, 4096);
     assert_eq!(r.cqe.status, Status::SUCCESS);
-    assert_eq!(u64::from_le_bytes(page[8..16].try_into().unwrap()), 1, "host B sees only the open subsystem");
-    let e = nvmfd_transport::proto::fabrics::DiscoveryLogEntry::decode(page[1024..2048].try_into().unwrap());
-    assert_eq!((e.subnqn.as_str(), e.trsvcid.as_str(), e.traddr.as_str(), e.trtype), (NQN, "4420", "127.0.0.1", 3));
+    assert_eq!(
+        u64::from_le_bytes(page[8..16].try_into().unwrap()),
+        1,
+        "host B sees only the open subsystem"
+    );
+    let e = nvmfd_transport::proto::fabrics::DiscoveryLogEntry::decode(
+        page[1024..2048].try_into().unwrap(),
+    );
+    assert_eq!(
+        (
+            e.subnqn.as_str(),
+            e.trsvcid.as_str(),
+            e.traddr.as_str(),
+            e.trtype
+        ),
+        (NQN, "4420", "127.0.0.1", 3)
+    );
 
     let (mut dq_a, _) = admin(&t, DISCOVERY_NQN, HOST_A);
     let (_, page) = get_log(&mut dq_a, 4096);
-    assert_eq!(u64::from_le_bytes(page[8..16].try_into().unwrap()), 2, "host A is on the allow list");
+    assert_eq!(
+        u64::from_le_bytes(page[8..16].try_into().unwrap()),
+        2,
+        "host A is on the allow list"
+    );
 
     // I/O controllers have no discovery log; discovery controllers no SMART log.
     let (mut aq, _) = admin(&t, NQN, HOST_A);
-    assert_eq!(get_log(&mut aq, 4096).0.cqe.status, Status::INVALID_LOG_PAGE);
-    let sqe = Sqe { opcode: opcode::ADMIN_GET_LOG_PAGE, cdw10: log_page::SMART_HEALTH as u32 | (127 << 16), flags: 0x40, ..Default::default() };
-    assert_eq!(admin_cmd(&mut dq, sqe, 512).0.cqe.status, Status::INVALID_LOG_PAGE);
+    assert_eq!(
+        get_log(&mut aq, 4096).0.cqe.status,
+        Status::INVALID_LOG_PAGE
+    );
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_GET_LOG_PAGE,
+        cdw10: log_page::SMART_HEALTH as u32 | (127 << 16),
+        flags: 0x40,
+        ..Default::default()
+    };
+    assert_eq!(
+        admin_cmd(&mut dq, sqe, 512).0.cqe.status,
+        Status::INVALID_LOG_PAGE
+    );
     assert_eq!(admin_cmd(&mut aq, sqe, 512).0.cqe.status, Status::SUCCESS);
     // Asking for more than the buffer holds.
-    assert_eq!(admin_cmd(&mut aq, sqe, 256).0.cqe.status, Status::DATA_SGL_LENGTH_INVALID);
+    assert_eq!(
+        admin_cmd(&mut aq, sqe, 256).0.cqe.status,
+        Status::DATA_SGL_LENGTH_INVALID
+    );
 }
 
 #[test]
@@ -268,11 +504,21 @@ fn keep_alive_expiry_and_reset() {
     connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, t0); // kato 1000 ms
     prop(&mut qp, true, property::CC, 4, 1);
     assert_eq!(qp.poll_timers(t0 + Duration::from_millis(900)), None);
-    let ka = Sqe { opcode: opcode::ADMIN_KEEP_ALIVE, ..Default::default() };
+    let ka = Sqe {
+        opcode: opcode::ADMIN_KEEP_ALIVE,
+        ..Default::default()
+    };
     let r = done(qp.execute(&mut capsule(ka, &[], 0), t0 + Duration::from_millis(900)));
     assert_eq!(r.cqe.status, Status::SUCCESS);
-    assert_eq!(qp.poll_timers(t0 + Duration::from_millis(1800)), None, "keep alive restarted the timer");
-    assert_eq!(qp.poll_timers(t0 + Duration::from_millis(2000)), Some("keep-alive timeout expired"));
+    assert_eq!(
+        qp.poll_timers(t0 + Duration::from_millis(1800)),
+        None,
+        "keep alive restarted the timer"
+    );
+    assert_eq!(
+        qp.poll_timers(t0 + Duration::from_millis(2000)),
+        Some("keep-alive timeout expired")
+    );
 }
 
 #[test]
@@ -280,13 +526,33 @@ fn async_event_requests_are_held_up_to_the_limit() {
     let t = target();
     let (mut aq, _) = admin(&t, NQN, HOST_A);
     for cid in 0..4 {
-        let sqe = Sqe { opcode: opcode::ADMIN_ASYNC_EVENT_REQUEST, cid, ..Default::default() };
-        assert_eq!(aq.execute(&mut capsule(sqe, &[], 0), Instant::now()), Outcome::Held);
+        let sqe = Sqe {
+            opcode: opcode::ADMIN_ASYNC_EVENT_REQUEST,
+            cid,
+            ..Default::default()
+        };
+        assert_eq!(
+            aq.execute(&mut capsule(sqe, &[], 0), Instant::now()),
+            Outcome::Held
+        );
     }
-    let sqe = Sqe { opcode: opcode::ADMIN_ASYNC_EVENT_REQUEST, cid: 9, ..Default::default() };
-    assert_eq!(admin_cmd(&mut aq, sqe, 0).0.cqe.status, Status::ASYNC_EVENT_LIMIT_EXCEEDED);
-    let sqe = Sqe { opcode: 0xc1, ..Default::default() };
-    assert_eq!(admin_cmd(&mut aq, sqe, 0).0.cqe.status, Status::INVALID_OPCODE);
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_ASYNC_EVENT_REQUEST,
+        cid: 9,
+        ..Default::default()
+    };
+    assert_eq!(
+        admin_cmd(&mut aq, sqe, 0).0.cqe.status,
+        Status::ASYNC_EVENT_LIMIT_EXCEEDED
+    );
+    let sqe = Sqe {
+        opcode: 0xc1,
+        ..Default::default()
+    };
+    assert_eq!(
+        admin_cmd(&mut aq, sqe, 0).0.cqe.status,
+        Status::INVALID_OPCODE
+    );
 }
 
 #[test]
@@ -294,39 +560,124 @@ fn io_command_checks() {
     let t = target();
     let (_aq, cntlid) = admin(&t, NQN, HOST_A);
     let mut io = QueuePair::new(t.clone());
-    assert_eq!(connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, Instant::now()).cqe.status, Status::SUCCESS);
+    assert_eq!(
+        connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, Instant::now())
+            .cqe
+            .status,
+        Status::SUCCESS
+    );
     let mut run = |sqe: Sqe, len: u32| {
         let mut cap = capsule(sqe, &[], len);
         io.execute(&mut cap, Instant::now())
     };
-    assert_eq!(run(io_sqe(opcode::NVM_READ, 1, 0, 8), 32768), Outcome::Io { bdev: 0, op: Op::Read { lba: 0, blocks: 8 } });
-    assert_eq!(run(io_sqe(opcode::NVM_WRITE, 1, 248, 8), 32768), Outcome::Io { bdev: 0, op: Op::Write { lba: 248, blocks: 8 } });
+    assert_eq!(
+        run(io_sqe(opcode::NVM_READ, 1, 0, 8), 32768),
+        Outcome::Io {
+            bdev: 0,
+            op: Op::Read { lba: 0, blocks: 8 }
+        }
+    );
+    assert_eq!(
+        run(io_sqe(opcode::NVM_WRITE, 1, 248, 8), 32768),
+        Outcome::Io {
+            bdev: 0,
+            op: Op::Write {
+                lba: 248,
+                blocks: 8
+            }
+        }
+    );
     let status = |o: Outcome| done(o).cqe.status;
-    assert_eq!(status(run(io_sqe(opcode::NVM_READ, 1, 250, 8), 32768)), Status::LBA_OUT_OF_RANGE);
-    assert_eq!(status(run(io_sqe(opcode::NVM_READ, 1, u64::MAX - 2, 8), 32768)), Status::LBA_OUT_OF_RANGE, "no overflow");
-    assert_eq!(status(run(io_sqe(opcode::NVM_READ, 2, 0, 1), 4096)), Status::INVALID_NAMESPACE);
-    assert_eq!(status(run(io_sqe(opcode::NVM_READ, 1, 0, 33), 33 * 4096)), Status::INVALID_FIELD, "beyond MDTS");
-    assert_eq!(status(run(io_sqe(opcode::NVM_WRITE, 1, 0, 2), 4096)), Status::DATA_SGL_LENGTH_INVALID);
-    assert_eq!(status(run(io_sqe(0x7e, 1, 0, 1), 0)), Status::INVALID_OPCODE);
-    assert_eq!(run(io_sqe(opcode::NVM_WRITE_ZEROES, 1, 0, 256), 0), Outcome::Io { bdev: 0, op: Op::WriteZeroes { lba: 0, blocks: 256 } });
-    assert_eq!(status(run(io_sqe(opcode::NVM_WRITE_ZEROES, 1, 1, 256), 0)), Status::LBA_OUT_OF_RANGE);
+    assert_eq!(
+        status(run(io_sqe(opcode::NVM_READ, 1, 250, 8), 32768)),
+        Status::LBA_OUT_OF_RANGE
+    );
+    assert_eq!(
+        status(run(io_sqe(opcode::NVM_READ, 1, u64::MAX - 2, 8), 32768)),
+        Status::LBA_OUT_OF_RANGE,
+        "no overflow"
+    );
+    assert_eq!(
+        status(run(io_sqe(opcode::NVM_READ, 2, 0, 1), 4096)),
+        Status::INVALID_NAMESPACE
+    );
+    assert_eq!(
+        status(run(io_sqe(opcode::NVM_READ, 1, 0, 33), 33 * 4096)),
+        Status::INVALID_FIELD,
+        "beyond MDTS"
+    );
+    assert_eq!(
+        status(run(io_sqe(opcode::NVM_WRITE, 1, 0, 2), 4096)),
+        Status::DATA_SGL_LENGTH_INVALID
+    );
+    assert_eq!(
+        status(run(io_sqe(0x7e, 1, 0, 1), 0)),
+        Status::INVALID_OPCODE
+    );
+    assert_eq!(
+        run(io_sqe(opcode::NVM_WRITE_ZEROES, 1, 0, 256), 0),
+        Outcome::Io {
+            bdev: 0,
+            op: Op::WriteZeroes {
+                lba: 0,
+                blocks: 256
+            }
+        }
+    );
+    assert_eq!(
+        status(run(io_sqe(opcode::NVM_WRITE_ZEROES, 1, 1, 256), 0)),
+        Status::LBA_OUT_OF_RANGE
+    );
 
     // Dataset management: every range is checked; deallocate becomes one bdev op.
-    let ranges = [nvmfd_bdev::DsmRange { attributes: 0, blocks: 8, lba: 0 }, nvmfd_bdev::DsmRange { attributes: 0, blocks: 8, lba: 250 }];
+    let ranges = [
+        nvmfd_bdev::DsmRange {
+            attributes: 0,
+            blocks: 8,
+            lba: 0,
+        },
+        nvmfd_bdev::DsmRange {
+            attributes: 0,
+            blocks: 8,
+            lba: 250,
+        },
+    ];
     let data: Vec<u8> = ranges.iter().flat_map(|r| r.encode()).collect();
-    let dsm = Sqe { opcode: opcode::NVM_DATASET_MANAGEMENT, nsid: 1, cdw10: 1, cdw11: 1 << 2, flags: 0x40, ..Default::default() };
+    let dsm = Sqe {
+        opcode: opcode::NVM_DATASET_MANAGEMENT,
+        nsid: 1,
+        cdw10: 1,
+        cdw11: 1 << 2,
+        flags: 0x40,
+        ..Default::default()
+    };
     let mut cap = capsule(dsm, &data, 32);
-    assert_eq!(done(io.execute(&mut cap, Instant::now())).cqe.status, Status::LBA_OUT_OF_RANGE);
+    assert_eq!(
+        done(io.execute(&mut cap, Instant::now())).cqe.status,
+        Status::LBA_OUT_OF_RANGE
+    );
     let mut cap = capsule(dsm, &data[..16], 32);
     let dsm1 = Sqe { cdw10: 0, ..dsm };
     cap.sqe = dsm1;
-    assert_eq!(io.execute(&mut cap, Instant::now()), Outcome::Io { bdev: 0, op: Op::Deallocate { ranges: 1 } });
+    assert_eq!(
+        io.execute(&mut cap, Instant::now()),
+        Outcome::Io {
+            bdev: 0,
+            op: Op::Deallocate { ranges: 1 }
+        }
+    );
 
     // Completions map block-device errors to NVMe statuses and reads return their data.
     let cap = capsule(io_sqe(opcode::NVM_READ, 1, 0, 2), &[], 8192);
     let r = io.io_done(&cap, Ok(()));
-    assert_eq!((r.cqe.status, r.data_len, r.cqe.sqid), (Status::SUCCESS, 8192, 1));
-    assert_eq!(io.io_done(&cap, Err(IoError::Media(5))).cqe.status, Status::UNRECOVERED_READ_ERROR);
+    assert_eq!(
+        (r.cqe.status, r.data_len, r.cqe.sqid),
+        (Status::SUCCESS, 8192, 1)
+    );
+    assert_eq!(
+        io.io_done(&cap, Err(IoError::Media(5))).cqe.status,
+        Status::UNRECOVERED_READ_ERROR
+    );
     let cap = capsule(io_sqe(opcode::NVM_WRITE, 1, 0, 2), &[], 8192);
     let r = io.io_done(&cap, Err(IoError::Media(5)));
     assert_eq!((r.cqe.status, r.data_len), (Status::WRITE_FAULT, 0));
@@ -339,7 +690,14 @@ fn admin_commands_are_refused_on_io_queues_and_vice_versa() {
     let mut io = QueuePair::new(t.clone());
     connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, Instant::now());
     let (s, _) = identify(&mut io, cns::CONTROLLER, 0);
-    assert_eq!(s, Status::INVALID_NAMESPACE, "opcode 0x06 on an I/O queue is not an NVM command (nsid 0)");
-    let r = done(aq.execute(&mut capsule(io_sqe(opcode::NVM_WRITE, 1, 0, 1), &[], 4096), Instant::now()));
+    assert_eq!(
+        s,
+        Status::INVALID_NAMESPACE,
+        "opcode 0x06 on an I/O queue is not an NVM command (nsid 0)"
+    );
+    let r = done(aq.execute(
+        &mut capsule(io_sqe(opcode::NVM_WRITE, 1, 0, 1), &[], 4096),
+        Instant::now(),
+    ));
     assert_eq!(r.cqe.status, Status::INVALID_OPCODE);
 }

@@ -75,7 +75,12 @@ impl ConnectData {
     pub fn decode(b: &[u8; 1024]) -> Self {
         let mut hostid = [0u8; 16];
         hostid.copy_from_slice(&b[0..16]);
-        ConnectData { hostid, cntlid: le::u16(b, 16), subnqn: get_str(&b[256..512]), hostnqn: get_str(&b[512..768]) }
+        ConnectData {
+            hostid,
+            cntlid: le::u16(b, 16),
+            subnqn: get_str(&b[256..512]),
+            hostnqn: get_str(&b[512..768]),
+        }
     }
 
     pub fn encode(&self) -> [u8; 1024] {
@@ -101,7 +106,11 @@ pub struct PropertyCommand {
 impl PropertyCommand {
     pub fn from_sqe(sqe: &Sqe) -> Self {
         let size = if sqe.cdw10 & 0x7 == 1 { 8 } else { 4 };
-        PropertyCommand { size, offset: sqe.cdw11, value: (sqe.cdw12 as u64) | ((sqe.cdw13 as u64) << 32) }
+        PropertyCommand {
+            size,
+            offset: sqe.cdw11,
+            value: (sqe.cdw12 as u64) | ((sqe.cdw13 as u64) << 32),
+        }
     }
 
     pub fn to_sqe(&self, cid: u16, set: bool) -> Sqe {
@@ -109,7 +118,11 @@ impl PropertyCommand {
             opcode: super::nvme::opcode::FABRICS,
             flags: 0x40,
             cid,
-            nsid: if set { fctype::PROPERTY_SET } else { fctype::PROPERTY_GET } as u32,
+            nsid: if set {
+                fctype::PROPERTY_SET
+            } else {
+                fctype::PROPERTY_GET
+            } as u32,
             cdw10: if self.size == 8 { 1 } else { 0 },
             cdw11: self.offset,
             cdw12: self.value as u32,
@@ -223,7 +236,13 @@ mod tests {
 
     #[test]
     fn connect_command_fields() {
-        let c = ConnectCommand { recfmt: 0, qid: 3, sqsize: 127, cattr: 0, kato_ms: 5000 };
+        let c = ConnectCommand {
+            recfmt: 0,
+            qid: 3,
+            sqsize: 127,
+            cattr: 0,
+            kato_ms: 5000,
+        };
         let sqe = c.to_sqe(1, 1024);
         assert_eq!(sqe.fctype(), fctype::CONNECT);
         assert_eq!(&sqe.encode()[42..44], &[3, 0]);

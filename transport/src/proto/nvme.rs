@@ -56,7 +56,12 @@ impl Sqe {
         le::put_u32(&mut b, 12, self.cdw3);
         le::put_u64(&mut b, 16, self.mptr);
         b[24..40].copy_from_slice(&self.dptr.encode());
-        for (i, dw) in [self.cdw10, self.cdw11, self.cdw12, self.cdw13, self.cdw14, self.cdw15].iter().enumerate() {
+        for (i, dw) in [
+            self.cdw10, self.cdw11, self.cdw12, self.cdw13, self.cdw14, self.cdw15,
+        ]
+        .iter()
+        .enumerate()
+        {
             le::put_u32(&mut b, 40 + 4 * i, *dw);
         }
         b
@@ -85,7 +90,11 @@ impl Sqe {
     /// Direction of the data transfer the command implies.
     pub fn data_direction(&self) -> Direction {
         // Opcode bits 1:0 (fabrics: fctype bits 1:0) say which way data flows.
-        let code = if self.opcode == opcode::FABRICS { self.fctype() } else { self.opcode };
+        let code = if self.opcode == opcode::FABRICS {
+            self.fctype()
+        } else {
+            self.opcode
+        };
         match code & 3 {
             0 => Direction::None,
             1 => Direction::HostToController,
@@ -125,7 +134,12 @@ impl SglDescriptor {
 
     /// In-capsule data at `offset` into the capsule's data area.
     pub fn in_capsule(offset: u64, length: u32) -> Self {
-        SglDescriptor { address: offset, length, key: 0, identifier: (Self::DATA_BLOCK << 4) | Self::SUBTYPE_OFFSET }
+        SglDescriptor {
+            address: offset,
+            length,
+            key: 0,
+            identifier: (Self::DATA_BLOCK << 4) | Self::SUBTYPE_OFFSET,
+        }
     }
 
     /// Data moved by the transport (NVMe/TCP R2T/H2CData or C2HData).
@@ -156,7 +170,12 @@ impl SglDescriptor {
                 identifier,
             }
         } else {
-            SglDescriptor { address: le::u64(b, 0), length: le::u32(b, 8), key: 0, identifier }
+            SglDescriptor {
+                address: le::u64(b, 0),
+                length: le::u32(b, 8),
+                key: 0,
+                identifier,
+            }
         }
     }
 
@@ -301,7 +320,12 @@ mod tests {
 
     #[test]
     fn keyed_sgl_layout() {
-        let d = SglDescriptor { address: 0x1000, length: 0x12_3456, key: 0xabcd_ef01, identifier: 0x40 };
+        let d = SglDescriptor {
+            address: 0x1000,
+            length: 0x12_3456,
+            key: 0xabcd_ef01,
+            identifier: 0x40,
+        };
         let b = d.encode();
         assert_eq!(&b[8..11], &[0x56, 0x34, 0x12]);
         assert_eq!(&b[11..15], &[0x01, 0xef, 0xcd, 0xab]);
@@ -310,7 +334,14 @@ mod tests {
 
     #[test]
     fn cqe_round_trip() {
-        let c = Cqe { dw0: 5, dw1: 6, sqhd: 7, sqid: 1, cid: 9, status: Status::LBA_OUT_OF_RANGE };
+        let c = Cqe {
+            dw0: 5,
+            dw1: 6,
+            sqhd: 7,
+            sqid: 1,
+            cid: 9,
+            status: Status::LBA_OUT_OF_RANGE,
+        };
         let b = c.encode();
         assert_eq!(Cqe::decode(&b), c);
         assert_eq!(u16::from_le_bytes([b[14], b[15]]) >> 1 & 0xff, 0x80);
@@ -318,11 +349,22 @@ mod tests {
 
     #[test]
     fn fabrics_direction_from_fctype() {
-        let connect = Sqe { opcode: opcode::FABRICS, nsid: 0x01, ..Default::default() };
+        let connect = Sqe {
+            opcode: opcode::FABRICS,
+            nsid: 0x01,
+            ..Default::default()
+        };
         assert_eq!(connect.data_direction(), Direction::HostToController);
-        let get = Sqe { opcode: opcode::FABRICS, nsid: 0x04, ..Default::default() };
+        let get = Sqe {
+            opcode: opcode::FABRICS,
+            nsid: 0x04,
+            ..Default::default()
+        };
         assert_eq!(get.data_direction(), Direction::None);
-        let read = Sqe { opcode: opcode::NVM_READ, ..Default::default() };
+        let read = Sqe {
+            opcode: opcode::NVM_READ,
+            ..Default::default()
+        };
         assert_eq!(read.data_direction(), Direction::ControllerToHost);
     }
 }

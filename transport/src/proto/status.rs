@@ -10,23 +10,47 @@ pub struct Status {
 
 impl Status {
     pub const fn generic(sc: u8) -> Self {
-        Status { sct: 0, sc, dnr: true }
+        Status {
+            sct: 0,
+            sc,
+            dnr: true,
+        }
     }
     pub const fn command_specific(sc: u8) -> Self {
-        Status { sct: 1, sc, dnr: true }
+        Status {
+            sct: 1,
+            sc,
+            dnr: true,
+        }
     }
     pub const fn media(sc: u8) -> Self {
-        Status { sct: 2, sc, dnr: false }
+        Status {
+            sct: 2,
+            sc,
+            dnr: false,
+        }
     }
 
-    pub const SUCCESS: Status = Status { sct: 0, sc: 0, dnr: false };
+    pub const SUCCESS: Status = Status {
+        sct: 0,
+        sc: 0,
+        dnr: false,
+    };
     // Generic command status (SCT 0).
     pub const INVALID_OPCODE: Status = Status::generic(0x01);
     pub const INVALID_FIELD: Status = Status::generic(0x02);
     pub const CID_CONFLICT: Status = Status::generic(0x03);
     pub const DATA_TRANSFER_ERROR: Status = Status::generic(0x04);
-    pub const INTERNAL_ERROR: Status = Status { sct: 0, sc: 0x06, dnr: false };
-    pub const ABORTED_SQ_DELETION: Status = Status { sct: 0, sc: 0x08, dnr: false };
+    pub const INTERNAL_ERROR: Status = Status {
+        sct: 0,
+        sc: 0x06,
+        dnr: false,
+    };
+    pub const ABORTED_SQ_DELETION: Status = Status {
+        sct: 0,
+        sc: 0x08,
+        dnr: false,
+    };
     pub const INVALID_NAMESPACE: Status = Status::generic(0x0B);
     pub const COMMAND_SEQUENCE_ERROR: Status = Status::generic(0x0C);
     pub const INVALID_SGL_SEGMENT_DESCRIPTOR: Status = Status::generic(0x0D);
@@ -60,7 +84,11 @@ impl Status {
     }
 
     pub fn from_field(f: u16) -> Self {
-        Status { sc: ((f >> 1) & 0xff) as u8, sct: ((f >> 9) & 7) as u8, dnr: f & 0x8000 != 0 }
+        Status {
+            sc: ((f >> 1) & 0xff) as u8,
+            sct: ((f >> 9) & 7) as u8,
+            dnr: f & 0x8000 != 0,
+        }
     }
 }
 
@@ -92,7 +120,13 @@ impl std::fmt::Display for Status {
             (2, 0x81) => "unrecovered read error",
             _ => "status",
         };
-        write!(f, "{name} (sct {:#x}, sc {:#04x}{})", self.sct, self.sc, if self.dnr { ", dnr" } else { "" })
+        write!(
+            f,
+            "{name} (sct {:#x}, sc {:#04x}{})",
+            self.sct,
+            self.sc,
+            if self.dnr { ", dnr" } else { "" }
+        )
     }
 }
 
@@ -102,10 +136,18 @@ mod tests {
 
     #[test]
     fn field_round_trip() {
-        for s in [Status::SUCCESS, Status::LBA_OUT_OF_RANGE, Status::CONNECT_INVALID_HOST, Status::WRITE_FAULT] {
+        for s in [
+            Status::SUCCESS,
+            Status::LBA_OUT_OF_RANGE,
+            Status::CONNECT_INVALID_HOST,
+            Status::WRITE_FAULT,
+        ] {
             assert_eq!(Status::from_field(s.to_field()), s);
         }
         // SC 0x80 in bits 8:1, SCT 1 in bits 11:9, DNR bit 15.
-        assert_eq!(Status::CONNECT_INVALID_HOST.to_field(), (0x84 << 1) | (1 << 9) | 0x8000);
+        assert_eq!(
+            Status::CONNECT_INVALID_HOST.to_field(),
+            (0x84 << 1) | (1 << 9) | 0x8000
+        );
     }
 }

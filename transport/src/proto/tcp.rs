@@ -60,7 +60,10 @@ pub fn header_len(pdu_type: u8) -> Option<usize> {
 
 /// Whether a PDU type carries digests once they are negotiated.
 fn digestible(pdu_type: u8) -> bool {
-    !matches!(pdu_type, pdu_type::IC_REQ | pdu_type::IC_RESP | pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ)
+    !matches!(
+        pdu_type,
+        pdu_type::IC_REQ | pdu_type::IC_RESP | pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ
+    )
 }
 
 /// The 8-byte common header.
@@ -75,7 +78,13 @@ pub struct CommonHeader {
 
 impl CommonHeader {
     pub fn decode(b: &[u8; 8]) -> Self {
-        CommonHeader { pdu_type: b[0], flags: b[1], hlen: b[2], pdo: b[3], plen: le::u32(b, 4) }
+        CommonHeader {
+            pdu_type: b[0],
+            flags: b[1],
+            hlen: b[2],
+            pdo: b[3],
+            plen: le::u32(b, 4),
+        }
     }
 
     pub fn encode(&self) -> [u8; 8] {
@@ -123,7 +132,10 @@ impl Digests {
         (self.header as u8) | ((self.data as u8) << 1)
     }
     fn from_byte(b: u8) -> Self {
-        Digests { header: b & 1 != 0, data: b & 2 != 0 }
+        Digests {
+            header: b & 1 != 0,
+            data: b & 2 != 0,
+        }
     }
 }
 
@@ -151,7 +163,10 @@ pub enum Header {
     IcReq(IcReq),
     IcResp(IcResp),
     /// H2CTermReq or C2HTermReq: fatal error status and information.
-    TermReq { fes: u16, fei: u32 },
+    TermReq {
+        fes: u16,
+        fei: u32,
+    },
     CapsuleCmd(Sqe),
     CapsuleResp(Cqe),
     H2CData(DataHeader),
@@ -189,40 +204,90 @@ fn fatal(fes: u16, fei: u32, reason: &'static str) -> FatalError {
 /// Find the first whole PDU in `buf`. Returns Ok(None) while more bytes are needed.
 /// `digests` are those negotiated for the connection (none before ICReq/ICResp), `max_data` the
 /// largest data payload this side accepts in one PDU.
-pub fn parse_pdu(buf: &[u8], digests: Digests, max_data: u32) -> Result<Option<Pdu<'_>>, FatalError> {
-    let Some(chb) = buf.get(..COMMON_HEADER_SIZE) else { return Ok(None) };
+pub fn parse_pdu(
+    buf: &[u8],
+    digests: Digests,
+    max_data: u32,
+) -> Result<Option<Pdu<'_>>, FatalError> {
+    let Some(chb) = buf.get(..COMMON_HEADER_SIZE) else {
+        return Ok(None);
+    };
     let ch = CommonHeader::decode(chb.try_into().expect("8 bytes"));
-    let hlen = header_len(ch.pdu_type).ok_or(fatal(fes::INVALID_HEADER_FIELD, 0, "unknown PDU type"))?;
+    let hlen =
+        header_len(ch.pdu_type).ok_or(fatal(fes::INVALID_HEADER_FIELD, 0, "unknown PDU type"))?;
     if ch.hlen as usize != hlen {
-        return Err(fatal(fes::INVALID_HEADER_FIELD, 2, "wrong header length for PDU type"));
+        return Err(fatal(
+            fes::INVALID_HEADER_FIELD,
+            2,
+            "wrong header length for PDU type",
+        ));
     }
     let can_digest = digestible(ch.pdu_type);
-    let hd = if can_digest && digests.header { DIGEST_SIZE } else { 0 };
+    let hd = if can_digest && digests.header {
+        DIGEST_SIZE
+    } else {
+        0
+    };
     if can_digest && (ch.flags & flags::HDGST != 0) != digests.header {
-        return Err(fatal(fes::INVALID_HEADER_FIELD, 1, "header digest flag disagrees with negotiation"));
+        return Err(fatal(
+            fes::INVALID_HEADER_FIELD,
+            1,
+            "header digest flag disagrees with negotiation",
+        ));
     }
     let plen = ch.plen as usize;
     let data_start = hlen + hd;
     if plen < data_start {
-        return Err(fatal(fes::INVALID_HEADER_FIELD, 4, "PDU length shorter than its header"));
+        return Err(fatal(
+            fes::INVALID_HEADER_FIELD,
+            4,
+            "PDU length shorter than its header",
+        ));
     }
     let has_data = plen > data_start;
     let (dd, pdo) = if has_data {
-        if matches!(ch.pdu_type, pdu_type::IC_REQ | pdu_type::IC_RESP | pdu_type::CAPSULE_RESP | pdu_type::R2T) {
-            return Err(fatal(fes::INVALID_HEADER_FIELD, 4, "PDU length too long for a PDU type without data"));
+        if matches!(
+            ch.pdu_type,
+            pdu_type::IC_REQ | pdu_type::IC_RESP | pdu_type::CAPSULE_RESP | pdu_type::R2T
+        ) {
+            return Err(fatal(
+                fes::INVALID_HEADER_FIELD,
+                4,
+                "PDU length too long for a PDU type without data",
+            ));
         }
         let term = matches!(ch.pdu_type, pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ);
-        let dd = if !term && digests.data { DIGEST_SIZE } else { 0 };
+        let dd = if !term && digests.data {
+            DIGEST_SIZE
+        } else {
+            0
+        };
         if !term && (ch.flags & flags::DDGST != 0) != digests.data {
-            return Err(fatal(fes::INVALID_HEADER_FIELD, 1, "data digest flag disagrees with negotiation"));
+            return Err(fatal(
+                fes::INVALID_HEADER_FIELD,
+                1,
+                "data digest flag disagrees with negotiation",
+            ));
         }
         let pdo = if term { data_start } else { ch.pdo as usize };
         if pdo < data_start || pdo + dd > plen {
-            return Err(fatal(fes::INVALID_HEADER_FIELD, 3, "PDU data offset outside the PDU"));
+            return Err(fatal(
+                fes::INVALID_HEADER_FIELD,
+                3,
+                "PDU data offset outside the PDU",
+            ));
         }
-        let limit = if term { TERM_REQ_MAX_DATA } else { max_data as usize };
+        let limit = if term {
+            TERM_REQ_MAX_DATA
+        } else {
+            max_data as usize
+        };
         if plen - pdo - dd > limit {
-            return Err(fatal(fes::DATA_OUT_OF_RANGE, 4, "PDU data larger than allowed"));
+            return Err(fatal(
+                fes::DATA_OUT_OF_RANGE,
+                4,
+                "PDU data larger than allowed",
+            ));
         }
         (dd, pdo)
     } else {
@@ -243,7 +308,11 @@ pub fn parse_pdu(buf: &[u8], digests: Digests, max_data: u32) -> Result<Option<P
     let header = match ch.pdu_type {
         pdu_type::IC_REQ | pdu_type::IC_RESP => {
             if plen != 128 {
-                return Err(fatal(fes::INVALID_HEADER_FIELD, 4, "ICReq/ICResp must be 128 bytes"));
+                return Err(fatal(
+                    fes::INVALID_HEADER_FIELD,
+                    4,
+                    "ICReq/ICResp must be 128 bytes",
+                ));
             }
             if ch.pdu_type == pdu_type::IC_REQ {
                 Header::IcReq(IcReq {
@@ -261,13 +330,29 @@ pub fn parse_pdu(buf: &[u8], digests: Digests, max_data: u32) -> Result<Option<P
                 })
             }
         }
-        pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ => Header::TermReq { fes: le::u16(h, 8), fei: le::u32(h, 10) },
-        pdu_type::CAPSULE_CMD => Header::CapsuleCmd(Sqe::decode(h[8..72].try_into().expect("64 bytes"))),
-        pdu_type::CAPSULE_RESP => Header::CapsuleResp(Cqe::decode(h[8..24].try_into().expect("16 bytes"))),
+        pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ => Header::TermReq {
+            fes: le::u16(h, 8),
+            fei: le::u32(h, 10),
+        },
+        pdu_type::CAPSULE_CMD => {
+            Header::CapsuleCmd(Sqe::decode(h[8..72].try_into().expect("64 bytes")))
+        }
+        pdu_type::CAPSULE_RESP => {
+            Header::CapsuleResp(Cqe::decode(h[8..24].try_into().expect("16 bytes")))
+        }
         pdu_type::H2C_DATA | pdu_type::C2H_DATA => {
-            let dh = DataHeader { cccid: le::u16(h, 8), ttag: le::u16(h, 10), offset: le::u32(h, 12), length: le::u32(h, 16) };
+            let dh = DataHeader {
+                cccid: le::u16(h, 8),
+                ttag: le::u16(h, 10),
+                offset: le::u32(h, 12),
+                length: le::u32(h, 16),
+            };
             if dh.length as usize != data.len() {
-                return Err(fatal(fes::INVALID_HEADER_FIELD, 16, "data length disagrees with PDU length"));
+                return Err(fatal(
+                    fes::INVALID_HEADER_FIELD,
+                    16,
+                    "data length disagrees with PDU length",
+                ));
             }
             if ch.pdu_type == pdu_type::H2C_DATA {
                 Header::H2CData(dh)
@@ -275,9 +360,20 @@ pub fn parse_pdu(buf: &[u8], digests: Digests, max_data: u32) -> Result<Option<P
                 Header::C2HData(dh)
             }
         }
-        _ => Header::R2t(R2t { cccid: le::u16(h, 8), ttag: le::u16(h, 10), offset: le::u32(h, 12), length: le::u32(h, 16) }),
+        _ => Header::R2t(R2t {
+            cccid: le::u16(h, 8),
+            ttag: le::u16(h, 10),
+            offset: le::u32(h, 12),
+            length: le::u32(h, 16),
+        }),
     };
-    Ok(Some(Pdu { ch, header, data, data_digest_ok, len: plen }))
+    Ok(Some(Pdu {
+        ch,
+        header,
+        data,
+        data_digest_ok,
+        len: plen,
+    }))
 }
 
 /// Append one PDU to `out`: common header, `specific` (the type-specific header bytes), header
@@ -295,7 +391,11 @@ pub fn encode_pdu(
     let start = out.len();
     let hlen = COMMON_HEADER_SIZE + specific.len();
     let can_digest = digestible(pdu_type);
-    let hd = if can_digest && digests.header { DIGEST_SIZE } else { 0 };
+    let hd = if can_digest && digests.header {
+        DIGEST_SIZE
+    } else {
+        0
+    };
     let term = matches!(pdu_type, pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ);
     let (pdo, dd, dlen) = match data {
         Some(d) if !term => {
@@ -305,7 +405,11 @@ pub fn encode_pdu(
         Some(d) => (hlen, 0, d.len()),
         None => (0, 0, 0),
     };
-    let plen = if data.is_some() { pdo + dlen + dd } else { hlen + hd };
+    let plen = if data.is_some() {
+        pdo + dlen + dd
+    } else {
+        hlen + hd
+    };
     let mut fl = extra_flags;
     if hd != 0 {
         fl |= flags::HDGST;
@@ -313,7 +417,13 @@ pub fn encode_pdu(
     if dd != 0 {
         fl |= flags::DDGST;
     }
-    let ch = CommonHeader { pdu_type, flags: fl, hlen: hlen as u8, pdo: if data.is_some() { pdo as u8 } else { 0 }, plen: plen as u32 };
+    let ch = CommonHeader {
+        pdu_type,
+        flags: fl,
+        hlen: hlen as u8,
+        pdo: if data.is_some() { pdo as u8 } else { 0 },
+        plen: plen as u32,
+    };
     out.extend_from_slice(&ch.encode());
     out.extend_from_slice(specific);
     if hd != 0 {
@@ -363,27 +473,74 @@ impl DataHeader {
     }
 
     /// Append an H2CData (host) or C2HData (controller) PDU carrying `data`.
-    pub fn encode(&self, out: &mut Vec<u8>, c2h: bool, extra_flags: u8, data: &[u8], digests: Digests, align: usize) {
-        let t = if c2h { pdu_type::C2H_DATA } else { pdu_type::H2C_DATA };
-        encode_pdu(out, t, extra_flags, &self.specific(), Some(data), digests, align);
+    pub fn encode(
+        &self,
+        out: &mut Vec<u8>,
+        c2h: bool,
+        extra_flags: u8,
+        data: &[u8],
+        digests: Digests,
+        align: usize,
+    ) {
+        let t = if c2h {
+            pdu_type::C2H_DATA
+        } else {
+            pdu_type::H2C_DATA
+        };
+        encode_pdu(
+            out,
+            t,
+            extra_flags,
+            &self.specific(),
+            Some(data),
+            digests,
+            align,
+        );
     }
 }
 
 impl R2t {
     pub fn encode(&self, out: &mut Vec<u8>, digests: Digests) {
-        let d = DataHeader { cccid: self.cccid, ttag: self.ttag, offset: self.offset, length: self.length };
+        let d = DataHeader {
+            cccid: self.cccid,
+            ttag: self.ttag,
+            offset: self.offset,
+            length: self.length,
+        };
         encode_pdu(out, pdu_type::R2T, 0, &d.specific(), None, digests, 1);
     }
 }
 
 /// Append a CapsuleCmd with optional in-capsule data.
-pub fn encode_capsule_cmd(out: &mut Vec<u8>, sqe: &Sqe, data: Option<&[u8]>, digests: Digests, align: usize) {
-    encode_pdu(out, pdu_type::CAPSULE_CMD, 0, &sqe.encode(), data.filter(|d| !d.is_empty()), digests, align);
+pub fn encode_capsule_cmd(
+    out: &mut Vec<u8>,
+    sqe: &Sqe,
+    data: Option<&[u8]>,
+    digests: Digests,
+    align: usize,
+) {
+    encode_pdu(
+        out,
+        pdu_type::CAPSULE_CMD,
+        0,
+        &sqe.encode(),
+        data.filter(|d| !d.is_empty()),
+        digests,
+        align,
+    );
 }
 
 /// Append a CapsuleResp.
 pub fn encode_capsule_resp(out: &mut Vec<u8>, cqe: &Cqe, digests: Digests) {
-    encode_pdu(out, pdu_type::CAPSULE_RESP, 0, &cqe.encode(), None, digests, 1);
+    encode_pdu(
+        out,
+        pdu_type::CAPSULE_RESP,
+        0,
+        &cqe.encode(),
+        None,
+        digests,
+        1,
+    );
 }
 
 /// Append a termination request (`c2h` true from the controller) quoting up to 128 bytes of the
@@ -392,9 +549,21 @@ pub fn encode_term_req(out: &mut Vec<u8>, c2h: bool, fes: u16, fei: u32, offendi
     let mut s = [0u8; 16];
     le::put_u16(&mut s, 0, fes);
     le::put_u32(&mut s, 2, fei);
-    let t = if c2h { pdu_type::C2H_TERM_REQ } else { pdu_type::H2C_TERM_REQ };
+    let t = if c2h {
+        pdu_type::C2H_TERM_REQ
+    } else {
+        pdu_type::H2C_TERM_REQ
+    };
     let quote = &offending[..offending.len().min(TERM_REQ_MAX_DATA)];
-    encode_pdu(out, t, 0, &s, (!quote.is_empty()).then_some(quote), Digests::default(), 1);
+    encode_pdu(
+        out,
+        t,
+        0,
+        &s,
+        (!quote.is_empty()).then_some(quote),
+        Digests::default(),
+        1,
+    );
 }
 
 #[cfg(test)]
@@ -402,12 +571,20 @@ mod tests {
     use super::*;
     use crate::proto::nvme::SglDescriptor;
 
-    const BOTH: Digests = Digests { header: true, data: true };
+    const BOTH: Digests = Digests {
+        header: true,
+        data: true,
+    };
 
     #[test]
     fn icreq_round_trip() {
         let mut out = Vec::new();
-        let req = IcReq { pfv: 0, hpda: 0, digests: BOTH, maxr2t: 0 };
+        let req = IcReq {
+            pfv: 0,
+            hpda: 0,
+            digests: BOTH,
+            maxr2t: 0,
+        };
         req.encode(&mut out);
         assert_eq!(out.len(), 128);
         let pdu = parse_pdu(&out, Digests::default(), 0).unwrap().unwrap();
@@ -417,14 +594,22 @@ mod tests {
 
     #[test]
     fn capsule_with_data_and_digests_round_trip() {
-        let sqe = Sqe { opcode: 1, cid: 3, dptr: SglDescriptor::in_capsule(0, 5), ..Default::default() };
+        let sqe = Sqe {
+            opcode: 1,
+            cid: 3,
+            dptr: SglDescriptor::in_capsule(0, 5),
+            ..Default::default()
+        };
         let mut out = Vec::new();
         encode_capsule_cmd(&mut out, &sqe, Some(b"hello"), BOTH, 4);
         // 72 header + 4 hdgst = 76 = pdo, then 5 data + 4 ddgst.
         assert_eq!(out[3], 76);
         assert_eq!(out.len(), 85);
         for cut in 0..out.len() {
-            assert!(parse_pdu(&out[..cut], BOTH, 8192).unwrap().is_none(), "partial PDU at {cut}");
+            assert!(
+                parse_pdu(&out[..cut], BOTH, 8192).unwrap().is_none(),
+                "partial PDU at {cut}"
+            );
         }
         let pdu = parse_pdu(&out, BOTH, 8192).unwrap().unwrap();
         assert_eq!(pdu.header, Header::CapsuleCmd(sqe));
@@ -437,13 +622,22 @@ mod tests {
         let mut out = Vec::new();
         encode_capsule_resp(&mut out, &Cqe::default(), BOTH);
         out[12] ^= 1;
-        assert_eq!(parse_pdu(&out, BOTH, 0).unwrap_err().fes, fes::HEADER_DIGEST_ERROR);
+        assert_eq!(
+            parse_pdu(&out, BOTH, 0).unwrap_err().fes,
+            fes::HEADER_DIGEST_ERROR
+        );
     }
 
     #[test]
     fn bad_data_digest_is_reported_not_fatal() {
         let mut out = Vec::new();
-        DataHeader { cccid: 1, ttag: 2, offset: 0, length: 4 }.encode(&mut out, false, flags::DATA_LAST, b"abcd", BOTH, 4);
+        DataHeader {
+            cccid: 1,
+            ttag: 2,
+            offset: 0,
+            length: 4,
+        }
+        .encode(&mut out, false, flags::DATA_LAST, b"abcd", BOTH, 4);
         let n = out.len();
         out[n - 5] ^= 0xff;
         let pdu = parse_pdu(&out, BOTH, 8192).unwrap().unwrap();
@@ -476,8 +670,14 @@ mod tests {
         encode_capsule_cmd(&mut out, &sqe, Some(&[1u8; 64]), Digests::default(), 1);
         let mut bad = out.clone();
         bad[3] = 10;
-        assert_eq!(parse_pdu(&bad, Digests::default(), 8192).unwrap_err().fei, 3);
-        assert_eq!(parse_pdu(&out, Digests::default(), 32).unwrap_err().fes, fes::DATA_OUT_OF_RANGE);
+        assert_eq!(
+            parse_pdu(&bad, Digests::default(), 8192).unwrap_err().fei,
+            3
+        );
+        assert_eq!(
+            parse_pdu(&out, Digests::default(), 32).unwrap_err().fes,
+            fes::DATA_OUT_OF_RANGE
+        );
     }
 
     #[test]
@@ -486,7 +686,13 @@ mod tests {
         encode_term_req(&mut out, true, fes::PDU_SEQUENCE_ERROR, 0, &[9u8; 200]);
         assert_eq!(out.len(), 24 + 128);
         let pdu = parse_pdu(&out, BOTH, 0).unwrap().unwrap();
-        assert_eq!(pdu.header, Header::TermReq { fes: fes::PDU_SEQUENCE_ERROR, fei: 0 });
+        assert_eq!(
+            pdu.header,
+            Header::TermReq {
+                fes: fes::PDU_SEQUENCE_ERROR,
+                fei: 0
+            }
+        );
         assert_eq!(pdu.data.len(), 128);
     }
 }

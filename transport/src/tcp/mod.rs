@@ -8,8 +8,8 @@
 use crate::proto::nvme::{Cqe, Direction, SglDescriptor};
 use crate::proto::status::Status;
 use crate::proto::tcp::{
-    encode_capsule_resp, encode_term_req, fes, flags, parse_pdu, DataHeader, Digests, FatalError, Header, IcResp,
-    R2t, COMMON_HEADER_SIZE,
+    encode_capsule_resp, encode_term_req, fes, flags, parse_pdu, DataHeader, Digests, FatalError,
+    Header, IcResp, R2t, COMMON_HEADER_SIZE,
 };
 use crate::{Capsule, Response};
 use nvmfd_bdev::IoBuf;
@@ -19,7 +19,11 @@ use std::io::{ErrorKind, Read, Write};
 use tracing::{debug, warn};
 
 /// Transient Transport Error (SCT 3, SC 0x22): what a command whose data digest failed gets.
-pub const TRANSIENT_TRANSPORT_ERROR: Status = Status { sct: 3, sc: 0x22, dnr: false };
+pub const TRANSIENT_TRANSPORT_ERROR: Status = Status {
+    sct: 3,
+    sc: 0x22,
+    dnr: false,
+};
 
 /// Host-side in-capsule data the admin queue may carry whatever IOCCSZ says (Linux assumes 8 KiB).
 const ADMIN_IN_CAPSULE: u32 = 8192;
@@ -115,7 +119,11 @@ impl<S: Read + Write> TcpConn<S> {
         let nslots = params.max_queue_depth as usize + 8;
         let slots = (0..nslots)
             .map(|_| Slot {
-                capsule: Capsule { sqe: Default::default(), buf: None, data_len: 0 },
+                capsule: Capsule {
+                    sqe: Default::default(),
+                    buf: None,
+                    data_len: 0,
+                },
                 state: SlotState::Free,
                 received: 0,
                 digest_failed: false,
@@ -155,18 +163,29 @@ impl<S: Read + Write> TcpConn<S> {
             // Handle every whole PDU already buffered.
             loop {
                 let buf = &self.rx[self.rx_start..self.rx_end];
-                let max_data = self.inner.params.max_h2c_data().max(self.inner.params.max_in_capsule());
+                let max_data = self
+                    .inner
+                    .params
+                    .max_h2c_data()
+                    .max(self.inner.params.max_in_capsule());
                 match parse_pdu(buf, self.inner.digests, max_data) {
                     Ok(Some(pdu)) => {
                         let len = pdu.len;
-                        let res = self.inner.handle(pdu.header, pdu.data, pdu.data_digest_ok, &buf[..len]);
+                        let res = self.inner.handle(
+                            pdu.header,
+                            pdu.data,
+                            pdu.data_digest_ok,
+                            &buf[..len],
+                        );
                         self.rx_start += len;
                         progress = true;
                         res?;
                     }
                     Ok(None) => break,
                     Err(e) => {
-                        let quote_len = buf.len().min(COMMON_HEADER_SIZE.max(buf.get(2).map_or(0, |&h| h as usize)));
+                        let quote_len = buf
+                            .len()
+                            .min(COMMON_HEADER_SIZE.max(buf.get(2).map_or(0, |&h| h as usize)));
                         let quote = buf[..quote_len].to_vec();
                         return Err(self.inner.terminate(e, &quote));
                     }
@@ -245,20 +264,40 @@ impl<S: Read + Write> TcpConn<S> {
 
     /// Commands handed out by [`Self::next_ready`] and not completed yet.
     pub fn executing(&self) -> usize {
-        self.inner.slots.iter().filter(|s| s.state == SlotState::Executing).count()
+        self.inner
+            .slots
+            .iter()
+            .filter(|s| s.state == SlotState::Executing)
+            .count()
     }
 }
 
 impl Inner {
-    fn handle(&mut self, header: Header, data: &[u8], digest_ok: bool, raw: &[u8]) -> Result<(), ConnError> {
+    fn handle(
+        &mut self,
+        header: Header,
+        data: &[u8],
+        digest_ok: bool,
+        raw: &[u8],
+    ) -> Result<(), ConnError> {
         let hdr = &raw[..raw.len().min(raw.get(2).map_or(0, |&h| h as usize))];
         match (self.phase, header) {
             (Phase::AwaitIcReq, Header::IcReq(req)) => {
                 if req.pfv != 0 {
-                    return Err(self.terminate(fatal(fes::UNSUPPORTED_PARAMETER, 8, "unsupported PDU format version"), hdr));
+                    return Err(self.terminate(
+                        fatal(
+                            fes::UNSUPPORTED_PARAMETER,
+                            8,
+                            "unsupported PDU format version",
+                        ),
+                        hdr,
+                    ));
                 }
                 if req.hpda > 31 {
-                    return Err(self.terminate(fatal(fes::INVALID_HEADER_FIELD, 10, "HPDA out of range"), hdr));
+                    return Err(self.terminate(
+                        fatal(fes::INVALID_HEADER_FIELD, 10, "HPDA out of range"),
+                        hdr,
+                    ));
                 }
                 let grant = |asked: bool, mode: DigestMode| asked && mode != DigestMode::Off;
                 let digests = Digests {
@@ -268,33 +307,62 @@ impl Inner {
                 if (self.params.header_digest == DigestMode::Required && !digests.header)
                     || (self.params.data_digest == DigestMode::Required && !digests.data)
                 {
-                    warn!(asked_header = req.digests.header, asked_data = req.digests.data,
-                        "host did not enable a digest this target requires");
-                    return Err(self.terminate(fatal(fes::UNSUPPORTED_PARAMETER, 11, "digest required by target"), hdr));
+                    warn!(
+                        asked_header = req.digests.header,
+                        asked_data = req.digests.data,
+                        "host did not enable a digest this target requires"
+                    );
+                    return Err(self.terminate(
+                        fatal(fes::UNSUPPORTED_PARAMETER, 11, "digest required by target"),
+                        hdr,
+                    ));
                 }
-                IcResp { pfv: 0, cpda: 0, digests, maxh2cdata: self.params.max_h2c_data() }.encode(&mut self.tx);
+                IcResp {
+                    pfv: 0,
+                    cpda: 0,
+                    digests,
+                    maxh2cdata: self.params.max_h2c_data(),
+                }
+                .encode(&mut self.tx);
                 self.digests = digests;
                 self.c2h_align = (req.hpda as usize + 1) * 4;
                 self.phase = Phase::Ready;
                 debug!(?digests, hpda = req.hpda, "NVMe/TCP connection initialized");
                 Ok(())
             }
-            (Phase::AwaitIcReq, _) | (Phase::Ready, Header::IcReq(_)) => {
-                Err(self.terminate(fatal(fes::PDU_SEQUENCE_ERROR, 0, "PDU out of sequence"), hdr))
-            }
+            (Phase::AwaitIcReq, _) | (Phase::Ready, Header::IcReq(_)) => Err(self.terminate(
+                fatal(fes::PDU_SEQUENCE_ERROR, 0, "PDU out of sequence"),
+                hdr,
+            )),
             (Phase::Ready, Header::CapsuleCmd(sqe)) => self.capsule(sqe, data, digest_ok, hdr),
             (Phase::Ready, Header::H2CData(dh)) => self.h2c_data(dh, data, digest_ok, hdr),
             (_, Header::TermReq { fes, fei }) => {
                 self.phase = Phase::Terminating;
                 Err(ConnError::HostTerminated { fes, fei })
             }
-            _ => Err(self.terminate(fatal(fes::INVALID_HEADER_FIELD, 0, "PDU type not valid from a host"), hdr)),
+            _ => Err(self.terminate(
+                fatal(
+                    fes::INVALID_HEADER_FIELD,
+                    0,
+                    "PDU type not valid from a host",
+                ),
+                hdr,
+            )),
         }
     }
 
-    fn capsule(&mut self, sqe: crate::proto::nvme::Sqe, data: &[u8], digest_ok: bool, hdr: &[u8]) -> Result<(), ConnError> {
+    fn capsule(
+        &mut self,
+        sqe: crate::proto::nvme::Sqe,
+        data: &[u8],
+        digest_ok: bool,
+        hdr: &[u8],
+    ) -> Result<(), ConnError> {
         let Some(slot) = self.free.pop() else {
-            return Err(self.terminate(fatal(fes::PDU_SEQUENCE_ERROR, 0, "host exceeded the queue depth"), hdr));
+            return Err(self.terminate(
+                fatal(fes::PDU_SEQUENCE_ERROR, 0, "host exceeded the queue depth"),
+                hdr,
+            ));
         };
         let max_io = self.params.max_io_size;
         let s = &mut self.slots[slot as usize];
@@ -338,7 +406,9 @@ impl Inner {
             Direction::None => self.make_ready(slot),
             Direction::Bidirectional => reject(self, Status::INVALID_OPCODE),
             _ if sgl.length == 0 => self.make_ready(slot),
-            _ if sgl.length > max_io.max(ADMIN_IN_CAPSULE) => reject(self, Status::DATA_SGL_LENGTH_INVALID),
+            _ if sgl.length > max_io.max(ADMIN_IN_CAPSULE) => {
+                reject(self, Status::DATA_SGL_LENGTH_INVALID)
+            }
             Direction::ControllerToHost => {
                 if sgl.sgl_type() != SglDescriptor::TRANSPORT_DATA_BLOCK {
                     return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID);
@@ -353,22 +423,59 @@ impl Inner {
                 let s = &mut self.slots[slot as usize];
                 s.capsule.data_len = sgl.length;
                 s.state = SlotState::AwaitingData;
-                R2t { cccid: sqe.cid, ttag: slot, offset: 0, length: sgl.length }.encode(&mut self.tx, self.digests);
+                R2t {
+                    cccid: sqe.cid,
+                    ttag: slot,
+                    offset: 0,
+                    length: sgl.length,
+                }
+                .encode(&mut self.tx, self.digests);
                 Ok(())
             }
         }
     }
 
-    fn h2c_data(&mut self, dh: DataHeader, data: &[u8], digest_ok: bool, hdr: &[u8]) -> Result<(), ConnError> {
-        let Some(s) = self.slots.get_mut(dh.ttag as usize).filter(|s| s.state == SlotState::AwaitingData) else {
-            return Err(self.terminate(fatal(fes::INVALID_HEADER_FIELD, 10, "H2CData for an unknown transfer tag"), hdr));
+    fn h2c_data(
+        &mut self,
+        dh: DataHeader,
+        data: &[u8],
+        digest_ok: bool,
+        hdr: &[u8],
+    ) -> Result<(), ConnError> {
+        let Some(s) = self
+            .slots
+            .get_mut(dh.ttag as usize)
+            .filter(|s| s.state == SlotState::AwaitingData)
+        else {
+            return Err(self.terminate(
+                fatal(
+                    fes::INVALID_HEADER_FIELD,
+                    10,
+                    "H2CData for an unknown transfer tag",
+                ),
+                hdr,
+            ));
         };
         if s.capsule.sqe.cid != dh.cccid {
-            return Err(self.terminate(fatal(fes::INVALID_HEADER_FIELD, 8, "H2CData command ID does not match its tag"), hdr));
+            return Err(self.terminate(
+                fatal(
+                    fes::INVALID_HEADER_FIELD,
+                    8,
+                    "H2CData command ID does not match its tag",
+                ),
+                hdr,
+            ));
         }
         let end = dh.offset as u64 + dh.length as u64;
         if dh.offset != s.received || end > s.capsule.data_len as u64 {
-            return Err(self.terminate(fatal(fes::DATA_OUT_OF_RANGE, 12, "H2CData outside the requested range"), hdr));
+            return Err(self.terminate(
+                fatal(
+                    fes::DATA_OUT_OF_RANGE,
+                    12,
+                    "H2CData outside the requested range",
+                ),
+                hdr,
+            ));
         }
         if let Some(buf) = s.capsule.buf.as_mut() {
             buf.as_mut_slice()[dh.offset as usize..end as usize].copy_from_slice(data);
@@ -385,7 +492,10 @@ impl Inner {
     fn make_ready(&mut self, slot: u16) -> Result<(), ConnError> {
         let s = &mut self.slots[slot as usize];
         if s.digest_failed {
-            warn!(cid = s.capsule.sqe.cid, "data digest mismatch: command failed with a transient transport error");
+            warn!(
+                cid = s.capsule.sqe.cid,
+                "data digest mismatch: command failed with a transient transport error"
+            );
             s.state = SlotState::Executing;
             let sqe = s.capsule.sqe;
             self.complete(slot, error_response(&sqe, TRANSIENT_TRANSPORT_ERROR));
@@ -402,8 +512,20 @@ impl Inner {
         if resp.data_len > 0 {
             if let Some(buf) = s.capsule.buf.as_ref() {
                 let len = resp.data_len.min(buf.capacity() as u32);
-                let dh = DataHeader { cccid: s.capsule.sqe.cid, ttag: 0, offset: 0, length: len };
-                dh.encode(&mut self.tx, true, flags::DATA_LAST, &buf.as_slice()[..len as usize], self.digests, self.c2h_align);
+                let dh = DataHeader {
+                    cccid: s.capsule.sqe.cid,
+                    ttag: 0,
+                    offset: 0,
+                    length: len,
+                };
+                dh.encode(
+                    &mut self.tx,
+                    true,
+                    flags::DATA_LAST,
+                    &buf.as_slice()[..len as usize],
+                    self.digests,
+                    self.c2h_align,
+                );
             }
         }
         encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
@@ -413,7 +535,12 @@ impl Inner {
 
     /// Queue a C2HTermReq for `e` and stop reading; the caller drops the connection once it is sent.
     fn terminate(&mut self, e: FatalError, offending: &[u8]) -> ConnError {
-        warn!(fes = e.fes, fei = e.fei, reason = e.reason, "malformed PDU from host: terminating the connection");
+        warn!(
+            fes = e.fes,
+            fei = e.fei,
+            reason = e.reason,
+            "malformed PDU from host: terminating the connection"
+        );
         encode_term_req(&mut self.tx, true, e.fes, e.fei, offending);
         self.phase = Phase::Terminating;
         ConnError::Fatal(e)
@@ -426,5 +553,12 @@ fn fatal(fes: u16, fei: u32, reason: &'static str) -> FatalError {
 
 /// A response for a command the transport refused before the core saw it.
 fn error_response(sqe: &crate::proto::nvme::Sqe, status: Status) -> Response {
-    Response { cqe: Cqe { cid: sqe.cid, status, ..Default::default() }, data_len: 0 }
+    Response {
+        cqe: Cqe {
+            cid: sqe.cid,
+            status,
+            ..Default::default()
+        },
+        data_len: 0,
+    }
 }

@@ -1,0 +1,517 @@
+//! Integration tests: the real daemon (reactors, NVMe/TCP, malloc bdevs) on 127.0.0.1, driven by
+//! the in-repo userspace host (`nvmfd-bench`), since this machine's kernel has no nvme-tcp. The
+//! kernel initiator is exercised by tests/e2e in a QEMU guest.
+
+use nvmfd_bench::host::{read_sqe, write_sqe};
+use nvmfd_bench::{Host, HostError, HostOptions, IoQueue, RawConnection, RawEvent};
+use nvmfd_target::daemon::Daemon;
+use nvmfd_transport::proto::nvme::{opcode, SglDescriptor, Sqe};
+use nvmfd_transport::proto::status::Status;
+use nvmfd_transport::proto::tcp::{self, fes, Digests, Header};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const NQN: &str = "nqn.2026-11.io.nvmfd:it";
+const LOCKED: &str = "nqn.2026-11.io.nvmfd:locked";
+const ALLOWED_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0a0a0a0a-0000-4000-8000-000000000001";
+const BS: usize = 4096;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Start a daemon with two subsystems (one open, one with an allow-list) on a free port.
+fn start(extra_tcp: &str) -> (Daemon, SocketAddr) {
+    let port = free_port();
+    let yaml = format!(
+        r#"
+reactors: {{ cores: [0], idle_sleep_us: 20 }}
+transports: {{ tcp: {{ in_capsule_data_size: 8KiB, max_io_size: 128KiB, max_queue_depth: 64 {extra_tcp} }} }}
+bdevs:
+  - {{ name: ram0, malloc: {{ size: 64MiB }} }}
+  - {{ name: ram1, malloc: {{ size: 4MiB, block_size: 512 }} }}
+subsystems:
+  - nqn: {NQN}
+    serial: IT0001
+    namespaces: [ {{ nsid: 1, bdev: ram0 }} ]
+    listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]
+  - nqn: {LOCKED}
+    hosts: [ {ALLOWED_HOST} ]
+    namespaces: [ {{ nsid: 1, bdev: ram1 }} ]
+    listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]
+"#
+    );
+    let cfg = nvmfd_config::parse_str(&yaml, "it.yaml").expect("valid test config");
+    let d = Daemon::start(&cfg).expect("daemon starts");
+    let addr = d.listen_addrs[0];
+    (d, addr)
+}
+
+fn opts(nqn: &str) -> HostOptions {
+    let mut o = HostOptions::new(nqn);
+    o.io_timeout = Duration::from_secs(20);
+    o
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn io_queue(addr: SocketAddr, o: &HostOptions) -> (nvmfd_bench::Controller, IoQueue) {
+    let mut c = Host::connect_admin(addr, o).expect("admin connect");
+    let q = c.connect_io(1, 32).expect("io connect");
+    (c, q)
+}
+
+#[test]
+fn identify_and_discovery() {
+    let (d, addr) = start("");
+    let mut c = Host::connect_admin(addr, &opts(NQN)).unwrap();
+    let info = c.controller_info().unwrap();
+    assert_eq!(
+        (
+            info.serial.as_str(),
+            info.model.as_str(),
+            info.subnqn.as_str()
+        ),
+        ("IT0001", "nvmfd", NQN)
+    );
+    assert_eq!((info.mdts, info.nn, info.cntrltype), (5, 1, 1));
+    let ns = c.namespace_info(1).unwrap();
+    assert_eq!((ns.nsze, ns.block_size), (64 * 1024 * 1024 / 4096, 4096));
+    assert_eq!(c.active_namespaces().unwrap(), vec![1]);
+
+    // The discovery log lists only what this (random) host may use: not the locked subsystem.
+    let log = Host::discover(addr, &opts(NQN)).unwrap();
+    assert_eq!(log.len(), 1);
+    assert_eq!(
+        (log[0].subnqn.as_str(), log[0].trsvcid.clone()),
+        (NQN, addr.port().to_string())
+    );
+    let mut allowed = opts(NQN);
+    allowed.hostnqn = ALLOWED_HOST.into();
+    assert_eq!(Host::discover(addr, &allowed).unwrap().len(), 2);
+    c.disconnect().unwrap();
+    d.shutdown();
+}
+
+#[test]
+fn write_read_verify_in_capsule_and_r2t() {
+    let (d, addr) = start("");
+    let (_c, mut q) = io_queue(addr, &opts(NQN));
+    assert_eq!(q.in_capsule_size(), 8192);
+    // 4 KiB and 8 KiB travel in the capsule, larger writes through R2T/H2CData.
+    for (i, blocks) in [1usize, 2, 3, 16, 32].into_iter().enumerate() {
+        let lba = 1000 * i as u64;
+        let data = pattern(i as u64, blocks * BS);
+        assert_eq!(
+            q.write(1, lba, &data, BS).unwrap(),
+            Status::SUCCESS,
+            "write {blocks} blocks"
+        );
+        let (s, back) = q.read(1, lba, blocks as u32, BS).unwrap();
+        assert_eq!(s, Status::SUCCESS);
+        assert!(back == data, "read back differs for {blocks} blocks");
+    }
+    // Flush, write zeroes and deallocate leave zeroes behind.
+    assert_eq!(q.flush(1).unwrap(), Status::SUCCESS);
+    assert_eq!(q.write_zeroes(1, 1000, 2).unwrap(), Status::SUCCESS);
+    assert!(q.read(1, 1000, 2, BS).unwrap().1.iter().all(|&b| b == 0));
+    assert_eq!(
+        q.deallocate(1, &[(3000, 16), (4000, 8)]).unwrap(),
+        Status::SUCCESS
+    );
+    assert!(q.read(1, 3000, 16, BS).unwrap().1.iter().all(|&b| b == 0));
+    assert!(
+        q.read(1, 4000, 32, BS).unwrap().1[8 * BS..] == pattern(4, 32 * BS)[8 * BS..],
+        "outside the range stays"
+    );
+    d.shutdown();
+}
+
+#[test]
+fn io_errors_get_nvme_statuses() {
+    let (d, addr) = start("");
+    let (_c, mut q) = io_queue(addr, &opts(NQN));
+    let last = 64 * 1024 * 1024 / BS as u64;
+    assert_eq!(
+        q.read(1, last - 1, 2, BS).unwrap().0,
+        Status::LBA_OUT_OF_RANGE
+    );
+    assert_eq!(
+        q.write(1, last, &[0u8; BS], BS).unwrap(),
+        Status::LBA_OUT_OF_RANGE
+    );
+    assert_eq!(q.read(1, 0, 1, BS).map(|r| r.0).unwrap(), Status::SUCCESS);
+    assert_eq!(q.read(2, 0, 1, BS).unwrap().0, Status::INVALID_NAMESPACE);
+    // An opcode the NVM command set does not have.
+    let (cqe, _) = q
+        .command(
+            Sqe {
+                opcode: 0x7e,
+                nsid: 1,
+                ..Default::default()
+            },
+            None,
+            0,
+        )
+        .unwrap();
+    assert_eq!(cqe.status, Status::INVALID_OPCODE);
+    // Larger than MDTS (128 KiB): refused by the transport before any R2T.
+    let big = vec![7u8; 256 * 1024];
+    let (cqe, _) = q.command(write_sqe(1, 0, 64), Some(&big), 0).unwrap();
+    assert_eq!(cqe.status, Status::DATA_SGL_LENGTH_INVALID);
+    // An SGL shorter than the blocks asked for.
+    let mut sqe = read_sqe(1, 0, 4);
+    sqe.dptr = SglDescriptor::transport(4096);
+    sqe.flags = 0x40;
+    let (cqe, _) = q.command(sqe, None, 4096).unwrap();
+    assert_eq!(cqe.status, Status::DATA_SGL_LENGTH_INVALID);
+    // The queue still works.
+    let data = pattern(9, 4 * BS);
+    assert_eq!(q.write(1, 5, &data, BS).unwrap(), Status::SUCCESS);
+    assert!(q.read(1, 5, 4, BS).unwrap().1 == data);
+    d.shutdown();
+}
+
+#[test]
+fn digests_both_ways() {
+    let (d, addr) = start(", header_digest: required, data_digest: required");
+    // A host that does not ask for digests is refused at ICReq.
+    let err = Host::connect_admin(addr, &opts(NQN))
+        .err()
+        .expect("refused without digests");
+    assert!(
+        matches!(
+            err,
+            HostError::TerminatedByTarget {
+                fes: fes::UNSUPPORTED_PARAMETER,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut o = opts(NQN);
+    o.header_digest = true;
+    o.data_digest = true;
+    let (_c, mut q) = io_queue(addr, &o);
+    assert_eq!(
+        q.digests(),
+        Digests {
+            header: true,
+            data: true
+        }
+    );
+    for blocks in [1usize, 32] {
+        let data = pattern(blocks as u64, blocks * BS);
+        assert_eq!(q.write(1, 77, &data, BS).unwrap(), Status::SUCCESS);
+        assert!(q.read(1, 77, blocks as u32, BS).unwrap().1 == data);
+    }
+    d.shutdown();
+}
+
+#[test]
+fn bad_data_digest_fails_the_command_not_the_connection() {
+    let (d, addr) = start("");
+    let mut o = opts(NQN);
+    o.data_digest = true;
+    let (_c, q) = io_queue(addr, &o);
+    let mut raw = q.into_raw();
+    let data = pattern(1, BS);
+    let mut sqe = write_sqe(1, 0, 1);
+    sqe.cid = 0x42;
+    sqe.dptr = SglDescriptor::in_capsule(0, BS as u32);
+    sqe.flags = 0x40;
+    let mut pdu = Vec::new();
+    tcp::encode_capsule_cmd(&mut pdu, &sqe, Some(&data), raw.digests(), 4);
+    let n = pdu.len();
+    pdu[n - 1] ^= 0xff; // corrupt the data digest
+    raw.send_raw(&pdu).unwrap();
+    let resp = raw.read_pdu(Duration::from_secs(10)).unwrap();
+    let Header::CapsuleResp(cqe) = resp.header else {
+        panic!("expected a response, got {resp:?}")
+    };
+    assert_eq!(
+        (cqe.cid, cqe.status.sct, cqe.status.sc),
+        (0x42, 3, 0x22),
+        "transient transport error"
+    );
+    // Same connection, good digest: works.
+    let mut good = Vec::new();
+    tcp::encode_capsule_cmd(&mut good, &sqe, Some(&data), raw.digests(), 4);
+    raw.send_raw(&good).unwrap();
+    let Header::CapsuleResp(cqe) = raw.read_pdu(Duration::from_secs(10)).unwrap().header else {
+        panic!()
+    };
+    assert_eq!(cqe.status, Status::SUCCESS);
+    d.shutdown();
+}
+
+/// Each malformed PDU ends only its own connection, with a C2HTermReq naming the problem.
+#[test]
+fn malformed_pdus_terminate_only_their_connection() {
+    let (d, addr) = start("");
+    let (_c, mut good) = io_queue(addr, &opts(NQN));
+    let sqe = Sqe {
+        opcode: opcode::NVM_FLUSH,
+        nsid: 1,
+        flags: 0x40,
+        ..Default::default()
+    };
+    let mut capsule = Vec::new();
+    tcp::encode_capsule_cmd(&mut capsule, &sqe, None, Digests::default(), 4);
+    let mut with_data = Vec::new();
+    tcp::encode_capsule_cmd(
+        &mut with_data,
+        &write_sqe(1, 0, 1),
+        Some(&[5u8; 64]),
+        Digests::default(),
+        4,
+    );
+
+    let mut cases: Vec<(&str, Vec<u8>, u16)> = Vec::new();
+    let mut b = capsule.clone();
+    b[0] = 0x0e;
+    cases.push(("unknown PDU type", b, fes::INVALID_HEADER_FIELD));
+    let mut b = capsule.clone();
+    b[2] = 40;
+    cases.push(("wrong header length", b, fes::INVALID_HEADER_FIELD));
+    let mut b = capsule.clone();
+    b[4..8].copy_from_slice(&10u32.to_le_bytes());
+    cases.push((
+        "PDU length shorter than its header",
+        b,
+        fes::INVALID_HEADER_FIELD,
+    ));
+    let mut b = with_data.clone();
+    b[3] = 12;
+    cases.push((
+        "data offset inside the header",
+        b,
+        fes::INVALID_HEADER_FIELD,
+    ));
+    let mut b = capsule.clone();
+    b[1] = tcp::flags::HDGST;
+    cases.push(("digest flag not negotiated", b, fes::INVALID_HEADER_FIELD));
+    let mut b = Vec::new();
+    tcp::DataHeader {
+        cccid: 1,
+        ttag: 999,
+        offset: 0,
+        length: 4,
+    }
+    .encode(&mut b, false, 4, &[1, 2, 3, 4], Digests::default(), 4);
+    cases.push(("H2CData for no transfer", b, fes::INVALID_HEADER_FIELD));
+    let mut b = Vec::new();
+    tcp::IcReq {
+        pfv: 0,
+        hpda: 0,
+        digests: Digests::default(),
+        maxr2t: 0,
+    }
+    .encode(&mut b);
+    cases.push(("second ICReq", b, fes::PDU_SEQUENCE_ERROR));
+
+    for (what, bytes, want_fes) in cases {
+        let (mut raw, _) =
+            RawConnection::connect_initialized(addr, Digests::default(), Duration::from_secs(10))
+                .unwrap();
+        raw.send_raw(&bytes).unwrap();
+        match raw.read_event(Duration::from_secs(10)).unwrap() {
+            RawEvent::Pdu(p) => match p.header {
+                Header::TermReq { fes, .. } => assert_eq!(fes, want_fes, "{what}"),
+                other => panic!("{what}: expected C2HTermReq, got {other:?}"),
+            },
+            other => panic!("{what}: expected C2HTermReq, got {other:?}"),
+        }
+        assert!(
+            matches!(
+                raw.read_event(Duration::from_secs(10)).unwrap(),
+                RawEvent::Closed
+            ),
+            "{what}: connection closed"
+        );
+        // The healthy connection is unaffected.
+        let data = pattern(3, BS);
+        assert_eq!(
+            good.write(1, 9, &data, BS).unwrap(),
+            Status::SUCCESS,
+            "{what}"
+        );
+        assert!(good.read(1, 9, 1, BS).unwrap().1 == data, "{what}");
+    }
+
+    // A bad header digest once digests are on.
+    let (mut raw, _) = RawConnection::connect_initialized(
+        addr,
+        Digests {
+            header: true,
+            data: false,
+        },
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let mut b = Vec::new();
+    tcp::encode_capsule_cmd(&mut b, &sqe, None, raw.digests(), 4);
+    b[72] ^= 1;
+    raw.send_raw(&b).unwrap();
+    let RawEvent::Pdu(p) = raw.read_event(Duration::from_secs(10)).unwrap() else {
+        panic!("no TermReq")
+    };
+    assert_eq!(
+        p.header,
+        Header::TermReq {
+            fes: fes::HEADER_DIGEST_ERROR,
+            fei: 0
+        }
+    );
+    // A command before ICReq.
+    let mut raw = RawConnection::connect(addr, Duration::from_secs(10)).unwrap();
+    raw.send_raw(&capsule).unwrap();
+    let RawEvent::Pdu(p) = raw.read_event(Duration::from_secs(10)).unwrap() else {
+        panic!("no TermReq")
+    };
+    assert!(matches!(
+        p.header,
+        Header::TermReq {
+            fes: fes::PDU_SEQUENCE_ERROR,
+            ..
+        }
+    ));
+    d.shutdown();
+}
+
+#[test]
+fn allow_list_and_wrong_nqn() {
+    let (d, addr) = start("");
+    let err = Host::connect_admin(addr, &opts(LOCKED))
+        .err()
+        .expect("host not on the list");
+    assert_eq!(err.status(), Some(Status::CONNECT_INVALID_HOST), "{err}");
+    let mut o = opts(LOCKED);
+    o.hostnqn = ALLOWED_HOST.into();
+    let (_c, mut q) = io_queue(addr, &o);
+    let data = pattern(5, 8 * 512);
+    assert_eq!(q.write(1, 0, &data, 512).unwrap(), Status::SUCCESS);
+    assert!(q.read(1, 0, 8, 512).unwrap().1 == data);
+    let err = Host::connect_admin(addr, &opts("nqn.2026-11.io.nvmfd:none"))
+        .err()
+        .expect("no such subsystem");
+    assert_eq!(
+        err.status(),
+        Some(Status::CONNECT_INVALID_PARAMETERS),
+        "{err}"
+    );
+    d.shutdown();
+}
+
+#[test]
+fn pipelined_queue_depth_32_on_two_queues() {
+    let (d, addr) = start("");
+    let mut c = Host::connect_admin(addr, &opts(NQN)).unwrap();
+    let mut queues = [c.connect_io(1, 64).unwrap(), c.connect_io(2, 64).unwrap()];
+    for (qi, q) in queues.iter_mut().enumerate() {
+        for round in 0..4u64 {
+            let mut cids = Vec::new();
+            for i in 0..32u64 {
+                let lba = (qi as u64 * 10_000) + i * 4;
+                cids.push(
+                    q.submit(write_sqe(1, lba, 4), Some(&pattern(lba + round, 4 * BS)), 0)
+                        .unwrap(),
+                );
+            }
+            let done = q.poll_completions(32).unwrap();
+            assert_eq!(done.len(), 32);
+            assert!(done.iter().all(|c| c.status() == Status::SUCCESS));
+            for i in 0..32u64 {
+                q.submit(read_sqe(1, (qi as u64 * 10_000) + i * 4, 4), None, 4 * BS)
+                    .unwrap();
+            }
+            let mut reads = q.poll_completions(32).unwrap();
+            assert_eq!(reads.len(), 32);
+            reads.sort_by_key(|c| c.cid);
+            for c in &reads {
+                assert_eq!(c.status(), Status::SUCCESS);
+            }
+            // Match each read with the pattern of its LBA.
+            let mut seen = 0;
+            for i in 0..32u64 {
+                let lba = (qi as u64 * 10_000) + i * 4;
+                if reads.iter().any(|c| c.data == pattern(lba + round, 4 * BS)) {
+                    seen += 1;
+                }
+            }
+            assert_eq!(seen, 32, "every read returned its own block's data");
+            drop(cids);
+        }
+    }
+    d.shutdown();
+}
+
+#[test]
+fn keep_alive_timeout_tears_the_controller_down() {
+    let (d, addr) = start("");
+    let mut o = opts(NQN);
+    o.kato_ms = 1000;
+    let (c, mut q) = io_queue(addr, &o);
+    assert_eq!(q.read(1, 0, 1, BS).unwrap().0, Status::SUCCESS);
+    // Send nothing on the admin queue: the controller must go, and its I/O queue with it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut closed = false;
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+        if d.target.controller_count() == 0 {
+            match q.read(1, 0, 1, BS) {
+                Err(e)
+                    if e.is_connection_closed()
+                        || matches!(e, HostError::Io(_) | HostError::ConnectionDead(_)) =>
+                {
+                    closed = true;
+                    break;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(
+        closed,
+        "I/O queue still served after the keep-alive timeout"
+    );
+    drop(c);
+    // A host that keeps talking keeps its controller.
+    let mut o = opts(NQN);
+    o.kato_ms = 1000;
+    let mut c = Host::connect_admin(addr, &o).unwrap();
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_millis(300));
+        c.keep_alive().unwrap();
+    }
+    assert_eq!(d.target.controller_count(), 1);
+    d.shutdown();
+}
+
+#[test]
+fn shutdown_closes_connections_cleanly() {
+    let (d, addr) = start("");
+    let (_c, mut q) = io_queue(addr, &opts(NQN));
+    let data = pattern(11, 32 * BS);
+    assert_eq!(q.write(1, 0, &data, BS).unwrap(), Status::SUCCESS);
+    d.shutdown();
+    assert!(q.read(1, 0, 1, BS).is_err(), "daemon is gone");
+    assert!(
+        std::net::TcpStream::connect(addr).is_err(),
+        "listener closed"
+    );
+}

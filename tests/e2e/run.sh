@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# tests/e2e/run.sh - end-to-end test of nvmfd with the real Linux NVMe/TCP initiator.
+#
+#   tests/e2e/run.sh [NVMFD_BINARY]        (default: $NVMFD, else build/release/nvmfd)
+#
+# Runs on this machine; builds nothing. It writes a YAML configuration, starts nvmfd with it on
+# 127.0.0.1:PORT, boots the rig's QEMU guest (deploy/rig/run-guest.sh; run deploy/rig/setup.sh
+# once before) with tests/e2e/guest-tcp.sh, which reaches the daemon at 10.0.2.2:PORT, then checks
+# the daemon's log and that SIGTERM stops it with exit code 0.
+#
+# Environment:
+#   E2E_PORT      listener port (default 4420; if it is taken, the first free port from 4421)
+#   E2E_TIMEOUT   guest time limit in seconds (default 900)
+#   E2E_WORK      work folder, must not be under /tmp (default build/e2e/<time>)
+#   RUST_LOG      passed to nvmfd (default info)
+# Output: PASS/FAIL per step, and last a line "e2e: N passed, M failed". Exit 0 only if all passed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+NVMFD=${1:-${NVMFD:-$REPO/build/release/nvmfd}}
+TIMEOUT=${E2E_TIMEOUT:-900}
+
+NQN=nqn.2026-11.io.nvmfd:default
+RNQN=nqn.2026-11.io.nvmfd:restricted
+SERIAL=NVMFDE2E0001
+MODEL=nvmfd
+SIZE_MIB=256
+ALLOWED_HOSTNQN=nqn.2014-08.org.nvmexpress:uuid:$(cat /proc/sys/kernel/random/uuid)
+REFUSED_HOSTNQN=nqn.2014-08.org.nvmexpress:uuid:$(cat /proc/sys/kernel/random/uuid)
+
+PASSED=0
+FAILED=0
+pass() { PASSED=$((PASSED + 1)); echo "[$(date +%H:%M:%S)] PASS: $*"; }
+fail() { FAILED=$((FAILED + 1)); echo "[$(date +%H:%M:%S)] FAIL: $*"; }
+info() { echo "[$(date +%H:%M:%S)] e2e: $*"; }
+finish() {
+    echo "e2e: $PASSED passed, $FAILED failed"
+    ((FAILED == 0)) && exit 0
+    exit 1
+}
+
+# ---- preconditions -------------------------------------------------------------------------
+[[ -x $NVMFD ]] || { fail "nvmfd binary: $NVMFD is not an executable (build it first)"; finish; }
+NVMFD=$(realpath "$NVMFD")
+
+WORK=${E2E_WORK:-$REPO/build/e2e/$(date +%Y%m%d-%H%M%S)-$$}
+case $WORK in
+/tmp/* | /run/* | /var/tmp/*) fail "E2E_WORK=$WORK: the guest does not see that folder"; finish ;;
+esac
+mkdir -p "$WORK/out"
+WORK=$(realpath "$WORK")
+CONFIG=$WORK/nvmfd.yaml
+DLOG=$WORK/nvmfd.log
+GLOG=$WORK/guest-console.log
+
+port_busy() { [[ -n $(ss -Htln "sport = :$1") ]]; }
+PORT=${E2E_PORT:-4420}
+if port_busy "$PORT"; then
+    [[ -z ${E2E_PORT:-} ]] || { fail "port $PORT (E2E_PORT) is already in use"; finish; }
+    for p in $(seq 4421 4499); do
+        if ! port_busy "$p"; then PORT=$p; break; fi
+    done
+    info "port 4420 is in use; using $PORT"
+fi
+
+# ---- configuration -------------------------------------------------------------------------
+# One reactor on core 0 that sleeps 50 us when idle, so QEMU keeps CPU on these 2-core machines.
+cat >"$CONFIG" <<EOF
+# Written by tests/e2e/run.sh
+reactors:
+  cores: [0]
+  idle_sleep_us: 50
+
+transports:
+  tcp:
+    max_io_size: 128KiB
+
+bdevs:
+  - name: e2e0
+    malloc: { size: ${SIZE_MIB}MiB, block_size: 4096 }
+  - name: e2e1
+    malloc: { size: 16MiB, block_size: 4096 }
+
+subsystems:
+  - nqn: $NQN
+    serial: $SERIAL
+    model: $MODEL
+    allow_any_host: true
+    namespaces:
+      - { nsid: 1, bdev: e2e0 }
+    listeners:
+      - { transport: tcp, address: 127.0.0.1, port: $PORT }
+  - nqn: $RNQN
+    serial: NVMFDE2E0002
+    model: $MODEL
+    allow_any_host: false
+    hosts:
+      - $ALLOWED_HOSTNQN
+    namespaces:
+      - { nsid: 1, bdev: e2e1 }
+    listeners:
+      - { transport: tcp, address: 127.0.0.1, port: $PORT }
+
+discovery:
+  enabled: true
+EOF
+info "work folder $WORK; nvmfd $NVMFD; port $PORT"
+
+if out=$(timeout 30 "$NVMFD" check-config "$CONFIG" 2>&1); then
+    pass "nvmfd check-config accepts the configuration"
+else
+    fail "nvmfd check-config refuses the configuration: $out"
+fi
+
+# ---- start the daemon ------------------------------------------------------------------------
+DPID=
+# shellcheck disable=SC2317  # called by the EXIT trap
+stop_daemon() {
+    if [[ -n $DPID ]] && kill -0 "$DPID" 2>/dev/null; then
+        kill -KILL "$DPID" 2>/dev/null || true
+        wait "$DPID" 2>/dev/null || true
+    fi
+}
+trap stop_daemon EXIT
+
+# Plain-text logs (no colours) so they can be searched.
+NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$NVMFD" --config "$CONFIG" >"$DLOG" 2>&1 &
+DPID=$!
+
+listening() { kill -0 "$DPID" 2>/dev/null && port_busy "$PORT"; }
+deadline=$(($(date +%s) + 30))
+until listening; do
+    if ! kill -0 "$DPID" 2>/dev/null || (($(date +%s) > deadline)); then
+        break
+    fi
+    sleep 0.2
+done
+if listening; then
+    pass "nvmfd started (pid $DPID) and listens on 127.0.0.1:$PORT"
+else
+    rc=0
+    kill -0 "$DPID" 2>/dev/null || { wait "$DPID" || rc=$?; }
+    fail "nvmfd is not listening on 127.0.0.1:$PORT after 30s (exit code ${rc:-running}); log tail:"
+    tail -n 30 "$DLOG" | sed 's/^/    nvmfd: /'
+    DPID=
+    finish
+fi
+
+# ---- the guest -------------------------------------------------------------------------------
+info "booting the guest (limit ${TIMEOUT}s); console in $GLOG"
+start=$(date +%s)
+grc=0
+"$REPO/deploy/rig/run-guest.sh" --timeout "$TIMEOUT" --out "$WORK/out" --log "$GLOG" \
+    "$REPO/tests/e2e/guest-tcp.sh" --addr 10.0.2.2 --port "$PORT" --nqn "$NQN" \
+    --model "$MODEL" --serial "$SERIAL" --size $((SIZE_MIB * 1024 * 1024)) \
+    --restricted-nqn "$RNQN" --allowed-hostnqn "$ALLOWED_HOSTNQN" \
+    --refused-hostnqn "$REFUSED_HOSTNQN" || grc=$?
+info "guest finished in $(($(date +%s) - start))s with exit code $grc"
+
+# Count the guest's steps from the results file it wrote through the rig's output share.
+gpass=0 gfail=0
+if [[ -f $WORK/out/results ]]; then
+    gpass=$(grep -c '^PASS ' "$WORK/out/results" || true)
+    gfail=$(grep -c '^FAIL ' "$WORK/out/results" || true)
+fi
+PASSED=$((PASSED + gpass))
+FAILED=$((FAILED + gfail))
+info "guest steps: $gpass passed, $gfail failed"
+if ((gfail > 0)); then
+    sed -n 's/^FAIL /    guest FAIL: /p' "$WORK/out/results"
+fi
+if ((grc != 0 && gfail == 0)); then
+    fail "guest run ended with exit code $grc without a failed step (rig failure or timeout; see $GLOG)"
+elif ((grc == 0 && gpass == 0)); then
+    fail "guest run reported no steps"
+fi
+
+# ---- the daemon's side -----------------------------------------------------------------------
+if kill -0 "$DPID" 2>/dev/null; then
+    pass "nvmfd still running after the guest suite"
+else
+    rc=0
+    wait "$DPID" || rc=$?
+    DPID=
+    fail "nvmfd died during the guest suite (exit code $rc); log tail:"
+    tail -n 30 "$DLOG" | sed 's/^/    nvmfd: /'
+fi
+
+plain_log() { sed 's/\x1b\[[0-9;]*m//g' "$DLOG"; }
+# Only if the guest got as far as the allow-list step.
+if grep -q 'not on the allow-list' "$WORK/out/results" 2>/dev/null; then
+    if plain_log | grep -F "$REFUSED_HOSTNQN" | grep -qiE 'refus|denied|not allowed|reject|forbid'; then
+        pass "nvmfd log explains the refusal of $REFUSED_HOSTNQN"
+        plain_log | grep -F "$REFUSED_HOSTNQN" | head -n 2 | sed 's/^/    nvmfd: /'
+    else
+        fail "nvmfd log has no refusal line mentioning $REFUSED_HOSTNQN"
+    fi
+fi
+if plain_log | grep -q 'panicked'; then
+    fail "nvmfd log shows a panic:"
+    plain_log | grep -A5 'panicked' | head -n 20 | sed 's/^/    nvmfd: /'
+else
+    pass "nvmfd log has no panic"
+fi
+
+# ---- stop --------------------------------------------------------------------------------------
+if [[ -n $DPID ]]; then
+    kill -TERM "$DPID"
+    deadline=$(($(date +%s) + 30))
+    while kill -0 "$DPID" 2>/dev/null && (($(date +%s) < deadline)); do sleep 0.2; done
+    if kill -0 "$DPID" 2>/dev/null; then
+        fail "nvmfd still running 30s after SIGTERM (killing it)"
+        kill -KILL "$DPID" || true
+        wait "$DPID" 2>/dev/null || true
+    else
+        rc=0
+        wait "$DPID" || rc=$?
+        if ((rc == 0)); then
+            pass "nvmfd exited 0 after SIGTERM"
+        else
+            fail "nvmfd exited $rc after SIGTERM; log tail:"
+            tail -n 15 "$DLOG" | sed 's/^/    nvmfd: /'
+        fi
+    fi
+    DPID=
+fi
+
+info "daemon log $DLOG ($(grep -ci 'warn' "$DLOG" || true) warnings, $(grep -c 'ERROR' "$DLOG" || true) errors); guest console $GLOG"
+finish

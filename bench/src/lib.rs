@@ -4,6 +4,7 @@
 
 pub mod host;
 pub mod pattern;
+pub mod perf;
 
 pub use host::{
     Completion, Controller, ControllerInfo, Host, HostError, HostOptions, IoQueue, NamespaceInfo,

@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the rig's initramfs (built into it by deploy/rig/setup.sh; runs inside the QEMU guest).
 #
 # Loads the modules listed in /modules/order, mounts this machine's / (9p tag "hostroot") read-only

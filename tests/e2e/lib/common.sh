@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/e2e/lib/common.sh - helpers for the guest-side end-to-end scripts (sourced by bash).
 #
 # Reporting: `run_step NAME FUNCTION [ARGS...]` runs one step and prints "PASS: NAME" or

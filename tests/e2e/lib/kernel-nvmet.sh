@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # tests/e2e/lib/kernel-nvmet.sh - configure the Linux kernel's own NVMe-oF target (nvmet) through
 # configfs, inside the rig's guest. Sourced (bash). Used by the rig self-test and by guest-tcp.sh
 # --kernel-target, which points our end-to-end test at the kernel target to prove the test can

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# deploy/test.sh - the project's one test command (CI runs it through .ci/run):
+#
+#   bash deploy/test.sh
+#
+# Steps, each under a time limit; all run even when one fails (those that need a binary are
+# skipped when the build failed), and a summary with durations ends the output:
+#   rig setup (deploy/rig/setup.sh) · shellcheck of the test scripts · cargo build --release ·
+#   cargo test --release · cargo fmt --check · cargo clippy · rig self-test (kernel nvmet in the
+#   guest) · e2e (tests/e2e/run.sh against build/release/nvmfd)
+#
+# Environment: TEST_SKIP="selftest clippy ..." skips steps by name (rig, shell, build, test, fmt,
+# clippy, selftest, e2e). Exit code 0 only if every step that ran passed.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$REPO"
+# rustup installs cargo here; a login shell would have it on PATH, CI's may not.
+if ! command -v cargo >/dev/null && [[ -x $HOME/.cargo/bin/cargo ]]; then
+    PATH=$HOME/.cargo/bin:$PATH
+fi
+
+SKIP=" ${TEST_SKIP:-} "
+results=()
+failed=0
+build_ok=1
+t0=$(date +%s)
+
+# step NAME LIMIT_SECS CMD...: run one step, record its outcome and duration.
+step() {
+    local name=$1 limit=$2 start rc=0
+    shift 2
+    if [[ $SKIP == *" $name "* ]]; then
+        results+=("$(printf '%-9s %-5s %5s  %s' "$name" SKIP - "$*")")
+        return 0
+    fi
+    echo
+    echo "=== [$name] $* (limit ${limit}s)"
+    start=$(date +%s)
+    timeout -k 30 "$limit" "$@" || rc=$?
+    local took=$(($(date +%s) - start))
+    if ((rc == 0)); then
+        results+=("$(printf '%-9s %-5s %4ss  %s' "$name" PASS "$took" "$*")")
+    else
+        ((rc == 124)) && echo "=== [$name] timed out after ${limit}s"
+        results+=("$(printf '%-9s %-5s %4ss  %s (exit %d)' "$name" FAIL "$took" "$*" "$rc")")
+        failed=$((failed + 1))
+    fi
+    echo "=== [$name] exit $rc after ${took}s"
+    return "$rc"
+}
+
+step rig 1800 deploy/rig/setup.sh || true
+if command -v shellcheck >/dev/null; then
+    step shell 300 shellcheck -x deploy/test.sh .ci/run deploy/rig/*.sh tests/e2e/*.sh tests/e2e/lib/*.sh || true
+else
+    results+=("$(printf '%-9s %-5s %5s  %s' shell SKIP - "shellcheck is not installed")")
+fi
+step build 1800 cargo build --release --workspace || build_ok=0
+step test 1800 cargo test --release --workspace || true
+step fmt 300 cargo fmt --check || true
+step clippy 1800 cargo clippy --all-targets -- -D warnings || true
+step selftest 600 deploy/rig/run-guest.sh --quiet --timeout 540 tests/e2e/kernel-nvmet-selftest.sh || true
+if ((build_ok)); then
+    step e2e 1500 tests/e2e/run.sh build/release/nvmfd || true
+else
+    results+=("$(printf '%-9s %-5s %5s  %s' e2e SKIP - "no binary: the build failed")")
+fi
+
+echo
+echo "=== summary ($(($(date +%s) - t0))s in all)"
+printf '  %s\n' "${results[@]}"
+if ((failed)); then
+    echo "deploy/test.sh: $failed step(s) FAILED"
+    exit 1
+fi
+echo "deploy/test.sh: all steps passed"

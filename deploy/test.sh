@@ -60,7 +60,7 @@ step build 1800 cargo build --release --workspace || build_ok=0
 step test 1800 cargo test --release --workspace || true
 step fmt 300 cargo fmt --check || true
 step clippy 1800 cargo clippy --all-targets -- -D warnings || true
-step selftest 600 deploy/rig/run-guest.sh --quiet --timeout 540 tests/e2e/kernel-nvmet-selftest.sh || true
+step selftest 600 deploy/rig/run-guest.sh --timeout 540 tests/e2e/kernel-nvmet-selftest.sh || true
 if ((build_ok)); then
     step e2e 1500 tests/e2e/run.sh build/release/nvmfd || true
 else

@@ -55,6 +55,10 @@ else
     log "packages: all present"
 fi
 
+# The guest mounts a tmpfs on /etc/nvme for its per-run hostnqn/hostid; the mount point must exist
+# in this machine's / (nvme-cli's package normally creates it).
+mkdir -p /etc/nvme
+
 # ---------------------------------------------------------------------------------------------
 # 2. Guest kernel
 # ---------------------------------------------------------------------------------------------

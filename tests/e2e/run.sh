@@ -48,6 +48,7 @@ case $WORK in
 /tmp/* | /run/* | /var/tmp/*) fail "E2E_WORK=$WORK: the guest does not see that folder"; finish ;;
 esac
 mkdir -p "$WORK/out"
+rm -f "$WORK/out/results"   # the guest appends to it
 WORK=$(realpath "$WORK")
 CONFIG=$WORK/nvmfd.yaml
 DLOG=$WORK/nvmfd.log

@@ -157,8 +157,10 @@ pub fn run(cfg: &PerfConfig) -> anyhow::Result<PerfReport> {
             cfg.io_size
         );
     }
+    // A queue has at least two entries (Connect's 0-based SQSIZE must be >= 1), so QD 1 still
+    // connects a 2-entry queue and keeps one command in flight.
     let mut io = ctrl
-        .connect_io(cfg.qid, cfg.queue_depth)
+        .connect_io(cfg.qid, cfg.queue_depth.max(2))
         .context("connecting the I/O queue")?;
     let mut r = Runner {
         cfg,

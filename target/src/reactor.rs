@@ -120,12 +120,18 @@ impl Reactor {
                     work = true;
                 }
             }
+            // Receive and execute, then reap the block devices, then send: an I/O that
+            // completes at once (malloc, null) is answered in the same iteration.
+            let now = Instant::now();
+            if !stopping {
+                for i in 0..self.conns.len() {
+                    work |= self.receive(i, now);
+                }
+            }
             work |= self.poll_bdevs();
             work |= self.retry_deferred();
             for i in 0..self.conns.len() {
-                if self.conns[i].is_some() {
-                    work |= self.poll_conn(i, stopping);
-                }
+                work |= self.send(i);
             }
             tick = tick.wrapping_add(1);
             if tick.is_multiple_of(TIMER_EVERY) {
@@ -255,57 +261,65 @@ impl Reactor {
         }
     }
 
-    fn poll_conn(&mut self, idx: usize, stopping: bool) -> bool {
+    /// Read a connection's socket and hand every complete capsule to the core.
+    fn receive(&mut self, idx: usize, now: Instant) -> bool {
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
-        let mut work = false;
-        if !stopping {
-            match c.tcp.poll_recv() {
-                Ok(p) => work |= p,
-                Err(e) => {
-                    let why = e.to_string();
-                    if matches!(e, ConnError::Fatal(_)) {
-                        let _ = c.tcp.poll_send();
-                    }
-                    self.close(idx, &why);
-                    return true;
-                }
-            }
-            let now = Instant::now();
-            while let Some(slot) = c.tcp.next_ready() {
-                work = true;
-                let cap = c.tcp.capsule_mut(slot);
-                match c.qp.execute(cap, now) {
-                    Outcome::Done(resp) => c.tcp.complete(slot, resp),
-                    Outcome::Held => {}
-                    Outcome::Io { bdev, op } => {
-                        let Some(buf) = cap.buf.take() else {
-                            // Unreachable by construction: every slot owns a buffer while it runs.
-                            warn!("capsule without a buffer; failing the command");
-                            continue;
-                        };
-                        c.in_flight += 1;
-                        let io = Io {
-                            tag: tag(c.generation, idx, slot),
-                            op,
-                            buf,
-                        };
-                        if let Err(io) = self.channels[bdev].submit(io) {
-                            self.deferred.push_back(Deferred { bdev, io });
-                        }
-                    }
-                }
-            }
-        }
-        match c.tcp.poll_send() {
-            Ok(p) => work |= p,
+        let mut work = match c.tcp.poll_recv() {
+            Ok(p) => p,
             Err(e) => {
                 let why = e.to_string();
+                if matches!(e, ConnError::Fatal(_)) {
+                    let _ = c.tcp.poll_send();
+                }
                 self.close(idx, &why);
+                return true;
+            }
+        };
+        while let Some(slot) = c.tcp.next_ready() {
+            work = true;
+            let cap = c.tcp.capsule_mut(slot);
+            match c.qp.execute(cap, now) {
+                Outcome::Done(resp) => c.tcp.complete(slot, resp),
+                Outcome::Held => {}
+                Outcome::Io { bdev, op } => {
+                    let Some(buf) = cap.buf.take() else {
+                        // Unreachable by construction: every slot owns a buffer while it runs.
+                        warn!("capsule without a buffer; dropping the command");
+                        continue;
+                    };
+                    c.in_flight += 1;
+                    let io = Io {
+                        tag: tag(c.generation, idx, slot),
+                        op,
+                        buf,
+                    };
+                    if let Err(io) = self.channels[bdev].submit(io) {
+                        self.deferred.push_back(Deferred { bdev, io });
+                    }
+                }
             }
         }
         work
+    }
+
+    /// Write what a connection has queued.
+    fn send(&mut self, idx: usize) -> bool {
+        let Some(c) = self.conns[idx].as_mut() else {
+            return false;
+        };
+        if c.tcp.tx_pending() == 0 {
+            return false;
+        }
+        match c.tcp.poll_send() {
+            Ok(p) => p,
+            Err(e) => {
+                let why = e.to_string();
+                self.close(idx, &why);
+                true
+            }
+        }
     }
 
     fn retry_deferred(&mut self) -> bool {

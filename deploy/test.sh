@@ -28,10 +28,12 @@ t0=$(date +%s)
 
 # step NAME LIMIT_SECS CMD...: run one step, record its outcome and duration.
 step() {
-    local name=$1 limit=$2 start rc=0
+    local name=$1 limit=$2 start rc=0 cmd
     shift 2
+    cmd=$*
+    ((${#cmd} <= 70)) || cmd="${cmd:0:67}..."
     if [[ $SKIP == *" $name "* ]]; then
-        results+=("$(printf '%-9s %-5s %5s  %s' "$name" SKIP - "$*")")
+        results+=("$(printf '%-9s %-5s %5s  %s' "$name" SKIP - "$cmd")")
         return 0
     fi
     echo
@@ -40,10 +42,10 @@ step() {
     timeout -k 30 "$limit" "$@" || rc=$?
     local took=$(($(date +%s) - start))
     if ((rc == 0)); then
-        results+=("$(printf '%-9s %-5s %4ss  %s' "$name" PASS "$took" "$*")")
+        results+=("$(printf '%-9s %-5s %4ss  %s' "$name" PASS "$took" "$cmd")")
     else
         ((rc == 124)) && echo "=== [$name] timed out after ${limit}s"
-        results+=("$(printf '%-9s %-5s %4ss  %s (exit %d)' "$name" FAIL "$took" "$*" "$rc")")
+        results+=("$(printf '%-9s %-5s %4ss  %s (exit %d)' "$name" FAIL "$took" "$cmd" "$rc")")
         failed=$((failed + 1))
     fi
     echo "=== [$name] exit $rc after ${took}s"

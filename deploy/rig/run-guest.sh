@@ -141,15 +141,26 @@ fi
 
 log "booting $KVER: $script${*:+ $*} (timeout ${timeout_s}s, log $console_log)"
 start=$(date +%s)
-set +e
-if ((quiet)); then
-    timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null >/dev/null
-else
-    timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null
-fi
-qrc=$?
-set -e
+qout=/dev/stdout
+((quiet)) && qout=/dev/null
+# QEMU runs in the background so that a signal to this script reaches it: stopping the test
+# must not leave a guest running until its time limit.
+timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null >"$qout" &
+qpid=$!
+signalled=
+trap 'signalled=1; kill -TERM "$qpid" 2>/dev/null || true' TERM INT HUP
+while :; do
+    qrc=0
+    wait "$qpid" || qrc=$?
+    # A trapped signal interrupts `wait` while QEMU still runs: wait again until it has exited.
+    kill -0 "$qpid" 2>/dev/null || break
+done
+trap - TERM INT HUP
 elapsed=$(($(date +%s) - start))
+if [[ -n $signalled ]]; then
+    log "ERROR: interrupted by a signal after ${elapsed}s; guest stopped"
+    exit 125
+fi
 
 # The last marker wins: /init prints it after the script has ended.
 marker=$(tr -d '\r' <"$console_log" | grep -a -o 'NVMFD-GUEST-EXIT=[0-9]\+' | tail -n 1 || true)

@@ -114,15 +114,30 @@ else
 fi
 
 # ---- start the daemon ------------------------------------------------------------------------
-DPID=
-# shellcheck disable=SC2317  # called by the EXIT trap
-stop_daemon() {
+DPID='' GPID=''
+# On any exit, leave nothing running: the daemon is killed, the guest (run-guest.sh) stopped.
+# shellcheck disable=SC2317  # called by the traps
+cleanup() {
+    if [[ -n $GPID ]] && kill -0 "$GPID" 2>/dev/null; then
+        kill -TERM "$GPID" 2>/dev/null || true
+        wait "$GPID" 2>/dev/null || true
+    fi
     if [[ -n $DPID ]] && kill -0 "$DPID" 2>/dev/null; then
         kill -KILL "$DPID" 2>/dev/null || true
         wait "$DPID" 2>/dev/null || true
     fi
 }
-trap stop_daemon EXIT
+trap cleanup EXIT
+# shellcheck disable=SC2317
+interrupted() {
+    fail "interrupted by SIG$1 (not by this test)"
+    cleanup
+    echo "e2e: $PASSED passed, $FAILED failed"
+    exit 1
+}
+trap 'interrupted TERM' TERM
+trap 'interrupted INT' INT
+trap 'interrupted HUP' HUP
 
 # Plain-text logs (no colours) so they can be searched.
 NO_COLOR=1 RUST_LOG=${RUST_LOG:-info} "$NVMFD" --config "$CONFIG" >"$DLOG" 2>&1 &
@@ -151,11 +166,15 @@ fi
 info "booting the guest (limit ${TIMEOUT}s); console in $GLOG"
 start=$(date +%s)
 grc=0
+# In the background, so that a signal to this script is handled at once (see the traps above).
 "$REPO/deploy/rig/run-guest.sh" --timeout "$TIMEOUT" --out "$WORK/out" --log "$GLOG" \
     "$REPO/tests/e2e/guest-tcp.sh" --addr 10.0.2.2 --port "$PORT" --nqn "$NQN" \
     --model "$MODEL" --serial "$SERIAL" --size $((SIZE_MIB * 1024 * 1024)) \
     --restricted-nqn "$RNQN" --allowed-hostnqn "$ALLOWED_HOSTNQN" \
-    --refused-hostnqn "$REFUSED_HOSTNQN" || grc=$?
+    --refused-hostnqn "$REFUSED_HOSTNQN" &
+GPID=$!
+wait "$GPID" || grc=$?
+GPID=
 info "guest finished in $(($(date +%s) - start))s with exit code $grc"
 
 # Count the guest's steps from the results file it wrote through the rig's output share.

@@ -4,11 +4,13 @@
 //! except the read-only [`Target`] and the atomics inside it.
 
 use crate::core::{Outcome, QueuePair, Target};
+use crate::poller::{Poller, CANCELLED_BIT};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
 use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +37,9 @@ pub struct ReactorHandle {
 
 struct Conn {
     tcp: TcpConn<TcpStream>,
+    /// Data may be waiting in the socket (a readiness completion came, or the last read did not
+    /// drain it).
+    readable: bool,
     qp: QueuePair,
     peer: SocketAddr,
     generation: u32,
@@ -74,7 +79,17 @@ pub fn spawn(
             }
         };
         info!(reactor = cfg.id, core = cfg.core, "reactor running");
-        let mut r = Reactor { cfg, target, inbox: rx, conns: Vec::new(), free: Vec::new(), channels, deferred: VecDeque::with_capacity(4096), stop };
+        let mut r = Reactor {
+            cfg,
+            target,
+            inbox: rx,
+            conns: Vec::new(),
+            free: Vec::new(),
+            channels,
+            deferred: VecDeque::with_capacity(4096),
+            stop,
+            poller: Poller::new(1024),
+        };
         r.run();
     })?;
     Ok(ReactorHandle { inbox, thread })
@@ -89,20 +104,24 @@ struct Reactor {
     channels: Vec<Box<dyn BdevChannel>>,
     deferred: VecDeque<Deferred>,
     stop: Arc<AtomicBool>,
+    poller: Poller,
 }
 
-/// Tag layout for block-device I/O: generation (32) | connection index (16) | slot (16).
+/// Tag layout for block-device I/O and socket readiness: generation (31 bits) | connection
+/// index (16) | slot (16). Bit 63 stays clear for the poller's flag.
 fn tag(generation: u32, conn: usize, slot: u16) -> u64 {
-    ((generation as u64) << 32) | ((conn as u64 & 0xffff) << 16) | slot as u64
+    (((generation & GENERATION_MASK) as u64) << 32) | ((conn as u64 & 0xffff) << 16) | slot as u64
 }
 
 fn untag(tag: u64) -> (u32, usize, u16) {
     (
-        (tag >> 32) as u32,
+        ((tag >> 32) as u32) & GENERATION_MASK,
         ((tag >> 16) & 0xffff) as usize,
         tag as u16,
     )
 }
+
+const GENERATION_MASK: u32 = 0x7fff_ffff;
 
 impl Reactor {
     fn run(&mut self) {
@@ -115,7 +134,7 @@ impl Reactor {
             let mut work = false;
             if !stopping {
                 while let Some(nc) = self.inbox.pop() {
-                    generation = generation.wrapping_add(1);
+                    generation = generation.wrapping_add(1) & GENERATION_MASK;
                     self.add_conn(nc, generation);
                     work = true;
                 }
@@ -124,6 +143,7 @@ impl Reactor {
             // completes at once (malloc, null) is answered in the same iteration.
             let now = Instant::now();
             if !stopping {
+                work |= self.poll_readiness();
                 for i in 0..self.conns.len() {
                     work |= self.receive(i, now);
                 }
@@ -221,7 +241,9 @@ impl Reactor {
             warn!(peer = %nc.peer, error = %e, "cannot configure accepted socket; dropping it");
             return;
         }
+        let fd = nc.stream.as_raw_fd();
         let conn = Conn {
+            readable: true,
             tcp: TcpConn::new(nc.stream, self.cfg.tcp),
             qp: QueuePair::new(self.target.clone()),
             peer: nc.peer,
@@ -240,12 +262,18 @@ impl Reactor {
             }
         };
         debug!(reactor = self.cfg.id, peer = %nc.peer, conn = idx, "connection accepted");
+        self.poller.watch(fd, tag(generation, idx, 0));
+        self.poller.submit();
         self.conns[idx] = Some(conn);
     }
 
     fn close(&mut self, idx: usize, why: &str) {
         if let Some(mut c) = self.conns[idx].take() {
+            self.poller.unwatch(tag(c.generation, idx, 0));
             let _ = c.tcp.poll_send();
+            let st = c.tcp.stats();
+            debug!(peer = %c.peer, commands = st.commands, recv_calls = st.recv_calls, recv_empty = st.recv_empty,
+                send_calls = st.send_calls, "connection socket counters");
             if c.qp.is_connected() {
                 info!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "queue pair closed");
             } else {
@@ -266,8 +294,15 @@ impl Reactor {
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
+        if !c.readable {
+            return false;
+        }
         let mut work = match c.tcp.poll_recv() {
-            Ok(p) => p,
+            Ok(p) => {
+                // Without a readiness ring, every socket is read on every iteration.
+                c.readable = !c.tcp.drained() || !self.poller.enabled();
+                p
+            }
             Err(e) => {
                 let why = e.to_string();
                 if matches!(e, ConnError::Fatal(_)) {
@@ -320,6 +355,35 @@ impl Reactor {
                 true
             }
         }
+    }
+
+    /// Mark connections whose sockets signalled input; re-arm polls that ended.
+    fn poll_readiness(&mut self) -> bool {
+        let conns = &mut self.conns;
+        let mut rearm: [(RawFd, u64); 16] = [(0, 0); 16];
+        let mut nrearm = 0;
+        let n = self.poller.poll(&mut |token, armed| {
+            let (generation, idx, _) = untag(token & !CANCELLED_BIT);
+            let Some(Some(c)) = conns.get_mut(idx) else {
+                return;
+            };
+            if c.generation != generation {
+                return;
+            }
+            // Cancelled or not, read the socket: a read tells errors and closes apart.
+            c.readable = true;
+            if !armed && token & CANCELLED_BIT == 0 && nrearm < rearm.len() {
+                rearm[nrearm] = (c.tcp.stream().as_raw_fd(), token);
+                nrearm += 1;
+            }
+        });
+        for &(fd, token) in &rearm[..nrearm] {
+            self.poller.watch(fd, token);
+        }
+        if nrearm > 0 {
+            self.poller.submit();
+        }
+        n > 0
     }
 
     fn retry_deferred(&mut self) -> bool {

@@ -110,6 +110,20 @@ pub struct TcpConn<S> {
     rx_start: usize,
     rx_end: usize,
     inner: Inner,
+    stats: ConnStats,
+    /// The last read left the socket empty (it hit EAGAIN, or returned less than it could take).
+    drained: bool,
+}
+
+/// Socket-level counters of one connection (plain integers: one owner, read on close).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ConnStats {
+    /// recv calls, and how many found nothing.
+    pub recv_calls: u64,
+    pub recv_empty: u64,
+    pub send_calls: u64,
+    /// Commands handed to the core.
+    pub commands: u64,
 }
 
 impl<S: Read + Write> TcpConn<S> {
@@ -146,11 +160,23 @@ impl<S: Read + Write> TcpConn<S> {
                 tx: Vec::with_capacity(2 * params.max_io_size as usize + 4096),
                 tx_off: 0,
             },
+            stats: ConnStats::default(),
+            drained: false,
         }
     }
 
     pub fn stream(&self) -> &S {
         &self.stream
+    }
+
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    /// Whether the last [`Self::poll_recv`] left nothing unread in the socket, so the next read
+    /// can wait for a readiness signal.
+    pub fn drained(&self) -> bool {
+        self.drained
     }
 
     /// Read what the socket has and process every whole PDU. Returns whether anything happened.
@@ -159,6 +185,7 @@ impl<S: Read + Write> TcpConn<S> {
             return Ok(false);
         }
         let mut progress = false;
+        self.drained = false;
         loop {
             // Handle every whole PDU already buffered.
             loop {
@@ -199,18 +226,29 @@ impl<S: Read + Write> TcpConn<S> {
                 self.rx_end -= self.rx_start;
                 self.rx_start = 0;
             }
+            if self.drained {
+                break;
+            }
             if self.rx_end == self.rx.len() {
                 // The framer bounds PDU sizes below the buffer size, so a full buffer always
                 // holds a whole PDU and was drained above.
                 break;
             }
+            self.stats.recv_calls += 1;
+            let room = self.rx.len() - self.rx_end;
             match self.stream.read(&mut self.rx[self.rx_end..]) {
                 Ok(0) => return Err(ConnError::Closed),
                 Ok(n) => {
                     self.rx_end += n;
                     progress = true;
+                    // A short read emptied the socket: new data will signal readiness anew.
+                    self.drained = n < room;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.stats.recv_empty += 1;
+                    self.drained = true;
+                    break;
+                }
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ConnError::Io(e)),
             }
@@ -223,6 +261,7 @@ impl<S: Read + Write> TcpConn<S> {
         let inner = &mut self.inner;
         let mut progress = false;
         while inner.tx_off < inner.tx.len() {
+            self.stats.send_calls += 1;
             match self.stream.write(&inner.tx[inner.tx_off..]) {
                 Ok(0) => return Err(ConnError::Closed),
                 Ok(n) => {
@@ -250,6 +289,7 @@ impl<S: Read + Write> TcpConn<S> {
     pub fn next_ready(&mut self) -> Option<u16> {
         let slot = self.inner.ready.pop_front()?;
         self.inner.slots[slot as usize].state = SlotState::Executing;
+        self.stats.commands += 1;
         Some(slot)
     }
 

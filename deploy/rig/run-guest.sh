@@ -141,11 +141,14 @@ fi
 
 log "booting $KVER: $script${*:+ $*} (timeout ${timeout_s}s, log $console_log)"
 start=$(date +%s)
-qout=/dev/stdout
-((quiet)) && qout=/dev/null
 # QEMU runs in the background so that a signal to this script reaches it: stopping the test
-# must not leave a guest running until its time limit.
-timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null >"$qout" &
+# must not leave a guest running until its time limit. (Not `>/dev/stdout`: that reopens and
+# truncates a log file that stdout may be.)
+if ((quiet)); then
+    timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null >/dev/null &
+else
+    timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null &
+fi
 qpid=$!
 signalled=
 trap 'signalled=1; kill -TERM "$qpid" 2>/dev/null || true' TERM INT HUP

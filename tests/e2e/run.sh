@@ -206,19 +206,22 @@ else
     tail -n 30 "$DLOG" | sed 's/^/    nvmfd: /'
 fi
 
-plain_log() { sed 's/\x1b\[[0-9;]*m//g' "$DLOG"; }
+# The log without colour codes, searched as a whole (a `... | grep -q` pipeline could fail under
+# pipefail when grep stops reading early).
+plain=$(sed 's/\x1b\[[0-9;]*m//g' "$DLOG")
 # Only if the guest got as far as the allow-list step.
 if grep -q 'not on the allow-list' "$WORK/out/results" 2>/dev/null; then
-    if plain_log | grep -F "$REFUSED_HOSTNQN" | grep -qiE 'refus|denied|not allowed|reject|forbid'; then
+    refusals=$(grep -F "$REFUSED_HOSTNQN" <<<"$plain" | grep -iE 'refus|denied|not allowed|reject|forbid' || true)
+    if [[ -n $refusals ]]; then
         pass "nvmfd log explains the refusal of $REFUSED_HOSTNQN"
-        plain_log | grep -F "$REFUSED_HOSTNQN" | head -n 2 | sed 's/^/    nvmfd: /'
+        head -n 2 <<<"$refusals" | sed 's/^/    nvmfd: /'
     else
         fail "nvmfd log has no refusal line mentioning $REFUSED_HOSTNQN"
     fi
 fi
-if plain_log | grep -q 'panicked'; then
+if grep -q 'panicked' <<<"$plain"; then
     fail "nvmfd log shows a panic:"
-    plain_log | grep -A5 'panicked' | head -n 20 | sed 's/^/    nvmfd: /'
+    grep -A5 'panicked' <<<"$plain" | head -n 20 | sed 's/^/    nvmfd: /' || true
 else
     pass "nvmfd log has no panic"
 fi

@@ -10,7 +10,7 @@ mod buf;
 pub use backends::malloc::Malloc;
 pub use backends::null::Null;
 pub use backends::uring::Uring;
-pub use buf::IoBuf;
+pub use buf::{BufPool, IoBuf};
 
 use std::sync::Arc;
 

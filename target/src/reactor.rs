@@ -6,11 +6,13 @@
 use crate::core::{Outcome, QueuePair, Target};
 use crate::poller::{Poller, CANCELLED_BIT};
 use crossbeam_queue::ArrayQueue;
-use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
+use nvmfd_bdev::{Bdev, BdevChannel, BufPool, Completion, Io};
 use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, RawFd};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,8 +22,24 @@ use tracing::{debug, info, warn};
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
 /// Timers (keep-alive) are checked this often, in loop iterations.
 const TIMER_EVERY: u32 = 256;
+/// Data buffers: commands moving up to SMALL_BUF bytes take a small one, others a max_io_size
+/// one. This many of each are made at start; more are made (once) if a reactor's peak of
+/// commands in flight needs them.
+const SMALL_BUF: usize = 8192;
+const PREALLOC_SMALL: usize = 512;
+const PREALLOC_LARGE: usize = 64;
 /// On shutdown, how long to wait for in-flight I/O and unsent responses.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+thread_local! {
+    static IS_REACTOR: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread is a reactor (lets a counting allocator in a test or benchmark
+/// attribute allocations to the data path; reading it never allocates).
+pub fn is_reactor_thread() -> bool {
+    IS_REACTOR.with(|r| r.get())
+}
 
 /// The hand-off from the acceptor to a reactor.
 pub struct NewConn {
@@ -70,6 +88,7 @@ pub fn spawn(
     let inbox = Arc::new(ArrayQueue::new(1024));
     let rx = inbox.clone();
     let thread = std::thread::Builder::new().name(format!("reactor-{}", cfg.id)).spawn(move || {
+        IS_REACTOR.with(|r| r.set(true));
         crate::affinity::pin_to_core(cfg.core);
         let channels: Vec<Box<dyn BdevChannel>> = match bdevs.iter().map(|b| b.channel()).collect() {
             Ok(c) => c,
@@ -78,6 +97,8 @@ pub fn spawn(
                 return;
             }
         };
+        let large = (cfg.tcp.max_io_size as usize).max(SMALL_BUF);
+        let pool = BufPool::new(SMALL_BUF, PREALLOC_SMALL, large, PREALLOC_LARGE);
         info!(reactor = cfg.id, core = cfg.core, "reactor running");
         let mut r = Reactor {
             cfg,
@@ -89,6 +110,7 @@ pub fn spawn(
             deferred: VecDeque::with_capacity(4096),
             stop,
             poller: Poller::new(1024),
+            pool: Rc::new(RefCell::new(pool)),
         };
         r.run();
     })?;
@@ -105,6 +127,8 @@ struct Reactor {
     deferred: VecDeque<Deferred>,
     stop: Arc<AtomicBool>,
     poller: Poller,
+    /// Data buffers of every command on this reactor.
+    pool: Rc<RefCell<BufPool>>,
 }
 
 /// Tag layout for block-device I/O and socket readiness: generation (31 bits) | connection
@@ -244,7 +268,7 @@ impl Reactor {
         let fd = nc.stream.as_raw_fd();
         let conn = Conn {
             readable: true,
-            tcp: TcpConn::new(nc.stream, self.cfg.tcp),
+            tcp: TcpConn::new(nc.stream, self.cfg.tcp, self.pool.clone()),
             qp: QueuePair::new(self.target.clone()),
             peer: nc.peer,
             generation,
@@ -406,8 +430,9 @@ impl Reactor {
     fn poll_bdevs(&mut self) -> bool {
         let mut n = 0;
         let conns = &mut self.conns;
+        let pool = &self.pool;
         for ch in self.channels.iter_mut() {
-            n += ch.poll(&mut |done: Completion| complete_io(conns, done));
+            n += ch.poll(&mut |done: Completion| complete_io(conns, pool, done));
         }
         n > 0
     }
@@ -430,14 +455,16 @@ impl Reactor {
 }
 
 /// Route a block-device completion back to its connection (dropped if the connection is gone).
-fn complete_io(conns: &mut [Option<Conn>], done: Completion) {
+fn complete_io(conns: &mut [Option<Conn>], pool: &RefCell<BufPool>, done: Completion) {
     let (generation, idx, slot) = untag(done.tag);
-    let Some(Some(c)) = conns.get_mut(idx) else {
-        return;
+    let c = match conns.get_mut(idx) {
+        Some(Some(c)) if c.generation == generation => c,
+        _ => {
+            // The connection is gone; its buffer still goes back to the pool.
+            pool.borrow_mut().put(done.buf);
+            return;
+        }
     };
-    if c.generation != generation {
-        return;
-    }
     c.in_flight -= 1;
     let cap = c.tcp.capsule_mut(slot);
     cap.buf = Some(done.buf);

@@ -12,10 +12,12 @@ use crate::proto::tcp::{
     Header, IcResp, R2t, COMMON_HEADER_SIZE,
 };
 use crate::{Capsule, Response};
-use nvmfd_bdev::IoBuf;
+use nvmfd_bdev::BufPool;
 use nvmfd_config::DigestMode;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
+use std::rc::Rc;
 use tracing::{debug, warn};
 
 /// Transient Transport Error (SCT 3, SC 0x22): what a command whose data digest failed gets.
@@ -92,6 +94,7 @@ enum Phase {
 /// Everything but the receive buffer, so PDUs borrowed from it can be handled with `&mut self`.
 struct Inner {
     params: TcpParams,
+    pool: Rc<RefCell<BufPool>>,
     phase: Phase,
     digests: Digests,
     /// C2H data alignment the host asked for ((HPDA + 1) * 4 bytes).
@@ -127,8 +130,8 @@ pub struct ConnStats {
 }
 
 impl<S: Read + Write> TcpConn<S> {
-    /// Wrap an accepted, non-blocking stream.
-    pub fn new(stream: S, params: TcpParams) -> Self {
+    /// Wrap an accepted, non-blocking stream; data buffers come from `pool` (the reactor's).
+    pub fn new(stream: S, params: TcpParams, pool: Rc<RefCell<BufPool>>) -> Self {
         // Slots: a full queue plus room for the admin queue's held async event requests.
         let nslots = params.max_queue_depth as usize + 8;
         let slots = (0..nslots)
@@ -151,6 +154,7 @@ impl<S: Read + Write> TcpConn<S> {
             rx_end: 0,
             inner: Inner {
                 params,
+                pool,
                 phase: Phase::AwaitIcReq,
                 digests: Digests::default(),
                 c2h_align: 4,
@@ -312,6 +316,19 @@ impl<S: Read + Write> TcpConn<S> {
     }
 }
 
+impl<S> Drop for TcpConn<S> {
+    /// Buffers of commands still held by this connection go back to the reactor's pool (those a
+    /// block device holds come back through the reactor when the I/O completes).
+    fn drop(&mut self) {
+        let mut pool = self.inner.pool.borrow_mut();
+        for s in &mut self.inner.slots {
+            if let Some(b) = s.capsule.buf.take() {
+                pool.put(b);
+            }
+        }
+    }
+}
+
 impl Inner {
     fn handle(
         &mut self,
@@ -405,17 +422,24 @@ impl Inner {
             ));
         };
         let max_io = self.params.max_io_size;
+        let dir = sqe.data_direction();
+        let sgl = sqe.dptr;
+        // The buffer comes from the reactor's pool and goes back when the command completes.
+        let need = if data.is_empty() {
+            sgl.length as usize
+        } else {
+            data.len()
+        };
+        let buf = self
+            .pool
+            .borrow_mut()
+            .get(need.min(max_io.max(ADMIN_IN_CAPSULE) as usize));
         let s = &mut self.slots[slot as usize];
         s.capsule.sqe = sqe;
         s.capsule.data_len = 0;
+        s.capsule.buf = Some(buf);
         s.received = 0;
         s.digest_failed = !digest_ok;
-        if s.capsule.buf.is_none() {
-            // Once per slot for the connection's life; the buffer then cycles through I/Os.
-            s.capsule.buf = Some(IoBuf::new(max_io.max(ADMIN_IN_CAPSULE) as usize));
-        }
-        let dir = sqe.data_direction();
-        let sgl = sqe.dptr;
         let reject = |this: &mut Inner, status: Status| {
             this.slots[slot as usize].state = SlotState::Executing;
             this.complete(slot, error_response(&sqe, status));
@@ -569,6 +593,9 @@ impl Inner {
             }
         }
         encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
+        if let Some(buf) = s.capsule.buf.take() {
+            self.pool.borrow_mut().put(buf);
+        }
         s.state = SlotState::Free;
         self.free.push(slot);
     }

@@ -45,7 +45,7 @@ fn run(q: &mut nvmfd_bench::IoQueue, ios: u64, data: &[u8]) {
     while done < ios {
         while submitted < ios && q.outstanding() < 32 {
             let lba = (submitted * 7919) % 16384;
-            if submitted % 2 == 0 {
+            if submitted.is_multiple_of(2) {
                 q.submit(write_sqe(1, lba, 1), Some(data), 0).unwrap();
             } else {
                 q.submit(read_sqe(1, lba, 1), None, 4096).unwrap();

@@ -43,8 +43,10 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, "connect refused: no such subsystem");
         return invalid_param(qp, cap, true, 256);
     };
-    if data.hostnqn.is_empty() || !data.hostnqn.starts_with("nqn.") {
-        warn!(subnqn = %data.subnqn, "connect refused: malformed host NQN");
+    // Some initiators (spdk_nvme_perf without `hostnqn:`) send no host NQN at all. Like SPDK's
+    // target, accept that where any host may connect; an allow-list can never match it.
+    if !data.hostnqn.is_empty() && !data.hostnqn.starts_with("nqn.") {
+        warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, "connect refused: malformed host NQN");
         return invalid_param(qp, cap, true, 512);
     }
     if let SubsysRef::Nvm(i) = subsys {

@@ -199,6 +199,23 @@ fn connect_rules() {
         (r.cqe.status, r.cqe.dw0),
         (Status::CONNECT_INVALID_PARAMETERS, 16 | (1 << 16))
     );
+    // A host that sends no host NQN may use an open subsystem, never one with an allow-list;
+    // a host NQN that is not an NQN is refused.
+    let r = connect_cmd(&mut qp, 0, 31, 0xffff, LOCKED, "", now);
+    assert_eq!(r.cqe.status, Status::CONNECT_INVALID_HOST);
+    let r = connect_cmd(&mut qp, 0, 31, 0xffff, NQN, "host-1", now);
+    assert_eq!(
+        (r.cqe.status, r.cqe.dw0),
+        (Status::CONNECT_INVALID_PARAMETERS, 512 | (1 << 16))
+    );
+    let mut anon = QueuePair::new(t.clone());
+    assert_eq!(
+        connect_cmd(&mut anon, 0, 31, 0xffff, NQN, "", now)
+            .cqe
+            .status,
+        Status::SUCCESS
+    );
+    drop(anon);
     // The allowed host gets in; nothing was leaked by the refusals.
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, LOCKED, HOST_A, now);
     assert_eq!(r.cqe.status, Status::SUCCESS);

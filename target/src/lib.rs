@@ -4,6 +4,5 @@
 mod affinity;
 pub mod core;
 pub mod daemon;
-mod poller;
 pub mod reactor;
 pub mod signals;

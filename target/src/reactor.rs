@@ -4,14 +4,12 @@
 //! except the read-only [`Target`] and the atomics inside it.
 
 use crate::core::{Outcome, QueuePair, Target};
-use crate::poller::{Poller, CANCELLED_BIT};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, BufPool, Completion, Io};
 use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
-use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,6 +20,13 @@ use tracing::{debug, info, warn};
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
 /// Timers (keep-alive) are checked this often, in loop iterations.
 const TIMER_EVERY: u32 = 256;
+/// A connection that received nothing for this many polls is cold: its socket is then read
+/// every COLD_EVERY iterations instead of every one. A busy connection stays hot (one
+/// non-blocking recv per iteration, the lowest latency); idle ones (admin queues, quiet hosts)
+/// cost a fraction of a system call each, and the first command after a quiet spell waits at
+/// most COLD_EVERY iterations (tens of microseconds).
+const HOT_POLLS: u32 = 20_000;
+const COLD_EVERY: u32 = 64;
 /// Data buffers: commands moving up to SMALL_BUF bytes take a small one, others a max_io_size
 /// one. This many of each are made at start; more are made (once) if a reactor's peak of
 /// commands in flight needs them.
@@ -55,9 +60,9 @@ pub struct ReactorHandle {
 
 struct Conn {
     tcp: TcpConn<TcpStream>,
-    /// Data may be waiting in the socket (a readiness completion came, or the last read did not
-    /// drain it).
-    readable: bool,
+    /// Polls since this connection last received anything: past [`HOT_POLLS`] it is cold and
+    /// its socket is read only every [`COLD_EVERY`] iterations.
+    idle_polls: u32,
     qp: QueuePair,
     peer: SocketAddr,
     generation: u32,
@@ -109,7 +114,6 @@ pub fn spawn(
             channels,
             deferred: VecDeque::with_capacity(4096),
             stop,
-            poller: Poller::new(1024),
             pool: Rc::new(RefCell::new(pool)),
         };
         r.run();
@@ -126,13 +130,12 @@ struct Reactor {
     channels: Vec<Box<dyn BdevChannel>>,
     deferred: VecDeque<Deferred>,
     stop: Arc<AtomicBool>,
-    poller: Poller,
     /// Data buffers of every command on this reactor.
     pool: Rc<RefCell<BufPool>>,
 }
 
 /// Tag layout for block-device I/O and socket readiness: generation (31 bits) | connection
-/// index (16) | slot (16). Bit 63 stays clear for the poller's flag.
+/// index (16) | slot (16).
 fn tag(generation: u32, conn: usize, slot: u16) -> u64 {
     (((generation & GENERATION_MASK) as u64) << 32) | ((conn as u64 & 0xffff) << 16) | slot as u64
 }
@@ -167,9 +170,9 @@ impl Reactor {
             // completes at once (malloc, null) is answered in the same iteration.
             let now = Instant::now();
             if !stopping {
-                work |= self.poll_readiness();
+                let cold_turn = tick.is_multiple_of(COLD_EVERY);
                 for i in 0..self.conns.len() {
-                    work |= self.receive(i, now);
+                    work |= self.receive(i, now, cold_turn);
                 }
             }
             work |= self.poll_bdevs();
@@ -265,9 +268,8 @@ impl Reactor {
             warn!(peer = %nc.peer, error = %e, "cannot configure accepted socket; dropping it");
             return;
         }
-        let fd = nc.stream.as_raw_fd();
         let conn = Conn {
-            readable: true,
+            idle_polls: 0,
             tcp: TcpConn::new(nc.stream, self.cfg.tcp, self.pool.clone()),
             qp: QueuePair::new(self.target.clone()),
             peer: nc.peer,
@@ -286,14 +288,11 @@ impl Reactor {
             }
         };
         debug!(reactor = self.cfg.id, peer = %nc.peer, conn = idx, "connection accepted");
-        self.poller.watch(fd, tag(generation, idx, 0));
-        self.poller.submit();
         self.conns[idx] = Some(conn);
     }
 
     fn close(&mut self, idx: usize, why: &str) {
         if let Some(mut c) = self.conns[idx].take() {
-            self.poller.unwatch(tag(c.generation, idx, 0));
             let _ = c.tcp.poll_send();
             let st = c.tcp.stats();
             debug!(peer = %c.peer, commands = st.commands, recv_calls = st.recv_calls, recv_empty = st.recv_empty,
@@ -314,17 +313,16 @@ impl Reactor {
     }
 
     /// Read a connection's socket and hand every complete capsule to the core.
-    fn receive(&mut self, idx: usize, now: Instant) -> bool {
+    fn receive(&mut self, idx: usize, now: Instant, cold_turn: bool) -> bool {
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
-        if !c.readable {
+        if c.idle_polls > HOT_POLLS && !cold_turn {
             return false;
         }
         let mut work = match c.tcp.poll_recv() {
             Ok(p) => {
-                // Without a readiness ring, every socket is read on every iteration.
-                c.readable = !c.tcp.drained() || !self.poller.enabled();
+                c.idle_polls = if p { 0 } else { c.idle_polls.saturating_add(1) };
                 p
             }
             Err(e) => {
@@ -379,35 +377,6 @@ impl Reactor {
                 true
             }
         }
-    }
-
-    /// Mark connections whose sockets signalled input; re-arm polls that ended.
-    fn poll_readiness(&mut self) -> bool {
-        let conns = &mut self.conns;
-        let mut rearm: [(RawFd, u64); 16] = [(0, 0); 16];
-        let mut nrearm = 0;
-        let n = self.poller.poll(&mut |token, armed| {
-            let (generation, idx, _) = untag(token & !CANCELLED_BIT);
-            let Some(Some(c)) = conns.get_mut(idx) else {
-                return;
-            };
-            if c.generation != generation {
-                return;
-            }
-            // Cancelled or not, read the socket: a read tells errors and closes apart.
-            c.readable = true;
-            if !armed && token & CANCELLED_BIT == 0 && nrearm < rearm.len() {
-                rearm[nrearm] = (c.tcp.stream().as_raw_fd(), token);
-                nrearm += 1;
-            }
-        });
-        for &(fd, token) in &rearm[..nrearm] {
-            self.poller.watch(fd, token);
-        }
-        if nrearm > 0 {
-            self.poller.submit();
-        }
-        n > 0
     }
 
     fn retry_deferred(&mut self) -> bool {

@@ -114,7 +114,8 @@ pub struct TcpConn<S> {
     rx_end: usize,
     inner: Inner,
     stats: ConnStats,
-    /// The last read left the socket empty (it hit EAGAIN, or returned less than it could take).
+    /// The last read left the socket empty (it hit EAGAIN, or returned less than it could take),
+    /// so reading again in the same poll would only return EAGAIN.
     drained: bool,
 }
 
@@ -175,12 +176,6 @@ impl<S: Read + Write> TcpConn<S> {
 
     pub fn stats(&self) -> ConnStats {
         self.stats
-    }
-
-    /// Whether the last [`Self::poll_recv`] left nothing unread in the socket, so the next read
-    /// can wait for a readiness signal.
-    pub fn drained(&self) -> bool {
-        self.drained
     }
 
     /// Read what the socket has and process every whole PDU. Returns whether anything happened.

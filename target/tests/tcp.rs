@@ -259,6 +259,80 @@ fn bad_data_digest_fails_the_command_not_the_connection() {
     d.shutdown();
 }
 
+/// A large H2CData payload is received in place (not through the receive buffer); its data
+/// digest is still checked, in one piece or split over many segments.
+#[test]
+fn large_h2c_data_with_bad_digest_fails_only_that_command() {
+    let (d, addr) = start("");
+    let mut o = opts(NQN);
+    o.data_digest = true;
+    let (_c, q) = io_queue(addr, &o);
+    let mut raw = q.into_raw();
+    let data = pattern(8, 64 * 1024);
+    for (cid, corrupt) in [(0x51u16, true), (0x52, false)] {
+        let mut sqe = write_sqe(1, 64, 16);
+        sqe.cid = cid;
+        sqe.flags = 0x40;
+        sqe.dptr = SglDescriptor::transport(data.len() as u32);
+        let mut pdu = Vec::new();
+        tcp::encode_capsule_cmd(&mut pdu, &sqe, None, raw.digests(), 4);
+        raw.send_raw(&pdu).unwrap();
+        let Header::R2t(r2t) = raw.read_pdu(Duration::from_secs(10)).unwrap().header else {
+            panic!("expected R2T")
+        };
+        assert_eq!(
+            (r2t.cccid, r2t.offset, r2t.length),
+            (cid, 0, data.len() as u32)
+        );
+        let mut h2c = Vec::new();
+        let dh = tcp::DataHeader {
+            cccid: cid,
+            ttag: r2t.ttag,
+            offset: 0,
+            length: data.len() as u32,
+        };
+        dh.encode(
+            &mut h2c,
+            false,
+            tcp::flags::DATA_LAST,
+            &data,
+            raw.digests(),
+            4,
+        );
+        if corrupt {
+            let n = h2c.len();
+            h2c[n - 2] ^= 0x10;
+        }
+        // Dribble it in pieces so the target sees partial payloads.
+        for chunk in h2c.chunks(7000) {
+            raw.send_raw(chunk).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let Header::CapsuleResp(cqe) = raw.read_pdu(Duration::from_secs(10)).unwrap().header else {
+            panic!()
+        };
+        assert_eq!(cqe.cid, cid);
+        if corrupt {
+            assert_eq!(
+                (cqe.status.sct, cqe.status.sc),
+                (3, 0x22),
+                "transient transport error"
+            );
+        } else {
+            assert_eq!(cqe.status, Status::SUCCESS);
+        }
+    }
+    // What the good write stored reads back.
+    let mut sqe = read_sqe(1, 64, 16);
+    sqe.cid = 0x53;
+    sqe.flags = 0x40;
+    sqe.dptr = SglDescriptor::transport(data.len() as u32);
+    raw.send_capsule(&sqe, None).unwrap();
+    let p = raw.read_pdu(Duration::from_secs(10)).unwrap();
+    assert!(matches!(p.header, Header::C2HData(_)) && p.data_digest_ok && p.data == data);
+    d.shutdown();
+}
+
 /// Each malformed PDU ends only its own connection, with a C2HTermReq naming the problem.
 #[test]
 fn malformed_pdus_terminate_only_their_connection() {

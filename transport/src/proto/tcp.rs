@@ -201,14 +201,38 @@ fn fatal(fes: u16, fei: u32, reason: &'static str) -> FatalError {
     FatalError { fes, fei, reason }
 }
 
-/// Find the first whole PDU in `buf`. Returns Ok(None) while more bytes are needed.
-/// `digests` are those negotiated for the connection (none before ICReq/ICResp), `max_data` the
-/// largest data payload this side accepts in one PDU.
-pub fn parse_pdu(
+/// A PDU whose header (and header digest) has arrived and checks out; its data may not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Frame {
+    pub ch: CommonHeader,
+    pub header: Header,
+    /// Where the data starts (PDO) and how long it is, in bytes of the PDU.
+    pub data_offset: usize,
+    pub data_len: usize,
+    /// 4 when a data digest follows the data, else 0.
+    pub data_digest_len: usize,
+}
+
+impl Frame {
+    /// Bytes of the stream the whole PDU occupies.
+    pub fn len(&self) -> usize {
+        self.ch.plen as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ch.plen == 0
+    }
+}
+
+/// Check the header of the first PDU in `buf` once its header (and header digest) are there,
+/// before its data: Ok(None) while more header bytes are needed. `digests` are those negotiated
+/// for the connection (none before ICReq/ICResp), `max_data` the largest data payload this side
+/// accepts in one PDU.
+pub fn parse_header(
     buf: &[u8],
     digests: Digests,
     max_data: u32,
-) -> Result<Option<Pdu<'_>>, FatalError> {
+) -> Result<Option<Frame>, FatalError> {
     let Some(chb) = buf.get(..COMMON_HEADER_SIZE) else {
         return Ok(None);
     };
@@ -293,7 +317,7 @@ pub fn parse_pdu(
     } else {
         (0, data_start)
     };
-    if buf.len() < plen {
+    if buf.len() < data_start {
         return Ok(None);
     }
     if hd != 0 {
@@ -302,8 +326,7 @@ pub fn parse_pdu(
             return Err(fatal(fes::HEADER_DIGEST_ERROR, 0, "header digest mismatch"));
         }
     }
-    let data = &buf[pdo..plen - dd];
-    let data_digest_ok = dd == 0 || crc32c::crc32c(data) == le::u32(buf, plen - dd);
+    let data_len = plen - pdo - dd;
     let h = &buf[..hlen];
     let header = match ch.pdu_type {
         pdu_type::IC_REQ | pdu_type::IC_RESP => {
@@ -347,7 +370,7 @@ pub fn parse_pdu(
                 offset: le::u32(h, 12),
                 length: le::u32(h, 16),
             };
-            if dh.length as usize != data.len() {
+            if dh.length as usize != data_len {
                 return Err(fatal(
                     fes::INVALID_HEADER_FIELD,
                     16,
@@ -367,9 +390,35 @@ pub fn parse_pdu(
             length: le::u32(h, 16),
         }),
     };
-    Ok(Some(Pdu {
+    Ok(Some(Frame {
         ch,
         header,
+        data_offset: pdo,
+        data_len,
+        data_digest_len: dd,
+    }))
+}
+
+/// Find the first whole PDU in `buf`. Returns Ok(None) while more bytes are needed.
+/// Arguments as for [`parse_header`].
+pub fn parse_pdu(
+    buf: &[u8],
+    digests: Digests,
+    max_data: u32,
+) -> Result<Option<Pdu<'_>>, FatalError> {
+    let Some(f) = parse_header(buf, digests, max_data)? else {
+        return Ok(None);
+    };
+    let plen = f.len();
+    if buf.len() < plen {
+        return Ok(None);
+    }
+    let data = &buf[f.data_offset..f.data_offset + f.data_len];
+    let data_digest_ok =
+        f.data_digest_len == 0 || crc32c::crc32c(data) == le::u32(buf, plen - f.data_digest_len);
+    Ok(Some(Pdu {
+        ch: f.ch,
+        header: f.header,
         data,
         data_digest_ok,
         len: plen,
@@ -677,6 +726,32 @@ mod tests {
         assert_eq!(
             parse_pdu(&out, Digests::default(), 32).unwrap_err().fes,
             fes::DATA_OUT_OF_RANGE
+        );
+    }
+
+    #[test]
+    fn header_checks_before_the_data_arrives() {
+        let mut out = Vec::new();
+        DataHeader {
+            cccid: 1,
+            ttag: 2,
+            offset: 0,
+            length: 100,
+        }
+        .encode(&mut out, false, 0, &[7u8; 100], BOTH, 4);
+        // The 24-byte header and its digest are enough.
+        assert!(parse_header(&out[..27], BOTH, 8192).unwrap().is_none());
+        let f = parse_header(&out[..28], BOTH, 8192).unwrap().unwrap();
+        assert_eq!(
+            (f.data_offset, f.data_len, f.data_digest_len, f.len()),
+            (28, 100, 4, 132)
+        );
+        assert!(parse_pdu(&out[..28], BOTH, 8192).unwrap().is_none());
+        let mut bad = out.clone();
+        bad[9] ^= 1;
+        assert_eq!(
+            parse_header(&bad[..28], BOTH, 8192).unwrap_err().fes,
+            fes::HEADER_DIGEST_ERROR
         );
     }
 

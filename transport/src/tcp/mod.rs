@@ -8,8 +8,8 @@
 use crate::proto::nvme::{Cqe, Direction, SglDescriptor};
 use crate::proto::status::Status;
 use crate::proto::tcp::{
-    encode_capsule_resp, encode_term_req, fes, flags, parse_pdu, DataHeader, Digests, FatalError,
-    Header, IcResp, R2t, COMMON_HEADER_SIZE,
+    encode_capsule_resp, encode_term_req, fes, flags, parse_header, parse_pdu, DataHeader, Digests,
+    FatalError, Header, IcResp, R2t, COMMON_HEADER_SIZE,
 };
 use crate::{Capsule, Response};
 use nvmfd_bdev::BufPool;
@@ -83,6 +83,28 @@ struct Slot {
     digest_failed: bool,
 }
 
+/// H2CData payloads at least this large skip the receive buffer (one copy less per byte).
+const DIRECT_MIN: usize = 16 * 1024;
+
+/// An H2CData PDU whose header is handled and whose payload is read in place.
+struct Direct {
+    dh: DataHeader,
+    /// Payload bytes already in the command's buffer.
+    got: usize,
+    digest: [u8; 4],
+    digest_len: usize,
+    digest_got: usize,
+}
+
+enum DirectStep {
+    /// The PDU is complete.
+    Done,
+    /// Some bytes came, and the socket is empty for now.
+    Partial,
+    /// Nothing came.
+    Blocked,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     AwaitIcReq,
@@ -114,6 +136,8 @@ pub struct TcpConn<S> {
     rx_end: usize,
     inner: Inner,
     stats: ConnStats,
+    /// A large H2CData payload being received in place.
+    direct: Option<Direct>,
     /// The last read left the socket empty (it hit EAGAIN, or returned less than it could take),
     /// so reading again in the same poll would only return EAGAIN.
     drained: bool,
@@ -167,6 +191,7 @@ impl<S: Read + Write> TcpConn<S> {
             },
             stats: ConnStats::default(),
             drained: false,
+            direct: None,
         }
     }
 
@@ -186,6 +211,24 @@ impl<S: Read + Write> TcpConn<S> {
         let mut progress = false;
         self.drained = false;
         loop {
+            // A large H2CData payload goes from the socket straight into its command's buffer.
+            if self.direct.is_some() {
+                match self.read_direct()? {
+                    DirectStep::Done => {
+                        progress = true;
+                        continue;
+                    }
+                    DirectStep::Partial => {
+                        progress = true;
+                        self.drained = true;
+                        break;
+                    }
+                    DirectStep::Blocked => {
+                        self.drained = true;
+                        break;
+                    }
+                }
+            }
             // Handle every whole PDU already buffered.
             loop {
                 let buf = &self.rx[self.rx_start..self.rx_end];
@@ -207,7 +250,36 @@ impl<S: Read + Write> TcpConn<S> {
                         progress = true;
                         res?;
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        if let Ok(Some(f)) = parse_header(buf, self.inner.digests, max_data) {
+                            if let (Header::H2CData(dh), true) = (
+                                f.header,
+                                f.data_len >= DIRECT_MIN && buf.len() >= f.data_offset,
+                            ) {
+                                // Check it now; its data then bypasses the receive buffer.
+                                self.inner.h2c_check(dh, &buf[..f.ch.hlen as usize])?;
+                                let have = &buf[f.data_offset..];
+                                let got = have.len().min(f.data_len);
+                                let slot = &mut self.inner.slots[dh.ttag as usize];
+                                if let Some(b) = slot.capsule.buf.as_mut() {
+                                    let at = dh.offset as usize;
+                                    b.as_mut_slice()[at..at + got].copy_from_slice(&have[..got]);
+                                }
+                                let mut d = Direct {
+                                    dh,
+                                    got,
+                                    digest: [0; 4],
+                                    digest_len: f.data_digest_len,
+                                    digest_got: have.len() - got,
+                                };
+                                d.digest[..d.digest_got].copy_from_slice(&have[got..]);
+                                self.direct = Some(d);
+                                self.rx_start = self.rx_end;
+                                progress = true;
+                            }
+                        }
+                        break;
+                    }
                     Err(e) => {
                         let quote_len = buf
                             .len()
@@ -216,6 +288,9 @@ impl<S: Read + Write> TcpConn<S> {
                         return Err(self.inner.terminate(e, &quote));
                     }
                 }
+            }
+            if self.direct.is_some() {
+                continue;
             }
             if self.rx_start == self.rx_end {
                 self.rx_start = 0;
@@ -253,6 +328,65 @@ impl<S: Read + Write> TcpConn<S> {
             }
         }
         Ok(progress)
+    }
+
+    /// Continue reading a large H2CData payload (then its data digest) into the command's buffer.
+    fn read_direct(&mut self) -> Result<DirectStep, ConnError> {
+        loop {
+            let Some(d) = self.direct.as_mut() else {
+                return Ok(DirectStep::Done);
+            };
+            let total = d.dh.length as usize;
+            let dst: &mut [u8] = if d.got < total {
+                let at = d.dh.offset as usize;
+                match self.inner.slots[d.dh.ttag as usize].capsule.buf.as_mut() {
+                    Some(b) => &mut b.as_mut_slice()[at + d.got..at + total],
+                    None => {
+                        return Err(ConnError::Io(std::io::Error::other(
+                            "transfer buffer missing",
+                        )))
+                    }
+                }
+            } else if d.digest_got < d.digest_len {
+                &mut d.digest[d.digest_got..d.digest_len]
+            } else {
+                let dh = d.dh;
+                let ok = d.digest_len == 0
+                    || self.inner.slots[dh.ttag as usize]
+                        .capsule
+                        .buf
+                        .as_ref()
+                        .is_some_and(|b| {
+                            let at = dh.offset as usize;
+                            crc32c::crc32c(&b.as_slice()[at..at + total])
+                                == u32::from_le_bytes(d.digest)
+                        });
+                self.direct = None;
+                self.inner.h2c_done(dh, ok)?;
+                return Ok(DirectStep::Done);
+            };
+            let want = dst.len();
+            self.stats.recv_calls += 1;
+            match self.stream.read(dst) {
+                Ok(0) => return Err(ConnError::Closed),
+                Ok(n) => {
+                    if d.got < total {
+                        d.got += n;
+                    } else {
+                        d.digest_got += n;
+                    }
+                    if n < want {
+                        return Ok(DirectStep::Partial);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    self.stats.recv_empty += 1;
+                    return Ok(DirectStep::Blocked);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(ConnError::Io(e)),
+            }
+        }
     }
 
     /// Write queued PDUs. Returns whether anything was written.
@@ -494,16 +628,11 @@ impl Inner {
         }
     }
 
-    fn h2c_data(
-        &mut self,
-        dh: DataHeader,
-        data: &[u8],
-        digest_ok: bool,
-        hdr: &[u8],
-    ) -> Result<(), ConnError> {
+    /// Check an H2CData header against the transfer its tag names.
+    fn h2c_check(&mut self, dh: DataHeader, hdr: &[u8]) -> Result<(), ConnError> {
         let Some(s) = self
             .slots
-            .get_mut(dh.ttag as usize)
+            .get(dh.ttag as usize)
             .filter(|s| s.state == SlotState::AwaitingData)
         else {
             return Err(self.terminate(
@@ -536,16 +665,34 @@ impl Inner {
                 hdr,
             ));
         }
-        if let Some(buf) = s.capsule.buf.as_mut() {
-            buf.as_mut_slice()[dh.offset as usize..end as usize].copy_from_slice(data);
-        }
-        s.received = end as u32;
+        Ok(())
+    }
+
+    /// The data of a checked H2CData PDU is in the command's buffer.
+    fn h2c_done(&mut self, dh: DataHeader, digest_ok: bool) -> Result<(), ConnError> {
+        let s = &mut self.slots[dh.ttag as usize];
+        s.received = dh.offset + dh.length;
         s.digest_failed |= !digest_ok;
         if s.received == s.capsule.data_len {
             self.make_ready(dh.ttag)
         } else {
             Ok(())
         }
+    }
+
+    fn h2c_data(
+        &mut self,
+        dh: DataHeader,
+        data: &[u8],
+        digest_ok: bool,
+        hdr: &[u8],
+    ) -> Result<(), ConnError> {
+        self.h2c_check(dh, hdr)?;
+        if let Some(buf) = self.slots[dh.ttag as usize].capsule.buf.as_mut() {
+            buf.as_mut_slice()[dh.offset as usize..(dh.offset + dh.length) as usize]
+                .copy_from_slice(data);
+        }
+        self.h2c_done(dh, digest_ok)
     }
 
     fn make_ready(&mut self, slot: u16) -> Result<(), ConnError> {

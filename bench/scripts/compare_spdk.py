@@ -191,6 +191,9 @@ def main():
         for t in order:
             t.start()
             try:
+                # Touch the whole RAM namespace first: SPDK's malloc bdev is allocated up front,
+                # nvmfd's is faulted in on first write; measure both in steady state.
+                perf(a.spdk_dir, huge, t, ["-q", "8", "-o", "131072", "-w", "write"], 2)
                 for name, args, _ in WORKLOADS:
                     r = perf(a.spdk_dir, huge, t, args, a.time)
                     results[(t.name, name)].append(r)

@@ -65,6 +65,10 @@ impl MemRegion {
         }
         let base = NonNull::new(raw.cast::<u8>())
             .ok_or_else(|| io::Error::other("mmap returned a null mapping"))?;
+        // Ask for transparent huge pages: far fewer TLB misses and page faults when I/O sweeps
+        // a large RAM disk. Advisory; where THP is off this changes nothing.
+        // SAFETY: the range is exactly the mapping just created.
+        unsafe { libc::madvise(raw, len, libc::MADV_HUGEPAGE) };
         // SAFETY: sysconf has no memory-safety preconditions.
         let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         let page = usize::try_from(page)

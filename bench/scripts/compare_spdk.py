@@ -81,6 +81,8 @@ class Nvmfd:
         with open(cfg, "w") as f:
             f.write(
                 "reactors: { cores: [0] }\n"
+                # Same wire behaviour as SPDK, whose TCP transport uses the SUCCESS flag by default.
+                "transports: { tcp: { c2h_success: true } }\n"
                 f"bdevs: [ {{ name: ram0, malloc: {{ size: {RAM_MIB}MiB }} }} ]\n"
                 f"subsystems: [ {{ nqn: {NVMFD_NQN}, namespaces: [ {{ nsid: 1, bdev: ram0 }} ],\n"
                 f"  listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {NVMFD_PORT} }} ] }} ]\n"

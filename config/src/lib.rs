@@ -166,6 +166,11 @@ pub struct TcpTransport {
     pub header_digest: DigestMode,
     /// PDU data digest (CRC32C). Default allowed.
     pub data_digest: DigestMode,
+    /// End successful reads with a C2HData PDU flagged SUCCESS and no CapsuleResp (one PDU less
+    /// per read, as SPDK does by default). Default false: the NVMe/TCP spec allows it only when
+    /// the host disabled SQ flow control, which stock Linux and SPDK hosts do not; both hosts
+    /// accept it anyway.
+    pub c2h_success: bool,
 }
 
 impl Default for TcpTransport {
@@ -177,6 +182,7 @@ impl Default for TcpTransport {
             max_io_queues: 16,
             header_digest: DigestMode::Allowed,
             data_digest: DigestMode::Allowed,
+            c2h_success: false,
         }
     }
 }

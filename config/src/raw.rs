@@ -63,6 +63,7 @@ pub(crate) struct RawTcp {
     pub max_io_queues: Option<u64>,
     pub header_digest: Option<RawDigest>,
     pub data_digest: Option<RawDigest>,
+    pub c2h_success: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

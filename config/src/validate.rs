@@ -352,6 +352,7 @@ impl Validator<'_> {
             max_io_queues,
             header_digest: digest(t.header_digest),
             data_digest: digest(t.data_digest),
+            c2h_success: t.c2h_success.unwrap_or(d.c2h_success),
         }
     }
 

@@ -68,6 +68,7 @@ impl Daemon {
             max_queue_depth: tcp.max_queue_depth,
             header_digest: tcp.header_digest,
             data_digest: tcp.data_digest,
+            c2h_success: tcp.c2h_success,
         };
         let stop = Arc::new(AtomicBool::new(false));
         let idle_sleep = (cfg.reactors.idle_sleep_us > 0)

@@ -142,6 +142,27 @@ fn write_read_verify_in_capsule_and_r2t() {
 }
 
 #[test]
+fn c2h_success_flag_replaces_the_response_of_good_reads() {
+    let (d, addr) = start(", c2h_success: true");
+    let (_c, mut q) = io_queue(addr, &opts(NQN));
+    let data = pattern(21, 8 * BS);
+    assert_eq!(q.write(1, 40, &data, BS).unwrap(), Status::SUCCESS);
+    q.submit(read_sqe(1, 40, 8), None, 8 * BS).unwrap();
+    let done = q.poll_completions(1).unwrap();
+    assert!(
+        done[0].data_success,
+        "no CapsuleResp after a SUCCESS-flagged C2HData"
+    );
+    assert!(done[0].data == data);
+    // A failed read still gets its CapsuleResp with the status.
+    assert_eq!(
+        q.read(1, 1 << 40, 1, BS).unwrap().0,
+        Status::LBA_OUT_OF_RANGE
+    );
+    d.shutdown();
+}
+
+#[test]
 fn io_errors_get_nvme_statuses() {
     let (d, addr) = start("");
     let (_c, mut q) = io_queue(addr, &opts(NQN));

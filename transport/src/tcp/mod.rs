@@ -39,6 +39,8 @@ pub struct TcpParams {
     pub max_queue_depth: u16,
     pub header_digest: DigestMode,
     pub data_digest: DigestMode,
+    /// Flag successful reads' last C2HData SUCCESS and send no CapsuleResp.
+    pub c2h_success: bool,
 }
 
 impl TcpParams {
@@ -715,6 +717,7 @@ impl Inner {
     fn complete(&mut self, slot: u16, resp: Response) {
         let s = &mut self.slots[slot as usize];
         debug_assert_eq!(s.state, SlotState::Executing);
+        let mut answered = false;
         if resp.data_len > 0 {
             if let Some(buf) = s.capsule.buf.as_ref() {
                 let len = resp.data_len.min(buf.capacity() as u32);
@@ -724,17 +727,30 @@ impl Inner {
                     offset: 0,
                     length: len,
                 };
+                // SUCCESS stands for a CapsuleResp of all zeroes but the CID and SQ head.
+                answered = self.params.c2h_success
+                    && resp.cqe.status.is_success()
+                    && resp.cqe.dw0 == 0
+                    && resp.cqe.dw1 == 0
+                    && len == resp.data_len;
+                let fl = if answered {
+                    flags::DATA_LAST | flags::DATA_SUCCESS
+                } else {
+                    flags::DATA_LAST
+                };
                 dh.encode(
                     &mut self.tx,
                     true,
-                    flags::DATA_LAST,
+                    fl,
                     &buf.as_slice()[..len as usize],
                     self.digests,
                     self.c2h_align,
                 );
             }
         }
-        encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
+        if !answered {
+            encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
+        }
         if let Some(buf) = s.capsule.buf.take() {
             self.pool.borrow_mut().put(buf);
         }

@@ -168,11 +168,10 @@ impl Reactor {
             }
             // Receive and execute, then reap the block devices, then send: an I/O that
             // completes at once (malloc, null) is answered in the same iteration.
-            let now = Instant::now();
             if !stopping {
                 let cold_turn = tick.is_multiple_of(COLD_EVERY);
                 for i in 0..self.conns.len() {
-                    work |= self.receive(i, now, cold_turn);
+                    work |= self.receive(i, cold_turn);
                 }
             }
             work |= self.poll_bdevs();
@@ -313,7 +312,7 @@ impl Reactor {
     }
 
     /// Read a connection's socket and hand every complete capsule to the core.
-    fn receive(&mut self, idx: usize, now: Instant, cold_turn: bool) -> bool {
+    fn receive(&mut self, idx: usize, cold_turn: bool) -> bool {
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
@@ -334,10 +333,12 @@ impl Reactor {
                 return true;
             }
         };
+        // The clock is read once per batch of commands, not once per poll.
+        let mut now = None;
         while let Some(slot) = c.tcp.next_ready() {
             work = true;
             let cap = c.tcp.capsule_mut(slot);
-            match c.qp.execute(cap, now) {
+            match c.qp.execute(cap, *now.get_or_insert_with(Instant::now)) {
                 Outcome::Done(resp) => c.tcp.complete(slot, resp),
                 Outcome::Held => {}
                 Outcome::Io { bdev, op } => {

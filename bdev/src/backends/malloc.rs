@@ -5,8 +5,8 @@ use std::io;
 use std::sync::Arc;
 
 use super::mem::MemRegion;
-use super::{dsm_range, CompletionRing, Geometry};
-use crate::{Bdev, BdevChannel, BdevInfo, Completion, Io, IoBuf, IoError, Op};
+use super::{dsm_range, Geometry, Immediate, ImmediateChannel};
+use crate::{Bdev, BdevChannel, BdevInfo, IoBuf, IoError, Op};
 
 /// Completions a malloc or null channel holds before `submit` refuses more.
 pub(crate) const SYNC_QUEUE_DEPTH: usize = 4096;
@@ -47,21 +47,20 @@ impl Bdev for Malloc {
     }
 
     fn channel(&self) -> io::Result<Box<dyn BdevChannel>> {
-        Ok(Box::new(MallocChannel {
+        let exec = MallocChannel {
             geo: self.geo,
             mem: Arc::clone(&self.mem),
-            done: CompletionRing::new(SYNC_QUEUE_DEPTH),
-        }))
+        };
+        Ok(Box::new(ImmediateChannel::new(exec, SYNC_QUEUE_DEPTH)))
     }
 }
 
 struct MallocChannel {
     geo: Geometry,
     mem: Arc<MemRegion>,
-    done: CompletionRing,
 }
 
-impl MallocChannel {
+impl Immediate for MallocChannel {
     fn execute(&self, op: Op, buf: &mut IoBuf) -> Result<(), IoError> {
         match op {
             Op::Read { lba, blocks } => {
@@ -93,25 +92,5 @@ impl MallocChannel {
                 Ok(())
             }
         }
-    }
-}
-
-impl BdevChannel for MallocChannel {
-    fn submit(&mut self, io: Io) -> Result<(), Io> {
-        if self.done.is_full() {
-            return Err(io);
-        }
-        let Io { tag, op, mut buf } = io;
-        let result = self.execute(op, &mut buf);
-        self.done.push(Completion { tag, result, buf });
-        Ok(())
-    }
-
-    fn poll(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
-        self.done.drain(done)
-    }
-
-    fn in_flight(&self) -> usize {
-        self.done.len()
     }
 }

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use crate::{Bdev, Completion, DsmRange, IoBuf, IoError};
+use crate::{Bdev, BdevChannel, Completion, DsmRange, Io, IoBuf, IoError, Op};
 
 /// Open the device a config entry describes.
 pub(crate) fn open(cfg: &nvmfd_config::BdevConfig) -> io::Result<Arc<dyn Bdev>> {
@@ -122,6 +122,47 @@ pub(crate) fn dsm_range(buf: &IoBuf, i: u16) -> Option<DsmRange> {
         .try_into()
         .ok()?;
     Some(DsmRange::parse(bytes))
+}
+
+/// A backend whose I/O finishes during `submit` (malloc, null).
+pub(crate) trait Immediate {
+    fn execute(&self, op: Op, buf: &mut IoBuf) -> Result<(), IoError>;
+}
+
+/// The channel of an [`Immediate`] backend: each I/O runs in `submit` and its completion waits
+/// in a [`CompletionRing`] for `poll`.
+pub(crate) struct ImmediateChannel<E> {
+    exec: E,
+    done: CompletionRing,
+}
+
+impl<E: Immediate> ImmediateChannel<E> {
+    pub fn new(exec: E, depth: usize) -> Self {
+        ImmediateChannel {
+            exec,
+            done: CompletionRing::new(depth),
+        }
+    }
+}
+
+impl<E: Immediate> BdevChannel for ImmediateChannel<E> {
+    fn submit(&mut self, io: Io) -> Result<(), Io> {
+        if self.done.is_full() {
+            return Err(io);
+        }
+        let Io { tag, op, mut buf } = io;
+        let result = self.exec.execute(op, &mut buf);
+        self.done.push(Completion { tag, result, buf });
+        Ok(())
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
+        self.done.drain(done)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.done.len()
+    }
 }
 
 /// Completions of a synchronous channel, waiting for `poll`. Capacity is reserved when the channel

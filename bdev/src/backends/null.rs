@@ -4,8 +4,8 @@
 use std::io;
 
 use super::malloc::SYNC_QUEUE_DEPTH;
-use super::{CompletionRing, Geometry};
-use crate::{Bdev, BdevChannel, BdevInfo, Completion, Io, IoBuf, IoError, Op};
+use super::{Geometry, Immediate, ImmediateChannel};
+use crate::{Bdev, BdevChannel, BdevInfo, IoBuf, IoError, Op};
 
 /// A bit bucket.
 pub struct Null {
@@ -37,19 +37,16 @@ impl Bdev for Null {
     }
 
     fn channel(&self) -> io::Result<Box<dyn BdevChannel>> {
-        Ok(Box::new(NullChannel {
-            geo: self.geo,
-            done: CompletionRing::new(SYNC_QUEUE_DEPTH),
-        }))
+        let exec = NullChannel { geo: self.geo };
+        Ok(Box::new(ImmediateChannel::new(exec, SYNC_QUEUE_DEPTH)))
     }
 }
 
 struct NullChannel {
     geo: Geometry,
-    done: CompletionRing,
 }
 
-impl NullChannel {
+impl Immediate for NullChannel {
     fn execute(&self, op: Op, buf: &mut IoBuf) -> Result<(), IoError> {
         match op {
             Op::Read { lba, blocks } => {
@@ -65,25 +62,5 @@ impl NullChannel {
             Op::WriteZeroes { lba, blocks } => self.geo.extent(lba, u64::from(blocks)).map(drop),
             Op::Deallocate { ranges } => self.geo.check_dsm(ranges, buf),
         }
-    }
-}
-
-impl BdevChannel for NullChannel {
-    fn submit(&mut self, io: Io) -> Result<(), Io> {
-        if self.done.is_full() {
-            return Err(io);
-        }
-        let Io { tag, op, mut buf } = io;
-        let result = self.execute(op, &mut buf);
-        self.done.push(Completion { tag, result, buf });
-        Ok(())
-    }
-
-    fn poll(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
-        self.done.drain(done)
-    }
-
-    fn in_flight(&self) -> usize {
-        self.done.len()
     }
 }

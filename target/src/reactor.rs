@@ -134,8 +134,7 @@ struct Reactor {
     pool: Rc<RefCell<BufPool>>,
 }
 
-/// Tag layout for block-device I/O and socket readiness: generation (31 bits) | connection
-/// index (16) | slot (16).
+/// Tag layout for block-device I/O: generation (31 bits) | connection index (16) | slot (16).
 fn tag(generation: u32, conn: usize, slot: u16) -> u64 {
     (((generation & GENERATION_MASK) as u64) << 32) | ((conn as u64 & 0xffff) << 16) | slot as u64
 }

@@ -317,7 +317,7 @@ impl<S: Read + Write> TcpConn<S> {
                 Ok(n) => {
                     self.rx_end += n;
                     progress = true;
-                    // A short read emptied the socket: new data will signal readiness anew.
+                    // A short read emptied the socket: reading again now would only say EAGAIN.
                     self.drained = n < room;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {

@@ -438,6 +438,38 @@ pub fn encode_pdu(
     data_align: usize,
 ) -> usize {
     let start = out.len();
+    let data_digest = encode_pdu_head(
+        out,
+        pdu_type,
+        extra_flags,
+        specific,
+        data.map(|d| d.len()),
+        digests,
+        data_align,
+    );
+    if let Some(d) = data {
+        out.extend_from_slice(d);
+        if data_digest {
+            out.extend_from_slice(&crc32c::crc32c(d).to_le_bytes());
+        }
+    }
+    out.len() - start
+}
+
+/// Append everything of a PDU that comes before its data (of `data_len` bytes, if any): common
+/// header, type-specific header, header digest and padding. Returns whether a data digest must
+/// follow the data. With [`encode_pdu`] this lets a sender pass the data from elsewhere
+/// (scatter-gather) instead of copying it behind the header.
+pub fn encode_pdu_head(
+    out: &mut Vec<u8>,
+    pdu_type: u8,
+    extra_flags: u8,
+    specific: &[u8],
+    data_len: Option<usize>,
+    digests: Digests,
+    data_align: usize,
+) -> bool {
+    let start = out.len();
     let hlen = COMMON_HEADER_SIZE + specific.len();
     let can_digest = digestible(pdu_type);
     let hd = if can_digest && digests.header {
@@ -446,15 +478,15 @@ pub fn encode_pdu(
         0
     };
     let term = matches!(pdu_type, pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ);
-    let (pdo, dd, dlen) = match data {
-        Some(d) if !term => {
+    let (pdo, dd, dlen) = match data_len {
+        Some(n) if !term => {
             let pdo = (hlen + hd).div_ceil(data_align.max(1)) * data_align.max(1);
-            (pdo, if digests.data { DIGEST_SIZE } else { 0 }, d.len())
+            (pdo, if digests.data { DIGEST_SIZE } else { 0 }, n)
         }
-        Some(d) => (hlen, 0, d.len()),
+        Some(n) => (hlen, 0, n),
         None => (0, 0, 0),
     };
-    let plen = if data.is_some() {
+    let plen = if data_len.is_some() {
         pdo + dlen + dd
     } else {
         hlen + hd
@@ -470,7 +502,7 @@ pub fn encode_pdu(
         pdu_type,
         flags: fl,
         hlen: hlen as u8,
-        pdo: if data.is_some() { pdo as u8 } else { 0 },
+        pdo: if data_len.is_some() { pdo as u8 } else { 0 },
         plen: plen as u32,
     };
     out.extend_from_slice(&ch.encode());
@@ -479,14 +511,10 @@ pub fn encode_pdu(
         let crc = crc32c::crc32c(&out[start..start + hlen]);
         out.extend_from_slice(&crc.to_le_bytes());
     }
-    if let Some(d) = data {
+    if data_len.is_some() {
         out.resize(start + pdo, 0);
-        out.extend_from_slice(d);
-        if dd != 0 {
-            out.extend_from_slice(&crc32c::crc32c(d).to_le_bytes());
-        }
     }
-    out.len() - start
+    dd != 0
 }
 
 impl IcReq {
@@ -519,6 +547,26 @@ impl DataHeader {
         le::put_u32(&mut s, 4, self.offset);
         le::put_u32(&mut s, 8, self.length);
         s
+    }
+
+    /// Append the part of a C2HData PDU that precedes its `self.length` bytes of data; returns
+    /// whether a data digest must follow the data.
+    pub fn encode_c2h_head(
+        &self,
+        out: &mut Vec<u8>,
+        extra_flags: u8,
+        digests: Digests,
+        align: usize,
+    ) -> bool {
+        encode_pdu_head(
+            out,
+            pdu_type::C2H_DATA,
+            extra_flags,
+            &self.specific(),
+            Some(self.length as usize),
+            digests,
+            align,
+        )
     }
 
     /// Append an H2CData (host) or C2HData (controller) PDU carrying `data`.
@@ -753,6 +801,35 @@ mod tests {
             parse_header(&bad[..28], BOTH, 8192).unwrap_err().fes,
             fes::HEADER_DIGEST_ERROR
         );
+    }
+
+    #[test]
+    fn c2h_head_then_data_equals_whole_pdu() {
+        for digests in [Digests::default(), BOTH] {
+            let dh = DataHeader {
+                cccid: 4,
+                ttag: 0,
+                offset: 0,
+                length: 10,
+            };
+            let mut whole = Vec::new();
+            dh.encode(
+                &mut whole,
+                true,
+                flags::DATA_LAST,
+                b"0123456789",
+                digests,
+                8,
+            );
+            let mut parts = Vec::new();
+            if dh.encode_c2h_head(&mut parts, flags::DATA_LAST, digests, 8) {
+                parts.extend_from_slice(b"0123456789");
+                parts.extend_from_slice(&crc32c::crc32c(b"0123456789").to_le_bytes());
+            } else {
+                parts.extend_from_slice(b"0123456789");
+            }
+            assert_eq!(parts, whole);
+        }
     }
 
     #[test]

@@ -254,7 +254,7 @@ impl Reactor {
                 .conns
                 .iter()
                 .flatten()
-                .all(|c| c.in_flight == 0 && c.tcp.tx_pending() == 0)
+                .all(|c| c.in_flight == 0 && !c.tcp.has_unsent())
     }
 
     fn add_conn(&mut self, nc: NewConn, generation: u32) {
@@ -366,7 +366,7 @@ impl Reactor {
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
-        if c.tcp.tx_pending() == 0 {
+        if !c.tcp.has_unsent() {
             return false;
         }
         match c.tcp.poll_send() {

@@ -16,7 +16,7 @@ use nvmfd_bdev::BufPool;
 use nvmfd_config::DigestMode;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::rc::Rc;
 use tracing::{debug, warn};
 
@@ -75,7 +75,20 @@ enum SlotState {
     Ready,
     /// The core (or a block device) has it.
     Executing,
+    /// Answered; its data is still being sent from its buffer.
+    Sending,
 }
+
+/// A piece of the send queue: bytes of `tx` (headers, responses, R2Ts) or a command's data
+/// sent from its own buffer, so read data is never copied behind its header.
+#[derive(Debug, Clone, Copy)]
+enum Seg {
+    Tx(usize),
+    Slot { slot: u16, len: usize },
+}
+
+/// Most pieces handed to one writev.
+const MAX_IOV: usize = 64;
 
 struct Slot {
     capsule: Capsule,
@@ -126,8 +139,13 @@ struct Inner {
     slots: Vec<Slot>,
     free: Vec<u16>,
     ready: VecDeque<u16>,
+    /// Bytes to send; `tx[tx_off..tx_marked]` is covered by `segs`, the rest not yet.
     tx: Vec<u8>,
     tx_off: usize,
+    tx_marked: usize,
+    segs: VecDeque<Seg>,
+    /// Bytes of the first segment already sent.
+    front_off: usize,
 }
 
 /// One NVMe/TCP connection over a non-blocking stream.
@@ -188,8 +206,11 @@ impl<S: Read + Write> TcpConn<S> {
                 slots,
                 free: (0..nslots as u16).rev().collect(),
                 ready: VecDeque::with_capacity(nslots),
-                tx: Vec::with_capacity(2 * params.max_io_size as usize + 4096),
+                tx: Vec::with_capacity(64 * 1024),
                 tx_off: 0,
+                tx_marked: 0,
+                segs: VecDeque::with_capacity(4 * nslots),
+                front_off: 0,
             },
             stats: ConnStats::default(),
             drained: false,
@@ -391,16 +412,37 @@ impl<S: Read + Write> TcpConn<S> {
         }
     }
 
-    /// Write queued PDUs. Returns whether anything was written.
+    /// Write queued PDUs (one writev for up to 64 pieces). Returns whether anything was written.
     pub fn poll_send(&mut self) -> Result<bool, ConnError> {
         let inner = &mut self.inner;
+        inner.mark_tx();
         let mut progress = false;
-        while inner.tx_off < inner.tx.len() {
+        while !inner.segs.is_empty() {
+            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut n_iov = 0;
+            let mut cur = inner.tx_off;
+            for (i, seg) in inner.segs.iter().take(MAX_IOV).enumerate() {
+                let skip = if i == 0 { inner.front_off } else { 0 };
+                iov[n_iov] = match *seg {
+                    Seg::Tx(len) => {
+                        let l = len - skip;
+                        cur += l;
+                        IoSlice::new(&inner.tx[cur - l..cur])
+                    }
+                    Seg::Slot { slot, len } => {
+                        match inner.slots[slot as usize].capsule.buf.as_ref() {
+                            Some(b) => IoSlice::new(&b.as_slice()[skip..len]),
+                            None => IoSlice::new(&[]),
+                        }
+                    }
+                };
+                n_iov += 1;
+            }
             self.stats.send_calls += 1;
-            match self.stream.write(&inner.tx[inner.tx_off..]) {
+            match self.stream.write_vectored(&iov[..n_iov]) {
                 Ok(0) => return Err(ConnError::Closed),
                 Ok(n) => {
-                    inner.tx_off += n;
+                    inner.advance(n);
                     progress = true;
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -408,16 +450,17 @@ impl<S: Read + Write> TcpConn<S> {
                 Err(e) => return Err(ConnError::Io(e)),
             }
         }
-        if inner.tx_off == inner.tx.len() {
+        if inner.segs.is_empty() {
             inner.tx.clear();
             inner.tx_off = 0;
+            inner.tx_marked = 0;
         }
         Ok(progress)
     }
 
-    /// Bytes queued but not yet written.
-    pub fn tx_pending(&self) -> usize {
-        self.inner.tx.len() - self.inner.tx_off
+    /// Whether anything queued is not yet written.
+    pub fn has_unsent(&self) -> bool {
+        !self.inner.segs.is_empty() || self.inner.tx.len() > self.inner.tx_marked
     }
 
     /// The next capsule whose data is complete, now owned by the caller until [`Self::complete`].
@@ -461,6 +504,55 @@ impl<S> Drop for TcpConn<S> {
 }
 
 impl Inner {
+    /// Cover bytes appended to `tx` since the last mark with a segment.
+    fn mark_tx(&mut self) {
+        let n = self.tx.len() - self.tx_marked;
+        if n == 0 {
+            return;
+        }
+        self.tx_marked = self.tx.len();
+        if let Some(Seg::Tx(len)) = self.segs.back_mut() {
+            *len += n;
+        } else {
+            self.segs.push_back(Seg::Tx(n));
+        }
+    }
+
+    /// `n` bytes from the front of the send queue were written.
+    fn advance(&mut self, mut n: usize) {
+        while n > 0 {
+            let Some(&seg) = self.segs.front() else {
+                return;
+            };
+            let len = match seg {
+                Seg::Tx(len) | Seg::Slot { len, .. } => len,
+            };
+            let step = n.min(len - self.front_off);
+            if let Seg::Tx(_) = seg {
+                self.tx_off += step;
+            }
+            self.front_off += step;
+            n -= step;
+            if self.front_off == len {
+                self.segs.pop_front();
+                self.front_off = 0;
+                if let Seg::Slot { slot, .. } = seg {
+                    self.release(slot);
+                }
+            }
+        }
+    }
+
+    /// The command in `slot` is over: its buffer goes back to the pool, the slot to the free list.
+    fn release(&mut self, slot: u16) {
+        let s = &mut self.slots[slot as usize];
+        if let Some(buf) = s.capsule.buf.take() {
+            self.pool.borrow_mut().put(buf);
+        }
+        s.state = SlotState::Free;
+        self.free.push(slot);
+    }
+
     fn handle(
         &mut self,
         header: Header,
@@ -717,45 +809,47 @@ impl Inner {
     fn complete(&mut self, slot: u16, resp: Response) {
         let s = &mut self.slots[slot as usize];
         debug_assert_eq!(s.state, SlotState::Executing);
-        let mut answered = false;
-        if resp.data_len > 0 {
-            if let Some(buf) = s.capsule.buf.as_ref() {
-                let len = resp.data_len.min(buf.capacity() as u32);
-                let dh = DataHeader {
-                    cccid: s.capsule.sqe.cid,
-                    ttag: 0,
-                    offset: 0,
-                    length: len,
-                };
-                // SUCCESS stands for a CapsuleResp of all zeroes but the CID and SQ head.
-                answered = self.params.c2h_success
-                    && resp.cqe.status.is_success()
-                    && resp.cqe.dw0 == 0
-                    && resp.cqe.dw1 == 0
-                    && len == resp.data_len;
-                let fl = if answered {
-                    flags::DATA_LAST | flags::DATA_SUCCESS
-                } else {
-                    flags::DATA_LAST
-                };
-                dh.encode(
-                    &mut self.tx,
-                    true,
-                    fl,
-                    &buf.as_slice()[..len as usize],
-                    self.digests,
-                    self.c2h_align,
-                );
-            }
+        let data = match s.capsule.buf.as_ref() {
+            Some(b) if resp.data_len > 0 => Some((b, resp.data_len.min(b.capacity() as u32))),
+            _ => None,
+        };
+        let Some((buf, len)) = data else {
+            encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
+            self.release(slot);
+            return;
+        };
+        // SUCCESS stands for a CapsuleResp of all zeroes but the CID and SQ head.
+        let answered = self.params.c2h_success
+            && resp.cqe.status.is_success()
+            && resp.cqe.dw0 == 0
+            && resp.cqe.dw1 == 0
+            && len == resp.data_len;
+        let fl = if answered {
+            flags::DATA_LAST | flags::DATA_SUCCESS
+        } else {
+            flags::DATA_LAST
+        };
+        let dh = DataHeader {
+            cccid: s.capsule.sqe.cid,
+            ttag: 0,
+            offset: 0,
+            length: len,
+        };
+        let digest = dh.encode_c2h_head(&mut self.tx, fl, self.digests, self.c2h_align);
+        let crc = digest.then(|| crc32c::crc32c(&buf.as_slice()[..len as usize]));
+        // The data goes out from the command's buffer; the slot is freed once it is written.
+        s.state = SlotState::Sending;
+        self.mark_tx();
+        self.segs.push_back(Seg::Slot {
+            slot,
+            len: len as usize,
+        });
+        if let Some(crc) = crc {
+            self.tx.extend_from_slice(&crc.to_le_bytes());
         }
         if !answered {
             encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
         }
-        if let Some(buf) = s.capsule.buf.take() {
-            self.pool.borrow_mut().put(buf);
-        }
-        s.state = SlotState::Free;
-        self.free.push(slot);
     }
 
     /// Queue a C2HTermReq for `e` and stop reading; the caller drops the connection once it is sent.

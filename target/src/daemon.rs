@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use nvmfd_config::{Config, TransportKind};
 use nvmfd_transport::tcp::TcpParams;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,6 +94,7 @@ impl Daemon {
         }
         let inboxes: Vec<_> = reactors.iter().map(|r| r.inbox.clone()).collect();
         let astop = stop.clone();
+        let fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
         let acceptor = std::thread::Builder::new()
             .name("acceptor".into())
             .spawn(move || {
@@ -115,7 +117,9 @@ impl Daemon {
                         }
                     }
                     if !any {
-                        std::thread::sleep(Duration::from_millis(2));
+                        // Sleep in poll(2) until a host connects (or 100 ms pass, to see a
+                        // stop): no periodic wake-ups on the reactors' cores.
+                        crate::poll::wait_readable(&fds, Duration::from_millis(100));
                     }
                 }
             })?;

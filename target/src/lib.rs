@@ -4,5 +4,6 @@
 mod affinity;
 pub mod core;
 pub mod daemon;
+mod poll;
 pub mod reactor;
 pub mod signals;

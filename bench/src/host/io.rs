@@ -24,14 +24,7 @@ fn check_blocks(blocks: u32) -> Result<()> {
 }
 
 fn rw_sqe(op: u8, nsid: u32, lba: u64, blocks: u32) -> Sqe {
-    Sqe {
-        opcode: op,
-        nsid,
-        cdw10: lba as u32,
-        cdw11: (lba >> 32) as u32,
-        cdw12: blocks.wrapping_sub(1) & 0xffff,
-        ..Default::default()
-    }
+    Sqe::lba_command(op, nsid, lba, blocks)
 }
 
 /// A Read command for `blocks` blocks at `lba` (data pointer left for the host to fill).

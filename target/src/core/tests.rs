@@ -142,13 +142,8 @@ fn identify(qp: &mut QueuePair, cns: u8, nsid: u32) -> (Status, Vec<u8>) {
 
 fn io_sqe(op: u8, nsid: u32, lba: u64, blocks: u32) -> Sqe {
     Sqe {
-        opcode: op,
-        nsid,
-        cdw10: lba as u32,
-        cdw11: (lba >> 32) as u32,
-        cdw12: blocks - 1,
         flags: 0x40,
-        ..Default::default()
+        ..Sqe::lba_command(op, nsid, lba, blocks)
     }
 }
 

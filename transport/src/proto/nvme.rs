@@ -67,6 +67,19 @@ impl Sqe {
         b
     }
 
+    /// A Read, Write or Write Zeroes style command: `blocks` (1..=65536) blocks at `slba`. The
+    /// data pointer is left for the sender to fill in.
+    pub fn lba_command(opcode: u8, nsid: u32, slba: u64, blocks: u32) -> Sqe {
+        Sqe {
+            opcode,
+            nsid,
+            cdw10: slba as u32,
+            cdw11: (slba >> 32) as u32,
+            cdw12: blocks.wrapping_sub(1) & 0xffff,
+            ..Default::default()
+        }
+    }
+
     /// PSDT: 0 = PRPs, 1 or 2 = SGLs (fabrics always use SGLs).
     pub fn psdt(&self) -> u8 {
         self.flags >> 6

@@ -1,6 +1,6 @@
 mod common;
 
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 
 use common::*;
 use nvmfd_bdev::{Bdev, Io, IoBuf, IoError, Malloc, Op};
@@ -77,35 +77,8 @@ fn write_zeroes_and_deallocate_read_zeroes() {
 
 #[test]
 fn two_channels_on_two_threads_share_data() {
-    let bs = 4096u32;
-    let m = Arc::new(Malloc::new("shared", 64 << 20, bs).expect("malloc"));
-    let barrier = Arc::new(Barrier::new(2));
-    let threads: Vec<_> = (0..2u64)
-        .map(|me| {
-            let m = Arc::clone(&m);
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                let mut ch = m.channel().expect("channel");
-                // Thread 0 writes even LBAs, thread 1 odd ones.
-                for i in 0..64u64 {
-                    let lba = i * 2 + me;
-                    write(&mut *ch, lba, &pattern(lba, 1, bs, me as u8), bs).expect("write");
-                }
-                barrier.wait();
-                let other = 1 - me;
-                for i in 0..64u64 {
-                    let lba = i * 2 + other;
-                    assert!(
-                        read(&mut *ch, lba, 1, bs) == pattern(lba, 1, bs, other as u8),
-                        "thread {me} does not see lba {lba} written by thread {other}"
-                    );
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("thread");
-    }
+    let m = Arc::new(Malloc::new("shared", 64 << 20, 4096).expect("malloc"));
+    check_two_threads_share(m, 4096);
 }
 
 #[test]

@@ -2,7 +2,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{Arc, Barrier};
+use std::sync::Arc;
 
 use common::*;
 use nvmfd_bdev::{Bdev, Io, IoBuf, IoError, Op, Uring};
@@ -294,32 +294,9 @@ fn dropping_a_channel_waits_for_its_io() {
 
 #[test]
 fn two_channels_on_two_threads_share_data() {
-    let bs = 4096u32;
     let f = TempFile::new("mt", 4 << 20);
     let u = Arc::new(Uring::open("u", &f.0, None).expect("open"));
-    let barrier = Arc::new(Barrier::new(2));
-    let threads: Vec<_> = (0..2u64)
-        .map(|me| {
-            let u = Arc::clone(&u);
-            let barrier = Arc::clone(&barrier);
-            std::thread::spawn(move || {
-                let mut ch = u.channel().expect("channel");
-                for i in 0..64u64 {
-                    let lba = i * 2 + me;
-                    write(&mut *ch, lba, &pattern(lba, 1, bs, me as u8), bs).expect("write");
-                }
-                barrier.wait();
-                let other = 1 - me;
-                for i in 0..64u64 {
-                    let lba = i * 2 + other;
-                    assert!(read(&mut *ch, lba, 1, bs) == pattern(lba, 1, bs, other as u8));
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("thread");
-    }
+    check_two_threads_share(u, 4096);
 }
 
 /// Runs on a real block device only when `NVMFD_TEST_BLOCK_DEVICE` names one (its contents are

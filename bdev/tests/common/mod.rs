@@ -218,3 +218,35 @@ impl Drop for TempFile {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// Two threads, each with its own channel on `bdev`: each writes every other LBA, then reads
+/// what the other wrote (the channels of one device see each other's completed writes).
+pub fn check_two_threads_share(bdev: std::sync::Arc<dyn nvmfd_bdev::Bdev>, bs: u32) {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let threads: Vec<_> = (0..2u64)
+        .map(|me| {
+            let bdev = std::sync::Arc::clone(&bdev);
+            let barrier = std::sync::Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut ch = bdev.channel().expect("channel");
+                // Thread 0 writes even LBAs, thread 1 odd ones.
+                for i in 0..64u64 {
+                    let lba = i * 2 + me;
+                    write(&mut *ch, lba, &pattern(lba, 1, bs, me as u8), bs).expect("write");
+                }
+                barrier.wait();
+                let other = 1 - me;
+                for i in 0..64u64 {
+                    let lba = i * 2 + other;
+                    assert!(
+                        read(&mut *ch, lba, 1, bs) == pattern(lba, 1, bs, other as u8),
+                        "thread {me} does not see lba {lba} written by thread {other}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("thread");
+    }
+}

@@ -9,6 +9,7 @@ use nvmfd_transport::proto::fabrics::{
     decode_discovery_header, DiscoveryLogEntry, PropertyCommand, DISCOVERY_NQN,
 };
 use nvmfd_transport::proto::get_str;
+use nvmfd_transport::proto::le;
 use nvmfd_transport::proto::nvme::{cns, log_page, opcode, property, Cqe, Sqe};
 use nvmfd_transport::proto::tcp::{Digests, IcResp};
 
@@ -560,38 +561,26 @@ pub struct ControllerInfo {
     pub msdbd: u8,
 }
 
-fn le16(b: &[u8], o: usize) -> u16 {
-    u16::from_le_bytes([b[o], b[o + 1]])
-}
-
-fn le32(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn le64(b: &[u8], o: usize) -> u64 {
-    le32(b, o) as u64 | ((le32(b, o + 4) as u64) << 32)
-}
-
 impl ControllerInfo {
     pub fn parse(b: &[u8; 4096]) -> Self {
         ControllerInfo {
-            vid: le16(b, 0),
-            ssvid: le16(b, 2),
+            vid: le::u16(b, 0),
+            ssvid: le::u16(b, 2),
             serial: get_str(&b[4..24]),
             model: get_str(&b[24..64]),
             firmware: get_str(&b[64..72]),
             mdts: b[77],
-            cntlid: le16(b, 78),
-            version: le32(b, 80),
+            cntlid: le::u16(b, 78),
+            version: le::u32(b, 80),
             cntrltype: b[111],
-            kas: le16(b, 320),
-            maxcmd: le16(b, 514),
-            nn: le32(b, 516),
-            sgls: le32(b, 536),
+            kas: le::u16(b, 320),
+            maxcmd: le::u16(b, 514),
+            nn: le::u32(b, 516),
+            sgls: le::u32(b, 536),
             subnqn: get_str(&b[768..1024]),
-            ioccsz: le32(b, 1792),
-            iorcsz: le32(b, 1796),
-            icdoff: le16(b, 1800),
+            ioccsz: le::u32(b, 1792),
+            iorcsz: le::u32(b, 1796),
+            icdoff: le::u16(b, 1800),
             fcatt: b[1802],
             msdbd: b[1803],
         }
@@ -632,9 +621,9 @@ impl NamespaceInfo {
         let mut eui64 = [0u8; 8];
         eui64.copy_from_slice(&b[120..128]);
         NamespaceInfo {
-            nsze: le64(b, 0),
-            ncap: le64(b, 8),
-            nuse: le64(b, 16),
+            nsze: le::u64(b, 0),
+            ncap: le::u64(b, 8),
+            nuse: le::u64(b, 16),
             nlbaf: b[25],
             flbas,
             block_size: if (9..32).contains(&lbads) {
@@ -642,7 +631,7 @@ impl NamespaceInfo {
             } else {
                 0
             },
-            metadata_size: le16(b, lbaf),
+            metadata_size: le::u16(b, lbaf),
             nguid,
             eui64,
         }

@@ -6,23 +6,13 @@ use super::controller::CtrlShared;
 use super::fabrics::{subsys_nqn, NVME_VERSION};
 use super::{SubsysRef, Target};
 use nvmfd_transport::proto::nvme::{cns, Sqe};
-use nvmfd_transport::proto::put_str;
 use nvmfd_transport::proto::status::Status;
+use nvmfd_transport::proto::{le, put_str};
 
 pub const SIZE: usize = 4096;
 
 /// Firmware revision reported in Identify and the firmware slot log.
 pub const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
-
-fn put16(b: &mut [u8], o: usize, v: u16) {
-    b[o..o + 2].copy_from_slice(&v.to_le_bytes());
-}
-fn put32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_le_bytes());
-}
-fn put64(b: &mut [u8], o: usize, v: u64) {
-    b[o..o + 8].copy_from_slice(&v.to_le_bytes());
-}
 
 /// A stable 16-byte identifier derived from a subsystem NQN and an NSID (so a namespace keeps its
 /// NGUID/UUID across restarts of the same config).
@@ -86,7 +76,7 @@ pub fn identify(
                 .take(SIZE / 4)
                 .enumerate()
             {
-                put32(out, i * 4, ns.nsid);
+                le::put_u32(out, i * 4, ns.nsid);
             }
             Ok(())
         }
@@ -127,10 +117,10 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     b[76] = if subsys.is_some() { 0x02 } else { 0 };
     // MDTS in units of the 4 KiB minimum page size, as a power of two.
     b[77] = (limits.max_io_size / 4096).trailing_zeros() as u8;
-    put16(b, 78, ctrl.cntlid);
-    put32(b, 80, NVME_VERSION);
+    le::put_u16(b, 78, ctrl.cntlid);
+    le::put_u32(b, 80, NVME_VERSION);
     // OAES bit 8: namespace attribute notices.
-    put32(b, 92, if subsys.is_some() { 1 << 8 } else { 0 });
+    le::put_u32(b, 92, if subsys.is_some() { 1 << 8 } else { 0 });
     // CNTRLTYPE: 1 I/O controller, 2 discovery controller.
     b[111] = if subsys.is_some() { 1 } else { 2 };
     b[258] = 3; // ACL: 4 aborts
@@ -138,38 +128,38 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     b[260] = 0x03; // FRMW: one slot, slot 1 read-only
     b[261] = 0x04; // LPA: extended data for Get Log Page
     b[262] = 0; // ELPE: one error log entry
-    put16(b, 266, 343); // WCTEMP 70 °C
-    put16(b, 268, 358); // CCTEMP 85 °C
-    put16(b, 320, 10); // KAS: keep-alive granularity 10 * 100 ms
+    le::put_u16(b, 266, 343); // WCTEMP 70 °C
+    le::put_u16(b, 268, 358); // CCTEMP 85 °C
+    le::put_u16(b, 320, 10); // KAS: keep-alive granularity 10 * 100 ms
     b[512] = 0x66; // SQES: 64-byte entries
     b[513] = 0x44; // CQES: 16-byte entries
-    put16(b, 514, limits.max_queue_depth);
+    le::put_u16(b, 514, limits.max_queue_depth);
     if let Some(s) = subsys {
-        put32(b, 516, s.max_nsid());
-        put16(b, 520, 0x000c); // ONCS: Dataset Management, Write Zeroes
-                               // VWC: bit 0 cache present; bits 2:1 = 10b: Flush with NSID FFFFFFFFh not supported.
+        le::put_u32(b, 516, s.max_nsid());
+        le::put_u16(b, 520, 0x000c); // ONCS: Dataset Management, Write Zeroes
+                                     // VWC: bit 0 cache present; bits 2:1 = 10b: Flush with NSID FFFFFFFFh not supported.
         b[525] = 0x04 | s.volatile_cache() as u8;
     }
     // SGLS: SGLs supported (bits 1:0 = 01b), address field as offset (bit 20).
-    put32(b, 536, 0x0010_0001);
-    put32(b, 540, 0); // MNAN
+    le::put_u32(b, 536, 0x0010_0001);
+    le::put_u32(b, 540, 0); // MNAN
     put_str(&mut b[768..1024], subsys_nqn(target, ctrl.subsys), 0);
     // NVMe over Fabrics attributes.
-    put32(b, 1792, (64 + limits.in_capsule_data_size) / 16); // IOCCSZ
-    put32(b, 1796, 1); // IORCSZ: 16-byte responses
-    put16(b, 1800, 0); // ICDOFF
+    le::put_u32(b, 1792, (64 + limits.in_capsule_data_size) / 16); // IOCCSZ
+    le::put_u32(b, 1796, 1); // IORCSZ: 16-byte responses
+    le::put_u16(b, 1800, 0); // ICDOFF
     b[1802] = 0; // FCATT: dynamic controller model
     b[1803] = 1; // MSDBD: one SGL descriptor
-    put16(b, 1804, 1); // OFCS: Disconnect supported
-                       // Power state 0: 25 W max (centiwatts), entry/exit latency unreported.
-    put16(b, 2048, 2500);
+    le::put_u16(b, 1804, 1); // OFCS: Disconnect supported
+                             // Power state 0: 25 W max (centiwatts), entry/exit latency unreported.
+    le::put_u16(b, 2048, 2500);
 }
 
 fn namespace(ns: &super::Namespace, b: &mut [u8]) {
     let n = ns.info.num_blocks;
-    put64(b, 0, n); // NSZE
-    put64(b, 8, n); // NCAP
-    put64(b, 16, n); // NUSE
+    le::put_u64(b, 0, n); // NSZE
+    le::put_u64(b, 8, n); // NCAP
+    le::put_u64(b, 16, n); // NUSE
     b[25] = 0; // NLBAF: one format
     b[26] = 0; // FLBAS: format 0
                // DLFEAT: deallocated blocks read zero (001b) and Write Zeroes may deallocate (bit 3).

@@ -7,9 +7,9 @@ pub mod nvme;
 pub mod status;
 pub mod tcp;
 
-/// Little-endian field readers over byte slices; callers pass in-range offsets of fixed-size
-/// arrays, so these cannot fail.
-pub(crate) mod le {
+/// Little-endian field readers and writers over byte slices; callers pass in-range offsets of
+/// fixed-size arrays (they panic otherwise).
+pub mod le {
     pub fn u16(b: &[u8], o: usize) -> u16 {
         u16::from_le_bytes([b[o], b[o + 1]])
     }

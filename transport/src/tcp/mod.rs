@@ -479,15 +479,6 @@ impl<S: Read + Write> TcpConn<S> {
     pub fn complete(&mut self, slot: u16, resp: Response) {
         self.inner.complete(slot, resp);
     }
-
-    /// Commands handed out by [`Self::next_ready`] and not completed yet.
-    pub fn executing(&self) -> usize {
-        self.inner
-            .slots
-            .iter()
-            .filter(|s| s.state == SlotState::Executing)
-            .count()
-    }
 }
 
 impl<S> Drop for TcpConn<S> {

@@ -87,22 +87,38 @@ mod tests {
 /// allocates; memory follows the reactor's peak of commands in flight, not connections × queue
 /// depth. Transfers up to `small_size` bytes (most 4 KiB I/O and every admin command) take a
 /// small buffer, larger ones a large buffer. Owned by one reactor; not shared across threads.
+///
+/// Large buffers are capped: [`BufPool::try_get`] makes at most `large_limit` of them and then
+/// says no, so a reactor's memory has a ceiling however many hosts ask at once (the transport
+/// holds such commands until a buffer comes back). [`BufPool::get`] always succeeds; buffers it
+/// makes past the cap are freed when they come back.
 #[derive(Debug)]
 pub struct BufPool {
     small_size: usize,
     large_size: usize,
     small: Vec<IoBuf>,
     large: Vec<IoBuf>,
+    /// Large buffers alive now (free or lent), and the most that [`BufPool::try_get`] makes.
+    large_made: usize,
+    large_limit: usize,
     /// Buffers created because the free list was empty (after the preallocated ones).
     grown: u64,
 }
 
 impl BufPool {
-    /// A pool with `small` buffers of `small_size` and `large` buffers of `large_size` made now.
-    pub fn new(small_size: usize, small: usize, large_size: usize, large: usize) -> Self {
+    /// A pool with `small` buffers of `small_size` and `large` buffers of `large_size` made now,
+    /// and at most `large_limit` large buffers (at least one, and at least `large`).
+    pub fn new(
+        small_size: usize,
+        small: usize,
+        large_size: usize,
+        large: usize,
+        large_limit: usize,
+    ) -> Self {
         let large_size = large_size.max(small_size);
+        let large_limit = large_limit.max(large).max(1);
         let mut s = Vec::with_capacity(small * 2);
-        let mut l = Vec::with_capacity(large * 2);
+        let mut l = Vec::with_capacity(large_limit);
         s.extend((0..small).map(|_| IoBuf::new(small_size)));
         l.extend((0..large).map(|_| IoBuf::new(large_size)));
         BufPool {
@@ -110,29 +126,56 @@ impl BufPool {
             large_size,
             small: s,
             large: l,
+            large_made: large,
+            large_limit,
             grown: 0,
         }
     }
 
-    /// A buffer of at least `len` bytes (`len` at most the large size).
-    pub fn get(&mut self, len: usize) -> IoBuf {
-        let (list, size) = if len <= self.small_size {
-            (&mut self.small, self.small_size)
-        } else {
-            (&mut self.large, self.large_size)
-        };
-        list.pop().unwrap_or_else(|| {
-            self.grown += 1;
-            IoBuf::new(size)
-        })
+    /// Whether a transfer of `len` bytes takes a small buffer (those are never refused).
+    pub fn is_small(&self, len: usize) -> bool {
+        len <= self.small_size
     }
 
-    /// Give a buffer back (buffers of other sizes are dropped).
+    /// A buffer of at least `len` bytes (`len` at most the large size), or None when it needs a
+    /// large one and all `large_limit` are lent.
+    pub fn try_get(&mut self, len: usize) -> Option<IoBuf> {
+        if self.is_small(len) {
+            return Some(self.small.pop().unwrap_or_else(|| {
+                self.grown += 1;
+                IoBuf::new(self.small_size)
+            }));
+        }
+        if let Some(b) = self.large.pop() {
+            return Some(b);
+        }
+        (self.large_made < self.large_limit).then(|| self.make_large())
+    }
+
+    /// A buffer of at least `len` bytes, past the cap if need be.
+    pub fn get(&mut self, len: usize) -> IoBuf {
+        match self.try_get(len) {
+            Some(b) => b,
+            None => self.make_large(),
+        }
+    }
+
+    fn make_large(&mut self) -> IoBuf {
+        self.grown += 1;
+        self.large_made += 1;
+        IoBuf::new(self.large_size)
+    }
+
+    /// Give a buffer back (buffers of other sizes, and large ones past the cap, are dropped).
     pub fn put(&mut self, buf: IoBuf) {
         if buf.capacity() == self.small_size {
             self.small.push(buf);
         } else if buf.capacity() == self.large_size {
-            self.large.push(buf);
+            if self.large_made > self.large_limit {
+                self.large_made -= 1;
+            } else {
+                self.large.push(buf);
+            }
         }
     }
 
@@ -144,6 +187,11 @@ impl BufPool {
     pub fn large_size(&self) -> usize {
         self.large_size
     }
+
+    /// Large buffers alive now (free or lent).
+    pub fn large_made(&self) -> usize {
+        self.large_made
+    }
 }
 
 #[cfg(test)]
@@ -152,7 +200,7 @@ mod pool_tests {
 
     #[test]
     fn recycles_by_size_and_grows_when_empty() {
-        let mut p = BufPool::new(8192, 1, 131072, 1);
+        let mut p = BufPool::new(8192, 1, 131072, 1, 8);
         let a = p.get(4096);
         assert_eq!(a.capacity(), 8192);
         let b = p.get(8193);
@@ -167,5 +215,28 @@ mod pool_tests {
         assert_eq!(p.grown(), 1, "recycled buffers are reused");
         p.put(IoBuf::new(4096 * 3));
         assert_eq!(p.small.len() + p.large.len(), 0, "odd sizes are not kept");
+    }
+
+    #[test]
+    fn large_buffers_are_capped() {
+        let mut p = BufPool::new(8192, 0, 131072, 0, 2);
+        let a = p.try_get(65536).expect("first");
+        let b = p.try_get(65536).expect("second");
+        assert!(p.try_get(65536).is_none(), "third large buffer refused");
+        assert!(p.try_get(4096).is_some(), "small buffers are never refused");
+        let c = p.get(65536);
+        assert_eq!(p.large_made(), 3, "get goes past the cap");
+        p.put(c);
+        assert_eq!(
+            p.large_made(),
+            2,
+            "a buffer past the cap is freed on return"
+        );
+        assert!(p.try_get(65536).is_none());
+        p.put(a);
+        let a = p.try_get(65536).expect("a returned buffer is lent again");
+        p.put(a);
+        p.put(b);
+        assert_eq!(p.large_made(), 2);
     }
 }

@@ -171,6 +171,11 @@ pub struct TcpTransport {
     /// the host disabled SQ flow control, which stock Linux and SPDK hosts do not; both hosts
     /// accept it anyway.
     pub c2h_success: bool,
+    /// Memory per reactor for the data buffers of transfers larger than 8 KiB (reads and
+    /// R2T writes up to `max_io_size`). Commands that find it all lent wait in their queue
+    /// until a buffer comes back, so a reactor's memory stays bounded however many hosts and
+    /// queues are connected. Default 64 MiB; at least `max_io_size`.
+    pub buffer_pool_size: u64,
 }
 
 impl Default for TcpTransport {
@@ -183,6 +188,7 @@ impl Default for TcpTransport {
             header_digest: DigestMode::Allowed,
             data_digest: DigestMode::Allowed,
             c2h_success: false,
+            buffer_pool_size: 64 * 1024 * 1024,
         }
     }
 }

@@ -64,6 +64,7 @@ pub(crate) struct RawTcp {
     pub header_digest: Option<RawDigest>,
     pub data_digest: Option<RawDigest>,
     pub c2h_success: Option<bool>,
+    pub buffer_pool_size: Option<Size>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]

@@ -345,6 +345,21 @@ impl Validator<'_> {
             1024,
         );
         let max_io_queues = ranged("max_io_queues", t.max_io_queues, d.max_io_queues, 1, 1024);
+        let bps_path = p.key("buffer_pool_size");
+        let buffer_pool_size = t.buffer_pool_size.map_or(d.buffer_pool_size, |s| s.0);
+        if max_io_ok && buffer_pool_size < max_io {
+            let note = self.default_note(&bps_path);
+            let mio_note = self.default_note(&mio_path);
+            self.report(
+                &bps_path,
+                At::Value,
+                format!(
+                    "buffer_pool_size ({}{note}) must hold at least one max_io_size buffer ({}{mio_note})",
+                    fmt_size(buffer_pool_size),
+                    fmt_size(max_io)
+                ),
+            );
+        }
         TcpTransport {
             in_capsule_data_size: u32::try_from(icd).unwrap_or(d.in_capsule_data_size),
             max_io_size: u32::try_from(max_io).unwrap_or(d.max_io_size),
@@ -353,6 +368,7 @@ impl Validator<'_> {
             header_digest: digest(t.header_digest),
             data_digest: digest(t.data_digest),
             c2h_success: t.c2h_success.unwrap_or(d.c2h_success),
+            buffer_pool_size,
         }
     }
 

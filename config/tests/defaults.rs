@@ -40,6 +40,7 @@ fn tcp_defaults() {
     assert_eq!(t.max_io_queues, 16);
     assert_eq!(t.header_digest, DigestMode::Allowed);
     assert_eq!(t.data_digest, DigestMode::Allowed);
+    assert_eq!(t.buffer_pool_size, 64 * 1024 * 1024);
     assert_eq!(t, TcpTransport::default());
 }
 

@@ -464,6 +464,13 @@ fn tcp_rules() {
     );
     assert!(shown.starts_with("t.yaml:3:5: transports.tcp.in_capsule_data_size:"));
     err1(
+        &tcp("buffer_pool_size: 64KiB"),
+        3,
+        23,
+        &format!("{p}.buffer_pool_size"),
+        "buffer_pool_size (64KiB) must hold at least one max_io_size buffer (128KiB, the default)",
+    );
+    err1(
         &tcp("max_queue_depth: 1"),
         3,
         22,

@@ -84,6 +84,7 @@ impl Daemon {
                 core,
                 idle_sleep,
                 tcp: params,
+                buffer_pool_size: tcp.buffer_pool_size,
             };
             reactors.push(reactor::spawn(
                 rc,

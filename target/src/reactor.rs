@@ -29,7 +29,7 @@ const HOT_POLLS: u32 = 20_000;
 const COLD_EVERY: u32 = 64;
 /// Data buffers: commands moving up to SMALL_BUF bytes take a small one, others a max_io_size
 /// one. This many of each are made at start; more are made (once) if a reactor's peak of
-/// commands in flight needs them.
+/// commands in flight needs them, large ones up to `buffer_pool_size`.
 const SMALL_BUF: usize = 8192;
 const PREALLOC_SMALL: usize = 512;
 const PREALLOC_LARGE: usize = 64;
@@ -81,6 +81,8 @@ pub struct ReactorConfig {
     pub core: usize,
     pub idle_sleep: Option<Duration>,
     pub tcp: TcpParams,
+    /// Bytes of large data buffers this reactor may hold (`transports.tcp.buffer_pool_size`).
+    pub buffer_pool_size: u64,
 }
 
 /// Start a reactor thread pinned to `cfg.core`. It opens its own channel to every bdev.
@@ -103,7 +105,14 @@ pub fn spawn(
             }
         };
         let large = (cfg.tcp.max_io_size as usize).max(SMALL_BUF);
-        let pool = BufPool::new(SMALL_BUF, PREALLOC_SMALL, large, PREALLOC_LARGE);
+        let large_limit = usize::try_from(cfg.buffer_pool_size / large as u64).unwrap_or(usize::MAX);
+        let pool = BufPool::new(
+            SMALL_BUF,
+            PREALLOC_SMALL,
+            large,
+            PREALLOC_LARGE.min(large_limit),
+            large_limit,
+        );
         info!(reactor = cfg.id, core = cfg.core, "reactor running");
         let mut r = Reactor {
             cfg,
@@ -315,7 +324,7 @@ impl Reactor {
         let Some(c) = self.conns[idx].as_mut() else {
             return false;
         };
-        if c.idle_polls > HOT_POLLS && !cold_turn {
+        if c.idle_polls > HOT_POLLS && !cold_turn && !c.tcp.awaiting_buffers() {
             return false;
         }
         let mut work = match c.tcp.poll_recv() {

@@ -610,3 +610,49 @@ fn shutdown_closes_connections_cleanly() {
         "listener closed"
     );
 }
+
+#[test]
+fn a_small_buffer_pool_makes_commands_wait_not_fail() {
+    // Two 128 KiB buffers for the whole reactor; two queues each keep 16 large writes, then 16
+    // large reads, in flight at once (one thread per queue, as a real host's queues are
+    // independent). Everything completes and reads back what was written.
+    let (d, addr) = start(", buffer_pool_size: 256KiB");
+    let mut c = Host::connect_admin(addr, &opts(NQN)).unwrap();
+    let queues = [c.connect_io(1, 32).unwrap(), c.connect_io(2, 32).unwrap()];
+    std::thread::scope(|s| {
+        for (qi, mut q) in queues.into_iter().enumerate() {
+            s.spawn(move || {
+                let lba = |i: u64| qi as u64 * 4096 + i * 32;
+                for round in 0..3u64 {
+                    for i in 0..16u64 {
+                        q.submit(
+                            write_sqe(1, lba(i), 16),
+                            Some(&pattern(lba(i) + round, 16 * BS)),
+                            0,
+                        )
+                        .unwrap();
+                    }
+                    let done = q.poll_completions(16).unwrap();
+                    assert!(done.iter().all(|c| c.status() == Status::SUCCESS));
+                    let mut cid_lba = Vec::new();
+                    for i in 0..16u64 {
+                        cid_lba
+                            .push((q.submit(read_sqe(1, lba(i), 32), None, 32 * BS).unwrap(), i));
+                    }
+                    let reads = q.poll_completions(16).unwrap();
+                    assert_eq!(reads.len(), 16);
+                    for r in reads {
+                        assert_eq!(r.status(), Status::SUCCESS);
+                        let i = cid_lba.iter().find(|(cid, _)| *cid == r.cid).unwrap().1;
+                        assert!(
+                            r.data[..16 * BS] == pattern(lba(i) + round, 16 * BS)[..],
+                            "queue {qi} round {round}: read of LBA {} differs",
+                            lba(i)
+                        );
+                    }
+                }
+            });
+        }
+    });
+    d.shutdown();
+}

@@ -69,6 +69,8 @@ pub enum ConnError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     Free,
+    /// Accepted, waiting for a large data buffer (all of the reactor's are lent).
+    AwaitingBuffer,
     /// Waiting for H2CData after an R2T.
     AwaitingData,
     /// Data complete: waiting to be handed to the core.
@@ -139,6 +141,8 @@ struct Inner {
     slots: Vec<Slot>,
     free: Vec<u16>,
     ready: VecDeque<u16>,
+    /// Commands waiting for a large buffer, oldest first.
+    waiting: VecDeque<u16>,
     /// Bytes to send; `tx[tx_off..tx_marked]` is covered by `segs`, the rest not yet.
     tx: Vec<u8>,
     tx_off: usize,
@@ -206,6 +210,7 @@ impl<S: Read + Write> TcpConn<S> {
                 slots,
                 free: (0..nslots as u16).rev().collect(),
                 ready: VecDeque::with_capacity(nslots),
+                waiting: VecDeque::with_capacity(nslots),
                 tx: Vec::with_capacity(64 * 1024),
                 tx_off: 0,
                 tx_marked: 0,
@@ -231,7 +236,8 @@ impl<S: Read + Write> TcpConn<S> {
         if self.inner.phase == Phase::Terminating {
             return Ok(false);
         }
-        let mut progress = false;
+        // Commands held for want of a buffer go first: buffers may have come back since.
+        let mut progress = self.inner.serve_waiting();
         self.drained = false;
         loop {
             // A large H2CData payload goes from the socket straight into its command's buffer.
@@ -458,6 +464,11 @@ impl<S: Read + Write> TcpConn<S> {
         Ok(progress)
     }
 
+    /// Whether commands are waiting for a data buffer (the reactor keeps polling this connection).
+    pub fn awaiting_buffers(&self) -> bool {
+        !self.inner.waiting.is_empty()
+    }
+
     /// Whether anything queued is not yet written.
     pub fn has_unsent(&self) -> bool {
         !self.inner.segs.is_empty() || self.inner.tx.len() > self.inner.tx_marked
@@ -638,20 +649,10 @@ impl Inner {
         let max_io = self.params.max_io_size;
         let dir = sqe.data_direction();
         let sgl = sqe.dptr;
-        // The buffer comes from the reactor's pool and goes back when the command completes.
-        let need = if data.is_empty() {
-            sgl.length as usize
-        } else {
-            data.len()
-        };
-        let buf = self
-            .pool
-            .borrow_mut()
-            .get(need.min(max_io.max(ADMIN_IN_CAPSULE) as usize));
         let s = &mut self.slots[slot as usize];
         s.capsule.sqe = sqe;
         s.capsule.data_len = 0;
-        s.capsule.buf = Some(buf);
+        s.capsule.buf = None;
         s.received = 0;
         s.digest_failed = !digest_ok;
         let reject = |this: &mut Inner, status: Status| {
@@ -673,44 +674,87 @@ impl Inner {
             if sgl.length as usize != data.len() || dir != Direction::HostToController {
                 return reject(self, Status::DATA_SGL_LENGTH_INVALID);
             }
+            // The data is here already, so it gets a buffer even past the pool's cap (a command
+            // slot bounds how many can).
+            let mut buf = self.pool.borrow_mut().get(data.len());
+            buf.as_mut_slice()[..data.len()].copy_from_slice(data);
             let s = &mut self.slots[slot as usize];
-            if let Some(buf) = s.capsule.buf.as_mut() {
-                buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-            }
+            s.capsule.buf = Some(buf);
             s.capsule.data_len = data.len() as u32;
             return self.make_ready(slot);
         }
         match dir {
-            Direction::None => self.make_ready(slot),
-            Direction::Bidirectional => reject(self, Status::INVALID_OPCODE),
-            _ if sgl.length == 0 => self.make_ready(slot),
+            Direction::Bidirectional => return reject(self, Status::INVALID_OPCODE),
+            Direction::None => {}
+            _ if sgl.length == 0 => {}
             _ if sgl.length > max_io.max(ADMIN_IN_CAPSULE) => {
-                reject(self, Status::DATA_SGL_LENGTH_INVALID)
+                return reject(self, Status::DATA_SGL_LENGTH_INVALID)
             }
-            Direction::ControllerToHost => {
-                if sgl.sgl_type() != SglDescriptor::TRANSPORT_DATA_BLOCK {
-                    return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID);
-                }
-                self.slots[slot as usize].capsule.data_len = sgl.length;
-                self.make_ready(slot)
+            _ if sgl.sgl_type() != SglDescriptor::TRANSPORT_DATA_BLOCK => {
+                return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID)
             }
-            Direction::HostToController => {
-                if sgl.sgl_type() != SglDescriptor::TRANSPORT_DATA_BLOCK {
-                    return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID);
-                }
-                let s = &mut self.slots[slot as usize];
-                s.capsule.data_len = sgl.length;
-                s.state = SlotState::AwaitingData;
-                R2t {
-                    cccid: sqe.cid,
-                    ttag: slot,
-                    offset: 0,
-                    length: sgl.length,
-                }
-                .encode(&mut self.tx, self.digests);
+            _ => self.slots[slot as usize].capsule.data_len = sgl.length,
+        }
+        // The buffer comes from the reactor's pool and goes back when the command completes.
+        // A command needing a large one waits, in order, while all are lent; its R2T (for a
+        // write) is sent only once it has one, so H2CData in the stream always has a buffer
+        // to land in and reading the stream never stalls.
+        let need = self.slots[slot as usize].capsule.data_len as usize;
+        let buf = {
+            let mut pool = self.pool.borrow_mut();
+            if self.waiting.is_empty() || pool.is_small(need) {
+                pool.try_get(need)
+            } else {
+                None
+            }
+        };
+        let s = &mut self.slots[slot as usize];
+        match buf {
+            Some(b) => {
+                s.capsule.buf = Some(b);
+                self.start(slot)
+            }
+            None => {
+                s.state = SlotState::AwaitingBuffer;
+                self.waiting.push_back(slot);
                 Ok(())
             }
         }
+    }
+
+    /// Give buffers to waiting commands while the pool has them. Returns whether any started.
+    fn serve_waiting(&mut self) -> bool {
+        let mut progress = false;
+        while let Some(&slot) = self.waiting.front() {
+            let need = self.slots[slot as usize].capsule.data_len as usize;
+            let Some(buf) = self.pool.borrow_mut().try_get(need) else {
+                break;
+            };
+            self.waiting.pop_front();
+            self.slots[slot as usize].capsule.buf = Some(buf);
+            // Cannot fail: start only makes ready or queues an R2T.
+            let _ = self.start(slot);
+            progress = true;
+        }
+        progress
+    }
+
+    /// A command with its buffer: ready to execute, or (a write) waiting for data after an R2T.
+    fn start(&mut self, slot: u16) -> Result<(), ConnError> {
+        let s = &mut self.slots[slot as usize];
+        let sqe = s.capsule.sqe;
+        if sqe.data_direction() != Direction::HostToController || s.capsule.data_len == 0 {
+            return self.make_ready(slot);
+        }
+        s.state = SlotState::AwaitingData;
+        R2t {
+            cccid: sqe.cid,
+            ttag: slot,
+            offset: 0,
+            length: s.capsule.data_len,
+        }
+        .encode(&mut self.tx, self.digests);
+        Ok(())
     }
 
     /// Check an H2CData header against the transfer its tag names.
@@ -872,3 +916,6 @@ fn error_response(sqe: &crate::proto::nvme::Sqe, status: Status) -> Response {
         data_len: 0,
     }
 }
+
+#[cfg(test)]
+mod tests;

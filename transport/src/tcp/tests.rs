@@ -1,0 +1,188 @@
+//! Connection-level tests over an in-memory stream (the daemon's tests in target/tests drive the
+//! same code over real sockets; here the test controls exactly when buffers come back).
+
+use super::*;
+use crate::proto::nvme::{opcode, Sqe};
+use crate::proto::tcp::{encode_capsule_cmd, pdu_type, IcReq};
+
+/// Bytes the "host" wrote, read by the connection; and what the connection wrote.
+#[derive(Default)]
+struct MemStream {
+    input: VecDeque<u8>,
+    output: Vec<u8>,
+}
+
+impl Read for MemStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.input.is_empty() {
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let n = buf.len().min(self.input.len());
+        for (d, s) in buf.iter_mut().zip(self.input.drain(..n)) {
+            *d = s;
+        }
+        Ok(n)
+    }
+}
+
+impl Write for MemStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+const LARGE: usize = 128 * 1024;
+
+/// A connected connection whose reactor pool holds at most `large_limit` 128 KiB buffers.
+fn conn(large_limit: usize) -> (TcpConn<MemStream>, Rc<RefCell<BufPool>>) {
+    let params = TcpParams {
+        in_capsule_data_size: 8192,
+        max_io_size: LARGE as u32,
+        max_queue_depth: 32,
+        header_digest: DigestMode::Allowed,
+        data_digest: DigestMode::Allowed,
+        c2h_success: false,
+    };
+    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, large_limit)));
+    let mut c = TcpConn::new(MemStream::default(), params, pool.clone());
+    let mut ic = Vec::new();
+    IcReq {
+        pfv: 0,
+        hpda: 0,
+        digests: Digests::default(),
+        maxr2t: 0,
+    }
+    .encode(&mut ic);
+    c.stream.input.extend(ic);
+    c.poll_recv().unwrap();
+    c.poll_send().unwrap();
+    assert_eq!(c.stream.output[0], pdu_type::IC_RESP);
+    c.stream.output.clear();
+    (c, pool)
+}
+
+fn send_cmd(c: &mut TcpConn<MemStream>, op: u8, cid: u16, len: u32) {
+    let mut sqe = Sqe::lba_command(op, 1, u64::from(cid) * 64, len / 4096);
+    sqe.cid = cid;
+    sqe.flags = 0x40;
+    sqe.dptr = SglDescriptor::transport(len);
+    let mut b = Vec::new();
+    encode_capsule_cmd(&mut b, &sqe, None, Digests::default(), 4);
+    c.stream.input.extend(b);
+}
+
+/// Types of the PDUs the connection wrote since the last call.
+fn sent_types(c: &mut TcpConn<MemStream>) -> Vec<u8> {
+    c.poll_send().unwrap();
+    let out = std::mem::take(&mut c.stream.output);
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at < out.len() {
+        types.push(out[at]);
+        at += crate::proto::le::u32(&out, at + 4) as usize;
+    }
+    types
+}
+
+fn ok(cid: u16, data_len: u32) -> Response {
+    Response {
+        cqe: Cqe {
+            cid,
+            ..Default::default()
+        },
+        data_len,
+    }
+}
+
+#[test]
+fn reads_wait_for_a_large_buffer_when_the_pool_is_lent_out() {
+    let (mut c, pool) = conn(1);
+    for cid in 0..3 {
+        send_cmd(&mut c, opcode::NVM_READ, cid, LARGE as u32);
+    }
+    c.poll_recv().unwrap();
+    let first = c.next_ready().expect("the first read has the only buffer");
+    assert!(c.next_ready().is_none(), "the others wait for it");
+    assert!(c.awaiting_buffers());
+    assert_eq!(pool.borrow().large_made(), 1);
+    // Small commands are not held up behind them.
+    send_cmd(&mut c, opcode::NVM_READ, 9, 4096);
+    c.poll_recv().unwrap();
+    let small = c.next_ready().expect("a 4 KiB read runs at once");
+    assert_eq!(c.capsule_mut(small).sqe.cid, 9);
+    c.complete(small, ok(9, 4096));
+
+    c.complete(first, ok(0, LARGE as u32));
+    assert_eq!(
+        sent_types(&mut c),
+        [0x07, 0x05, 0x07, 0x05],
+        "data and responses"
+    );
+    for cid in 1..3 {
+        c.poll_recv().unwrap();
+        let s = c
+            .next_ready()
+            .expect("the returned buffer goes to the next read");
+        assert_eq!(c.capsule_mut(s).sqe.cid, cid, "in arrival order");
+        assert!(c.next_ready().is_none());
+        c.complete(s, ok(cid, LARGE as u32));
+        c.poll_send().unwrap();
+    }
+    assert!(!c.awaiting_buffers());
+    assert_eq!(pool.borrow().large_made(), 1, "never more than the cap");
+}
+
+#[test]
+fn writes_get_their_r2t_only_once_they_have_a_buffer() {
+    let (mut c, pool) = conn(2);
+    for cid in 0..3 {
+        send_cmd(&mut c, opcode::NVM_WRITE, cid, LARGE as u32);
+    }
+    c.poll_recv().unwrap();
+    assert_eq!(sent_types(&mut c), [0x09, 0x09], "two R2Ts for two buffers");
+    assert!(c.awaiting_buffers());
+    // The host answers the first R2T; that write runs and completes, freeing its buffer.
+    let mut b = Vec::new();
+    DataHeader {
+        cccid: 0,
+        ttag: 31,
+        offset: 0,
+        length: LARGE as u32,
+    }
+    .encode(
+        &mut b,
+        false,
+        flags::DATA_LAST,
+        &vec![7u8; LARGE],
+        Digests::default(),
+        4,
+    );
+    // The transfer tag the target chose for command 0.
+    let tag = c
+        .inner
+        .slots
+        .iter()
+        .position(|s| s.state == SlotState::AwaitingData && s.capsule.sqe.cid == 0)
+        .unwrap() as u16;
+    b[10..12].copy_from_slice(&tag.to_le_bytes());
+    c.stream.input.extend(b);
+    c.poll_recv().unwrap();
+    let s = c.next_ready().expect("the write's data arrived");
+    assert!(c.capsule_mut(s).buf.as_ref().unwrap().as_slice()[..LARGE]
+        .iter()
+        .all(|&x| x == 7));
+    c.complete(s, ok(0, 0));
+    assert_eq!(sent_types(&mut c), [0x05]);
+    c.poll_recv().unwrap();
+    assert_eq!(
+        sent_types(&mut c),
+        [0x09],
+        "the third write now gets its R2T"
+    );
+    assert!(!c.awaiting_buffers());
+    assert_eq!(pool.borrow().large_made(), 2);
+}

@@ -3,6 +3,7 @@
 //! the crate that touches it through raw pointers.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::collections::VecDeque;
 use std::ptr::NonNull;
 
 /// Alignment of every buffer: enough for O_DIRECT on any logical block size up to 4 KiB and for
@@ -89,9 +90,11 @@ mod tests {
 /// small buffer, larger ones a large buffer. Owned by one reactor; not shared across threads.
 ///
 /// Large buffers are capped: [`BufPool::try_get`] makes at most `large_limit` of them and then
-/// says no, so a reactor's memory has a ceiling however many hosts ask at once (the transport
-/// holds such commands until a buffer comes back). [`BufPool::get`] always succeeds; buffers it
-/// makes past the cap are freed when they come back.
+/// says no, so a reactor's memory has a ceiling however many hosts ask at once. A command that
+/// was refused queues for a turn ([`BufPool::wait`]) and gets a buffer with
+/// [`BufPool::take_turn`] strictly in arrival order across all of the reactor's connections, so
+/// no connection starves while others keep the pool busy. [`BufPool::get`] always succeeds;
+/// buffers it makes past the cap are freed when they come back.
 #[derive(Debug)]
 pub struct BufPool {
     small_size: usize,
@@ -101,6 +104,9 @@ pub struct BufPool {
     /// Large buffers alive now (free or lent), and the most that [`BufPool::try_get`] makes.
     large_made: usize,
     large_limit: usize,
+    /// One entry per command waiting for a large buffer: its connection's waiter id.
+    waiters: VecDeque<u32>,
+    next_waiter: u32,
     /// Buffers created because the free list was empty (after the preallocated ones).
     grown: u64,
 }
@@ -128,6 +134,8 @@ impl BufPool {
             large: l,
             large_made: large,
             large_limit,
+            waiters: VecDeque::new(),
+            next_waiter: 0,
             grown: 0,
         }
     }
@@ -138,7 +146,7 @@ impl BufPool {
     }
 
     /// A buffer of at least `len` bytes (`len` at most the large size), or None when it needs a
-    /// large one and all `large_limit` are lent.
+    /// large one and all `large_limit` are lent or commands are queued for them.
     pub fn try_get(&mut self, len: usize) -> Option<IoBuf> {
         if self.is_small(len) {
             return Some(self.small.pop().unwrap_or_else(|| {
@@ -146,10 +154,44 @@ impl BufPool {
                 IoBuf::new(self.small_size)
             }));
         }
+        if !self.waiters.is_empty() {
+            return None;
+        }
+        self.free_large()
+    }
+
+    fn free_large(&mut self) -> Option<IoBuf> {
         if let Some(b) = self.large.pop() {
             return Some(b);
         }
         (self.large_made < self.large_limit).then(|| self.make_large())
+    }
+
+    /// An id for one connection's place in the queue for large buffers.
+    pub fn waiter_id(&mut self) -> u32 {
+        self.next_waiter = self.next_waiter.wrapping_add(1);
+        self.next_waiter
+    }
+
+    /// Queue one command of waiter `id` for a large buffer (after [`BufPool::try_get`] said no).
+    pub fn wait(&mut self, id: u32) {
+        self.waiters.push_back(id);
+    }
+
+    /// A large buffer for the oldest waiting command, if that is one of waiter `id`'s and a
+    /// buffer is free.
+    pub fn take_turn(&mut self, id: u32) -> Option<IoBuf> {
+        if self.waiters.front() != Some(&id) {
+            return None;
+        }
+        let b = self.free_large()?;
+        self.waiters.pop_front();
+        Some(b)
+    }
+
+    /// Waiter `id` is gone (its connection closed): drop its place in the queue.
+    pub fn forget(&mut self, id: u32) {
+        self.waiters.retain(|&w| w != id);
     }
 
     /// A buffer of at least `len` bytes, past the cap if need be.
@@ -238,5 +280,30 @@ mod pool_tests {
         p.put(a);
         p.put(b);
         assert_eq!(p.large_made(), 2);
+    }
+
+    #[test]
+    fn waiting_commands_are_served_in_arrival_order_across_waiters() {
+        let mut p = BufPool::new(8192, 0, 131072, 0, 1);
+        let (x, y) = (p.waiter_id(), p.waiter_id());
+        let held = p.try_get(65536).unwrap();
+        assert!(p.try_get(65536).is_none());
+        p.wait(x);
+        p.wait(y);
+        p.wait(x);
+        assert!(p.take_turn(x).is_none(), "nothing free yet");
+        p.put(held);
+        assert!(
+            p.try_get(65536).is_none(),
+            "a free buffer is kept for those queued"
+        );
+        assert!(p.take_turn(y).is_none(), "not y's turn");
+        let b = p.take_turn(x).expect("x was first");
+        p.put(b);
+        assert!(p.take_turn(x).is_none(), "y is next, not x again");
+        let b = p.take_turn(y).unwrap();
+        p.put(b);
+        p.forget(x);
+        assert!(p.try_get(65536).is_some(), "queue empty once x is gone");
     }
 }

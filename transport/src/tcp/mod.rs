@@ -141,8 +141,10 @@ struct Inner {
     slots: Vec<Slot>,
     free: Vec<u16>,
     ready: VecDeque<u16>,
-    /// Commands waiting for a large buffer, oldest first.
+    /// Commands waiting for a large buffer, oldest first, and this connection's place in the
+    /// reactor-wide queue for them.
     waiting: VecDeque<u16>,
+    waiter_id: u32,
     /// Bytes to send; `tx[tx_off..tx_marked]` is covered by `segs`, the rest not yet.
     tx: Vec<u8>,
     tx_off: usize,
@@ -196,6 +198,7 @@ impl<S: Read + Write> TcpConn<S> {
             })
             .collect();
         let rx_cap = params.max_io_size.max(params.max_in_capsule()) as usize + 64 * 1024;
+        let waiter_id = pool.borrow_mut().waiter_id();
         TcpConn {
             stream,
             rx: vec![0; rx_cap],
@@ -211,6 +214,7 @@ impl<S: Read + Write> TcpConn<S> {
                 free: (0..nslots as u16).rev().collect(),
                 ready: VecDeque::with_capacity(nslots),
                 waiting: VecDeque::with_capacity(nslots),
+                waiter_id,
                 tx: Vec::with_capacity(64 * 1024),
                 tx_off: 0,
                 tx_marked: 0,
@@ -497,6 +501,9 @@ impl<S> Drop for TcpConn<S> {
     /// block device holds come back through the reactor when the I/O completes).
     fn drop(&mut self) {
         let mut pool = self.inner.pool.borrow_mut();
+        if !self.inner.waiting.is_empty() {
+            pool.forget(self.inner.waiter_id);
+        }
         for s in &mut self.inner.slots {
             if let Some(b) = s.capsule.buf.take() {
                 pool.put(b);
@@ -696,18 +703,17 @@ impl Inner {
             _ => self.slots[slot as usize].capsule.data_len = sgl.length,
         }
         // The buffer comes from the reactor's pool and goes back when the command completes.
-        // A command needing a large one waits, in order, while all are lent; its R2T (for a
-        // write) is sent only once it has one, so H2CData in the stream always has a buffer
-        // to land in and reading the stream never stalls.
+        // A command needing a large one waits its turn while all are lent (in arrival order
+        // across the reactor's connections); its R2T (for a write) is sent only once it has
+        // one, so H2CData in the stream always has a buffer to land in and reading the stream
+        // never stalls.
         let need = self.slots[slot as usize].capsule.data_len as usize;
-        let buf = {
-            let mut pool = self.pool.borrow_mut();
-            if self.waiting.is_empty() || pool.is_small(need) {
-                pool.try_get(need)
-            } else {
-                None
-            }
-        };
+        let mut pool = self.pool.borrow_mut();
+        let buf = pool.try_get(need);
+        if buf.is_none() {
+            pool.wait(self.waiter_id);
+        }
+        drop(pool);
         let s = &mut self.slots[slot as usize];
         match buf {
             Some(b) => {
@@ -722,12 +728,12 @@ impl Inner {
         }
     }
 
-    /// Give buffers to waiting commands while the pool has them. Returns whether any started.
+    /// Give buffers to waiting commands while it is their turn and the pool has them. Returns
+    /// whether any started.
     fn serve_waiting(&mut self) -> bool {
         let mut progress = false;
         while let Some(&slot) = self.waiting.front() {
-            let need = self.slots[slot as usize].capsule.data_len as usize;
-            let Some(buf) = self.pool.borrow_mut().try_get(need) else {
+            let Some(buf) = self.pool.borrow_mut().take_turn(self.waiter_id) else {
                 break;
             };
             self.waiting.pop_front();

@@ -39,6 +39,12 @@ const LARGE: usize = 128 * 1024;
 
 /// A connected connection whose reactor pool holds at most `large_limit` 128 KiB buffers.
 fn conn(large_limit: usize) -> (TcpConn<MemStream>, Rc<RefCell<BufPool>>) {
+    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, large_limit)));
+    (conn_on(&pool), pool)
+}
+
+/// A connected connection drawing buffers from `pool`.
+fn conn_on(pool: &Rc<RefCell<BufPool>>) -> TcpConn<MemStream> {
     let params = TcpParams {
         in_capsule_data_size: 8192,
         max_io_size: LARGE as u32,
@@ -47,7 +53,6 @@ fn conn(large_limit: usize) -> (TcpConn<MemStream>, Rc<RefCell<BufPool>>) {
         data_digest: DigestMode::Allowed,
         c2h_success: false,
     };
-    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, large_limit)));
     let mut c = TcpConn::new(MemStream::default(), params, pool.clone());
     let mut ic = Vec::new();
     IcReq {
@@ -62,7 +67,7 @@ fn conn(large_limit: usize) -> (TcpConn<MemStream>, Rc<RefCell<BufPool>>) {
     c.poll_send().unwrap();
     assert_eq!(c.stream.output[0], pdu_type::IC_RESP);
     c.stream.output.clear();
-    (c, pool)
+    c
 }
 
 fn send_cmd(c: &mut TcpConn<MemStream>, op: u8, cid: u16, len: u32) {
@@ -185,4 +190,46 @@ fn writes_get_their_r2t_only_once_they_have_a_buffer() {
     );
     assert!(!c.awaiting_buffers());
     assert_eq!(pool.borrow().large_made(), 2);
+}
+
+#[test]
+fn connections_take_turns_for_large_buffers() {
+    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 1)));
+    let (mut a, mut b) = (conn_on(&pool), conn_on(&pool));
+    send_cmd(&mut a, opcode::NVM_READ, 0, LARGE as u32);
+    a.poll_recv().unwrap();
+    let a0 = a.next_ready().unwrap();
+    send_cmd(&mut b, opcode::NVM_READ, 0, LARGE as u32);
+    b.poll_recv().unwrap();
+    assert!(b.next_ready().is_none(), "b waits");
+    send_cmd(&mut a, opcode::NVM_READ, 1, LARGE as u32);
+    a.complete(a0, ok(0, LARGE as u32));
+    a.poll_send().unwrap();
+    // a is polled first and has a command waiting too, but b asked first.
+    a.poll_recv().unwrap();
+    assert!(
+        a.next_ready().is_none(),
+        "a's second read queues behind b's"
+    );
+    b.poll_recv().unwrap();
+    let b0 = b.next_ready().expect("b's turn");
+    b.complete(b0, ok(0, LARGE as u32));
+    b.poll_send().unwrap();
+    a.poll_recv().unwrap();
+    let a1 = a.next_ready().expect("then a's");
+    // A connection that closes while waiting gives up its place.
+    send_cmd(&mut b, opcode::NVM_READ, 1, LARGE as u32);
+    b.poll_recv().unwrap();
+    assert!(b.awaiting_buffers());
+    drop(b);
+    a.complete(a1, ok(1, LARGE as u32));
+    a.poll_send().unwrap();
+    assert!(
+        pool.borrow_mut().try_get(LARGE).is_some(),
+        "nobody queued any more"
+    );
+    let mut c = conn_on(&pool);
+    send_cmd(&mut c, opcode::NVM_WRITE, 0, 4096);
+    c.poll_recv().unwrap();
+    assert_eq!(sent_types(&mut c), [0x09], "small transfers never wait");
 }

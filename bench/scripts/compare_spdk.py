@@ -9,10 +9,15 @@ target gets one core (core 0, a RAM namespace); the same load generator, SPDK's
 spdk_nvme_perf, runs on core 1 against both over 127.0.0.1. Runs alternate A/B (nvmfd first on
 even runs, SPDK first on odd ones) so drift on this shared machine hits both alike; the table
 shows medians with [min-max] and the ratio nvmfd/SPDK (for latency lower is better).
+
+--second-view also drives both targets with this repository's own host, nvmfd-perf (one
+thread, blocking socket: it saturates near 250K IOPS, so at QD32 it measures itself more than
+the target; its QD1 latency is a second, independent view) and prints a second table.
 """
 
 import argparse
 import datetime
+import json
 import os
 import re
 import shutil
@@ -31,12 +36,12 @@ HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:5d6a1e0c-7a4e-4e2f-9a1b-0c0ffee0be1c"
 NVMFD_PORT, SPDK_PORT = 4440, 4441
 RAM_MIB = 256
 
-# name, spdk_nvme_perf arguments, metrics reported
+# name, workload, I/O size, queue depth, metrics reported
 WORKLOADS = [
-    ("4K randread QD32", ["-q", "32", "-o", "4096", "-w", "randread"], ["iops"]),
-    ("4K randwrite QD32", ["-q", "32", "-o", "4096", "-w", "randwrite"], ["iops"]),
-    ("128K seq write QD8", ["-q", "8", "-o", "131072", "-w", "write"], ["mibs"]),
-    ("4K randread QD1", ["-q", "1", "-o", "4096", "-w", "randread"], ["avg_us", "p99_us"]),
+    ("4K randread QD32", "randread", 4096, 32, ["iops"]),
+    ("4K randwrite QD32", "randwrite", 4096, 32, ["iops"]),
+    ("128K seq write QD8", "write", 131072, 8, ["mibs"]),
+    ("4K randread QD1", "randread", 4096, 1, ["avg_us", "p99_us"]),
 ]
 
 
@@ -138,11 +143,12 @@ class Spdk:
             os.unlink(self.sock)
 
 
-def perf(spdk_dir, huge, target, wl_args, seconds):
+def perf(spdk_dir, huge, target, wl, seconds):
+    _, workload, size, qd, _ = wl
     trid = (f"trtype:TCP adrfam:IPv4 traddr:127.0.0.1 trsvcid:{target.port} "
             f"subnqn:{target.nqn} hostnqn:{HOSTNQN}")
-    args = [os.path.join(spdk_dir, "build", "bin", "spdk_nvme_perf"), "-c", "0x2", *wl_args,
-            "-t", str(seconds), "-L", "-r", trid]
+    args = [os.path.join(spdk_dir, "build", "bin", "spdk_nvme_perf"), "-c", "0x2", "-q", str(qd),
+            "-o", str(size), "-w", workload, "-t", str(seconds), "-L", "-r", trid]
     if not huge:
         args += ["--no-huge", "-s", "1024"]
     env = dict(os.environ, LD_LIBRARY_PATH=os.path.join(spdk_dir, "build", "lib"))
@@ -154,6 +160,22 @@ def perf(spdk_dir, huge, target, wl_args, seconds):
     p99 = re.search(r"99\.00000%\s*:\s*([\d.]+)us", text)
     return {"iops": float(m.group(1)), "mibs": float(m.group(2)), "avg_us": float(m.group(3)),
             "p99_us": float(p99.group(1)) if p99 else float("nan")}
+
+
+def nvmfd_perf(binary, target, wl, seconds):
+    """The same workload from this repository's host (nvmfd-perf), pinned to core 1."""
+    _, workload, size, qd, _ = wl
+    args = [binary, "--addr", f"127.0.0.1:{target.port}", "--nqn", target.nqn, "--hostnqn", HOSTNQN,
+            "--workload", workload, "--io-size", str(size), "--queue-depth", str(qd),
+            "--time", str(seconds), "--core", "1", "--json"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 120)
+    if out.returncode != 0:
+        die(f"nvmfd-perf against {target.name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}", 1)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    if r["errors"]:
+        die(f"nvmfd-perf against {target.name}: {r['errors']} errors, first: {r['first_error']}", 1)
+    return {"iops": r["iops"], "mibs": r["iops"] * size / 2**20, "avg_us": r["latency_us"]["avg"],
+            "p99_us": r["latency_us"]["p99"]}
 
 
 def fmt(v, metric):
@@ -171,6 +193,8 @@ def main():
     ap.add_argument("--time", type=int, default=20, help="seconds per workload (default 20)")
     ap.add_argument("--nvmfd", default=os.path.join(REPO, "build", "release", "nvmfd"))
     ap.add_argument("--record", help="append the table to this Markdown file (e.g. bench/RESULTS.md)")
+    ap.add_argument("--second-view", action="store_true",
+                    help="also run every workload with nvmfd-perf (this repository's host)")
     a = ap.parse_args()
     if not a.spdk_dir:
         die("give the path of an SPDK v24.01 build (made outside this repository); "
@@ -182,12 +206,19 @@ def main():
         die(f"{a.nvmfd} is not an executable: run `cargo build --release` first")
     if not shutil.which("taskset"):
         die("taskset (util-linux) is needed")
+    perf_bin = os.path.join(os.path.dirname(a.nvmfd), "nvmfd-perf")
+    if a.second_view and not os.access(perf_bin, os.X_OK):
+        die(f"{perf_bin} is not an executable: run `cargo build --release` first")
     huge = hugepages_ok()
     workdir = tempfile.mkdtemp(prefix="nvmfd-vs-spdk-")
     targets = [Nvmfd(a.nvmfd, workdir), Spdk(a.spdk_dir, workdir, huge)]
-    results = {(t.name, w[0]): [] for t in targets for w in WORKLOADS}
-    print(f"compare_spdk: {a.runs} A/B runs x {len(WORKLOADS)} workloads x {a.time}s, "
-          f"hugepages {'on' if huge else 'off (--no-huge)'}, logs in {workdir}", flush=True)
+    # Load generators: name, function(target, workload, seconds).
+    loads = [("spdk_nvme_perf", lambda t, w, sec: perf(a.spdk_dir, huge, t, w, sec))]
+    if a.second_view:
+        loads.append(("nvmfd-perf", lambda t, w, sec: nvmfd_perf(perf_bin, t, w, sec)))
+    results = {(g, t.name, w[0]): [] for g, _ in loads for t in targets for w in WORKLOADS}
+    print(f"compare_spdk: {a.runs} A/B runs x {len(WORKLOADS)} workloads x {len(loads)} load generators "
+          f"x {a.time}s, hugepages {'on' if huge else 'off (--no-huge)'}, logs in {workdir}", flush=True)
     for run in range(a.runs):
         order = targets if run % 2 == 0 else list(reversed(targets))
         for t in order:
@@ -195,38 +226,42 @@ def main():
             try:
                 # Touch the whole RAM namespace first: SPDK's malloc bdev is allocated up front,
                 # nvmfd's is faulted in on first write; measure both in steady state.
-                perf(a.spdk_dir, huge, t, ["-q", "8", "-o", "131072", "-w", "write"], 2)
-                for name, args, _ in WORKLOADS:
-                    r = perf(a.spdk_dir, huge, t, args, a.time)
-                    results[(t.name, name)].append(r)
-                    print(f"  run {run + 1} {t.name:5} {name:20} {r['iops']:>10.0f} IOPS {r['mibs']:>8.0f} MiB/s "
-                          f"avg {r['avg_us']:.1f} us p99 {r['p99_us']:.1f} us", flush=True)
+                perf(a.spdk_dir, huge, t, ("warm", "write", 131072, 8, []), 2)
+                for g, run_load in loads:
+                    for w in WORKLOADS:
+                        r = run_load(t, w, a.time)
+                        results[(g, t.name, w[0])].append(r)
+                        print(f"  run {run + 1} {g:14} {t.name:5} {w[0]:20} {r['iops']:>10.0f} IOPS "
+                              f"{r['mibs']:>8.0f} MiB/s avg {r['avg_us']:.1f} us p99 {r['p99_us']:.1f} us",
+                              flush=True)
             finally:
                 t.stop()
-    rows = []
-    for name, _, metrics in WORKLOADS:
-        for m in metrics:
-            a_vals = [r[m] for r in results[("nvmfd", name)]]
-            b_vals = [r[m] for r in results[("SPDK", name)]]
-            ma, mb = statistics.median(a_vals), statistics.median(b_vals)
-            rows.append((name, m, f"{fmt(ma, m)} [{fmt(min(a_vals), m)}-{fmt(max(a_vals), m)}]",
-                         f"{fmt(mb, m)} [{fmt(min(b_vals), m)}-{fmt(max(b_vals), m)}]", f"{ma / mb:.2f}"))
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     head = ("workload", "metric", "nvmfd median [min-max]", "SPDK median [min-max]", "nvmfd/SPDK")
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
-    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
-    print()
-    print(line(head))
-    for r in rows:
-        print(line(r))
+    for g, _ in loads:
+        rows = []
+        for name, _, _, _, metrics in WORKLOADS:
+            for m in metrics:
+                a_vals = [r[m] for r in results[(g, "nvmfd", name)]]
+                b_vals = [r[m] for r in results[(g, "SPDK", name)]]
+                ma, mb = statistics.median(a_vals), statistics.median(b_vals)
+                rows.append((name, m, f"{fmt(ma, m)} [{fmt(min(a_vals), m)}-{fmt(max(a_vals), m)}]",
+                             f"{fmt(mb, m)} [{fmt(min(b_vals), m)}-{fmt(max(b_vals), m)}]", f"{ma / mb:.2f}"))
+        widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(5)]
+        line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths))
+        print(f"\nload generator: {g} on core 1")
+        print(line(head))
+        for r in rows:
+            print(line(r))
+        if a.record:
+            with open(a.record, "a") as f:
+                f.write(f"\n### {datetime.date.today()} commit {commit}: {a.runs} A/B runs x {a.time}s, "
+                        f"1 target core, {g} on core 1\n\n")
+                f.write("| " + " | ".join(head) + " |\n|" + "---|" * 5 + "\n")
+                for r in rows:
+                    f.write("| " + " | ".join(r) + " |\n")
     if a.record:
-        commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True,
-                                text=True).stdout.strip()
-        with open(a.record, "a") as f:
-            f.write(f"\n### {datetime.date.today()} commit {commit}: {a.runs} A/B runs x {a.time}s, "
-                    f"1 target core, spdk_nvme_perf on core 1\n\n")
-            f.write("| " + " | ".join(head) + " |\n|" + "---|" * 5 + "\n")
-            for r in rows:
-                f.write("| " + " | ".join(r) + " |\n")
         print(f"\nappended to {a.record}")
 
 

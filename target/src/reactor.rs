@@ -6,7 +6,7 @@
 use crate::core::{Outcome, QueuePair, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, BufPool, Completion, Io};
-use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
+use nvmfd_transport::tcp::{ConnError, Socket, TcpConn, TcpParams};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::net::{SocketAddr, TcpStream};
@@ -59,7 +59,7 @@ pub struct ReactorHandle {
 }
 
 struct Conn {
-    tcp: TcpConn<TcpStream>,
+    tcp: TcpConn<Socket>,
     /// Polls since this connection last received anything: past [`HOT_POLLS`] it is cold and
     /// its socket is read only every [`COLD_EVERY`] iterations.
     idle_polls: u32,
@@ -277,7 +277,7 @@ impl Reactor {
         }
         let conn = Conn {
             idle_polls: 0,
-            tcp: TcpConn::new(nc.stream, self.cfg.tcp, self.pool.clone()),
+            tcp: TcpConn::new(Socket::new(nc.stream), self.cfg.tcp, self.pool.clone()),
             qp: QueuePair::new(self.target.clone()),
             peer: nc.peer,
             generation,
@@ -314,7 +314,7 @@ impl Reactor {
             if was_admin {
                 info!(peer = %c.peer, "controller destroyed");
             }
-            let _ = c.tcp.stream().shutdown(std::net::Shutdown::Both);
+            let _ = c.tcp.stream().stream().shutdown(std::net::Shutdown::Both);
             self.free.push(idx);
         }
     }

@@ -20,6 +20,9 @@ use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::rc::Rc;
 use tracing::{debug, warn};
 
+mod socket;
+pub use socket::Socket;
+
 /// Transient Transport Error (SCT 3, SC 0x22): what a command whose data digest failed gets.
 pub const TRANSIENT_TRANSPORT_ERROR: Status = Status {
     sct: 3,

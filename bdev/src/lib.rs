@@ -6,11 +6,13 @@
 //! (io_uring) can never outlive the memory it writes into, and nothing is allocated per I/O.
 
 mod buf;
+mod lent;
 
 pub use backends::malloc::Malloc;
 pub use backends::null::Null;
 pub use backends::uring::Uring;
 pub use buf::{BufPool, IoBuf};
+pub use lent::Lent;
 
 use std::sync::Arc;
 
@@ -64,6 +66,10 @@ impl DsmRange {
 pub enum Op {
     /// Read `blocks` blocks at `lba` into the first `blocks * block_size` bytes of the buffer.
     Read { lba: u64, blocks: u32 },
+    /// As `Read`, but a device that holds the data in memory (malloc) may lend it instead of
+    /// copying: the completion's `lent` then has the bytes and the buffer is untouched. For a
+    /// submitter that hands the data straight to the kernel (a socket) and never reads it.
+    ReadLent { lba: u64, blocks: u32 },
     /// Write `blocks` blocks at `lba` from the first `blocks * block_size` bytes of the buffer.
     Write { lba: u64, blocks: u32 },
     /// Make completed writes durable.
@@ -96,12 +102,14 @@ pub enum IoError {
     Media(i32),
 }
 
-/// A finished I/O: the submitter's tag, the result and the buffer back.
+/// A finished I/O: the submitter's tag, the result and the buffer back (and, for an
+/// [`Op::ReadLent`] the device served from its own memory, the lent data).
 #[derive(Debug)]
 pub struct Completion {
     pub tag: u64,
     pub result: Result<(), IoError>,
     pub buf: IoBuf,
+    pub lent: Option<Lent>,
 }
 
 /// A block device, shared by every reactor.

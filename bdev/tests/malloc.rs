@@ -134,3 +134,54 @@ fn large_disk_is_lazy() {
     );
     assert_eq!(c.result, Err(IoError::OutOfRange));
 }
+
+#[test]
+fn read_lent_sends_the_disk_bytes_without_touching_the_buffer() {
+    use std::io::{Read, Write};
+    let m = Malloc::new("m", 1 << 20, 4096).expect("malloc");
+    let mut ch = m.channel().expect("channel");
+    let data = pattern(10, 3, 4096, 9);
+    write(&mut *ch, 10, &data, 4096).expect("write");
+    let mut buf = IoBuf::new(3 * 4096);
+    buf.as_mut_slice().fill(0xee);
+    let c = run(&mut *ch, Op::ReadLent { lba: 10, blocks: 3 }, buf);
+    assert_eq!(c.result, Ok(()));
+    assert!(
+        c.buf.as_slice().iter().all(|&b| b == 0xee),
+        "buffer untouched"
+    );
+    let lent = c.lent.expect("malloc lends its memory");
+    assert_eq!(lent.len(), 3 * 4096);
+    // The only way to look at lent bytes is to hand them to the kernel, as the transport does.
+    let (mut a, mut b) = std::os::unix::net::UnixStream::pair().expect("socket pair");
+    let reader = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).expect("read");
+        got
+    });
+    let mut off = 0;
+    while off < lent.len() {
+        off += a
+            .write_vectored(&[lent.io_slice(off, lent.len())])
+            .expect("write");
+    }
+    drop(a);
+    assert!(
+        reader.join().unwrap() == data,
+        "the lent bytes are the disk's"
+    );
+    // Out of range is refused like a Read; the lent share keeps the disk mapped past the channel.
+    let c = run(
+        &mut *ch,
+        Op::ReadLent {
+            lba: 255,
+            blocks: 2,
+        },
+        IoBuf::new(8192),
+    );
+    assert_eq!(c.result, Err(IoError::OutOfRange));
+    assert!(c.lent.is_none());
+    drop(ch);
+    drop(m);
+    assert_eq!(lent.io_slice(0, 8).len(), 8);
+}

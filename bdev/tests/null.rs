@@ -41,3 +41,15 @@ fn errors_are_completions() {
     let mut ch = n.channel().expect("channel");
     check_errors(&mut *ch, 2048, 512);
 }
+
+#[test]
+fn read_lent_fills_the_buffer_like_read() {
+    let n = Null::new("n", 1 << 20, 4096).expect("null");
+    let mut ch = n.channel().expect("channel");
+    let mut buf = IoBuf::new(4096);
+    buf.as_mut_slice().fill(0xee);
+    let c = run(&mut *ch, Op::ReadLent { lba: 1, blocks: 1 }, buf);
+    assert_eq!(c.result, Ok(()));
+    assert!(c.lent.is_none(), "null has no memory to lend");
+    assert!(c.buf.as_slice().iter().all(|&b| b == 0));
+}

@@ -343,13 +343,21 @@ impl Reactor {
         };
         // The clock is read once per batch of commands, not once per poll.
         let mut now = None;
+        let lend = c.tcp.takes_lent_data();
         while let Some(slot) = c.tcp.next_ready() {
             work = true;
             let cap = c.tcp.capsule_mut(slot);
             match c.qp.execute(cap, *now.get_or_insert_with(Instant::now)) {
                 Outcome::Done(resp) => c.tcp.complete(slot, resp),
                 Outcome::Held => {}
-                Outcome::Io { bdev, op } => {
+                Outcome::Io { bdev, mut op } => {
+                    // Reads go out from a RAM disk's own memory when the connection can send
+                    // data it never reads (no data digest): one copy less per byte.
+                    if let nvmfd_bdev::Op::Read { lba, blocks } = op {
+                        if lend {
+                            op = nvmfd_bdev::Op::ReadLent { lba, blocks };
+                        }
+                    }
                     let Some(buf) = cap.buf.take() else {
                         // Unreachable by construction: every slot owns a buffer while it runs.
                         warn!("capsule without a buffer; dropping the command");
@@ -446,6 +454,7 @@ fn complete_io(conns: &mut [Option<Conn>], pool: &RefCell<BufPool>, done: Comple
     c.in_flight -= 1;
     let cap = c.tcp.capsule_mut(slot);
     cap.buf = Some(done.buf);
+    cap.lent = done.lent;
     let resp = c.qp.io_done(cap, done.result);
     c.tcp.complete(slot, resp);
 }

@@ -1,7 +1,7 @@
 //! The unit of work a transport hands to the target core: one command and its data buffer.
 
 use crate::proto::nvme::{Cqe, Sqe};
-use nvmfd_bdev::IoBuf;
+use nvmfd_bdev::{IoBuf, Lent};
 
 /// A command capsule as the core sees it, whatever transport carried it.
 ///
@@ -15,6 +15,9 @@ pub struct Capsule {
     pub buf: Option<IoBuf>,
     /// Bytes of data the command's SGL describes.
     pub data_len: u32,
+    /// Read data a block device lent instead of filling `buf` (sent from there, see
+    /// `nvmfd_bdev::Op::ReadLent`).
+    pub lent: Option<Lent>,
 }
 
 /// What the core answers: the completion and how many bytes of the capsule's buffer go back to the

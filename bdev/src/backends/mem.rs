@@ -10,19 +10,23 @@
 //! disk: I/Os to disjoint LBA ranges touch disjoint bytes and do not interact at all, and a host
 //! that issues *overlapping* I/Os concurrently (a read racing a write, or two writes, to the same
 //! blocks) gets undefined content ordering from any NVMe device, so whatever mix of old and new
-//! bytes it sees is a valid outcome. We never form Rust references into the region: bytes move with
-//! `ptr::copy_nonoverlapping` / `ptr::write_bytes` between the region and a buffer the caller owns
-//! exclusively (an `IoBuf`, which never points into the region), and the region's bytes carry no
+//! bytes it sees is a valid outcome. No Rust code reads or writes the region through references:
+//! bytes move with `ptr::copy_nonoverlapping` / `ptr::write_bytes` between the region and a buffer
+//! the caller owns exclusively (an `IoBuf`, which never points into the region), or are lent
+//! ([`MemRegion::lend`]) as a slice that only describes them to the kernel, which copies them out
+//! (`writev`) like a device would by DMA; and the region's bytes carry no
 //! invariant whatsoever (any bit pattern is a valid block content), so a torn copy cannot break
 //! anything but the data the host itself raced on. The one formal caveat: the Rust memory model calls
 //! such an overlapping unsynchronised access a data race; we treat the region like memory shared
 //! with a device or another process, which the compiler cannot reason about (it is only reached via
 //! raw pointers from `mmap`), and only a misbehaving host can make it happen.
 
+use std::any::Any;
 use std::io;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
-use crate::IoError;
+use crate::{IoError, Lent};
 
 /// Spans at least this long (after trimming to page boundaries) are zeroed by dropping their pages
 /// with `madvise(MADV_DONTNEED)` rather than by writing zeroes.
@@ -103,6 +107,18 @@ impl MemRegion {
         Ok(())
     }
 
+    /// Lend `len` bytes at byte `off` of the region `owner` holds, instead of copying them out.
+    pub fn lend(owner: &Arc<RegionShare>, off: u64, len: usize) -> Result<Lent, IoError> {
+        let (start, _) = owner.range(off, len)?;
+        // SAFETY: start is inside the mapping (checked above), so the pointer is in bounds and
+        // not null; start..start+len stays mapped while the Lent holds its share of `owner`
+        // (the mapping is only unmapped when the last MemRegion reference drops).
+        let ptr = unsafe { NonNull::new_unchecked(owner.base.as_ptr().add(start)) };
+        let keep: Arc<dyn Any + Send + Sync> = owner.clone();
+        // SAFETY: see above: `keep` keeps the range mapped and readable.
+        Ok(unsafe { Lent::new(ptr, len, keep) })
+    }
+
     /// Copy `src` into the region starting at byte `off`.
     pub fn write(&self, off: u64, src: &[u8]) -> Result<(), IoError> {
         let (start, _) = self.range(off, src.len())?;
@@ -162,6 +178,18 @@ impl MemRegion {
         }
         // SAFETY: start..end is inside the mapping (checked by the caller and above).
         unsafe { std::ptr::write_bytes(self.base.as_ptr().add(start), 0, end - start) };
+    }
+}
+
+/// One reactor's share of a region. Lent data holds a reference to this share rather than to the
+/// region, so its reference count stays in that reactor's cache instead of bouncing between
+/// reactors on every read.
+pub(crate) struct RegionShare(pub Arc<MemRegion>);
+
+impl std::ops::Deref for RegionShare {
+    type Target = MemRegion;
+    fn deref(&self) -> &MemRegion {
+        &self.0
     }
 }
 

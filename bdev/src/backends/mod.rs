@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use crate::{Bdev, BdevChannel, Completion, DsmRange, Io, IoBuf, IoError, Op};
+use crate::{Bdev, BdevChannel, Completion, DsmRange, Io, IoBuf, IoError, Lent, Op};
 
 /// Open the device a config entry describes.
 pub(crate) fn open(cfg: &nvmfd_config::BdevConfig) -> io::Result<Arc<dyn Bdev>> {
@@ -126,7 +126,8 @@ pub(crate) fn dsm_range(buf: &IoBuf, i: u16) -> Option<DsmRange> {
 
 /// A backend whose I/O finishes during `submit` (malloc, null).
 pub(crate) trait Immediate {
-    fn execute(&self, op: Op, buf: &mut IoBuf) -> Result<(), IoError>;
+    /// Run `op`; a [`Op::ReadLent`] may answer with lent data instead of filling `buf`.
+    fn execute(&self, op: Op, buf: &mut IoBuf) -> Result<Option<Lent>, IoError>;
 }
 
 /// The channel of an [`Immediate`] backend: each I/O runs in `submit` and its completion waits
@@ -151,8 +152,16 @@ impl<E: Immediate> BdevChannel for ImmediateChannel<E> {
             return Err(io);
         }
         let Io { tag, op, mut buf } = io;
-        let result = self.exec.execute(op, &mut buf);
-        self.done.push(Completion { tag, result, buf });
+        let (result, lent) = match self.exec.execute(op, &mut buf) {
+            Ok(lent) => (Ok(()), lent),
+            Err(e) => (Err(e), None),
+        };
+        self.done.push(Completion {
+            tag,
+            result,
+            buf,
+            lent,
+        });
         Ok(())
     }
 

@@ -5,6 +5,7 @@ use std::io;
 
 use super::malloc::SYNC_QUEUE_DEPTH;
 use super::{Geometry, Immediate, ImmediateChannel};
+use crate::Lent;
 use crate::{Bdev, BdevChannel, BdevInfo, IoBuf, IoError, Op};
 
 /// A bit bucket.
@@ -47,20 +48,20 @@ struct NullChannel {
 }
 
 impl Immediate for NullChannel {
-    fn execute(&self, op: Op, buf: &mut IoBuf) -> Result<(), IoError> {
+    fn execute(&self, op: Op, buf: &mut IoBuf) -> Result<Option<Lent>, IoError> {
         match op {
-            Op::Read { lba, blocks } => {
+            Op::Read { lba, blocks } | Op::ReadLent { lba, blocks } => {
                 let (_, len) = self.geo.transfer(lba, blocks, buf)?;
                 buf.as_mut_slice()
                     .get_mut(..len)
                     .ok_or(IoError::BufferTooSmall)?
                     .fill(0);
-                Ok(())
             }
-            Op::Write { lba, blocks } => self.geo.transfer(lba, blocks, buf).map(drop),
-            Op::Flush => Ok(()),
-            Op::WriteZeroes { lba, blocks } => self.geo.extent(lba, u64::from(blocks)).map(drop),
-            Op::Deallocate { ranges } => self.geo.check_dsm(ranges, buf),
+            Op::Write { lba, blocks } => drop(self.geo.transfer(lba, blocks, buf)?),
+            Op::Flush => {}
+            Op::WriteZeroes { lba, blocks } => drop(self.geo.extent(lba, u64::from(blocks))?),
+            Op::Deallocate { ranges } => self.geo.check_dsm(ranges, buf)?,
         }
+        Ok(None)
     }
 }

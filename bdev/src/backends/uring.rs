@@ -316,7 +316,7 @@ impl UringChannel {
     /// Check a request and turn it into the first state of its task.
     fn plan(&self, op: Op, buf: &mut IoBuf) -> Result<Task, IoError> {
         Ok(match op {
-            Op::Read { lba, blocks } | Op::Write { lba, blocks } => {
+            Op::Read { lba, blocks } | Op::ReadLent { lba, blocks } | Op::Write { lba, blocks } => {
                 let (off, len) = self.geo.transfer(lba, blocks, buf)?;
                 Task::Rw {
                     write: matches!(op, Op::Write { .. }),
@@ -582,6 +582,7 @@ impl BdevChannel for UringChannel {
                     tag,
                     result: Err(e),
                     buf,
+                    lent: None,
                 });
                 return Ok(());
             }
@@ -600,7 +601,12 @@ impl BdevChannel for UringChannel {
             }
             Some(result) => {
                 if let Some(Io { tag, buf, .. }) = self.release(idx) {
-                    self.ready.push(Completion { tag, result, buf });
+                    self.ready.push(Completion {
+                        tag,
+                        result,
+                        buf,
+                        lent: None,
+                    });
                 }
             }
         }
@@ -629,7 +635,12 @@ impl BdevChannel for UringChannel {
                     Outcome::Continue => {}
                     Outcome::Finished(result) => {
                         if let Some(Io { tag, buf, .. }) = self.release(idx) {
-                            done(Completion { tag, result, buf });
+                            done(Completion {
+                                tag,
+                                result,
+                                buf,
+                                lent: None,
+                            });
                             n += 1;
                         }
                     }

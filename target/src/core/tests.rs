@@ -61,6 +61,7 @@ fn capsule(sqe: Sqe, data: &[u8], data_len: u32) -> Capsule {
         sqe,
         buf: Some(buf),
         data_len,
+        lent: None,
     }
 }
 

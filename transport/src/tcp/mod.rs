@@ -194,6 +194,7 @@ impl<S: Read + Write> TcpConn<S> {
                     sqe: Default::default(),
                     buf: None,
                     data_len: 0,
+                    lent: None,
                 },
                 state: SlotState::Free,
                 received: 0,
@@ -443,9 +444,11 @@ impl<S: Read + Write> TcpConn<S> {
                         IoSlice::new(&inner.tx[cur - l..cur])
                     }
                     Seg::Slot { slot, len } => {
-                        match inner.slots[slot as usize].capsule.buf.as_ref() {
-                            Some(b) => IoSlice::new(&b.as_slice()[skip..len]),
-                            None => IoSlice::new(&[]),
+                        let c = &inner.slots[slot as usize].capsule;
+                        match (&c.lent, &c.buf) {
+                            (Some(l), _) => l.io_slice(skip, len),
+                            (None, Some(b)) => IoSlice::new(&b.as_slice()[skip..len]),
+                            (None, None) => IoSlice::new(&[]),
                         }
                     }
                 };
@@ -469,6 +472,12 @@ impl<S: Read + Write> TcpConn<S> {
             inner.tx_marked = 0;
         }
         Ok(progress)
+    }
+
+    /// Whether read data may come lent from a block device (sent as it is, never read here):
+    /// not when data digests are on, since computing one reads the data.
+    pub fn takes_lent_data(&self) -> bool {
+        !self.inner.digests.data
     }
 
     /// Whether commands are waiting for a data buffer (the reactor keeps polling this connection).
@@ -561,6 +570,7 @@ impl Inner {
         if let Some(buf) = s.capsule.buf.take() {
             self.pool.borrow_mut().put(buf);
         }
+        s.capsule.lent = None;
         s.state = SlotState::Free;
         self.free.push(slot);
     }
@@ -853,15 +863,30 @@ impl Inner {
     fn complete(&mut self, slot: u16, resp: Response) {
         let s = &mut self.slots[slot as usize];
         debug_assert_eq!(s.state, SlotState::Executing);
-        let data = match s.capsule.buf.as_ref() {
-            Some(b) if resp.data_len > 0 => Some((b, resp.data_len.min(b.capacity() as u32))),
-            _ => None,
+        // The data is lent by the block device, or in the command's buffer.
+        let have = match (&s.capsule.lent, &s.capsule.buf) {
+            (Some(l), _) => l.len(),
+            (None, Some(b)) => b.capacity(),
+            (None, None) => 0,
         };
-        let Some((buf, len)) = data else {
+        let len = resp.data_len.min(have as u32);
+        if len == 0 {
             encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
             self.release(slot);
             return;
-        };
+        }
+        if s.capsule.lent.is_some() && self.digests.data {
+            // Not by construction (see `takes_lent_data`): a digest would have to read it.
+            warn!(
+                cid = resp.cqe.cid,
+                "lent read data on a connection with data digests; failing the command"
+            );
+            let sqe = s.capsule.sqe;
+            let r = error_response(&sqe, Status::INTERNAL_ERROR);
+            encode_capsule_resp(&mut self.tx, &r.cqe, self.digests);
+            self.release(slot);
+            return;
+        }
         // SUCCESS stands for a CapsuleResp of all zeroes but the CID and SQ head.
         let answered = self.params.c2h_success
             && resp.cqe.status.is_success()
@@ -880,7 +905,10 @@ impl Inner {
             length: len,
         };
         let digest = dh.encode_c2h_head(&mut self.tx, fl, self.digests, self.c2h_align);
-        let crc = digest.then(|| crc32c::crc32c(&buf.as_slice()[..len as usize]));
+        let crc = match (digest, s.capsule.buf.as_ref()) {
+            (true, Some(b)) => Some(crc32c::crc32c(&b.as_slice()[..len as usize])),
+            _ => None,
+        };
         // The data goes out from the command's buffer; the slot is freed once it is written.
         s.state = SlotState::Sending;
         self.mark_tx();

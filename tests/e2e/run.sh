@@ -75,6 +75,9 @@ reactors:
 transports:
   tcp:
     max_io_size: 128KiB
+    # Four 128 KiB buffers: fio's 128k/1m steps then keep commands waiting for a buffer (and
+    # writes waiting for their R2T), so the kernel initiator exercises that path under verify.
+    buffer_pool_size: 512KiB
 
 bdevs:
   - name: e2e0

@@ -22,14 +22,13 @@ import os
 import re
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import REPO, die, wait_port
+
 NVMFD_NQN = "nqn.2026-11.io.nvmfd:bench"
 SPDK_NQN = "nqn.2016-06.io.spdk:cnode1"
 HOSTNQN = "nqn.2014-08.org.nvmexpress:uuid:5d6a1e0c-7a4e-4e2f-9a1b-0c0ffee0be1c"
@@ -43,21 +42,6 @@ WORKLOADS = [
     ("128K seq write QD8", "write", 131072, 8, ["mibs"]),
     ("4K randread QD1", "randread", 4096, 1, ["avg_us", "p99_us"]),
 ]
-
-
-def die(msg, code=2):
-    print(f"compare_spdk: {msg}", file=sys.stderr)
-    sys.exit(code)
-
-
-def wait_port(port, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    die(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 def hugepages_ok():

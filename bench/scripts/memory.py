@@ -22,33 +22,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchlib import REPO, die, wait_port
+
 NQN = "nqn.2026-11.io.nvmfd:mem"
-
-
-def die(msg, code=2):
-    print(f"memory: {msg}", file=sys.stderr)
-    sys.exit(code)
 
 
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_port(port, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.2)
-    die(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
 
 
 def rss_kib(pid):

@@ -45,6 +45,11 @@ fn conn(large_limit: usize) -> (TcpConn<MemStream>, Rc<RefCell<BufPool>>) {
 
 /// A connected connection drawing buffers from `pool`.
 fn conn_on(pool: &Rc<RefCell<BufPool>>) -> TcpConn<MemStream> {
+    conn_with(pool, Digests::default())
+}
+
+/// A connected connection whose host asked for `digests`.
+fn conn_with(pool: &Rc<RefCell<BufPool>>, digests: Digests) -> TcpConn<MemStream> {
     let params = TcpParams {
         in_capsule_data_size: 8192,
         max_io_size: LARGE as u32,
@@ -58,7 +63,7 @@ fn conn_on(pool: &Rc<RefCell<BufPool>>) -> TcpConn<MemStream> {
     IcReq {
         pfv: 0,
         hpda: 0,
-        digests: Digests::default(),
+        digests,
         maxr2t: 0,
     }
     .encode(&mut ic);
@@ -232,4 +237,81 @@ fn connections_take_turns_for_large_buffers() {
     send_cmd(&mut c, opcode::NVM_WRITE, 0, 4096);
     c.poll_recv().unwrap();
     assert_eq!(sent_types(&mut c), [0x09], "small transfers never wait");
+}
+
+/// `data` (whole 4 KiB blocks) as a RAM disk lends it for a read.
+fn lent(data: &[u8]) -> nvmfd_bdev::Lent {
+    use nvmfd_bdev::{Bdev, Io, IoBuf, Malloc, Op};
+    let m = Malloc::new("m", 1 << 20, 4096).unwrap();
+    let mut ch = m.channel().unwrap();
+    let blocks = (data.len() / 4096) as u32;
+    let mut buf = IoBuf::new(data.len());
+    buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+    let mut last = None;
+    for op in [
+        Op::Write { lba: 0, blocks },
+        Op::ReadLent { lba: 0, blocks },
+    ] {
+        ch.submit(Io { tag: 0, op, buf }).unwrap();
+        let mut done = None;
+        ch.poll(&mut |c| done = Some(c));
+        let c = done.unwrap();
+        assert_eq!(c.result, Ok(()));
+        buf = c.buf;
+        last = c.lent;
+    }
+    last.expect("malloc lends")
+}
+
+#[test]
+fn read_data_lent_by_a_device_goes_out_as_it_is() {
+    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 4)));
+    let mut c = conn_on(&pool);
+    assert!(c.takes_lent_data());
+    let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 1) as u8).collect();
+    send_cmd(&mut c, opcode::NVM_READ, 5, 8192);
+    c.poll_recv().unwrap();
+    let s = c.next_ready().unwrap();
+    c.capsule_mut(s).lent = Some(lent(&data));
+    c.complete(s, ok(5, 8192));
+    c.poll_send().unwrap();
+    let out = std::mem::take(&mut c.stream.output);
+    // C2HData: 24-byte header (PDO 24), the lent bytes, then the CapsuleResp.
+    assert_eq!((out[0], out[3]), (pdu_type::C2H_DATA, 24));
+    assert!(
+        out[24..24 + 8192] == data[..],
+        "the device's bytes, unchanged"
+    );
+    assert_eq!(out[24 + 8192], pdu_type::CAPSULE_RESP);
+    assert!(c.capsule_mut(s).lent.is_none(), "released once sent");
+}
+
+#[test]
+fn lent_data_is_never_sent_where_a_data_digest_is_due() {
+    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 4)));
+    let digests = Digests {
+        header: false,
+        data: true,
+    };
+    let mut c = conn_with(&pool, digests);
+    assert!(!c.takes_lent_data(), "a digest must read the data");
+    let data = vec![3u8; 4096];
+    let mut sqe = Sqe::lba_command(opcode::NVM_READ, 1, 0, 1);
+    sqe.cid = 8;
+    sqe.flags = 0x40;
+    sqe.dptr = SglDescriptor::transport(4096);
+    let mut b = Vec::new();
+    encode_capsule_cmd(&mut b, &sqe, None, digests, 4);
+    c.stream.input.extend(b);
+    c.poll_recv().unwrap();
+    let s = c.next_ready().unwrap();
+    // Against the contract, the data comes lent anyway: the command fails, nothing unchecked
+    // goes out.
+    c.capsule_mut(s).lent = Some(lent(&data));
+    c.complete(s, ok(8, 4096));
+    c.poll_send().unwrap();
+    let out = std::mem::take(&mut c.stream.output);
+    assert_eq!(out[0], pdu_type::CAPSULE_RESP, "no C2HData");
+    let cqe = Cqe::decode(out[8..24].try_into().unwrap());
+    assert_eq!((cqe.cid, cqe.status), (8, Status::INTERNAL_ERROR));
 }

@@ -124,7 +124,9 @@ impl BufPool {
         let large_size = large_size.max(small_size);
         let large_limit = large_limit.max(large).max(1);
         let mut s = Vec::with_capacity(small * 2);
-        let mut l = Vec::with_capacity(large_limit);
+        // Room for twice the preallocated buffers, not for the limit: a large
+        // buffer_pool_size must not cost memory up front.
+        let mut l = Vec::with_capacity(large * 2);
         s.extend((0..small).map(|_| IoBuf::new(small_size)));
         l.extend((0..large).map(|_| IoBuf::new(large_size)));
         BufPool {
@@ -141,7 +143,7 @@ impl BufPool {
     }
 
     /// Whether a transfer of `len` bytes takes a small buffer (those are never refused).
-    pub fn is_small(&self, len: usize) -> bool {
+    fn is_small(&self, len: usize) -> bool {
         len <= self.small_size
     }
 
@@ -224,10 +226,6 @@ impl BufPool {
     /// Buffers made on demand since the pool was created.
     pub fn grown(&self) -> u64 {
         self.grown
-    }
-
-    pub fn large_size(&self) -> usize {
-        self.large_size
     }
 
     /// Large buffers alive now (free or lent).

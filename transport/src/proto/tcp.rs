@@ -222,6 +222,25 @@ impl Frame {
     pub fn is_empty(&self) -> bool {
         self.ch.plen == 0
     }
+
+    /// The whole PDU this frame heads, once all of it is in `buf` (which starts with the
+    /// frame's header); None while data bytes are still missing.
+    pub fn pdu<'a>(&self, buf: &'a [u8]) -> Option<Pdu<'a>> {
+        let plen = self.len();
+        if buf.len() < plen {
+            return None;
+        }
+        let data = &buf[self.data_offset..self.data_offset + self.data_len];
+        let data_digest_ok = self.data_digest_len == 0
+            || crc32c::crc32c(data) == le::u32(buf, plen - self.data_digest_len);
+        Some(Pdu {
+            ch: self.ch,
+            header: self.header,
+            data,
+            data_digest_ok,
+            len: plen,
+        })
+    }
 }
 
 /// Check the header of the first PDU in `buf` once its header (and header digest) are there,
@@ -406,23 +425,7 @@ pub fn parse_pdu(
     digests: Digests,
     max_data: u32,
 ) -> Result<Option<Pdu<'_>>, FatalError> {
-    let Some(f) = parse_header(buf, digests, max_data)? else {
-        return Ok(None);
-    };
-    let plen = f.len();
-    if buf.len() < plen {
-        return Ok(None);
-    }
-    let data = &buf[f.data_offset..f.data_offset + f.data_len];
-    let data_digest_ok =
-        f.data_digest_len == 0 || crc32c::crc32c(data) == le::u32(buf, plen - f.data_digest_len);
-    Ok(Some(Pdu {
-        ch: f.ch,
-        header: f.header,
-        data,
-        data_digest_ok,
-        len: plen,
-    }))
+    Ok(parse_header(buf, digests, max_data)?.and_then(|f| f.pdu(buf)))
 }
 
 /// Append one PDU to `out`: common header, `specific` (the type-specific header bytes), header

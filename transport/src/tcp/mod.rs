@@ -8,7 +8,7 @@
 use crate::proto::nvme::{Cqe, Direction, SglDescriptor};
 use crate::proto::status::Status;
 use crate::proto::tcp::{
-    encode_capsule_resp, encode_term_req, fes, flags, parse_header, parse_pdu, DataHeader, Digests,
+    encode_capsule_resp, encode_term_req, fes, flags, parse_header, DataHeader, Digests,
     FatalError, Header, IcResp, R2t, COMMON_HEADER_SIZE,
 };
 use crate::{Capsule, Response};
@@ -274,49 +274,11 @@ impl<S: Read + Write> TcpConn<S> {
                     .params
                     .max_h2c_data()
                     .max(self.inner.params.max_in_capsule());
-                match parse_pdu(buf, self.inner.digests, max_data) {
-                    Ok(Some(pdu)) => {
-                        let len = pdu.len;
-                        let res = self.inner.handle(
-                            pdu.header,
-                            pdu.data,
-                            pdu.data_digest_ok,
-                            &buf[..len],
-                        );
-                        self.rx_start += len;
-                        progress = true;
-                        res?;
-                    }
-                    Ok(None) => {
-                        if let Ok(Some(f)) = parse_header(buf, self.inner.digests, max_data) {
-                            if let (Header::H2CData(dh), true) = (
-                                f.header,
-                                f.data_len >= DIRECT_MIN && buf.len() >= f.data_offset,
-                            ) {
-                                // Check it now; its data then bypasses the receive buffer.
-                                self.inner.h2c_check(dh, &buf[..f.ch.hlen as usize])?;
-                                let have = &buf[f.data_offset..];
-                                let got = have.len().min(f.data_len);
-                                let slot = &mut self.inner.slots[dh.ttag as usize];
-                                if let Some(b) = slot.capsule.buf.as_mut() {
-                                    let at = dh.offset as usize;
-                                    b.as_mut_slice()[at..at + got].copy_from_slice(&have[..got]);
-                                }
-                                let mut d = Direct {
-                                    dh,
-                                    got,
-                                    digest: [0; 4],
-                                    digest_len: f.data_digest_len,
-                                    digest_got: have.len() - got,
-                                };
-                                d.digest[..d.digest_got].copy_from_slice(&have[got..]);
-                                self.direct = Some(d);
-                                self.rx_start = self.rx_end;
-                                progress = true;
-                            }
-                        }
-                        break;
-                    }
+                // The header is parsed once: a whole PDU is handled, a partial large H2CData
+                // has its data read in place from here on.
+                let frame = match parse_header(buf, self.inner.digests, max_data) {
+                    Ok(Some(f)) => f,
+                    Ok(None) => break,
                     Err(e) => {
                         let quote_len = buf
                             .len()
@@ -324,7 +286,43 @@ impl<S: Read + Write> TcpConn<S> {
                         let quote = buf[..quote_len].to_vec();
                         return Err(self.inner.terminate(e, &quote));
                     }
+                };
+                if let Some(pdu) = frame.pdu(buf) {
+                    let len = pdu.len;
+                    let res =
+                        self.inner
+                            .handle(pdu.header, pdu.data, pdu.data_digest_ok, &buf[..len]);
+                    self.rx_start += len;
+                    progress = true;
+                    res?;
+                    continue;
                 }
+                if let (Header::H2CData(dh), true) = (
+                    frame.header,
+                    frame.data_len >= DIRECT_MIN && buf.len() >= frame.data_offset,
+                ) {
+                    // Check it now; its data then bypasses the receive buffer.
+                    self.inner.h2c_check(dh, &buf[..frame.ch.hlen as usize])?;
+                    let have = &buf[frame.data_offset..];
+                    let got = have.len().min(frame.data_len);
+                    let slot = &mut self.inner.slots[dh.ttag as usize];
+                    if let Some(b) = slot.capsule.buf.as_mut() {
+                        let at = dh.offset as usize;
+                        b.as_mut_slice()[at..at + got].copy_from_slice(&have[..got]);
+                    }
+                    let mut d = Direct {
+                        dh,
+                        got,
+                        digest: [0; 4],
+                        digest_len: frame.data_digest_len,
+                        digest_got: have.len() - got,
+                    };
+                    d.digest[..d.digest_got].copy_from_slice(&have[got..]);
+                    self.direct = Some(d);
+                    self.rx_start = self.rx_end;
+                    progress = true;
+                }
+                break;
             }
             if self.direct.is_some() {
                 continue;
@@ -399,7 +397,7 @@ impl<S: Read + Write> TcpConn<S> {
                                 == u32::from_le_bytes(d.digest)
                         });
                 self.direct = None;
-                self.inner.h2c_done(dh, ok)?;
+                self.inner.h2c_done(dh, ok);
                 return Ok(DirectStep::Done);
             };
             let want = dst.len();
@@ -433,11 +431,11 @@ impl<S: Read + Write> TcpConn<S> {
         let mut progress = false;
         while !inner.segs.is_empty() {
             let mut iov = [IoSlice::new(&[]); MAX_IOV];
-            let mut n_iov = 0;
+            let n_iov = inner.segs.len().min(MAX_IOV);
             let mut cur = inner.tx_off;
             for (i, seg) in inner.segs.iter().take(MAX_IOV).enumerate() {
                 let skip = if i == 0 { inner.front_off } else { 0 };
-                iov[n_iov] = match *seg {
+                iov[i] = match *seg {
                     Seg::Tx(len) => {
                         let l = len - skip;
                         cur += l;
@@ -452,7 +450,6 @@ impl<S: Read + Write> TcpConn<S> {
                         }
                     }
                 };
-                n_iov += 1;
             }
             self.stats.send_calls += 1;
             match self.stream.write_vectored(&iov[..n_iov]) {
@@ -701,7 +698,8 @@ impl Inner {
             let s = &mut self.slots[slot as usize];
             s.capsule.buf = Some(buf);
             s.capsule.data_len = data.len() as u32;
-            return self.make_ready(slot);
+            self.make_ready(slot);
+            return Ok(());
         }
         match dir {
             Direction::Bidirectional => return reject(self, Status::INVALID_OPCODE),
@@ -731,14 +729,14 @@ impl Inner {
         match buf {
             Some(b) => {
                 s.capsule.buf = Some(b);
-                self.start(slot)
+                self.start(slot);
             }
             None => {
                 s.state = SlotState::AwaitingBuffer;
                 self.waiting.push_back(slot);
-                Ok(())
             }
         }
+        Ok(())
     }
 
     /// Give buffers to waiting commands while it is their turn and the pool has them. Returns
@@ -751,15 +749,14 @@ impl Inner {
             };
             self.waiting.pop_front();
             self.slots[slot as usize].capsule.buf = Some(buf);
-            // Cannot fail: start only makes ready or queues an R2T.
-            let _ = self.start(slot);
+            self.start(slot);
             progress = true;
         }
         progress
     }
 
     /// A command with its buffer: ready to execute, or (a write) waiting for data after an R2T.
-    fn start(&mut self, slot: u16) -> Result<(), ConnError> {
+    fn start(&mut self, slot: u16) {
         let s = &mut self.slots[slot as usize];
         let sqe = s.capsule.sqe;
         if sqe.data_direction() != Direction::HostToController || s.capsule.data_len == 0 {
@@ -773,7 +770,6 @@ impl Inner {
             length: s.capsule.data_len,
         }
         .encode(&mut self.tx, self.digests);
-        Ok(())
     }
 
     /// Check an H2CData header against the transfer its tag names.
@@ -817,14 +813,12 @@ impl Inner {
     }
 
     /// The data of a checked H2CData PDU is in the command's buffer.
-    fn h2c_done(&mut self, dh: DataHeader, digest_ok: bool) -> Result<(), ConnError> {
+    fn h2c_done(&mut self, dh: DataHeader, digest_ok: bool) {
         let s = &mut self.slots[dh.ttag as usize];
         s.received = dh.offset + dh.length;
         s.digest_failed |= !digest_ok;
         if s.received == s.capsule.data_len {
-            self.make_ready(dh.ttag)
-        } else {
-            Ok(())
+            self.make_ready(dh.ttag);
         }
     }
 
@@ -840,10 +834,11 @@ impl Inner {
             buf.as_mut_slice()[dh.offset as usize..(dh.offset + dh.length) as usize]
                 .copy_from_slice(data);
         }
-        self.h2c_done(dh, digest_ok)
+        self.h2c_done(dh, digest_ok);
+        Ok(())
     }
 
-    fn make_ready(&mut self, slot: u16) -> Result<(), ConnError> {
+    fn make_ready(&mut self, slot: u16) {
         let s = &mut self.slots[slot as usize];
         if s.digest_failed {
             warn!(
@@ -853,11 +848,10 @@ impl Inner {
             s.state = SlotState::Executing;
             let sqe = s.capsule.sqe;
             self.complete(slot, error_response(&sqe, TRANSIENT_TRANSPORT_ERROR));
-            return Ok(());
+            return;
         }
         s.state = SlotState::Ready;
         self.ready.push_back(slot);
-        Ok(())
     }
 
     fn complete(&mut self, slot: u16, resp: Response) {

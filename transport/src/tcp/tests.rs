@@ -75,13 +75,14 @@ fn conn_with(pool: &Rc<RefCell<BufPool>>, digests: Digests) -> TcpConn<MemStream
     c
 }
 
+/// Queue a host command capsule (with the connection's digests) for `len` bytes of data.
 fn send_cmd(c: &mut TcpConn<MemStream>, op: u8, cid: u16, len: u32) {
     let mut sqe = Sqe::lba_command(op, 1, u64::from(cid) * 64, len / 4096);
     sqe.cid = cid;
     sqe.flags = 0x40;
     sqe.dptr = SglDescriptor::transport(len);
     let mut b = Vec::new();
-    encode_capsule_cmd(&mut b, &sqe, None, Digests::default(), 4);
+    encode_capsule_cmd(&mut b, &sqe, None, c.inner.digests, 4);
     c.stream.input.extend(b);
 }
 
@@ -296,13 +297,7 @@ fn lent_data_is_never_sent_where_a_data_digest_is_due() {
     let mut c = conn_with(&pool, digests);
     assert!(!c.takes_lent_data(), "a digest must read the data");
     let data = vec![3u8; 4096];
-    let mut sqe = Sqe::lba_command(opcode::NVM_READ, 1, 0, 1);
-    sqe.cid = 8;
-    sqe.flags = 0x40;
-    sqe.dptr = SglDescriptor::transport(4096);
-    let mut b = Vec::new();
-    encode_capsule_cmd(&mut b, &sqe, None, digests, 4);
-    c.stream.input.extend(b);
+    send_cmd(&mut c, opcode::NVM_READ, 8, 4096);
     c.poll_recv().unwrap();
     let s = c.next_ready().unwrap();
     // Against the contract, the data comes lent anyway: the command fails, nothing unchecked

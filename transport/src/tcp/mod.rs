@@ -106,6 +106,9 @@ struct Slot {
 /// H2CData payloads at least this large skip the receive buffer (one copy less per byte).
 const DIRECT_MIN: usize = 16 * 1024;
 
+/// Most bytes one read takes into the receive buffer while H2CData is due.
+const RX_WHILE_DATA: usize = 8 * 1024;
+
 /// An H2CData PDU whose header is handled and whose payload is read in place.
 struct Direct {
     dh: DataHeader,
@@ -148,6 +151,8 @@ struct Inner {
     /// reactor-wide queue for them.
     waiting: VecDeque<u16>,
     waiter_id: u32,
+    /// Commands sent an R2T whose data has not all come.
+    awaiting_data: u32,
     /// Bytes to send; `tx[tx_off..tx_marked]` is covered by `segs`, the rest not yet.
     tx: Vec<u8>,
     tx_off: usize,
@@ -219,6 +224,7 @@ impl<S: Read + Write> TcpConn<S> {
                 ready: VecDeque::with_capacity(nslots),
                 waiting: VecDeque::with_capacity(nslots),
                 waiter_id,
+                awaiting_data: 0,
                 tx: Vec::with_capacity(64 * 1024),
                 tx_off: 0,
                 tx_marked: 0,
@@ -344,8 +350,16 @@ impl<S: Read + Write> TcpConn<S> {
                 break;
             }
             self.stats.recv_calls += 1;
-            let room = self.rx.len() - self.rx_end;
-            match self.stream.read(&mut self.rx[self.rx_end..]) {
+            // While H2CData is due, read little at a time: a large payload then mostly goes
+            // straight to its command's buffer (read_direct) instead of through this one.
+            let mut room = self.rx.len() - self.rx_end;
+            if self.inner.awaiting_data > 0 {
+                room = room.min(RX_WHILE_DATA);
+            }
+            match self
+                .stream
+                .read(&mut self.rx[self.rx_end..self.rx_end + room])
+            {
                 Ok(0) => return Err(ConnError::Closed),
                 Ok(n) => {
                     self.rx_end += n;
@@ -763,6 +777,7 @@ impl Inner {
             return self.make_ready(slot);
         }
         s.state = SlotState::AwaitingData;
+        self.awaiting_data += 1;
         R2t {
             cccid: sqe.cid,
             ttag: slot,
@@ -818,6 +833,7 @@ impl Inner {
         s.received = dh.offset + dh.length;
         s.digest_failed |= !digest_ok;
         if s.received == s.capsule.data_len {
+            self.awaiting_data -= 1;
             self.make_ready(dh.ttag);
         }
     }

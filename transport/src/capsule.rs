@@ -2,6 +2,7 @@
 
 use crate::proto::nvme::{Cqe, Sqe};
 use nvmfd_bdev::{IoBuf, Lent};
+use std::io::IoSlice;
 
 /// A command capsule as the core sees it, whatever transport carried it.
 ///
@@ -18,6 +19,26 @@ pub struct Capsule {
     /// Read data a block device lent instead of filling `buf` (sent from there, see
     /// `nvmfd_bdev::Op::ReadLent`).
     pub lent: Option<Lent>,
+}
+
+impl Capsule {
+    /// Bytes of data the command has to send: all of the lent data, or the buffer's capacity.
+    pub fn data_room(&self) -> usize {
+        match (&self.lent, &self.buf) {
+            (Some(l), _) => l.len(),
+            (None, Some(b)) => b.capacity(),
+            (None, None) => 0,
+        }
+    }
+
+    /// Bytes `from..to` of that data as a piece of a `writev` (lent data is never read here).
+    pub fn data_io_slice(&self, from: usize, to: usize) -> IoSlice<'_> {
+        match (&self.lent, &self.buf) {
+            (Some(l), _) => l.io_slice(from, to),
+            (None, Some(b)) => IoSlice::new(&b.as_slice()[from..to]),
+            (None, None) => IoSlice::new(&[]),
+        }
+    }
 }
 
 /// What the core answers: the completion and how many bytes of the capsule's buffer go back to the

@@ -456,12 +456,7 @@ impl<S: Read + Write> TcpConn<S> {
                         IoSlice::new(&inner.tx[cur - l..cur])
                     }
                     Seg::Slot { slot, len } => {
-                        let c = &inner.slots[slot as usize].capsule;
-                        match (&c.lent, &c.buf) {
-                            (Some(l), _) => l.io_slice(skip, len),
-                            (None, Some(b)) => IoSlice::new(&b.as_slice()[skip..len]),
-                            (None, None) => IoSlice::new(&[]),
-                        }
+                        inner.slots[slot as usize].capsule.data_io_slice(skip, len)
                     }
                 };
             }
@@ -874,12 +869,7 @@ impl Inner {
         let s = &mut self.slots[slot as usize];
         debug_assert_eq!(s.state, SlotState::Executing);
         // The data is lent by the block device, or in the command's buffer.
-        let have = match (&s.capsule.lent, &s.capsule.buf) {
-            (Some(l), _) => l.len(),
-            (None, Some(b)) => b.capacity(),
-            (None, None) => 0,
-        };
-        let len = resp.data_len.min(have as u32);
+        let len = resp.data_len.min(s.capsule.data_room() as u32);
         if len == 0 {
             encode_capsule_resp(&mut self.tx, &resp.cqe, self.digests);
             self.release(slot);

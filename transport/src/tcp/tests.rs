@@ -109,6 +109,25 @@ fn ok(cid: u16, data_len: u32) -> Response {
     }
 }
 
+/// The H2CData PDU answering the R2T the connection sent for command `cid`.
+fn h2c_for(c: &TcpConn<MemStream>, cid: u16, data: &[u8]) -> Vec<u8> {
+    let ttag = c
+        .inner
+        .slots
+        .iter()
+        .position(|s| s.state == SlotState::AwaitingData && s.capsule.sqe.cid == cid)
+        .expect("an R2T was sent for the command") as u16;
+    let mut b = Vec::new();
+    DataHeader {
+        cccid: cid,
+        ttag,
+        offset: 0,
+        length: data.len() as u32,
+    }
+    .encode(&mut b, false, flags::DATA_LAST, data, c.inner.digests, 4);
+    b
+}
+
 #[test]
 fn reads_wait_for_a_large_buffer_when_the_pool_is_lent_out() {
     let (mut c, pool) = conn(1);
@@ -157,29 +176,7 @@ fn writes_get_their_r2t_only_once_they_have_a_buffer() {
     assert_eq!(sent_types(&mut c), [0x09, 0x09], "two R2Ts for two buffers");
     assert!(c.awaiting_buffers());
     // The host answers the first R2T; that write runs and completes, freeing its buffer.
-    let mut b = Vec::new();
-    DataHeader {
-        cccid: 0,
-        ttag: 31,
-        offset: 0,
-        length: LARGE as u32,
-    }
-    .encode(
-        &mut b,
-        false,
-        flags::DATA_LAST,
-        &vec![7u8; LARGE],
-        Digests::default(),
-        4,
-    );
-    // The transfer tag the target chose for command 0.
-    let tag = c
-        .inner
-        .slots
-        .iter()
-        .position(|s| s.state == SlotState::AwaitingData && s.capsule.sqe.cid == 0)
-        .unwrap() as u16;
-    b[10..12].copy_from_slice(&tag.to_le_bytes());
+    let b = h2c_for(&c, 0, &vec![7u8; LARGE]);
     c.stream.input.extend(b);
     c.poll_recv().unwrap();
     let s = c.next_ready().expect("the write's data arrived");
@@ -309,25 +306,6 @@ fn lent_data_is_never_sent_where_a_data_digest_is_due() {
     assert_eq!(out[0], pdu_type::CAPSULE_RESP, "no C2HData");
     let cqe = Cqe::decode(out[8..24].try_into().unwrap());
     assert_eq!((cqe.cid, cqe.status), (8, Status::INTERNAL_ERROR));
-}
-
-/// The H2CData PDU answering the R2T the connection sent for command `cid`.
-fn h2c_for(c: &TcpConn<MemStream>, cid: u16, data: &[u8]) -> Vec<u8> {
-    let ttag = c
-        .inner
-        .slots
-        .iter()
-        .position(|s| s.state == SlotState::AwaitingData && s.capsule.sqe.cid == cid)
-        .expect("an R2T was sent for the command") as u16;
-    let mut b = Vec::new();
-    DataHeader {
-        cccid: cid,
-        ttag,
-        offset: 0,
-        length: data.len() as u32,
-    }
-    .encode(&mut b, false, flags::DATA_LAST, data, c.inner.digests, 4);
-    b
 }
 
 #[test]

@@ -40,6 +40,14 @@ impl FieldPath {
     pub(crate) fn segments(&self) -> &[Seg] {
         &self.0
     }
+
+    /// The key this path ends with ("" when it ends with an index or is the root).
+    pub(crate) fn last_key(&self) -> &str {
+        match self.0.last() {
+            Some(Seg::Key(k)) => k,
+            _ => "",
+        }
+    }
 }
 
 /// Keys made only of these characters are printed bare; others are quoted.

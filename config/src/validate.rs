@@ -162,6 +162,23 @@ impl Validator<'_> {
             .push(diagnostic(self.file, pos, path, message.into()));
     }
 
+    /// Report the size at `field` for breaking `rule` against the size at `other`:
+    /// "NAME (SIZE) RULE (OTHER SIZE)", each size marked when it is the default.
+    fn report_against(&mut self, field: (&FieldPath, u64), rule: &str, other: (&FieldPath, u64)) {
+        let note = self.default_note(field.0);
+        let other_note = self.default_note(other.0);
+        let name = field.0.last_key();
+        self.report(
+            field.0,
+            At::Value,
+            format!(
+                "{name} ({}{note}) {rule} ({}{other_note})",
+                fmt_size(field.1),
+                fmt_size(other.1)
+            ),
+        );
+    }
+
     /// Whether `path` was written in the file (as opposed to defaulted).
     fn written(&self, path: &FieldPath) -> bool {
         self.root.get(path).is_some()
@@ -312,16 +329,10 @@ impl Validator<'_> {
                 ),
             );
         } else if max_io_ok && icd > max_io {
-            let note = self.default_note(&icd_path);
-            let mio_note = self.default_note(&mio_path);
-            self.report(
-                &icd_path,
-                At::Value,
-                format!(
-                    "in_capsule_data_size ({}{note}) must not exceed max_io_size ({}{mio_note})",
-                    fmt_size(icd),
-                    fmt_size(max_io)
-                ),
+            self.report_against(
+                (&icd_path, icd),
+                "must not exceed max_io_size",
+                (&mio_path, max_io),
             );
         }
         let mut ranged = |name: &str, value: Option<u64>, default: u16, lo: u16, hi: u16| {
@@ -348,16 +359,10 @@ impl Validator<'_> {
         let bps_path = p.key("buffer_pool_size");
         let buffer_pool_size = t.buffer_pool_size.map_or(d.buffer_pool_size, |s| s.0);
         if max_io_ok && buffer_pool_size < max_io {
-            let note = self.default_note(&bps_path);
-            let mio_note = self.default_note(&mio_path);
-            self.report(
-                &bps_path,
-                At::Value,
-                format!(
-                    "buffer_pool_size ({}{note}) must hold at least one max_io_size buffer ({}{mio_note})",
-                    fmt_size(buffer_pool_size),
-                    fmt_size(max_io)
-                ),
+            self.report_against(
+                (&bps_path, buffer_pool_size),
+                "must hold at least one max_io_size buffer",
+                (&mio_path, max_io),
             );
         }
         TcpTransport {

@@ -1,6 +1,7 @@
 //! NVMe-oF wire formats ([`proto`]) and transports.
 
 mod capsule;
+pub mod logsafe;
 pub mod proto;
 pub mod tcp;
 

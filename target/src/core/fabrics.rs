@@ -3,6 +3,7 @@
 use super::admin::AdminState;
 use super::qpair::{Outcome, QueuePair, State};
 use super::SubsysRef;
+use nvmfd_transport::logsafe::escape;
 use nvmfd_transport::proto::fabrics::{
     ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN,
 };
@@ -40,24 +41,24 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
     };
     let target = qp.target.clone();
     let Some(subsys) = target.find_subsystem(&data.subnqn) else {
-        warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, "connect refused: no such subsystem");
+        warn!(subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), "connect refused: no such subsystem");
         return invalid_param(qp, cap, true, 256);
     };
     // Some initiators (spdk_nvme_perf without `hostnqn:`) send no host NQN at all. Like SPDK's
     // target, accept that where any host may connect; an allow-list can never match it.
     if !data.hostnqn.is_empty() && !data.hostnqn.starts_with("nqn.") {
-        warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, "connect refused: malformed host NQN");
+        warn!(subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), "connect refused: malformed host NQN");
         return invalid_param(qp, cap, true, 512);
     }
     if let SubsysRef::Nvm(i) = subsys {
         if !target.subsystems[i].host_allowed(&data.hostnqn) {
-            warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, "connect refused: host not on the subsystem's allow list");
+            warn!(subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), "connect refused: host not on the subsystem's allow list");
             return qp.respond(cap, Status::CONNECT_INVALID_HOST, 0, 0);
         }
     }
     let entries = cmd.sqsize as u32 + 1;
     if cmd.sqsize == 0 || entries > target.limits.max_queue_depth as u32 {
-        warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, sqsize = cmd.sqsize, max = target.limits.max_queue_depth,
+        warn!(subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), sqsize = cmd.sqsize, max = target.limits.max_queue_depth,
             "connect refused: queue size out of range");
         return invalid_param(qp, cap, false, 44);
     }
@@ -76,7 +77,7 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         else {
             return qp.respond(cap, Status::CONNECT_CONTROLLER_BUSY, 0, 0);
         };
-        info!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, cntlid = ctrl.cntlid, kato_ms = cmd.kato_ms, "controller created");
+        info!(subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), cntlid = ctrl.cntlid, kato_ms = cmd.kato_ms, "controller created");
         let cntlid = ctrl.cntlid;
         qp.qid = 0;
         qp.sq_entries = entries as u16;
@@ -87,11 +88,11 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         return invalid_param(qp, cap, false, 42);
     };
     let Some(ctrl) = target.registry.get(data.cntlid) else {
-        warn!(subnqn = %data.subnqn, cntlid = data.cntlid, "I/O queue connect refused: unknown controller");
+        warn!(subnqn = %escape(&data.subnqn), cntlid = data.cntlid, "I/O queue connect refused: unknown controller");
         return invalid_param(qp, cap, true, 16);
     };
     if ctrl.subsys != subsys || ctrl.hostnqn != data.hostnqn {
-        warn!(subnqn = %data.subnqn, hostnqn = %data.hostnqn, cntlid = data.cntlid,
+        warn!(subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), cntlid = data.cntlid,
             "I/O queue connect refused: controller belongs to another host or subsystem");
         return invalid_param(qp, cap, true, 16);
     }
@@ -99,7 +100,7 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         return qp.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
     }
     if cmd.qid > ctrl.io_queues.load(Ordering::Acquire) || !ctrl.claim_qid(cmd.qid) {
-        warn!(subnqn = %data.subnqn, cntlid = data.cntlid, qid = cmd.qid, "I/O queue connect refused: queue ID out of range or in use");
+        warn!(subnqn = %escape(&data.subnqn), cntlid = data.cntlid, qid = cmd.qid, "I/O queue connect refused: queue ID out of range or in use");
         return invalid_param(qp, cap, false, 42);
     }
     let cntlid = ctrl.cntlid;

@@ -25,13 +25,11 @@ pub fn escape(s: &str) -> Escaped<'_> {
 impl fmt::Display for Escaped<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         use fmt::Write;
-        let mut n = 0usize;
-        for c in self.0.chars() {
+        for (n, c) in self.0.chars().enumerate() {
             if n == MAX_CHARS {
                 let rest = self.0.chars().count() - MAX_CHARS;
                 return write!(f, "...(+{rest} chars)");
             }
-            n += 1;
             match c {
                 '\\' => f.write_str("\\\\")?,
                 '"' => f.write_str("\\\"")?,

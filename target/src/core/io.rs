@@ -14,9 +14,26 @@ pub enum Checked {
     Done,
 }
 
+/// Force Unit Access, CDW12 bit 30 of Write and Write Zeroes (NVM Command Set 1.0, Figures
+/// "Write - Command Dword 12" and "Write Zeroes - Command Dword 12"): the data is on non-volatile
+/// media before the command completes.
+const CDW12_FUA: u32 = 1 << 30;
+
 /// Validate an I/O command against its namespace and turn it into a block-device operation.
-pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Checked, Status> {
+///
+/// `write_cache` is the controller's Volatile Write Cache feature (FID 06h) as the host last set
+/// it. With the cache disabled every write must be durable when it completes (Base 2.0, Volatile
+/// Write Cache: WCE cleared disables the cache), so writes then go down with FUA whatever the
+/// host asked. The FUA bit of a Read (commit, then read from media) is not acted on: a read
+/// through these backends already returns the newest data, and the host's ordering is its own.
+pub fn check(
+    subsys: &Subsystem,
+    limits: &Limits,
+    cap: &Capsule,
+    write_cache: bool,
+) -> Result<Checked, Status> {
     let sqe = &cap.sqe;
+    let fua = sqe.cdw12 & CDW12_FUA != 0 || !write_cache;
     let ns = subsys
         .namespace(sqe.nsid)
         .ok_or(Status::INVALID_NAMESPACE)?;
@@ -46,7 +63,7 @@ pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Check
             let op = if sqe.opcode == opcode::NVM_READ {
                 Op::Read { lba, blocks }
             } else {
-                Op::Write { lba, blocks }
+                Op::Write { lba, blocks, fua }
             };
             Ok(Checked::Io { bdev, op })
         }
@@ -61,7 +78,7 @@ pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Check
             }
             Ok(Checked::Io {
                 bdev,
-                op: Op::WriteZeroes { lba, blocks },
+                op: Op::WriteZeroes { lba, blocks, fua },
             })
         }
         opcode::NVM_DATASET_MANAGEMENT => {

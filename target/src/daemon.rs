@@ -4,6 +4,7 @@
 use crate::core::Target;
 use crate::reactor::{self, NewConn, ReactorConfig, ReactorHandle};
 use anyhow::{bail, Context};
+use nvmfd_bdev::Bdev;
 use nvmfd_config::{Config, TransportKind};
 use nvmfd_transport::tcp::TcpParams;
 use std::net::{SocketAddr, TcpListener};
@@ -34,6 +35,19 @@ impl Daemon {
             info!(bdev = %i.name, kind = i.kind, block_size = i.block_size, blocks = i.num_blocks,
                 size_bytes = i.block_size as u64 * i.num_blocks, "bdev opened");
             bdevs.push(bdev);
+        }
+        Self::start_with_bdevs(cfg, bdevs)
+    }
+
+    /// `start` with the block devices already open: one per `cfg.bdevs` entry, in that order
+    /// (lets a test wrap a device, e.g. in `nvmfd_bdev::testing::Recorder`).
+    pub fn start_with_bdevs(cfg: &Config, bdevs: Vec<Arc<dyn Bdev>>) -> anyhow::Result<Daemon> {
+        if bdevs.len() != cfg.bdevs.len() {
+            bail!(
+                "{} block devices given for {} in the config",
+                bdevs.len(),
+                cfg.bdevs.len()
+            );
         }
         let infos: Vec<_> = bdevs.iter().map(|b| b.info().clone()).collect();
         let target = Target::new(cfg, &infos);

@@ -349,7 +349,7 @@ fn block_device_from_env() {
 /// Read `len` bytes at `off` of `path` in a second process, with O_DIRECT (dd iflag=direct), so
 /// neither this process's descriptors nor its page cache view are involved.
 fn read_direct_elsewhere(path: &Path, off: u64, len: usize) -> Vec<u8> {
-    assert!(off % 4096 == 0 && len % 4096 == 0);
+    assert!(off.is_multiple_of(4096) && len.is_multiple_of(4096));
     let out = std::process::Command::new("dd")
         .arg(format!("if={}", path.display()))
         .args(["bs=4096", "iflag=direct", "status=none"])

@@ -77,6 +77,17 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
 /// that gave each first.
 type IdsSeen = HashMap<(&'static str, Vec<u8>), String>;
 
+/// What earlier subsystems already use, for the uniqueness checks of the next one.
+struct Taken<'m> {
+    /// NQN → subsystem index.
+    nqns: &'m mut HashMap<String, usize>,
+    /// Bdev name → bdev index (every defined bdev).
+    bdevs: &'m HashMap<String, usize>,
+    /// Bdev name → path of the namespace it backs.
+    bdev_users: &'m mut HashMap<String, String>,
+    ids: &'m mut IdsSeen,
+}
+
 /// Where a diagnostic points: at the key (`foo:`) or at its value.
 #[derive(Clone, Copy)]
 enum At {
@@ -262,8 +273,13 @@ impl Validator<'_> {
         let mut subsystems = Vec::new();
         for (i, s) in raw.subsystems.into_iter().enumerate() {
             let path = root.key("subsystems").index(i);
-            let ctx = (&mut nqns, &bdev_index, &mut bdev_users, &mut ns_ids);
-            subsystems.push(self.subsystem(&path, i, s, ctx));
+            let taken = Taken {
+                nqns: &mut nqns,
+                bdevs: &bdev_index,
+                bdev_users: &mut bdev_users,
+                ids: &mut ns_ids,
+            };
+            subsystems.push(self.subsystem(&path, i, s, taken));
         }
         let state_dir = match raw.state_dir {
             None => PathBuf::from(crate::DEFAULT_STATE_DIR),
@@ -310,9 +326,9 @@ impl Validator<'_> {
             let text = text.as_str();
             let p = np.key(name);
             let parsed = match name {
-                "uuid" => uuid_bytes(&text),
-                "nguid" => hex_bytes("NGUID", &text, n, "0c6a1e5d4e2f7a4e9a1b0c0ffee00002"),
-                _ => hex_bytes("EUI-64", &text, n, "0026b7680000f00d"),
+                "uuid" => uuid_bytes(text),
+                "nguid" => hex_bytes("NGUID", text, n, "0c6a1e5d4e2f7a4e9a1b0c0ffee00002"),
+                _ => hex_bytes("EUI-64", text, n, "0026b7680000f00d"),
             };
             let bytes = match parsed {
                 Ok(b) => b,
@@ -646,13 +662,14 @@ impl Validator<'_> {
         p: &FieldPath,
         i: usize,
         s: RawSubsystem,
-        (nqns, bdevs, bdev_users, ids): (
-            &mut HashMap<String, usize>,
-            &HashMap<String, usize>,
-            &mut HashMap<String, String>,
-            &mut IdsSeen,
-        ),
+        taken: Taken<'_>,
     ) -> SubsystemConfig {
+        let Taken {
+            nqns,
+            bdevs,
+            bdev_users,
+            ids,
+        } = taken;
         let nqn_path = p.key("nqn");
         if let Some(problem) = nqn_problem(&s.nqn) {
             self.report(&nqn_path, At::Value, problem);

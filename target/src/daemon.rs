@@ -50,9 +50,10 @@ impl Daemon {
             );
         }
         let infos: Vec<_> = bdevs.iter().map(|b| b.info().clone()).collect();
-        let target = Target::new(cfg, &infos);
+        let ids = crate::identity::resolve(cfg)?;
+        let target = Target::with_identities(cfg, &infos, &ids);
         for s in &target.subsystems {
-            info!(nqn = %s.nqn, namespaces = s.namespaces.len(), allow_any_host = s.allow_any_host,
+            info!(nqn = %s.nqn, serial = %s.serial, namespaces = s.namespaces.len(), allow_any_host = s.allow_any_host,
                 hosts = s.hosts.len(), "subsystem ready");
         }
 

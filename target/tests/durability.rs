@@ -13,6 +13,7 @@ use nvmfd_transport::proto::nvme::{feature, Sqe};
 use nvmfd_transport::proto::status::Status;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,10 +30,34 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn config(bdev: &str) -> nvmfd_config::Config {
+/// A temporary state directory for one daemon, removed on drop.
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new() -> StateDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "nvmfd-durability-state-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("state dir");
+        StateDir(p)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn config(bdev: &str) -> (nvmfd_config::Config, StateDir) {
     let port = free_port();
+    let state = StateDir::new();
     let yaml = format!(
         r#"
+state_dir: {}
 reactors: {{ cores: [0], idle_sleep_us: 20 }}
 bdevs:
   - {{ name: d0, {bdev} }}
@@ -41,19 +66,21 @@ subsystems:
     allow_any_host: true
     namespaces: [ {{ nsid: 1, bdev: d0 }} ]
     listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]
-"#
+"#,
+        state.0.display()
     );
-    nvmfd_config::parse_str(&yaml, "durability.yaml").expect("valid test config")
+    let cfg = nvmfd_config::parse_str(&yaml, "durability.yaml").expect("valid test config");
+    (cfg, state)
 }
 
 /// A daemon whose only bdev (a RAM disk) is wrapped in a Recorder.
-fn start_recorded() -> (Daemon, SocketAddr, Arc<Recorder>) {
-    let cfg = config("malloc: { size: 4MiB }");
+fn start_recorded() -> (Daemon, SocketAddr, Arc<Recorder>, StateDir) {
+    let (cfg, state) = config("malloc: { size: 4MiB }");
     let inner = nvmfd_bdev::open(&cfg.bdevs[0]).expect("open malloc");
     let rec = Arc::new(Recorder::new(inner));
     let d = Daemon::start_with_bdevs(&cfg, vec![rec.clone() as Arc<dyn Bdev>]).expect("start");
     let addr = d.listen_addrs[0];
-    (d, addr, rec)
+    (d, addr, rec, state)
 }
 
 fn connect(addr: SocketAddr) -> (Controller, IoQueue) {
@@ -94,7 +121,7 @@ fn completed_with_fua(rec: &Recorder, lba: u64) -> bool {
 /// plain write may stay in the (modeled) cache until a Flush.
 #[test]
 fn fua_write_is_durable_at_completion() {
-    let (d, addr, rec) = start_recorded();
+    let (d, addr, rec, _state) = start_recorded();
     let (mut c, mut q) = connect(addr);
     // The device claims a volatile cache, so Identify Controller says so (VWC bit 0) and the
     // feature is enabled by default.
@@ -132,7 +159,7 @@ fn fua_write_is_durable_at_completion() {
 /// (the feature is per controller); enabling it again brings back cached writes.
 #[test]
 fn volatile_write_cache_disabled_makes_every_write_durable() {
-    let (d, addr, rec) = start_recorded();
+    let (d, addr, rec, _state) = start_recorded();
     let (mut c, mut q) = connect(addr);
     let (mut c2, mut q2) = connect(addr);
     assert_eq!(c.set_features(feature::VOLATILE_WRITE_CACHE, 0).unwrap(), 0);
@@ -171,7 +198,7 @@ fn volatile_write_cache_disabled_makes_every_write_durable() {
 /// cache and Get/Set Features VWC fail with Invalid Field.
 #[test]
 fn no_volatile_cache_no_feature() {
-    let cfg = config("malloc: { size: 4MiB }");
+    let (cfg, _state) = config("malloc: { size: 4MiB }");
     let d = Daemon::start(&cfg).expect("start");
     let (mut c, q) = connect(d.listen_addrs[0]);
     let id = c.identify_controller().expect("identify");
@@ -221,7 +248,7 @@ fn fua_write_on_a_file_namespace_is_in_the_file() {
     std::fs::File::create(&f.0)
         .and_then(|h| h.set_len(1 << 20))
         .expect("create image");
-    let cfg = config(&format!("uring: {{ path: {} }}", f.0.display()));
+    let (cfg, _state) = config(&format!("uring: {{ path: {} }}", f.0.display()));
     let d = Daemon::start(&cfg).expect("start");
     let (mut c, mut q) = connect(d.listen_addrs[0]);
     write(&mut q, 2, 5, FUA);

@@ -119,3 +119,67 @@ pub(super) fn transfer_len(target: &Target, state: &State, cap: &Capsule) -> u32
         .namespace(cap.sqe.nsid)
         .map_or(0, |ns| cap.sqe.nlb() * ns.info.block_size)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvmfd_bdev::{BdevInfo, IoBuf};
+    use nvmfd_transport::proto::nvme::Sqe;
+
+    fn target() -> std::sync::Arc<Target> {
+        let yaml = "bdevs: [ { name: d, malloc: { size: 1MiB } } ]\n\
+                    subsystems: [ { nqn: nqn.2026-11.io.nvmfd:io, namespaces: [ { bdev: d } ] } ]\n";
+        let cfg = nvmfd_config::parse_str(yaml, "t.yaml").expect("valid");
+        let info = BdevInfo {
+            name: "d".into(),
+            kind: "test",
+            block_size: 4096,
+            num_blocks: 256,
+            deallocate_zeroes: true,
+            volatile_cache: true,
+        };
+        Target::new(&cfg, &[info])
+    }
+
+    fn op(t: &Target, opcode: u8, cdw12_extra: u32, write_cache: bool) -> Op {
+        let mut sqe = Sqe::lba_command(opcode, 1, 8, 2);
+        sqe.cdw12 |= cdw12_extra;
+        let cap = Capsule {
+            sqe,
+            buf: Some(IoBuf::new(8192)),
+            data_len: 8192,
+            lent: None,
+        };
+        match check(&t.subsystems[0], &t.limits, &cap, write_cache) {
+            Ok(Checked::Io { op, .. }) => op,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// FUA comes from CDW12 bit 30, or from a disabled volatile write cache; reads never carry
+    /// it (Op::Read has no such field) and the NLB field (bits 15:0) is unaffected.
+    #[test]
+    fn fua_from_the_command_or_the_cache_setting() {
+        let t = target();
+        let w = |fua| Op::Write {
+            lba: 8,
+            blocks: 2,
+            fua,
+        };
+        let z = |fua| Op::WriteZeroes {
+            lba: 8,
+            blocks: 2,
+            fua,
+        };
+        assert_eq!(op(&t, opcode::NVM_WRITE, 0, true), w(false));
+        assert_eq!(op(&t, opcode::NVM_WRITE, CDW12_FUA, true), w(true));
+        assert_eq!(op(&t, opcode::NVM_WRITE, 0, false), w(true));
+        assert_eq!(op(&t, opcode::NVM_WRITE_ZEROES, 0, true), z(false));
+        assert_eq!(op(&t, opcode::NVM_WRITE_ZEROES, CDW12_FUA, true), z(true));
+        assert_eq!(op(&t, opcode::NVM_WRITE_ZEROES, 0, false), z(true));
+        assert_eq!(
+            op(&t, opcode::NVM_READ, CDW12_FUA, false),
+            Op::Read { lba: 8, blocks: 2 }
+        );
+    }
+}

@@ -7,6 +7,7 @@
 
 mod buf;
 mod lent;
+pub mod testing;
 
 pub use backends::malloc::Malloc;
 pub use backends::null::Null;
@@ -71,11 +72,16 @@ pub enum Op {
     /// submitter that hands the data straight to the kernel (a socket) and never reads it.
     ReadLent { lba: u64, blocks: u32 },
     /// Write `blocks` blocks at `lba` from the first `blocks * block_size` bytes of the buffer.
-    Write { lba: u64, blocks: u32 },
+    /// With `fua` (Force Unit Access), the data is on non-volatile media when the I/O completes
+    /// (NVMe Base 2.0, Write command, CDW12 bit 30): a backend with a volatile cache writes through
+    /// it or flushes before completing. The core also sets it for every write while the host has
+    /// the Volatile Write Cache feature disabled.
+    Write { lba: u64, blocks: u32, fua: bool },
     /// Make completed writes durable.
     Flush,
-    /// Write zeroes to `blocks` blocks at `lba` (the buffer is not used).
-    WriteZeroes { lba: u64, blocks: u32 },
+    /// Write zeroes to `blocks` blocks at `lba` (the buffer is not used). `fua` as for `Write`
+    /// (Write Zeroes has its own FUA bit, CDW12 bit 30).
+    WriteZeroes { lba: u64, blocks: u32, fua: bool },
     /// Deallocate the `ranges` [`DsmRange`]s stored at the start of the buffer.
     Deallocate { ranges: u16 },
 }

@@ -49,7 +49,11 @@ fn write_zeroes_and_deallocate_read_zeroes() {
     write(&mut *ch, 0, &all, bs).expect("fill");
     let c = run(
         &mut *ch,
-        Op::WriteZeroes { lba: 3, blocks: 2 },
+        Op::WriteZeroes {
+            lba: 3,
+            blocks: 2,
+            fua: false,
+        },
         IoBuf::new(0),
     );
     assert_eq!(c.result, Ok(()));

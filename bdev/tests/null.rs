@@ -23,6 +23,7 @@ fn discards_writes_and_reads_zeroes() {
         Op::WriteZeroes {
             lba: 0,
             blocks: 2048,
+            fua: false,
         },
     ] {
         assert_eq!(run(&mut *ch, op, IoBuf::new(0)).result, Ok(()), "{op:?}");

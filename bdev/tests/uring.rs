@@ -142,6 +142,7 @@ fn check_zeroing(dir: &Path) {
         Op::WriteZeroes {
             lba: 3,
             blocks: 600,
+            fua: false,
         },
         IoBuf::new(0),
     );
@@ -276,7 +277,11 @@ fn dropping_a_channel_waits_for_its_io() {
         buf.as_mut_slice().copy_from_slice(&data);
         let io = Io {
             tag: lba,
-            op: Op::Write { lba, blocks: 1 },
+            op: Op::Write {
+                lba,
+                blocks: 1,
+                fua: false,
+            },
             buf,
         };
         ch.submit(io).expect("room");
@@ -323,7 +328,11 @@ fn block_device_from_env() {
     check_errors(&mut *ch, i.num_blocks, bs);
     let c = run(
         &mut *ch,
-        Op::WriteZeroes { lba: 1, blocks: 3 },
+        Op::WriteZeroes {
+            lba: 1,
+            blocks: 3,
+            fua: false,
+        },
         IoBuf::new(0),
     );
     assert_eq!(c.result, Ok(()));
@@ -335,4 +344,147 @@ fn block_device_from_env() {
     if i.block_size > 512 {
         assert!(Uring::open("blk", &dev, Some(512)).is_err());
     }
+}
+
+/// Read `len` bytes at `off` of `path` in a second process, with O_DIRECT (dd iflag=direct), so
+/// neither this process's descriptors nor its page cache view are involved.
+fn read_direct_elsewhere(path: &Path, off: u64, len: usize) -> Vec<u8> {
+    assert!(off.is_multiple_of(4096) && len.is_multiple_of(4096));
+    let out = std::process::Command::new("dd")
+        .arg(format!("if={}", path.display()))
+        .args(["bs=4096", "iflag=direct", "status=none"])
+        .arg(format!("skip={}", off / 4096))
+        .arg(format!("count={}", len / 4096))
+        .output()
+        .expect("run dd");
+    assert!(
+        out.status.success(),
+        "dd: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A FUA write is in the file when it completes: another process reading with O_DIRECT sees it
+/// at once, at the right offset, and a FUA Write Zeroes likewise.
+#[test]
+fn fua_write_is_visible_to_an_o_direct_reader() {
+    let f = TempFile::new("fua", 1 << 20);
+    let u = Uring::open("u", &f.0, None).expect("open");
+    assert!(
+        u.direct_io(),
+        "the temp dir must allow O_DIRECT for this test"
+    );
+    let mut ch = u.channel().expect("channel");
+    let data = pattern(5, 3, 4096, 7);
+    let mut buf = IoBuf::new(data.len());
+    buf.as_mut_slice().copy_from_slice(&data);
+    let op = Op::Write {
+        lba: 5,
+        blocks: 3,
+        fua: true,
+    };
+    assert_eq!(run(&mut *ch, op, buf).result, Ok(()));
+    assert!(read_direct_elsewhere(&f.0, 5 * 4096, 3 * 4096) == data);
+    assert!(read_direct_elsewhere(&f.0, 4 * 4096, 4096)
+        .iter()
+        .all(|&b| b == 0));
+    let op = Op::WriteZeroes {
+        lba: 6,
+        blocks: 1,
+        fua: true,
+    };
+    assert_eq!(run(&mut *ch, op, IoBuf::new(0)).result, Ok(()));
+    let back = read_direct_elsewhere(&f.0, 5 * 4096, 3 * 4096);
+    assert!(back[..4096] == data[..4096]);
+    assert!(back[4096..8192].iter().all(|&b| b == 0));
+    assert!(back[8192..] == data[8192..]);
+}
+
+/// A loop device over a temp file, detached on drop. None where loop devices cannot be set up
+/// (not root, no loop driver).
+struct Loop(String);
+
+impl Loop {
+    fn new(file: &Path) -> Option<Loop> {
+        let out = std::process::Command::new("losetup")
+            .args(["-f", "--show"])
+            .arg(file)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            eprintln!("losetup: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        Some(Loop(
+            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+        ))
+    }
+
+    /// Flush requests the block layer completed on this device (/sys/block/X/stat field 16,
+    /// Documentation/block/stat.rst).
+    fn flushes(&self) -> u64 {
+        let name = self.0.trim_start_matches("/dev/");
+        let stat = std::fs::read_to_string(format!("/sys/block/{name}/stat")).expect("stat");
+        let f: Vec<&str> = stat.split_whitespace().collect();
+        f.get(15)
+            .expect("flush field (Linux >= 5.5)")
+            .parse()
+            .expect("number")
+    }
+}
+
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup")
+            .args(["-d", &self.0])
+            .status();
+    }
+}
+
+/// On a block device with a write-back cache (a loop device reports one), a FUA write makes the
+/// kernel flush the device before the write completes (RWF_DSYNC; the loop driver has no native
+/// FUA, so the block layer turns it into flushes), while a plain write sends no flush. The same
+/// holds for Write Zeroes with FUA (a trailing fdatasync).
+#[test]
+fn fua_reaches_the_device_as_a_flush() {
+    let f = TempFile::new("fua-loop", 4 << 20);
+    let Some(dev) = Loop::new(&f.0) else {
+        eprintln!("no loop device here, skipped");
+        return;
+    };
+    let wc = std::fs::read_to_string(format!(
+        "/sys/block/{}/queue/write_cache",
+        dev.0.trim_start_matches("/dev/")
+    ))
+    .unwrap_or_default();
+    assert_eq!(wc.trim(), "write back", "{}", dev.0);
+    let u = Uring::open("blk", &dev.0, Some(4096)).expect("open loop device");
+    assert!(u.direct_io());
+    let mut ch = u.channel().expect("channel");
+    let data = pattern(1, 1, 4096, 3);
+    let w = |lba, fua, ch: &mut dyn nvmfd_bdev::BdevChannel| {
+        let mut buf = IoBuf::new(4096);
+        buf.as_mut_slice().copy_from_slice(&data);
+        let before = dev.flushes();
+        let op = Op::Write {
+            lba,
+            blocks: 1,
+            fua,
+        };
+        assert_eq!(run(ch, op, buf).result, Ok(()));
+        dev.flushes() - before
+    };
+    assert_eq!(w(1, false, &mut *ch), 0, "a plain write flushed");
+    assert!(w(2, true, &mut *ch) >= 1, "a FUA write did not flush");
+    assert_eq!(w(3, false, &mut *ch), 0, "a plain write flushed");
+    let before = dev.flushes();
+    let op = Op::WriteZeroes {
+        lba: 4,
+        blocks: 2,
+        fua: true,
+    };
+    assert_eq!(run(&mut *ch, op, IoBuf::new(0)).result, Ok(()));
+    assert!(dev.flushes() > before, "a FUA write zeroes did not flush");
+    assert!(read(&mut *ch, 2, 1, 4096) == data);
 }

@@ -36,6 +36,7 @@ pub(crate) struct RawConfig {
     pub bdevs: Vec<RawBdev>,
     pub subsystems: Vec<RawSubsystem>,
     pub discovery: RawDiscovery,
+    pub state_dir: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +137,12 @@ pub(crate) struct RawNamespace {
     pub bdev: String,
     #[serde(default, deserialize_with = "present")]
     pub p2p: Option<Unsupported>,
+    #[serde(default)]
+    pub uuid: Option<String>,
+    #[serde(default)]
+    pub nguid: Option<String>,
+    #[serde(default)]
+    pub eui64: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

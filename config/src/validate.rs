@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use crate::de::NodeDe;
 use crate::path::FieldPath;
 use crate::raw::{
-    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawReactors, RawSubsystem, RawTcp,
-    RawTransportKind, RawUring,
+    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawNamespace, RawReactors,
+    RawSubsystem, RawTcp, RawTransportKind, RawUring,
 };
 use crate::size::Size;
 use crate::yaml::{self, Node, Pos};
@@ -71,6 +71,21 @@ pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         v.diags.sort_by_key(|d| (d.line, d.column));
         Err(ConfigError::Invalid(v.diags))
     }
+}
+
+/// Namespace identifiers already given, by field name and value: the path of the namespace
+/// that gave each first.
+type IdsSeen = HashMap<(&'static str, Vec<u8>), String>;
+
+/// What earlier subsystems already use, for the uniqueness checks of the next one.
+struct Taken<'m> {
+    /// NQN → subsystem index.
+    nqns: &'m mut HashMap<String, usize>,
+    /// Bdev name → bdev index (every defined bdev).
+    bdevs: &'m HashMap<String, usize>,
+    /// Bdev name → path of the namespace it backs.
+    bdev_users: &'m mut HashMap<String, String>,
+    ids: &'m mut IdsSeen,
 }
 
 /// Where a diagnostic points: at the key (`foo:`) or at its value.
@@ -147,6 +162,46 @@ fn ascii_field_problem(what: &str, value: &str, max: usize) -> Option<String> {
     None
 }
 
+/// `n` bytes written as `2n` hex digits (either case), or why not.
+fn hex_bytes(what: &str, text: &str, n: usize, example: &str) -> Result<Vec<u8>, String> {
+    let bad = || {
+        format!(
+            "{text:?} is not a valid {what}: write {} hex digits, e.g. {example}",
+            2 * n
+        )
+    };
+    if text.len() != 2 * n || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    (0..n)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad()))
+        .collect()
+}
+
+/// A UUID in the RFC 4122 text form (`8-4-4-4-12` hex digits, either case), in byte order.
+fn uuid_bytes(text: &str) -> Result<Vec<u8>, String> {
+    let groups: Vec<&str> = text.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    if lens != [8, 4, 4, 4, 12] {
+        return Err(format!(
+            "{text:?} is not a UUID: write 8-4-4-4-12 hex digits, e.g. \
+             3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10"
+        ));
+    }
+    hex_bytes(
+        "UUID",
+        &groups.concat(),
+        16,
+        "3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10",
+    )
+    .map_err(|_| {
+        format!(
+            "{text:?} is not a UUID: write 8-4-4-4-12 hex digits, e.g. \
+                 3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10"
+        )
+    })
+}
+
 fn digest(d: Option<RawDigest>) -> DigestMode {
     match d {
         None | Some(RawDigest::Allowed) => DigestMode::Allowed,
@@ -214,11 +269,31 @@ impl Validator<'_> {
         }
         let mut nqns = HashMap::new();
         let mut bdev_users = HashMap::new();
+        let mut ns_ids = HashMap::new();
         let mut subsystems = Vec::new();
         for (i, s) in raw.subsystems.into_iter().enumerate() {
             let path = root.key("subsystems").index(i);
-            subsystems.push(self.subsystem(&path, i, s, &mut nqns, &bdev_index, &mut bdev_users));
+            let taken = Taken {
+                nqns: &mut nqns,
+                bdevs: &bdev_index,
+                bdev_users: &mut bdev_users,
+                ids: &mut ns_ids,
+            };
+            subsystems.push(self.subsystem(&path, i, s, taken));
         }
+        let state_dir = match raw.state_dir {
+            None => PathBuf::from(crate::DEFAULT_STATE_DIR),
+            Some(d) => {
+                if d.is_empty() || !d.starts_with('/') {
+                    self.report(
+                        &root.key("state_dir"),
+                        At::Value,
+                        format!("state_dir must be an absolute path (got {d:?})"),
+                    );
+                }
+                PathBuf::from(d)
+            }
+        };
         Config {
             reactors,
             transports: Transports { tcp },
@@ -227,6 +302,70 @@ impl Validator<'_> {
             discovery: Discovery {
                 enabled: raw.discovery.enabled.unwrap_or(true),
             },
+            state_dir,
+        }
+    }
+
+    /// Parse a namespace's `uuid`, `nguid` and `eui64` (kept as text in `raw_ids` until here) and
+    /// refuse values that are all zero (NVMe: a zero identifier means "none") or already used by
+    /// another namespace: equal identifiers tell a host's multipath that two namespaces are one.
+    fn namespace_ids(
+        &mut self,
+        np: &FieldPath,
+        n: &RawNamespace,
+        ns: &mut NamespaceConfig,
+        seen: &mut IdsSeen,
+    ) {
+        let fields: [(&'static str, &Option<String>, usize); 3] = [
+            ("uuid", &n.uuid, 16),
+            ("nguid", &n.nguid, 16),
+            ("eui64", &n.eui64, 8),
+        ];
+        for (name, text, n) in fields {
+            let Some(text) = text else { continue };
+            let text = text.as_str();
+            let p = np.key(name);
+            let parsed = match name {
+                "uuid" => uuid_bytes(text),
+                "nguid" => hex_bytes("NGUID", text, n, "0c6a1e5d4e2f7a4e9a1b0c0ffee00002"),
+                _ => hex_bytes("EUI-64", text, n, "0026b7680000f00d"),
+            };
+            let bytes = match parsed {
+                Ok(b) => b,
+                Err(e) => {
+                    self.report(&p, At::Value, e);
+                    continue;
+                }
+            };
+            if bytes.iter().all(|&b| b == 0) {
+                self.report(
+                    &p,
+                    At::Value,
+                    format!(
+                        "an all-zero {name} means \"no {name}\" to a host; leave the field out \
+                         to have one generated"
+                    ),
+                );
+                continue;
+            }
+            match seen.get(&(name, bytes.clone())) {
+                Some(first) => {
+                    self.report(
+                        &p,
+                        At::Value,
+                        format!("{name} {text} is already used by {first}"),
+                    );
+                    continue;
+                }
+                None => {
+                    seen.insert((name, bytes.clone()), np.to_string());
+                }
+            }
+            match name {
+                "uuid" => ns.uuid = bytes.try_into().ok(),
+                "nguid" => ns.nguid = bytes.try_into().ok(),
+                _ => ns.eui64 = bytes.try_into().ok(),
+            }
         }
     }
 
@@ -523,10 +662,14 @@ impl Validator<'_> {
         p: &FieldPath,
         i: usize,
         s: RawSubsystem,
-        nqns: &mut HashMap<String, usize>,
-        bdevs: &HashMap<String, usize>,
-        bdev_users: &mut HashMap<String, String>,
+        taken: Taken<'_>,
     ) -> SubsystemConfig {
+        let Taken {
+            nqns,
+            bdevs,
+            bdev_users,
+            ids,
+        } = taken;
         let nqn_path = p.key("nqn");
         if let Some(problem) = nqn_problem(&s.nqn) {
             self.report(&nqn_path, At::Value, problem);
@@ -548,6 +691,7 @@ impl Validator<'_> {
             nqns.insert(s.nqn.clone(), i);
         }
 
+        let serial_is_default = s.serial.is_none();
         let serial = s.serial.unwrap_or_else(|| format!("NVMFD{:04}", i + 1));
         if let Some(problem) = ascii_field_problem("serial", &serial, MAX_SERIAL_LEN) {
             self.report(&p.key("serial"), At::Value, problem);
@@ -648,7 +792,15 @@ impl Validator<'_> {
                     "peer-to-peer data placement (p2p) is not supported yet",
                 );
             }
-            namespaces.push(NamespaceConfig { nsid, bdev: n.bdev });
+            let mut ns = NamespaceConfig {
+                nsid,
+                bdev: n.bdev.clone(),
+                uuid: None,
+                nguid: None,
+                eui64: None,
+            };
+            self.namespace_ids(&np, &n, &mut ns, ids);
+            namespaces.push(ns);
         }
 
         let mut listeners: Vec<ListenerConfig> = Vec::new();
@@ -672,6 +824,7 @@ impl Validator<'_> {
         SubsystemConfig {
             nqn: s.nqn,
             serial,
+            serial_is_default,
             model,
             allow_any_host,
             hosts: s.hosts,

@@ -52,6 +52,7 @@ fn subsystem_defaults() {
     let c = ok(&text);
     let a = &c.subsystems[0];
     assert_eq!(a.serial, "NVMFD0001");
+    assert!(a.serial_is_default);
     assert_eq!(a.model, "nvmfd");
     assert!(a.allow_any_host, "no hosts listed => any host");
     assert!(a.hosts.is_empty());
@@ -59,7 +60,10 @@ fn subsystem_defaults() {
         a.namespaces,
         vec![NamespaceConfig {
             nsid: 1,
-            bdev: "ram0".into()
+            bdev: "ram0".into(),
+            uuid: None,
+            nguid: None,
+            eui64: None,
         }]
     );
     assert_eq!(
@@ -275,12 +279,16 @@ fn embedded_default_matches_spec() {
         subsystems: vec![SubsystemConfig {
             nqn: "nqn.2026-11.io.nvmfd:default".into(),
             serial: "NVMFD0001".into(),
+            serial_is_default: true,
             model: "nvmfd".into(),
             allow_any_host: true,
             hosts: vec![],
             namespaces: vec![NamespaceConfig {
                 nsid: 1,
                 bdev: "ram0".into(),
+                uuid: None,
+                nguid: None,
+                eui64: None,
             }],
             listeners: vec![ListenerConfig {
                 transport: TransportKind::Tcp,
@@ -289,6 +297,7 @@ fn embedded_default_matches_spec() {
             }],
         }],
         discovery: Discovery { enabled: true },
+        state_dir: "/var/lib/nvmfd".into(),
     };
     assert_eq!(Config::embedded_default(), expected);
     assert_eq!(

@@ -910,3 +910,192 @@ fn quoted_keys_in_paths() {
         "unknown field `a b`",
     );
 }
+
+// ---------------------------------------------------------------- namespace identifiers
+
+/// Two namespaces (the second in a second subsystem) to carry identifiers.
+const IDS: &str = "\
+bdevs:
+  - name: ram0
+    malloc: { size: 1MiB }
+  - name: ram1
+    malloc: { size: 1MiB }
+subsystems:
+  - nqn: nqn.2026-11.io.nvmfd:a
+    namespaces:
+      - bdev: ram0
+        A0
+  - nqn: nqn.2026-11.io.nvmfd:b
+    namespaces:
+      - bdev: ram1
+        A1
+";
+
+fn ids(first: &str, second: &str) -> String {
+    IDS.replace("A0", first).replace("A1", second)
+}
+
+#[test]
+fn namespace_ids_are_parsed_in_byte_order() {
+    let c = common::ok(&ids(
+        "uuid: 3B1F2C4E-8d7a-4f7e-9a51-6c2d0e9b7a10\n        nguid: 0c6a1e5d4e2f7a4e9a1b0c0ffee00002\n        eui64: 0026b7680000f00d",
+        "nguid: 0c6a1e5d4e2f7a4e9a1b0c0ffee00003",
+    ));
+    let a = &c.subsystems[0].namespaces[0];
+    assert_eq!(
+        a.uuid,
+        Some([
+            0x3b, 0x1f, 0x2c, 0x4e, 0x8d, 0x7a, 0x4f, 0x7e, 0x9a, 0x51, 0x6c, 0x2d, 0x0e, 0x9b,
+            0x7a, 0x10
+        ])
+    );
+    assert_eq!(
+        a.nguid,
+        Some([
+            0x0c, 0x6a, 0x1e, 0x5d, 0x4e, 0x2f, 0x7a, 0x4e, 0x9a, 0x1b, 0x0c, 0x0f, 0xfe, 0xe0,
+            0x00, 0x02
+        ])
+    );
+    assert_eq!(
+        a.eui64,
+        Some([0x00, 0x26, 0xb7, 0x68, 0x00, 0x00, 0xf0, 0x0d])
+    );
+    let b = &c.subsystems[1].namespaces[0];
+    assert_eq!((b.uuid, b.eui64), (None, None));
+    assert_eq!(b.nguid.unwrap()[15], 3);
+    // Digits only: still a string for these fields (not a YAML number).
+    let c = common::ok(&ids(
+        "eui64: 1234567890123456",
+        "nguid: 12345678901234567890123456789012",
+    ));
+    assert_eq!(c.subsystems[0].namespaces[0].eui64.unwrap()[0], 0x12);
+    assert_eq!(c.subsystems[1].namespaces[0].nguid.unwrap()[15], 0x12);
+}
+
+#[test]
+fn bad_namespace_ids() {
+    let shown = err1(
+        &ids("uuid: 3b1f2c4e8d7a4f7e9a516c2d0e9b7a10", "nsid: 1"),
+        10,
+        15,
+        "subsystems[0].namespaces[0].uuid",
+        "is not a UUID: write 8-4-4-4-12 hex digits",
+    );
+    assert!(shown.starts_with("t.yaml:10:15: "), "{shown}");
+    err1(
+        &ids("uuid: 3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a1g", "nsid: 1"),
+        10,
+        15,
+        "subsystems[0].namespaces[0].uuid",
+        "is not a UUID",
+    );
+    err1(
+        &ids("nguid: 0c6a1e5d4e2f7a4e9a1b0c0ffee0000", "nsid: 1"),
+        10,
+        16,
+        "subsystems[0].namespaces[0].nguid",
+        "is not a valid NGUID: write 32 hex digits",
+    );
+    err1(
+        &ids("nsid: 1", "eui64: 0026-b768-0000-f00d"),
+        14,
+        16,
+        "subsystems[1].namespaces[0].eui64",
+        "is not a valid EUI-64: write 16 hex digits",
+    );
+    err1(
+        &ids("nsid: 1", "eui64: 0000000000000000"),
+        14,
+        16,
+        "subsystems[1].namespaces[0].eui64",
+        "an all-zero eui64 means \"no eui64\" to a host",
+    );
+    err1(
+        &ids("uuid: 00000000-0000-0000-0000-000000000000", "nsid: 1"),
+        10,
+        15,
+        "subsystems[0].namespaces[0].uuid",
+        "all-zero uuid",
+    );
+    // Unknown key next to them is still refused by name.
+    err1(
+        &ids("uid: 3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10", "nsid: 1"),
+        10,
+        9,
+        "subsystems[0].namespaces[0].uid",
+        "unknown field `uid`",
+    );
+}
+
+/// The same identifier on two namespaces (even in two subsystems, even written differently)
+/// would make a host's multipath merge them: refused, pointing at the second.
+#[test]
+fn duplicate_namespace_ids() {
+    let shown = err1(
+        &ids(
+            "uuid: 3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10",
+            "uuid: 3B1F2C4E-8D7A-4F7E-9A51-6C2D0E9B7A10",
+        ),
+        14,
+        15,
+        "subsystems[1].namespaces[0].uuid",
+        "uuid 3B1F2C4E-8D7A-4F7E-9A51-6C2D0E9B7A10 is already used by subsystems[0].namespaces[0]",
+    );
+    assert!(shown.starts_with("t.yaml:14:15: "), "{shown}");
+    err1(
+        &ids(
+            "nguid: 0c6a1e5d4e2f7a4e9a1b0c0ffee00002",
+            "nguid: 0c6a1e5d4e2f7a4e9a1b0c0ffee00002",
+        ),
+        14,
+        16,
+        "subsystems[1].namespaces[0].nguid",
+        "already used by subsystems[0].namespaces[0]",
+    );
+    err1(
+        &ids("eui64: 0026b7680000f00d", "eui64: 0026b7680000f00d"),
+        14,
+        16,
+        "subsystems[1].namespaces[0].eui64",
+        "already used by subsystems[0].namespaces[0]",
+    );
+    // Equal bytes in different fields are not a clash.
+    common::ok(&ids(
+        "nguid: 3b1f2c4e8d7a4f7e9a516c2d0e9b7a10",
+        "uuid: 3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10",
+    ));
+}
+
+#[test]
+fn state_dir_rules() {
+    let c = common::ok(&format!("state_dir: /srv/nvmfd/state\n{BASE}"));
+    assert_eq!(c.state_dir, std::path::PathBuf::from("/srv/nvmfd/state"));
+    assert_eq!(
+        common::ok(BASE).state_dir,
+        std::path::PathBuf::from(nvmfd_config::DEFAULT_STATE_DIR)
+    );
+    err1(
+        &format!("state_dir: var/lib/nvmfd\n{BASE}"),
+        1,
+        12,
+        "state_dir",
+        "state_dir must be an absolute path (got \"var/lib/nvmfd\")",
+    );
+    err1(
+        &format!("state_dir: \"\"\n{BASE}"),
+        1,
+        12,
+        "state_dir",
+        "must be an absolute path",
+    );
+}
+
+#[test]
+fn serial_is_default_only_when_left_out() {
+    let c = common::ok(&format!(
+        "{BASE}  - nqn: nqn.2026-11.io.nvmfd:b\n    serial: NVMFD0001\n"
+    ));
+    assert!(c.subsystems[0].serial_is_default);
+    assert!(!c.subsystems[1].serial_is_default);
+    assert_eq!(c.subsystems[0].serial, c.subsystems[1].serial);
+}

@@ -4,6 +4,7 @@
 use crate::core::Target;
 use crate::reactor::{self, NewConn, ReactorConfig, ReactorHandle};
 use anyhow::{bail, Context};
+use nvmfd_bdev::Bdev;
 use nvmfd_config::{Config, TransportKind};
 use nvmfd_transport::tcp::TcpParams;
 use std::net::{SocketAddr, TcpListener};
@@ -35,10 +36,24 @@ impl Daemon {
                 size_bytes = i.block_size as u64 * i.num_blocks, "bdev opened");
             bdevs.push(bdev);
         }
+        Self::start_with_bdevs(cfg, bdevs)
+    }
+
+    /// `start` with the block devices already open: one per `cfg.bdevs` entry, in that order
+    /// (lets a test wrap a device, e.g. in `nvmfd_bdev::testing::Recorder`).
+    pub fn start_with_bdevs(cfg: &Config, bdevs: Vec<Arc<dyn Bdev>>) -> anyhow::Result<Daemon> {
+        if bdevs.len() != cfg.bdevs.len() {
+            bail!(
+                "{} block devices given for {} in the config",
+                bdevs.len(),
+                cfg.bdevs.len()
+            );
+        }
         let infos: Vec<_> = bdevs.iter().map(|b| b.info().clone()).collect();
-        let target = Target::new(cfg, &infos);
+        let ids = crate::identity::resolve(cfg)?;
+        let target = Target::with_identities(cfg, &infos, &ids);
         for s in &target.subsystems {
-            info!(nqn = %s.nqn, namespaces = s.namespaces.len(), allow_any_host = s.allow_any_host,
+            info!(nqn = %s.nqn, serial = %s.serial, namespaces = s.namespaces.len(), allow_any_host = s.allow_any_host,
                 hosts = s.hosts.len(), "subsystem ready");
         }
 

@@ -4,6 +4,7 @@
 mod affinity;
 pub mod core;
 pub mod daemon;
+pub mod identity;
 mod poll;
 pub mod reactor;
 pub mod signals;

@@ -77,13 +77,14 @@ impl Immediate for MallocChannel {
                 let (off, len) = self.geo.transfer(lba, blocks, buf)?;
                 return MemRegion::lend(&self.mem, off, len).map(Some);
             }
-            Op::Write { lba, blocks } => {
+            // Writes land in the region at once: there is no cache, FUA changes nothing.
+            Op::Write { lba, blocks, .. } => {
                 let (off, len) = self.geo.transfer(lba, blocks, buf)?;
                 let src = buf.as_slice().get(..len).ok_or(IoError::BufferTooSmall)?;
                 self.mem.write(off, src)?;
             }
             Op::Flush => {}
-            Op::WriteZeroes { lba, blocks } => {
+            Op::WriteZeroes { lba, blocks, .. } => {
                 let (off, len) = self.geo.extent(lba, u64::from(blocks))?;
                 self.mem.zero(off, len)?;
             }

@@ -57,9 +57,9 @@ impl Immediate for NullChannel {
                     .ok_or(IoError::BufferTooSmall)?
                     .fill(0);
             }
-            Op::Write { lba, blocks } => drop(self.geo.transfer(lba, blocks, buf)?),
+            Op::Write { lba, blocks, .. } => drop(self.geo.transfer(lba, blocks, buf)?),
             Op::Flush => {}
-            Op::WriteZeroes { lba, blocks } => drop(self.geo.extent(lba, u64::from(blocks))?),
+            Op::WriteZeroes { lba, blocks, .. } => drop(self.geo.extent(lba, u64::from(blocks))?),
             Op::Deallocate { ranges } => self.geo.check_dsm(ranges, buf)?,
         }
         Ok(None)

@@ -248,8 +248,10 @@ enum Task {
     Idle,
     /// Read or write `len` bytes at byte `off` of the device through `ptr` (the Io's buffer);
     /// `done` bytes are finished.
+    /// `fua`: each write SQE carries RWF_DSYNC.
     Rw {
         write: bool,
+        fua: bool,
         ptr: *mut u8,
         off: u64,
         len: usize,
@@ -257,8 +259,10 @@ enum Task {
     },
     Flush,
     /// Zero bytes `pos..end` of the device; a Deallocate then moves on to DSM range `next` of
-    /// `ranges`. `via` says how the SQE in flight zeroes.
+    /// `ranges`. `via` says how the SQE in flight zeroes. `fua`: once everything is zeroed, the
+    /// task becomes a `Flush` (fallocate has no RWF_DSYNC; its extent changes need fdatasync).
     Zero {
+        fua: bool,
         dealloc: bool,
         next: u16,
         ranges: u16,
@@ -316,10 +320,13 @@ impl UringChannel {
     /// Check a request and turn it into the first state of its task.
     fn plan(&self, op: Op, buf: &mut IoBuf) -> Result<Task, IoError> {
         Ok(match op {
-            Op::Read { lba, blocks } | Op::ReadLent { lba, blocks } | Op::Write { lba, blocks } => {
+            Op::Read { lba, blocks }
+            | Op::ReadLent { lba, blocks }
+            | Op::Write { lba, blocks, .. } => {
                 let (off, len) = self.geo.transfer(lba, blocks, buf)?;
                 Task::Rw {
                     write: matches!(op, Op::Write { .. }),
+                    fua: matches!(op, Op::Write { fua: true, .. }),
                     ptr: buf.as_mut_ptr(),
                     off,
                     len,
@@ -327,9 +334,10 @@ impl UringChannel {
                 }
             }
             Op::Flush => Task::Flush,
-            Op::WriteZeroes { lba, blocks } => {
+            Op::WriteZeroes { lba, blocks, fua } => {
                 let (off, len) = self.geo.extent(lba, u64::from(blocks))?;
                 Task::Zero {
+                    fua,
                     dealloc: false,
                     next: 0,
                     ranges: 0,
@@ -341,6 +349,7 @@ impl UringChannel {
             Op::Deallocate { ranges } => {
                 self.geo.check_dsm(ranges, buf)?;
                 Task::Zero {
+                    fua: false,
                     dealloc: true,
                     next: 0,
                     ranges,
@@ -361,6 +370,7 @@ impl UringChannel {
             Task::Idle => Err(Err(IoError::Media(libc::EINVAL))),
             Task::Rw {
                 write,
+                fua,
                 ptr,
                 off,
                 len,
@@ -374,8 +384,16 @@ impl UringChannel {
                 // The pointer stays inside the buffer: done < len <= capacity.
                 let p = ptr.wrapping_add(done);
                 let pos = off + done as u64;
+                // FUA: RWF_DSYNC makes this write durable before it completes, as if the file
+                // were open with O_DSYNC (pwritev2(2)): with O_DIRECT the kernel sends the
+                // device a FUA write or a cache flush, and syncs any metadata (allocation) the
+                // data needs to be found again. Only this write pays, not the whole file.
+                let flags = if fua { libc::RWF_DSYNC } else { 0 };
                 Ok(if write {
-                    opcode::Write::new(fd, p, n).offset(pos).build()
+                    opcode::Write::new(fd, p, n)
+                        .offset(pos)
+                        .rw_flags(flags)
+                        .build()
                 } else {
                     opcode::Read::new(fd, p, n).offset(pos).build()
                 })
@@ -384,6 +402,7 @@ impl UringChannel {
                 .flags(types::FsyncFlags::DATASYNC)
                 .build()),
             Task::Zero {
+                fua,
                 dealloc,
                 mut next,
                 ranges,
@@ -393,6 +412,13 @@ impl UringChannel {
             } => loop {
                 if pos >= end {
                     if !dealloc || next >= ranges {
+                        if fua {
+                            // Everything is zeroed; make it durable before completing.
+                            slot.task = Task::Flush;
+                            return Ok(opcode::Fsync::new(fd)
+                                .flags(types::FsyncFlags::DATASYNC)
+                                .build());
+                        }
                         slot.task = Task::Idle;
                         return Err(Ok(()));
                     }
@@ -419,6 +445,7 @@ impl UringChannel {
                     continue;
                 };
                 slot.task = Task::Zero {
+                    fua,
                     dealloc,
                     next,
                     ranges,
@@ -773,7 +800,15 @@ mod tests {
         for (i, b) in buf.as_mut_slice().iter_mut().enumerate() {
             *b = (i / 512) as u8 + 1;
         }
-        let c = run(&mut ch, Op::Write { lba: 3, blocks: 39 }, buf);
+        let c = run(
+            &mut ch,
+            Op::Write {
+                lba: 3,
+                blocks: 39,
+                fua: false,
+            },
+            buf,
+        );
         assert_eq!(c.result, Ok(()));
         let file = std::fs::read(&path).expect("read file");
         let _ = std::fs::remove_file(&path);
@@ -814,7 +849,11 @@ mod tests {
             let mut ch = u.new_channel().expect("channel");
             let c = run(
                 &mut ch,
-                Op::WriteZeroes { lba: 1, blocks: 2 },
+                Op::WriteZeroes {
+                    lba: 1,
+                    blocks: 2,
+                    fua: false,
+                },
                 IoBuf::new(0),
             );
             assert_eq!(c.result, Ok(()));

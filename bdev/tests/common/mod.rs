@@ -56,7 +56,16 @@ pub fn write(ch: &mut dyn BdevChannel, lba: u64, data: &[u8], bs: u32) -> Result
     let blocks = (data.len() / bs as usize) as u32;
     let mut buf = IoBuf::new(data.len());
     buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-    run(ch, Op::Write { lba, blocks }, buf).result
+    run(
+        ch,
+        Op::Write {
+            lba,
+            blocks,
+            fua: false,
+        },
+        buf,
+    )
+    .result
 }
 
 pub fn read(ch: &mut dyn BdevChannel, lba: u64, blocks: u32, bs: u32) -> Vec<u8> {
@@ -97,7 +106,11 @@ pub fn check_patterns(ch: &mut dyn BdevChannel, num_blocks: u64, bs: u32) {
         buf.as_mut_slice()[..data.len()].copy_from_slice(&data);
         ch.submit(Io {
             tag: i as u64,
-            op: Op::Write { lba, blocks },
+            op: Op::Write {
+                lba,
+                blocks,
+                fua: false,
+            },
             buf,
         })
         .unwrap_or_else(|_| panic!("write {i} refused"));
@@ -145,6 +158,7 @@ pub fn check_errors(ch: &mut dyn BdevChannel, num_blocks: u64, bs: u32) {
             Op::Write {
                 lba: num_blocks - 1,
                 blocks: 2,
+                fua: false,
             },
             IoError::OutOfRange,
         ),
@@ -152,6 +166,7 @@ pub fn check_errors(ch: &mut dyn BdevChannel, num_blocks: u64, bs: u32) {
             Op::Write {
                 lba: u64::MAX,
                 blocks: 2,
+                fua: false,
             },
             IoError::OutOfRange,
         ),
@@ -159,6 +174,7 @@ pub fn check_errors(ch: &mut dyn BdevChannel, num_blocks: u64, bs: u32) {
             Op::WriteZeroes {
                 lba: num_blocks,
                 blocks: 1,
+                fua: false,
             },
             IoError::OutOfRange,
         ),
@@ -173,6 +189,7 @@ pub fn check_errors(ch: &mut dyn BdevChannel, num_blocks: u64, bs: u32) {
             Op::Write {
                 lba: 0,
                 blocks: (page.capacity() / bs as usize) as u32 + 1,
+                fua: false,
             },
             IoError::BufferTooSmall,
         ),

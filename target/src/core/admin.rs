@@ -24,7 +24,6 @@ pub struct AdminState {
     pub kato_ms: u32,
     ka_deadline: Option<Instant>,
     pub async_event_config: u32,
-    pub write_cache: bool,
     /// CIDs of outstanding Asynchronous Event Requests.
     pub aers: Vec<u16>,
 }
@@ -38,7 +37,6 @@ impl AdminState {
             kato_ms,
             ka_deadline: None,
             async_event_config: 0,
-            write_cache: true,
             aers: Vec::with_capacity(AERL as usize + 1),
         };
         s.keep_alive(now);
@@ -189,11 +187,21 @@ fn features(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Outcome {
             let n = a.ctrl.io_queues.load(Ordering::Acquire) as u32 - 1;
             n | (n << 16)
         }
+        // Volatile Write Cache (Base 2.0, FID 06h; only when Identify Controller VWC bit 0 says a
+        // cache is present, else Invalid Field). CDW11/DW0 bit 0 is WCE. The setting lives in
+        // CtrlShared, so the I/O queues of this controller (any reactor) see it on their next
+        // write: with WCE cleared they send every write down with FUA (core/io.rs).
         feature::VOLATILE_WRITE_CACHE if vwc => {
             if set {
-                a.write_cache = cdw11 & 1 != 0;
+                let wce = cdw11 & 1 != 0;
+                a.ctrl.set_write_cache(wce);
+                info!(
+                    cntlid = a.ctrl.cntlid,
+                    enabled = wce,
+                    "volatile write cache set"
+                );
             }
-            a.write_cache as u32
+            a.ctrl.write_cache() as u32
         }
         _ => return qp.respond(cap, Status::INVALID_FIELD, 0, 0),
     };

@@ -23,6 +23,9 @@ pub struct CtrlShared {
     pub io_queues: AtomicU16,
     /// Which QIDs (index = qid) have a connected queue.
     qids: Vec<AtomicBool>,
+    /// Volatile Write Cache feature (FID 06h) WCE: set by the admin queue, read by every I/O of
+    /// this controller's I/O queues (on any reactor) to decide whether writes need FUA.
+    write_cache: AtomicBool,
 }
 
 impl CtrlShared {
@@ -40,6 +43,16 @@ impl CtrlShared {
         if let Some(slot) = self.qids.get(qid as usize) {
             slot.store(false, Ordering::Release);
         }
+    }
+
+    /// Whether the volatile write cache is enabled for this controller (the default).
+    pub fn write_cache(&self) -> bool {
+        // Acquire pairs with the admin queue's Release store (a plain load on x86).
+        self.write_cache.load(Ordering::Acquire)
+    }
+
+    pub fn set_write_cache(&self, enabled: bool) {
+        self.write_cache.store(enabled, Ordering::Release);
     }
 
     pub fn is_failed(&self) -> bool {
@@ -86,6 +99,7 @@ impl Registry {
                 ready: AtomicBool::new(false),
                 failed: AtomicBool::new(false),
                 io_queues: AtomicU16::new(max_io_queues),
+                write_cache: AtomicBool::new(true),
                 qids: (0..=max_io_queues)
                     .map(|_| AtomicBool::new(false))
                     .collect(),

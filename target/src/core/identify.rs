@@ -14,27 +14,6 @@ pub const SIZE: usize = 4096;
 /// Firmware revision reported in Identify and the firmware slot log.
 pub const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
 
-/// A stable 16-byte identifier derived from a subsystem NQN and an NSID (so a namespace keeps its
-/// NGUID/UUID across restarts of the same config).
-pub fn derive_id(nqn: &str, nsid: u32, salt: u32) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    let mut seed = crc32c::crc32c_append(salt, nqn.as_bytes());
-    seed = crc32c::crc32c_append(seed, &nsid.to_le_bytes());
-    for (i, chunk) in out.chunks_mut(4).enumerate() {
-        seed = crc32c::crc32c_append(seed, &[i as u8, 0x5a]);
-        chunk.copy_from_slice(&seed.to_be_bytes());
-    }
-    out
-}
-
-/// A name-based (version 8, RFC 9562 variant) UUID for a namespace.
-pub fn derive_uuid(nqn: &str, nsid: u32) -> [u8; 16] {
-    let mut u = derive_id(nqn, nsid, 0x7575);
-    u[6] = (u[6] & 0x0f) | 0x80;
-    u[8] = (u[8] & 0x3f) | 0x80;
-    u
-}
-
 /// Fill `out` (4096 bytes, zeroed) for the Identify command `sqe`.
 pub fn identify(
     target: &Target,
@@ -82,14 +61,7 @@ pub fn identify(
         }
         (cns::NAMESPACE_DESCRIPTORS, Some(s)) => {
             let ns = s.namespace(sqe.nsid).ok_or(Status::INVALID_NAMESPACE)?;
-            // NIDT 2 = NGUID (16 bytes), 3 = UUID (16 bytes), 4 = command set identifier (1 byte).
-            let mut o = 0;
-            for (nidt, id) in [(2u8, &ns.nguid[..]), (3u8, &ns.uuid[..]), (4u8, &[0u8][..])] {
-                out[o] = nidt;
-                out[o + 1] = id.len() as u8;
-                out[o + 4..o + 4 + id.len()].copy_from_slice(id);
-                o += 4 + id.len();
-            }
+            descriptors(ns, out);
             Ok(())
         }
         // The NVM command set's controller structure: all limits zero (none beyond MDTS).
@@ -155,6 +127,27 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     le::put_u16(b, 2048, 2500);
 }
 
+/// The Namespace Identification Descriptor list (CNS 03h; NVMe Base 2.0, "Namespace
+/// Identification Descriptor"): each entry is NIDT (byte 0), NIDL (byte 1), two reserved bytes,
+/// then NIDL bytes of identifier; a zero NIDT ends the list (the rest of the page is zero).
+/// Types: 1 = IEEE EUI-64 (8 bytes), 2 = NGUID (16), 3 = UUID (16), 4 = Command Set Identifier
+/// (1; 0 = NVM). Identifiers go out in the same byte order as in Identify Namespace (NGUID and
+/// EUI-64 big-endian); a zero identifier is "not reported" and left out, so the list matches
+/// the Identify Namespace fields, which a Linux host cross-checks.
+fn descriptors(ns: &super::Namespace, out: &mut [u8]) {
+    let ids: [(u8, &[u8]); 4] = [(1, &ns.eui64), (2, &ns.nguid), (3, &ns.uuid), (4, &[0u8])];
+    let mut o = 0;
+    for (nidt, id) in ids {
+        if nidt != 4 && id.iter().all(|&b| b == 0) {
+            continue;
+        }
+        out[o] = nidt;
+        out[o + 1] = id.len() as u8;
+        out[o + 4..o + 4 + id.len()].copy_from_slice(id);
+        o += 4 + id.len();
+    }
+}
+
 fn namespace(ns: &super::Namespace, b: &mut [u8]) {
     let n = ns.info.num_blocks;
     le::put_u64(b, 0, n); // NSZE
@@ -165,7 +158,9 @@ fn namespace(ns: &super::Namespace, b: &mut [u8]) {
                // DLFEAT: deallocated blocks read zero (001b) and Write Zeroes may deallocate (bit 3).
     b[33] = if ns.info.deallocate_zeroes { 0x09 } else { 0 };
     b[30] = 1; // NMIC: may be attached to several controllers
+               // NGUID (bytes 119:104) and EUI64 (bytes 127:120), big-endian, zero when not reported.
     b[104..120].copy_from_slice(&ns.nguid);
+    b[120..128].copy_from_slice(&ns.eui64);
     // LBA format 0: no metadata, LBADS = log2(block size), best relative performance.
     b[128 + 2] = ns.info.block_size.trailing_zeros() as u8;
 }
@@ -173,13 +168,47 @@ fn namespace(ns: &super::Namespace, b: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nvmfd_bdev::BdevInfo;
+
+    fn ns(eui64: [u8; 8]) -> crate::core::Namespace {
+        crate::core::Namespace {
+            nsid: 1,
+            bdev: 0,
+            info: BdevInfo {
+                name: "b".into(),
+                kind: "malloc",
+                block_size: 512,
+                num_blocks: 8,
+                deallocate_zeroes: true,
+                volatile_cache: false,
+            },
+            nguid: [0x10; 16],
+            uuid: [0x20; 16],
+            eui64,
+        }
+    }
 
     #[test]
-    fn ids_are_stable_and_distinct() {
-        assert_eq!(derive_id("nqn.a", 1, 1), derive_id("nqn.a", 1, 1));
-        assert_ne!(derive_id("nqn.a", 1, 1), derive_id("nqn.a", 2, 1));
-        let u = derive_uuid("nqn.a", 1);
-        assert_eq!(u[6] >> 4, 8);
-        assert_eq!(u[8] >> 6, 2);
+    fn descriptor_list_layout() {
+        let mut out = [0u8; SIZE];
+        descriptors(&ns([0; 8]), &mut out);
+        // NGUID, UUID, CSI; no EUI-64.
+        assert_eq!(&out[0..4], &[2, 16, 0, 0]);
+        assert_eq!(&out[4..20], &[0x10; 16]);
+        assert_eq!(&out[20..24], &[3, 16, 0, 0]);
+        assert_eq!(&out[24..40], &[0x20; 16]);
+        assert_eq!(&out[40..45], &[4, 1, 0, 0, 0]);
+        assert!(out[45..].iter().all(|&b| b == 0));
+
+        let mut out = [0u8; SIZE];
+        let e = [0x00, 0x26, 0xb7, 0x68, 0, 0, 0xf0, 0x0d];
+        descriptors(&ns(e), &mut out);
+        assert_eq!(&out[0..4], &[1, 8, 0, 0]);
+        assert_eq!(&out[4..12], &e);
+        assert_eq!(&out[12..14], &[2, 16]);
+        let mut id = [0u8; SIZE];
+        namespace(&ns(e), &mut id);
+        assert_eq!(&id[104..120], &[0x10; 16]);
+        assert_eq!(&id[120..128], &e);
     }
 }

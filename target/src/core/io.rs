@@ -14,9 +14,26 @@ pub enum Checked {
     Done,
 }
 
+/// Force Unit Access, CDW12 bit 30 of Write and Write Zeroes (NVM Command Set 1.0, Figures
+/// "Write - Command Dword 12" and "Write Zeroes - Command Dword 12"): the data is on non-volatile
+/// media before the command completes.
+const CDW12_FUA: u32 = 1 << 30;
+
 /// Validate an I/O command against its namespace and turn it into a block-device operation.
-pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Checked, Status> {
+///
+/// `write_cache` is the controller's Volatile Write Cache feature (FID 06h) as the host last set
+/// it. With the cache disabled every write must be durable when it completes (Base 2.0, Volatile
+/// Write Cache: WCE cleared disables the cache), so writes then go down with FUA whatever the
+/// host asked. The FUA bit of a Read (commit, then read from media) is not acted on: a read
+/// through these backends already returns the newest data, and the host's ordering is its own.
+pub fn check(
+    subsys: &Subsystem,
+    limits: &Limits,
+    cap: &Capsule,
+    write_cache: bool,
+) -> Result<Checked, Status> {
     let sqe = &cap.sqe;
+    let fua = sqe.cdw12 & CDW12_FUA != 0 || !write_cache;
     let ns = subsys
         .namespace(sqe.nsid)
         .ok_or(Status::INVALID_NAMESPACE)?;
@@ -46,7 +63,7 @@ pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Check
             let op = if sqe.opcode == opcode::NVM_READ {
                 Op::Read { lba, blocks }
             } else {
-                Op::Write { lba, blocks }
+                Op::Write { lba, blocks, fua }
             };
             Ok(Checked::Io { bdev, op })
         }
@@ -61,7 +78,7 @@ pub fn check(subsys: &Subsystem, limits: &Limits, cap: &Capsule) -> Result<Check
             }
             Ok(Checked::Io {
                 bdev,
-                op: Op::WriteZeroes { lba, blocks },
+                op: Op::WriteZeroes { lba, blocks, fua },
             })
         }
         opcode::NVM_DATASET_MANAGEMENT => {
@@ -101,4 +118,68 @@ pub(super) fn transfer_len(target: &Target, state: &State, cap: &Capsule) -> u32
     target.subsystems[*subsys]
         .namespace(cap.sqe.nsid)
         .map_or(0, |ns| cap.sqe.nlb() * ns.info.block_size)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvmfd_bdev::{BdevInfo, IoBuf};
+    use nvmfd_transport::proto::nvme::Sqe;
+
+    fn target() -> std::sync::Arc<Target> {
+        let yaml = "bdevs: [ { name: d, malloc: { size: 1MiB } } ]\n\
+                    subsystems: [ { nqn: nqn.2026-11.io.nvmfd:io, namespaces: [ { bdev: d } ] } ]\n";
+        let cfg = nvmfd_config::parse_str(yaml, "t.yaml").expect("valid");
+        let info = BdevInfo {
+            name: "d".into(),
+            kind: "test",
+            block_size: 4096,
+            num_blocks: 256,
+            deallocate_zeroes: true,
+            volatile_cache: true,
+        };
+        Target::new(&cfg, &[info])
+    }
+
+    fn op(t: &Target, opcode: u8, cdw12_extra: u32, write_cache: bool) -> Op {
+        let mut sqe = Sqe::lba_command(opcode, 1, 8, 2);
+        sqe.cdw12 |= cdw12_extra;
+        let cap = Capsule {
+            sqe,
+            buf: Some(IoBuf::new(8192)),
+            data_len: 8192,
+            lent: None,
+        };
+        match check(&t.subsystems[0], &t.limits, &cap, write_cache) {
+            Ok(Checked::Io { op, .. }) => op,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// FUA comes from CDW12 bit 30, or from a disabled volatile write cache; reads never carry
+    /// it (Op::Read has no such field) and the NLB field (bits 15:0) is unaffected.
+    #[test]
+    fn fua_from_the_command_or_the_cache_setting() {
+        let t = target();
+        let w = |fua| Op::Write {
+            lba: 8,
+            blocks: 2,
+            fua,
+        };
+        let z = |fua| Op::WriteZeroes {
+            lba: 8,
+            blocks: 2,
+            fua,
+        };
+        assert_eq!(op(&t, opcode::NVM_WRITE, 0, true), w(false));
+        assert_eq!(op(&t, opcode::NVM_WRITE, CDW12_FUA, true), w(true));
+        assert_eq!(op(&t, opcode::NVM_WRITE, 0, false), w(true));
+        assert_eq!(op(&t, opcode::NVM_WRITE_ZEROES, 0, true), z(false));
+        assert_eq!(op(&t, opcode::NVM_WRITE_ZEROES, CDW12_FUA, true), z(true));
+        assert_eq!(op(&t, opcode::NVM_WRITE_ZEROES, 0, false), z(true));
+        assert_eq!(
+            op(&t, opcode::NVM_READ, CDW12_FUA, false),
+            Op::Read { lba: 8, blocks: 2 }
+        );
+    }
 }

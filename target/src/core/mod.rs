@@ -31,6 +31,32 @@ pub struct Limits {
     pub max_io_queues: u16,
 }
 
+/// The identifiers a namespace reports to hosts (Identify Namespace NGUID/EUI64 and the
+/// Namespace Identification Descriptor list). All bytes are in wire order: NGUID and EUI-64 are
+/// big-endian as written in the config, the UUID in RFC 4122 byte order. An all-zero EUI-64
+/// means none (NVMe Base 2.0, Identify Namespace EUI64: cleared to 0h if not supported).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NamespaceIds {
+    pub uuid: [u8; 16],
+    pub nguid: [u8; 16],
+    pub eui64: [u8; 8],
+}
+
+/// What start-up decided about one subsystem's identity (see `crate::identity`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubsysIdentity {
+    /// Identify Controller serial number.
+    pub serial: String,
+    /// One per namespace, in config order.
+    pub namespaces: Vec<NamespaceIds>,
+}
+
+/// Identities of every subsystem, in config order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identities {
+    pub subsystems: Vec<SubsysIdentity>,
+}
+
 /// A namespace: an NSID mapped to a block device.
 #[derive(Debug, Clone)]
 pub struct Namespace {
@@ -40,6 +66,8 @@ pub struct Namespace {
     pub info: BdevInfo,
     pub nguid: [u8; 16],
     pub uuid: [u8; 16],
+    /// All zero when the namespace has none.
+    pub eui64: [u8; 8],
 }
 
 /// A listener address as the discovery log reports it.
@@ -106,31 +134,76 @@ pub struct Target {
 }
 
 impl Target {
-    /// Build the target from a validated config and the facts of the bdevs it names (in config order).
+    /// Build the target from a validated config and the facts of the bdevs it names (in config
+    /// order). Identifiers the config leaves out are fresh random ones and serials are the
+    /// config's (nothing is read from or written to the state directory: for tests; the daemon
+    /// resolves identities with `crate::identity::resolve` and calls [`Target::with_identities`]).
     pub fn new(cfg: &Config, bdevs: &[BdevInfo]) -> Arc<Target> {
+        let random = |b: &mut [u8]| {
+            crate::identity::fill_random(b).expect("reading /dev/urandom");
+        };
+        let ids = Identities {
+            subsystems: cfg
+                .subsystems
+                .iter()
+                .map(|s| SubsysIdentity {
+                    serial: s.serial.clone(),
+                    namespaces: s
+                        .namespaces
+                        .iter()
+                        .map(|n| {
+                            let mut r = NamespaceIds::default();
+                            random(&mut r.uuid);
+                            random(&mut r.nguid);
+                            r.uuid[6] = (r.uuid[6] & 0x0f) | 0x40;
+                            r.uuid[8] = (r.uuid[8] & 0x3f) | 0x80;
+                            NamespaceIds {
+                                uuid: n.uuid.unwrap_or(r.uuid),
+                                nguid: n.nguid.unwrap_or(r.nguid),
+                                eui64: n.eui64.unwrap_or_default(),
+                            }
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        Self::with_identities(cfg, bdevs, &ids)
+    }
+
+    /// [`Target::new`] with serials and namespace identifiers decided by the caller (`ids` has one
+    /// entry per subsystem and per namespace of `cfg`, in config order).
+    pub fn with_identities(cfg: &Config, bdevs: &[BdevInfo], ids: &Identities) -> Arc<Target> {
+        assert_eq!(
+            ids.subsystems.len(),
+            cfg.subsystems.len(),
+            "one identity per subsystem"
+        );
         let tcp = &cfg.transports.tcp;
         let subsystems = cfg
             .subsystems
             .iter()
-            .map(|s| {
+            .zip(&ids.subsystems)
+            .map(|(s, sid)| {
                 let mut namespaces: Vec<Namespace> = s
                     .namespaces
                     .iter()
-                    .filter_map(|ns| {
+                    .zip(&sid.namespaces)
+                    .filter_map(|(ns, id)| {
                         let bdev = cfg.bdevs.iter().position(|b| b.name == ns.bdev)?;
                         Some(Namespace {
                             nsid: ns.nsid,
                             bdev,
                             info: bdevs[bdev].clone(),
-                            nguid: identify::derive_id(&s.nqn, ns.nsid, 0x6e67),
-                            uuid: identify::derive_uuid(&s.nqn, ns.nsid),
+                            nguid: id.nguid,
+                            uuid: id.uuid,
+                            eui64: id.eui64,
                         })
                     })
                     .collect();
                 namespaces.sort_by_key(|n| n.nsid);
                 Subsystem {
                     nqn: s.nqn.clone(),
-                    serial: s.serial.clone(),
+                    serial: sid.serial.clone(),
                     model: s.model.clone(),
                     allow_any_host: s.allow_any_host,
                     hosts: s.hosts.clone(),

@@ -134,7 +134,13 @@ impl QueuePair {
                     return self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0);
                 }
                 let subsys = *subsys;
-                match io::check(&self.target.subsystems[subsys], &self.target.limits, cap) {
+                let write_cache = ctrl.write_cache();
+                match io::check(
+                    &self.target.subsystems[subsys],
+                    &self.target.limits,
+                    cap,
+                    write_cache,
+                ) {
                     Ok(io::Checked::Io { bdev, op }) => Outcome::Io { bdev, op },
                     Ok(io::Checked::Done) => self.respond(cap, Status::SUCCESS, 0, 0),
                     Err(status) => self.respond(cap, status, 0, 0),

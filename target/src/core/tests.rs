@@ -596,7 +596,8 @@ fn io_command_checks() {
             bdev: 0,
             op: Op::Write {
                 lba: 248,
-                blocks: 8
+                blocks: 8,
+                fua: false
             }
         }
     );
@@ -633,7 +634,8 @@ fn io_command_checks() {
             bdev: 0,
             op: Op::WriteZeroes {
                 lba: 0,
-                blocks: 256
+                blocks: 256,
+                fua: false
             }
         }
     );

@@ -247,7 +247,11 @@ fn lent(data: &[u8]) -> nvmfd_bdev::Lent {
     buf.as_mut_slice()[..data.len()].copy_from_slice(data);
     let mut last = None;
     for op in [
-        Op::Write { lba: 0, blocks },
+        Op::Write {
+            lba: 0,
+            blocks,
+            fua: false,
+        },
         Op::ReadLent { lba: 0, blocks },
     ] {
         ch.submit(Io { tag: 0, op, buf }).unwrap();

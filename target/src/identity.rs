@@ -1,0 +1,443 @@
+//! Who this target is: the identifiers of its namespaces and the install identity behind its
+//! default serial numbers, resolved once at start-up.
+//!
+//! Identifiers must be unique: a Linux host's native multipath merges every namespace that
+//! reports the same NGUID/UUID (under one subsystem NQN) into one, and would spread writes over
+//! two different disks if two nodes reported equal ones for different data. So each is, in order:
+//! 1. the value the YAML gives (`uuid`, `nguid`, `eui64`), used as is: giving two nodes the same
+//!    value for the same data is how an administrator builds a real multipath pair;
+//! 2. for a namespace on a persistent bdev (`uring`: a file or a block device), the value stored
+//!    in `<state_dir>/namespaces` by an earlier start, if it was made for the same backing path;
+//! 3. otherwise 128 fresh random bits from the kernel (`/dev/urandom`), stored for persistent
+//!    bdevs. `malloc` and `null` namespaces get new identifiers on every start: their data does
+//!    not survive a restart, so a host must not take them for the namespace it saw before.
+//!
+//! No EUI-64 is generated: an EUI-64 begins with its owner's IEEE OUI (NVMe Base 2.0, "IEEE
+//! Extended Unique Identifier"), which nvmfd does not have. A namespace without one reports zero
+//! there, which the specification reads as "not reported".
+//!
+//! The install identity (`<state_dir>/install-id`, a random UUID made on first start) plays the
+//! part of a host ID for the target: default serial numbers are derived from it, so two machines
+//! running the embedded default report different serials.
+//!
+//! Files are written to a temporary name, synced and renamed, so a crash leaves the old or the
+//! new content, never half of one.
+
+use crate::core::{Identities, NamespaceIds};
+use anyhow::{bail, Context};
+use nvmfd_config::{BdevKind, Config};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use tracing::{info, warn};
+
+/// File (under `state_dir`) holding the install identity.
+pub const INSTALL_ID_FILE: &str = "install-id";
+/// File (under `state_dir`) holding the generated identifiers of persistent namespaces.
+pub const NAMESPACES_FILE: &str = "namespaces";
+
+/// Fill `buf` with random bytes from the kernel's CSPRNG. Called at start-up only.
+pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
+    std::fs::File::open("/dev/urandom")?.read_exact(buf)
+}
+
+/// A random (version 4, RFC 9562 variant) UUID.
+fn random_uuid() -> anyhow::Result<[u8; 16]> {
+    let mut u = [0u8; 16];
+    fill_random(&mut u).context("cannot read /dev/urandom")?;
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    Ok(u)
+}
+
+/// A random NGUID. The specification describes an NGUID as an IEEE OUI plus extensions; with no
+/// OUI of its own, nvmfd makes all 128 bits random (as a host only compares them), never zero.
+fn random_nguid() -> anyhow::Result<[u8; 16]> {
+    loop {
+        let mut n = [0u8; 16];
+        fill_random(&mut n).context("cannot read /dev/urandom")?;
+        if n != [0; 16] {
+            return Ok(n);
+        }
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+/// RFC 4122 text form.
+pub fn format_uuid(u: &[u8; 16]) -> String {
+    let h = hex(u);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let g: Vec<&str> = s.split('-').collect();
+    if g.iter().map(|x| x.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
+        return None;
+    }
+    unhex::<16>(&g.concat())
+}
+
+/// Percent-encode everything but printable ASCII other than `%` (keeps one record per line and
+/// fields split by spaces, whatever a path contains).
+fn escape(s: &[u8]) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s {
+        if b.is_ascii_graphic() && b != b'%' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02x}");
+        }
+    }
+    out
+}
+
+fn unescape(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let h = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(h, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+/// A stored record: the backing path it was made for and the identifiers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    path: Vec<u8>,
+    uuid: [u8; 16],
+    nguid: [u8; 16],
+}
+
+/// `<nqn> <nsid> <path> uuid=<uuid> nguid=<hex>`, one namespace per line; `#` comments.
+type Records = BTreeMap<(String, u32), Stored>;
+
+fn parse_records(text: &str, file: &Path) -> anyhow::Result<Records> {
+    let mut out = Records::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = || anyhow::anyhow!("{}:{}: not a namespace record", file.display(), n + 1);
+        let f: Vec<&str> = line.split(' ').collect();
+        let [nqn, nsid, path, uuid, nguid] = f[..] else {
+            return Err(bad());
+        };
+        let nqn = String::from_utf8(unescape(nqn).ok_or_else(bad)?).map_err(|_| bad())?;
+        let nsid: u32 = nsid.parse().map_err(|_| bad())?;
+        let path = unescape(path).ok_or_else(bad)?;
+        let uuid = uuid
+            .strip_prefix("uuid=")
+            .and_then(parse_uuid)
+            .ok_or_else(bad)?;
+        let nguid = nguid
+            .strip_prefix("nguid=")
+            .and_then(unhex::<16>)
+            .ok_or_else(bad)?;
+        out.insert((nqn, nsid), Stored { path, uuid, nguid });
+    }
+    Ok(out)
+}
+
+fn format_records(r: &Records) -> String {
+    let mut s = String::from(
+        "# nvmfd: generated identifiers of namespaces on persistent bdevs.\n\
+         # Hosts recognise a namespace by them. Keep this file with the data; never copy it to\n\
+         # another machine. Fields: subsystem NQN, NSID, backing path, UUID, NGUID.\n",
+    );
+    for ((nqn, nsid), st) in r {
+        let _ = writeln!(
+            s,
+            "{} {nsid} {} uuid={} nguid={}",
+            escape(nqn.as_bytes()),
+            escape(&st.path),
+            format_uuid(&st.uuid),
+            hex(&st.nguid)
+        );
+    }
+    s
+}
+
+/// A synced temporary file next to `path` holding `data` (its name is unique to this call).
+fn write_temp(path: &Path, data: &[u8]) -> std::io::Result<std::path::PathBuf> {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(
+        ".tmp.{}.{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let tmp = path.with_file_name(name);
+    let mut f = std::fs::File::create(&tmp)?;
+    if let Err(e) = f.write_all(data).and_then(|()| f.sync_all()) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(tmp)
+}
+
+fn sync_dir(path: &Path) -> std::io::Result<()> {
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+/// Write `data` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = write_temp(path, data)?;
+    if let Err(e) = std::fs::rename(&tmp, path) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(path)
+}
+
+/// Create `path` with `data` unless it exists (atomically: a hard link fails on an existing
+/// name, so two starts racing agree on one content). False if it already existed.
+fn create_atomic(path: &Path, data: &[u8]) -> std::io::Result<bool> {
+    let tmp = write_temp(path, data)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => sync_dir(path).map(|()| true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Create the state directory if needed; the error names it and says how to choose another.
+fn ensure_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| {
+        format!(
+            "cannot create the state directory {} (set `state_dir` in the configuration to a \
+             writable directory)",
+            dir.display()
+        )
+    })
+}
+
+/// The install identity: read from `<dir>/install-id`, or made and stored on first start.
+fn install_id(dir: &Path) -> anyhow::Result<[u8; 16]> {
+    ensure_dir(dir)?;
+    let path = dir.join(INSTALL_ID_FILE);
+    if !path.exists() {
+        let id = random_uuid()?;
+        let created = create_atomic(&path, format!("{}\n", format_uuid(&id)).as_bytes())
+            .with_context(|| format!("cannot write the install identity {}", path.display()))?;
+        if created {
+            info!(path = %path.display(), id = %format_uuid(&id), "new install identity");
+            return Ok(id);
+        }
+    }
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the install identity {}", path.display()))?;
+    parse_uuid(text.trim()).with_context(|| {
+        format!(
+            "{}: not a UUID; remove the file to make a new install identity",
+            path.display()
+        )
+    })
+}
+
+/// The serial of subsystem `index` (0-based) derived from the install identity: `NV`, 14 hex
+/// digits of the identity, the 1-based index in 4 digits (20 bytes, Identify Controller SN).
+pub fn derived_serial(install: &[u8; 16], index: usize) -> String {
+    format!("NV{}{:04}", &hex(install)[..14], (index + 1) % 10000)
+}
+
+/// Resolve every identity the config leaves open (see the module docs), reading and writing
+/// `cfg.state_dir` as needed. Errors name the file or directory that failed.
+pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
+    let dir = cfg.state_dir.as_path();
+    let persistent = |bdev: &str| {
+        cfg.bdev(bdev).and_then(|b| match &b.kind {
+            BdevKind::Uring { path, .. } => Some(path.clone()),
+            _ => None,
+        })
+    };
+    let needs_install_id = cfg.subsystems.iter().any(|s| s.serial_is_default);
+    let needs_records = cfg.subsystems.iter().any(|s| {
+        s.namespaces
+            .iter()
+            .any(|n| persistent(&n.bdev).is_some() && (n.uuid.is_none() || n.nguid.is_none()))
+    });
+    let install = if needs_install_id {
+        Some(install_id(dir)?)
+    } else {
+        None
+    };
+    let records_path = dir.join(NAMESPACES_FILE);
+    let mut records = Records::new();
+    if needs_records {
+        ensure_dir(dir)?;
+        match std::fs::read_to_string(&records_path) {
+            Ok(text) => records = parse_records(&text, &records_path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", records_path.display()))
+            }
+        }
+    }
+    let before = records.clone();
+
+    let mut out = Identities {
+        subsystems: Vec::with_capacity(cfg.subsystems.len()),
+    };
+    for (i, s) in cfg.subsystems.iter().enumerate() {
+        let serial = match (&install, s.serial_is_default) {
+            (Some(id), true) => derived_serial(id, i),
+            _ => s.serial.clone(),
+        };
+        let mut namespaces = Vec::with_capacity(s.namespaces.len());
+        for n in &s.namespaces {
+            let ids = match persistent(&n.bdev) {
+                None => NamespaceIds {
+                    uuid: n.uuid.map_or_else(random_uuid, Ok)?,
+                    nguid: n.nguid.map_or_else(random_nguid, Ok)?,
+                    eui64: n.eui64.unwrap_or_default(),
+                },
+                Some(path) => {
+                    let path = path.as_os_str().as_encoded_bytes().to_vec();
+                    let key = (s.nqn.clone(), n.nsid);
+                    let stored = match records.get(&key) {
+                        Some(st) if st.path == path => Some(st.clone()),
+                        Some(st) => {
+                            warn!(nqn = %s.nqn, nsid = n.nsid,
+                                old_path = %String::from_utf8_lossy(&st.path),
+                                new_path = %String::from_utf8_lossy(&path),
+                                "namespace now backed by a different path: new identifiers");
+                            None
+                        }
+                        None => None,
+                    };
+                    let uuid = match (n.uuid, &stored) {
+                        (Some(u), _) => u,
+                        (None, Some(st)) => st.uuid,
+                        (None, None) => random_uuid()?,
+                    };
+                    let nguid = match (n.nguid, &stored) {
+                        (Some(g), _) => g,
+                        (None, Some(st)) => st.nguid,
+                        (None, None) => random_nguid()?,
+                    };
+                    if n.uuid.is_none() || n.nguid.is_none() {
+                        records.insert(key, Stored { path, uuid, nguid });
+                    }
+                    NamespaceIds {
+                        uuid,
+                        nguid,
+                        eui64: n.eui64.unwrap_or_default(),
+                    }
+                }
+            };
+            info!(nqn = %s.nqn, nsid = n.nsid, uuid = %format_uuid(&ids.uuid),
+                nguid = %hex(&ids.nguid), "namespace identifiers");
+            namespaces.push(ids);
+        }
+        out.subsystems
+            .push(crate::core::SubsysIdentity { serial, namespaces });
+    }
+    if records != before {
+        write_atomic(&records_path, format_records(&records).as_bytes()).with_context(|| {
+            format!(
+                "cannot write namespace identifiers to {}",
+                records_path.display()
+            )
+        })?;
+    }
+    check_unique(&out)?;
+    Ok(out)
+}
+
+/// Generated and stored identifiers may not collide with each other or with configured ones (a
+/// stored value the YAML now also gives to another namespace, say).
+fn check_unique(ids: &Identities) -> anyhow::Result<()> {
+    let mut uuids = std::collections::HashSet::new();
+    let mut nguids = std::collections::HashSet::new();
+    for n in ids.subsystems.iter().flat_map(|s| &s.namespaces) {
+        if !uuids.insert(n.uuid) {
+            bail!(
+                "two namespaces would report UUID {}; give each its own `uuid`",
+                format_uuid(&n.uuid)
+            );
+        }
+        if !nguids.insert(n.nguid) {
+            bail!(
+                "two namespaces would report NGUID {}; give each its own `nguid`",
+                hex(&n.nguid)
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_any_path() {
+        let mut r = Records::new();
+        r.insert(
+            ("nqn.2026-11.io.nvmfd:a".into(), 7),
+            Stored {
+                path: b"/srv/my disk%1.img\n".to_vec(),
+                uuid: [0x11; 16],
+                nguid: [0xab; 16],
+            },
+        );
+        let text = format_records(&r);
+        assert!(text.contains("/srv/my%20disk%251.img%0a"), "{text}");
+        assert_eq!(parse_records(&text, Path::new("f")).unwrap(), r);
+        let e = parse_records("nqn.a 1 /x uuid=zz nguid=00\n", Path::new("/s/ns")).unwrap_err();
+        assert_eq!(e.to_string(), "/s/ns:1: not a namespace record");
+    }
+
+    #[test]
+    fn random_ids_are_version_4_and_distinct() {
+        let a = random_uuid().unwrap();
+        let b = random_uuid().unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a[6] >> 4, 4);
+        assert_eq!(a[8] >> 6, 2);
+        assert_eq!(parse_uuid(&format_uuid(&a)), Some(a));
+        assert_ne!(random_nguid().unwrap(), random_nguid().unwrap());
+        let s = derived_serial(&a, 0);
+        assert_eq!(s.len(), 20);
+        assert!(s.ends_with("0001"));
+        assert_ne!(s, derived_serial(&b, 0));
+    }
+}

@@ -97,8 +97,25 @@ pub fn parse_str(text: &str, file_name: &str) -> Result<Config, ConfigError> {
     validate::parse(text, file_name)
 }
 
-/// Where the daemon keeps state when the config gives no `state_dir`.
+/// Where the daemon keeps state when the config gives no `state_dir` and runs as root.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/nvmfd";
+
+/// The `state_dir` used when the config gives none: [`DEFAULT_STATE_DIR`] for root (a system
+/// daemon); for any other user `$XDG_STATE_HOME/nvmfd`, else `$HOME/.local/state/nvmfd`, so the
+/// embedded default runs without root. Falls back to [`DEFAULT_STATE_DIR`] when neither is set.
+pub fn default_state_dir() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from(DEFAULT_STATE_DIR);
+    }
+    let abs = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").and_then(abs) {
+        return d.join("nvmfd");
+    }
+    if let Some(h) = std::env::var_os("HOME").and_then(abs) {
+        return h.join(".local/state/nvmfd");
+    }
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
 
 /// A complete, validated configuration with every default filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +134,7 @@ pub struct Config {
     /// from which default serial numbers are derived) and the generated identifiers of
     /// namespaces on persistent bdevs (`namespaces`), so a host sees the same NGUID and UUID
     /// after a restart. Created at start-up when needed; failing to write it stops the start.
-    /// YAML: `state_dir: /path` at the top level. Default [`DEFAULT_STATE_DIR`]; an absolute path.
+    /// YAML: `state_dir: /path` at the top level. Default [`default_state_dir`]; an absolute path.
     pub state_dir: PathBuf,
 }
 
@@ -129,7 +146,7 @@ impl Default for Config {
             bdevs: Vec::new(),
             subsystems: Vec::new(),
             discovery: Discovery::default(),
-            state_dir: PathBuf::from(DEFAULT_STATE_DIR),
+            state_dir: default_state_dir(),
         }
     }
 }

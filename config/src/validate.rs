@@ -282,7 +282,7 @@ impl Validator<'_> {
             subsystems.push(self.subsystem(&path, i, s, taken));
         }
         let state_dir = match raw.state_dir {
-            None => PathBuf::from(crate::DEFAULT_STATE_DIR),
+            None => crate::default_state_dir(),
             Some(d) => {
                 if d.is_empty() || !d.starts_with('/') {
                     self.report(

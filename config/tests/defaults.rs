@@ -297,7 +297,7 @@ fn embedded_default_matches_spec() {
             }],
         }],
         discovery: Discovery { enabled: true },
-        state_dir: "/var/lib/nvmfd".into(),
+        state_dir: nvmfd_config::default_state_dir(),
     };
     assert_eq!(Config::embedded_default(), expected);
     assert_eq!(

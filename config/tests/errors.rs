@@ -1072,7 +1072,7 @@ fn state_dir_rules() {
     assert_eq!(c.state_dir, std::path::PathBuf::from("/srv/nvmfd/state"));
     assert_eq!(
         common::ok(BASE).state_dir,
-        std::path::PathBuf::from(nvmfd_config::DEFAULT_STATE_DIR)
+        nvmfd_config::default_state_dir()
     );
     err1(
         &format!("state_dir: var/lib/nvmfd\n{BASE}"),

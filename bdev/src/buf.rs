@@ -143,7 +143,7 @@ impl BufPool {
     }
 
     /// Whether a transfer of `len` bytes takes a small buffer (those are never refused).
-    fn is_small(&self, len: usize) -> bool {
+    pub fn is_small(&self, len: usize) -> bool {
         len <= self.small_size
     }
 
@@ -231,6 +231,11 @@ impl BufPool {
     /// Large buffers alive now (free or lent).
     pub fn large_made(&self) -> usize {
         self.large_made
+    }
+
+    /// The most large buffers [`BufPool::try_get`] makes.
+    pub fn large_limit(&self) -> usize {
+        self.large_limit
     }
 }
 

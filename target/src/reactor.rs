@@ -375,6 +375,10 @@ impl Reactor {
                 }
             }
         }
+        // Once Connect has made this a queue, the transport holds the host to its size.
+        if !c.tcp.queue_known() && c.qp.is_connected() {
+            c.tcp.set_queue(c.qp.qid(), c.qp.sq_entries());
+        }
         work
     }
 
@@ -427,7 +431,7 @@ impl Reactor {
         let now = Instant::now();
         for i in 0..self.conns.len() {
             let why = match self.conns[i].as_mut() {
-                Some(c) => c.qp.poll_timers(now),
+                Some(c) => c.qp.poll_timers(now).or_else(|| c.tcp.poll_timers(now)),
                 None => None,
             };
             if let Some(why) = why {

@@ -8,6 +8,7 @@ use nvmfd_target::daemon::Daemon;
 use nvmfd_transport::proto::nvme::{opcode, SglDescriptor, Sqe};
 use nvmfd_transport::proto::status::Status;
 use nvmfd_transport::proto::tcp::{self, fes, Digests, Header};
+use nvmfd_transport::tcp::TRANSIENT_TRANSPORT_ERROR;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -190,10 +191,20 @@ fn io_errors_get_nvme_statuses() {
         )
         .unwrap();
     assert_eq!(cqe.status, Status::INVALID_OPCODE);
-    // Larger than MDTS (128 KiB): refused by the transport before any R2T.
+    // Larger than MDTS (128 KiB): Invalid Field (NVMe base, MDTS), whether the transport sees it
+    // first (an SGL it would never buffer, refused before any R2T) or the core does (NLB past
+    // MDTS with an SGL the transport takes).
     let big = vec![7u8; 256 * 1024];
     let (cqe, _) = q.command(write_sqe(1, 0, 64), Some(&big), 0).unwrap();
-    assert_eq!(cqe.status, Status::DATA_SGL_LENGTH_INVALID);
+    assert_eq!(cqe.status, Status::INVALID_FIELD);
+    assert!(cqe.status.dnr);
+    let (cqe, _) = q.command(read_sqe(1, 0, 64), None, 256 * 1024).unwrap();
+    assert_eq!(cqe.status, Status::INVALID_FIELD, "read past MDTS");
+    let mut sqe = read_sqe(1, 0, 64);
+    sqe.dptr = SglDescriptor::transport(128 * 1024);
+    sqe.flags = 0x40;
+    let (cqe, _) = q.command(sqe, None, 128 * 1024).unwrap();
+    assert_eq!(cqe.status, Status::INVALID_FIELD, "NLB past MDTS");
     // An SGL shorter than the blocks asked for.
     let mut sqe = read_sqe(1, 0, 4);
     sqe.dptr = SglDescriptor::transport(4096);
@@ -265,9 +276,13 @@ fn bad_data_digest_fails_the_command_not_the_connection() {
         panic!("expected a response, got {resp:?}")
     };
     assert_eq!(
-        (cqe.cid, cqe.status.sct, cqe.status.sc),
-        (0x42, 3, 0x22),
-        "transient transport error"
+        (cqe.cid, cqe.status),
+        (0x42, TRANSIENT_TRANSPORT_ERROR),
+        "transient transport error: generic (SCT 0), SC 22h, retryable"
+    );
+    assert_eq!(
+        (cqe.status.sct, cqe.status.sc, cqe.status.dnr),
+        (0, 0x22, false)
     );
     // Same connection, good digest: works.
     let mut good = Vec::new();
@@ -335,9 +350,9 @@ fn large_h2c_data_with_bad_digest_fails_only_that_command() {
         assert_eq!(cqe.cid, cid);
         if corrupt {
             assert_eq!(
-                (cqe.status.sct, cqe.status.sc),
-                (3, 0x22),
-                "transient transport error"
+                (cqe.status.sct, cqe.status.sc, cqe.status.dnr),
+                (0, 0x22, false),
+                "transient transport error: generic, not path-related, retryable"
             );
         } else {
             assert_eq!(cqe.status, Status::SUCCESS);

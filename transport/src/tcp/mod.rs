@@ -5,6 +5,7 @@
 //! CapsuleResp PDUs. It checks every PDU; a malformed one ends this connection (after a
 //! C2HTermReq saying why) and nothing else.
 
+use crate::logsafe::{LogDecision, RateLimit};
 use crate::proto::nvme::{Cqe, Direction, SglDescriptor};
 use crate::proto::status::Status;
 use crate::proto::tcp::{
@@ -18,27 +19,52 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice, Read, Write};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
 mod socket;
 pub use socket::Socket;
 
-/// Transient Transport Error (SCT 3, SC 0x22): what a command whose data digest failed gets.
+/// Transient Transport Error: what a command whose data digest failed gets. It is a generic
+/// status (NVMe base 2.0, Generic Command Status Values: SCT 0h, SC 22h), retryable (no DNR). It is
+/// not a path-related status (SCT 3h): Linux multipath treats those as a path failure and fails
+/// over, where a digest error calls only for a retry of the command.
 pub const TRANSIENT_TRANSPORT_ERROR: Status = Status {
-    sct: 3,
+    sct: 0,
     sc: 0x22,
     dnr: false,
 };
 
-/// Host-side in-capsule data the admin queue may carry whatever IOCCSZ says (Linux assumes 8 KiB).
+/// In-capsule data the admin queue may carry whatever IOCCSZ says (IOCCSZ is for I/O queues
+/// only; Linux sends admin commands with up to 8 KiB in the capsule, NVME_TCP_ADMIN_CCSZ).
 const ADMIN_IN_CAPSULE: u32 = 8192;
+
+/// How long the data an R2T asked for may take to arrive, all of it, from the R2T's dispatch. A
+/// host that takes longer holds a large buffer others could use: its connection is ended. Far
+/// longer than any live host needs for max_io_size bytes, far shorter than a host's I/O timeout.
+pub const R2T_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The part of the reactor's large-buffer pool one connection may hold, as a divisor: a quarter
+/// (at least one buffer). A connection at its share waits for its own buffers to come back while
+/// the rest of the pool keeps serving the reactor's other connections; with the default pool
+/// (64 MiB of 128 KiB buffers) a quarter is still 128 buffers, a full default queue of large I/O.
+/// It does not have to be: with a small pool a lone connection is throttled to its quarter, the
+/// price of never letting one host take everything.
+const POOL_SHARE_DIVISOR: usize = 4;
+
+/// Per-connection budget for log lines the host can cause (digest errors, malformed PDUs): the
+/// first few, then one in LOG_EVERY with the count of those left out.
+const LOG_BURST: u32 = 8;
+const LOG_EVERY: u32 = 1024;
 
 /// What a connection needs to know of the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct TcpParams {
     pub in_capsule_data_size: u32,
     pub max_io_size: u32,
-    /// Commands a connection may have outstanding (the largest queue a host may connect).
+    /// Entries of the largest queue a host may connect (MQES + 1): a connection's command
+    /// slots, allocated when it is set up. After Connect a host may have as many commands
+    /// outstanding as its queue has entries (SQSIZE + 1), no more.
     pub max_queue_depth: u16,
     pub header_digest: DigestMode,
     pub data_digest: DigestMode,
@@ -68,6 +94,9 @@ pub enum ConnError {
     #[error("host terminated the connection (fes {fes:#x}, fei {fei})")]
     HostTerminated { fes: u16, fei: u32 },
 }
+
+/// Why [`TcpConn::poll_timers`] ends a connection.
+pub const R2T_TIMEOUT_REASON: &str = "data asked for by an R2T did not arrive in time";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
@@ -101,6 +130,10 @@ struct Slot {
     received: u32,
     /// A data digest failed: answer with a transient transport error instead of executing.
     digest_failed: bool,
+    /// The buffer is a large one, counted in the connection's share of the pool.
+    large: bool,
+    /// When the R2T went out (the connection's coarse clock, see [`TcpConn::poll_timers`]).
+    r2t_at: Instant,
 }
 
 /// H2CData payloads at least this large skip the receive buffer (one copy less per byte).
@@ -147,10 +180,24 @@ struct Inner {
     slots: Vec<Slot>,
     free: Vec<u16>,
     ready: VecDeque<u16>,
-    /// Commands waiting for a large buffer, oldest first, and this connection's place in the
-    /// reactor-wide queue for them.
+    /// Commands waiting for a large buffer, oldest first; this connection's id in the reactor's
+    /// queue for them, and whether it has a place in that queue now (at most one: connections
+    /// take turns, one buffer each).
     waiting: VecDeque<u16>,
     waiter_id: u32,
+    pool_queued: bool,
+    /// Large buffers this connection's commands hold, and the most they may.
+    large_held: usize,
+    large_share: usize,
+    /// Commands the host may have outstanding (its queue's entries once connected).
+    queue_limit: usize,
+    /// In-capsule data a command may carry on this queue (admin or I/O, once connected).
+    in_capsule_limit: u32,
+    /// Whether Connect has told this connection its queue (see [`TcpConn::set_queue`]).
+    queue_known: bool,
+    /// The time of the last timer tick: R2Ts are stamped with it, never with a clock read.
+    clock: Instant,
+    log: RateLimit,
     /// Commands sent an R2T whose data has not all come.
     awaiting_data: u32,
     /// Bytes to send; `tx[tx_off..tx_marked]` is covered by `segs`, the rest not yet.
@@ -191,8 +238,11 @@ pub struct ConnStats {
 impl<S: Read + Write> TcpConn<S> {
     /// Wrap an accepted, non-blocking stream; data buffers come from `pool` (the reactor's).
     pub fn new(stream: S, params: TcpParams, pool: Rc<RefCell<BufPool>>) -> Self {
-        // Slots: a full queue plus room for the admin queue's held async event requests.
-        let nslots = params.max_queue_depth as usize + 8;
+        // Slots: the largest queue a host may connect. Once it has, the host may use as many
+        // as its queue has entries; the admin queue's held async event requests count among
+        // them, as they do on the host's side.
+        let nslots = (params.max_queue_depth as usize).max(1);
+        let clock = Instant::now();
         let slots = (0..nslots)
             .map(|_| Slot {
                 capsule: Capsule {
@@ -204,10 +254,15 @@ impl<S: Read + Write> TcpConn<S> {
                 state: SlotState::Free,
                 received: 0,
                 digest_failed: false,
+                large: false,
+                r2t_at: clock,
             })
             .collect();
         let rx_cap = params.max_io_size.max(params.max_in_capsule()) as usize + 64 * 1024;
-        let waiter_id = pool.borrow_mut().waiter_id();
+        let (waiter_id, large_share) = {
+            let mut p = pool.borrow_mut();
+            (p.waiter_id(), (p.large_limit() / POOL_SHARE_DIVISOR).max(1))
+        };
         TcpConn {
             stream,
             rx: vec![0; rx_cap],
@@ -224,6 +279,16 @@ impl<S: Read + Write> TcpConn<S> {
                 ready: VecDeque::with_capacity(nslots),
                 waiting: VecDeque::with_capacity(nslots),
                 waiter_id,
+                pool_queued: false,
+                large_held: 0,
+                large_share,
+                queue_limit: nslots,
+                // Until Connect says which queue this is: the larger of the two (Connect's own
+                // 1 KiB of data must fit either way).
+                in_capsule_limit: params.max_in_capsule(),
+                queue_known: false,
+                clock,
+                log: RateLimit::new(LOG_BURST, LOG_EVERY),
                 awaiting_data: 0,
                 tx: Vec::with_capacity(64 * 1024),
                 tx_off: 0,
@@ -308,7 +373,8 @@ impl<S: Read + Write> TcpConn<S> {
                     frame.data_len >= DIRECT_MIN && buf.len() >= frame.data_offset,
                 ) {
                     // Check it now; its data then bypasses the receive buffer.
-                    self.inner.h2c_check(dh, &buf[..frame.ch.hlen as usize])?;
+                    self.inner
+                        .h2c_check(dh, frame.ch.flags, &buf[..frame.ch.hlen as usize])?;
                     let have = &buf[frame.data_offset..];
                     let got = have.len().min(frame.data_len);
                     let slot = &mut self.inner.slots[dh.ttag as usize];
@@ -491,6 +557,50 @@ impl<S: Read + Write> TcpConn<S> {
         !self.inner.waiting.is_empty()
     }
 
+    /// Connect made this connection queue `qid` with `entries` entries (SQSIZE + 1). From now on
+    /// the host may have at most that many commands outstanding (a host with more violates SQ
+    /// flow control: the connection is terminated), and in-capsule data is bounded by the
+    /// queue's capsule size: IOCCSZ on an I/O queue, 8 KiB on the admin queue.
+    pub fn set_queue(&mut self, qid: u16, entries: u16) {
+        let inner = &mut self.inner;
+        inner.queue_known = true;
+        inner.queue_limit = (entries as usize).clamp(1, inner.slots.len());
+        inner.in_capsule_limit = if qid == 0 {
+            ADMIN_IN_CAPSULE
+        } else {
+            inner.params.in_capsule_data_size
+        };
+    }
+
+    /// Whether [`Self::set_queue`] was called.
+    pub fn queue_known(&self) -> bool {
+        self.inner.queue_known
+    }
+
+    /// The reactor's timer tick (every few hundred polls, with a clock it read once for all its
+    /// connections): R2Ts sent from now on are stamped with `now`, and a connection whose host
+    /// has left an R2T unanswered for [`R2T_TIMEOUT`] is to be closed (returns why). The data
+    /// path itself never reads the clock.
+    pub fn poll_timers(&mut self, now: Instant) -> Option<&'static str> {
+        let inner = &mut self.inner;
+        inner.clock = now;
+        if inner.awaiting_data == 0 || inner.phase == Phase::Terminating {
+            return None;
+        }
+        let late = inner.slots.iter().find(|s| {
+            s.state == SlotState::AwaitingData
+                && now.saturating_duration_since(s.r2t_at) > R2T_TIMEOUT
+        })?;
+        // The reactor logs the close (once, with the peer); this adds which command.
+        debug!(
+            cid = late.capsule.sqe.cid,
+            timeout_s = R2T_TIMEOUT.as_secs(),
+            "R2T unanswered"
+        );
+        inner.phase = Phase::Terminating;
+        Some(R2T_TIMEOUT_REASON)
+    }
+
     /// Whether anything queued is not yet written.
     pub fn has_unsent(&self) -> bool {
         !self.inner.segs.is_empty() || self.inner.tx.len() > self.inner.tx_marked
@@ -518,8 +628,15 @@ impl<S> Drop for TcpConn<S> {
     /// Buffers of commands still held by this connection go back to the reactor's pool (those a
     /// block device holds come back through the reactor when the I/O completes).
     fn drop(&mut self) {
+        let (events, suppressed) = self.inner.log.counts();
+        if suppressed > 0 {
+            warn!(
+                events,
+                suppressed, "connection closed; some of its host-caused log lines were left out"
+            );
+        }
         let mut pool = self.inner.pool.borrow_mut();
-        if !self.inner.waiting.is_empty() {
+        if self.inner.pool_queued {
             pool.forget(self.inner.waiter_id);
         }
         for s in &mut self.inner.slots {
@@ -531,6 +648,16 @@ impl<S> Drop for TcpConn<S> {
 }
 
 impl Inner {
+    /// Count one log line the host caused: Some(lines left out since the last one written) if
+    /// this one is to be written, None if it is left out (and counted).
+    fn log_gate(&mut self) -> Option<u64> {
+        match self.log.event() {
+            LogDecision::Log => Some(0),
+            LogDecision::LogWithSuppressed(n) => Some(n),
+            LogDecision::Suppress => None,
+        }
+    }
+
     /// Cover bytes appended to `tx` since the last mark with a segment.
     fn mark_tx(&mut self) {
         let n = self.tx.len() - self.tx_marked;
@@ -573,6 +700,9 @@ impl Inner {
     /// The command in `slot` is over: its buffer goes back to the pool, the slot to the free list.
     fn release(&mut self, slot: u16) {
         let s = &mut self.slots[slot as usize];
+        if std::mem::take(&mut s.large) {
+            self.large_held -= 1;
+        }
         if let Some(buf) = s.capsule.buf.take() {
             self.pool.borrow_mut().put(buf);
         }
@@ -643,7 +773,7 @@ impl Inner {
                 hdr,
             )),
             (Phase::Ready, Header::CapsuleCmd(sqe)) => self.capsule(sqe, data, digest_ok, hdr),
-            (Phase::Ready, Header::H2CData(dh)) => self.h2c_data(dh, data, digest_ok, hdr),
+            (Phase::Ready, Header::H2CData(dh)) => self.h2c_data(dh, raw[1], data, digest_ok, hdr),
             (_, Header::TermReq { fes, fei }) => {
                 self.phase = Phase::Terminating;
                 Err(ConnError::HostTerminated { fes, fei })
@@ -666,11 +796,21 @@ impl Inner {
         digest_ok: bool,
         hdr: &[u8],
     ) -> Result<(), ConnError> {
-        let Some(slot) = self.free.pop() else {
-            return Err(self.terminate(
-                fatal(fes::PDU_SEQUENCE_ERROR, 0, "host exceeded the queue depth"),
-                hdr,
-            ));
+        // NVMe-oF 1.1, 2.4.1 (SQ flow control): a host keeps at most as many commands
+        // outstanding as its queue has entries. One that sends more breaks the protocol; its
+        // connection ends rather than this side finding room it never promised.
+        let in_use = self.slots.len() - self.free.len();
+        let slot = match self.free.pop() {
+            Some(s) if in_use < self.queue_limit => s,
+            other => {
+                if let Some(s) = other {
+                    self.free.push(s);
+                }
+                return Err(self.terminate(
+                    fatal(fes::PDU_SEQUENCE_ERROR, 0, "host exceeded its queue size"),
+                    hdr,
+                ));
+            }
         };
         let max_io = self.params.max_io_size;
         let dir = sqe.data_direction();
@@ -689,24 +829,45 @@ impl Inner {
         if sqe.psdt() == 0 {
             return reject(self, Status::INVALID_FIELD);
         }
-        if !data.is_empty() {
-            // In-capsule data: a data block descriptor with an offset into the capsule.
-            if sgl.identifier != (SglDescriptor::DATA_BLOCK << 4 | SglDescriptor::SUBTYPE_OFFSET) {
+        let in_capsule_desc =
+            sgl.identifier == (SglDescriptor::DATA_BLOCK << 4 | SglDescriptor::SUBTYPE_OFFSET);
+        if !data.is_empty() || (in_capsule_desc && sgl.length != 0) {
+            // In-capsule data: a Data Block descriptor with the Offset subtype (NVMe/TCP 1.0,
+            // 3.3.4; NVMe base 2.0, 4.1.3). Its address is an offset into the capsule's data,
+            // which starts at the PDU's data (ICDOFF is 0): the command's data is
+            // data[offset..offset + length] (SGLS bit 20 advertises offsets).
+            if !in_capsule_desc {
                 return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID);
             }
-            if sgl.address != 0 {
-                return reject(self, Status::SGL_OFFSET_INVALID);
-            }
-            if sgl.length as usize != data.len() || dir != Direction::HostToController {
+            if dir != Direction::HostToController {
                 return reject(self, Status::DATA_SGL_LENGTH_INVALID);
             }
-            // The data is here already, so it gets a buffer even past the pool's cap (a command
-            // slot bounds how many can).
-            let mut buf = self.pool.borrow_mut().get(data.len());
+            // The capsule size bounds it: IOCCSZ on an I/O queue, 8 KiB on the admin queue.
+            // An offset past it points outside the capsule (SGL Offset Invalid, as SPDK;
+            // Linux nvmet answers that for a length past it too); data past it, or a
+            // descriptor reaching past the data the capsule carries, is a length error. Either
+            // is refused before any buffer is taken.
+            let limit = self.in_capsule_limit as u64;
+            if sgl.address > limit {
+                return reject(self, Status::SGL_OFFSET_INVALID);
+            }
+            let end = sgl.address + sgl.length as u64;
+            if data.len() as u64 > limit || end > limit || end > data.len() as u64 {
+                return reject(self, Status::DATA_SGL_LENGTH_INVALID);
+            }
+            let data = &data[sgl.address as usize..end as usize];
+            // The data is here already (the queue's capsule size bounds it), so it gets a
+            // buffer even past the pool's cap; a large one counts in this connection's share.
+            let mut pool = self.pool.borrow_mut();
+            let large = !pool.is_small(data.len());
+            let mut buf = pool.get(data.len());
+            drop(pool);
             buf.as_mut_slice()[..data.len()].copy_from_slice(data);
             let s = &mut self.slots[slot as usize];
             s.capsule.buf = Some(buf);
             s.capsule.data_len = data.len() as u32;
+            s.large = large;
+            self.large_held += large as usize;
             self.make_ready(slot);
             return Ok(());
         }
@@ -714,50 +875,79 @@ impl Inner {
             Direction::Bidirectional => return reject(self, Status::INVALID_OPCODE),
             Direction::None => {}
             _ if sgl.length == 0 => {}
-            _ if sgl.length > max_io.max(ADMIN_IN_CAPSULE) => {
-                return reject(self, Status::DATA_SGL_LENGTH_INVALID)
-            }
-            _ if sgl.sgl_type() != SglDescriptor::TRANSPORT_DATA_BLOCK => {
+            // Data not in the capsule: a Transport SGL Data Block descriptor with the
+            // transport-specific subtype (NVMe/TCP 1.0, 3.3.4: type 5h, subtype Ah). Any other
+            // type or subtype is one this controller does not support.
+            _ if sgl.identifier
+                != (SglDescriptor::TRANSPORT_DATA_BLOCK << 4
+                    | SglDescriptor::SUBTYPE_TRANSPORT) =>
+            {
                 return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID)
+            }
+            // More than MDTS: Invalid Field (NVMe base 2.0, Identify Controller MDTS: "If a
+            // command is submitted that exceeds this transfer size, then the command is
+            // aborted with a status code of Invalid Field in Command"), as the core answers
+            // for a Read or Write whose NLB exceeds it.
+            _ if sgl.length > max_io.max(ADMIN_IN_CAPSULE) => {
+                return reject(self, Status::INVALID_FIELD)
             }
             _ => self.slots[slot as usize].capsule.data_len = sgl.length,
         }
         // The buffer comes from the reactor's pool and goes back when the command completes.
-        // A command needing a large one waits its turn while all are lent (in arrival order
-        // across the reactor's connections); its R2T (for a write) is sent only once it has
-        // one, so H2CData in the stream always has a buffer to land in and reading the stream
-        // never stalls.
+        // A command needing a large one waits while the pool has none or this connection holds
+        // its share; connections take turns for them (see `serve_waiting`). An R2T (for a
+        // write) is sent only once the command has its buffer, so H2CData in the stream always
+        // has a buffer to land in and reading the stream never stalls.
         let need = self.slots[slot as usize].capsule.data_len as usize;
-        let mut pool = self.pool.borrow_mut();
-        let buf = pool.try_get(need);
-        if buf.is_none() {
-            pool.wait(self.waiter_id);
-        }
-        drop(pool);
-        let s = &mut self.slots[slot as usize];
-        match buf {
-            Some(b) => {
-                s.capsule.buf = Some(b);
-                self.start(slot);
-            }
-            None => {
-                s.state = SlotState::AwaitingBuffer;
-                self.waiting.push_back(slot);
-            }
+        if self.pool.borrow().is_small(need) {
+            let buf = self.pool.borrow_mut().get(need);
+            self.slots[slot as usize].capsule.buf = Some(buf);
+            self.start(slot);
+        } else {
+            self.slots[slot as usize].state = SlotState::AwaitingBuffer;
+            self.waiting.push_back(slot);
+            self.serve_waiting();
         }
         Ok(())
     }
 
-    /// Give buffers to waiting commands while it is their turn and the pool has them. Returns
-    /// whether any started.
+    /// Give large buffers to waiting commands, oldest first, while this connection is under its
+    /// share and the pool has one for it. Connections take turns: one that finds the pool empty
+    /// (or others already waiting) takes one place in the reactor's queue and, served, goes to
+    /// the back again for its next command. One at its share takes no place at all, so it never
+    /// holds up the queue; its own buffers coming back let it go on. Returns whether any started.
     fn serve_waiting(&mut self) -> bool {
         let mut progress = false;
         while let Some(&slot) = self.waiting.front() {
-            let Some(buf) = self.pool.borrow_mut().take_turn(self.waiter_id) else {
+            if self.large_held >= self.large_share {
+                // (In-capsule data can take it there while this connection has a place in
+                // the queue: give the place up rather than block everyone behind it.)
+                if std::mem::take(&mut self.pool_queued) {
+                    self.pool.borrow_mut().forget(self.waiter_id);
+                }
+                break;
+            }
+            let mut pool = self.pool.borrow_mut();
+            let buf = if self.pool_queued {
+                pool.take_turn(self.waiter_id)
+            } else {
+                let need = self.slots[slot as usize].capsule.data_len as usize;
+                pool.try_get(need)
+            };
+            let Some(buf) = buf else {
+                if !self.pool_queued {
+                    pool.wait(self.waiter_id);
+                    self.pool_queued = true;
+                }
                 break;
             };
+            drop(pool);
+            self.pool_queued = false;
             self.waiting.pop_front();
-            self.slots[slot as usize].capsule.buf = Some(buf);
+            self.large_held += 1;
+            let s = &mut self.slots[slot as usize];
+            s.capsule.buf = Some(buf);
+            s.large = true;
             self.start(slot);
             progress = true;
         }
@@ -772,6 +962,7 @@ impl Inner {
             return self.make_ready(slot);
         }
         s.state = SlotState::AwaitingData;
+        s.r2t_at = self.clock;
         self.awaiting_data += 1;
         R2t {
             cccid: sqe.cid,
@@ -783,7 +974,7 @@ impl Inner {
     }
 
     /// Check an H2CData header against the transfer its tag names.
-    fn h2c_check(&mut self, dh: DataHeader, hdr: &[u8]) -> Result<(), ConnError> {
+    fn h2c_check(&mut self, dh: DataHeader, pdu_flags: u8, hdr: &[u8]) -> Result<(), ConnError> {
         let Some(s) = self
             .slots
             .get(dh.ttag as usize)
@@ -809,12 +1000,32 @@ impl Inner {
             ));
         }
         let end = dh.offset as u64 + dh.length as u64;
-        if dh.offset != s.received || end > s.capsule.data_len as u64 {
+        if end > s.capsule.data_len as u64 {
             return Err(self.terminate(
                 fatal(
                     fes::DATA_OUT_OF_RANGE,
                     12,
                     "H2CData outside the requested range",
+                ),
+                hdr,
+            ));
+        }
+        // The PDUs of one transfer come in order (NVMe/TCP 1.0, 3.6.2.8), and LAST_PDU is set
+        // on the last of them and on no other (3.6.1.3, H2CData flags): anything else is a PDU
+        // sequence error, fatal (as FreeBSD's nvmf does).
+        let last = end == s.capsule.data_len as u64;
+        if dh.offset != s.received || last != (pdu_flags & flags::DATA_LAST != 0) {
+            return Err(self.terminate(
+                fatal(
+                    fes::PDU_SEQUENCE_ERROR,
+                    0,
+                    if dh.offset != s.received {
+                        "H2CData out of order"
+                    } else if last {
+                        "last H2CData of a transfer without LAST_PDU"
+                    } else {
+                        "H2CData with LAST_PDU before the end of its transfer"
+                    },
                 ),
                 hdr,
             ));
@@ -836,11 +1047,12 @@ impl Inner {
     fn h2c_data(
         &mut self,
         dh: DataHeader,
+        pdu_flags: u8,
         data: &[u8],
         digest_ok: bool,
         hdr: &[u8],
     ) -> Result<(), ConnError> {
-        self.h2c_check(dh, hdr)?;
+        self.h2c_check(dh, pdu_flags, hdr)?;
         if let Some(buf) = self.slots[dh.ttag as usize].capsule.buf.as_mut() {
             buf.as_mut_slice()[dh.offset as usize..(dh.offset + dh.length) as usize]
                 .copy_from_slice(data);
@@ -852,12 +1064,15 @@ impl Inner {
     fn make_ready(&mut self, slot: u16) {
         let s = &mut self.slots[slot as usize];
         if s.digest_failed {
-            warn!(
-                cid = s.capsule.sqe.cid,
-                "data digest mismatch: command failed with a transient transport error"
-            );
             s.state = SlotState::Executing;
             let sqe = s.capsule.sqe;
+            if let Some(suppressed) = self.log_gate() {
+                warn!(
+                    cid = sqe.cid,
+                    suppressed,
+                    "data digest mismatch: command failed with a transient transport error"
+                );
+            }
             self.complete(slot, error_response(&sqe, TRANSIENT_TRANSPORT_ERROR));
             return;
         }
@@ -877,11 +1092,14 @@ impl Inner {
         }
         if s.capsule.lent.is_some() && self.digests.data {
             // Not by construction (see `takes_lent_data`): a digest would have to read it.
-            warn!(
-                cid = resp.cqe.cid,
-                "lent read data on a connection with data digests; failing the command"
-            );
             let sqe = s.capsule.sqe;
+            if let Some(suppressed) = self.log_gate() {
+                warn!(
+                    cid = resp.cqe.cid,
+                    suppressed,
+                    "lent read data on a connection with data digests; failing the command"
+                );
+            }
             let r = error_response(&sqe, Status::INTERNAL_ERROR);
             encode_capsule_resp(&mut self.tx, &r.cqe, self.digests);
             self.release(slot);
@@ -926,12 +1144,16 @@ impl Inner {
 
     /// Queue a C2HTermReq for `e` and stop reading; the caller drops the connection once it is sent.
     fn terminate(&mut self, e: FatalError, offending: &[u8]) -> ConnError {
-        warn!(
-            fes = e.fes,
-            fei = e.fei,
-            reason = e.reason,
-            "malformed PDU from host: terminating the connection"
-        );
+        // The reason is ours (static); the offending bytes go to the host, never to the log.
+        if let Some(suppressed) = self.log_gate() {
+            warn!(
+                fes = e.fes,
+                fei = e.fei,
+                reason = e.reason,
+                suppressed,
+                "malformed PDU from host: terminating the connection"
+            );
+        }
         encode_term_req(&mut self.tx, true, e.fes, e.fei, offending);
         self.phase = Phase::Terminating;
         ConnError::Fatal(e)

@@ -4,12 +4,49 @@
 use super::*;
 use crate::proto::nvme::{opcode, Sqe};
 use crate::proto::tcp::{encode_capsule_cmd, pdu_type, IcReq};
+use std::time::Duration;
 
 /// Bytes the "host" wrote, read by the connection; and what the connection wrote.
-#[derive(Default)]
+///
+/// Writes go by `write_plan`, as a socket with a small, busy send buffer does: each write takes at
+/// most the next budget of the plan (cycling) over all the slices it is given, cutting a slice
+/// anywhere, and a budget of 0 is EAGAIN. So every test drives the send queue's partial-progress
+/// logic: a writev ending inside a header, inside a command's data, or between slices.
 struct MemStream {
     input: VecDeque<u8>,
     output: Vec<u8>,
+    write_plan: Vec<usize>,
+    write_step: usize,
+    /// writev calls that ended inside one of their slices, and that said EAGAIN.
+    cut_writes: usize,
+    would_block: usize,
+}
+
+/// Budgets that cut headers (1, 5, 13), data (4096 + 7), whole PDUs and runs of them.
+const CHOPPY: &[usize] = &[1, 0, 7, 4103, 0, 13, 70_000, 5, 0, 100_000, 24, 0];
+
+impl Default for MemStream {
+    fn default() -> Self {
+        MemStream::with_plan(CHOPPY)
+    }
+}
+
+impl MemStream {
+    fn with_plan(plan: &[usize]) -> Self {
+        MemStream {
+            input: VecDeque::new(),
+            output: Vec::new(),
+            write_plan: plan.to_vec(),
+            write_step: 0,
+            cut_writes: 0,
+            would_block: 0,
+        }
+    }
+
+    /// A stream that takes every write whole.
+    fn unlimited() -> Self {
+        MemStream::with_plan(&[])
+    }
 }
 
 impl Read for MemStream {
@@ -27,8 +64,33 @@ impl Read for MemStream {
 
 impl Write for MemStream {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.output.extend_from_slice(buf);
-        Ok(buf.len())
+        self.write_vectored(&[IoSlice::new(buf)])
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+        let mut budget = if self.write_plan.is_empty() {
+            usize::MAX
+        } else {
+            let b = self.write_plan[self.write_step % self.write_plan.len()];
+            self.write_step += 1;
+            b
+        };
+        if budget == 0 {
+            self.would_block += 1;
+            return Err(ErrorKind::WouldBlock.into());
+        }
+        let mut n = 0;
+        for b in bufs {
+            let take = b.len().min(budget);
+            self.output.extend_from_slice(&b[..take]);
+            n += take;
+            budget -= take;
+            if take < b.len() {
+                self.cut_writes += 1;
+                break;
+            }
+        }
+        Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
@@ -50,15 +112,37 @@ fn conn_on(pool: &Rc<RefCell<BufPool>>) -> TcpConn<MemStream> {
 
 /// A connected connection whose host asked for `digests`.
 fn conn_with(pool: &Rc<RefCell<BufPool>>, digests: Digests) -> TcpConn<MemStream> {
-    let params = TcpParams {
+    conn_over(pool, digests, MemStream::default())
+}
+
+fn params() -> TcpParams {
+    TcpParams {
         in_capsule_data_size: 8192,
         max_io_size: LARGE as u32,
         max_queue_depth: 32,
         header_digest: DigestMode::Allowed,
         data_digest: DigestMode::Allowed,
         c2h_success: false,
-    };
-    let mut c = TcpConn::new(MemStream::default(), params, pool.clone());
+    }
+}
+
+/// A connected connection over `stream`.
+fn conn_over(
+    pool: &Rc<RefCell<BufPool>>,
+    digests: Digests,
+    stream: MemStream,
+) -> TcpConn<MemStream> {
+    conn_full(pool, params(), digests, stream)
+}
+
+/// A connected connection with `params`.
+fn conn_full(
+    pool: &Rc<RefCell<BufPool>>,
+    params: TcpParams,
+    digests: Digests,
+    stream: MemStream,
+) -> TcpConn<MemStream> {
+    let mut c = TcpConn::new(stream, params, pool.clone());
     let mut ic = Vec::new();
     IcReq {
         pfv: 0,
@@ -69,7 +153,7 @@ fn conn_with(pool: &Rc<RefCell<BufPool>>, digests: Digests) -> TcpConn<MemStream
     .encode(&mut ic);
     c.stream.input.extend(ic);
     c.poll_recv().unwrap();
-    c.poll_send().unwrap();
+    flush(&mut c);
     assert_eq!(c.stream.output[0], pdu_type::IC_RESP);
     c.stream.output.clear();
     c
@@ -86,9 +170,20 @@ fn send_cmd(c: &mut TcpConn<MemStream>, op: u8, cid: u16, len: u32) {
     c.stream.input.extend(b);
 }
 
+/// Write everything queued, however many writes (and EAGAINs) the stream's plan takes.
+fn flush(c: &mut TcpConn<MemStream>) {
+    for _ in 0..100_000 {
+        if !c.has_unsent() {
+            return;
+        }
+        c.poll_send().unwrap();
+    }
+    panic!("the send queue makes no progress");
+}
+
 /// Types of the PDUs the connection wrote since the last call.
 fn sent_types(c: &mut TcpConn<MemStream>) -> Vec<u8> {
-    c.poll_send().unwrap();
+    flush(c);
     let out = std::mem::take(&mut c.stream.output);
     let mut types = Vec::new();
     let mut at = 0;
@@ -160,7 +255,7 @@ fn reads_wait_for_a_large_buffer_when_the_pool_is_lent_out() {
         assert_eq!(c.capsule_mut(s).sqe.cid, cid, "in arrival order");
         assert!(c.next_ready().is_none());
         c.complete(s, ok(cid, LARGE as u32));
-        c.poll_send().unwrap();
+        flush(&mut c);
     }
     assert!(!c.awaiting_buffers());
     assert_eq!(pool.borrow().large_made(), 1, "never more than the cap");
@@ -168,7 +263,8 @@ fn reads_wait_for_a_large_buffer_when_the_pool_is_lent_out() {
 
 #[test]
 fn writes_get_their_r2t_only_once_they_have_a_buffer() {
-    let (mut c, pool) = conn(2);
+    // A pool of 8: this connection's share is 2 of them.
+    let (mut c, pool) = conn(8);
     for cid in 0..3 {
         send_cmd(&mut c, opcode::NVM_WRITE, cid, LARGE as u32);
     }
@@ -207,7 +303,7 @@ fn connections_take_turns_for_large_buffers() {
     assert!(b.next_ready().is_none(), "b waits");
     send_cmd(&mut a, opcode::NVM_READ, 1, LARGE as u32);
     a.complete(a0, ok(0, LARGE as u32));
-    a.poll_send().unwrap();
+    flush(&mut a);
     // a is polled first and has a command waiting too, but b asked first.
     a.poll_recv().unwrap();
     assert!(
@@ -217,7 +313,7 @@ fn connections_take_turns_for_large_buffers() {
     b.poll_recv().unwrap();
     let b0 = b.next_ready().expect("b's turn");
     b.complete(b0, ok(0, LARGE as u32));
-    b.poll_send().unwrap();
+    flush(&mut b);
     a.poll_recv().unwrap();
     let a1 = a.next_ready().expect("then a's");
     // A connection that closes while waiting gives up its place.
@@ -226,7 +322,7 @@ fn connections_take_turns_for_large_buffers() {
     assert!(b.awaiting_buffers());
     drop(b);
     a.complete(a1, ok(1, LARGE as u32));
-    a.poll_send().unwrap();
+    flush(&mut a);
     assert!(
         pool.borrow_mut().try_get(LARGE).is_some(),
         "nobody queued any more"
@@ -276,7 +372,7 @@ fn read_data_lent_by_a_device_goes_out_as_it_is() {
     let s = c.next_ready().unwrap();
     c.capsule_mut(s).lent = Some(lent(&data));
     c.complete(s, ok(5, 8192));
-    c.poll_send().unwrap();
+    flush(&mut c);
     let out = std::mem::take(&mut c.stream.output);
     // C2HData: 24-byte header (PDO 24), the lent bytes, then the CapsuleResp.
     assert_eq!((out[0], out[3]), (pdu_type::C2H_DATA, 24));
@@ -305,7 +401,7 @@ fn lent_data_is_never_sent_where_a_data_digest_is_due() {
     // goes out.
     c.capsule_mut(s).lent = Some(lent(&data));
     c.complete(s, ok(8, 4096));
-    c.poll_send().unwrap();
+    flush(&mut c);
     let out = std::mem::take(&mut c.stream.output);
     assert_eq!(out[0], pdu_type::CAPSULE_RESP, "no C2HData");
     let cqe = Cqe::decode(out[8..24].try_into().unwrap());
@@ -324,7 +420,7 @@ fn large_write_data_arriving_with_other_pdus_lands_intact() {
             data: true,
         },
     ] {
-        let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 4)));
+        let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 8)));
         let mut c = conn_with(&pool, digests);
         send_cmd(&mut c, opcode::NVM_WRITE, 1, LARGE as u32);
         send_cmd(&mut c, opcode::NVM_WRITE, 2, LARGE as u32);
@@ -351,4 +447,552 @@ fn large_write_data_arriving_with_other_pdus_lands_intact() {
         }
         assert_eq!(seen, [1, 2, 3], "digests {digests:?}");
     }
+}
+
+/// Queue a capsule for `sqe` exactly as given, with optional in-capsule data.
+fn send_sqe(c: &mut TcpConn<MemStream>, sqe: &Sqe, data: Option<&[u8]>) {
+    let mut b = Vec::new();
+    encode_capsule_cmd(&mut b, sqe, data, c.inner.digests, 4);
+    c.stream.input.extend(b);
+}
+
+/// An LBA command with an SGL (PSDT 01b) of `dptr`.
+fn sgl_cmd(op: u8, cid: u16, blocks: u32, dptr: SglDescriptor) -> Sqe {
+    let mut sqe = Sqe::lba_command(op, 1, 0, blocks);
+    sqe.cid = cid;
+    sqe.flags = 0x40;
+    sqe.dptr = dptr;
+    sqe
+}
+
+/// The headers of the PDUs the connection wrote since the last call.
+fn sent_pdus(c: &mut TcpConn<MemStream>) -> Vec<Header> {
+    flush(c);
+    let out = std::mem::take(&mut c.stream.output);
+    let mut at = 0;
+    let mut pdus = Vec::new();
+    while at < out.len() {
+        let p = crate::proto::tcp::parse_pdu(&out[at..], c.inner.digests, u32::MAX)
+            .expect("well-formed PDU")
+            .expect("whole PDU");
+        pdus.push(p.header);
+        at += p.len;
+    }
+    pdus
+}
+
+/// The completions among `pdus`.
+fn cqes(pdus: &[Header]) -> Vec<Cqe> {
+    pdus.iter()
+        .filter_map(|h| match h {
+            Header::CapsuleResp(cqe) => Some(*cqe),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The one completion the connection sent since the last call.
+fn one_cqe(c: &mut TcpConn<MemStream>) -> Cqe {
+    let pdus = sent_pdus(c);
+    assert_eq!(pdus.len(), 1, "one response: {pdus:?}");
+    cqes(&pdus)[0]
+}
+
+/// The fatal error status of the C2HTermReq the connection sent (and that it is the last PDU).
+fn term_fes(c: &mut TcpConn<MemStream>) -> u16 {
+    match sent_pdus(c).last() {
+        Some(Header::TermReq { fes, .. }) => *fes,
+        other => panic!("expected a C2HTermReq, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_bad_data_digest_is_a_generic_retryable_transient_transport_error_logged_sparingly() {
+    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 4)));
+    let digests = Digests {
+        header: false,
+        data: true,
+    };
+    let mut c = conn_with(&pool, digests);
+    c.set_queue(1, 32);
+    for cid in 0..20u16 {
+        let sqe = sgl_cmd(
+            opcode::NVM_WRITE,
+            cid,
+            1,
+            SglDescriptor::in_capsule(0, 4096),
+        );
+        let mut b = Vec::new();
+        encode_capsule_cmd(&mut b, &sqe, Some(&[cid as u8; 4096]), digests, 4);
+        let n = b.len();
+        b[n - 1] ^= 0x5a;
+        c.stream.input.extend(b);
+    }
+    c.poll_recv().unwrap();
+    assert!(
+        c.next_ready().is_none(),
+        "no command with bad data executes"
+    );
+    let got = cqes(&sent_pdus(&mut c));
+    assert_eq!(got.len(), 20);
+    for (i, cqe) in got.iter().enumerate() {
+        assert_eq!(cqe.cid, i as u16);
+        assert_eq!(
+            (cqe.status.sct, cqe.status.sc, cqe.status.dnr),
+            (0, 0x22, false),
+            "generic status 22h, not path-related SCT 3, and retryable"
+        );
+    }
+    // 20 events: the first LOG_BURST written, the rest counted for a later line or the close.
+    assert_eq!(
+        c.inner.log.counts(),
+        (20, 20 - u64::from(LOG_BURST)),
+        "log lines are rate-limited"
+    );
+}
+
+#[test]
+fn a_host_past_its_queue_size_is_terminated() {
+    let (mut c, _pool) = conn(4);
+    c.set_queue(1, 4);
+    for cid in 0..4 {
+        send_cmd(&mut c, opcode::NVM_READ, cid, 4096);
+    }
+    c.poll_recv().unwrap();
+    let held: Vec<u16> = std::iter::from_fn(|| c.next_ready()).collect();
+    assert_eq!(held.len(), 4, "a full queue is fine");
+    // One answered: its entry may be reused.
+    c.complete(held[0], ok(0, 4096));
+    flush(&mut c);
+    c.stream.output.clear();
+    send_cmd(&mut c, opcode::NVM_READ, 0, 4096);
+    c.poll_recv().unwrap();
+    assert!(c.next_ready().is_some());
+    // Five outstanding on a queue of four entries is a protocol violation.
+    send_cmd(&mut c, opcode::NVM_READ, 7, 4096);
+    assert!(matches!(c.poll_recv(), Err(ConnError::Fatal(_))));
+    assert_eq!(term_fes(&mut c), fes::PDU_SEQUENCE_ERROR);
+}
+
+#[test]
+fn in_capsule_data_is_bounded_by_the_queue_capsule_size_without_allocating() {
+    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 1)));
+    let small_icd = TcpParams {
+        in_capsule_data_size: 4096,
+        ..params()
+    };
+    let write = |cid, len: usize| {
+        (
+            sgl_cmd(
+                opcode::NVM_WRITE,
+                cid,
+                (len / 4096).max(1) as u32,
+                SglDescriptor::in_capsule(0, len as u32),
+            ),
+            vec![cid as u8; len],
+        )
+    };
+    // Before Connect, 8 KiB (room for Connect's data on either queue type).
+    let mut c = conn_full(&pool, small_icd, Digests::default(), MemStream::default());
+    let (sqe, d) = write(1, 8192);
+    send_sqe(&mut c, &sqe, Some(&d));
+    c.poll_recv().unwrap();
+    assert!(c.next_ready().is_some());
+    // An I/O queue: IOCCSZ (here 4 KiB of data) and no more.
+    let mut c = conn_full(&pool, small_icd, Digests::default(), MemStream::default());
+    c.set_queue(1, 32);
+    let (sqe, d) = write(2, 4096);
+    send_sqe(&mut c, &sqe, Some(&d));
+    c.poll_recv().unwrap();
+    let s = c.next_ready().expect("within IOCCSZ");
+    assert!(c.capsule_mut(s).buf.as_ref().unwrap().as_slice()[..4096] == d[..]);
+    for len in [4096 + 16, 8192, 128 * 1024] {
+        let (sqe, d) = write(3, len);
+        send_sqe(&mut c, &sqe, Some(&d));
+        c.poll_recv().unwrap();
+        assert!(c.next_ready().is_none());
+        let cqe = one_cqe(&mut c);
+        assert_eq!(
+            (cqe.cid, cqe.status),
+            (3, Status::DATA_SGL_LENGTH_INVALID),
+            "{len} bytes in the capsule"
+        );
+    }
+    assert_eq!(
+        (pool.borrow().large_made(), pool.borrow().grown()),
+        (0, 2),
+        "refused without a large buffer (two small ones were made for the two accepted)"
+    );
+    // The admin queue: 8 KiB whatever IOCCSZ says.
+    let mut c = conn_full(&pool, small_icd, Digests::default(), MemStream::default());
+    c.set_queue(0, 32);
+    let (sqe, d) = write(4, 8192);
+    send_sqe(&mut c, &sqe, Some(&d));
+    c.poll_recv().unwrap();
+    assert!(c.next_ready().is_some());
+    let (sqe, d) = write(5, 8192 + 16);
+    send_sqe(&mut c, &sqe, Some(&d));
+    c.poll_recv().unwrap();
+    assert_eq!(one_cqe(&mut c).status, Status::DATA_SGL_LENGTH_INVALID);
+}
+
+#[test]
+fn in_capsule_data_at_an_offset() {
+    let (mut c, _pool) = conn(1);
+    c.set_queue(1, 32);
+    let payload: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let mut capsule_data = vec![0xeeu8; 512];
+    capsule_data.extend_from_slice(&payload);
+    let sqe = sgl_cmd(
+        opcode::NVM_WRITE,
+        1,
+        1,
+        SglDescriptor::in_capsule(512, 4096),
+    );
+    send_sqe(&mut c, &sqe, Some(&capsule_data));
+    c.poll_recv().unwrap();
+    let s = c
+        .next_ready()
+        .expect("an offset within the capsule is fine");
+    let cap = c.capsule_mut(s);
+    assert_eq!(cap.data_len, 4096);
+    assert!(
+        cap.buf.as_ref().unwrap().as_slice()[..4096] == payload[..],
+        "the command's data starts at the offset"
+    );
+    c.complete(s, ok(1, 0));
+    flush(&mut c);
+    c.stream.output.clear();
+    let cases = [
+        // Offset past the capsule size (IOCCSZ: 8 KiB of data here).
+        (
+            SglDescriptor::in_capsule(8192 + 16, 16),
+            Some(vec![0u8; 64]),
+            Status::SGL_OFFSET_INVALID,
+        ),
+        // Offset and length reaching past the data the capsule carries.
+        (
+            SglDescriptor::in_capsule(512, 4096),
+            Some(vec![0u8; 4096]),
+            Status::DATA_SGL_LENGTH_INVALID,
+        ),
+        // ... or past the capsule size.
+        (
+            SglDescriptor::in_capsule(4096, 8192),
+            Some(vec![0u8; 4096]),
+            Status::DATA_SGL_LENGTH_INVALID,
+        ),
+        // An in-capsule descriptor on a capsule with no data.
+        (
+            SglDescriptor::in_capsule(0, 4096),
+            None,
+            Status::DATA_SGL_LENGTH_INVALID,
+        ),
+    ];
+    for (i, (dptr, data, want)) in cases.into_iter().enumerate() {
+        let sqe = sgl_cmd(opcode::NVM_WRITE, 10 + i as u16, 1, dptr);
+        send_sqe(&mut c, &sqe, data.as_deref());
+        c.poll_recv().unwrap();
+        assert!(c.next_ready().is_none(), "case {i}");
+        let cqe = one_cqe(&mut c);
+        assert_eq!((cqe.cid, cqe.status), (10 + i as u16, want), "case {i}");
+        assert!(cqe.status.dnr, "case {i}");
+    }
+}
+
+#[test]
+fn sgl_types_and_mdts_get_their_statuses_and_the_connection_lives_on() {
+    let (mut c, _pool) = conn(1);
+    c.set_queue(1, 32);
+    let cases = [
+        // Transport SGL Data Block, but not the transport-specific subtype (Ah).
+        (
+            SglDescriptor::TRANSPORT_DATA_BLOCK << 4,
+            4096,
+            Status::SGL_DESCRIPTOR_TYPE_INVALID,
+        ),
+        (
+            SglDescriptor::TRANSPORT_DATA_BLOCK << 4 | SglDescriptor::SUBTYPE_OFFSET,
+            4096,
+            Status::SGL_DESCRIPTOR_TYPE_INVALID,
+        ),
+        // Keyed (RDMA) and plain address descriptors mean nothing over TCP.
+        (
+            SglDescriptor::KEYED_DATA_BLOCK << 4,
+            4096,
+            Status::SGL_DESCRIPTOR_TYPE_INVALID,
+        ),
+        (
+            SglDescriptor::DATA_BLOCK << 4,
+            4096,
+            Status::SGL_DESCRIPTOR_TYPE_INVALID,
+        ),
+        // Past MDTS (128 KiB): Invalid Field, as the core answers for NLB past it.
+        (
+            SglDescriptor::TRANSPORT_DATA_BLOCK << 4 | SglDescriptor::SUBTYPE_TRANSPORT,
+            2 * LARGE as u32,
+            Status::INVALID_FIELD,
+        ),
+    ];
+    for (i, (identifier, length, want)) in cases.into_iter().enumerate() {
+        for op in [opcode::NVM_READ, opcode::NVM_WRITE] {
+            let dptr = SglDescriptor {
+                address: 0,
+                length,
+                key: 0,
+                identifier,
+            };
+            let sqe = sgl_cmd(op, i as u16, length.div_ceil(4096), dptr);
+            send_sqe(&mut c, &sqe, None);
+            c.poll_recv().unwrap();
+            assert!(c.next_ready().is_none(), "case {i} op {op}");
+            let cqe = one_cqe(&mut c);
+            assert_eq!((cqe.cid, cqe.status), (i as u16, want), "case {i} op {op}");
+            assert!(cqe.status.dnr, "case {i}: not worth retrying");
+        }
+    }
+    send_cmd(&mut c, opcode::NVM_READ, 77, 4096);
+    c.poll_recv().unwrap();
+    assert!(c.next_ready().is_some(), "still serving");
+}
+
+/// H2CData PDUs for `cid` covering `data` in pieces of `piece` bytes, LAST_PDU on those `last`
+/// says.
+fn h2c_pieces(
+    c: &TcpConn<MemStream>,
+    cid: u16,
+    data: &[u8],
+    piece: usize,
+    last: impl Fn(usize, bool) -> bool,
+) -> Vec<u8> {
+    let ttag = c
+        .inner
+        .slots
+        .iter()
+        .position(|s| s.state == SlotState::AwaitingData && s.capsule.sqe.cid == cid)
+        .expect("an R2T was sent") as u16;
+    let mut b = Vec::new();
+    let n = data.len().div_ceil(piece);
+    for (i, chunk) in data.chunks(piece).enumerate() {
+        let fl = if last(i, i + 1 == n) {
+            flags::DATA_LAST
+        } else {
+            0
+        };
+        DataHeader {
+            cccid: cid,
+            ttag,
+            offset: (i * piece) as u32,
+            length: chunk.len() as u32,
+        }
+        .encode(&mut b, false, fl, chunk, c.inner.digests, 4);
+    }
+    b
+}
+
+#[test]
+fn last_pdu_marks_the_last_h2c_data_and_only_it() {
+    let data: Vec<u8> = (0..LARGE).map(|i| (i * 13 / 7) as u8).collect();
+    // Pieces of 64 KiB go to the buffer in place, pieces of 4 KiB through the receive buffer.
+    for piece in [64 * 1024, 4096] {
+        let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 4)));
+        // Right: LAST_PDU on the last piece only.
+        let mut c = conn_on(&pool);
+        send_cmd(&mut c, opcode::NVM_WRITE, 1, LARGE as u32);
+        c.poll_recv().unwrap();
+        assert_eq!(sent_types(&mut c), [pdu_type::R2T]);
+        let b = h2c_pieces(&c, 1, &data, piece, |_, is_last| is_last);
+        c.stream.input.extend(b);
+        while c.poll_recv().unwrap() {}
+        let s = c.next_ready().expect("all data came");
+        assert!(c.capsule_mut(s).buf.as_ref().unwrap().as_slice()[..LARGE] == data[..]);
+        // Wrong: LAST_PDU on the first piece; or on none.
+        for early in [true, false] {
+            let mut c = conn_on(&pool);
+            send_cmd(&mut c, opcode::NVM_WRITE, 1, LARGE as u32);
+            c.poll_recv().unwrap();
+            assert_eq!(sent_types(&mut c), [pdu_type::R2T]);
+            let b = h2c_pieces(&c, 1, &data, piece, |i, _| early && i == 0);
+            c.stream.input.extend(b);
+            let err = loop {
+                match c.poll_recv() {
+                    Ok(true) => continue,
+                    Ok(false) => panic!("piece {piece} early {early}: accepted"),
+                    Err(e) => break e,
+                }
+            };
+            assert!(matches!(err, ConnError::Fatal(_)), "{err}");
+            assert_eq!(term_fes(&mut c), fes::PDU_SEQUENCE_ERROR);
+            assert!(c.next_ready().is_none());
+        }
+    }
+}
+
+#[test]
+fn one_connection_holds_at_most_its_share_of_the_large_buffers() {
+    // 8 large buffers: a share of 2 per connection.
+    let (mut a, pool) = conn(8);
+    let mut b = conn_on(&pool);
+    for cid in 0..4 {
+        send_cmd(&mut a, opcode::NVM_WRITE, cid, LARGE as u32);
+    }
+    a.poll_recv().unwrap();
+    assert_eq!(sent_types(&mut a), [pdu_type::R2T, pdu_type::R2T]);
+    assert!(a.awaiting_buffers(), "the rest wait for a's own buffers");
+    // The pool has plenty left for b, and a is not in b's way.
+    for cid in 0..2 {
+        send_cmd(&mut b, opcode::NVM_READ, cid, LARGE as u32);
+    }
+    b.poll_recv().unwrap();
+    let got: Vec<u16> = std::iter::from_fn(|| b.next_ready()).collect();
+    assert_eq!(got.len(), 2, "b gets its buffers at once");
+    assert_eq!(pool.borrow().large_made(), 4);
+    // a polled again with free buffers in the pool: still at its share.
+    a.poll_recv().unwrap();
+    assert!(sent_types(&mut a).is_empty());
+    // One of a's writes gets its data and completes: a's next write gets the buffer.
+    let h = h2c_for(&a, 0, &vec![1u8; LARGE]);
+    a.stream.input.extend(h);
+    a.poll_recv().unwrap();
+    let s = a.next_ready().unwrap();
+    a.complete(s, ok(0, 0));
+    assert_eq!(sent_types(&mut a), [pdu_type::CAPSULE_RESP]);
+    a.poll_recv().unwrap();
+    assert_eq!(sent_types(&mut a), [pdu_type::R2T]);
+    assert!(pool.borrow().large_made() <= 5);
+}
+
+#[test]
+fn an_r2t_left_unanswered_times_out_and_others_keep_their_io() {
+    // Two large buffers, one each.
+    let (mut hostile, pool) = conn(2);
+    let mut good = conn_on(&pool);
+    let t0 = Instant::now();
+    assert_eq!(hostile.poll_timers(t0), None);
+    assert_eq!(good.poll_timers(t0), None);
+    for cid in 0..8 {
+        send_cmd(&mut hostile, opcode::NVM_WRITE, cid, LARGE as u32);
+    }
+    hostile.poll_recv().unwrap();
+    assert_eq!(sent_types(&mut hostile), [pdu_type::R2T]);
+    // The other connection's large writes go on, one buffer at a time, verified.
+    for round in 0..4u8 {
+        send_cmd(&mut good, opcode::NVM_WRITE, round as u16, LARGE as u32);
+        good.poll_recv().unwrap();
+        assert_eq!(sent_types(&mut good), [pdu_type::R2T], "round {round}");
+        let data = vec![round; LARGE];
+        let h = h2c_for(&good, round as u16, &data);
+        good.stream.input.extend(h);
+        good.poll_recv().unwrap();
+        let s = good.next_ready().expect("data arrived");
+        assert!(good.capsule_mut(s).buf.as_ref().unwrap().as_slice()[..LARGE] == data[..]);
+        good.complete(s, ok(round as u16, 0));
+        assert_eq!(sent_types(&mut good), [pdu_type::CAPSULE_RESP]);
+    }
+    // Within the timeout nothing happens; past it the hostile connection is to be closed.
+    let half = t0 + R2T_TIMEOUT / 2;
+    assert_eq!(hostile.poll_timers(half), None);
+    assert_eq!(good.poll_timers(half), None);
+    let late = t0 + R2T_TIMEOUT + Duration::from_secs(1);
+    assert_eq!(hostile.poll_timers(late), Some(R2T_TIMEOUT_REASON));
+    assert_eq!(good.poll_timers(late), None, "nothing outstanding");
+    // Its buffer goes back when the reactor drops it.
+    drop(hostile);
+    send_cmd(&mut good, opcode::NVM_READ, 9, LARGE as u32);
+    send_cmd(&mut good, opcode::NVM_READ, 10, LARGE as u32);
+    good.poll_recv().unwrap();
+    assert!(good.next_ready().is_some());
+    assert!(
+        good.next_ready().is_none(),
+        "one at a time: good's share is one buffer"
+    );
+    assert!(pool.borrow().large_made() <= 2);
+}
+
+#[test]
+fn partial_writes_and_eagain_mid_writev_send_the_same_bytes() {
+    // The same commands answered over a stream that takes every write whole and over one that
+    // cuts writes anywhere (and says EAGAIN): the bytes on the wire must be the same, and a
+    // command's data (lent, or in its buffer) must stay until all of it is written.
+    let run = |stream: MemStream| {
+        let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 8)));
+        let mut c = conn_over(&pool, Digests::default(), stream);
+        let sizes = [4096u32, LARGE as u32, 8192, 4096, 12288];
+        for (cid, &len) in sizes.iter().enumerate() {
+            send_cmd(&mut c, opcode::NVM_READ, cid as u16, len);
+        }
+        send_cmd(&mut c, opcode::NVM_WRITE, 20, 4096);
+        c.poll_recv().unwrap();
+        let mut slots: Vec<u16> = std::iter::from_fn(|| c.next_ready()).collect();
+        assert_eq!(slots.len(), sizes.len());
+        // Answer out of order, some with lent data, one with an error, writing in between.
+        slots.reverse();
+        for (i, &s) in slots.iter().enumerate() {
+            let cid = c.capsule_mut(s).sqe.cid;
+            let len = sizes[cid as usize] as usize;
+            let data: Vec<u8> = (0..len).map(|j| (j as u8) ^ (cid as u8 * 31)).collect();
+            if i % 2 == 0 {
+                c.capsule_mut(s).lent = Some(lent(&data));
+            } else {
+                c.capsule_mut(s).buf.as_mut().unwrap().as_mut_slice()[..len].copy_from_slice(&data);
+            }
+            let resp = if i == 3 {
+                Response {
+                    cqe: Cqe {
+                        cid,
+                        status: Status::LBA_OUT_OF_RANGE,
+                        ..Default::default()
+                    },
+                    data_len: 0,
+                }
+            } else {
+                ok(cid, len as u32)
+            };
+            c.complete(s, resp);
+            c.poll_send().unwrap();
+            if resp.data_len > 0 && c.stream.output.len() < len {
+                // Not all of its data is out: the slot still holds it.
+                let cap = c.capsule_mut(s);
+                assert!(
+                    cap.lent.is_some() || cap.buf.is_some(),
+                    "data kept until written"
+                );
+            }
+        }
+        flush(&mut c);
+        (
+            std::mem::take(&mut c.stream.output),
+            c.stream.cut_writes,
+            c.stream.would_block,
+        )
+    };
+    let (whole, cut0, eagain0) = run(MemStream::unlimited());
+    let (choppy, cut, eagain) = run(MemStream::default());
+    assert_eq!((cut0, eagain0), (0, 0));
+    assert!(
+        cut > 5 && eagain > 3,
+        "the plan cuts ({cut}) and blocks ({eagain})"
+    );
+    assert_eq!(whole.len(), choppy.len());
+    assert!(whole == choppy, "same bytes whatever the write sizes");
+    // And they are what was asked for: five C2HData + CapsuleResp pairs, one error response,
+    // one R2T (for the write), in completion order.
+    let mut types = Vec::new();
+    let mut at = 0;
+    while at < whole.len() {
+        types.push(whole[at]);
+        at += crate::proto::le::u32(&whole, at + 4) as usize;
+    }
+    assert_eq!(
+        types.iter().filter(|&&t| t == pdu_type::C2H_DATA).count(),
+        4
+    );
+    assert_eq!(
+        types
+            .iter()
+            .filter(|&&t| t == pdu_type::CAPSULE_RESP)
+            .count(),
+        5
+    );
+    assert_eq!(types[0], pdu_type::R2T);
 }

@@ -533,38 +533,49 @@ fn pipelined_queue_depth_32_on_two_queues() {
     let mut c = Host::connect_admin(addr, &opts(NQN)).unwrap();
     let mut queues = [c.connect_io(1, 64).unwrap(), c.connect_io(2, 64).unwrap()];
     for (qi, q) in queues.iter_mut().enumerate() {
+        let lba = |i: u64| (qi as u64 * 10_000) + i * 4;
         for round in 0..4u64 {
-            let mut cids = Vec::new();
+            // Each CID is tied to its LBA: a completion must name a CID in flight, once, and a
+            // read's data must be that CID's LBA's (swapped completions fail here).
+            let mut writes = std::collections::HashMap::new();
             for i in 0..32u64 {
-                let lba = (qi as u64 * 10_000) + i * 4;
-                cids.push(
-                    q.submit(write_sqe(1, lba, 4), Some(&pattern(lba + round, 4 * BS)), 0)
-                        .unwrap(),
-                );
+                let cid = q
+                    .submit(
+                        write_sqe(1, lba(i), 4),
+                        Some(&pattern(lba(i) + round, 4 * BS)),
+                        0,
+                    )
+                    .unwrap();
+                assert!(writes.insert(cid, lba(i)).is_none(), "CID {cid} reused");
             }
             let done = q.poll_completions(32).unwrap();
             assert_eq!(done.len(), 32);
-            assert!(done.iter().all(|c| c.status() == Status::SUCCESS));
+            for c in &done {
+                assert_eq!(c.status(), Status::SUCCESS, "write CID {}", c.cid);
+                assert!(
+                    writes.remove(&c.cid).is_some(),
+                    "CID {} answered twice or never sent",
+                    c.cid
+                );
+            }
+            let mut reads = std::collections::HashMap::new();
             for i in 0..32u64 {
-                q.submit(read_sqe(1, (qi as u64 * 10_000) + i * 4, 4), None, 4 * BS)
-                    .unwrap();
+                let cid = q.submit(read_sqe(1, lba(i), 4), None, 4 * BS).unwrap();
+                assert!(reads.insert(cid, lba(i)).is_none(), "CID {cid} reused");
             }
-            let mut reads = q.poll_completions(32).unwrap();
-            assert_eq!(reads.len(), 32);
-            reads.sort_by_key(|c| c.cid);
-            for c in &reads {
-                assert_eq!(c.status(), Status::SUCCESS);
+            let done = q.poll_completions(32).unwrap();
+            assert_eq!(done.len(), 32);
+            for c in &done {
+                assert_eq!(c.status(), Status::SUCCESS, "read CID {}", c.cid);
+                let at = reads
+                    .remove(&c.cid)
+                    .unwrap_or_else(|| panic!("CID {} answered twice or never sent", c.cid));
+                assert!(
+                    c.data == pattern(at + round, 4 * BS),
+                    "queue {qi} round {round}: CID {} (LBA {at}) got data that is not its LBA's",
+                    c.cid
+                );
             }
-            // Match each read with the pattern of its LBA.
-            let mut seen = 0;
-            for i in 0..32u64 {
-                let lba = (qi as u64 * 10_000) + i * 4;
-                if reads.iter().any(|c| c.data == pattern(lba + round, 4 * BS)) {
-                    seen += 1;
-                }
-            }
-            assert_eq!(seen, 32, "every read returned its own block's data");
-            drop(cids);
         }
     }
     d.shutdown();
@@ -573,31 +584,55 @@ fn pipelined_queue_depth_32_on_two_queues() {
 #[test]
 fn keep_alive_timeout_tears_the_controller_down() {
     let (d, addr) = start("");
+    let kato = Duration::from_millis(1000);
     let mut o = opts(NQN);
-    o.kato_ms = 1000;
+    o.kato_ms = kato.as_millis() as u32;
+    // Every admin command is sent after `before` and before `after`: the controller may go no
+    // sooner than KATO after `before`, and must be gone soon after KATO past `after` (the slack
+    // covers this machine's load, not a coarse timer: the target checks every few ms).
+    let before = Instant::now();
     let (c, mut q) = io_queue(addr, &o);
+    let after = Instant::now();
     assert_eq!(q.read(1, 0, 1, BS).unwrap().0, Status::SUCCESS);
+    let slack = Duration::from_secs(2);
     // Send nothing on the admin queue: the controller must go, and its I/O queue with it.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut closed = false;
-    while Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
+    let mut gone = None;
+    while Instant::now() < deadline && gone.is_none() {
+        std::thread::sleep(Duration::from_millis(20));
         if d.target.controller_count() == 0 {
-            match q.read(1, 0, 1, BS) {
-                Err(e)
-                    if e.is_connection_closed()
-                        || matches!(e, HostError::Io(_) | HostError::ConnectionDead(_)) =>
-                {
-                    closed = true;
-                    break;
-                }
-                _ => {}
+            gone = Some(Instant::now());
+        }
+    }
+    let gone = gone.expect("controller still there after 30 s");
+    assert!(
+        gone - before >= kato,
+        "torn down {:?} after the first admin command, before KATO",
+        gone - before
+    );
+    assert!(
+        gone - after <= kato + slack,
+        "torn down {:?} after the last admin command, KATO is {kato:?}",
+        gone - after
+    );
+    // Its I/O queue goes with it, as promptly.
+    let mut closed = false;
+    while Instant::now() < after + kato + 2 * slack {
+        match q.read(1, 0, 1, BS) {
+            Err(e)
+                if e.is_connection_closed()
+                    || matches!(e, HostError::Io(_) | HostError::ConnectionDead(_)) =>
+            {
+                closed = true;
+                break;
             }
+            _ => std::thread::sleep(Duration::from_millis(20)),
         }
     }
     assert!(
         closed,
-        "I/O queue still served after the keep-alive timeout"
+        "I/O queue still served {:?} after the keep-alive timeout",
+        Instant::now() - after
     );
     drop(c);
     // A host that keeps talking keeps its controller.
@@ -669,5 +704,207 @@ fn a_small_buffer_pool_makes_commands_wait_not_fail() {
             });
         }
     });
+    d.shutdown();
+}
+
+/// The next CapsuleResp on `raw` (for `cid`).
+fn raw_cqe(raw: &mut RawConnection, cid: u16) -> nvmfd_transport::proto::nvme::Cqe {
+    match raw.read_pdu(Duration::from_secs(10)).unwrap().header {
+        Header::CapsuleResp(cqe) => {
+            assert_eq!(cqe.cid, cid);
+            cqe
+        }
+        other => panic!("expected the response to {cid}, got {other:?}"),
+    }
+}
+
+/// The C2HTermReq a target sent just before closing `raw`.
+fn raw_term_fes(raw: &mut RawConnection) -> u16 {
+    let pdus = raw.wait_closed(Duration::from_secs(10)).unwrap();
+    match pdus.last().map(|p| p.header) {
+        Some(Header::TermReq { fes, .. }) => fes,
+        other => panic!("expected a C2HTermReq before the close, got {other:?}"),
+    }
+}
+
+fn sgl_sqe(mut sqe: Sqe, cid: u16, dptr: SglDescriptor) -> Sqe {
+    sqe.cid = cid;
+    sqe.flags = 0x40;
+    sqe.dptr = dptr;
+    sqe
+}
+
+/// In-capsule data (size and offsets), SGL types, LAST_PDU and the queue size, over a socket.
+#[test]
+fn sgl_and_h2c_data_rules_over_the_wire() {
+    let (d, addr) = start("");
+    let mut c = Host::connect_admin(addr, &opts(NQN)).unwrap();
+    let q = c.connect_io(1, 32).unwrap();
+    assert_eq!(q.in_capsule_size(), 8192, "IOCCSZ: 8 KiB of data");
+    let mut raw = q.into_raw();
+    // More in-capsule data than IOCCSZ: refused, the queue lives on.
+    let big = pattern(30, 16 * 1024);
+    let sqe = sgl_sqe(
+        write_sqe(1, 0, 4),
+        1,
+        SglDescriptor::in_capsule(0, 16 * 1024),
+    );
+    raw.send_capsule(&sqe, Some(&big)).unwrap();
+    assert_eq!(raw_cqe(&mut raw, 1).status, Status::DATA_SGL_LENGTH_INVALID);
+    // In-capsule data at an offset: the command's data starts there.
+    let payload = pattern(31, BS);
+    let mut data = vec![0xa5u8; 512];
+    data.extend_from_slice(&payload);
+    let sqe = sgl_sqe(
+        write_sqe(1, 300, 1),
+        2,
+        SglDescriptor::in_capsule(512, BS as u32),
+    );
+    raw.send_capsule(&sqe, Some(&data)).unwrap();
+    assert_eq!(raw_cqe(&mut raw, 2).status, Status::SUCCESS);
+    let sqe = sgl_sqe(read_sqe(1, 300, 1), 3, SglDescriptor::transport(BS as u32));
+    raw.send_capsule(&sqe, None).unwrap();
+    let p = raw.read_pdu(Duration::from_secs(10)).unwrap();
+    assert!(matches!(p.header, Header::C2HData(_)), "{p:?}");
+    assert!(p.data == payload, "the data after the offset was written");
+    assert_eq!(raw_cqe(&mut raw, 3).status, Status::SUCCESS);
+    // A Transport SGL Data Block without the transport subtype.
+    let mut dptr = SglDescriptor::transport(BS as u32);
+    dptr.identifier = SglDescriptor::TRANSPORT_DATA_BLOCK << 4;
+    raw.send_capsule(&sgl_sqe(read_sqe(1, 0, 1), 4, dptr), None)
+        .unwrap();
+    assert_eq!(
+        raw_cqe(&mut raw, 4).status,
+        Status::SGL_DESCRIPTOR_TYPE_INVALID
+    );
+    // LAST_PDU on the first of two H2CData PDUs: fatal.
+    let data = pattern(32, 128 * 1024);
+    let sqe = sgl_sqe(
+        write_sqe(1, 0, 32),
+        5,
+        SglDescriptor::transport(data.len() as u32),
+    );
+    raw.send_capsule(&sqe, None).unwrap();
+    let Header::R2t(r2t) = raw.read_pdu(Duration::from_secs(10)).unwrap().header else {
+        panic!("expected an R2T")
+    };
+    let mut h2c = Vec::new();
+    for (i, half) in data.chunks(64 * 1024).enumerate() {
+        tcp::DataHeader {
+            cccid: 5,
+            ttag: r2t.ttag,
+            offset: (i * 64 * 1024) as u32,
+            length: half.len() as u32,
+        }
+        .encode(
+            &mut h2c,
+            false,
+            tcp::flags::DATA_LAST,
+            half,
+            raw.digests(),
+            4,
+        );
+    }
+    raw.send_raw(&h2c).unwrap();
+    assert_eq!(raw_term_fes(&mut raw), fes::PDU_SEQUENCE_ERROR);
+
+    // A queue of 4 entries with a fifth command outstanding: the host broke flow control.
+    let q = c.connect_io(2, 4).unwrap();
+    let mut raw = q.into_raw();
+    for cid in 0..4u16 {
+        let sqe = sgl_sqe(
+            write_sqe(1, 0, 32),
+            cid,
+            SglDescriptor::transport(128 * 1024),
+        );
+        raw.send_capsule(&sqe, None).unwrap();
+    }
+    let sqe = sgl_sqe(read_sqe(1, 0, 1), 4, SglDescriptor::transport(BS as u32));
+    raw.send_capsule(&sqe, None).unwrap();
+    assert_eq!(raw_term_fes(&mut raw), fes::PDU_SEQUENCE_ERROR);
+    // The controller's other queues are unaffected.
+    let mut q = c.connect_io(3, 32).unwrap();
+    let data = pattern(33, 32 * BS);
+    assert_eq!(q.write(1, 64, &data, BS).unwrap(), Status::SUCCESS);
+    assert!(q.read(1, 64, 32, BS).unwrap().1 == data);
+    d.shutdown();
+}
+
+/// A host that takes R2Ts and never sends the data holds at most its share of the reactor's
+/// large buffers, and only until the R2T timeout; another host's large I/O goes on meanwhile.
+#[test]
+fn a_host_sitting_on_r2ts_neither_starves_others_nor_keeps_its_buffers() {
+    use nvmfd_transport::tcp::R2T_TIMEOUT;
+    // Four 128 KiB buffers on the reactor: a share of one per connection.
+    let (d, addr) = start(", buffer_pool_size: 512KiB");
+    let (_hc, hq) = io_queue(addr, &opts(NQN));
+    let mut hostile = hq.into_raw();
+    for cid in 0..8u16 {
+        let sqe = sgl_sqe(
+            write_sqe(1, 0, 32),
+            cid,
+            SglDescriptor::transport(128 * 1024),
+        );
+        hostile.send_capsule(&sqe, None).unwrap();
+    }
+    let Header::R2t(_) = hostile.read_pdu(Duration::from_secs(10)).unwrap().header else {
+        panic!("expected an R2T")
+    };
+    let got_r2t = Instant::now();
+    assert!(
+        matches!(
+            hostile.read_event(Duration::from_millis(500)).unwrap(),
+            RawEvent::Timeout
+        ),
+        "one R2T only: the others wait for this connection's own buffer"
+    );
+    // Meanwhile another host's large writes and reads, four at a time, verified.
+    let (_gc, mut good) = io_queue(addr, &opts(NQN));
+    for round in 0..3u64 {
+        let lba = |i: u64| 2048 + i * 32;
+        let mut cids = std::collections::HashMap::new();
+        for i in 0..4u64 {
+            let cid = good
+                .submit(
+                    write_sqe(1, lba(i), 32),
+                    Some(&pattern(lba(i) + round, 32 * BS)),
+                    0,
+                )
+                .unwrap();
+            cids.insert(cid, i);
+        }
+        for c in good.poll_completions(4).unwrap() {
+            assert_eq!(c.status(), Status::SUCCESS);
+        }
+        cids.clear();
+        for i in 0..4u64 {
+            cids.insert(
+                good.submit(read_sqe(1, lba(i), 32), None, 32 * BS).unwrap(),
+                i,
+            );
+        }
+        for c in good.poll_completions(4).unwrap() {
+            assert_eq!(c.status(), Status::SUCCESS);
+            let i = cids[&c.cid];
+            assert!(
+                c.data == pattern(lba(i) + round, 32 * BS),
+                "round {round} read {i}"
+            );
+        }
+    }
+    // The hostile connection is closed once its R2T has waited R2T_TIMEOUT.
+    hostile
+        .wait_closed(R2T_TIMEOUT + Duration::from_secs(10))
+        .expect("closed after the R2T timeout");
+    let waited = got_r2t.elapsed();
+    assert!(
+        waited >= R2T_TIMEOUT - Duration::from_millis(500)
+            && waited <= R2T_TIMEOUT + Duration::from_secs(5),
+        "closed {waited:?} after its R2T (timeout {R2T_TIMEOUT:?})"
+    );
+    // Its buffer came back: the good host can use the pool again.
+    let data = pattern(40, 32 * BS);
+    assert_eq!(good.write(1, 4096, &data, BS).unwrap(), Status::SUCCESS);
+    assert!(good.read(1, 4096, 32, BS).unwrap().1 == data);
     d.shutdown();
 }

@@ -38,6 +38,8 @@ pub mod fes {
     pub const HEADER_DIGEST_ERROR: u16 = 0x03;
     pub const DATA_OUT_OF_RANGE: u16 = 0x04;
     pub const R2T_LIMIT_EXCEEDED: u16 = 0x05;
+    /// The same value's later name: an H2CData PDU carries more than MAXH2CDATA.
+    pub const DATA_LIMIT_EXCEEDED: u16 = 0x05;
     pub const UNSUPPORTED_PARAMETER: u16 = 0x06;
 }
 
@@ -326,11 +328,17 @@ pub fn parse_header(
             max_data as usize
         };
         if plen - pdo - dd > limit {
-            return Err(fatal(
-                fes::DATA_OUT_OF_RANGE,
-                4,
-                "PDU data larger than allowed",
-            ));
+            // An H2CData PDU past MAXH2CDATA has its own status (NVMe/TCP 1.0, C2HTermReq
+            // FES 05h); other PDUs too large for this side are out of range.
+            return Err(if ch.pdu_type == pdu_type::H2C_DATA {
+                fatal(
+                    fes::DATA_LIMIT_EXCEEDED,
+                    0,
+                    "H2CData larger than MAXH2CDATA",
+                )
+            } else {
+                fatal(fes::DATA_OUT_OF_RANGE, 4, "PDU data larger than allowed")
+            });
         }
         (dd, pdo)
     } else {
@@ -777,6 +785,26 @@ mod tests {
         assert_eq!(
             parse_pdu(&out, Digests::default(), 32).unwrap_err().fes,
             fes::DATA_OUT_OF_RANGE
+        );
+        let mut h2c = Vec::new();
+        DataHeader {
+            cccid: 1,
+            ttag: 0,
+            offset: 0,
+            length: 64,
+        }
+        .encode(
+            &mut h2c,
+            false,
+            flags::DATA_LAST,
+            &[1u8; 64],
+            Digests::default(),
+            4,
+        );
+        assert_eq!(
+            parse_header(&h2c, Digests::default(), 32).unwrap_err().fes,
+            fes::DATA_LIMIT_EXCEEDED,
+            "H2CData past MAXH2CDATA"
         );
     }
 

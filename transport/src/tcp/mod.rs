@@ -282,7 +282,11 @@ impl<S: Read + Write> TcpConn<S> {
                 pool_queued: false,
                 large_held: 0,
                 large_share,
-                queue_limit: nslots,
+                // Before Connect completes the host may send nothing but the Connect itself
+                // (NVMe-oF 1.1, 3.3: a queue is created by Connect; until it succeeds no other
+                // command can be on it), so nobody gets slots or buffers on a connection that
+                // is not a queue yet.
+                queue_limit: 1,
                 // Until Connect says which queue this is: the larger of the two (Connect's own
                 // 1 KiB of data must fit either way).
                 in_capsule_limit: params.max_in_capsule(),

@@ -132,10 +132,12 @@ fn conn_over(
     digests: Digests,
     stream: MemStream,
 ) -> TcpConn<MemStream> {
-    conn_full(pool, params(), digests, stream)
+    let mut c = conn_full(pool, params(), digests, stream);
+    c.set_queue(1, 32);
+    c
 }
 
-/// A connected connection with `params`.
+/// A connection past ICReq with `params`, not yet a queue (no Connect).
 fn conn_full(
     pool: &Rc<RefCell<BufPool>>,
     params: TcpParams,
@@ -592,12 +594,18 @@ fn in_capsule_data_is_bounded_by_the_queue_capsule_size_without_allocating() {
             vec![cid as u8; len],
         )
     };
-    // Before Connect, 8 KiB (room for Connect's data on either queue type).
+    // Before Connect, 8 KiB (room for Connect's data on either queue type), one command.
     let mut c = conn_full(&pool, small_icd, Digests::default(), MemStream::default());
     let (sqe, d) = write(1, 8192);
     send_sqe(&mut c, &sqe, Some(&d));
     c.poll_recv().unwrap();
     assert!(c.next_ready().is_some());
+    send_sqe(&mut c, &sqe, Some(&d));
+    assert!(
+        matches!(c.poll_recv(), Err(ConnError::Fatal(_))),
+        "nothing but the Connect before the queue exists"
+    );
+    assert_eq!(term_fes(&mut c), fes::PDU_SEQUENCE_ERROR);
     // An I/O queue: IOCCSZ (here 4 KiB of data) and no more.
     let mut c = conn_full(&pool, small_icd, Digests::default(), MemStream::default());
     c.set_queue(1, 32);

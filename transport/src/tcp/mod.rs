@@ -283,9 +283,9 @@ impl<S: Read + Write> TcpConn<S> {
                 large_held: 0,
                 large_share,
                 // Before Connect completes the host may send nothing but the Connect itself
-                // (NVMe-oF 1.1, 3.3: a queue is created by Connect; until it succeeds no other
-                // command can be on it), so nobody gets slots or buffers on a connection that
-                // is not a queue yet.
+                // (NVMe-oF: Connect creates the queue; until it succeeds no other command can
+                // be on it), so nobody gets slots or buffers on a connection that is not a
+                // queue yet.
                 queue_limit: 1,
                 // Until Connect says which queue this is: the larger of the two (Connect's own
                 // 1 KiB of data must fit either way).
@@ -800,7 +800,7 @@ impl Inner {
         digest_ok: bool,
         hdr: &[u8],
     ) -> Result<(), ConnError> {
-        // NVMe-oF 1.1, 2.4.1 (SQ flow control): a host keeps at most as many commands
+        // NVMe-oF 1.1, submission queue flow control: a host keeps at most as many commands
         // outstanding as its queue has entries. One that sends more breaks the protocol; its
         // connection ends rather than this side finding room it never promised.
         let in_use = self.slots.len() - self.free.len();
@@ -837,7 +837,7 @@ impl Inner {
             sgl.identifier == (SglDescriptor::DATA_BLOCK << 4 | SglDescriptor::SUBTYPE_OFFSET);
         if !data.is_empty() || (in_capsule_desc && sgl.length != 0) {
             // In-capsule data: a Data Block descriptor with the Offset subtype (NVMe/TCP 1.0,
-            // 3.3.4; NVMe base 2.0, 4.1.3). Its address is an offset into the capsule's data,
+            // command capsules; NVMe base 2.0, SGL Data Block descriptor). Its address is an offset into the capsule's data,
             // which starts at the PDU's data (ICDOFF is 0): the command's data is
             // data[offset..offset + length] (SGLS bit 20 advertises offsets).
             if !in_capsule_desc {
@@ -880,7 +880,7 @@ impl Inner {
             Direction::None => {}
             _ if sgl.length == 0 => {}
             // Data not in the capsule: a Transport SGL Data Block descriptor with the
-            // transport-specific subtype (NVMe/TCP 1.0, 3.3.4: type 5h, subtype Ah). Any other
+            // transport-specific subtype (NVMe/TCP 1.0: type 5h, subtype Ah). Any other
             // type or subtype is one this controller does not support.
             _ if sgl.identifier
                 != (SglDescriptor::TRANSPORT_DATA_BLOCK << 4
@@ -888,10 +888,9 @@ impl Inner {
             {
                 return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID)
             }
-            // More than MDTS: Invalid Field (NVMe base 2.0, Identify Controller MDTS: "If a
-            // command is submitted that exceeds this transfer size, then the command is
-            // aborted with a status code of Invalid Field in Command"), as the core answers
-            // for a Read or Write whose NLB exceeds it.
+            // More than MDTS: Invalid Field in Command (NVMe base 2.0, Identify Controller,
+            // MDTS: a command exceeding the transfer size is aborted with that status), as the
+            // core answers for a Read or Write whose NLB exceeds it.
             _ if sgl.length > max_io.max(ADMIN_IN_CAPSULE) => {
                 return reject(self, Status::INVALID_FIELD)
             }
@@ -1014,9 +1013,9 @@ impl Inner {
                 hdr,
             ));
         }
-        // The PDUs of one transfer come in order (NVMe/TCP 1.0, 3.6.2.8), and LAST_PDU is set
-        // on the last of them and on no other (3.6.1.3, H2CData flags): anything else is a PDU
-        // sequence error, fatal (as FreeBSD's nvmf does).
+        // The PDUs of one transfer come in order, and LAST_PDU is set on the last of them and
+        // on no other (NVMe/TCP 1.0, H2CData PDU): anything else is a PDU sequence error, fatal
+        // (as FreeBSD's nvmf does).
         let last = end == s.capsule.data_len as u64;
         if dh.offset != s.received || last != (pdu_flags & flags::DATA_LAST != 0) {
             return Err(self.terminate(

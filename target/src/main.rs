@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, info};
 
+mod logwriter;
+
 #[derive(Parser)]
 #[command(
     name = "nvmfd",
@@ -38,16 +40,27 @@ enum LogFormat {
     Json,
 }
 
-fn init_logs(format: LogFormat) {
+/// Logs go to stderr through a queue and a writer thread of their own (see `logwriter`), so no
+/// thread that logs, reactors included, ever waits on stderr. Keep the guard until exit: dropping
+/// it writes what is queued.
+fn init_logs(format: LogFormat) -> Option<logwriter::Guard> {
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => b.init(),
-        LogFormat::Json => b.json().init(),
+    let (writer, guard) = match logwriter::stderr() {
+        Ok((w, g)) => (Some(w), Some(g)),
+        Err(e) => {
+            eprintln!("nvmfd: cannot start the log writer thread ({e}); logging synchronously");
+            (None, None)
+        }
+    };
+    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    match (format, writer) {
+        (LogFormat::Human, Some(w)) => b.with_writer(w).init(),
+        (LogFormat::Json, Some(w)) => b.json().with_writer(w).init(),
+        (LogFormat::Human, None) => b.with_writer(std::io::stderr).init(),
+        (LogFormat::Json, None) => b.json().with_writer(std::io::stderr).init(),
     }
+    guard
 }
 
 fn main() -> ExitCode {
@@ -76,7 +89,10 @@ fn main() -> ExitCode {
         }
         None => {}
     }
-    init_logs(cli.log_format);
+    // Block SIGINT/SIGTERM before any thread starts (the log writer is the first) so every thread
+    // inherits the mask and the main thread alone receives them through sigwait.
+    let signals = nvmfd_target::signals::block_termination_signals();
+    let _log_guard = init_logs(cli.log_format);
     let cfg = match &cli.config {
         Some(path) => match nvmfd_config::load_file(path) {
             Ok(c) => c,
@@ -90,9 +106,6 @@ fn main() -> ExitCode {
             nvmfd_config::Config::embedded_default()
         }
     };
-    // Block SIGINT/SIGTERM before any thread starts so every thread inherits the mask and the
-    // main thread alone receives them through sigwait.
-    let signals = nvmfd_target::signals::block_termination_signals();
     let daemon = match Daemon::start(&cfg) {
         Ok(d) => d,
         Err(e) => {

@@ -69,13 +69,16 @@ fn no_allocation_per_io_on_reactors() {
         .port();
     let yaml = format!(
         "reactors: {{ cores: [0] }}\nbdevs: [ {{ name: r, malloc: {{ size: 64MiB }} }} ]\n\
-         subsystems: [ {{ nqn: nqn.2026-11.io.nvmfd:alloc, namespaces: [ {{ nsid: 1, bdev: r }} ],\n\
+         subsystems: [ {{ nqn: nqn.2026-11.io.nvmfd:alloc, serial: ALLOC0001, namespaces: [ {{ nsid: 1, bdev: r }} ],\n\
          listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ] }} ]\n"
     );
     let cfg = nvmfd_config::parse_str(&yaml, "alloc.yaml").unwrap();
     let d = Daemon::start(&cfg).unwrap();
     let mut o = HostOptions::new("nqn.2026-11.io.nvmfd:alloc");
     o.io_timeout = Duration::from_secs(30);
+    // No keep-alive: the admin queue is idle while 110k I/Os run, which on a loaded machine (debug
+    // build) can take longer than any timeout; this test counts allocations, not keep-alives.
+    o.kato_ms = 0;
     let mut c = Host::connect_admin(d.listen_addrs[0], &o).unwrap();
     let mut q = c.connect_io(1, 64).unwrap();
     let data = vec![0x5au8; 4096];

@@ -41,6 +41,7 @@ subsystems:
     namespaces: [ {{ nsid: 1, bdev: ram0 }} ]
     listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]
   - nqn: {LOCKED}
+    serial: IT0002
     hosts: [ {ALLOWED_HOST} ]
     namespaces: [ {{ nsid: 1, bdev: ram1 }} ]
     listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]

@@ -331,8 +331,9 @@ pub struct SubsystemConfig {
     /// The controller IDs this subsystem hands out, `cntlid_min..=cntlid_max` (as Linux nvmet's
     /// `attr_cntlid_min`/`attr_cntlid_max`): nodes serving one subsystem get disjoint ranges so a
     /// host never sees the same controller ID from two of them. Within 1..=0xFFEF (0xFFF0.. are
-    /// reserved), min <= max. Default 1 and 0xFFEF (65519).
+    /// reserved), min <= max. Default 1.
     pub cntlid_min: u16,
+    /// The highest controller ID this subsystem hands out. Default 0xFFEF (65519).
     pub cntlid_max: u16,
     /// Namespaces, in file order.
     pub namespaces: Vec<NamespaceConfig>,

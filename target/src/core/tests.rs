@@ -13,6 +13,8 @@ const NQN: &str = "nqn.2026-11.io.nvmfd:t1";
 const LOCKED: &str = "nqn.2026-11.io.nvmfd:locked";
 const HOST_A: &str = "nqn.2014-08.org.nvmexpress:uuid:aaaaaaaa-0000-0000-0000-000000000001";
 const HOST_B: &str = "nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-0000-0000-0000-000000000002";
+/// CC with EN = 1, IOSQES = 6, IOCQES = 4 (the only valid entry sizes).
+const CC_ENABLE: u64 = 1 | (6 << 16) | (4 << 20);
 
 fn target() -> Arc<Target> {
     let yaml = format!(
@@ -114,12 +116,19 @@ fn admin(t: &Arc<Target>, nqn: &str, host: &str) -> (QueuePair, u16) {
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, nqn, host, Instant::now());
     assert_eq!(r.cqe.status, Status::SUCCESS);
     assert_eq!(
-        prop(&mut qp, true, property::CC, 4, 1 | (6 << 16) | (4 << 20))
-            .cqe
-            .status,
+        prop(&mut qp, true, property::CC, 4, CC_ENABLE).cqe.status,
         Status::SUCCESS
     );
     (qp, r.cqe.dw0 as u16)
+}
+
+fn csts(qp: &mut QueuePair) -> u32 {
+    prop(qp, false, property::CSTS, 4, 0).cqe.dw0
+}
+
+/// CSTS.SHST.
+fn shst(qp: &mut QueuePair) -> u32 {
+    (csts(qp) >> 2) & 3
 }
 
 fn admin_cmd(qp: &mut QueuePair, sqe: Sqe, data_len: u32) -> (Response, Capsule) {
@@ -244,7 +253,7 @@ fn properties_enable_and_shutdown() {
     assert_ne!(cap_value & (1 << 37), 0, "NVM command set");
     assert_eq!(
         prop(&mut qp, false, property::VS, 4, 0).cqe.dw0,
-        0x0001_0300
+        0x0001_0400
     );
     assert_eq!(prop(&mut qp, false, property::CSTS, 4, 0).cqe.dw0 & 1, 0);
     prop(&mut qp, true, property::CC, 4, 1 | (6 << 16) | (4 << 20));
@@ -261,10 +270,23 @@ fn properties_enable_and_shutdown() {
         4,
         1 | (1 << 14) | (6 << 16) | (4 << 20),
     );
+    // No I/O queue and one namespace: the flush of its device is the only step; SHST stays
+    // 01b (processing) until it completes.
+    assert_eq!(shst(&mut qp), 1, "shutdown processing");
+    assert_eq!(qp.next_action(), Some(Action::Flush { bdev: 0 }));
+    assert_eq!(qp.next_action(), None, "one flush per namespace");
+    assert_eq!(shst(&mut qp), 1, "still processing while the flush runs");
+    qp.flush_done(Ok(()));
+    assert_eq!(shst(&mut qp), 2, "shutdown complete");
     assert_eq!(
-        (prop(&mut qp, false, property::CSTS, 4, 0).cqe.dw0 >> 2) & 3,
-        2,
-        "shutdown complete"
+        prop(&mut qp, false, property::CAP, 4, 0).cqe.status,
+        Status::INVALID_FIELD,
+        "CAP is an 8-byte property"
+    );
+    assert_eq!(
+        prop(&mut qp, false, property::VS, 8, 0).cqe.status,
+        Status::INVALID_FIELD,
+        "VS is a 4-byte property"
     );
     assert_eq!(
         prop(&mut qp, false, 0x24, 4, 0).cqe.status,
@@ -297,7 +319,7 @@ fn io_queue_connect_rules() {
         Status::COMMAND_SEQUENCE_ERROR,
         "not enabled yet"
     );
-    prop(&mut aq, true, property::CC, 4, 1);
+    prop(&mut aq, true, property::CC, 4, CC_ENABLE);
     assert_eq!(
         connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_B, now)
             .cqe
@@ -370,6 +392,32 @@ fn number_of_queues_limits_io_connect() {
             .status,
         Status::SUCCESS
     );
+    // Once an I/O queue exists the count is fixed: Command Sequence Error, and the live
+    // count is unchanged.
+    let sqe4 = Sqe {
+        cdw11: 3 | (3 << 16),
+        ..sqe
+    };
+    assert_eq!(
+        admin_cmd(&mut aq, sqe4, 0).0.cqe.status,
+        Status::COMMAND_SEQUENCE_ERROR
+    );
+    assert_eq!(
+        io.controller()
+            .unwrap()
+            .io_queues
+            .load(std::sync::atomic::Ordering::Acquire),
+        2
+    );
+    let mut io1 = QueuePair::new(t.clone());
+    assert_eq!(
+        connect_cmd(&mut io1, 3, 31, cntlid, NQN, HOST_A, Instant::now())
+            .cqe
+            .status,
+        Status::CONNECT_INVALID_PARAMETERS,
+        "still 2 queues"
+    );
+    let (mut aq2, _) = admin(&t, NQN, HOST_B);
     let sqe = Sqe {
         opcode: opcode::ADMIN_SET_FEATURES,
         cdw10: feature::NUMBER_OF_QUEUES as u32,
@@ -377,7 +425,7 @@ fn number_of_queues_limits_io_connect() {
         ..Default::default()
     };
     assert_eq!(
-        admin_cmd(&mut aq, sqe, 0).0.cqe.status,
+        admin_cmd(&mut aq2, sqe, 0).0.cqe.status,
         Status::INVALID_FIELD
     );
     let sqe = Sqe {
@@ -487,10 +535,7 @@ fn discovery_controller_lists_what_the_host_may_use() {
 
     // I/O controllers have no discovery log; discovery controllers no SMART log.
     let (mut aq, _) = admin(&t, NQN, HOST_A);
-    assert_eq!(
-        get_log(&mut aq, 4096).0.cqe.status,
-        Status::INVALID_LOG_PAGE
-    );
+    assert_eq!(get_log(&mut aq, 4096).0.cqe.status, Status::INVALID_FIELD);
     let sqe = Sqe {
         opcode: opcode::ADMIN_GET_LOG_PAGE,
         cdw10: log_page::SMART_HEALTH as u32 | (127 << 16),
@@ -499,7 +544,7 @@ fn discovery_controller_lists_what_the_host_may_use() {
     };
     assert_eq!(
         admin_cmd(&mut dq, sqe, 512).0.cqe.status,
-        Status::INVALID_LOG_PAGE
+        Status::INVALID_FIELD
     );
     assert_eq!(admin_cmd(&mut aq, sqe, 512).0.cqe.status, Status::SUCCESS);
     // Asking for more than the buffer holds.
@@ -515,7 +560,7 @@ fn keep_alive_expiry_and_reset() {
     let t0 = Instant::now();
     let mut qp = QueuePair::new(t.clone());
     connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, t0); // kato 1000 ms
-    prop(&mut qp, true, property::CC, 4, 1);
+    prop(&mut qp, true, property::CC, 4, CC_ENABLE);
     assert_eq!(qp.poll_timers(t0 + Duration::from_millis(900)), None);
     let ka = Sqe {
         opcode: opcode::ADMIN_KEEP_ALIVE,

@@ -240,7 +240,7 @@ fn discovery_on_a_wildcard_listener_advertises_the_arrival_address() {
     let nvm: SocketAddr = format!("{}:{}", log[1].traddr, log[1].trsvcid)
         .parse()
         .unwrap();
-    let mut n = Host::connect_admin(nvm, &opts(NQN)).unwrap();
+    let n = Host::connect_admin(nvm, &opts(NQN)).unwrap();
     n.disconnect().unwrap();
     c.disconnect().unwrap();
     d.shutdown();

@@ -175,7 +175,7 @@ impl AdminState {
     fn enable(&mut self, value: u32) {
         let problem = if cc::iosqes(value) != 6 || cc::iocqes(value) != 4 {
             Some("CC.IOSQES/IOCQES are not 6/4 (64-byte SQ, 16-byte CQ entries)")
-        } else if cc::mps(value) < MPSMIN || cc::mps(value) > MPSMAX {
+        } else if !(MPSMIN..=MPSMAX).contains(&cc::mps(value)) {
             Some("CC.MPS outside CAP.MPSMIN..=MPSMAX")
         } else if cc::css(value) != 0 {
             Some("CC.CSS is not the NVM command set")

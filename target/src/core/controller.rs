@@ -142,29 +142,36 @@ impl CtrlShared {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Claim `qid` for a new I/O queue of `epoch`; false if it is out of range or held by a live
-    /// queue of this epoch.
+    /// Claim `qid` for a new I/O queue of `epoch`; false if it is out of range, held by a live
+    /// queue of this epoch, or `epoch` is no longer current (a reset raced the Connect).
     pub fn claim_qid(&self, qid: u16, epoch: u32) -> bool {
         let Some(slot) = self.qids.get(qid as usize).filter(|_| qid != 0) else {
             return false;
         };
         let mut cur = slot.owner.load(Ordering::Acquire);
         loop {
-            if cur == epoch {
+            // Free, or held by a queue of an older epoch (a reset deleted it). Epochs only grow;
+            // the comparison tolerates wrap-around.
+            let takeable = cur == 0 || (epoch.wrapping_sub(cur) as i32) > 0;
+            if !takeable {
                 return false;
             }
             match slot
                 .owner
                 .compare_exchange(cur, epoch, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => {
-                    slot.drained.store(0, Ordering::Release);
-                    self.queues_created.store(true, Ordering::Release);
-                    return true;
-                }
+                Ok(_) => break,
                 Err(now) => cur = now,
             }
         }
+        if self.epoch() != epoch {
+            // Reset while we claimed: the new epoch's queues own the QIDs.
+            self.release_qid(qid, epoch);
+            return false;
+        }
+        slot.drained.store(0, Ordering::Release);
+        self.queues_created.store(true, Ordering::Release);
+        true
     }
 
     /// Give `qid` back, if the queue of `epoch` still holds it (a reset may have handed it on).

@@ -1470,3 +1470,20 @@ fn refused_connects_are_counted_against_a_log_budget() {
     // 30 refusals counted: the 31st event is past the burst and not on the periodic line.
     assert_eq!(t.connect_refusal_log(), LogDecision::Suppress);
 }
+
+#[test]
+fn a_stale_claim_never_takes_a_newer_epochs_qid() {
+    let t = target();
+    let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
+    let ctrl = aq.controller().unwrap().clone();
+    let old = ctrl.epoch();
+    prop(&mut aq, true, property::CC, 4, 0);
+    prop(&mut aq, true, property::CC, 4, CC_ENABLE);
+    let (_new, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::SUCCESS);
+    // A Connect that read the epoch before the reset loses.
+    assert!(!ctrl.claim_qid(1, old), "held by the newer epoch");
+    assert!(!ctrl.claim_qid(2, old), "a free QID with a stale epoch");
+    assert_eq!(ctrl.live_io_queues(), 1);
+    assert!(ctrl.claim_qid(2, ctrl.epoch()));
+}

@@ -305,6 +305,9 @@ pub enum BdevKind {
     },
 }
 
+/// The highest controller ID (0xFFF0..=0xFFFF are reserved; 0xFFFF asks for a dynamic controller).
+pub const MAX_CNTLID: u16 = 0xFFEF;
+
 /// An NVMe subsystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubsystemConfig {
@@ -325,6 +328,13 @@ pub struct SubsystemConfig {
     pub allow_any_host: bool,
     /// Host NQNs allowed to connect when `allow_any_host` is false.
     pub hosts: Vec<String>,
+    /// The controller IDs this subsystem hands out, `cntlid_min..=cntlid_max` (as Linux nvmet's
+    /// `attr_cntlid_min`/`attr_cntlid_max`): nodes serving one subsystem get disjoint ranges so a
+    /// host never sees the same controller ID from two of them. Within 1..=0xFFEF (0xFFF0.. are
+    /// reserved), min <= max. Default 1.
+    pub cntlid_min: u16,
+    /// The highest controller ID this subsystem hands out. Default 0xFFEF (65519).
+    pub cntlid_max: u16,
     /// Namespaces, in file order.
     pub namespaces: Vec<NamespaceConfig>,
     /// Addresses this subsystem is reachable on.

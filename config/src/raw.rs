@@ -121,6 +121,10 @@ pub(crate) struct RawSubsystem {
     pub allow_any_host: Option<bool>,
     #[serde(default)]
     pub hosts: Vec<String>,
+    #[serde(default)]
+    pub cntlid_min: Option<u64>,
+    #[serde(default)]
+    pub cntlid_max: Option<u64>,
     #[serde(default, deserialize_with = "present")]
     pub p2p: Option<Unsupported>,
     #[serde(default)]

@@ -21,6 +21,8 @@ use crate::{
     DISCOVERY_NQN,
 };
 
+use crate::MAX_CNTLID;
+
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
 const MAX_NQN_LEN: usize = 223;
@@ -726,6 +728,7 @@ impl Validator<'_> {
             }
             Some(x) => x,
         };
+        let (cntlid_min, cntlid_max) = self.cntlid_range(p, s.cntlid_min, s.cntlid_max);
         if s.p2p.is_some() {
             self.report(
                 &p.key("p2p"),
@@ -828,8 +831,50 @@ impl Validator<'_> {
             model,
             allow_any_host,
             hosts: s.hosts,
+            cntlid_min,
+            cntlid_max,
             namespaces,
             listeners,
+        }
+    }
+
+    /// `cntlid_min`/`cntlid_max`: each within 1..=0xFFEF (controller IDs 0xFFF0..=0xFFFF are
+    /// reserved, NVMe base 2.0 Identify Controller CNTLID), and min <= max.
+    fn cntlid_range(&mut self, p: &FieldPath, min: Option<u64>, max: Option<u64>) -> (u16, u16) {
+        let mut one = |name: &str, v: Option<u64>, default: u16| -> Option<u16> {
+            let v = v.unwrap_or(u64::from(default));
+            if (1..=u64::from(MAX_CNTLID)).contains(&v) {
+                Some(v as u16)
+            } else {
+                self.report(
+                    &p.key(name),
+                    At::Value,
+                    format!("{name} must be between 1 and {MAX_CNTLID} (0xFFEF) (got {v})"),
+                );
+                None
+            }
+        };
+        let lo = one("cntlid_min", min, 1);
+        let hi = one("cntlid_max", max, MAX_CNTLID);
+        match (lo, hi) {
+            (Some(lo), Some(hi)) if lo > hi => {
+                let (min_path, max_path) = (p.key("cntlid_min"), p.key("cntlid_max"));
+                // Point at whichever was written (cntlid_min when both were).
+                let (at, note_min, note_max) = if self.written(&min_path) {
+                    (&min_path, "", self.default_note(&max_path))
+                } else {
+                    (&max_path, self.default_note(&min_path), "")
+                };
+                self.report(
+                    at,
+                    At::Value,
+                    format!(
+                        "cntlid_min ({lo}{note_min}) must not exceed cntlid_max ({hi}{note_max})"
+                    ),
+                );
+                (1, MAX_CNTLID)
+            }
+            (lo, hi) => (lo.unwrap_or(1), hi.unwrap_or(MAX_CNTLID)),
         }
     }
 

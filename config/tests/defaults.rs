@@ -283,6 +283,8 @@ fn embedded_default_matches_spec() {
             model: "nvmfd".into(),
             allow_any_host: true,
             hosts: vec![],
+            cntlid_min: 1,
+            cntlid_max: 0xFFEF,
             namespaces: vec![NamespaceConfig {
                 nsid: 1,
                 bdev: "ram0".into(),
@@ -385,5 +387,22 @@ fn load_file_names_the_file_in_diagnostics() {
             "{}:2:12: discovery.enabled: expected `true` or `false`, found string \"maybe\"",
             path.display()
         )
+    );
+}
+
+#[test]
+fn cntlid_range_defaults_and_values() {
+    let c = ok(BASE);
+    assert_eq!(
+        (c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max),
+        (1, 0xFFEF)
+    );
+    let c = ok(&BASE.replace(
+        "  - nqn: nqn.2026-11.io.nvmfd:a\n",
+        "  - nqn: nqn.2026-11.io.nvmfd:a\n    cntlid_min: 100\n    cntlid_max: 100\n",
+    ));
+    assert_eq!(
+        (c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max),
+        (100, 100)
     );
 }

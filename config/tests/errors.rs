@@ -1099,3 +1099,49 @@ fn serial_is_default_only_when_left_out() {
     assert!(!c.subsystems[1].serial_is_default);
     assert_eq!(c.subsystems[0].serial, c.subsystems[1].serial);
 }
+
+// ---------------------------------------------------------------- controller ID ranges
+
+fn with_cntlid(lines: &str) -> String {
+    BASE.replace(
+        "  - nqn: nqn.2026-11.io.nvmfd:a\n",
+        &format!("  - nqn: nqn.2026-11.io.nvmfd:a\n{lines}"),
+    )
+}
+
+#[test]
+fn cntlid_range_errors() {
+    err1(
+        &with_cntlid("    cntlid_min: 0\n"),
+        6,
+        17,
+        "subsystems[0].cntlid_min",
+        "cntlid_min must be between 1 and 65519 (0xFFEF) (got 0)",
+    );
+    err1(
+        &with_cntlid("    cntlid_max: 65520\n"),
+        6,
+        17,
+        "subsystems[0].cntlid_max",
+        "cntlid_max must be between 1 and 65519 (0xFFEF) (got 65520)",
+    );
+    let shown = err1(
+        &with_cntlid("    cntlid_min: 200\n    cntlid_max: 100\n"),
+        6,
+        17,
+        "subsystems[0].cntlid_min",
+        "cntlid_min (200) must not exceed cntlid_max (100)",
+    );
+    assert_eq!(
+        shown,
+        "t.yaml:6:17: subsystems[0].cntlid_min: cntlid_min (200) must not exceed cntlid_max (100)"
+    );
+    // Only the max written: the message points at it and says the min is the default.
+    err1(
+        &with_cntlid("    cntlid_max: 0\n"),
+        6,
+        17,
+        "subsystems[0].cntlid_max",
+        "cntlid_max must be between 1",
+    );
+}

@@ -3,7 +3,7 @@
 //! New connections arrive through a lock-free queue from the acceptor; nothing else is shared
 //! except the read-only [`Target`] and the atomics inside it.
 
-use crate::core::{Outcome, QueuePair, Target};
+use crate::core::{Action, Outcome, QueuePair, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, BufPool, Completion, Io};
 use nvmfd_transport::tcp::{ConnError, Socket, TcpConn, TcpParams};
@@ -33,6 +33,9 @@ const COLD_EVERY: u32 = 64;
 const SMALL_BUF: usize = 8192;
 const PREALLOC_SMALL: usize = 512;
 const PREALLOC_LARGE: usize = 64;
+/// The tag slot of a controller-shutdown flush (transport slots are below `max_queue_depth`,
+/// at most 1024).
+const FLUSH_SLOT: u16 = 0x8000;
 /// On shutdown, how long to wait for in-flight I/O and unsent responses.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -66,8 +69,10 @@ struct Conn {
     qp: QueuePair,
     peer: SocketAddr,
     generation: u32,
-    /// Bdev I/Os in flight for this connection.
+    /// Bdev I/Os in flight for this connection (shutdown flushes included).
     in_flight: u32,
+    /// Commands the core holds (AERs): (CID, transport slot), answered by [`Action::Complete`].
+    held: Vec<(u16, u16)>,
 }
 
 /// A pending block-device submission that the channel refused (queue full).
@@ -223,15 +228,22 @@ impl Reactor {
         info!(reactor = self.cfg.id, connections = n, "reactor stopped");
     }
 
+    /// A Flush of a block device: the daemon's stop path and a controller shutdown (CC.SHN) both
+    /// make completed writes durable through this.
+    fn flush_io(&self, tag: u64) -> Io {
+        Io {
+            tag,
+            op: nvmfd_bdev::Op::Flush,
+            buf: self.pool.borrow_mut().get(SMALL_BUF),
+        }
+    }
+
     /// Make every completed write durable before the daemon exits (a Flush on each channel).
     fn flush_bdevs(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        for (i, ch) in self.channels.iter_mut().enumerate() {
-            let io = Io {
-                tag: i as u64,
-                op: nvmfd_bdev::Op::Flush,
-                buf: nvmfd_bdev::IoBuf::new(4096),
-            };
+        for i in 0..self.channels.len() {
+            let io = self.flush_io(i as u64);
+            let ch = &mut self.channels[i];
             if ch.submit(io).is_err() {
                 warn!(
                     reactor = self.cfg.id,
@@ -241,8 +253,12 @@ impl Reactor {
                 continue;
             }
             let mut result = None;
+            let pool = &self.pool;
             while result.is_none() && Instant::now() < deadline {
-                ch.poll(&mut |c: Completion| result = Some(c.result));
+                ch.poll(&mut |c: Completion| {
+                    pool.borrow_mut().put(c.buf);
+                    result = Some(c.result)
+                });
                 std::hint::spin_loop();
             }
             match result {
@@ -275,13 +291,18 @@ impl Reactor {
             warn!(peer = %nc.peer, error = %e, "cannot configure accepted socket; dropping it");
             return;
         }
+        let mut qp = QueuePair::new(self.target.clone());
+        if let Ok(local) = nc.stream.local_addr() {
+            qp.set_local_addr(local);
+        }
         let conn = Conn {
             idle_polls: 0,
             tcp: TcpConn::new(Socket::new(nc.stream), self.cfg.tcp, self.pool.clone()),
-            qp: QueuePair::new(self.target.clone()),
+            qp,
             peer: nc.peer,
             generation,
             in_flight: 0,
+            held: Vec::new(),
         };
         let idx = match self.free.pop() {
             Some(i) => i,
@@ -349,7 +370,7 @@ impl Reactor {
             let cap = c.tcp.capsule_mut(slot);
             match c.qp.execute(cap, *now.get_or_insert_with(Instant::now)) {
                 Outcome::Done(resp) => c.tcp.complete(slot, resp),
-                Outcome::Held => {}
+                Outcome::Held => c.held.push((cap.sqe.cid, slot)),
                 Outcome::Io { bdev, mut op } => {
                     // Reads go out from a RAM disk's own memory when the connection can send
                     // data it never reads (no data digest): one copy less per byte.
@@ -388,6 +409,11 @@ impl Reactor {
             return false;
         };
         if !c.tcp.has_unsent() {
+            // A disconnected queue closes once its responses are out and nothing is in flight.
+            if let Some(why) = c.qp.wants_close().filter(|_| c.in_flight == 0) {
+                self.close(idx, why);
+                return true;
+            }
             return false;
         }
         match c.tcp.poll_send() {
@@ -439,6 +465,40 @@ impl Reactor {
                     warn!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "tearing down queue pair");
                 }
                 self.close(i, why);
+                continue;
+            }
+            self.core_actions(i);
+        }
+    }
+
+    /// Carry out what the core asks of connection `idx` outside any capsule: completions of held
+    /// commands and shutdown flushes.
+    fn core_actions(&mut self, idx: usize) {
+        loop {
+            let Some(c) = self.conns[idx].as_mut() else {
+                return;
+            };
+            match c.qp.next_action() {
+                None => return,
+                Some(Action::Complete(resp)) => {
+                    match c.held.iter().position(|&(cid, _)| cid == resp.cqe.cid) {
+                        Some(k) => {
+                            let (_, slot) = c.held.swap_remove(k);
+                            c.tcp.complete(slot, resp);
+                        }
+                        None => {
+                            warn!(peer = %c.peer, cid = resp.cqe.cid, "core completed a command this connection does not hold")
+                        }
+                    }
+                }
+                Some(Action::Flush { bdev }) => {
+                    c.in_flight += 1;
+                    let t = tag(c.generation, idx, FLUSH_SLOT);
+                    let io = self.flush_io(t);
+                    if let Err(io) = self.channels[bdev].submit(io) {
+                        self.deferred.push_back(Deferred { bdev, io });
+                    }
+                }
             }
         }
     }
@@ -456,6 +516,11 @@ fn complete_io(conns: &mut [Option<Conn>], pool: &RefCell<BufPool>, done: Comple
         }
     };
     c.in_flight -= 1;
+    if slot == FLUSH_SLOT {
+        pool.borrow_mut().put(done.buf);
+        c.qp.flush_done(done.result);
+        return;
+    }
     let cap = c.tcp.capsule_mut(slot);
     cap.buf = Some(done.buf);
     cap.lent = done.lent;

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use nvmfd_transport::proto::fabrics::{
-    decode_discovery_header, DiscoveryLogEntry, PropertyCommand, DISCOVERY_NQN,
+    decode_discovery_header, subtype, DiscoveryLogEntry, PropertyCommand, DISCOVERY_NQN,
 };
 use nvmfd_transport::proto::get_str;
 use nvmfd_transport::proto::le;
@@ -139,14 +139,20 @@ impl Host {
         Ok(c)
     }
 
-    /// Connect to the discovery subsystem at `addr` and read its log page.
+    /// Connect to the discovery subsystem at `addr` and read its log page: the entries a host
+    /// connects to (NVM subsystems and referrals), without the entry of the discovery subsystem
+    /// that answered (SUBTYPE 3; `nvme connect-all` skips it too). The whole log is
+    /// [`Controller::discovery_log`].
     pub fn discover(addr: SocketAddr, opts: &HostOptions) -> Result<Vec<DiscoveryLogEntry>> {
         let mut o = opts.clone();
         o.subnqn = DISCOVERY_NQN.to_string();
         let mut c = Host::connect_admin(addr, &o)?;
         let log = c.discovery_log()?;
         let _ = c.disconnect();
-        Ok(log)
+        Ok(log
+            .into_iter()
+            .filter(|e| e.subtype != subtype::CURRENT_DISCOVERY)
+            .collect())
     }
 
     /// Connect an I/O queue with explicit parameters (any `cntlid`, the host identity in

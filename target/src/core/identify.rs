@@ -1,7 +1,7 @@
 //! Identify data structures: controller, namespace, active namespace list, namespace
 //! identification descriptors, and the NVM command set controller structure.
 
-use super::admin::AERL;
+use super::admin::{AERL, KAS};
 use super::controller::CtrlShared;
 use super::fabrics::{subsys_nqn, NVME_VERSION};
 use super::{SubsysRef, Target};
@@ -10,6 +10,9 @@ use nvmfd_transport::proto::status::Status;
 use nvmfd_transport::proto::{le, put_str};
 
 pub const SIZE: usize = 4096;
+
+/// Optional Asynchronous Events Supported (Identify Controller bytes 95:92).
+pub const OAES: u32 = 0;
 
 /// Firmware revision reported in Identify and the firmware slot log.
 pub const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
@@ -22,7 +25,6 @@ pub fn identify(
     out: &mut [u8],
 ) -> Result<(), Status> {
     let cns = sqe.cdw10 as u8;
-    let csi = (sqe.cdw11 >> 24) as u8;
     let subsys = match ctrl.subsys {
         SubsysRef::Nvm(i) => Some(&target.subsystems[i]),
         SubsysRef::Discovery => None,
@@ -64,8 +66,8 @@ pub fn identify(
             descriptors(ns, out);
             Ok(())
         }
-        // The NVM command set's controller structure: all limits zero (none beyond MDTS).
-        (cns::CSI_CONTROLLER, Some(_)) if csi == 0 => Ok(()),
+        // Anything else (including NVMe 2.0's I/O command set specific structures, CNS 05h/06h,
+        // which a 1.4 controller does not have) is Invalid Field in Command.
         _ => Err(Status::INVALID_FIELD),
     }
 }
@@ -91,8 +93,13 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     b[77] = (limits.max_io_size / 4096).trailing_zeros() as u8;
     le::put_u16(b, 78, ctrl.cntlid);
     le::put_u32(b, 80, NVME_VERSION);
-    // OAES bit 8: namespace attribute notices.
-    le::put_u32(b, 92, if subsys.is_some() { 1 << 8 } else { 0 });
+    // OAES: no optional asynchronous event is advertised, since nothing raises one yet (the
+    // core can complete held AERs with namespace attribute and discovery log change notices;
+    // set bit 8 / bit 31 here once live reconfiguration raises them).
+    le::put_u32(b, 92, OAES);
+    // CTRATT bit 0: 128-bit host identifier, required over fabrics (NVMe-oF 1.1, Connect:
+    // HOSTID is 128 bits).
+    le::put_u32(b, 96, 1);
     // CNTRLTYPE: 1 I/O controller, 2 discovery controller.
     b[111] = if subsys.is_some() { 1 } else { 2 };
     b[258] = 3; // ACL: 4 aborts
@@ -102,7 +109,7 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     b[262] = 0; // ELPE: one error log entry
     le::put_u16(b, 266, 343); // WCTEMP 70 °C
     le::put_u16(b, 268, 358); // CCTEMP 85 °C
-    le::put_u16(b, 320, 10); // KAS: keep-alive granularity 10 * 100 ms
+    le::put_u16(b, 320, KAS); // KAS: keep-alive granularity in 100 ms units
     b[512] = 0x66; // SQES: 64-byte entries
     b[513] = 0x44; // CQES: 16-byte entries
     le::put_u16(b, 514, limits.max_queue_depth);
@@ -130,15 +137,15 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
 /// The Namespace Identification Descriptor list (CNS 03h; NVMe Base 2.0, "Namespace
 /// Identification Descriptor"): each entry is NIDT (byte 0), NIDL (byte 1), two reserved bytes,
 /// then NIDL bytes of identifier; a zero NIDT ends the list (the rest of the page is zero).
-/// Types: 1 = IEEE EUI-64 (8 bytes), 2 = NGUID (16), 3 = UUID (16), 4 = Command Set Identifier
-/// (1; 0 = NVM). Identifiers go out in the same byte order as in Identify Namespace (NGUID and
+/// Types: 1 = IEEE EUI-64 (8 bytes), 2 = NGUID (16), 3 = UUID (16). Type 4 (Command Set
+/// Identifier) is NVMe 2.0's and not reported: VS says 1.4. Identifiers go out in the same byte order as in Identify Namespace (NGUID and
 /// EUI-64 big-endian); a zero identifier is "not reported" and left out, so the list matches
 /// the Identify Namespace fields, which a Linux host cross-checks.
 fn descriptors(ns: &super::Namespace, out: &mut [u8]) {
-    let ids: [(u8, &[u8]); 4] = [(1, &ns.eui64), (2, &ns.nguid), (3, &ns.uuid), (4, &[0u8])];
+    let ids: [(u8, &[u8]); 3] = [(1, &ns.eui64), (2, &ns.nguid), (3, &ns.uuid)];
     let mut o = 0;
     for (nidt, id) in ids {
-        if nidt != 4 && id.iter().all(|&b| b == 0) {
+        if id.iter().all(|&b| b == 0) {
             continue;
         }
         out[o] = nidt;
@@ -192,13 +199,12 @@ mod tests {
     fn descriptor_list_layout() {
         let mut out = [0u8; SIZE];
         descriptors(&ns([0; 8]), &mut out);
-        // NGUID, UUID, CSI; no EUI-64.
+        // NGUID, UUID; no EUI-64, no CSI (a 2.0 descriptor).
         assert_eq!(&out[0..4], &[2, 16, 0, 0]);
         assert_eq!(&out[4..20], &[0x10; 16]);
         assert_eq!(&out[20..24], &[3, 16, 0, 0]);
         assert_eq!(&out[24..40], &[0x20; 16]);
-        assert_eq!(&out[40..45], &[4, 1, 0, 0, 0]);
-        assert!(out[45..].iter().all(|&b| b == 0));
+        assert!(out[40..].iter().all(|&b| b == 0));
 
         let mut out = [0u8; SIZE];
         let e = [0x00, 0x26, 0xb7, 0x68, 0, 0, 0xf0, 0x0d];

@@ -3,21 +3,24 @@
 
 use super::controller::CtrlShared;
 use super::identify::FIRMWARE_REVISION;
-use super::{SubsysRef, Target};
+use super::{Listener, SubsysRef, Target};
 use nvmfd_config::TransportKind;
 use nvmfd_transport::proto::fabrics::{
-    encode_discovery_header, subtype, trtype, DiscoveryLogEntry,
+    encode_discovery_header, subtype, treq, trtype, DiscoveryLogEntry, DISCOVERY_NQN,
 };
 use nvmfd_transport::proto::nvme::log_page;
 use nvmfd_transport::proto::put_str;
 use nvmfd_transport::proto::status::Status;
 use nvmfd_transport::Capsule;
+use std::net::{IpAddr, SocketAddr};
 
 /// Copy the window [offset, offset+len) of the log page the command asks for into the capsule's
-/// buffer; returns the number of bytes to send.
+/// buffer; returns the number of bytes to send. `local` is the address the admin connection
+/// arrived on.
 pub(super) fn get_log_page(
     target: &Target,
     ctrl: &CtrlShared,
+    local: Option<SocketAddr>,
     cap: &mut Capsule,
 ) -> Result<u32, Status> {
     let sqe = cap.sqe;
@@ -33,7 +36,7 @@ pub(super) fn get_log_page(
     }
     let discovery = ctrl.subsys == SubsysRef::Discovery;
     let page: Vec<u8> = match lid {
-        log_page::DISCOVERY if discovery => discovery_log(target, &ctrl.hostnqn),
+        log_page::DISCOVERY if discovery => discovery_log(target, &ctrl.hostnqn, local),
         log_page::ERROR_INFORMATION => vec![0; 64],
         log_page::SMART_HEALTH if !discovery => smart(),
         log_page::FIRMWARE_SLOT if !discovery => {
@@ -44,7 +47,10 @@ pub(super) fn get_log_page(
         }
         // No namespace changes happen at run time yet: an empty list.
         log_page::CHANGED_NAMESPACES if !discovery => vec![0; 4096],
-        _ => return Err(Status::INVALID_LOG_PAGE),
+        // An unsupported log page is Invalid Field in Command (NVMe base 1.4 5.14 / 2.0 5.16:
+        // "...specifies a Log Identifier that is not supported, then the controller should abort
+        // the command with status Invalid Field in Command").
+        _ => return Err(Status::INVALID_FIELD),
     };
     if offset > page.len() as u64 {
         return Err(Status::INVALID_FIELD);
@@ -69,37 +75,100 @@ fn smart() -> Vec<u8> {
     p
 }
 
-/// The discovery log as `hostnqn` may see it: one entry per (subsystem it may use, listener).
-pub fn discovery_log(target: &Target, hostnqn: &str) -> Vec<u8> {
+/// TREQ of a listener: no secure channel (TLS) is offered yet, so none is required (10b); SQ flow
+/// control cannot be disabled (bit 2 clear: Connect's CATTR bit 2 is not honoured).
+fn treq(_l: &Listener) -> u8 {
+    treq::SECURE_CHANNEL_NOT_REQUIRED
+}
+
+/// TSAS of a listener. NVMe/TCP: byte 0 SECTYPE 0 (no security; NVMe/TCP 1.0, 3.6.1.1).
+fn tsas(l: &Listener) -> [u8; 4] {
+    match l.transport {
+        TransportKind::Tcp => [0; 4],
+    }
+}
+
+/// The address to advertise for listener `l` to a host whose discovery connection arrived on
+/// `local`: the listener's own, or for a wildcard listener (0.0.0.0, ::) the address the host
+/// reached us on (as Linux nvmet does: `nvmet_set_disc_traddr`). None when a wildcard listener
+/// cannot be reached at that address (an IPv4 wildcard and a host that came over IPv6, or no
+/// local address known): a literal wildcard is no address a host can connect to.
+fn advertised_address(l: &Listener, local: Option<SocketAddr>) -> Option<IpAddr> {
+    if !l.address.is_unspecified() {
+        return Some(l.address);
+    }
+    let here = canonical(local?.ip());
+    match (l.address, here) {
+        (IpAddr::V4(_), IpAddr::V4(_)) => Some(here),
+        (IpAddr::V4(_), IpAddr::V6(_)) => None,
+        // `::` accepts IPv4 too (dual stack, the Linux default).
+        (IpAddr::V6(_), _) => Some(here),
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (a dual-stack socket's view of an IPv4 peer) as plain IPv4.
+fn canonical(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn adrfam(a: IpAddr) -> u8 {
+    if a.is_ipv4() {
+        1
+    } else {
+        2
+    }
+}
+
+/// The discovery log as `hostnqn` may see it over a connection that arrived on `local`: first
+/// the entry of this discovery subsystem itself at the listener the host used (SUBTYPE 3,
+/// "current discovery subsystem", TP 8013/8014 in NVMe base 2.0: nvme-cli 2.x uses it for
+/// persistent discovery controllers), then one entry per (subsystem the host may use, listener).
+pub fn discovery_log(target: &Target, hostnqn: &str, local: Option<SocketAddr>) -> Vec<u8> {
     let mut entries = Vec::new();
     let all_listeners = target.listeners();
+    let portid = |l: &Listener| all_listeners.iter().position(|x| x == l).unwrap_or(0) as u16 + 1;
+    let entry = |l: &Listener, addr: IpAddr, sub: u8, nqn: &str| DiscoveryLogEntry {
+        trtype: match l.transport {
+            TransportKind::Tcp => trtype::TCP,
+        },
+        adrfam: adrfam(addr),
+        subtype: sub,
+        treq: treq(l),
+        portid: portid(l),
+        cntlid: 0xffff,
+        asqsz: target.limits.max_admin_queue_entries(),
+        eflags: 0,
+        trsvcid: l.port.to_string(),
+        subnqn: nqn.to_string(),
+        traddr: addr.to_string(),
+        tsas: tsas(l),
+    };
+    if let Some(here) = local {
+        let ip = canonical(here.ip());
+        let arrived = all_listeners.iter().find(|l| {
+            l.port == here.port()
+                && (canonical(l.address) == ip
+                    || l.address.is_unspecified() && advertised_address(l, local).is_some())
+        });
+        if let Some(l) = arrived {
+            entries.push(entry(l, ip, subtype::CURRENT_DISCOVERY, DISCOVERY_NQN).encode());
+        }
+    }
     for s in target.subsystems.iter().filter(|s| s.host_allowed(hostnqn)) {
         for l in &s.listeners {
-            let portid = all_listeners.iter().position(|x| x == l).unwrap_or(0) as u16 + 1;
-            let e = DiscoveryLogEntry {
-                trtype: match l.transport {
-                    TransportKind::Tcp => trtype::TCP,
-                },
-                adrfam: if l.address.is_ipv4() { 1 } else { 2 },
-                subtype: subtype::NVME,
-                // TREQ: secure channel not required (10b).
-                treq: 0x02,
-                portid,
-                cntlid: 0xffff,
-                asqsz: target.limits.max_queue_depth,
-                trsvcid: l.port.to_string(),
-                subnqn: s.nqn.clone(),
-                traddr: l.address.to_string(),
-                tsas: [0; 4],
-            };
-            entries.push(e.encode());
+            if let Some(addr) = advertised_address(l, local) {
+                entries.push(entry(l, addr, subtype::NVME, &s.nqn).encode());
+            }
         }
     }
     let mut page = Vec::with_capacity(
         DiscoveryLogEntry::HEADER_SIZE + entries.len() * DiscoveryLogEntry::SIZE,
     );
     page.extend_from_slice(&encode_discovery_header(
-        target.discovery_genctr,
+        target.discovery_genctr(),
         entries.len() as u64,
     ));
     for e in entries {

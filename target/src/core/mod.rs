@@ -11,14 +11,17 @@ mod io;
 mod logpage;
 mod qpair;
 
-pub use controller::CtrlShared;
-pub use qpair::{Outcome, QueuePair};
+pub use controller::{AsyncEvent, CtrlShared};
+pub use qpair::{Action, Outcome, QueuePair};
 
 use nvmfd_bdev::BdevInfo;
 use nvmfd_config::{Config, TransportKind};
 use nvmfd_transport::proto::fabrics::DISCOVERY_NQN;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nvmfd_transport::logsafe::{LogDecision, RateLimit};
 
 pub use nvmfd_transport::{Capsule, Response};
 
@@ -29,6 +32,14 @@ pub struct Limits {
     pub max_io_size: u32,
     pub max_queue_depth: u16,
     pub max_io_queues: u16,
+}
+
+impl Limits {
+    /// Entries an admin submission queue may have: what Connect on QID 0 accepts and what the
+    /// discovery log reports as ASQSZ (NVMe-oF 1.1, 5.3: "Admin Max SQ Size").
+    pub fn max_admin_queue_entries(&self) -> u16 {
+        self.max_queue_depth
+    }
 }
 
 /// The identifiers a namespace reports to hosts (Identify Namespace NGUID/EUI64 and the
@@ -86,6 +97,8 @@ pub struct Subsystem {
     pub model: String,
     pub allow_any_host: bool,
     pub hosts: Vec<String>,
+    /// Controller IDs this subsystem hands out (inclusive).
+    pub cntlid_range: (u16, u16),
     /// Sorted by NSID.
     pub namespaces: Vec<Namespace>,
     pub listeners: Vec<Listener>,
@@ -115,7 +128,7 @@ impl Subsystem {
 }
 
 /// Which subsystem a controller belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SubsysRef {
     Discovery,
     Nvm(usize),
@@ -128,10 +141,19 @@ pub struct Target {
     pub subsystems: Vec<Subsystem>,
     pub discovery_enabled: bool,
     pub limits: Limits,
-    /// Generation counter of the discovery log.
-    pub discovery_genctr: u64,
+    /// Generation counter of the discovery log: starts from a digest of what the log can show
+    /// (so a daemon restarted with another configuration shows another value, the same one
+    /// the same value) and moves on at every change ([`Target::discovery_changed`]).
+    discovery_genctr: AtomicU64,
     registry: controller::Registry,
+    /// Log budget of refused Connects, shared by every reactor (touched only when a Connect is
+    /// refused, never on the I/O path).
+    refusals: Mutex<RateLimit>,
 }
+
+/// Refused Connects: the first 20 are logged, then one in 1000 with the count left out.
+const REFUSAL_LOG_BURST: u32 = 20;
+const REFUSAL_LOG_EVERY: u32 = 1000;
 
 impl Target {
     /// Build the target from a validated config and the facts of the bdevs it names (in config
@@ -179,7 +201,7 @@ impl Target {
             "one identity per subsystem"
         );
         let tcp = &cfg.transports.tcp;
-        let subsystems = cfg
+        let subsystems: Vec<Subsystem> = cfg
             .subsystems
             .iter()
             .zip(&ids.subsystems)
@@ -207,6 +229,7 @@ impl Target {
                     model: s.model.clone(),
                     allow_any_host: s.allow_any_host,
                     hosts: s.hosts.clone(),
+                    cntlid_range: (s.cntlid_min, s.cntlid_max),
                     namespaces,
                     listeners: s
                         .listeners
@@ -220,6 +243,7 @@ impl Target {
                 }
             })
             .collect();
+        let genctr = discovery_digest(&subsystems);
         Arc::new(Target {
             subsystems,
             discovery_enabled: cfg.discovery.enabled,
@@ -229,8 +253,9 @@ impl Target {
                 max_queue_depth: tcp.max_queue_depth,
                 max_io_queues: tcp.max_io_queues,
             },
-            discovery_genctr: 1,
+            discovery_genctr: AtomicU64::new(genctr),
             registry: controller::Registry::default(),
+            refusals: Mutex::new(RateLimit::new(REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY)),
         })
     }
 
@@ -243,6 +268,34 @@ impl Target {
             .iter()
             .position(|s| s.nqn == nqn)
             .map(SubsysRef::Nvm)
+    }
+
+    /// The discovery log's generation counter now.
+    pub fn discovery_genctr(&self) -> u64 {
+        self.discovery_genctr.load(Ordering::Acquire)
+    }
+
+    /// Something the discovery log shows changed (control plane: live reconfiguration): move
+    /// the generation counter on and tell every discovery controller (a Discovery Log Page
+    /// Change notice completes a held AER of each one that enabled it).
+    pub fn discovery_changed(&self) {
+        self.discovery_genctr.fetch_add(1, Ordering::AcqRel);
+        self.raise_event(SubsysRef::Discovery, AsyncEvent::DiscoveryLogChanged);
+    }
+
+    /// Raise `event` on every controller of `subsys` (from any thread).
+    pub fn raise_event(&self, subsys: SubsysRef, event: AsyncEvent) {
+        for c in self.registry.of_subsystem(subsys) {
+            c.raise(event);
+        }
+    }
+
+    /// Count one refused Connect and say whether to log it.
+    pub(crate) fn connect_refusal_log(&self) -> LogDecision {
+        self.refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .event()
     }
 
     /// Live controllers (for reports and tests).
@@ -260,6 +313,30 @@ impl Target {
         }
         out
     }
+}
+
+/// A digest of the discovery-relevant configuration (subsystem NQNs, host lists, listeners),
+/// never 0: the discovery log's first generation counter.
+fn discovery_digest(subsystems: &[Subsystem]) -> u64 {
+    let mut a = 0u32;
+    let mut b = 0x5eed_u32;
+    for s in subsystems {
+        let mut feed = |bytes: &[u8]| {
+            a = crc32c::crc32c_append(a, bytes);
+            b = crc32c::crc32c_append(b, bytes);
+            b = crc32c::crc32c_append(b, &[0xa5]);
+        };
+        feed(s.nqn.as_bytes());
+        feed(&[s.allow_any_host as u8]);
+        for h in &s.hosts {
+            feed(h.as_bytes());
+        }
+        for l in &s.listeners {
+            feed(l.address.to_string().as_bytes());
+            feed(&l.port.to_le_bytes());
+        }
+    }
+    (((a as u64) << 32) | b as u64).max(1)
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ const NQN: &str = "nqn.2026-11.io.nvmfd:t1";
 const LOCKED: &str = "nqn.2026-11.io.nvmfd:locked";
 const HOST_A: &str = "nqn.2014-08.org.nvmexpress:uuid:aaaaaaaa-0000-0000-0000-000000000001";
 const HOST_B: &str = "nqn.2014-08.org.nvmexpress:uuid:bbbbbbbb-0000-0000-0000-000000000002";
+/// CC with EN = 1, IOSQES = 6, IOCQES = 4 (the only valid entry sizes).
+const CC_ENABLE: u64 = 1 | (6 << 16) | (4 << 20);
 
 fn target() -> Arc<Target> {
     let yaml = format!(
@@ -114,12 +116,19 @@ fn admin(t: &Arc<Target>, nqn: &str, host: &str) -> (QueuePair, u16) {
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, nqn, host, Instant::now());
     assert_eq!(r.cqe.status, Status::SUCCESS);
     assert_eq!(
-        prop(&mut qp, true, property::CC, 4, 1 | (6 << 16) | (4 << 20))
-            .cqe
-            .status,
+        prop(&mut qp, true, property::CC, 4, CC_ENABLE).cqe.status,
         Status::SUCCESS
     );
     (qp, r.cqe.dw0 as u16)
+}
+
+fn csts(qp: &mut QueuePair) -> u32 {
+    prop(qp, false, property::CSTS, 4, 0).cqe.dw0
+}
+
+/// CSTS.SHST.
+fn shst(qp: &mut QueuePair) -> u32 {
+    (csts(qp) >> 2) & 3
 }
 
 fn admin_cmd(qp: &mut QueuePair, sqe: Sqe, data_len: u32) -> (Response, Capsule) {
@@ -244,7 +253,7 @@ fn properties_enable_and_shutdown() {
     assert_ne!(cap_value & (1 << 37), 0, "NVM command set");
     assert_eq!(
         prop(&mut qp, false, property::VS, 4, 0).cqe.dw0,
-        0x0001_0300
+        0x0001_0400
     );
     assert_eq!(prop(&mut qp, false, property::CSTS, 4, 0).cqe.dw0 & 1, 0);
     prop(&mut qp, true, property::CC, 4, 1 | (6 << 16) | (4 << 20));
@@ -261,10 +270,23 @@ fn properties_enable_and_shutdown() {
         4,
         1 | (1 << 14) | (6 << 16) | (4 << 20),
     );
+    // No I/O queue and one namespace: the flush of its device is the only step; SHST stays
+    // 01b (processing) until it completes.
+    assert_eq!(shst(&mut qp), 1, "shutdown processing");
+    assert_eq!(qp.next_action(), Some(Action::Flush { bdev: 0 }));
+    assert_eq!(qp.next_action(), None, "one flush per namespace");
+    assert_eq!(shst(&mut qp), 1, "still processing while the flush runs");
+    qp.flush_done(Ok(()));
+    assert_eq!(shst(&mut qp), 2, "shutdown complete");
     assert_eq!(
-        (prop(&mut qp, false, property::CSTS, 4, 0).cqe.dw0 >> 2) & 3,
-        2,
-        "shutdown complete"
+        prop(&mut qp, false, property::CAP, 4, 0).cqe.status,
+        Status::INVALID_FIELD,
+        "CAP is an 8-byte property"
+    );
+    assert_eq!(
+        prop(&mut qp, false, property::VS, 8, 0).cqe.status,
+        Status::INVALID_FIELD,
+        "VS is a 4-byte property"
     );
     assert_eq!(
         prop(&mut qp, false, 0x24, 4, 0).cqe.status,
@@ -297,7 +319,7 @@ fn io_queue_connect_rules() {
         Status::COMMAND_SEQUENCE_ERROR,
         "not enabled yet"
     );
-    prop(&mut aq, true, property::CC, 4, 1);
+    prop(&mut aq, true, property::CC, 4, CC_ENABLE);
     assert_eq!(
         connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_B, now)
             .cqe
@@ -370,6 +392,32 @@ fn number_of_queues_limits_io_connect() {
             .status,
         Status::SUCCESS
     );
+    // Once an I/O queue exists the count is fixed: Command Sequence Error, and the live
+    // count is unchanged.
+    let sqe4 = Sqe {
+        cdw11: 3 | (3 << 16),
+        ..sqe
+    };
+    assert_eq!(
+        admin_cmd(&mut aq, sqe4, 0).0.cqe.status,
+        Status::COMMAND_SEQUENCE_ERROR
+    );
+    assert_eq!(
+        io.controller()
+            .unwrap()
+            .io_queues
+            .load(std::sync::atomic::Ordering::Acquire),
+        2
+    );
+    let mut io1 = QueuePair::new(t.clone());
+    assert_eq!(
+        connect_cmd(&mut io1, 3, 31, cntlid, NQN, HOST_A, Instant::now())
+            .cqe
+            .status,
+        Status::CONNECT_INVALID_PARAMETERS,
+        "still 2 queues"
+    );
+    let (mut aq2, _) = admin(&t, NQN, HOST_B);
     let sqe = Sqe {
         opcode: opcode::ADMIN_SET_FEATURES,
         cdw10: feature::NUMBER_OF_QUEUES as u32,
@@ -377,7 +425,7 @@ fn number_of_queues_limits_io_connect() {
         ..Default::default()
     };
     assert_eq!(
-        admin_cmd(&mut aq, sqe, 0).0.cqe.status,
+        admin_cmd(&mut aq2, sqe, 0).0.cqe.status,
         Status::INVALID_FIELD
     );
     let sqe = Sqe {
@@ -487,10 +535,7 @@ fn discovery_controller_lists_what_the_host_may_use() {
 
     // I/O controllers have no discovery log; discovery controllers no SMART log.
     let (mut aq, _) = admin(&t, NQN, HOST_A);
-    assert_eq!(
-        get_log(&mut aq, 4096).0.cqe.status,
-        Status::INVALID_LOG_PAGE
-    );
+    assert_eq!(get_log(&mut aq, 4096).0.cqe.status, Status::INVALID_FIELD);
     let sqe = Sqe {
         opcode: opcode::ADMIN_GET_LOG_PAGE,
         cdw10: log_page::SMART_HEALTH as u32 | (127 << 16),
@@ -499,7 +544,7 @@ fn discovery_controller_lists_what_the_host_may_use() {
     };
     assert_eq!(
         admin_cmd(&mut dq, sqe, 512).0.cqe.status,
-        Status::INVALID_LOG_PAGE
+        Status::INVALID_FIELD
     );
     assert_eq!(admin_cmd(&mut aq, sqe, 512).0.cqe.status, Status::SUCCESS);
     // Asking for more than the buffer holds.
@@ -515,7 +560,7 @@ fn keep_alive_expiry_and_reset() {
     let t0 = Instant::now();
     let mut qp = QueuePair::new(t.clone());
     connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, t0); // kato 1000 ms
-    prop(&mut qp, true, property::CC, 4, 1);
+    prop(&mut qp, true, property::CC, 4, CC_ENABLE);
     assert_eq!(qp.poll_timers(t0 + Duration::from_millis(900)), None);
     let ka = Sqe {
         opcode: opcode::ADMIN_KEEP_ALIVE,
@@ -715,4 +760,730 @@ fn admin_commands_are_refused_on_io_queues_and_vice_versa() {
         Instant::now(),
     ));
     assert_eq!(r.cqe.status, Status::INVALID_OPCODE);
+}
+
+// ------------------------------------------------------------------ issue 8: conformance rules
+
+fn target_from(yaml: &str) -> Arc<Target> {
+    let cfg = nvmfd_config::parse_str(yaml, "test.yaml").expect("test config is valid");
+    let infos: Vec<BdevInfo> = cfg
+        .bdevs
+        .iter()
+        .map(|b| BdevInfo {
+            name: b.name.clone(),
+            kind: "malloc",
+            block_size: 4096,
+            num_blocks: 256,
+            deallocate_zeroes: true,
+            volatile_cache: false,
+        })
+        .collect();
+    Target::new(&cfg, &infos)
+}
+
+fn set_features(qp: &mut QueuePair, fid: u8, cdw11: u32) -> Response {
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_SET_FEATURES,
+        cdw10: fid as u32,
+        cdw11,
+        ..Default::default()
+    };
+    admin_cmd(qp, sqe, 0).0
+}
+
+fn get_features(qp: &mut QueuePair, fid: u8, sel: u32) -> Response {
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_GET_FEATURES,
+        cdw10: fid as u32 | (sel << 8),
+        ..Default::default()
+    };
+    admin_cmd(qp, sqe, 0).0
+}
+
+fn aer(qp: &mut QueuePair, cid: u16) -> Outcome {
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_ASYNC_EVENT_REQUEST,
+        cid,
+        ..Default::default()
+    };
+    qp.execute(&mut capsule(sqe, &[], 0), Instant::now())
+}
+
+fn disconnect_sqe() -> Sqe {
+    Sqe {
+        opcode: opcode::FABRICS,
+        nsid: nvmfd_transport::proto::fabrics::fctype::DISCONNECT as u32,
+        cid: 7,
+        ..Default::default()
+    }
+}
+
+fn io_queue(t: &Arc<Target>, qid: u16, cntlid: u16) -> (QueuePair, Status) {
+    let mut io = QueuePair::new(t.clone());
+    let r = connect_cmd(&mut io, qid, 31, cntlid, NQN, HOST_A, Instant::now());
+    (io, r.cqe.status)
+}
+
+#[test]
+fn shutdown_drains_io_queues_then_flushes_then_completes() {
+    let t = target();
+    let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
+    let (mut io, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::SUCCESS);
+    let now = Instant::now();
+    // A write is in flight on the I/O queue when the host asks for a shutdown.
+    let mut w = capsule(io_sqe(opcode::NVM_WRITE, 1, 0, 1), &[], 4096);
+    assert!(matches!(io.execute(&mut w, now), Outcome::Io { .. }));
+    prop(&mut aq, true, property::CC, 4, CC_ENABLE | (1 << 14));
+    assert_eq!(shst(&mut aq), 1, "processing");
+    // New I/O is refused once a shutdown began.
+    let mut r = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
+    assert_eq!(
+        done(io.execute(&mut r, now)).cqe.status,
+        Status::COMMAND_SEQUENCE_ERROR
+    );
+    // The I/O queue has a command in flight: no acknowledgement, so no flush yet.
+    assert_eq!(io.poll_timers(now), None);
+    assert_eq!(aq.next_action(), None, "no flush while I/O is in flight");
+    assert_eq!(shst(&mut aq), 1);
+    // The write completes; at its next poll the I/O queue acknowledges.
+    let resp = io.io_done(&w, Ok(()));
+    assert_eq!(resp.cqe.status, Status::SUCCESS);
+    assert_eq!(io.poll_timers(now), None);
+    assert_eq!(aq.next_action(), Some(Action::Flush { bdev: 0 }));
+    assert_eq!(shst(&mut aq), 1, "processing until the flush completes");
+    aq.flush_done(Ok(()));
+    assert_eq!(shst(&mut aq), 2, "complete");
+    assert_eq!(csts(&mut aq) & 2, 0, "no fatal status");
+}
+
+#[test]
+fn shutdown_flush_failure_is_controller_fatal() {
+    let t = target();
+    let (mut aq, _) = admin(&t, NQN, HOST_A);
+    prop(&mut aq, true, property::CC, 4, CC_ENABLE | (1 << 14));
+    assert_eq!(aq.next_action(), Some(Action::Flush { bdev: 0 }));
+    aq.flush_done(Err(IoError::Media(5)));
+    assert_ne!(csts(&mut aq) & 2, 0, "CSTS.CFS");
+    assert_ne!(shst(&mut aq), 2, "never reports a clean shutdown");
+}
+
+#[test]
+fn shutdown_of_a_subsystem_with_several_namespaces_flushes_each() {
+    let t = target_from(
+        r#"
+bdevs:
+  - { name: a, malloc: { size: 1MiB } }
+  - { name: b, malloc: { size: 1MiB } }
+subsystems:
+  - nqn: nqn.2026-11.io.nvmfd:t1
+    namespaces: [ { nsid: 1, bdev: b }, { nsid: 2, bdev: a } ]
+    listeners: [ { address: 127.0.0.1 } ]
+"#,
+    );
+    let (mut aq, _) = admin(&t, NQN, HOST_A);
+    prop(&mut aq, true, property::CC, 4, CC_ENABLE | (1 << 14));
+    assert_eq!(aq.next_action(), Some(Action::Flush { bdev: 1 }));
+    assert_eq!(aq.next_action(), Some(Action::Flush { bdev: 0 }));
+    assert_eq!(aq.next_action(), None);
+    aq.flush_done(Ok(()));
+    assert_eq!(shst(&mut aq), 1, "one flush still out");
+    aq.flush_done(Ok(()));
+    assert_eq!(shst(&mut aq), 2);
+}
+
+#[test]
+fn reset_deletes_io_queues_and_reenable_does_not_revive_them() {
+    let t = target();
+    let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
+    let (mut old, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::SUCCESS);
+    let ctrl = aq.controller().unwrap().clone();
+    assert_eq!(ctrl.live_io_queues(), 1);
+    // A held AER is aborted by the reset.
+    assert_eq!(aer(&mut aq, 40), Outcome::Held);
+    prop(&mut aq, true, property::CC, 4, 0);
+    assert_eq!(csts(&mut aq) & 1, 0, "not ready");
+    assert_eq!(ctrl.live_io_queues(), 0, "QIDs are free at once");
+    let a = aq.next_action().expect("the AER is answered");
+    let Action::Complete(r) = a else {
+        panic!("{a:?}")
+    };
+    assert_eq!((r.cqe.cid, r.cqe.status), (40, Status::ABORTED_SQ_DELETION));
+    // The old queue's commands are aborted and it is told to go.
+    let mut c = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
+    assert_eq!(
+        done(old.execute(&mut c, Instant::now())).cqe.status,
+        Status::ABORTED_SQ_DELETION
+    );
+    assert_eq!(
+        old.poll_timers(Instant::now()),
+        Some("controller was reset: I/O queue deleted")
+    );
+    // Number of Queues may be set again after the reset, before queues exist.
+    assert_eq!(
+        set_features(&mut aq, feature::NUMBER_OF_QUEUES, 0)
+            .cqe
+            .status,
+        Status::COMMAND_SEQUENCE_ERROR,
+        "admin commands need CC.EN = 1"
+    );
+    prop(&mut aq, true, property::CC, 4, CC_ENABLE);
+    assert_eq!(csts(&mut aq) & 1, 1);
+    let r = set_features(&mut aq, feature::NUMBER_OF_QUEUES, 1 | (1 << 16));
+    assert_eq!((r.cqe.status, r.cqe.dw0), (Status::SUCCESS, 1 | (1 << 16)));
+    // Reconnecting QID 1 works while the old queue object still exists...
+    let (mut new, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::SUCCESS);
+    // ...the old one is still dead after re-enabling...
+    let mut c = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
+    assert_eq!(
+        done(old.execute(&mut c, Instant::now())).cqe.status,
+        Status::ABORTED_SQ_DELETION
+    );
+    assert!(old.poll_timers(Instant::now()).is_some());
+    // ...and its teardown does not free the new queue's QID.
+    drop(old);
+    assert_eq!(ctrl.live_io_queues(), 1);
+    let (_, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::CONNECT_INVALID_PARAMETERS, "QID 1 is taken");
+    let mut c = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
+    assert!(matches!(
+        new.execute(&mut c, Instant::now()),
+        Outcome::Io { .. }
+    ));
+}
+
+#[test]
+fn disconnect_ends_the_io_queue_and_frees_its_qid() {
+    let t = target();
+    let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
+    let (mut io, _) = io_queue(&t, 1, cntlid);
+    assert_eq!(io.wants_close(), None);
+    let r = done(io.execute(&mut capsule(disconnect_sqe(), &[], 0), Instant::now()));
+    assert_eq!((r.cqe.status, r.cqe.cid), (Status::SUCCESS, 7));
+    assert!(io.wants_close().is_some());
+    let mut c = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
+    assert_eq!(
+        done(io.execute(&mut c, Instant::now())).cqe.status,
+        Status::COMMAND_SEQUENCE_ERROR,
+        "nothing runs on a disconnected queue"
+    );
+    let (again, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::SUCCESS, "the QID is free right after Disconnect");
+    drop(io);
+    assert_eq!(again.controller().unwrap().live_io_queues(), 1);
+    // Disconnect is for I/O queues; the admin queue ends by closing its connection.
+    let r = done(aq.execute(&mut capsule(disconnect_sqe(), &[], 0), Instant::now()));
+    assert_eq!(r.cqe.status, Status::INVALID_OPCODE);
+    assert_eq!(aq.wants_close(), None);
+}
+
+#[test]
+fn enable_checks_cc_and_sets_fatal_status() {
+    let t = target();
+    for (cc, why) in [
+        (1u64, "IOSQES/IOCQES 0"),
+        (1 | (7 << 16) | (4 << 20), "IOSQES 7"),
+        (1 | (6 << 16) | (5 << 20), "IOCQES 5"),
+        (CC_ENABLE | (1 << 7), "MPS 8 KiB above MPSMAX"),
+        (CC_ENABLE | (1 << 4), "CSS 1"),
+        (CC_ENABLE | (1 << 11), "AMS weighted round robin"),
+    ] {
+        let mut qp = QueuePair::new(t.clone());
+        connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
+        assert_eq!(
+            prop(&mut qp, true, property::CC, 4, cc).cqe.status,
+            Status::SUCCESS
+        );
+        let s = csts(&mut qp);
+        assert_eq!(s & 3, 2, "{why}: CSTS.CFS set, RDY clear");
+        assert!(!qp
+            .controller()
+            .unwrap()
+            .ready
+            .load(std::sync::atomic::Ordering::Acquire));
+        let (s, _) = identify(&mut qp, cns::CONTROLLER, 0);
+        assert_eq!(s, Status::COMMAND_SEQUENCE_ERROR, "{why}");
+    }
+    // CAP reports what the check enforces.
+    let mut qp = QueuePair::new(t.clone());
+    connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
+    let r = prop(&mut qp, false, property::CAP, 8, 0);
+    let cap = r.cqe.dw0 as u64 | ((r.cqe.dw1 as u64) << 32);
+    assert_eq!(((cap >> 48) & 0xf, (cap >> 52) & 0xf), (0, 0), "MPSMIN/MAX");
+    assert_eq!((cap >> 37) & 0xff, 1, "CSS: NVM only");
+    assert_eq!((cap >> 17) & 3, 0, "AMS: round robin only");
+}
+
+#[test]
+fn kato_is_rounded_up_to_the_keep_alive_granularity() {
+    let t = target();
+    let t0 = Instant::now();
+    let mut qp = QueuePair::new(t.clone());
+    let data = ConnectData {
+        hostid: [1; 16],
+        cntlid: 0xffff,
+        subnqn: NQN.into(),
+        hostnqn: HOST_A.into(),
+    };
+    let sqe = ConnectCommand {
+        recfmt: 0,
+        qid: 0,
+        sqsize: 31,
+        cattr: 0,
+        kato_ms: 1,
+    }
+    .to_sqe(1, 1024);
+    let r = done(qp.execute(&mut capsule(sqe, &data.encode(), 1024), t0));
+    assert_eq!(r.cqe.status, Status::SUCCESS);
+    prop(&mut qp, true, property::CC, 4, CC_ENABLE);
+    let (_, id) = identify(&mut qp, cns::CONTROLLER, 0);
+    let kas = u16::from_le_bytes([id[320], id[321]]) as u32 * 100;
+    assert_eq!(kas, 1000);
+    assert_eq!(
+        get_features(&mut qp, feature::KEEP_ALIVE_TIMER, 0).cqe.dw0,
+        kas,
+        "1 ms becomes one granule"
+    );
+    assert_eq!(
+        qp.poll_timers(t0 + Duration::from_millis(500)),
+        None,
+        "not expired after 1 ms"
+    );
+    assert!(qp.poll_timers(t0 + Duration::from_millis(1001)).is_some());
+    assert_eq!(
+        set_features(&mut qp, feature::KEEP_ALIVE_TIMER, 1500)
+            .cqe
+            .status,
+        Status::SUCCESS
+    );
+    assert_eq!(
+        get_features(&mut qp, feature::KEEP_ALIVE_TIMER, 0).cqe.dw0,
+        2000
+    );
+    set_features(&mut qp, feature::KEEP_ALIVE_TIMER, 0);
+    assert_eq!(
+        get_features(&mut qp, feature::KEEP_ALIVE_TIMER, 0).cqe.dw0,
+        0
+    );
+    assert_eq!(
+        qp.poll_timers(t0 + Duration::from_secs(3600)),
+        None,
+        "0 disables"
+    );
+}
+
+#[test]
+fn get_features_select_reports_current_default_and_capabilities() {
+    let t = target();
+    let (mut aq, _) = admin(&t, NQN, HOST_A);
+    set_features(&mut aq, feature::NUMBER_OF_QUEUES, 0);
+    assert_eq!(
+        get_features(&mut aq, feature::NUMBER_OF_QUEUES, 0).cqe.dw0,
+        0
+    );
+    assert_eq!(
+        get_features(&mut aq, feature::NUMBER_OF_QUEUES, 1).cqe.dw0,
+        3 | (3 << 16),
+        "default: max_io_queues 4, 0-based"
+    );
+    assert_eq!(
+        get_features(&mut aq, feature::NUMBER_OF_QUEUES, 2).cqe.dw0,
+        3 | (3 << 16),
+        "saved = default (nothing is saveable)"
+    );
+    set_features(&mut aq, feature::ASYNC_EVENT_CONFIG, 1 << 8);
+    assert_eq!(
+        get_features(&mut aq, feature::ASYNC_EVENT_CONFIG, 0)
+            .cqe
+            .dw0,
+        1 << 8
+    );
+    assert_eq!(
+        get_features(&mut aq, feature::ASYNC_EVENT_CONFIG, 1)
+            .cqe
+            .dw0,
+        0
+    );
+    for fid in [
+        feature::KEEP_ALIVE_TIMER,
+        feature::ASYNC_EVENT_CONFIG,
+        feature::NUMBER_OF_QUEUES,
+    ] {
+        let r = get_features(&mut aq, fid, 3);
+        assert_eq!(
+            (r.cqe.status, r.cqe.dw0),
+            (Status::SUCCESS, 0b100),
+            "fid {fid:#x}: changeable, not saveable, not per namespace"
+        );
+    }
+    // Unsupported features are Invalid Field whatever SEL says; reserved SEL values too.
+    for sel in 0..4 {
+        assert_eq!(
+            get_features(&mut aq, 0x7e, sel).cqe.status,
+            Status::INVALID_FIELD
+        );
+    }
+    assert_eq!(
+        get_features(&mut aq, feature::VOLATILE_WRITE_CACHE, 3)
+            .cqe
+            .status,
+        Status::INVALID_FIELD,
+        "no volatile cache behind these namespaces"
+    );
+    assert_eq!(
+        get_features(&mut aq, feature::KEEP_ALIVE_TIMER, 4)
+            .cqe
+            .status,
+        Status::INVALID_FIELD
+    );
+    // A discovery controller has no Number of Queues.
+    let (mut dq, _) = admin(&t, DISCOVERY_NQN, HOST_A);
+    assert_eq!(
+        get_features(&mut dq, feature::NUMBER_OF_QUEUES, 3)
+            .cqe
+            .status,
+        Status::INVALID_FIELD
+    );
+}
+
+#[test]
+fn identify_reports_what_is_implemented() {
+    let t = target();
+    let (mut aq, _) = admin(&t, NQN, HOST_A);
+    let (_, id) = identify(&mut aq, cns::CONTROLLER, 0);
+    let vs = u32::from_le_bytes(id[80..84].try_into().unwrap());
+    assert_eq!(vs, 0x0001_0400, "1.4");
+    assert_eq!(vs as u64, {
+        let r = prop(&mut aq, false, property::VS, 4, 0);
+        r.cqe.dw0 as u64
+    });
+    assert_eq!(
+        u32::from_le_bytes(id[96..100].try_into().unwrap()) & 1,
+        1,
+        "CTRATT: 128-bit host identifier"
+    );
+    assert_eq!(
+        u32::from_le_bytes(id[92..96].try_into().unwrap()),
+        0,
+        "OAES: nothing raises optional events yet"
+    );
+    assert_eq!(id[111], 1, "CNTRLTYPE (1.4)");
+    // 2.0 structures are not there.
+    assert_eq!(identify(&mut aq, 0x06, 0).0, Status::INVALID_FIELD);
+    assert_eq!(identify(&mut aq, 0x05, 1).0, Status::INVALID_FIELD);
+    let (s, desc) = identify(&mut aq, cns::NAMESPACE_DESCRIPTORS, 1);
+    assert_eq!(s, Status::SUCCESS);
+    let mut o = 0;
+    let mut types = Vec::new();
+    while o + 4 <= desc.len() && desc[o] != 0 {
+        types.push(desc[o]);
+        o += 4 + desc[o + 1] as usize;
+    }
+    assert!(
+        !types.contains(&4),
+        "no NIDT 4 (command set identifier, 2.0) with VS 1.4: {types:?}"
+    );
+}
+
+fn get_log(qp: &mut QueuePair, lid: u8, len: u32, rae: bool) -> (Response, Vec<u8>) {
+    let numd = len / 4 - 1;
+    let sqe = Sqe {
+        opcode: opcode::ADMIN_GET_LOG_PAGE,
+        cdw10: lid as u32 | ((rae as u32) << 15) | (numd << 16),
+        dptr: SglDescriptor::transport(len),
+        flags: 0x40,
+        ..Default::default()
+    };
+    let (r, cap) = admin_cmd(qp, sqe, len);
+    (r, cap.buf.unwrap().as_slice()[..len as usize].to_vec())
+}
+
+fn entries(page: &[u8]) -> Vec<nvmfd_transport::proto::fabrics::DiscoveryLogEntry> {
+    let n = u64::from_le_bytes(page[8..16].try_into().unwrap()) as usize;
+    (0..n)
+        .map(|i| {
+            nvmfd_transport::proto::fabrics::DiscoveryLogEntry::decode(
+                page[1024 * (i + 1)..1024 * (i + 2)].try_into().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn held_aers_complete_with_enabled_events_and_stay_masked_until_the_log_is_read() {
+    let t = target();
+    let mut dq = QueuePair::new(t.clone());
+    dq.set_local_addr("127.0.0.1:4420".parse().unwrap());
+    connect_cmd(
+        &mut dq,
+        0,
+        31,
+        0xffff,
+        DISCOVERY_NQN,
+        HOST_A,
+        Instant::now(),
+    );
+    prop(&mut dq, true, property::CC, 4, CC_ENABLE);
+    let g0 = get_log(&mut dq, log_page::DISCOVERY, 1024, false).1;
+    let genctr0 = u64::from_le_bytes(g0[0..8].try_into().unwrap());
+    assert_eq!(aer(&mut dq, 11), Outcome::Held);
+    // Not enabled: the change moves the generation counter but completes nothing.
+    t.discovery_changed();
+    assert_eq!(dq.next_action(), None);
+    let g1 = get_log(&mut dq, log_page::DISCOVERY, 1024, false).1;
+    let genctr1 = u64::from_le_bytes(g1[0..8].try_into().unwrap());
+    assert_ne!(
+        genctr1, genctr0,
+        "the generation counter moves with the log"
+    );
+    // Enabled (AEC bit 31: discovery log page change notices).
+    assert_eq!(
+        set_features(&mut dq, feature::ASYNC_EVENT_CONFIG, 1 << 31)
+            .cqe
+            .status,
+        Status::SUCCESS
+    );
+    t.discovery_changed();
+    let Some(Action::Complete(r)) = dq.next_action() else {
+        panic!("the held AER completes")
+    };
+    assert_eq!((r.cqe.cid, r.cqe.status), (11, Status::SUCCESS));
+    assert_eq!(r.cqe.dw0, 0x02 | (0xf0 << 8) | (0x70 << 16));
+    assert_eq!(dq.next_action(), None);
+    // Another change before the host reads the log: masked, even with an AER held.
+    assert_eq!(aer(&mut dq, 12), Outcome::Held);
+    t.discovery_changed();
+    assert_eq!(dq.next_action(), None, "masked until the log is read");
+    // Reading with RAE set keeps it masked; reading without unmasks and the pending one comes.
+    get_log(&mut dq, log_page::DISCOVERY, 1024, true);
+    assert_eq!(dq.next_action(), None);
+    get_log(&mut dq, log_page::DISCOVERY, 1024, false);
+    let Some(Action::Complete(r)) = dq.next_action() else {
+        panic!("the pending event completes the second AER")
+    };
+    assert_eq!(r.cqe.cid, 12);
+    // Events raised for NVM subsystems do not reach discovery controllers.
+    let (mut aq, _) = admin(&t, NQN, HOST_A);
+    set_features(&mut aq, feature::ASYNC_EVENT_CONFIG, 1 << 8);
+    assert_eq!(aer(&mut aq, 5), Outcome::Held);
+    t.discovery_changed();
+    assert_eq!(aq.next_action(), None);
+    t.raise_event(SubsysRef::Nvm(0), AsyncEvent::NamespaceAttributeChanged);
+    let Some(Action::Complete(r)) = aq.next_action() else {
+        panic!("namespace attribute notice")
+    };
+    assert_eq!((r.cqe.cid, r.cqe.dw0), (5, 0x02 | (0x04 << 16)));
+}
+
+fn wildcard_target() -> Arc<Target> {
+    target_from(
+        r#"
+bdevs:
+  - { name: a, malloc: { size: 1MiB } }
+subsystems:
+  - nqn: nqn.2026-11.io.nvmfd:t1
+    namespaces: [ { bdev: a } ]
+    listeners:
+      - { address: 0.0.0.0, port: 4420 }
+      - { address: "::", port: 4421 }
+      - { address: 192.0.2.7, port: 4422 }
+"#,
+    )
+}
+
+fn discovery_entries(
+    t: &Arc<Target>,
+    local: &str,
+) -> Vec<nvmfd_transport::proto::fabrics::DiscoveryLogEntry> {
+    let mut dq = QueuePair::new(t.clone());
+    dq.set_local_addr(local.parse().unwrap());
+    connect_cmd(
+        &mut dq,
+        0,
+        31,
+        0xffff,
+        DISCOVERY_NQN,
+        HOST_A,
+        Instant::now(),
+    );
+    prop(&mut dq, true, property::CC, 4, CC_ENABLE);
+    let (r, page) = get_log(&mut dq, log_page::DISCOVERY, 8192, false);
+    assert_eq!(r.cqe.status, Status::SUCCESS);
+    entries(&page)
+}
+
+#[test]
+fn discovery_advertises_the_arrival_address_for_wildcard_listeners() {
+    use nvmfd_transport::proto::fabrics::subtype;
+    let t = wildcard_target();
+    let e = discovery_entries(&t, "127.0.0.1:4420");
+    let got: Vec<(u8, &str, &str, u8, &str)> = e
+        .iter()
+        .map(|e| {
+            (
+                e.subtype,
+                e.subnqn.as_str(),
+                e.traddr.as_str(),
+                e.adrfam,
+                e.trsvcid.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                subtype::CURRENT_DISCOVERY,
+                DISCOVERY_NQN,
+                "127.0.0.1",
+                1,
+                "4420"
+            ),
+            (subtype::NVME, NQN, "127.0.0.1", 1, "4420"),
+            (subtype::NVME, NQN, "127.0.0.1", 1, "4421"),
+            (subtype::NVME, NQN, "192.0.2.7", 1, "4422"),
+        ]
+    );
+    for x in &e {
+        assert_eq!(x.treq, 0x02, "secure channel not required");
+        assert_eq!(x.tsas, [0; 4], "TCP SECTYPE none");
+        assert_eq!(
+            x.asqsz, 128,
+            "ASQSZ: the admin queue entries Connect accepts"
+        );
+        assert_eq!(x.cntlid, 0xffff);
+    }
+    assert_eq!(e[0].portid, 1);
+    assert_eq!(e[2].portid, 2);
+    // ...and Connect on an admin queue accepts exactly that many entries.
+    let mut qp = QueuePair::new(t.clone());
+    let r = connect_cmd(&mut qp, 0, 128, 0xffff, NQN, HOST_A, Instant::now());
+    assert_eq!(
+        r.cqe.status,
+        Status::CONNECT_INVALID_PARAMETERS,
+        "129 entries"
+    );
+    let r = connect_cmd(&mut qp, 0, 127, 0xffff, NQN, HOST_A, Instant::now());
+    assert_eq!(r.cqe.status, Status::SUCCESS, "128 entries");
+    // Over IPv6 (the `::` listener): the IPv4 wildcard cannot be reached at ::1 and is left out.
+    let e = discovery_entries(&t, "[::1]:4421");
+    let got: Vec<(u8, &str, u8, &str)> = e
+        .iter()
+        .map(|e| (e.subtype, e.traddr.as_str(), e.adrfam, e.trsvcid.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (subtype::CURRENT_DISCOVERY, "::1", 2, "4421"),
+            (subtype::NVME, "::1", 2, "4421"),
+            (subtype::NVME, "192.0.2.7", 1, "4422"),
+        ]
+    );
+    // An IPv4 host on the dual-stack `::` listener is seen as IPv4.
+    let e = discovery_entries(&t, "[::ffff:10.1.2.3]:4421");
+    assert_eq!(
+        (e[0].traddr.as_str(), e[0].adrfam, e[0].trsvcid.as_str()),
+        ("10.1.2.3", 1, "4421")
+    );
+    assert!(e
+        .iter()
+        .all(|x| !x.traddr.contains("0.0.0.0") && x.traddr != "::"));
+}
+
+#[test]
+fn discovery_genctr_follows_the_configuration() {
+    let a = wildcard_target();
+    let b = wildcard_target();
+    assert_eq!(
+        a.discovery_genctr(),
+        b.discovery_genctr(),
+        "same config, same log"
+    );
+    let c = target();
+    assert_ne!(a.discovery_genctr(), c.discovery_genctr());
+    let before = a.discovery_genctr();
+    a.discovery_changed();
+    assert_ne!(a.discovery_genctr(), before);
+}
+
+#[test]
+fn cntlid_ranges_bound_the_controller_ids() {
+    let t = target_from(
+        r#"
+bdevs:
+  - { name: a, malloc: { size: 1MiB } }
+  - { name: b, malloc: { size: 1MiB } }
+subsystems:
+  - nqn: nqn.2026-11.io.nvmfd:t1
+    cntlid_min: 100
+    cntlid_max: 101
+    namespaces: [ { bdev: a } ]
+    listeners: [ { address: 127.0.0.1 } ]
+  - nqn: nqn.2026-11.io.nvmfd:t2
+    cntlid_min: 100
+    cntlid_max: 100
+    namespaces: [ { bdev: b } ]
+    listeners: [ { address: 127.0.0.1 } ]
+"#,
+    );
+    let (a, c1) = admin(&t, NQN, HOST_A);
+    let (_b, c2) = admin(&t, NQN, HOST_B);
+    assert_eq!((c1.min(c2), c1.max(c2)), (100, 101));
+    let mut qp = QueuePair::new(t.clone());
+    let r = connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
+    assert_eq!(
+        r.cqe.status,
+        Status::CONNECT_CONTROLLER_BUSY,
+        "range exhausted"
+    );
+    // Another subsystem has its own IDs: 100 again, and an I/O queue finds the right one.
+    let (_o, c3) = admin(&t, "nqn.2026-11.io.nvmfd:t2", HOST_A);
+    assert_eq!(c3, 100);
+    let mut io = QueuePair::new(t.clone());
+    let r = connect_cmd(
+        &mut io,
+        1,
+        31,
+        c3,
+        "nqn.2026-11.io.nvmfd:t2",
+        HOST_A,
+        Instant::now(),
+    );
+    assert_eq!(r.cqe.status, Status::SUCCESS);
+    assert_eq!(io.controller().unwrap().subsys, SubsysRef::Nvm(1));
+    drop(a);
+    let r = connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
+    assert_eq!((r.cqe.status, r.cqe.dw0 as u16), (Status::SUCCESS, c1));
+}
+
+#[test]
+fn refused_connects_are_counted_against_a_log_budget() {
+    use nvmfd_transport::logsafe::LogDecision;
+    let t = target();
+    let mut qp = QueuePair::new(t.clone());
+    for _ in 0..30 {
+        let r = connect_cmd(&mut qp, 0, 31, 0xffff, LOCKED, HOST_B, Instant::now());
+        assert_eq!(r.cqe.status, Status::CONNECT_INVALID_HOST);
+    }
+    // 30 refusals counted: the 31st event is past the burst and not on the periodic line.
+    assert_eq!(t.connect_refusal_log(), LogDecision::Suppress);
+}
+
+#[test]
+fn a_stale_claim_never_takes_a_newer_epochs_qid() {
+    let t = target();
+    let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
+    let ctrl = aq.controller().unwrap().clone();
+    let old = ctrl.epoch();
+    prop(&mut aq, true, property::CC, 4, 0);
+    prop(&mut aq, true, property::CC, 4, CC_ENABLE);
+    let (_new, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::SUCCESS);
+    // A Connect that read the epoch before the reset loses.
+    assert!(!ctrl.claim_qid(1, old), "held by the newer epoch");
+    assert!(!ctrl.claim_qid(2, old), "a free QID with a stale epoch");
+    assert_eq!(ctrl.live_io_queues(), 1);
+    assert!(ctrl.claim_qid(2, ctrl.epoch()));
 }

@@ -140,8 +140,21 @@ pub mod trtype {
 
 /// Subsystem types in discovery log entries.
 pub mod subtype {
+    /// A referral to another discovery subsystem.
     pub const DISCOVERY: u8 = 1;
     pub const NVME: u8 = 2;
+    /// The discovery subsystem that returned the log (TP 8013/8014, NVMe base 2.0).
+    pub const CURRENT_DISCOVERY: u8 = 3;
+}
+
+/// TREQ (transport requirements) bits of a discovery log entry.
+pub mod treq {
+    /// Bits 1:0 = 10b: a secure channel is not required.
+    pub const SECURE_CHANNEL_NOT_REQUIRED: u8 = 0b10;
+    /// Bits 1:0 = 01b: a secure channel is required.
+    pub const SECURE_CHANNEL_REQUIRED: u8 = 0b01;
+    /// Bit 2: the subsystem supports disabling SQ flow control.
+    pub const SQ_FLOW_CONTROL_DISABLE: u8 = 1 << 2;
 }
 
 /// One 1024-byte discovery log page entry.
@@ -155,6 +168,9 @@ pub struct DiscoveryLogEntry {
     pub portid: u16,
     pub cntlid: u16,
     pub asqsz: u16,
+    /// Entry flags (TP 8013): bit 0 duplicate returned information, bit 1 explicit persistent
+    /// connection support for discovery, bit 2 no CDC connectivity.
+    pub eflags: u16,
     pub trsvcid: String,
     pub subnqn: String,
     pub traddr: String,
@@ -176,6 +192,7 @@ impl DiscoveryLogEntry {
         le::put_u16(&mut b, 4, self.portid);
         le::put_u16(&mut b, 6, self.cntlid);
         le::put_u16(&mut b, 8, self.asqsz);
+        le::put_u16(&mut b, 10, self.eflags);
         put_str(&mut b[32..64], &self.trsvcid, b' ');
         put_str(&mut b[256..512], &self.subnqn, 0);
         put_str(&mut b[512..768], &self.traddr, b' ');
@@ -194,6 +211,7 @@ impl DiscoveryLogEntry {
             portid: le::u16(b, 4),
             cntlid: le::u16(b, 6),
             asqsz: le::u16(b, 8),
+            eflags: le::u16(b, 10),
             trsvcid: get_str(&b[32..64]),
             subnqn: get_str(&b[256..512]),
             traddr: get_str(&b[512..768]),
@@ -259,6 +277,7 @@ mod tests {
             portid: 1,
             cntlid: 0xffff,
             asqsz: 32,
+            eflags: 0x0102,
             trsvcid: "4420".into(),
             subnqn: "nqn.a".into(),
             traddr: "127.0.0.1".into(),
@@ -266,6 +285,7 @@ mod tests {
         };
         let b = e.encode();
         assert_eq!(&b[32..38], b"4420  ");
+        assert_eq!(&b[10..12], &[0x02, 0x01], "EFLAGS little endian at byte 10");
         assert_eq!(DiscoveryLogEntry::decode(&b), e);
     }
 }

@@ -412,10 +412,11 @@ fn decide_pci(topo: &Topology, provider: Bdf, client: Bdf, rdma: Option<&str>) -
     } else {
         MapType::BusAddress
     };
+    let mut host_findings = Vec::new();
     let mut host_ok = true;
     if must_cross_root {
         if topo.cpu.supports_p2pdma() {
-            findings.push(Finding {
+            host_findings.push(Finding {
                 rule: "amd_zen_root_complex",
                 severity: Severity::Info,
                 devices: vec![],
@@ -438,7 +439,7 @@ fn decide_pci(topo: &Topology, provider: Bdf, client: Bdf, rdma: Option<&str>) -
             };
             for (host, w) in verdicts {
                 match w {
-                    Whitelist::Listed { vendor, device, at } => findings.push(Finding {
+                    Whitelist::Listed { vendor, device, at } => host_findings.push(Finding {
                         rule: "host_bridge_whitelisted",
                         severity: Severity::Info,
                         devices: vec![at],
@@ -450,7 +451,7 @@ fn decide_pci(topo: &Topology, provider: Bdf, client: Bdf, rdma: Option<&str>) -
                     }),
                     Whitelist::NeedsSameHostBridge { vendor, device, at } => {
                         host_ok = false;
-                        findings.push(Finding {
+                        host_findings.push(Finding {
                             rule: "host_bridge_not_shared",
                             severity: Severity::Block,
                             devices: vec![at],
@@ -469,7 +470,7 @@ fn decide_pci(topo: &Topology, provider: Bdf, client: Bdf, rdma: Option<&str>) -
                     }
                     Whitelist::NotListed { vendor, device, at } => {
                         host_ok = false;
-                        findings.push(Finding {
+                        host_findings.push(Finding {
                             rule: "host_bridge_not_whitelisted",
                             severity: Severity::Block,
                             devices: vec![at],
@@ -488,7 +489,7 @@ fn decide_pci(topo: &Topology, provider: Bdf, client: Bdf, rdma: Option<&str>) -
                     }
                     Whitelist::NoHostBridgeDevice => {
                         host_ok = false;
-                        findings.push(Finding {
+                        host_findings.push(Finding {
                             rule: "host_bridge_unknown",
                             severity: Severity::Block,
                             devices: vec![],
@@ -608,6 +609,7 @@ fn decide_pci(topo: &Topology, provider: Bdf, client: Bdf, rdma: Option<&str>) -
         });
     }
 
+    findings.append(&mut host_findings);
     beyond_kernel(
         topo,
         provider,

@@ -160,20 +160,22 @@ impl PciFunction {
         match self.class >> 8 {
             0x0108 if self.class & 0xff == 0x02 => "NVMe SSD",
             0x0108 => "non-volatile memory controller",
-            0x0100..=0x01ff => "storage controller",
             0x0200 => "Ethernet controller",
             0x0207 => "InfiniBand controller",
-            0x0200..=0x02ff => "network controller",
-            0x0300..=0x03ff => "display controller",
-            0x0500..=0x05ff => "memory controller",
             0x0600 => "host bridge",
             0x0601 => "ISA bridge",
             0x0604 => "PCI bridge",
-            0x0600..=0x06ff => "bridge",
             0x0c03 => "USB controller",
-            0x0c00..=0x0cff => "serial bus controller",
-            0x1200..=0x12ff => "processing accelerator",
-            _ => "device",
+            c => match c >> 8 {
+                0x01 => "storage controller",
+                0x02 => "network controller",
+                0x03 => "display controller",
+                0x05 => "memory controller",
+                0x06 => "bridge",
+                0x0c => "serial bus controller",
+                0x12 => "processing accelerator",
+                _ => "device",
+            },
         }
     }
 
@@ -614,8 +616,8 @@ impl Topology {
 
 fn last_bdf(p: &Path) -> Option<Bdf> {
     p.components()
-        .filter_map(|c| c.as_os_str().to_str()?.parse::<Bdf>().ok())
-        .last()
+        .rev()
+        .find_map(|c| c.as_os_str().to_str()?.parse::<Bdf>().ok())
 }
 
 fn parse_gid(s: &str) -> Option<Ipv6Addr> {

@@ -15,7 +15,7 @@ fn size_label(n: u64) -> String {
         (1 << 10, "KiB"),
     ];
     for (u, name) in UNITS {
-        if n >= u && n % u == 0 {
+        if n >= u && n & (u - 1) == 0 {
             return format!("{} {name}", n / u);
         }
     }

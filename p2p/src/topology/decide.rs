@@ -536,8 +536,8 @@ fn decide_pci(topo: &Topology, provider: Bdf, client: Bdf, rdma: Option<&str>) -
                 )
             } else {
                 format!(
-                    "no common upstream bridge: the paths meet only in the root complex (below \
-                     {} and {}){}",
+                    "no common upstream bridge: the paths meet only in the root complex (their \
+                     tops: {} and {}){}",
                     tops[0].map(|b| b.to_string()).unwrap_or_default(),
                     tops[1].map(|b| b.to_string()).unwrap_or_default(),
                     if map_type == MapType::None {

@@ -37,6 +37,31 @@ impl Sources {
     }
 }
 
+/// JSON spelling of IDs and addresses: hexadecimal strings (`"0x8086"`, `"0x010802"`,
+/// `"0x1004000000"`), so 64-bit addresses survive readers that hold numbers as doubles.
+mod hex {
+    use serde::Serializer;
+
+    pub fn u16<S: Serializer>(v: &u16, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{v:#06x}"))
+    }
+
+    pub fn u32<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{v:#08x}"))
+    }
+
+    pub fn u64<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{v:#x}"))
+    }
+
+    pub fn opt_u64<S: Serializer>(v: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => u64(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// A link's speed and width as sysfs reports them.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Link {
@@ -82,6 +107,7 @@ pub struct Bar {
     /// BAR index 0..=5.
     pub index: u8,
     /// CPU physical start address (`resource`).
+    #[serde(serialize_with = "hex::u64")]
     pub cpu_start: u64,
     /// Size in bytes.
     pub size: u64,
@@ -92,6 +118,7 @@ pub struct Bar {
     /// 64-bit BAR.
     pub is_64: bool,
     /// The address the device decodes on the bus (config space), if readable and programmed.
+    #[serde(serialize_with = "hex::opt_u64")]
     pub bus_address: Option<u64>,
 }
 
@@ -114,14 +141,19 @@ pub struct PciFunction {
     /// bridge above its PF), `None` on a root bus.
     pub parent: Option<Bdf>,
     /// Vendor ID.
+    #[serde(serialize_with = "hex::u16")]
     pub vendor: u16,
     /// Device ID.
+    #[serde(serialize_with = "hex::u16")]
     pub device: u16,
     /// Class code (base, sub, prog-if).
+    #[serde(serialize_with = "hex::u32")]
     pub class: u32,
     /// Subsystem vendor ID.
+    #[serde(serialize_with = "hex::u16")]
     pub subsystem_vendor: u16,
     /// Subsystem device ID.
+    #[serde(serialize_with = "hex::u16")]
     pub subsystem_device: u16,
     /// Header type 0 (endpoint), 1 (bridge), 2 (CardBus), if readable.
     pub header_type: Option<u8>,

@@ -135,8 +135,8 @@ pub enum AcsState {
         /// ACS Control register.
         control: u16,
     },
-    /// The extended configuration space could not be read (fewer than 4096 bytes: not root,
-    /// or a conventional PCI function).
+    /// The configuration space could not be read past the header (fewer than 256 bytes: the
+    /// reader is not root).
     Unreadable,
 }
 
@@ -251,8 +251,14 @@ impl ConfigSpace {
     /// header means none). `Err(())` when the extended space is not readable.
     #[allow(clippy::result_unit_err)]
     pub fn find_ext_capability(&self, id: u16) -> Result<Option<usize>, ()> {
-        if self.bytes.len() < 0x104 {
+        // 256 bytes is a whole conventional configuration space (no extended space at all,
+        // Linux `pci_find_next_ext_capability()` gives up the same way); less is a partial
+        // read (64 bytes without CAP_SYS_ADMIN).
+        if self.bytes.len() < 0x100 {
             return Err(());
+        }
+        if self.bytes.len() < 0x104 {
+            return Ok(None);
         }
         let mut pos = 0x100usize;
         // Each extended capability takes at least 8 bytes.
@@ -402,6 +408,13 @@ mod tests {
             }
         );
         assert_eq!(acs_bit_names(0x000d), vec!["SV", "RR", "CR"]);
+    }
+
+    #[test]
+    fn a_conventional_256_byte_config_has_no_acs() {
+        let mut c = header(0);
+        c.truncate(256);
+        assert_eq!(ConfigSpace::new(c).acs(), AcsState::Absent);
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub fn function_line(topo: &Topology, f: &PciFunction) -> String {
     if let Some(l) = &f.current_link {
         let _ = write!(s, "  link {}", l.label());
         if let Some(m) = &f.max_link {
-            if m != l {
+            if m != l && m.speed_gts.is_some() && m.width.is_some() {
                 let _ = write!(s, " (max {})", m.label());
             }
         }

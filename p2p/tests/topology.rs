@@ -783,3 +783,76 @@ fn the_rig_guest_permits_the_switch_pair_with_bus_addresses() {
     assert_eq!(d.map_type, MapType::None);
     assert_eq!(d.distance, Some(5));
 }
+
+/// A tree captured from the rig's QEMU guest by tests/guest/capture.sh (Linux 6.1, q35 with
+/// `-cpu max` under TCG: AuthenticAMD family 0xf; an ioh3420 root port at 00:06.0 with an x3130
+/// switch, NVMe SSDs at 03:00.0 (64 MiB CMB) and 04:00.0 on its two downstream ports, a second
+/// root port 00:07.0 with an SSD at 05:00.0, soft-RoCE rxe0 on eth0; no IOMMU).
+#[test]
+fn captured_qemu_q35_switch_tree() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/qemu-q35-switch");
+    let topo = Topology::load(&nvmfd_p2p::topology::Sources::new(
+        &root.join("sys"),
+        &root.join("proc"),
+    ))
+    .unwrap();
+    assert_eq!(topo.cpu.vendor_id.as_deref(), Some("AuthenticAMD"));
+    assert_eq!(topo.cpu.family, Some(15));
+    assert!(!topo.cpu.supports_p2pdma());
+    assert_eq!(topo.nvme_functions().len(), 3);
+    let port = |s: &str| topo.get(b(s)).unwrap().port_type;
+    assert_eq!(port("0000:00:06.0"), Some(PortType::RootPort));
+    assert_eq!(port("0000:01:00.0"), Some(PortType::SwitchUpstream));
+    assert_eq!(port("0000:02:01.0"), Some(PortType::SwitchDownstream));
+    assert_eq!(port("0000:03:00.0"), Some(PortType::Endpoint));
+    // QEMU's switch ports have no ACS; the ICH9 functions have a 256-byte (conventional) space.
+    for f in topo.functions.values() {
+        assert_eq!(f.acs, nvmfd_p2p::topology::AcsState::Absent, "{}", f.bdf);
+    }
+    assert_eq!(topo.get(b("0000:00:1f.2")).unwrap().config_bytes, 256);
+    let ssd = topo.get(b("0000:03:00.0")).unwrap();
+    assert_eq!(ssd.driver.as_deref(), Some("nvme"));
+    let cmb = ssd.bars.iter().find(|b| b.index == 2).expect("CMB BAR 2");
+    assert_eq!(cmb.size, 64 << 20);
+    assert!(cmb.prefetchable && cmb.is_64);
+    assert_eq!(cmb.bus_address, Some(cmb.cpu_start), "x86: no bus offset");
+    assert_eq!(ssd.current_link.as_ref().unwrap().speed_gts, Some(2.5));
+    assert_eq!(
+        topo.nvme_device_bdf("/dev/nvme2n1"),
+        Some(b("0000:05:00.0"))
+    );
+    let rxe = topo.rdma_device("rxe0").unwrap();
+    assert_eq!((rxe.pci, rxe.software.as_deref()), (None, Some("rxe")));
+    assert_eq!(rxe.parent_netdev.as_deref(), Some("eth0"));
+    let names = |a: &str| -> Vec<String> {
+        topo.rdma_devices_for_address(a.parse().unwrap())
+            .iter()
+            .map(|d| d.name.clone())
+            .collect()
+    };
+    assert_eq!(names("10.0.2.15"), vec!["rxe0"]);
+    assert_eq!(names("fe80::5054:ff:fe12:3456"), vec!["rxe0"]);
+
+    // The two SSDs under the switch: bus addresses, distance 4, nothing to report.
+    let d = decide_pair(&topo, b("0000:03:00.0"), b("0000:04:00.0"));
+    assert!(d.permitted, "{d:#?}");
+    assert_eq!((d.map_type, d.distance), (MapType::BusAddress, Some(4)));
+    assert_eq!(
+        d.bridges,
+        vec![b("0000:02:00.0"), b("0000:01:00.0"), b("0000:02:01.0")]
+    );
+    assert!(d.findings.is_empty(), "{:#?}", d.findings);
+    // Across q35's two root ports: not on the whitelist, refused; distance 4 + 2.
+    let d = decide_pair(&topo, b("0000:03:00.0"), b("0000:05:00.0"));
+    assert!(!d.permitted);
+    assert_eq!((d.map_type, d.distance), (MapType::None, Some(6)));
+    assert!(finding(&d, "host_bridge_not_whitelisted")
+        .message
+        .contains("8086:29c0"));
+    // The soft-RoCE device.
+    let d = decide_rdma(&topo, b("0000:03:00.0"), "rxe0");
+    assert_eq!(rules(&d), vec![("rdma_not_pci", Severity::Block)]);
+    let tree = render_tree(&topo);
+    assert!(tree.contains("+- 00:06.0  [8086:3420] PCI bridge, root port (pcieport)  link 2.5 GT/s x1\n|  \\- 01:00.0  [104c:8232] PCI bridge, switch upstream port (pcieport)"), "{tree}");
+    assert!(!tree.contains("ACS"), "{tree}");
+}

@@ -6,7 +6,8 @@
 use clap::Args;
 use nvmfd_config::{BdevKind, Config, TransportKind};
 use nvmfd_p2p::topology::{
-    decide_pair, decide_rdma, render_decision, render_tree, Bdf, Decision, Sources, Topology,
+    decide_pair, decide_rdma, render_decision, render_matrix, render_tree, Bdf, Decision, Sources,
+    Topology,
 };
 use serde::Serialize;
 use std::io::Write;
@@ -218,6 +219,11 @@ fn report(args: &TopologyArgs) -> Result<(String, ExitCode), String> {
                 topo.nvme_functions().len(),
                 topo.rdma.len()
             ));
+        }
+        let decided: Vec<&Decision> = entries.iter().filter_map(|e| e.decision.as_ref()).collect();
+        if !decided.is_empty() {
+            s.push_str(&render_matrix(&decided));
+            s.push('\n');
         }
         print_entries(&mut s, &entries);
         for w in &topo.warnings {

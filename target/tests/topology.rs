@@ -94,6 +94,11 @@ fn human_report_shows_the_tree_and_every_rdma_device_by_ssd() {
         "{s}"
     );
     assert!(s.contains("          fix: use a hardware RDMA NIC"), "{s}");
+    // The matrix: SSDs down, RDMA devices across.
+    assert!(
+        s.contains("              mlx5_0   rxe0\n0000:03:00.0  BUS/4    SW\nLegend: BUS/n"),
+        "{s}"
+    );
 }
 
 #[test]

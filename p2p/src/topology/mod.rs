@@ -24,4 +24,4 @@ pub use config_space::{
 pub use decide::{decide_pair, decide_rdma, Decision, Finding, MapType, Peer, Severity};
 pub use host::{AcsRedirParam, CpuInfo, DevMatch, KernelParams};
 pub use model::{Bar, Gid, Link, PciFunction, RdmaDevice, RdmaPort, Sources, Topology};
-pub use render::{function_line, render_decision, render_tree};
+pub use render::{function_line, matrix_cell, render_decision, render_matrix, render_tree};

@@ -263,3 +263,72 @@ pub fn render_decision(d: &Decision) -> String {
     }
     out
 }
+
+/// One matrix cell: `BUS/4` (bus addresses, distance 4), `HOST/4` (through the host bridge),
+/// `NO/4` (refused), `SW` (software RDMA device), `?` (device missing).
+pub fn matrix_cell(d: &Decision) -> String {
+    if d.findings.iter().any(|f| f.rule == "rdma_not_pci") {
+        return "SW".into();
+    }
+    let Some(dist) = d.distance else {
+        return "?".into();
+    };
+    let kind = match (d.permitted, d.map_type) {
+        (true, super::decide::MapType::BusAddress) => "BUS",
+        (true, super::decide::MapType::ThroughHostBridge) => "HOST",
+        _ => "NO",
+    };
+    format!("{kind}/{dist}")
+}
+
+/// A provider × client matrix in the spirit of `nvidia-smi topo -m`: one row per provider, one
+/// column per client, in first-seen order, with a legend.
+pub fn render_matrix(decisions: &[&Decision]) -> String {
+    fn label(p: &super::decide::Peer) -> String {
+        match (&p.rdma, &p.pci) {
+            (Some(n), _) => n.clone(),
+            (None, Some(b)) => b.to_string(),
+            (None, None) => "?".into(),
+        }
+    }
+    let mut rows: Vec<String> = Vec::new();
+    let mut cols: Vec<String> = Vec::new();
+    for d in decisions {
+        let (r, c) = (label(&d.provider), label(&d.client));
+        if !rows.contains(&r) {
+            rows.push(r);
+        }
+        if !cols.contains(&c) {
+            cols.push(c);
+        }
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let w0 = rows.iter().map(|r| r.len()).max().unwrap_or(0).max(8);
+    let widths: Vec<usize> = cols.iter().map(|c| c.len().max(7)).collect();
+    let mut out = format!("{:<w0$}", "");
+    for (c, w) in cols.iter().zip(&widths) {
+        let _ = write!(out, "  {c:<w$}");
+    }
+    out = out.trim_end().to_string() + "\n";
+    for r in &rows {
+        let mut line = format!("{r:<w0$}");
+        for (c, w) in cols.iter().zip(&widths) {
+            let cell = decisions
+                .iter()
+                .find(|d| &label(&d.provider) == r && &label(&d.client) == c)
+                .map(|d| matrix_cell(d))
+                .unwrap_or_else(|| "-".into());
+            let _ = write!(line, "  {cell:<w$}");
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out.push_str(
+        "Legend: BUS/n = peer-to-peer with bus addresses, distance n (turns around in a switch)\n\
+         \x20       HOST/n = through the host bridge (the root complex forwards it)\n\
+         \x20       NO/n = refused   SW = software RDMA device (refused)   ? = device missing\n",
+    );
+    out
+}

@@ -518,6 +518,21 @@ fn a_software_rdma_device_is_refused() {
     assert!(f
         .message
         .contains("rxe0 is a software RDMA device (rxe on network device eth0)"));
+    // A hardware RDMA device on another bus (no `device` link to a PCI function, no `parent`).
+    let hns = fx.sysfs().join("class/infiniband/hns_0");
+    std::fs::create_dir_all(&hns).unwrap();
+    std::fs::write(hns.join("node_type"), "1: CA\n").unwrap();
+    let topo = load(&fx);
+    let dev = topo.rdma_device("hns_0").unwrap();
+    assert_eq!((dev.pci, dev.software.as_deref()), (None, None));
+    let d = decide_rdma(&topo, b("0000:03:00.0"), "hns_0");
+    assert!(!d.permitted);
+    let f = finding(&d, "rdma_not_pci");
+    assert!(
+        f.message.contains("hns_0 has no PCI function behind it"),
+        "{}",
+        f.message
+    );
     let missing = decide_rdma(&topo, b("0000:03:00.0"), "mlx5_9");
     assert_eq!(rules(&missing), vec![("device_missing", Severity::Block)]);
 }

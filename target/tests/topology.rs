@@ -93,7 +93,7 @@ fn human_report_shows_the_tree_and_every_rdma_device_by_ssd() {
         s.contains("-> rxe0 (rxe RDMA device on network device eth0)\n  REFUSED (map type none): rdma_not_pci\n  [block] rdma_not_pci: rxe0 is a software RDMA device"),
         "{s}"
     );
-    assert!(s.contains("          fix: use a hardware RDMA NIC"), "{s}");
+    assert!(s.contains("          fix: use a PCIe RDMA NIC"), "{s}");
     // The matrix: SSDs down, RDMA devices across.
     assert!(
         s.contains("              mlx5_0   rxe0\n0000:03:00.0  BUS/4    SW\nLegend: BUS/n"),
@@ -152,7 +152,7 @@ fn json_report_has_the_documented_keys() {
     assert!(r["findings"][0]["fix"]
         .as_str()
         .unwrap()
-        .contains("hardware RDMA NIC"));
+        .contains("PCIe RDMA NIC"));
 }
 
 #[test]

@@ -252,30 +252,44 @@ pub fn decide_rdma(topo: &Topology, provider: Bdf, rdma: &str) -> Decision {
     match dev.pci {
         Some(bdf) => decide_pci(topo, provider, bdf, Some(rdma)),
         None => {
-            let kind = dev.software.clone().unwrap_or_else(|| "software".into());
             let on = dev
                 .parent_netdev
                 .as_deref()
                 .map(|n| format!(" on network device {n}"))
                 .unwrap_or_default();
+            let (description, message) = match &dev.software {
+                Some(kind) => (
+                    format!("{kind} RDMA device{on}"),
+                    format!(
+                        "{rdma} is a software RDMA device ({kind}{on}), not a PCI function: the \
+                         CPU copies its data, so nothing can DMA to or from the SSD's memory for \
+                         it (Linux: \"cannot be used for peer-to-peer DMA as it is not a PCI \
+                         device\")"
+                    ),
+                ),
+                None => (
+                    "RDMA device that is not a PCI function".to_string(),
+                    format!(
+                        "{rdma} has no PCI function behind it (its sysfs `device` is missing or \
+                         on another bus): Linux refuses peer-to-peer DMA for it (\"not a PCI \
+                         device\")"
+                    ),
+                ),
+            };
             let mut d = Decision::unknown(
                 prov,
                 Peer {
                     pci: None,
                     rdma: Some(rdma.to_string()),
-                    description: format!("{kind} RDMA device{on}"),
+                    description,
                 },
                 Finding {
                     rule: "rdma_not_pci",
                     severity: Severity::Block,
                     devices: vec![],
-                    message: format!(
-                        "{rdma} is a software RDMA device ({kind}{on}), not a PCI function: the CPU \
-                         copies its data, so nothing can DMA to or from the SSD's memory for it \
-                         (Linux: \"cannot be used for peer-to-peer DMA as it is not a PCI device\")"
-                    ),
+                    message,
                     fix: Some(
-                        "use a hardware RDMA NIC (RoCE or InfiniBand) for P2P; with this device \
+                        "use a PCIe RDMA NIC (RoCE or InfiniBand) for P2P; with this device \
                          nvmfd serves the namespace from host memory"
                             .into(),
                     ),

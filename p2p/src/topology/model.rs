@@ -262,7 +262,8 @@ pub struct RdmaPort {
 pub struct RdmaDevice {
     /// Kernel name (`mlx5_0`, `rxe0`).
     pub name: String,
-    /// The PCI function that does its DMA, `None` for a software device.
+    /// The PCI function that does its DMA, `None` for a software device or one on another bus
+    /// (a platform device).
     pub pci: Option<Bdf>,
     /// Set for software devices: `rxe`, `siw` or `software`.
     pub software: Option<String>,
@@ -485,7 +486,7 @@ impl Topology {
                 Some("rxe".to_string())
             } else if name.starts_with("siw") {
                 Some("siw".to_string())
-            } else if pci.is_none() || parent_netdev.is_some() {
+            } else if parent_netdev.is_some() {
                 Some("software".to_string())
             } else {
                 None

@@ -189,11 +189,8 @@ fn two_endpoints_under_one_switch_use_bus_addresses() {
         vec![b("0000:02:00.0"), b("0000:01:00.0"), b("0000:02:01.0")]
     );
     assert!(d.acs_redirect.is_empty());
-    // SV on the other downstream port is not a redirect bit.
-    assert!(
-        d.findings.iter().all(|f| f.severity != Severity::Block),
-        "{d:#?}"
-    );
+    // SV on the other downstream port is not a redirect bit; same NUMA node, full links.
+    assert_eq!(rules(&d), vec![], "{d:#?}");
     let text = render_decision(&d);
     assert!(
         text.contains(

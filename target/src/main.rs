@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use tracing::{error, info};
 
 mod logwriter;
+mod topology_cli;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +33,9 @@ enum Command {
     CheckConfig { file: PathBuf },
     /// Print the embedded default configuration.
     DefaultConfig,
+    /// Print the PCIe hierarchy and the peer-to-peer decision for every RDMA device × NVMe SSD
+    /// (or listener × namespace of --config), or for one --pair.
+    Topology(topology_cli::TopologyArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -87,6 +91,7 @@ fn main() -> ExitCode {
             print!("{}", nvmfd_config::EMBEDDED_DEFAULT_YAML);
             return ExitCode::SUCCESS;
         }
+        Some(Command::Topology(args)) => return topology_cli::run(&args),
         None => {}
     }
     // Block SIGINT/SIGTERM before any thread starts (the log writer is the first) so every thread

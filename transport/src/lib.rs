@@ -3,6 +3,7 @@
 mod capsule;
 pub mod logsafe;
 pub mod proto;
+pub mod rdma;
 pub mod tcp;
 
 pub use capsule::{Capsule, Response};

@@ -472,11 +472,13 @@ fn run(a: &Args, rep: &mut Report) -> R<()> {
     rep.check("rdma write (server to client memory), content checked", w);
     rep.check("rdma read (client memory to server), content checked", r);
 
-    // ---- disconnect: both sides see it
+    // ---- disconnect: the client sends a DREQ; the server sees Disconnected and answers with
+    // its own rdma_disconnect (the DREP), and only then does the client see Disconnected.
     client.disconnect().map_err(ctx_err("disconnect"))?;
-    let d1 = wait_event(&cch, EventKind::Disconnected, "client");
-    let d2 = wait_event(&sch, EventKind::Disconnected, "server");
-    rep.check("disconnect", d1.and(d2).map(|_| String::new()));
+    let d = wait_event(&sch, EventKind::Disconnected, "server")
+        .and_then(|_| conn.disconnect().map_err(ctx_err("server disconnect")))
+        .and_then(|_| wait_event(&cch, EventKind::Disconnected, "client"));
+    rep.check("disconnect", d.map(|_| String::new()));
     drop(conn);
     drop(client);
     drop(listener);

@@ -531,8 +531,10 @@ impl CmId {
         self.check("rdma_reject", rc)
     }
 
-    /// Starts a disconnect (a `Disconnected` event follows on both sides); the QP moves to the
-    /// error state and its outstanding WRs complete as flushed.
+    /// Starts a disconnect, or answers the peer's: the side that receives `Disconnected`
+    /// first must call this too (it sends the DREP; until then the other side's `Disconnected`
+    /// waits for the CM's DREQ timeout). The QP moves to the error state and its outstanding
+    /// WRs complete as flushed.
     pub fn disconnect(&self) -> Result<()> {
         // SAFETY: raw is a live id.
         let rc = unsafe { (self.lib().rdma_disconnect)(self.raw.as_ptr()) };

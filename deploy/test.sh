@@ -7,10 +7,11 @@
 # skipped when the build failed), and a summary with durations ends the output:
 #   rig setup (deploy/rig/setup.sh) · shellcheck of the test scripts · cargo build --release ·
 #   cargo test --release · cargo fmt --check · cargo clippy · rig self-test (kernel nvmet in the
-#   guest) · e2e (tests/e2e/run.sh against build/release/nvmfd)
+#   guest) · rdma (the verbs layer's ping-pong on soft-RoCE in the guest) · e2e (tests/e2e/run.sh
+#   against build/release/nvmfd)
 #
 # Environment: TEST_SKIP="selftest clippy ..." skips steps by name (rig, shell, build, test, fmt,
-# clippy, selftest, e2e). Exit code 0 only if every step that ran passed.
+# clippy, selftest, rdma, e2e). Exit code 0 only if every step that ran passed.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -63,6 +64,12 @@ step test 1800 cargo test --release --workspace || true
 step fmt 300 cargo fmt --check || true
 step clippy 1800 cargo clippy --all-targets -- -D warnings || true
 step selftest 600 deploy/rig/run-guest.sh --timeout 540 tests/e2e/kernel-nvmet-selftest.sh || true
+if ((build_ok)); then
+    step rdma 600 bash -c 'cargo build --release -p nvmfd-transport --example rdma_pingpong &&
+        deploy/rig/run-guest.sh --timeout 420 tests/e2e/guest-rdma-pingpong.sh' || true
+else
+    results+=("$(printf '%-9s %-5s %5s  %s' rdma SKIP - "no binary: the build failed")")
+fi
 if ((build_ok)); then
     step e2e 1500 tests/e2e/run.sh build/release/nvmfd || true
 else

@@ -73,9 +73,67 @@ pingpong() {
     ((rc == 0)) || { why "rdma_pingpong exited $rc ($fails check(s) failed)"; return 1; }
 }
 
+# In a mount namespace where libibverbs/librdmacm are /dev/null (rdma-core "absent"), run
+# "$@"; the caller's checks follow.
+without_rdma_core() {
+    local ibv cm
+    ibv=$(readlink -f /usr/lib/x86_64-linux-gnu/libibverbs.so.1) || return 1
+    cm=$(readlink -f /usr/lib/x86_64-linux-gnu/librdmacm.so.1) || return 1
+    # shellcheck disable=SC2016  # $1, $2, $@ belong to the inner shell
+    unshare -m bash -c 'mount --bind /dev/null "$1" && mount --bind /dev/null "$2" && shift 2 && exec "$@"' \
+        hide "$ibv" "$cm" "$@"
+}
+
+missing_library_error() {
+    [[ -x $PINGPONG ]] || { why "$PINGPONG not built"; return 1; }
+    local out rc=0
+    out=$(without_rdma_core timeout 60 "$PINGPONG" --addr "$ADDR" --iters 10 2>&1) || rc=$?
+    echo "$out" | head -3 | sed "s/^/[$(ts)]   (expected) /"
+    ((rc != 0)) || { why "rdma_pingpong succeeded without rdma-core"; return 1; }
+    grep -q "^FAIL listen address with an RDMA device: RDMA listener $ADDR:18515: libibverbs.so.1 not found: install rdma-core/ibverbs-providers (" <<<"$out" ||
+        { why "no one-line 'libibverbs.so.1 not found' error for the listener"; return 1; }
+}
+
+tcp_only_daemon() {
+    [[ -x $NVMFD ]] || { why "$NVMFD not built"; return 1; }
+    cat >/tmp/tcp-only.yaml <<YAML || { why "cannot write the configuration"; return 1; }
+reactors:
+  cores: [0]
+  idle_sleep_us: 50
+transports:
+  tcp: {}
+bdevs:
+  - name: m0
+    malloc: { size: 16MiB, block_size: 4096 }
+subsystems:
+  - nqn: nqn.2026-12.io.nvmfd:tcp-only
+    allow_any_host: true
+    namespaces:
+      - { nsid: 1, bdev: m0 }
+    listeners:
+      - { transport: tcp, address: 127.0.0.1, port: 4420 }
+discovery:
+  enabled: true
+YAML
+    without_rdma_core env NO_COLOR=1 "$NVMFD" --config /tmp/tcp-only.yaml >/tmp/tcp-only.log 2>&1 &
+    local pid=$! ok=0 out=
+    if wait_for 30 listening_4420; then
+        out=$(nvme discover -t tcp -a 127.0.0.1 -s 4420 2>&1) && ok=1
+    fi
+    kill -TERM "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    ((ok)) || { why "nvmfd (TCP only, no rdma-core) does not serve discovery on 127.0.0.1:4420 ($out)"; tail -n 20 /tmp/tcp-only.log; return 1; }
+    grep -q "subnqn: *nqn.2026-12.io.nvmfd:tcp-only\$" <<<"$out" || { why "discovery log lacks the subsystem"; echo "$out"; return 1; }
+    note "nvme discover lists nqn.2026-12.io.nvmfd:tcp-only"
+}
+
+listening_4420() { [[ -n $(ss -Hltn 'sport = :4420') ]]; }
+
 run_step "soft-RoCE: rxe0 on eth0" setup_rxe
 if [[ -n $ADDR ]]; then
     run_step "rdma_pingpong ($ITERS iterations of $SIZE bytes, window $WINDOW)" pingpong
+    run_step "without rdma-core: an RDMA listener fails with one line naming what is missing" missing_library_error
 fi
+run_step "without rdma-core: a TCP-only nvmfd starts and listens" tcp_only_daemon
 run_step "nvmfd does not link libibverbs/librdmacm" no_rdma_core_link
 summary "rdma pingpong"

@@ -296,6 +296,12 @@ fn run(a: &Args, rep: &mut Report) -> R<()> {
     // completion and before re-posting it.
     unsafe { srq.post(&mut s_recv_wrs) }.map_err(|e| e.to_string())?;
 
+    // ---- a post larger than the queue is taken in part, and the part is reported
+    rep.check(
+        "partial post reported",
+        partial_post(&spd, &smem, s_write_off),
+    );
+
     // ---- client: resolve, PD, CQ, its own receive queue
     let cch = EventChannel::new().map_err(ctx_err("client channel"))?;
     let mut client = CmId::new(&cch).map_err(ctx_err("client cm_id"))?;
@@ -483,6 +489,29 @@ fn run(a: &Args, rep: &mut Report) -> R<()> {
     drop(client);
     drop(listener);
     Ok(())
+}
+
+/// Posts 64 receives to an SRQ made for 4: the provider takes what fits (rxe rounds queues up)
+/// and refuses the rest; the error must say how many were taken.
+fn partial_post(pd: &Arc<Pd>, mem: &Side, off: usize) -> R<String> {
+    let srq = Srq::new(pd, 4, 1).map_err(ctx_err("small SRQ"))?;
+    let mut sges: Vec<Sge> = (0..64)
+        .map(|i| mem.mr.sge(off + i * 64, 64))
+        .collect::<Result<_, _>>()
+        .map_err(ctx_err("SGE"))?;
+    let mut wrs: Vec<RecvWr> = sges
+        .chunks_mut(1)
+        .enumerate()
+        .map(|(i, s)| RecvWr::new(i as u64, s))
+        .collect();
+    // SAFETY: the SGEs name the server MR's write-source area (unused until the RDMA WRITE
+    // check), alive past this SRQ, which is destroyed at the end of this function; no QP is
+    // attached, so nothing is ever received into it.
+    match unsafe { srq.post(&mut wrs) } {
+        Ok(()) => Err("an SRQ of 4 took 64 receives".into()),
+        Err(e) if e.posted >= 4 && e.posted < 64 && e.total == 64 => Ok(e.to_string()),
+        Err(e) => Err(format!("implausible report: {e}")),
+    }
 }
 
 fn reject_round(

@@ -2,7 +2,7 @@
 
 use super::device::Context;
 use super::sys::{self, ibv_cq, ibv_wc, PollCqFn};
-use super::{errno, last_os, Error, Result};
+use super::{last_os, Error, Result};
 use std::ffi::CStr;
 use std::ptr::NonNull;
 
@@ -128,8 +128,11 @@ impl Cq {
         // SAFETY: raw is a live CQ; wcs has room for n ibv_wc (Wc is repr(transparent)).
         let rc = unsafe { (self.poll_fn)(self.raw.as_ptr(), n, wcs.as_mut_ptr().cast()) };
         if rc < 0 {
-            // Providers return a negative value without saying more (rxe: -1 on a bad CQ).
-            return Err(errno("ibv_poll_cq", -rc));
+            // Providers return a negative value without an errno (rxe, mlx5: -1).
+            return Err(Error::Os {
+                op: "ibv_poll_cq",
+                source: std::io::Error::other(format!("provider returned {rc}")),
+            });
         }
         Ok(rc as usize)
     }

@@ -94,11 +94,3 @@ fn last_os(op: &'static str) -> Error {
         source: io::Error::last_os_error(),
     }
 }
-
-/// The error of a call that returned an errno value (non-zero) itself.
-fn errno(op: &'static str, code: i32) -> Error {
-    Error::Os {
-        op,
-        source: io::Error::from_raw_os_error(code),
-    }
-}

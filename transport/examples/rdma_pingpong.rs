@@ -296,6 +296,10 @@ fn run(a: &Args, rep: &mut Report) -> R<()> {
     // completion and before re-posting it.
     unsafe { srq.post(&mut s_recv_wrs) }.map_err(|e| e.to_string())?;
 
+    // ---- ibv_reg_dmabuf_mr reaches the kernel and fails cleanly: rxe imports no dma-bufs
+    // (rig.md), and a memfd is not one anyway
+    rep.check("reg_dmabuf_mr error path", dmabuf_refused(&spd));
+
     // ---- a post larger than the queue is taken in part, and the part is reported
     rep.check(
         "partial post reported",
@@ -489,6 +493,21 @@ fn run(a: &Args, rep: &mut Report) -> R<()> {
     drop(client);
     drop(listener);
     Ok(())
+}
+
+fn dmabuf_refused(pd: &Arc<Pd>) -> R<String> {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: memfd_create with a static name; the fd is owned at once.
+    let fd = unsafe { libc::memfd_create(c"nvmfd-not-a-dmabuf".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(format!("memfd_create: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    match Mr::register_dmabuf(pd, fd.as_fd(), 0, 4096, 0, Access::LOCAL_WRITE) {
+        Ok(_) => Err("a memfd registered as a dma-buf".into()),
+        Err(e) => Ok(e.to_string()),
+    }
 }
 
 /// Posts 64 receives to an SRQ made for 4: the provider takes what fits (rxe rounds queues up)

@@ -12,9 +12,14 @@
 //! - `ibverbs` 0.9: active, `rdmacm` feature and dma-buf registration, but its `ibverbs-sys`
 //!   builds a vendored rdma-core (cmake + bindgen) and links `libibverbs`: the binary would
 //!   not even load where rdma-core is absent.
-//! - `rdma-sys` (dormant since 2023) finds rdma-core with pkg-config and links it;
-//!   `rdma-mummy-sys` (sideway's raw layer) is bindgen output too (I did not find a
-//!   run-time-loading mode in either). Neither has a safe layer we could keep.
+//! - `rdma-sys` (dormant since 2023) finds rdma-core with pkg-config and links it.
+//! - `rdma-mummy-sys` (sideway's raw layer) does load at run time: it builds the C shim
+//!   `rdma-core-mummy` (cmake, a git submodule) whose ELF constructor `dlopen`s
+//!   libibverbs/librdmacm at *every* process start, TCP-only or not; when they are absent it
+//!   stays silent and each call just returns NULL/EOPNOTSUPP, so nothing can say "libibverbs
+//!   is not installed". The shim's wrapper list (as read in its `src/ibverbs.c`) has no
+//!   `ibv_reg_dmabuf_mr`, and it needs bindgen (libclang) at build time. Raw bindings only:
+//!   the safe layer would still be ours; what it would save us, the layouts, a test checks.
 //!
 //! So: [`sys`] declares the few structures we touch as hand-written `#[repr(C)]` layouts,
 //! checked against the installed headers by a unit test (a C program compiled with `cc` prints
@@ -23,6 +28,11 @@
 //! `ibv_post_recv`, `ibv_post_srq_recv`) are `static inline` in verbs.h: they call through the
 //! provider's ops table in `struct ibv_context`; we take those pointers once, when the CQ, QP or
 //! SRQ is made. Nothing needs rdma-core to *build* except that layout test.
+//!
+//! Proven on soft-RoCE by `examples/rdma_pingpong.rs` (run by tests/e2e/guest-rdma-pingpong.sh,
+//! the `rdma` step of deploy/test.sh). Not here yet: memory windows and fast-registration MRs
+//! (so SEND_WITH_INV, though built by [`SendWr::send_with_inv`], is untested), completion
+//! channels (CQs are polled only), device/port queries, async events.
 //!
 //! # Ownership
 //! Each type owns one kernel object and releases it on drop; a child holds an `Arc` of its

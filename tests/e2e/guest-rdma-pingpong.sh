@@ -97,6 +97,7 @@ missing_library_error() {
 tcp_only_daemon() {
     [[ -x $NVMFD ]] || { why "$NVMFD not built"; return 1; }
     cat >/tmp/tcp-only.yaml <<YAML || { why "cannot write the configuration"; return 1; }
+state_dir: /tmp/nvmfd-state
 reactors:
   cores: [0]
   idle_sleep_us: 50

@@ -9,6 +9,10 @@
 # tmpfs mounts in the guest. Inside the guest, 10.0.2.2 is this machine's 127.0.0.1.
 #
 # Options:
+#   --kernel NAME     guest kernel: a label of deploy/rig/setup.sh, "stable" (this machine's Debian
+#                     release's, 6.1 on Debian 12) or "newest" (Debian unstable's, 7.2 when
+#                     written), or a version prefix of one of them ("6.1", "7.2", a full KVER);
+#                     default $RIG_KERNEL or stable
 #   --timeout SECS    whole-run limit, boot included (default $RIG_TIMEOUT or 900)
 #   --out DIR         host folder mounted writable at the same path in the guest; the script
 #                     finds it in $RIG_OUT (default: a fresh folder under the run folder)
@@ -32,10 +36,12 @@ die() { log "ERROR: $*"; exit 125; }
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit 125; }
 
 timeout_s=${RIG_TIMEOUT:-900}
+kernel_name=${RIG_KERNEL:-stable}
 out_dir="" console_log="" hostnqn=${RIG_HOSTNQN:-} hostid=${RIG_HOSTID:-} quiet=0
 envs=()
 while (($#)); do
     case $1 in
+    --kernel) kernel_name=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --out) out_dir=$2; shift 2 ;;
     --log) console_log=$2; shift 2 ;;
@@ -54,10 +60,29 @@ script=$(realpath -e "$1") || die "no such script: $1"
 shift
 [[ -x $script ]] || die "script is not executable: $script"
 
-[[ -f $CACHE/rig.env ]] || die "rig not set up: run deploy/rig/setup.sh first"
+# The env file setup.sh wrote for the kernel: by label, else the one whose KVER is NAME or starts
+# with NAME followed by a version separator ("6.1" matches 6.1.0-57-amd64, not 6.10...).
+rig_env=
+if [[ $kernel_name =~ ^[a-z]+$ ]]; then
+    rig_env=$CACHE/rig-$kernel_name.env
+    # A cache set up before the labels existed has only rig.env (the stable kernel).
+    [[ $kernel_name == stable && ! -f $rig_env && -f $CACHE/rig.env ]] && rig_env=$CACHE/rig.env
+    [[ -f $rig_env ]] ||
+        die "no kernel '$kernel_name' set up (no $rig_env): run deploy/rig/setup.sh (RIG_KERNELS=\"stable newest\")"
+else
+    for f in "$CACHE"/rig-*.env; do
+        [[ -f $f ]] || continue
+        v=$(sed -n 's/^KVER=//p' "$f")
+        if [[ $v == "$kernel_name" || $v == "$kernel_name".* || $v == "$kernel_name"-* || $v == "$kernel_name"+* ]]; then
+            rig_env=$f
+            break
+        fi
+    done
+    [[ -n $rig_env ]] || die "no kernel matching '$kernel_name' is set up: run deploy/rig/setup.sh"
+fi
 # shellcheck source=/dev/null
-. "$CACHE/rig.env"
-[[ -f $KERNEL && -f $INITRD ]] || die "kernel or initramfs missing: run deploy/rig/setup.sh"
+. "$rig_env"
+[[ -f $KERNEL && -f $INITRD ]] || die "kernel or initramfs of $KVER missing: run deploy/rig/setup.sh"
 
 # A path the guest must see as it is on this machine (not hidden by one of its tmpfs mounts),
 # and that fits on the kernel command line (no spaces).

@@ -20,6 +20,10 @@
 #                             empty: skip the allow-list steps)
 #   --allowed-hostnqn NQN     a host NQN on that subsystem's allow-list (empty: skip that step)
 #   --refused-hostnqn NQN     a host NQN not on it (default: a fresh one)
+#   --twin-port PORT          a second target at ADDR:PORT serving the same NQN (and serial) with
+#                             a different namespace 1; check the kernel does not merge the two into
+#                             one multipath namespace (empty: skip that step)
+#   --twin-size BYTES         that namespace's size (empty: not checked)
 #   --kernel-target           configure the kernel's nvmet in this guest on 127.0.0.1 to match the
 #                             options above, and test against it
 #
@@ -44,6 +48,8 @@ SIZE=
 RNQN=nqn.2026-11.io.nvmfd:restricted
 ALLOWED_HOSTNQN=
 REFUSED_HOSTNQN=
+TWIN_PORT=
+TWIN_SIZE=
 KERNEL_TARGET=0
 while (($#)); do
     case $1 in
@@ -56,6 +62,8 @@ while (($#)); do
     --restricted-nqn) RNQN=$2; shift 2 ;;
     --allowed-hostnqn) ALLOWED_HOSTNQN=$2; shift 2 ;;
     --refused-hostnqn) REFUSED_HOSTNQN=$2; shift 2 ;;
+    --twin-port) TWIN_PORT=$2; shift 2 ;;
+    --twin-size) TWIN_SIZE=$2; shift 2 ;;
     --kernel-target) KERNEL_TARGET=1; shift ;;
     *) echo "guest-tcp: unknown argument $1" >&2; exit 2 ;;
     esac
@@ -80,7 +88,12 @@ CTRL=  # host 1's controller (nvmeN)
 CTRL2= # host 2's controller
 NSZE=  # namespace 1's size in blocks, from id-ns
 
-cleanup() { nvme disconnect-all >/dev/null 2>&1 || true; }
+# The whole kernel log goes to the host (the console shows warnings only): it tells what each
+# kernel did with the target, e.g. on which identifiers it joined or refused a namespace.
+cleanup() {
+    nvme disconnect-all >/dev/null 2>&1 || true
+    [[ -z ${RIG_OUT:-} ]] || dmesg >"$RIG_OUT/dmesg.log" 2>/dev/null || true
+}
 trap cleanup EXIT
 
 kmsg_tail() { dmesg | tail -n "${1:-8}" | sed 's/^/    dmesg: /'; }
@@ -307,6 +320,137 @@ disconnect_host2() {
     check_pattern || return 1
 }
 
+# ---- identity: a second target with the same NQN -----------------------------------------------
+# Two targets serving the same subsystem NQN with different data (one configuration file deployed
+# on two machines) must not look like two paths to one namespace. Linux groups controllers into
+# one subsystem by subsystem NQN, then attaches a namespace to an existing multipath head when
+# its NSID matches and its identifiers (EUI64, NGUID, UUID) are equal; with different identifiers
+# it refuses the namespace ("IDs don't match for shared namespace"). The identifiers are the
+# target's promise: NVMe base 2.0 section 4.7.1 (namespace identifiers, including NGUID and UUID,
+# "shall" be globally unique and may be used to tell whether two controllers reach the same
+# namespace) - two different namespaces must not report the same ones.
+TWIN_CTRL=
+
+twin_ctrl_for_port() {
+    local c
+    for c in $(ctrls_for "$NQN"); do
+        [[ ,$(cat "/sys/class/nvme/$c/address" 2>/dev/null), == *,trsvcid=$1,* ]] && { echo "$c"; return 0; }
+    done
+    return 1
+}
+
+# ns_ids CTRL: "NGUID EUI64 UUID" of namespace 1 as the target reports them through controller
+# CTRL, in hex ("-" for none): NGUID and EUI64 from Identify Namespace, the UUID from the
+# Namespace Identification Descriptor list (CNS 03h), decoded here from its raw bytes: entries of
+# NIDT (1 EUI64, 2 NGUID, 3 UUID, 4 CSI), NIDL, two reserved bytes and NIDL bytes of identifier,
+# ended by an NIDT of 0 (NVMe base 2.0, Figure 281). The descriptor NGUID/EUI64 must equal the
+# Identify Namespace ones.
+ns_ids() {
+    local j nguid eui uuid=- i t l id
+    local -a h=()
+    j=$(nvme id-ns "/dev/$1" -n 1 -o json) || return 1
+    nguid=$(jq -r '.nguid // "-"' <<<"$j")
+    eui=$(jq -r '.eui64 // "-" | if type == "number" then "\(.)" else . end' <<<"$j")
+    j=$(nvme ns-descs "/dev/$1" -n 1 -b | od -An -tx1 -v) || return 1
+    read -ra h <<<"$(tr -s ' \n' ' ' <<<"$j")"
+    ((${#h[@]} >= 4)) || return 1
+    for ((i = 0; i + 4 <= ${#h[@]}; i += 4 + l)); do
+        t=$((16#${h[i]})) l=$((16#${h[i + 1]}))
+        ((t != 0)) || break
+        id=$(printf '%s' "${h[@]:i+4:l}")
+        case $t in
+        2) [[ $id == "$nguid" ]] || { echo "descriptor NGUID $id, Identify Namespace $nguid" >&2; return 1; } ;;
+        3) uuid=$id ;;
+        esac
+    done
+    echo "$nguid $eui $uuid"
+}
+
+# subsys_of CTRL: the kernel's nvme-subsystem that controller CTRL belongs to.
+subsys_of() {
+    local s
+    for s in /sys/class/nvme-subsystem/nvme-subsys*; do
+        [[ -e $s/$1 ]] && { basename "$s"; return 0; }
+    done
+    echo "no subsystem"
+}
+
+zero_id() { [[ $1 == - || $1 =~ ^[0:-]+$ ]]; }
+
+# The kernel is done with the twin's namespace 1: it attached it (a path appeared under the twin's
+# controller) or logged why not.
+twin_ns_settled() {
+    ns_on_ctrl "$TWIN_CTRL" 1 && return 0
+    dmesg | tail -n 20 | grep -qE "$TWIN_CTRL: .*(IDs don't match|[Dd]uplicate|shared namespace|nsid 1)"
+}
+
+twin_not_merged() {
+    local ids_a ids_b a b path head nsb i
+    local -a problems=()
+    timeout 120 nvme connect -t tcp -a "$ADDR" -s "$TWIN_PORT" -n "$NQN" "${CONNECT_OPTS[@]}" ||
+        { why "nvme connect to the twin at $ADDR:$TWIN_PORT failed"; kmsg_tail; return 1; }
+    TWIN_CTRL=$(twin_ctrl_for_port "$TWIN_PORT") ||
+        { why "no controller for $NQN at port $TWIN_PORT"; kmsg_tail; return 1; }
+    note "first target: $CTRL cntlid $(cat "/sys/class/nvme/$CTRL/cntlid") in $(subsys_of "$CTRL");" \
+        "twin: $TWIN_CTRL cntlid $(cat "/sys/class/nvme/$TWIN_CTRL/cntlid") in $(subsys_of "$TWIN_CTRL")"
+    # Namespace scanning runs after the connect returns.
+    wait_for 15 twin_ns_settled || note "the kernel said nothing about the twin's namespace in 15s"
+    kmsg_tail 4
+    nvme list-subsys 2>&1 | sed 's/^/    /'
+
+    # 1. What the targets report: both namespaces 1 must have different identifiers.
+    ids_a=$(ns_ids "$CTRL") || { why "identifiers of namespace 1 through $CTRL"; return 1; }
+    ids_b=$(ns_ids "$TWIN_CTRL") || { why "identifiers of namespace 1 through $TWIN_CTRL"; return 1; }
+    note "first target: nguid eui64 uuid = $ids_a"
+    note "twin target:  nguid eui64 uuid = $ids_b"
+    read -ra a <<<"$ids_a"
+    read -ra b <<<"$ids_b"
+    for i in 0 1 2; do
+        if ! zero_id "${a[i]}" && [[ ${a[i]} == "${b[i]}" ]]; then
+            problems+=("both targets report $(cut -d' ' -f$((i + 1)) <<<"nguid eui64 uuid") ${a[i]} for different namespaces")
+        fi
+    done
+    if [[ -n $TWIN_SIZE ]]; then
+        local -A n
+        load_json n "$(nvme id-ns "/dev/$TWIN_CTRL" -n 1 -o json)" nsze flbas
+        ((n[nsze] << 12 == TWIN_SIZE)) || note "twin nsze ${n[nsze]} (want $((TWIN_SIZE >> 12)) 4 KiB blocks)"
+    fi
+
+    # 2. What the kernel made of it: the twin's namespace must not be a path of $DEV's head.
+    for path in /sys/class/nvme/"$TWIN_CTRL"/nvme*n*; do
+        [[ -e $path/nsid && $(cat "$path/nsid") == 1 ]] || continue
+        nsb=$(basename "$path")
+        # Native multipath: the path nvmeXcYnZ belongs to head nvmeXnZ; without it the
+        # controller's own nvmeYnZ is the block device.
+        head=/dev/${nsb/c[0-9]*n/n}
+        note "twin namespace 1: $nsb (block device $head)"
+        if [[ $head == "$DEV" ]]; then
+            problems+=("the kernel merged the twin's namespace 1 into $DEV: two paths ($CTRL, $TWIN_CTRL) to different data")
+        fi
+    done
+    if ! ns_on_ctrl "$TWIN_CTRL" 1; then
+        note "the kernel attached no namespace 1 through $TWIN_CTRL (refused as a different namespace)"
+    fi
+    # 3. The first target's data still reads back through $DEV (a merged head may even have
+    # taken the twin's size).
+    check_pattern || problems+=("$E2E_WHY")
+    if ((${#problems[@]})); then
+        why "$(printf '%s; ' "${problems[@]}" | sed 's/; $//')"
+        return 1
+    fi
+    note "not merged: different identifiers, $DEV reaches the first target only"
+}
+
+twin_gone() { ! twin_ctrl_for_port "$TWIN_PORT" >/dev/null; }
+
+disconnect_twin() {
+    [[ -n $TWIN_CTRL ]] || return 0
+    timeout 120 nvme disconnect -d "$TWIN_CTRL" || { why "nvme disconnect -d $TWIN_CTRL failed"; return 1; }
+    wait_for 20 twin_gone || { why "$TWIN_CTRL still present"; return 1; }
+    [[ -n $(ctrls_for "$NQN" "$HOST1NQN") ]] || { why "host 1's controller went away too"; return 1; }
+    TWIN_CTRL=
+}
+
 # ---- refusals ----------------------------------------------------------------------------------
 unknown_nqn() {
     local bad=nqn.2026-11.io.nvmfd:e2e-no-such-subsystem
@@ -377,6 +521,10 @@ if [[ -n $RNQN ]]; then
     if [[ -n $ALLOWED_HOSTNQN ]]; then
         run_step "host on the allow-list connects" allowed_host
     fi
+fi
+if [[ -n $TWIN_PORT && -n $DEV && -n $CTRL ]]; then
+    run_step "same NQN, other data at port $TWIN_PORT: not merged into one multipath namespace" twin_not_merged
+    run_step "twin disconnects" disconnect_twin
 fi
 run_step "disconnect everything" final_disconnect
 summary guest-tcp

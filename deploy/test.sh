@@ -6,12 +6,15 @@
 # Steps, each under a time limit; all run even when one fails (those that need a binary are
 # skipped when the build failed), and a summary with durations ends the output:
 #   rig setup (deploy/rig/setup.sh) · shellcheck of the test scripts · cargo build --release ·
-#   cargo test --release · cargo fmt --check · cargo clippy · rig self-test (kernel nvmet in the
-#   guest) · rdma (the verbs layer's ping-pong on soft-RoCE in the guest) · e2e (tests/e2e/run.sh
-#   against build/release/nvmfd)
+#   cargo test --release · cargo fmt --check · cargo clippy · rdma (the verbs layer's ping-pong
+#   on soft-RoCE in the guest, Debian 12's kernel) · then for each guest kernel the rig set up
+#   (Debian 12's 6.1 and Debian unstable's newest, 7.2 when written): rig self-test (kernel nvmet
+#   in the guest) and e2e (tests/e2e/run.sh against build/release/nvmfd), named after the
+#   kernel's version: selftest-6.1, e2e-6.1, selftest-7.2, e2e-7.2
 #
 # Environment: TEST_SKIP="selftest clippy ..." skips steps by name (rig, shell, build, test, fmt,
-# clippy, selftest, rdma, e2e). Exit code 0 only if every step that ran passed.
+# clippy, rdma, selftest-VER, e2e-VER; "selftest" and "e2e" skip them for every kernel). Exit
+# code 0 only if every step that ran passed.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -33,8 +36,8 @@ step() {
     shift 2
     cmd=$*
     ((${#cmd} <= 70)) || cmd="${cmd:0:67}..."
-    if [[ $SKIP == *" $name "* ]]; then
-        results+=("$(printf '%-9s %-5s %5s  %s' "$name" SKIP - "$cmd")")
+    if [[ $SKIP == *" $name "* || $SKIP == *" ${name%%-*} "* ]]; then
+        results+=("$(printf '%-12s %-5s %5s  %s' "$name" SKIP - "$cmd")")
         return 0
     fi
     echo
@@ -43,10 +46,10 @@ step() {
     timeout -k 30 "$limit" "$@" || rc=$?
     local took=$(($(date +%s) - start))
     if ((rc == 0)); then
-        results+=("$(printf '%-9s %-5s %4ss  %s' "$name" PASS "$took" "$cmd")")
+        results+=("$(printf '%-12s %-5s %4ss  %s' "$name" PASS "$took" "$cmd")")
     else
         ((rc == 124)) && echo "=== [$name] timed out after ${limit}s"
-        results+=("$(printf '%-9s %-5s %4ss  %s (exit %d)' "$name" FAIL "$took" "$cmd" "$rc")")
+        results+=("$(printf '%-12s %-5s %4ss  %s (exit %d)' "$name" FAIL "$took" "$cmd" "$rc")")
         failed=$((failed + 1))
     fi
     echo "=== [$name] exit $rc after ${took}s"
@@ -57,24 +60,33 @@ step rig 1800 deploy/rig/setup.sh || true
 if command -v shellcheck >/dev/null; then
     step shell 300 shellcheck -x deploy/test.sh .ci/run deploy/rig/*.sh tests/e2e/*.sh tests/e2e/lib/*.sh || true
 else
-    results+=("$(printf '%-9s %-5s %5s  %s' shell SKIP - "shellcheck is not installed")")
+    results+=("$(printf '%-12s %-5s %5s  %s' shell SKIP - "shellcheck is not installed")")
 fi
 step build 1800 cargo build --release --workspace || build_ok=0
 step test 1800 cargo test --release --workspace || true
 step fmt 300 cargo fmt --check || true
 step clippy 1800 cargo clippy --all-targets -- -D warnings || true
-step selftest 600 deploy/rig/run-guest.sh --timeout 540 tests/e2e/kernel-nvmet-selftest.sh || true
 if ((build_ok)); then
     step rdma 600 bash -c 'cargo build --release -p nvmfd-transport --example rdma_pingpong &&
         deploy/rig/run-guest.sh --timeout 420 tests/e2e/guest-rdma-pingpong.sh' || true
 else
-    results+=("$(printf '%-9s %-5s %5s  %s' rdma SKIP - "no binary: the build failed")")
+    results+=("$(printf '%-12s %-5s %5s  %s' rdma SKIP - "no binary: the build failed")")
 fi
-if ((build_ok)); then
-    step e2e 1500 tests/e2e/run.sh build/release/nvmfd || true
-else
-    results+=("$(printf '%-9s %-5s %5s  %s' e2e SKIP - "no binary: the build failed")")
-fi
+# Each kernel the rig sets up (deploy/rig/setup.sh: labels stable and newest), named by its
+# major.minor version when the rig knows it (a kernel that failed to set up keeps its label, and
+# its steps fail in run-guest.sh).
+for label in stable newest; do
+    kver=$(sed -n 's/^KVER=//p' "${RIG_CACHE:-deploy/rig/.cache}/rig-$label.env" 2>/dev/null || true)
+    ver=$(grep -oE '^[0-9]+\.[0-9]+' <<<"$kver" || true)
+    ver=${ver:-$label}
+    step "selftest-$ver" 600 deploy/rig/run-guest.sh --kernel "$label" --timeout 540 \
+        tests/e2e/kernel-nvmet-selftest.sh || true
+    if ((build_ok)); then
+        step "e2e-$ver" 1500 tests/e2e/run.sh --kernel "$label" build/release/nvmfd || true
+    else
+        results+=("$(printf '%-12s %-5s %5s  %s' "e2e-$ver" SKIP - "no binary: the build failed")")
+    fi
+done
 
 echo
 echo "=== summary ($(($(date +%s) - t0))s in all)"

@@ -522,6 +522,10 @@ if [[ -n $RNQN ]]; then
         run_step "host on the allow-list connects" allowed_host
     fi
 fi
+# Seen on 6.1 and 7.2 alike: with equal identifiers both controllers land in one nvme-subsystem and
+# the twin's namespace becomes a second path of the first one's head (which even takes the twin's
+# size); with different ones the kernel logs "IDs don't match for shared namespace 1" and attaches
+# no namespace through the twin.
 if [[ -n $TWIN_PORT && -n $DEV && -n $CTRL ]]; then
     run_step "same NQN, other data at port $TWIN_PORT: not merged into one multipath namespace" twin_not_merged
     run_step "twin disconnects" disconnect_twin

@@ -235,7 +235,14 @@ setup_kernel() {
         log "$label: apt-cache could not name the kernel; reusing cached $prev"
         resolved="$prev linux-image-$prev"
     fi
-    [[ -n $resolved ]] || { log "ERROR: $label: cannot find the kernel package (apt-cache depends linux-image-amd64); run apt-get update"; return 1; }
+    if [[ -z $resolved ]]; then
+        if [[ $label == newest ]]; then
+            log "ERROR: newest: no kernel package in ${RIG_NEWEST_SUITE:-sid}'s lists ($SID/lists; network?) and none cached"
+        else
+            log "ERROR: stable: cannot find the kernel package (apt-cache depends linux-image-amd64); run apt-get update"
+        fi
+        return 1
+    fi
     read -r kver pkgs <<<"$resolved"
     read -ra pkgv <<<"$pkgs"
     kroot=$CACHE/kernel/$kver
@@ -329,7 +336,16 @@ for label in ${RIG_KERNELS:-stable newest}; do
     *) die "RIG_KERNELS: unknown kernel label '$label' (stable, newest)" ;;
     esac
     # A subshell: one kernel failing (e.g. no network for the newest) leaves the other usable.
-    (setup_kernel "$label") || failed+=("$label")
+    # Not as `(...) || ...`: bash ignores `set -e` inside a subshell that is part of such a list.
+    rc=0
+    set +e
+    (
+        set -e
+        setup_kernel "$label"
+    )
+    rc=$?
+    set -e
+    ((rc == 0)) || failed+=("$label")
 done
 # rig.env: the default kernel (stable), for scripts that predate the labels.
 if [[ -f $CACHE/rig-stable.env ]]; then

@@ -94,6 +94,7 @@ done
 # One reactor on core 0 that sleeps 50 us when idle, so QEMU keeps CPU on these 2-core machines.
 cat >"$CONFIG" <<EOF
 # Written by tests/e2e/run.sh
+state_dir: $WORK/state
 reactors:
   cores: [0]
   idle_sleep_us: 50
@@ -137,7 +138,9 @@ EOF
 # The twin: the same subsystem NQN, serial and model (as when one configuration file is deployed
 # on two machines), but its own, smaller malloc namespace: different data behind the same NSID.
 cat >"$TWIN_CONFIG" <<EOF
-# Written by tests/e2e/run.sh: a second instance serving the same NQN with other data.
+# Written by tests/e2e/run.sh: a second instance serving the same NQN with other data. Its own
+# state folder, as on a second machine.
+state_dir: $WORK/twin-state
 reactors:
   cores: [0]
   idle_sleep_us: 50

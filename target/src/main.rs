@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand, ValueEnum};
 use nvmfd_target::daemon::Daemon;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tracing::{error, info};
@@ -57,7 +58,11 @@ fn init_logs(format: LogFormat) -> Option<logwriter::Guard> {
             (None, None)
         }
     };
-    let b = tracing_subscriber::fmt().with_env_filter(filter);
+    // Colour only on a terminal: a file, a pipe or the journal gets plain text (escape codes
+    // there are noise that log readers show literally).
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal());
     match (format, writer) {
         (LogFormat::Human, Some(w)) => b.with_writer(w).init(),
         (LogFormat::Json, Some(w)) => b.json().with_writer(w).init(),

@@ -59,6 +59,18 @@ impl ConnectCommand {
     }
 }
 
+// Wire sizes (NVMe-oF 1.1 / NVMe Base 2.0): Connect command data is 1024 bytes, the discovery log
+// page header 1024 bytes and each of its entries 1024 bytes. The constants and the arrays the
+// codecs use must agree with them; a change to either fails the build.
+const _: () = assert!(ConnectData::SIZE == 1024);
+const _: () = assert!(DiscoveryLogEntry::SIZE == 1024);
+const _: () = assert!(DiscoveryLogEntry::HEADER_SIZE == 1024);
+const _: fn(&[u8; ConnectData::SIZE]) -> ConnectData = ConnectData::decode;
+const _: fn(&ConnectData) -> [u8; ConnectData::SIZE] = ConnectData::encode;
+const _: fn(&[u8; DiscoveryLogEntry::SIZE]) -> DiscoveryLogEntry = DiscoveryLogEntry::decode;
+const _: fn(&DiscoveryLogEntry) -> [u8; DiscoveryLogEntry::SIZE] = DiscoveryLogEntry::encode;
+const _: fn(u64, u64) -> [u8; DiscoveryLogEntry::HEADER_SIZE] = encode_discovery_header;
+
 /// The 1024-byte data of a Connect command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectData {

@@ -3,6 +3,22 @@
 use super::le;
 use super::status::Status;
 
+// Wire sizes (NVMe Base 2.0): a submission queue entry is 64 bytes, a completion queue entry 16,
+// an SGL descriptor 16. The constants, and the arrays `decode` takes and `encode` returns, must
+// agree with them; a change to either fails the build.
+const _: () = assert!(Sqe::SIZE == 64);
+const _: () = assert!(Cqe::SIZE == 16);
+const _: () = assert!(SglDescriptor::SIZE == 16);
+const _: () = assert!(std::mem::size_of::<[u8; Sqe::SIZE]>() == 64);
+const _: fn(&[u8; Sqe::SIZE]) -> Sqe = Sqe::decode;
+const _: fn(&Sqe) -> [u8; Sqe::SIZE] = Sqe::encode;
+const _: fn(&[u8; Cqe::SIZE]) -> Cqe = Cqe::decode;
+const _: fn(&Cqe) -> [u8; Cqe::SIZE] = Cqe::encode;
+const _: fn(&[u8; SglDescriptor::SIZE]) -> SglDescriptor = SglDescriptor::decode;
+const _: fn(&SglDescriptor) -> [u8; SglDescriptor::SIZE] = SglDescriptor::encode;
+// DPTR is bytes 24..40 of the SQE: one SGL descriptor.
+const _: () = assert!(40 - 24 == SglDescriptor::SIZE);
+
 /// A 64-byte submission queue entry (command), decoded into its dwords. Fabrics commands reuse the
 /// same layout with their own meaning for some dwords (see [`super::fabrics`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -138,6 +154,7 @@ pub struct SglDescriptor {
 }
 
 impl SglDescriptor {
+    pub const SIZE: usize = 16;
     pub const DATA_BLOCK: u8 = 0x0;
     pub const KEYED_DATA_BLOCK: u8 = 0x4;
     pub const TRANSPORT_DATA_BLOCK: u8 = 0x5;

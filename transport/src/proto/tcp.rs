@@ -49,7 +49,7 @@ pub const DIGEST_SIZE: usize = 4;
 pub const TERM_REQ_MAX_DATA: usize = 128;
 
 /// The header length each PDU type must declare, or None for an unknown type.
-pub fn header_len(pdu_type: u8) -> Option<usize> {
+pub const fn header_len(pdu_type: u8) -> Option<usize> {
     Some(match pdu_type {
         pdu_type::IC_REQ | pdu_type::IC_RESP => 128,
         pdu_type::H2C_TERM_REQ | pdu_type::C2H_TERM_REQ => 24,
@@ -59,6 +59,32 @@ pub fn header_len(pdu_type: u8) -> Option<usize> {
         _ => return None,
     })
 }
+
+// Wire sizes (NVMe/TCP transport spec, PDU headers): the common header is 8 bytes, a digest 4;
+// HLEN is 128 for ICReq/ICResp, 24 for H2CTermReq/C2HTermReq, 72 for CapsuleCmd (8 + a 64-byte
+// SQE), 24 for CapsuleResp (8 + a 16-byte CQE), and 24 for H2CData, C2HData and R2T. The framer's
+// table, the constants and the arrays the codecs use must agree with them; a change to any fails
+// the build.
+const _: () = {
+    assert!(COMMON_HEADER_SIZE == 8);
+    assert!(DIGEST_SIZE == 4);
+    assert!(TERM_REQ_MAX_DATA == 128);
+    assert!(matches!(header_len(pdu_type::IC_REQ), Some(128)));
+    assert!(matches!(header_len(pdu_type::IC_RESP), Some(128)));
+    assert!(matches!(header_len(pdu_type::H2C_TERM_REQ), Some(24)));
+    assert!(matches!(header_len(pdu_type::C2H_TERM_REQ), Some(24)));
+    assert!(matches!(header_len(pdu_type::CAPSULE_CMD), Some(72)));
+    assert!(matches!(header_len(pdu_type::CAPSULE_RESP), Some(24)));
+    assert!(matches!(header_len(pdu_type::H2C_DATA), Some(24)));
+    assert!(matches!(header_len(pdu_type::C2H_DATA), Some(24)));
+    assert!(matches!(header_len(pdu_type::R2T), Some(24)));
+    // PDU type 0x08 is reserved.
+    assert!(header_len(0x08).is_none());
+};
+const _: fn(&[u8; COMMON_HEADER_SIZE]) -> CommonHeader = CommonHeader::decode;
+const _: fn(&CommonHeader) -> [u8; COMMON_HEADER_SIZE] = CommonHeader::encode;
+// The type-specific part of the data PDUs' and R2T's 24-byte header.
+const _: fn(&DataHeader) -> [u8; 24 - COMMON_HEADER_SIZE] = DataHeader::specific;
 
 /// Whether a PDU type carries digests once they are negotiated.
 fn digestible(pdu_type: u8) -> bool {

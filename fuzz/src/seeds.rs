@@ -323,7 +323,7 @@ fn pdu() -> Vec<(String, Vec<u8>)> {
 
 fn tcp_conn() -> Vec<(String, Vec<u8>)> {
     let mut v = Vec::new();
-    // byte 0: digest modes allowed, bit 5 answers R2Ts; byte 1: pieces of 72 bytes (index 10).
+    // byte 0: digest modes allowed, bit 5 answers R2Ts; byte 1: pieces of 72 bytes (index 4).
     for (tag, d) in [("plain", NONE), ("digests", BOTH)] {
         let mut s = admin_setup(d, NQN_OPEN);
         cmd(&mut s, &with_cid(prop_get(property::CAP, 8), 5), None, d);
@@ -337,7 +337,7 @@ fn tcp_conn() -> Vec<(String, Vec<u8>)> {
         cmd(&mut s, &rw(8, opcode::NVM_WRITE, 1, 4, 4, 16384), None, d);
         v.push((
             format!("session-answer-r2t-{tag}"),
-            [&[0x20, 0x0a][..], &s].concat(),
+            [&[0x20, 0x04][..], &s].concat(),
         ));
         v.push((
             format!("session-whole-{tag}"),
@@ -364,7 +364,7 @@ fn tcp_conn() -> Vec<(String, Vec<u8>)> {
         let half = (len / 2) as usize;
         h2c(&mut s, 1, 0, 0, &data[..half], false, d);
         h2c(&mut s, 1, 0, half as u32, &data[half..], true, d);
-        v.push((format!("h2cdata-{tag}"), [&[0x00, 0x0e][..], &s].concat()));
+        v.push((format!("h2cdata-{tag}"), [&[0x00, 0x09][..], &s].concat()));
     }
     // A bad data digest on in-capsule data (a transient transport error, not fatal), and a
     // PDU out of sequence (fatal: C2HTermReq).

@@ -614,7 +614,7 @@ fn check_io(qp: &QueuePair, cap: &Capsule, bdev: usize, op: Op) {
     };
     let room = cap.buf.as_ref().map_or(0, |b| b.capacity()) as u64;
     match op {
-        Op::Read { lba, blocks } | Op::ReadLent { lba, blocks } | Op::Write { lba, blocks } => {
+        Op::Read { lba, blocks } | Op::ReadLent { lba, blocks } | Op::Write { lba, blocks, .. } => {
             assert!(
                 fits(lba, blocks),
                 "{op:?} outside {} blocks",
@@ -631,7 +631,7 @@ fn check_io(qp: &QueuePair, cap: &Capsule, bdev: usize, op: Op) {
                 "{op:?} over MDTS"
             );
         }
-        Op::WriteZeroes { lba, blocks } => assert!(fits(lba, blocks), "{op:?}"),
+        Op::WriteZeroes { lba, blocks, .. } => assert!(fits(lba, blocks), "{op:?}"),
         Op::Deallocate { ranges } => {
             assert!((1..=256).contains(&ranges), "{op:?}");
             assert!(ranges as u64 * 16 <= cap.data_len as u64, "{op:?}");
@@ -801,6 +801,9 @@ pub fn discovery(data: &[u8]) {
         cfg.subsystems.push(SubsystemConfig {
             nqn: format!("nqn.2026-11.io.fuzz:{i}{tail}"),
             serial: format!("S{i}"),
+            serial_is_default: false,
+            cntlid_min: 1,
+            cntlid_max: 0xffef,
             model: "nvmfd".into(),
             allow_any_host: f & 1 != 0,
             hosts,
@@ -847,7 +850,7 @@ pub fn discovery(data: &[u8]) {
     assert_eq!(status, Status::SUCCESS);
     let (genctr, numrec) = decode_discovery_header(&page).expect("a header");
     assert_eq!(numrec, expected.len() as u64);
-    assert_eq!(genctr, target.discovery_genctr);
+    assert_eq!(genctr, target.discovery_genctr());
     for (i, (s, l)) in expected.iter().enumerate() {
         let at = DiscoveryLogEntry::HEADER_SIZE + i * DiscoveryLogEntry::SIZE;
         let e = DiscoveryLogEntry::decode(page[at..at + 1024].try_into().expect("1024 bytes"));
@@ -859,7 +862,7 @@ pub fn discovery(data: &[u8]) {
             (e.trtype, e.subtype, e.cntlid),
             (trtype::TCP, subtype::NVME, 0xffff)
         );
-        assert_eq!(e.asqsz, cfg.transports.tcp.max_queue_depth);
+        assert_eq!(e.asqsz, target.limits.max_admin_queue_entries());
         let portid = all_listeners.iter().position(|x| x == l).expect("listed") + 1;
         assert_eq!(e.portid as usize, portid);
     }

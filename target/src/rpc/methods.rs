@@ -541,6 +541,18 @@ struct CreateSubsystem {
     min_cntlid: Option<u16>,
     #[serde(default)]
     max_cntlid: Option<u16>,
+    #[serde(default)]
+    max_discard_size_kib: Option<u64>,
+    #[serde(default)]
+    max_write_zeroes_size_kib: Option<u64>,
+    #[serde(default)]
+    dmrsl: Option<u32>,
+    #[serde(default)]
+    wzsl: Option<u8>,
+    #[serde(default)]
+    passthrough: Option<bool>,
+    #[serde(default)]
+    enable_nssr: Option<bool>,
 }
 
 fn nvmf_create_subsystem(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {

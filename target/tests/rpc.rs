@@ -232,6 +232,28 @@ fn read_only_methods() {
         Some(json!({"tgt_name": "nvmf_tgt"})),
     );
 
+    let fs = call(&mut c, "framework_get_subsystems", None);
+    assert_eq!(fs[1], json!({"subsystem": "nvmf", "depends_on": ["bdev"]}));
+    let bc = call(
+        &mut c,
+        "framework_get_config",
+        Some(json!({"name": "bdev"})),
+    );
+    assert_eq!(bc.as_array().unwrap().len(), 3);
+    assert_eq!(
+        bc[2],
+        json!({"method": "bdev_null_create", "params": {"name": "spare", "num_blocks": 256, "block_size": 4096}})
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "framework_get_config",
+            Some(json!({"name": "iscsi"}))
+        )
+        .0,
+        -19
+    );
+
     // Controllers: none, then the one a host connects, with its identity.
     assert_eq!(
         call(

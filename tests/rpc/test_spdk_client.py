@@ -174,6 +174,26 @@ def _():
         assert r.returncode != 0 and '"code": -95' in out and "not supported yet" in out, (cmd, out)
 
 
+@check("spdk-rpc save_config: SPDK's JSON config of the running state")
+def _():
+    out = subprocess.run([SPDK_RPC, "-s", SOCK, "save_config"],
+                         check=True, capture_output=True, text=True).stdout
+    cfg = json.loads(out)
+    by = {x["subsystem"]: x["config"] for x in cfg["subsystems"]}
+    assert set(by) == {"bdev", "nvmf"}, cfg
+    assert [(c["method"], c["params"]["name"]) for c in by["bdev"]] == \
+        [("bdev_malloc_create", "ram0"), ("bdev_malloc_create", "ram1")], by["bdev"]
+    methods = [c["method"] for c in by["nvmf"]]
+    assert methods == ["nvmf_create_transport",
+                       "nvmf_create_subsystem", "nvmf_subsystem_add_ns", "nvmf_subsystem_add_listener",
+                       "nvmf_create_subsystem", "nvmf_subsystem_add_host", "nvmf_subsystem_add_ns",
+                       "nvmf_subsystem_add_listener"], methods
+    ns = by["nvmf"][2]["params"]
+    assert ns == {"nqn": NQN, "namespace": {"nsid": 1, "bdev_name": "ram0",
+                  "uuid": "3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10",
+                  "nguid": ns["namespace"]["nguid"]}}, ns
+
+
 @check("several clients at once")
 def _():
     errors = []

@@ -51,6 +51,8 @@ const METHODS: &[(&str, Handler)] = &[
         nvmf_subsystem_get_controllers,
     ),
     ("save_config", save_config),
+    ("framework_get_subsystems", framework_get_subsystems),
+    ("framework_get_config", framework_get_config),
     ("bdev_malloc_create", bdev_malloc_create),
     ("bdev_malloc_delete", bdev_delete),
     ("bdev_null_create", bdev_null_create),
@@ -420,6 +422,99 @@ fn nvmf_subsystem_get_controllers(ctx: &Context, p: Option<&Value>) -> Result<Va
 fn save_config(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
     params::<NoParams>(p)?;
     Ok(Value::String(nvmfd_config::to_yaml(&ctx.config)))
+}
+
+/// SPDK's `save_config` (client side: `spdk-rpc save_config`) walks these and asks each one's
+/// `framework_get_config`; dependencies come first.
+fn framework_get_subsystems(_: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+    params::<NoParams>(p)?;
+    Ok(json!([
+        {"subsystem": "bdev", "depends_on": []},
+        {"subsystem": "nvmf", "depends_on": ["bdev"]},
+    ]))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetConfig {
+    name: String,
+    /// SPDK may group calls in batches; nvmfd lists them one by one either way.
+    #[serde(default)]
+    #[allow(dead_code)]
+    with_batches: Option<bool>,
+}
+
+/// The running state as the SPDK RPC calls that would build it (SPDK's JSON config), with
+/// the same names and parameters the methods above take.
+fn framework_get_config(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+    let q: GetConfig = params(p)?;
+    let mut calls = Vec::new();
+    let mut call =
+        |method: &str, params: Value| calls.push(json!({"method": method, "params": params}));
+    match q.name.as_str() {
+        "bdev" => {
+            for (i, b) in ctx.config.bdevs.iter().enumerate() {
+                let info = &ctx.bdevs[i];
+                match &b.kind {
+                    BdevKind::Malloc { .. } => {
+                        let mut p = json!({"name": b.name, "num_blocks": info.num_blocks, "block_size": info.block_size});
+                        if let Some((_, ns)) = bdev_user(ctx, i) {
+                            p["uuid"] = json!(uuid_text(&ns.uuid));
+                        }
+                        call("bdev_malloc_create", p);
+                    }
+                    BdevKind::Null { .. } => call(
+                        "bdev_null_create",
+                        json!({"name": b.name, "num_blocks": info.num_blocks, "block_size": info.block_size}),
+                    ),
+                    BdevKind::Uring { path, .. } => call(
+                        "bdev_uring_create",
+                        json!({"name": b.name, "filename": path.to_string_lossy(), "block_size": info.block_size}),
+                    ),
+                }
+            }
+        }
+        "nvmf" => {
+            let t = &ctx.config.transports.tcp;
+            call(
+                "nvmf_create_transport",
+                json!({"trtype": "TCP", "max_queue_depth": t.max_queue_depth,
+                       "max_io_qpairs_per_ctrlr": t.max_io_queues,
+                       "in_capsule_data_size": t.in_capsule_data_size,
+                       "max_io_size": t.max_io_size, "c2h_success": t.c2h_success}),
+            );
+            for s in &ctx.target.subsystems {
+                call(
+                    "nvmf_create_subsystem",
+                    json!({"nqn": s.nqn, "serial_number": s.serial, "model_number": s.model,
+                           "allow_any_host": s.allow_any_host,
+                           "min_cntlid": s.cntlid_range.0, "max_cntlid": s.cntlid_range.1}),
+                );
+                for h in &s.hosts {
+                    call("nvmf_subsystem_add_host", json!({"nqn": s.nqn, "host": h}));
+                }
+                for n in &s.namespaces {
+                    let mut ns = json!({"nsid": n.nsid, "bdev_name": n.info.name,
+                                        "uuid": uuid_text(&n.uuid), "nguid": hex_upper(&n.nguid)});
+                    if n.eui64 != [0; 8] {
+                        ns["eui64"] = json!(hex_upper(&n.eui64));
+                    }
+                    call(
+                        "nvmf_subsystem_add_ns",
+                        json!({"nqn": s.nqn, "namespace": ns}),
+                    );
+                }
+                for l in &s.listeners {
+                    call(
+                        "nvmf_subsystem_add_listener",
+                        json!({"nqn": s.nqn, "listen_address": trid(l.transport, l.address, l.port)}),
+                    );
+                }
+            }
+        }
+        _ => return Err(RpcError::new(ENODEV, "No such device")),
+    }
+    Ok(Value::Array(calls))
 }
 
 // ---- Methods that change the running state: validated, then refused until the core can. ----

@@ -176,7 +176,7 @@ fn framework_get_reactors(ctx: &Context, p: Option<&Value>) -> Result<Value, Rpc
 }
 
 /// The namespace (subsystem NQN, namespace) a bdev backs, if any.
-fn bdev_user<'a>(ctx: &'a Context, bdev: usize) -> Option<(&'a str, &'a crate::core::Namespace)> {
+fn bdev_user(ctx: &Context, bdev: usize) -> Option<(&str, &crate::core::Namespace)> {
     ctx.target.subsystems.iter().find_map(|s| {
         s.namespaces
             .iter()

@@ -139,6 +139,22 @@ mod tests {
     }
 
     #[test]
+    fn socket_of_another_user_refused() {
+        if rustix_euid() != 0 {
+            return; // only root can make a file owned by someone else
+        }
+        let d = tmpdir("c");
+        let p = d.join("theirs.sock");
+        let l = UnixListener::bind(&p).unwrap();
+        drop(l);
+        std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
+        let e = bind(&p).unwrap_err();
+        assert!(format!("{e:#}").contains("owned by uid 65534"), "{e:#}");
+        assert_eq!(std::fs::symlink_metadata(&p).unwrap().uid(), 65534, "left alone");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
     fn symlink_and_regular_file_refused() {
         let d = tmpdir("b");
         let target = d.join("elsewhere");

@@ -150,6 +150,13 @@ fn main() -> ExitCode {
         daemon.shutdown();
         return ExitCode::FAILURE;
     }
+    if let Some(addr) = cfg.metrics.listen {
+        if let Err(e) = daemon.serve_metrics(addr) {
+            error!("{e:#}");
+            daemon.shutdown();
+            return ExitCode::FAILURE;
+        }
+    }
     info!(version = env!("CARGO_PKG_VERSION"), "nvmfd started");
     let sig = signals.wait();
     info!(

@@ -469,3 +469,66 @@ fn save_config_round_trip() {
     assert_eq!(call(&mut c, "save_config", None), saved);
     d2.shutdown();
 }
+
+/// `/metrics`: the text format, with the live controllers and bdevs in it.
+#[test]
+fn metrics_endpoint() {
+    use std::io::Write;
+    let dir = tmp("metrics");
+    let (mut d, _sock, _) = start(&dir);
+    let addr = d.serve_metrics("127.0.0.1:0".parse().unwrap()).unwrap();
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let mut o = HostOptions::new(LOCKED);
+    o.hostnqn = HOST.into();
+    o.io_timeout = Duration::from_secs(20);
+    let mut host = Host::connect_admin(d.listen_addrs[0], &o).expect("admin connect");
+    let _q = host.connect_io(1, 16).expect("io connect");
+    let m = get("/metrics");
+    assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
+    assert!(m.contains("application/openmetrics-text"), "{m}");
+    let body = &m[m.find("\r\n\r\n").unwrap() + 4..];
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "nvmfd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    assert!(body.contains("nvmfd_reactors 1\n"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "nvmfd_subsystem_controllers{{nqn=\"{LOCKED}\"}} 1\n"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("nvmfd_subsystem_controllers{{nqn=\"{NQN}\"}} 0\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "nvmfd_controller_io_queues{{nqn=\"{LOCKED}\",cntlid=\"{}\",hostnqn=\"{HOST}\"}} 1\n",
+            host.cntlid()
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("nvmfd_bdev_size_bytes{bdev=\"ram0\",kind=\"malloc\"} 8388608\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("nvmfd_reactor_cpu_seconds_total{reactor=\"0\",core=\"0\",mode=\"usr\"}"),
+        "{body}"
+    );
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    drop(_q);
+    drop(host);
+    d.shutdown();
+}

@@ -135,7 +135,7 @@ fn rpc_get_methods(_: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
 }
 
 /// `/proc/self/task/TID/stat` utime and stime (clock ticks) of the thread named `comm`.
-fn thread_times(comm: &str) -> Option<(u64, u64, u64)> {
+pub(super) fn thread_times(comm: &str) -> Option<(u64, u64, u64)> {
     for e in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let name = std::fs::read_to_string(e.path().join("comm")).unwrap_or_default();
         if name.trim_end() != comm {

@@ -11,6 +11,7 @@ pub mod cli;
 pub mod client;
 pub mod jsonrpc;
 pub mod methods;
+pub mod metrics;
 mod socket;
 
 use anyhow::Context as _;

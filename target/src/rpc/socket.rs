@@ -150,7 +150,11 @@ mod tests {
         std::os::unix::fs::chown(&p, Some(65534), None).unwrap();
         let e = bind(&p).unwrap_err();
         assert!(format!("{e:#}").contains("owned by uid 65534"), "{e:#}");
-        assert_eq!(std::fs::symlink_metadata(&p).unwrap().uid(), 65534, "left alone");
+        assert_eq!(
+            std::fs::symlink_metadata(&p).unwrap().uid(),
+            65534,
+            "left alone"
+        );
         std::fs::remove_dir_all(&d).unwrap();
     }
 

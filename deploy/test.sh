@@ -7,13 +7,14 @@
 # skipped when the build failed), and a summary with durations ends the output:
 #   rig setup (deploy/rig/setup.sh) · shellcheck of the test scripts · cargo build --release ·
 #   cargo test --release · cargo fmt --check · cargo clippy · rdma (the verbs layer's ping-pong
-#   on soft-RoCE in the guest, Debian 12's kernel) · then for each guest kernel the rig set up
+#   on soft-RoCE in the guest, Debian 12's kernel) · rpc (tests/rpc/run.sh: SPDK's Python client
+#   from PyPI against build/release/nvmfd) · then for each guest kernel the rig set up
 #   (Debian 12's 6.1 and Debian unstable's newest, 7.2 when written): rig self-test (kernel nvmet
 #   in the guest) and e2e (tests/e2e/run.sh against build/release/nvmfd), named after the
 #   kernel's version: selftest-6.1, e2e-6.1, selftest-7.2, e2e-7.2
 #
 # Environment: TEST_SKIP="selftest clippy ..." skips steps by name (rig, shell, build, test, fmt,
-# clippy, rdma, selftest-VER, e2e-VER; "selftest" and "e2e" skip them for every kernel). Exit
+# clippy, rdma, rpc, selftest-VER, e2e-VER; "selftest" and "e2e" skip them for every kernel). Exit
 # code 0 only if every step that ran passed.
 set -euo pipefail
 
@@ -58,7 +59,7 @@ step() {
 
 step rig 1800 deploy/rig/setup.sh || true
 if command -v shellcheck >/dev/null; then
-    step shell 300 shellcheck -x deploy/test.sh .ci/run deploy/rig/*.sh tests/e2e/*.sh tests/e2e/lib/*.sh || true
+    step shell 300 shellcheck -x deploy/test.sh .ci/run deploy/rig/*.sh tests/e2e/*.sh tests/e2e/lib/*.sh tests/rpc/*.sh || true
 else
     results+=("$(printf '%-12s %-5s %5s  %s' shell SKIP - "shellcheck is not installed")")
 fi
@@ -71,6 +72,11 @@ if ((build_ok)); then
         deploy/rig/run-guest.sh --timeout 420 tests/e2e/guest-rdma-pingpong.sh' || true
 else
     results+=("$(printf '%-12s %-5s %5s  %s' rdma SKIP - "no binary: the build failed")")
+fi
+if ((build_ok)); then
+    step rpc 600 tests/rpc/run.sh build/release/nvmfd || true
+else
+    results+=("$(printf '%-12s %-5s %5s  %s' rpc SKIP - "no binary: the build failed")")
 fi
 # Each kernel the rig sets up (deploy/rig/setup.sh: labels stable and newest), named by its
 # major.minor version when the rig knows it (a kernel that failed to set up keeps its label, and

@@ -65,6 +65,7 @@ mod de;
 mod error;
 mod path;
 mod raw;
+mod save;
 mod size;
 mod validate;
 mod yaml;
@@ -74,6 +75,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Diagnostic};
+pub use save::to_yaml;
 
 /// The embedded default configuration (commented YAML): one reactor on core 0, a 1 GiB RAM
 /// bdev `ram0` exported as namespace 1 of `nqn.2026-11.io.nvmfd:default` on 127.0.0.1:4420
@@ -136,6 +138,10 @@ pub struct Config {
     /// after a restart. Created at start-up when needed; failing to write it stops the start.
     /// YAML: `state_dir: /path` at the top level. Default [`default_state_dir`]; an absolute path.
     pub state_dir: PathBuf,
+    /// The JSON-RPC control socket.
+    pub rpc: Rpc,
+    /// The Prometheus metrics endpoint.
+    pub metrics: Metrics,
 }
 
 impl Default for Config {
@@ -147,6 +153,8 @@ impl Default for Config {
             subsystems: Vec::new(),
             discovery: Discovery::default(),
             state_dir: default_state_dir(),
+            rpc: Rpc::default(),
+            metrics: Metrics::default(),
         }
     }
 }
@@ -399,4 +407,33 @@ impl Default for Discovery {
     fn default() -> Self {
         Discovery { enabled: true }
     }
+}
+
+/// Where the JSON-RPC control socket is created when the config gives none.
+pub const DEFAULT_RPC_SOCKET: &str = "/var/tmp/nvmfd.sock";
+
+/// The JSON-RPC 2.0 control socket (a Unix stream socket, created mode 0600).
+///
+/// YAML: `rpc: { socket: /path }`. The `nvmfd --rpc-socket PATH` flag overrides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rpc {
+    /// Absolute path of the socket. Default [`DEFAULT_RPC_SOCKET`].
+    pub socket: PathBuf,
+}
+
+impl Default for Rpc {
+    fn default() -> Self {
+        Rpc {
+            socket: PathBuf::from(DEFAULT_RPC_SOCKET),
+        }
+    }
+}
+
+/// The Prometheus metrics endpoint (text exposition format on `/metrics`).
+///
+/// YAML: `metrics: { listen: 127.0.0.1:9477 }`; off unless `listen` is given.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Metrics {
+    /// IP literal and port to serve on (IPv6 as `[::1]:9477`); `None` = off.
+    pub listen: Option<std::net::SocketAddr>,
 }

@@ -37,6 +37,8 @@ pub(crate) struct RawConfig {
     pub subsystems: Vec<RawSubsystem>,
     pub discovery: RawDiscovery,
     pub state_dir: Option<String>,
+    pub rpc: RawRpc,
+    pub metrics: RawMetrics,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,4 +172,16 @@ pub(crate) enum RawTransportKind {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RawDiscovery {
     pub enabled: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRpc {
+    pub socket: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawMetrics {
+    pub listen: Option<String>,
 }

@@ -10,15 +10,15 @@ use std::path::PathBuf;
 use crate::de::NodeDe;
 use crate::path::FieldPath;
 use crate::raw::{
-    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawNamespace, RawReactors,
-    RawSubsystem, RawTcp, RawTransportKind, RawUring,
+    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawMetrics, RawNamespace, RawReactors,
+    RawRpc, RawSubsystem, RawTcp, RawTransportKind, RawUring,
 };
 use crate::size::Size;
 use crate::yaml::{self, Node, Pos};
 use crate::{
     BdevConfig, BdevKind, Config, ConfigError, Diagnostic, DigestMode, Discovery, ListenerConfig,
-    NamespaceConfig, Reactors, SubsystemConfig, TcpTransport, TransportKind, Transports,
-    DISCOVERY_NQN,
+    Metrics, NamespaceConfig, Reactors, Rpc, SubsystemConfig, TcpTransport, TransportKind,
+    Transports, DISCOVERY_NQN,
 };
 
 use crate::MAX_CNTLID;
@@ -30,6 +30,8 @@ const MAX_SERIAL_LEN: usize = 20;
 const MAX_MODEL_LEN: usize = 40;
 const DEFAULT_PORT: u16 = 4420;
 const DEFAULT_BLOCK_SIZE: u32 = 4096;
+/// `sizeof(sockaddr_un.sun_path)` on Linux, the terminating NUL included (unix(7)).
+const MAX_UNIX_PATH: usize = 108;
 
 fn diagnostic(file: &str, pos: Pos, path: &FieldPath, message: String) -> Diagnostic {
     Diagnostic {
@@ -296,7 +298,11 @@ impl Validator<'_> {
                 PathBuf::from(d)
             }
         };
+        let rpc = self.rpc(&root.key("rpc"), raw.rpc);
+        let metrics = self.metrics(&root.key("metrics"), raw.metrics);
         Config {
+            rpc,
+            metrics,
             reactors,
             transports: Transports { tcp },
             bdevs,
@@ -367,6 +373,68 @@ impl Validator<'_> {
                 "uuid" => ns.uuid = bytes.try_into().ok(),
                 "nguid" => ns.nguid = bytes.try_into().ok(),
                 _ => ns.eui64 = bytes.try_into().ok(),
+            }
+        }
+    }
+
+    fn rpc(&mut self, p: &FieldPath, r: RawRpc) -> Rpc {
+        let Some(socket) = r.socket else {
+            return Rpc::default();
+        };
+        let sp = p.key("socket");
+        if !socket.starts_with('/') {
+            self.report(
+                &sp,
+                At::Value,
+                format!("rpc.socket must be an absolute path (got {socket:?})"),
+            );
+        } else if socket.ends_with('/') {
+            self.report(
+                &sp,
+                At::Value,
+                format!("rpc.socket names a directory ({socket:?}); give the socket's file name"),
+            );
+        } else if socket.len() >= MAX_UNIX_PATH {
+            // sockaddr_un.sun_path holds 108 bytes including the terminating NUL (unix(7)).
+            self.report(
+                &sp,
+                At::Value,
+                format!(
+                    "rpc.socket is {} bytes long; a Unix socket path has at most {} bytes",
+                    socket.len(),
+                    MAX_UNIX_PATH - 1
+                ),
+            );
+        }
+        Rpc {
+            socket: PathBuf::from(socket),
+        }
+    }
+
+    fn metrics(&mut self, p: &FieldPath, m: RawMetrics) -> Metrics {
+        let Some(listen) = m.listen else {
+            return Metrics::default();
+        };
+        match listen.parse::<std::net::SocketAddr>() {
+            Ok(a) if a.port() != 0 => Metrics { listen: Some(a) },
+            Ok(_) => {
+                self.report(
+                    &p.key("listen"),
+                    At::Value,
+                    "metrics.listen needs a port between 1 and 65535",
+                );
+                Metrics::default()
+            }
+            Err(_) => {
+                self.report(
+                    &p.key("listen"),
+                    At::Value,
+                    format!(
+                        "{listen:?} is not an address and port: write e.g. 127.0.0.1:9477 or \
+                         [::1]:9477 (host names are not resolved)"
+                    ),
+                );
+                Metrics::default()
             }
         }
     }

@@ -300,6 +300,8 @@ fn embedded_default_matches_spec() {
         }],
         discovery: Discovery { enabled: true },
         state_dir: nvmfd_config::default_state_dir(),
+        rpc: nvmfd_config::Rpc::default(),
+        metrics: nvmfd_config::Metrics::default(),
     };
     assert_eq!(Config::embedded_default(), expected);
     assert_eq!(

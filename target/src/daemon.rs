@@ -22,6 +22,11 @@ pub struct Daemon {
     stop: Arc<AtomicBool>,
     reactors: Vec<ReactorHandle>,
     acceptor: Option<std::thread::JoinHandle<()>>,
+    /// What the control plane reports: the config started from, the bdevs' facts, the cores.
+    cfg: Config,
+    bdev_infos: Vec<nvmfd_bdev::BdevInfo>,
+    rpc: Option<crate::rpc::RpcServer>,
+    metrics: Option<crate::rpc::metrics::MetricsServer>,
 }
 
 impl Daemon {
@@ -145,11 +150,51 @@ impl Daemon {
             stop,
             reactors,
             acceptor: Some(acceptor),
+            cfg: cfg.clone(),
+            bdev_infos: infos,
+            rpc: None,
+            metrics: None,
         })
+    }
+
+    /// Serve the JSON-RPC control plane on a Unix socket at `socket` (see `crate::rpc`), on a
+    /// thread of its own, until shutdown. Fails when the socket cannot be created safely (see
+    /// `crate::rpc`); the rest of the daemon is untouched by that.
+    pub fn serve_rpc(&mut self, socket: &std::path::Path) -> anyhow::Result<()> {
+        let ctx = self.control_context(socket);
+        self.rpc = Some(crate::rpc::RpcServer::start(socket, ctx)?);
+        Ok(())
+    }
+
+    /// Serve Prometheus metrics on `addr` (`metrics.listen`; port 0 picks one) until shutdown;
+    /// returns the bound address.
+    pub fn serve_metrics(&mut self, addr: SocketAddr) -> anyhow::Result<SocketAddr> {
+        let socket = self.cfg.rpc.socket.clone();
+        let ctx = Arc::new(self.control_context(&socket));
+        let m = crate::rpc::metrics::start(addr, ctx)?;
+        let bound = m.addr;
+        self.metrics = Some(m);
+        Ok(bound)
+    }
+
+    fn control_context(&self, socket: &std::path::Path) -> crate::rpc::methods::Context {
+        use crate::rpc::methods::{running_config, Context, ReactorInfo};
+        Context {
+            target: self.target.clone(),
+            config: running_config(&self.cfg, &self.target, socket),
+            bdevs: self.bdev_infos.clone(),
+            reactors: (self.cfg.reactors.cores.iter().enumerate())
+                .map(|(id, &core)| ReactorInfo { id, core })
+                .collect(),
+        }
     }
 
     /// Stop accepting, let reactors finish in-flight I/O and flush responses, then join them.
     pub fn shutdown(mut self) {
+        if let Some(r) = self.rpc.take() {
+            r.stop();
+        }
+        self.metrics = None;
         self.stop.store(true, Ordering::SeqCst);
         if let Some(a) = self.acceptor.take() {
             let _ = a.join();

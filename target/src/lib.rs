@@ -7,4 +7,5 @@ pub mod daemon;
 pub mod identity;
 mod poll;
 pub mod reactor;
+pub mod rpc;
 pub mod signals;

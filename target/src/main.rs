@@ -24,6 +24,10 @@ struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
+    /// The JSON-RPC control socket (overrides `rpc.socket` of the config; default
+    /// /var/tmp/nvmfd.sock). `nvmfd rpc` connects to the same path.
+    #[arg(long, global = true, value_name = "PATH")]
+    rpc_socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -37,6 +41,9 @@ enum Command {
     /// Print the PCIe hierarchy and the peer-to-peer decision for every RDMA device × NVMe SSD
     /// (or listener × namespace of --config), or for one --pair.
     Topology(topology_cli::TopologyArgs),
+    /// Call a JSON-RPC method of a running nvmfd (SPDK-style names, see docs/rpc.md), e.g.
+    /// `nvmfd rpc nvmf_get_subsystems` or `nvmfd rpc save-config > saved.yaml`.
+    Rpc(nvmfd_target::rpc::cli::RpcArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -97,6 +104,20 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Some(Command::Topology(args)) => return topology_cli::run(&args),
+        Some(Command::Rpc(args)) => {
+            let socket = match (&cli.rpc_socket, &cli.config) {
+                (Some(s), _) => s.clone(),
+                (None, Some(path)) => match nvmfd_config::load_file(path) {
+                    Ok(c) => c.rpc.socket,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                (None, None) => PathBuf::from(nvmfd_config::DEFAULT_RPC_SOCKET),
+            };
+            return nvmfd_target::rpc::cli::run(&args, socket);
+        }
         None => {}
     }
     // Block SIGINT/SIGTERM before any thread starts (the log writer is the first) so every thread
@@ -116,13 +137,31 @@ fn main() -> ExitCode {
             nvmfd_config::Config::embedded_default()
         }
     };
-    let daemon = match Daemon::start(&cfg) {
+    let mut daemon = match Daemon::start(&cfg) {
         Ok(d) => d,
         Err(e) => {
             error!("{e:#}");
             return ExitCode::FAILURE;
         }
     };
+    let socket = cli
+        .rpc_socket
+        .clone()
+        .unwrap_or_else(|| cfg.rpc.socket.clone());
+    if let Err(e) = daemon.serve_rpc(&socket) {
+        // Refuse to run without the control plane asked for: a second daemon on the same
+        // socket, or a path someone else controls, is a configuration mistake to fix.
+        error!("{e:#}");
+        daemon.shutdown();
+        return ExitCode::FAILURE;
+    }
+    if let Some(addr) = cfg.metrics.listen {
+        if let Err(e) = daemon.serve_metrics(addr) {
+            error!("{e:#}");
+            daemon.shutdown();
+            return ExitCode::FAILURE;
+        }
+    }
     info!(version = env!("CARGO_PKG_VERSION"), "nvmfd started");
     let sig = signals.wait();
     info!(

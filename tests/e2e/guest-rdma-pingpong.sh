@@ -98,6 +98,7 @@ tcp_only_daemon() {
     [[ -x $NVMFD ]] || { why "$NVMFD not built"; return 1; }
     cat >/tmp/tcp-only.yaml <<YAML || { why "cannot write the configuration"; return 1; }
 state_dir: /tmp/nvmfd-state
+rpc: { socket: /tmp/nvmfd-rpc.sock }
 reactors:
   cores: [0]
   idle_sleep_us: 50

@@ -95,6 +95,7 @@ done
 cat >"$CONFIG" <<EOF
 # Written by tests/e2e/run.sh
 state_dir: $WORK/state
+rpc: { socket: $WORK/rpc.sock }
 reactors:
   cores: [0]
   idle_sleep_us: 50
@@ -141,6 +142,7 @@ cat >"$TWIN_CONFIG" <<EOF
 # Written by tests/e2e/run.sh: a second instance serving the same NQN with other data. Its own
 # state folder, as on a second machine.
 state_dir: $WORK/twin-state
+rpc: { socket: $WORK/twin-rpc.sock }
 reactors:
   cores: [0]
   idle_sleep_us: 50

@@ -298,6 +298,11 @@ impl Target {
             .event()
     }
 
+    /// A snapshot of the live controllers of `subsys` (control plane: reports).
+    pub fn controllers(&self, subsys: SubsysRef) -> Vec<Arc<CtrlShared>> {
+        self.registry.of_subsystem(subsys)
+    }
+
     /// Live controllers (for reports and tests).
     pub fn controller_count(&self) -> usize {
         self.registry.len()

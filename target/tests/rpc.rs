@@ -1,0 +1,534 @@
+//! The JSON-RPC control plane against a real daemon: the socket, framing, errors, and the
+//! content of every read-only method (checked against the config and a connected host).
+
+use nvmfd_bench::{Host, HostOptions};
+use nvmfd_target::daemon::Daemon;
+use nvmfd_target::rpc::client::Client;
+use serde_json::{json, Value};
+use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::PathBuf;
+use std::time::Duration;
+
+const NQN: &str = "nqn.2026-11.io.nvmfd:rpc";
+const LOCKED: &str = "nqn.2026-11.io.nvmfd:rpc-locked";
+const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0a0a0a0a-0000-4000-8000-00000000000a";
+const UUID: &str = "3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10";
+
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tmp(tag: &str) -> Dir {
+    let d = std::env::temp_dir().join(format!("nvmfd-rpc-it-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    Dir(d)
+}
+
+fn yaml(port: u16, state: &std::path::Path) -> String {
+    format!(
+        r#"
+reactors: {{ cores: [0], idle_sleep_us: 20 }}
+transports: {{ tcp: {{ max_queue_depth: 64, header_digest: off }} }}
+bdevs:
+  - {{ name: ram0, malloc: {{ size: 8MiB }} }}
+  - {{ name: ram1, malloc: {{ size: 4MiB, block_size: 512 }} }}
+  - {{ name: spare, null: {{ size: 1MiB }} }}
+subsystems:
+  - nqn: {NQN}
+    serial: RPC0001
+    model: rpc-model
+    namespaces:
+      - {{ nsid: 3, bdev: ram0, uuid: {UUID}, eui64: 0026b7680000f00d }}
+    listeners: [ {{ address: 127.0.0.1, port: {port} }} ]
+  - nqn: {LOCKED}
+    hosts: [ {HOST} ]
+    cntlid_min: 100
+    cntlid_max: 200
+    namespaces: [ {{ bdev: ram1 }} ]
+    listeners: [ {{ address: 127.0.0.1, port: {port} }} ]
+state_dir: {}
+"#,
+        state.display()
+    )
+}
+
+fn start(dir: &Dir) -> (Daemon, PathBuf, nvmfd_config::Config) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = nvmfd_config::parse_str(&yaml(port, &dir.0.join("state")), "rpc.yaml").unwrap();
+    let mut d = Daemon::start(&cfg).expect("daemon starts");
+    let sock = dir.0.join("nvmfd.sock");
+    d.serve_rpc(&sock).expect("rpc starts");
+    (d, sock, cfg)
+}
+
+fn call(c: &mut Client, m: &str, p: Option<Value>) -> Value {
+    match c.call(m, p).unwrap() {
+        Ok(v) => v,
+        Err(e) => panic!("{m}: error {e:?}"),
+    }
+}
+
+fn err(c: &mut Client, m: &str, p: Option<Value>) -> (i32, String) {
+    match c.call(m, p).unwrap() {
+        Ok(v) => panic!("{m}: expected an error, got {v}"),
+        Err(e) => (e.code, e.message),
+    }
+}
+
+#[test]
+fn socket_mode_and_removal() {
+    let dir = tmp("sock");
+    let (d, sock, _) = start(&dir);
+    let m = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(m.file_type().is_socket());
+    assert_eq!(m.mode() & 0o777, 0o600);
+    d.shutdown();
+    assert!(!sock.exists(), "socket removed at shutdown");
+}
+
+#[test]
+fn read_only_methods() {
+    let dir = tmp("ro");
+    let (d, sock, _cfg) = start(&dir);
+    let mut c = Client::connect(&sock).unwrap();
+
+    let v = call(&mut c, "spdk_get_version", None);
+    assert_eq!(
+        v["version"],
+        format!("nvmfd v{}", env!("CARGO_PKG_VERSION"))
+    );
+    assert_eq!(
+        v["fields"]["minor"],
+        json!(env!("CARGO_PKG_VERSION_MINOR").parse::<u64>().unwrap())
+    );
+
+    let methods = call(&mut c, "rpc_get_methods", None);
+    let names: Vec<&str> = methods
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    for m in [
+        "spdk_get_version",
+        "nvmf_get_subsystems",
+        "bdev_get_bdevs",
+        "save_config",
+        "nvmf_create_subsystem",
+    ] {
+        assert!(names.contains(&m), "{m} missing from {names:?}");
+    }
+
+    let r = call(&mut c, "framework_get_reactors", None);
+    assert_eq!(r["pid"], json!(std::process::id()));
+    assert_eq!(r["reactors"].as_array().unwrap().len(), 1);
+    assert_eq!(r["reactors"][0]["lcore"], 0);
+    assert_eq!(r["reactors"][0]["lw_threads"][0]["name"], "reactor-0");
+    assert!(r["reactors"][0]["tid"].as_u64().unwrap() > 0, "{r}");
+
+    let b = call(&mut c, "bdev_get_bdevs", None);
+    let b = b.as_array().unwrap();
+    assert_eq!(b.len(), 3);
+    assert_eq!(b[0]["name"], "ram0");
+    assert_eq!(b[0]["block_size"], 4096);
+    assert_eq!(b[0]["num_blocks"], 2048);
+    assert_eq!(b[0]["product_name"], "Malloc disk");
+    assert_eq!(b[0]["uuid"], UUID);
+    assert_eq!(b[0]["claimed"], true);
+    assert_eq!(b[1]["block_size"], 512);
+    assert_eq!(b[1]["num_blocks"], 8192);
+    assert_eq!(b[2]["product_name"], "Null disk");
+    assert_eq!(b[2]["claimed"], false);
+    assert!(b[2].get("uuid").is_none());
+    let one = call(&mut c, "bdev_get_bdevs", Some(json!({"name": "ram1"})));
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["name"], "ram1");
+    assert_eq!(
+        err(&mut c, "bdev_get_bdevs", Some(json!({"name": "nope"}))).0,
+        -19
+    );
+
+    let t = call(&mut c, "nvmf_get_transports", None);
+    assert_eq!(t[0]["trtype"], "TCP");
+    assert_eq!(t[0]["max_queue_depth"], 64);
+    assert_eq!(t[0]["header_digest"], "off");
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_get_transports",
+            Some(json!({"trtype": "RDMA"}))
+        )
+        .0,
+        -19
+    );
+
+    let s = call(&mut c, "nvmf_get_subsystems", None);
+    let s = s.as_array().unwrap();
+    assert_eq!(s.len(), 3, "discovery + 2");
+    assert_eq!(s[0]["subtype"], "Discovery");
+    assert_eq!(s[1]["nqn"], NQN);
+    assert_eq!(s[1]["subtype"], "NVMe");
+    assert_eq!(s[1]["serial_number"], "RPC0001");
+    assert_eq!(s[1]["model_number"], "rpc-model");
+    assert_eq!(s[1]["allow_any_host"], true);
+    let la = &s[1]["listen_addresses"][0];
+    assert_eq!(
+        (
+            la["trtype"].as_str(),
+            la["adrfam"].as_str(),
+            la["traddr"].as_str()
+        ),
+        (Some("TCP"), Some("IPv4"), Some("127.0.0.1"))
+    );
+    assert_eq!(la["trsvcid"], d.listen_addrs[0].port().to_string());
+    let ns = &s[1]["namespaces"][0];
+    assert_eq!(ns["nsid"], 3);
+    assert_eq!(ns["bdev_name"], "ram0");
+    assert_eq!(ns["uuid"], UUID);
+    assert_eq!(ns["eui64"], "0026B7680000F00D");
+    assert_eq!(ns["nguid"].as_str().unwrap().len(), 32);
+    assert_eq!(s[2]["allow_any_host"], false);
+    assert_eq!(s[2]["hosts"], json!([{"nqn": HOST}]));
+    assert_eq!(
+        (s[2]["min_cntlid"].as_u64(), s[2]["max_cntlid"].as_u64()),
+        (Some(100), Some(200))
+    );
+    // The serial the daemon derived (no serial in the YAML) is the one hosts see.
+    let derived = d.target.subsystems[1].serial.clone();
+    assert_eq!(s[2]["serial_number"], derived);
+    let one = call(&mut c, "nvmf_get_subsystems", Some(json!({"nqn": LOCKED})));
+    assert_eq!(one.as_array().unwrap().len(), 1);
+    assert_eq!(one[0]["nqn"], LOCKED);
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_get_subsystems",
+            Some(json!({"nqn": "nqn.x:none"}))
+        )
+        .0,
+        -19
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_get_subsystems",
+            Some(json!({"tgt_name": "other"}))
+        )
+        .0,
+        -32603
+    );
+    call(
+        &mut c,
+        "nvmf_get_subsystems",
+        Some(json!({"tgt_name": "nvmf_tgt"})),
+    );
+
+    let fs = call(&mut c, "framework_get_subsystems", None);
+    assert_eq!(fs[1], json!({"subsystem": "nvmf", "depends_on": ["bdev"]}));
+    let bc = call(
+        &mut c,
+        "framework_get_config",
+        Some(json!({"name": "bdev"})),
+    );
+    assert_eq!(bc.as_array().unwrap().len(), 3);
+    assert_eq!(
+        bc[2],
+        json!({"method": "bdev_null_create", "params": {"name": "spare", "num_blocks": 256, "block_size": 4096}})
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "framework_get_config",
+            Some(json!({"name": "iscsi"}))
+        )
+        .0,
+        -19
+    );
+
+    // Controllers: none, then the one a host connects, with its identity.
+    assert_eq!(
+        call(
+            &mut c,
+            "nvmf_subsystem_get_controllers",
+            Some(json!({"nqn": LOCKED}))
+        ),
+        json!([])
+    );
+    let mut o = HostOptions::new(LOCKED);
+    o.hostnqn = HOST.into();
+    o.hostid = [0xab; 16];
+    o.io_timeout = Duration::from_secs(20);
+    let mut host = Host::connect_admin(d.listen_addrs[0], &o).expect("admin connect");
+    let _q = host.connect_io(1, 16).expect("io connect");
+    let ctrls = call(
+        &mut c,
+        "nvmf_subsystem_get_controllers",
+        Some(json!({"nqn": LOCKED})),
+    );
+    assert_eq!(ctrls.as_array().unwrap().len(), 1, "{ctrls}");
+    assert_eq!(ctrls[0]["cntlid"], json!(host.cntlid()));
+    assert!((100..=200).contains(&host.cntlid()));
+    assert_eq!(ctrls[0]["hostnqn"], HOST);
+    assert_eq!(ctrls[0]["hostid"], "abababab-abab-abab-abab-abababababab");
+    assert_eq!(ctrls[0]["cntrltype"], "io");
+    assert_eq!(ctrls[0]["num_io_qpairs"], 1);
+    assert_eq!(
+        call(
+            &mut c,
+            "nvmf_subsystem_get_controllers",
+            Some(json!({"nqn": NQN}))
+        ),
+        json!([])
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_get_controllers",
+            Some(json!({"nqn": "nqn.x:none"}))
+        )
+        .0,
+        -32602
+    );
+    assert_eq!(
+        err(&mut c, "nvmf_subsystem_get_controllers", None).0,
+        -32602
+    );
+    drop(_q);
+    drop(host);
+    d.shutdown();
+}
+
+#[test]
+fn errors_and_framing() {
+    let dir = tmp("err");
+    let (d, sock, _) = start(&dir);
+    let mut c = Client::connect(&sock).unwrap();
+    let (code, msg) = err(&mut c, "no_such_method", None);
+    assert_eq!((code, msg.as_str()), (-32601, "Method not found"));
+    assert_eq!(
+        err(&mut c, "spdk_get_version", Some(json!({"x": 1}))).0,
+        -32602
+    );
+    assert_eq!(
+        err(&mut c, "nvmf_get_subsystems", Some(json!(["nqn"]))).0,
+        -32602
+    );
+    assert_eq!(
+        err(&mut c, "bdev_get_bdevs", Some(json!({"name": 5}))).0,
+        -32602
+    );
+
+    // Mutating methods validate, then refuse clearly; nothing changes.
+    let (code, msg) = err(
+        &mut c,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": "nqn.2026-11.io.nvmfd:new"})),
+    );
+    assert_eq!(code, -95);
+    assert!(
+        msg.contains("not supported yet: live reconfiguration"),
+        "{msg}"
+    );
+    assert_eq!(
+        err(&mut c, "nvmf_create_subsystem", Some(json!({}))).0,
+        -32602
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "bdev_malloc_create",
+            Some(json!({"num_blocks": 8, "block_size": 1000}))
+        )
+        .0,
+        -32602
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "bdev_malloc_create",
+            Some(json!({"num_blocks": 8, "block_size": 4096}))
+        )
+        .0,
+        -95
+    );
+    assert_eq!(
+        err(&mut c, "bdev_malloc_delete", Some(json!({"name": "nope"}))).0,
+        -19
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_add_ns",
+            Some(json!({"nqn": NQN, "namespace": {}}))
+        )
+        .0,
+        -32602
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_add_ns",
+            Some(json!({"nqn": NQN, "namespace": {"bdev_name": "spare"}}))
+        )
+        .0,
+        -95
+    );
+    assert_eq!(err(&mut c, "nvmf_subsystem_add_listener", Some(json!({"nqn": "nqn.x:none", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1"}}))).0, -32602);
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_allow_any_host",
+            Some(json!({"nqn": NQN, "allow_any_host": false}))
+        )
+        .0,
+        -95
+    );
+    assert_eq!(err(&mut c, "nvmf_get_stats", None).0, -95);
+    assert_eq!(
+        call(&mut c, "nvmf_get_subsystems", None)
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+
+    // Two requests in one write, pretty-printed like SPDK's client sends them.
+    c.send_raw(b"{\n  \"jsonrpc\": \"2.0\",\n  \"method\": \"spdk_get_version\",\n  \"id\": 100\n}\n{\"jsonrpc\":\"2.0\",\"method\":\"nope\",\"id\":101}").unwrap();
+    assert_eq!(c.read_value().unwrap()["id"], 100);
+    assert_eq!(c.read_value().unwrap()["error"]["code"], -32601);
+    // A batch.
+    c.send_raw(br#"[{"jsonrpc":"2.0","method":"spdk_get_version","id":1},{"jsonrpc":"2.0","method":"spdk_get_version"},{"jsonrpc":"2.0","id":2}]"#).unwrap();
+    let b = c.read_value().unwrap();
+    assert_eq!(b.as_array().unwrap().len(), 2, "{b}");
+    assert_eq!(b[1]["error"]["code"], -32600);
+
+    // A second client is served while the first stays connected.
+    let mut c2 = Client::connect(&sock).unwrap();
+    call(&mut c2, "spdk_get_version", None);
+
+    // Garbage: a parse error with id null, then the connection is closed.
+    c.send_raw(b"{\"jsonrpc\": nope}").unwrap();
+    let e = c.read_value().unwrap();
+    assert_eq!(e["error"]["code"], -32700);
+    assert_eq!(e["id"], Value::Null);
+    assert!(c.read_value().is_err(), "closed after a parse error");
+
+    // Oversized: refused without waiting for the end, connection closed.
+    let mut c3 = Client::connect(&sock).unwrap();
+    let mut big = b"{\"jsonrpc\":\"2.0\",\"method\":\"x\",\"params\":{\"a\":\"".to_vec();
+    big.extend(vec![
+        b'x';
+        nvmfd_target::rpc::jsonrpc::MAX_REQUEST_BYTES + 10
+    ]);
+    let _ = c3.send_raw(&big);
+    let e = c3.read_value().unwrap();
+    assert_eq!(e["error"]["code"], -32600);
+
+    // The others are unaffected.
+    call(&mut c2, "spdk_get_version", None);
+    let mut raw = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    drop(c2);
+    let mut none = [0u8; 1];
+    raw.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    assert!(raw.read(&mut none).is_err(), "nothing is sent unasked");
+    d.shutdown();
+}
+
+/// save_config → check-config → start from it: the same target (subsystems, identities).
+#[test]
+fn save_config_round_trip() {
+    let dir = tmp("save");
+    let (d, sock, _) = start(&dir);
+    let mut c = Client::connect(&sock).unwrap();
+    let saved = call(&mut c, "save_config", None);
+    let text = saved.as_str().expect("YAML text");
+    let subs_before = call(&mut c, "nvmf_get_subsystems", None);
+    let bdevs_before = call(&mut c, "bdev_get_bdevs", None);
+    drop(c);
+    d.shutdown();
+
+    let cfg2 =
+        nvmfd_config::parse_str(text, "saved.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(cfg2.rpc.socket, sock);
+    let mut d2 = Daemon::start(&cfg2).expect("restart from the saved config");
+    d2.serve_rpc(&sock).unwrap();
+    let mut c = Client::connect(&sock).unwrap();
+    assert_eq!(call(&mut c, "nvmf_get_subsystems", None), subs_before);
+    assert_eq!(call(&mut c, "bdev_get_bdevs", None), bdevs_before);
+    // Saving again writes the same text.
+    assert_eq!(call(&mut c, "save_config", None), saved);
+    d2.shutdown();
+}
+
+/// `/metrics`: the text format, with the live controllers and bdevs in it.
+#[test]
+fn metrics_endpoint() {
+    use std::io::Write;
+    let dir = tmp("metrics");
+    let (mut d, _sock, _) = start(&dir);
+    let addr = d.serve_metrics("127.0.0.1:0".parse().unwrap()).unwrap();
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    let mut o = HostOptions::new(LOCKED);
+    o.hostnqn = HOST.into();
+    o.io_timeout = Duration::from_secs(20);
+    let mut host = Host::connect_admin(d.listen_addrs[0], &o).expect("admin connect");
+    let _q = host.connect_io(1, 16).expect("io connect");
+    let m = get("/metrics");
+    assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
+    assert!(m.contains("application/openmetrics-text"), "{m}");
+    let body = &m[m.find("\r\n\r\n").unwrap() + 4..];
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "nvmfd_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{body}"
+    );
+    assert!(body.contains("nvmfd_reactors 1\n"), "{body}");
+    assert!(
+        body.contains(&format!(
+            "nvmfd_subsystem_controllers{{nqn=\"{LOCKED}\"}} 1\n"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("nvmfd_subsystem_controllers{{nqn=\"{NQN}\"}} 0\n")),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!(
+            "nvmfd_controller_io_queues{{nqn=\"{LOCKED}\",cntlid=\"{}\",hostnqn=\"{HOST}\"}} 1\n",
+            host.cntlid()
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("nvmfd_bdev_size_bytes{bdev=\"ram0\",kind=\"malloc\"} 8388608\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("nvmfd_reactor_cpu_seconds_total{reactor=\"0\",core=\"0\",mode=\"usr\"}"),
+        "{body}"
+    );
+    assert!(get("/other").starts_with("HTTP/1.1 404"));
+    drop(_q);
+    drop(host);
+    d.shutdown();
+}

@@ -1,0 +1,10 @@
+//! `nvmfd-nvme`: a userspace, polled NVMe driver over VFIO.
+//!
+//! Layers, bottom up: [`regs`], [`cmd`], [`prp`] and [`queue`] are pure (no I/O, unit tested);
+//! the VFIO wrappers own one kernel object each; the controller brings the SSD up and hands out
+//! one I/O queue pair per reactor, created with interrupts off and polled by that reactor.
+
+pub mod cmd;
+pub mod prp;
+pub mod queue;
+pub mod regs;

@@ -8,3 +8,12 @@ pub mod cmd;
 pub mod prp;
 pub mod queue;
 pub mod regs;
+pub mod sysfs;
+
+mod bar;
+pub mod ctrl;
+pub mod dma;
+pub mod vfio;
+
+pub use ctrl::{Cmb, Controller, CtrlInfo, Error, IoQpair, NsInfo, OpenOptions, SubmitError};
+pub use dma::DmaRegion;

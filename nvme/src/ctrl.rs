@@ -1,0 +1,911 @@
+//! Controller bring-up (NVMe Base 2.0, 3.5.1 "Memory-based Controller Initialization"), the
+//! admin queue, Identify, I/O queue pairs, the CMB, and shutdown.
+
+use std::io;
+use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::bar::Bar;
+use crate::cmd::{admin, feature, Cqe, Sqe, Status};
+use crate::dma::DmaRegion;
+use crate::prp::{self, ListSpace, Segment};
+use crate::queue::{CidTable, CqRing, QueueMem, SqRing};
+use crate::regs::{cmbmsc, off, Cap, Cc, CmbLayout, Cmbloc, Cmbsz, Csts};
+use crate::sysfs;
+use crate::vfio::{self, Container, Device, Group};
+
+/// Memory page size the driver configures (CC.MPS = 0).
+pub const PAGE: usize = 4096;
+/// Admin queue depth.
+const ADMIN_DEPTH: u16 = 32;
+/// Highest number of I/O queue pairs the driver asks for (the BAR0 mapping covers their
+/// doorbells).
+pub const MAX_IO_QUEUES: u16 = 64;
+/// Admin command time limit.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Driver errors that carry an NVMe status or say the device is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{what}: NVMe status {status}")]
+    Status { what: &'static str, status: Status },
+    #[error("{what}: no completion within {ms} ms")]
+    Timeout { what: &'static str, ms: u128 },
+    #[error("controller {bdf} is gone: registers read all ones (surprise removal or link down)")]
+    Removed { bdf: String },
+    #[error("controller {bdf} reports a fatal status (CSTS.CFS): it needs a reset")]
+    Fatal { bdf: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Identify Controller facts the driver uses.
+#[derive(Debug, Clone)]
+pub struct CtrlInfo {
+    pub vid: u16,
+    pub serial: String,
+    pub model: String,
+    pub firmware: String,
+    /// Largest transfer in bytes (MDTS; 0 in the field = no limit, capped here by the PRP list
+    /// room of one page: 2 MiB).
+    pub max_transfer: usize,
+    /// Optional NVM Command Support (ONCS).
+    pub oncs: u16,
+    /// Volatile Write Cache present.
+    pub vwc: bool,
+    /// Number of namespaces (NN).
+    pub nn: u32,
+    pub version: u32,
+}
+
+impl CtrlInfo {
+    pub fn compare(&self) -> bool {
+        self.oncs & 1 != 0
+    }
+    pub fn dsm(&self) -> bool {
+        self.oncs & 1 << 2 != 0
+    }
+    pub fn write_zeroes(&self) -> bool {
+        self.oncs & 1 << 3 != 0
+    }
+}
+
+/// Identify Namespace facts.
+#[derive(Debug, Clone, Copy)]
+pub struct NsInfo {
+    pub nsid: u32,
+    /// Namespace size in logical blocks (NSZE).
+    pub blocks: u64,
+    pub block_size: u32,
+}
+
+fn ascii(b: &[u8]) -> String {
+    String::from_utf8_lossy(b)
+        .trim_end_matches([' ', '\0'])
+        .chars()
+        .filter(|c| c.is_ascii_graphic() || *c == ' ')
+        .collect()
+}
+
+fn le16(b: &[u8], o: usize) -> u16 {
+    u16::from_le_bytes([b[o], b[o + 1]])
+}
+fn le32(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
+}
+fn le64(b: &[u8], o: usize) -> u64 {
+    u64::from(le32(b, o)) | u64::from(le32(b, o + 4)) << 32
+}
+
+/// Decode an Identify Controller page (NVMe Base 2.0, Figure 275).
+pub fn parse_identify_ctrl(b: &[u8; 4096], cap: Cap) -> CtrlInfo {
+    let mdts = b[77];
+    let room = PAGE * (PAGE / 8);
+    let max_transfer = if mdts == 0 {
+        room
+    } else {
+        (cap.mps_min() << mdts.min(20)).min(room)
+    };
+    CtrlInfo {
+        vid: le16(b, 0),
+        serial: ascii(&b[4..24]),
+        model: ascii(&b[24..64]),
+        firmware: ascii(&b[64..72]),
+        max_transfer,
+        oncs: le16(b, 520),
+        vwc: b[525] & 1 != 0,
+        nn: le32(b, 516),
+        version: le32(b, 80),
+    }
+}
+
+/// Decode an Identify Namespace page (NVMe Base 2.0 NVM Command Set spec, Figure 97); `None`
+/// for an inactive namespace (all zero).
+pub fn parse_identify_ns(nsid: u32, b: &[u8; 4096]) -> Option<NsInfo> {
+    let nsze = le64(b, 0);
+    if nsze == 0 {
+        return None;
+    }
+    // FLBAS: bits 3:0 plus bits 6:5 as the high bits of the format index.
+    let flbas = b[26];
+    let idx = usize::from(flbas & 0xf | (flbas >> 5 & 3) << 4);
+    let lbaf = le32(b, 128 + 4 * idx.min(63));
+    let lbads = (lbaf >> 16) & 0xff;
+    if !(9..=16).contains(&lbads) {
+        return None;
+    }
+    Some(NsInfo {
+        nsid,
+        blocks: nsze,
+        block_size: 1 << lbads,
+    })
+}
+
+/// Submission + completion entry memory of one queue pair.
+struct Rings {
+    sq: DmaRegion,
+    cq: DmaRegion,
+}
+
+impl QueueMem for Rings {
+    fn write_sqe(&mut self, idx: u16, sqe: &Sqe) {
+        self.sq
+            .write_64(usize::from(idx) * Sqe::SIZE, &sqe.to_bytes());
+    }
+    fn read_cqe(&self, idx: u16) -> Cqe {
+        let off = usize::from(idx) * Cqe::SIZE;
+        let c = Cqe::from_bytes(&self.cq.read_16(off));
+        // The phase tag says the entry is complete; read it again after an acquire fence so
+        // no field is older than the tag.
+        fence(Ordering::Acquire);
+        let again = Cqe::from_bytes(&self.cq.read_16(off));
+        if again.phase() == c.phase() {
+            again
+        } else {
+            c
+        }
+    }
+}
+
+struct AdminQueue {
+    rings: Rings,
+    sq: SqRing,
+    cq: CqRing,
+    next_cid: u16,
+    sq_db: usize,
+    cq_db: usize,
+}
+
+/// The CMB once enabled: a mapped BAR slice and the address the controller knows it by.
+pub struct Cmb {
+    pub layout: CmbLayout,
+    /// Controller address of the CMB's first byte (CMBMSC.CBA plus nothing: the driver puts
+    /// CBA at the CMB's BAR bus address).
+    pub ctrl_addr: u64,
+    map: Bar,
+}
+
+impl Cmb {
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// Device address of CMB byte `off`, for PRPs.
+    pub fn addr(&self, off: usize) -> u64 {
+        assert!(off <= self.len());
+        self.ctrl_addr + off as u64
+    }
+    pub fn write(&self, off: usize, src: &[u8]) {
+        self.map.copy_in(off, src);
+    }
+    pub fn read(&self, off: usize, dst: &mut [u8]) {
+        self.map.copy_out(off, dst);
+    }
+}
+
+/// An NVMe controller driven through VFIO. Shared by reactors (`Arc`); the admin queue is behind
+/// a mutex because only the control plane uses it (bring-up, queue creation, abort, shutdown).
+pub struct Controller {
+    bdf: String,
+    cap: Cap,
+    stride: usize,
+    bar0: Arc<Bar>,
+    admin: Mutex<AdminQueue>,
+    info: CtrlInfo,
+    io_queues: u16,
+    next_qid: AtomicU16,
+    cmb: Option<Cmb>,
+    /// Drop order: mappings before the device, the device before the group, the group before
+    /// the container.
+    device: Device,
+    _group: Group,
+    container: Arc<Container>,
+}
+
+/// Options for [`Controller::open`].
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// Enable and map the CMB when the controller has one.
+    pub cmb: bool,
+    /// I/O queue pairs to ask for.
+    pub io_queues: u16,
+    /// Bytes of DMA memory the caller will map (for the locked-memory check).
+    pub dma_bytes: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            cmb: true,
+            io_queues: 4,
+            dma_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Controller {
+    pub fn open(bdf: &str, opts: &OpenOptions) -> Result<Arc<Controller>> {
+        let bdf = sysfs::parse_bdf(bdf).map_err(Error::Invalid)?;
+        let group_id = sysfs::preflight(&bdf)?;
+        let (limit, cap_ipc_lock) = sysfs::memlock();
+        if let Some(l) = limit {
+            if !cap_ipc_lock && l < opts.dma_bytes {
+                return Err(Error::Invalid(format!(
+                    "locked-memory limit {l} bytes is below the {} bytes of DMA memory VFIO must \
+                     pin: raise it (`ulimit -l unlimited`, LimitMEMLOCK=infinity in the unit) or \
+                     run with CAP_IPC_LOCK",
+                    opts.dma_bytes
+                )));
+            }
+        }
+        let container = Arc::new(Container::open()?);
+        let model = if container.has_extension(vfio::VFIO_TYPE1V2_IOMMU) {
+            vfio::VFIO_TYPE1V2_IOMMU
+        } else if container.has_extension(vfio::VFIO_TYPE1_IOMMU) {
+            vfio::VFIO_TYPE1_IOMMU
+        } else if container.has_extension(vfio::VFIO_NOIOMMU_IOMMU) {
+            return Err(Error::Invalid(
+                "VFIO is in no-IOMMU mode: this driver programs IOVAs and needs an IOMMU \
+                 (intel_iommu=on / amd_iommu=on)"
+                    .into(),
+            ));
+        } else {
+            return Err(Error::Invalid(
+                "VFIO offers no type1 IOMMU: is vfio_iommu_type1 loaded and the IOMMU on?".into(),
+            ));
+        };
+        let group = Group::open(group_id, || sysfs::describe_group(group_id))?;
+        group.set_container(&container)?;
+        container.set_iommu(model)?;
+        let device = group.device(&bdf)?;
+
+        // PCI command register: memory space, bus master, INTx off (we poll).
+        let cfg = device.region_info(vfio::CONFIG_REGION)?;
+        let mut cmdreg = [0u8; 2];
+        device.config_read(&cfg, 4, &mut cmdreg)?;
+        let v = u16::from_le_bytes(cmdreg) | 1 << 1 | 1 << 2 | 1 << 10;
+        device.config_write(&cfg, 4, &v.to_le_bytes())?;
+
+        let r0 = device.region_info(0)?;
+        // Registers and doorbells only: QEMU and many SSDs put the MSI-X table later in BAR0,
+        // and VFIO refuses to map it without interrupt remapping.
+        let probe = Bar::map(&device, &r0, 0, PAGE)?;
+        let cap = Cap(probe.read64(off::CAP));
+        drop(probe);
+        let stride = cap.doorbell_stride();
+        let want = (0x1000 + 2 * (usize::from(MAX_IO_QUEUES) + 1) * stride).div_ceil(PAGE) * PAGE;
+        let bar0 = Arc::new(Bar::map(&device, &r0, 0, want.min(r0.size as usize))?);
+        if cap.0 == u64::MAX {
+            return Err(Error::Removed { bdf });
+        }
+        if !cap.css_nvm() {
+            return Err(Error::Invalid(format!(
+                "{bdf}: controller does not support the NVM command set"
+            )));
+        }
+        if cap.mps_min() > PAGE || cap.mps_max() < PAGE {
+            return Err(Error::Invalid(format!(
+                "{bdf}: controller page sizes {}..{} exclude 4 KiB",
+                cap.mps_min(),
+                cap.mps_max()
+            )));
+        }
+        let vs = bar0.read32(off::VS);
+        info!(%bdf, cap = format_args!("{:#x}", cap.0), vs = format_args!("{vs:#x}"), "NVMe controller found");
+
+        // 1. Disable and wait for CSTS.RDY = 0 (within CAP.TO).
+        let cc = Cc(bar0.read32(off::CC));
+        if cc.en() {
+            bar0.write32(off::CC, cc.0 & !Cc::EN);
+        }
+        wait_ready(&bar0, &bdf, cap, false)?;
+
+        // 2. Admin queues.
+        let rings = Rings {
+            sq: DmaRegion::new(&container, usize::from(ADMIN_DEPTH) * Sqe::SIZE)?,
+            cq: DmaRegion::new(&container, usize::from(ADMIN_DEPTH) * Cqe::SIZE)?,
+        };
+        let aqa = u32::from(ADMIN_DEPTH - 1) << 16 | u32::from(ADMIN_DEPTH - 1);
+        bar0.write32(off::AQA, aqa);
+        bar0.write64(off::ASQ, rings.sq.iova());
+        bar0.write64(off::ACQ, rings.cq.iova());
+        bar0.write32(off::INTMS, u32::MAX);
+
+        // 3. CMB before enabling: CRE makes CMBLOC/CMBSZ readable; CMSE with CBA opens it.
+        let cmb = if opts.cmb && cap.cmbs() {
+            match enable_cmb(&device, &cfg, &bar0, &bdf) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    warn!(%bdf, error = %e, "CMB not usable; continuing without it");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        // 4. Enable and wait for RDY = 1.
+        bar0.write32(off::CC, Cc::enabled(PAGE).0);
+        wait_ready(&bar0, &bdf, cap, true)?;
+
+        let admin = AdminQueue {
+            rings,
+            sq: SqRing::new(ADMIN_DEPTH),
+            cq: CqRing::new(ADMIN_DEPTH),
+            next_cid: 0,
+            sq_db: crate::regs::sq_tail_doorbell(0, stride),
+            cq_db: crate::regs::cq_head_doorbell(0, stride),
+        };
+        let mut ctrl = Controller {
+            bdf: bdf.clone(),
+            cap,
+            stride,
+            bar0,
+            admin: Mutex::new(admin),
+            info: CtrlInfo {
+                vid: 0,
+                serial: String::new(),
+                model: String::new(),
+                firmware: String::new(),
+                max_transfer: PAGE,
+                oncs: 0,
+                vwc: false,
+                nn: 0,
+                version: vs,
+            },
+            io_queues: 0,
+            next_qid: AtomicU16::new(1),
+            cmb,
+            device,
+            _group: group,
+            container,
+        };
+        // 5. Identify Controller.
+        let page = ctrl.identify(1, 0)?;
+        ctrl.info = parse_identify_ctrl(&page, cap);
+        // 6. Number of Queues (0's based in both halves); the controller answers with what it
+        // allocated, which may be fewer.
+        let n = opts.io_queues.clamp(1, MAX_IO_QUEUES);
+        let mut s = Sqe::new(admin::SET_FEATURES, 0);
+        s.dw[10] = u32::from(feature::NUMBER_OF_QUEUES);
+        s.dw[11] = u32::from(n - 1) << 16 | u32::from(n - 1);
+        let c = ctrl.admin_cmd(s, "Set Features (Number of Queues)")?;
+        let nsq = (c.dw0 & 0xffff) as u16 + 1;
+        let ncq = (c.dw0 >> 16) as u16 + 1;
+        ctrl.io_queues = nsq.min(ncq).min(n);
+        info!(
+            %bdf,
+            model = %ctrl.info.model,
+            serial = %ctrl.info.serial,
+            max_transfer = ctrl.info.max_transfer,
+            namespaces = ctrl.info.nn,
+            io_queues = ctrl.io_queues,
+            cmb_bytes = ctrl.cmb.as_ref().map_or(0, |c| c.len()),
+            "NVMe controller ready"
+        );
+        Ok(Arc::new(ctrl))
+    }
+
+    pub fn bdf(&self) -> &str {
+        &self.bdf
+    }
+    pub fn info(&self) -> &CtrlInfo {
+        &self.info
+    }
+    pub fn cap(&self) -> Cap {
+        self.cap
+    }
+    pub fn io_queues(&self) -> u16 {
+        self.io_queues
+    }
+    pub fn cmb(&self) -> Option<&Cmb> {
+        self.cmb.as_ref()
+    }
+    /// The VFIO container, to map more host memory for this controller.
+    pub fn container(&self) -> &Arc<Container> {
+        &self.container
+    }
+    /// A fresh host-memory DMA region mapped for this controller.
+    pub fn dma_region(&self, len: usize) -> Result<DmaRegion> {
+        Ok(DmaRegion::new(&self.container, len)?)
+    }
+
+    /// Controller status; `Removed` when the BAR reads all ones.
+    pub fn csts(&self) -> Result<Csts> {
+        let c = Csts(self.bar0.read32(off::CSTS));
+        if c.is_all_ones() {
+            return Err(Error::Removed {
+                bdf: self.bdf.clone(),
+            });
+        }
+        Ok(c)
+    }
+
+    /// Run one admin command to completion (control plane only: it waits).
+    pub fn admin_cmd(&self, mut sqe: Sqe, what: &'static str) -> Result<Cqe> {
+        let mut a = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let cid = a.next_cid;
+        a.next_cid = a.next_cid.wrapping_add(1);
+        sqe.set_cid(cid);
+        let AdminQueue {
+            rings,
+            sq,
+            cq,
+            sq_db,
+            cq_db,
+            ..
+        } = &mut *a;
+        if sq.push(rings, &sqe).is_none() {
+            return Err(Error::Invalid(format!("{what}: admin queue full")));
+        }
+        fence(Ordering::SeqCst);
+        if let Some(t) = sq.take_doorbell() {
+            self.bar0.write32(*sq_db, u32::from(t));
+        }
+        let start = Instant::now();
+        loop {
+            while let Some(c) = cq.pop(rings) {
+                sq.update_head(c.sq_head);
+                if let Some(h) = cq.take_doorbell() {
+                    self.bar0.write32(*cq_db, u32::from(h));
+                }
+                if c.cid != cid {
+                    debug!(cid = c.cid, "stale admin completion ignored");
+                    continue;
+                }
+                if !c.status().is_success() {
+                    return Err(Error::Status {
+                        what,
+                        status: c.status(),
+                    });
+                }
+                return Ok(c);
+            }
+            let st = self.csts()?;
+            if st.cfs() {
+                return Err(Error::Fatal {
+                    bdf: self.bdf.clone(),
+                });
+            }
+            if start.elapsed() > ADMIN_TIMEOUT {
+                return Err(Error::Timeout {
+                    what,
+                    ms: ADMIN_TIMEOUT.as_millis(),
+                });
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+
+    /// Identify with CNS `cns` for `nsid`, returning the 4 KiB page.
+    pub fn identify(&self, cns: u8, nsid: u32) -> Result<Box<[u8; 4096]>> {
+        let buf = self.dma_region(PAGE)?;
+        let mut s = Sqe::new(admin::IDENTIFY, nsid);
+        s.set_prp(buf.iova(), 0);
+        s.dw[10] = u32::from(cns);
+        self.admin_cmd(s, "Identify")?;
+        let mut page = Box::new([0u8; 4096]);
+        buf.read(0, &mut page[..]);
+        Ok(page)
+    }
+
+    /// Identify namespace `nsid`; a clear error when the SSD has no such active namespace.
+    pub fn namespace(&self, nsid: u32) -> Result<NsInfo> {
+        if nsid == 0 || nsid > self.info.nn {
+            return Err(Error::Invalid(format!(
+                "{}: namespace {nsid} does not exist (the controller has namespaces 1..={})",
+                self.bdf, self.info.nn
+            )));
+        }
+        let page = self.identify(0, nsid)?;
+        parse_identify_ns(nsid, &page).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: namespace {nsid} is not active (or has an unsupported LBA format)",
+                self.bdf
+            ))
+        })
+    }
+
+    /// Create an I/O queue pair of `depth` entries, interrupts off, for one reactor to poll.
+    pub fn io_qpair(self: &Arc<Self>, depth: u16) -> Result<IoQpair> {
+        let depth = depth.clamp(2, self.cap.mqes().min(1024) as u16);
+        let qid = self.next_qid.fetch_add(1, Ordering::Relaxed);
+        if qid > self.io_queues {
+            return Err(Error::Invalid(format!(
+                "{}: all {} I/O queues granted by the controller are in use",
+                self.bdf, self.io_queues
+            )));
+        }
+        let rings = Rings {
+            sq: self.dma_region(usize::from(depth) * Sqe::SIZE)?,
+            cq: self.dma_region(usize::from(depth) * Cqe::SIZE)?,
+        };
+        let lists = self.dma_region(usize::from(depth) * PAGE)?;
+        // Create I/O Completion Queue: PC = 1, IEN = 0 (polled).
+        let mut s = Sqe::new(admin::CREATE_IO_CQ, 0);
+        s.set_prp(rings.cq.iova(), 0);
+        s.dw[10] = u32::from(depth - 1) << 16 | u32::from(qid);
+        s.dw[11] = 1;
+        self.admin_cmd(s, "Create I/O Completion Queue")?;
+        let mut s = Sqe::new(admin::CREATE_IO_SQ, 0);
+        s.set_prp(rings.sq.iova(), 0);
+        s.dw[10] = u32::from(depth - 1) << 16 | u32::from(qid);
+        s.dw[11] = u32::from(qid) << 16 | 1;
+        if let Err(e) = self.admin_cmd(s, "Create I/O Submission Queue") {
+            let mut d = Sqe::new(admin::DELETE_IO_CQ, 0);
+            d.dw[10] = u32::from(qid);
+            let _ = self.admin_cmd(d, "Delete I/O Completion Queue");
+            return Err(e);
+        }
+        debug!(bdf = %self.bdf, qid, depth, "I/O queue pair created");
+        Ok(IoQpair {
+            ctrl: self.clone(),
+            qid,
+            rings,
+            lists,
+            sq: SqRing::new(depth),
+            cq: CqRing::new(depth),
+            cids: CidTable::new(depth - 1),
+            sq_db: crate::regs::sq_tail_doorbell(qid, self.stride),
+            cq_db: crate::regs::cq_head_doorbell(qid, self.stride),
+            max_transfer: self.info.max_transfer,
+        })
+    }
+
+    /// Normal shutdown: CC.SHN = 01b, wait for CSTS.SHST = 10b (within CAP.TO, at least 1 s).
+    pub fn shutdown(&self) -> Result<()> {
+        let cc = self.bar0.read32(off::CC);
+        self.bar0
+            .write32(off::CC, (cc & !Cc::SHN_MASK) | Cc::SHN_NORMAL);
+        let limit = Duration::from_millis(self.cap.timeout_ms().max(1000));
+        let start = Instant::now();
+        loop {
+            let st = self.csts()?;
+            if st.shst() == 2 {
+                info!(bdf = %self.bdf, "controller shut down cleanly");
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(Error::Timeout {
+                    what: "shutdown (CSTS.SHST)",
+                    ms: limit.as_millis(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        if let Err(e) = self.shutdown() {
+            warn!(bdf = %self.bdf, error = %e, "controller shutdown failed");
+        }
+        // Leave the controller disabled so the next owner starts clean.
+        self.bar0.write32(off::CC, 0);
+        let _ = &self.device;
+    }
+}
+
+fn wait_ready(bar0: &Bar, bdf: &str, cap: Cap, want: bool) -> Result<()> {
+    let limit = Duration::from_millis(cap.timeout_ms());
+    let start = Instant::now();
+    loop {
+        let st = Csts(bar0.read32(off::CSTS));
+        if st.is_all_ones() {
+            return Err(Error::Removed { bdf: bdf.into() });
+        }
+        if st.rdy() == want {
+            return Ok(());
+        }
+        if want && st.cfs() {
+            return Err(Error::Fatal { bdf: bdf.into() });
+        }
+        if start.elapsed() > limit {
+            return Err(Error::Timeout {
+                what: if want {
+                    "enable (CSTS.RDY = 1)"
+                } else {
+                    "disable (CSTS.RDY = 0)"
+                },
+                ms: limit.as_millis(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Bus address of BAR `n` from config space (64-bit BARs span two registers).
+fn bar_bus_addr(dev: &Device, cfg: &vfio::RegionInfo, n: u32) -> io::Result<u64> {
+    let mut b = [0u8; 8];
+    dev.config_read(cfg, 0x10 + 4 * u64::from(n), &mut b[..4])?;
+    let lo = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let mut addr = u64::from(lo & !0xf);
+    if lo >> 1 & 3 == 2 {
+        dev.config_read(cfg, 0x14 + 4 * u64::from(n), &mut b[4..])?;
+        addr |= u64::from(u32::from_le_bytes([b[4], b[5], b[6], b[7]])) << 32;
+    }
+    Ok(addr)
+}
+
+fn enable_cmb(dev: &Device, cfg: &vfio::RegionInfo, bar0: &Bar, bdf: &str) -> Result<Cmb> {
+    // CRE first: CMBLOC/CMBSZ read zero until it is set (and may hold a stale value from the
+    // kernel driver: program the register fully ourselves).
+    bar0.write32(off::CMBMSC + 4, 0);
+    bar0.write32(off::CMBMSC, cmbmsc::CRE as u32);
+    let loc = Cmbloc(bar0.read32(off::CMBLOC));
+    let sz = Cmbsz(bar0.read32(off::CMBSZ));
+    let layout = CmbLayout::decode(loc, sz).map_err(|e| Error::Invalid(e.to_string()))?;
+    if !sz.rds() && !sz.wds() {
+        return Err(Error::Invalid(crate::regs::CmbError::NoData.to_string()));
+    }
+    let ri = dev.region_info(layout.bar)?;
+    layout
+        .check_bar(ri.size)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let bus = bar_bus_addr(dev, cfg, layout.bar)?;
+    let cba = bus + layout.offset;
+    // High dword first: QEMU (and the spec's 64-bit property written as two dwords) latch
+    // CMSE/CBA when the low dword is written.
+    let v = cmbmsc::enable(cba);
+    bar0.write32(off::CMBMSC + 4, (v >> 32) as u32);
+    bar0.write32(off::CMBMSC, v as u32);
+    if bar0.read32(off::CMBSTS) & 1 != 0 {
+        return Err(Error::Invalid(format!(
+            "{bdf}: controller rejected CMB base address {cba:#x} (CMBSTS.CBAI)"
+        )));
+    }
+    let map = Bar::map(dev, &ri, layout.offset, layout.size as usize)?;
+    info!(
+        %bdf,
+        bar = layout.bar,
+        offset = layout.offset,
+        size = layout.size,
+        cba = format_args!("{cba:#x}"),
+        sqs = sz.sqs(), cqs = sz.cqs(), lists = sz.lists(), rds = sz.rds(), wds = sz.wds(),
+        cdpmls = loc.cdpmls(), cdpcils = loc.cdpcils(),
+        "CMB enabled"
+    );
+    Ok(Cmb {
+        layout,
+        ctrl_addr: cba,
+        map,
+    })
+}
+
+/// Why a submission was not queued.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SubmitError {
+    #[error("queue full")]
+    Full,
+    #[error("transfer of {len} bytes exceeds the controller's {max} (MDTS)")]
+    TooLarge { len: usize, max: usize },
+    #[error("PRP: {0}")]
+    Prp(#[from] prp::PrpError),
+}
+
+/// One I/O queue pair, owned by one reactor. Not `Sync`; `Send` so it can be made on the
+/// control thread and moved to its reactor.
+pub struct IoQpair {
+    ctrl: Arc<Controller>,
+    qid: u16,
+    rings: Rings,
+    /// One PRP list page per command slot, indexed by CID.
+    lists: DmaRegion,
+    sq: SqRing,
+    cq: CqRing,
+    cids: CidTable<u64>,
+    sq_db: usize,
+    cq_db: usize,
+    max_transfer: usize,
+}
+
+impl IoQpair {
+    pub fn qid(&self) -> u16 {
+        self.qid
+    }
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.ctrl
+    }
+    pub fn max_transfer(&self) -> usize {
+        self.max_transfer
+    }
+    pub fn in_flight(&self) -> usize {
+        self.cids.in_flight()
+    }
+    /// Commands that can be queued now.
+    pub fn room(&self) -> usize {
+        (self.sq.free() as usize).min(self.cids_free())
+    }
+    fn cids_free(&self) -> usize {
+        usize::from(self.sq.size() - 1) - self.cids.in_flight()
+    }
+
+    /// Queue `sqe` with its data at `data` (device addresses), remembered as `tag`. The
+    /// doorbell is rung by the next [`IoQpair::poll`] or [`IoQpair::ring`].
+    pub fn submit(
+        &mut self,
+        mut sqe: Sqe,
+        data: &[Segment],
+        tag: u64,
+    ) -> std::result::Result<(), SubmitError> {
+        let len: usize = data.iter().map(|s| s.len).sum();
+        if len > self.max_transfer {
+            return Err(SubmitError::TooLarge {
+                len,
+                max: self.max_transfer,
+            });
+        }
+        if self.sq.is_full() {
+            return Err(SubmitError::Full);
+        }
+        let cid = self.cids.alloc(tag).ok_or(SubmitError::Full)?;
+        if len > 0 {
+            let mut entries = [0u64; PAGE / 8];
+            let list_addr = self.lists.iova() + u64::from(cid) * PAGE as u64;
+            let p = match prp::build(
+                data,
+                PAGE,
+                ListSpace {
+                    entries: &mut entries,
+                    addr: list_addr,
+                },
+            ) {
+                Ok(p) => p,
+                Err(e) => {
+                    self.cids.release(cid);
+                    return Err(e.into());
+                }
+            };
+            let base = usize::from(cid) * PAGE;
+            for (i, e) in entries[..p.list_entries].iter().enumerate() {
+                self.lists.write_u64(base + i * 8, *e);
+            }
+            sqe.set_prp(p.prp1, p.prp2);
+        }
+        sqe.set_cid(cid);
+        self.sq
+            .push(&mut self.rings, &sqe)
+            .expect("checked not full");
+        Ok(())
+    }
+
+    /// Ring the SQ doorbell for everything queued since the last ring.
+    pub fn ring(&mut self) {
+        if let Some(t) = self.sq.take_doorbell() {
+            // The SQEs (and PRP lists) must be visible before the doorbell write.
+            fence(Ordering::SeqCst);
+            self.ctrl.bar0.write32(self.sq_db, u32::from(t));
+        }
+    }
+
+    /// Ring the SQ doorbell, then reap completions, calling `done(tag, cqe)` for each; one CQ
+    /// doorbell write per call. Never blocks.
+    pub fn poll(&mut self, done: &mut dyn FnMut(u64, Cqe)) -> usize {
+        self.ring();
+        let mut n = 0;
+        while let Some(c) = self.cq.pop(&self.rings) {
+            self.sq.update_head(c.sq_head);
+            match self.cids.release(c.cid) {
+                Some(tag) => {
+                    done(tag, c);
+                    n += 1;
+                }
+                None => warn!(
+                    qid = self.qid,
+                    cid = c.cid,
+                    "completion for a command not in flight"
+                ),
+            }
+        }
+        if let Some(h) = self.cq.take_doorbell() {
+            self.ctrl.bar0.write32(self.cq_db, u32::from(h));
+        }
+        n
+    }
+
+    /// Fail every command in flight with `status` (after a controller failure), handing their
+    /// tags to `done`.
+    pub fn fail_all(&mut self, status: Status, done: &mut dyn FnMut(u64, Cqe)) {
+        for (cid, tag) in self.cids.drain() {
+            done(
+                tag,
+                Cqe {
+                    cid,
+                    status_phase: status.0 << 1,
+                    ..Cqe::default()
+                },
+            );
+        }
+    }
+}
+
+impl Drop for IoQpair {
+    fn drop(&mut self) {
+        let mut s = Sqe::new(admin::DELETE_IO_SQ, 0);
+        s.dw[10] = u32::from(self.qid);
+        if let Err(e) = self.ctrl.admin_cmd(s, "Delete I/O Submission Queue") {
+            warn!(qid = self.qid, error = %e, "delete I/O SQ failed");
+            return;
+        }
+        let mut s = Sqe::new(admin::DELETE_IO_CQ, 0);
+        s.dw[10] = u32::from(self.qid);
+        if let Err(e) = self.ctrl.admin_cmd(s, "Delete I/O Completion Queue") {
+            warn!(qid = self.qid, error = %e, "delete I/O CQ failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identify_ctrl_decoding() {
+        let mut b = [0u8; 4096];
+        b[0..2].copy_from_slice(&0x1b36u16.to_le_bytes());
+        b[4..12].copy_from_slice(b"cmb0    ");
+        b[24..39].copy_from_slice(b"QEMU NVMe Ctrl ");
+        b[77] = 7;
+        b[516..520].copy_from_slice(&256u32.to_le_bytes());
+        b[520..522].copy_from_slice(&0x1fu16.to_le_bytes());
+        b[525] = 1;
+        let i = parse_identify_ctrl(&b, Cap(0));
+        assert_eq!(i.vid, 0x1b36);
+        assert_eq!(i.serial, "cmb0");
+        assert_eq!(i.model, "QEMU NVMe Ctrl");
+        assert_eq!(i.max_transfer, 512 << 10);
+        assert_eq!(i.nn, 256);
+        assert!(i.compare() && i.dsm() && i.write_zeroes() && i.vwc);
+        // MDTS 0 (no limit) and a huge MDTS are capped by one PRP list page: 2 MiB.
+        b[77] = 0;
+        assert_eq!(parse_identify_ctrl(&b, Cap(0)).max_transfer, 2 << 20);
+        b[77] = 12;
+        assert_eq!(parse_identify_ctrl(&b, Cap(0)).max_transfer, 2 << 20);
+    }
+
+    #[test]
+    fn identify_ns_decoding() {
+        let mut b = [0u8; 4096];
+        assert!(parse_identify_ns(1, &b).is_none(), "inactive");
+        b[0..8].copy_from_slice(&2_097_152u64.to_le_bytes());
+        b[26] = 1; // format 1
+        b[128 + 4..128 + 8].copy_from_slice(&(12u32 << 16).to_le_bytes());
+        let n = parse_identify_ns(1, &b).unwrap();
+        assert_eq!((n.blocks, n.block_size), (2_097_152, 4096));
+        b[26] = 0;
+        b[128..132].copy_from_slice(&(9u32 << 16).to_le_bytes());
+        assert_eq!(parse_identify_ns(1, &b).unwrap().block_size, 512);
+        b[128..132].copy_from_slice(&(3u32 << 16).to_le_bytes());
+        assert!(parse_identify_ns(1, &b).is_none(), "LBADS < 9 refused");
+    }
+}

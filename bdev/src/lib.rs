@@ -11,6 +11,7 @@ pub mod testing;
 
 pub use backends::malloc::Malloc;
 pub use backends::null::Null;
+pub use backends::nvme::Nvme;
 pub use backends::uring::Uring;
 pub use buf::{BufPool, IoBuf};
 pub use lent::Lent;
@@ -21,7 +22,7 @@ use std::sync::Arc;
 #[derive(Debug, Clone)]
 pub struct BdevInfo {
     pub name: String,
-    /// Backend kind for logs and reports: "malloc", "null", "uring".
+    /// Backend kind for logs and reports: "malloc", "null", "uring", "nvme".
     pub kind: &'static str,
     /// Logical block size in bytes (a power of two, 512..=65536).
     pub block_size: u32,
@@ -106,6 +107,9 @@ pub enum IoError {
     /// The backend's device failed; carries the errno.
     #[error("device I/O error (errno {0})")]
     Media(i32),
+    /// An NVMe SSD answered with this status; the target returns it to the host unchanged.
+    #[error("NVMe status SCT {sct:#x} SC {sc:#04x}{}", if *.dnr { " DNR" } else { "" })]
+    Nvme { sct: u8, sc: u8, dnr: bool },
 }
 
 /// A finished I/O: the submitter's tag, the result and the buffer back (and, for an

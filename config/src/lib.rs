@@ -285,7 +285,8 @@ pub struct BdevConfig {
     pub kind: BdevKind,
 }
 
-/// A bdev backend. In YAML each bdev entry has exactly one of `malloc`, `null`, `uring`.
+/// A bdev backend. In YAML each bdev entry has exactly one of `malloc`, `null`, `uring`,
+/// `nvme`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BdevKind {
     /// RAM. `size` is a positive multiple of `block_size`; `block_size` (default 4096) is a
@@ -310,6 +311,14 @@ pub enum BdevKind {
         /// The logical block size to expose; `None` lets the bdev backend decide (the device's
         /// logical block size). When given: a power of two in 512..=65536.
         block_size: Option<u32>,
+    },
+    /// An NVMe SSD driven by nvmfd's userspace driver over VFIO (`nvme: { pci, namespace }`).
+    /// The device must be bound to vfio-pci (`nvmfd setup --pci BDF`).
+    Nvme {
+        /// PCI address, normalised to `dddd:bb:dd.f` (lower case; `bb:dd.f` gets domain 0000).
+        pci: String,
+        /// The SSD's namespace to expose (default 1, at least 1).
+        namespace: u32,
     },
 }
 

@@ -89,7 +89,7 @@ pub(crate) struct RawBdev {
     #[serde(default, deserialize_with = "present")]
     pub uring: Option<RawUring>,
     #[serde(default, deserialize_with = "present")]
-    pub nvme: Option<Unsupported>,
+    pub nvme: Option<RawNvme>,
 }
 
 /// `malloc:` and `null:` take the same fields.
@@ -99,6 +99,14 @@ pub(crate) struct RawMemBdev {
     pub size: Size,
     #[serde(default)]
     pub block_size: Option<Size>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawNvme {
+    pub pci: String,
+    #[serde(default)]
+    pub namespace: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]

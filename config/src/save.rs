@@ -93,6 +93,9 @@ pub fn to_yaml(cfg: &Config) -> String {
                     w!("      block_size: {bs}");
                 }
             }
+            BdevKind::Nvme { pci, namespace } => {
+                w!("    nvme: {{ pci: {}, namespace: {namespace} }}", q(pci));
+            }
         }
     }
     if cfg.subsystems.is_empty() {

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use crate::de::NodeDe;
 use crate::path::FieldPath;
 use crate::raw::{
-    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawMetrics, RawNamespace, RawReactors,
-    RawRpc, RawSubsystem, RawTcp, RawTransportKind, RawUring,
+    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawMetrics, RawNamespace, RawNvme,
+    RawReactors, RawRpc, RawSubsystem, RawTcp, RawTransportKind, RawUring,
 };
 use crate::size::Size;
 use crate::yaml::{self, Node, Pos};
@@ -629,6 +629,32 @@ impl Validator<'_> {
         (size, bs.unwrap_or(DEFAULT_BLOCK_SIZE))
     }
 
+    fn nvme_bdev(&mut self, p: &FieldPath, n: RawNvme) -> BdevKind {
+        let pci = match pci_address(&n.pci) {
+            Some(a) => a,
+            None => {
+                self.report(
+                    &p.key("pci"),
+                    At::Value,
+                    format!(
+                        "{:?} is not a PCI address (DDDD:BB:DD.F, e.g. \"0000:03:00.0\")",
+                        n.pci
+                    ),
+                );
+                n.pci
+            }
+        };
+        let namespace = n.namespace.unwrap_or(1);
+        if namespace == 0 || namespace == u32::MAX {
+            self.report(
+                &p.key("namespace"),
+                At::Value,
+                format!("namespace {namespace} is not a valid NSID (1..=4294967294)"),
+            );
+        }
+        BdevKind::Nvme { pci, namespace }
+    }
+
     fn uring_bdev(&mut self, p: &FieldPath, u: RawUring) -> BdevKind {
         if u.path.is_empty() {
             self.report(&p.key("path"), At::Value, "path must not be empty");
@@ -679,18 +705,11 @@ impl Validator<'_> {
             names.insert(b.name.clone(), i);
         }
 
-        if b.nvme.is_some() {
-            self.report(
-                &p.key("nvme"),
-                At::Key,
-                "the nvme bdev kind (userspace NVMe driver) is not supported yet",
-            );
-            return None;
-        }
         let given: Vec<&str> = [
             ("malloc", b.malloc.is_some()),
             ("null", b.null.is_some()),
             ("uring", b.uring.is_some()),
+            ("nvme", b.nvme.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, present)| present.then_some(k))
@@ -700,7 +719,7 @@ impl Validator<'_> {
                 self.report(
                     p,
                     At::Value,
-                    "a bdev needs exactly one kind: `malloc`, `null` or `uring`",
+                    "a bdev needs exactly one kind: `malloc`, `null`, `uring` or `nvme`",
                 );
             } else {
                 self.report(
@@ -720,6 +739,8 @@ impl Validator<'_> {
         } else if let Some(m) = b.null {
             let (size, block_size) = self.mem_bdev(&p.key("null"), m);
             BdevKind::Null { size, block_size }
+        } else if let Some(n) = b.nvme {
+            self.nvme_bdev(&p.key("nvme"), n)
         } else {
             let u = b.uring?;
             self.uring_bdev(&p.key("uring"), u)
@@ -996,6 +1017,28 @@ impl Validator<'_> {
             _ => None,
         }
     }
+}
+
+/// `dddd:bb:dd.f` (or `bb:dd.f`, domain 0) normalised to lower case, or `None`.
+fn pci_address(s: &str) -> Option<String> {
+    let full = if s.len() == 7 {
+        format!("0000:{s}")
+    } else {
+        s.to_owned()
+    };
+    let f = full.as_bytes();
+    let hex = |r: std::ops::Range<usize>| f[r].iter().all(|c| c.is_ascii_hexdigit());
+    let ok = f.len() == 12
+        && f[4] == b':'
+        && f[7] == b':'
+        && f[10] == b'.'
+        && (b'0'..=b'7').contains(&f[11])
+        && hex(0..4)
+        && hex(5..7)
+        && hex(8..10)
+        // Device numbers are 5 bits.
+        && u8::from_str_radix(&full[8..10], 16).is_ok_and(|d| d < 32);
+    ok.then(|| full.to_ascii_lowercase())
 }
 
 #[cfg(test)]

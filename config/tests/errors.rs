@@ -305,13 +305,57 @@ fn rdma_transport_not_supported() {
 }
 
 #[test]
-fn nvme_bdev_not_supported() {
+fn nvme_bdev_fields() {
+    let cfg = nvmfd_config::parse_str(
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"03:00.0\" }\n  - name: ssd1\n    nvme: { pci: \"0000:AB:1F.7\", namespace: 3 }\n",
+        "t.yaml",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.bdevs[0].kind,
+        nvmfd_config::BdevKind::Nvme {
+            pci: "0000:03:00.0".into(),
+            namespace: 1
+        }
+    );
+    assert_eq!(
+        cfg.bdevs[1].kind,
+        nvmfd_config::BdevKind::Nvme {
+            pci: "0000:ab:1f.7".into(),
+            namespace: 3
+        }
+    );
+}
+
+#[test]
+fn nvme_bdev_bad_values() {
     err1(
-        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:00.0\", namespace: 1 }\n",
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:00\", namespace: 1 }\n",
         3,
-        5,
-        "bdevs[0].nvme",
-        "the nvme bdev kind (userspace NVMe driver) is not supported yet",
+        18,
+        "bdevs[0].nvme.pci",
+        "is not a PCI address (DDDD:BB:DD.F",
+    );
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:20.0\" }\n",
+        3,
+        18,
+        "bdevs[0].nvme.pci",
+        "is not a PCI address",
+    );
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:00.0\", namespace: 0 }\n",
+        3,
+        45,
+        "bdevs[0].nvme.namespace",
+        "namespace 0 is not a valid NSID",
+    );
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme: { namespace: 1 }\n",
+        3,
+        11,
+        "bdevs[0].nvme.pci",
+        "missing required field `pci`",
     );
 }
 
@@ -509,7 +553,7 @@ fn bdev_kind_count() {
         2,
         5,
         "bdevs[0]",
-        "a bdev needs exactly one kind: `malloc`, `null` or `uring`",
+        "a bdev needs exactly one kind: `malloc`, `null`, `uring` or `nvme`",
     );
     err1(
         "bdevs:\n  - name: x\n    malloc: { size: 1MiB }\n    uring: { path: /tmp/x }\n",

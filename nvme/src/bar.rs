@@ -126,3 +126,67 @@ impl Drop for Bar {
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
 }
+
+/// A read-only look at the first page of BAR0 through sysfs (`resourceN`), whichever driver
+/// owns the device: for `nvmfd setup --status`. Registers are only read.
+pub struct SysfsBar {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+impl SysfsBar {
+    fn open(bdf: &str) -> io::Result<SysfsBar> {
+        let path = crate::sysfs::dev_path(bdf).join("resource0");
+        let f = std::fs::File::open(&path)?;
+        let len = 4096;
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh read-only shared mapping of the BAR file; no Rust object aliases it
+        // and it is only read with volatile loads.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(SysfsBar {
+            ptr: NonNull::new(p.cast()).expect("mmap returned NULL"),
+            len,
+        })
+    }
+
+    fn read32(&self, off: usize) -> u32 {
+        assert!(off.is_multiple_of(4) && off + 4 <= self.len);
+        // SAFETY: in bounds and aligned (checked); a volatile register read.
+        unsafe { self.ptr.as_ptr().add(off).cast::<u32>().read_volatile() }
+    }
+
+    /// `None` without CAP.CMBS; else the CMB size as CMBSZ shows it now (0 until CRE is set)
+    /// and its BAR.
+    pub fn cap_cmb(bdf: &str) -> io::Result<Option<(u64, u32)>> {
+        let b = Self::open(bdf)?;
+        let cap = crate::regs::Cap(
+            u64::from(b.read32(crate::regs::off::CAP))
+                | u64::from(b.read32(crate::regs::off::CAP + 4)) << 32,
+        );
+        if cap.0 == u64::MAX || !cap.cmbs() {
+            return Ok(None);
+        }
+        let sz = crate::regs::Cmbsz(b.read32(crate::regs::off::CMBSZ));
+        let loc = crate::regs::Cmbloc(b.read32(crate::regs::off::CMBLOC));
+        Ok(Some((sz.size_bytes().unwrap_or(0), loc.bir())))
+    }
+}
+
+impl Drop for SysfsBar {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `open`, once.
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}

@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod prp;
 pub mod queue;
 pub mod regs;
+pub mod setup;
 pub mod sysfs;
 
 mod bar;

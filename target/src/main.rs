@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use tracing::{error, info};
 
 mod logwriter;
+mod setup;
 mod topology_cli;
 
 #[derive(Parser)]
@@ -44,6 +45,9 @@ enum Command {
     /// Call a JSON-RPC method of a running nvmfd (SPDK-style names, see docs/rpc.md), e.g.
     /// `nvmfd rpc nvmf_get_subsystems` or `nvmfd rpc save-config > saved.yaml`.
     Rpc(nvmfd_target::rpc::cli::RpcArgs),
+    /// Bind an NVMe SSD to vfio-pci for the `nvme` bdev (--pci BDF), give it back to the
+    /// kernel (--reset --pci BDF), list NVMe devices (--status), reserve hugepages (--hugemem).
+    Setup(setup::SetupArgs),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -118,6 +122,7 @@ fn main() -> ExitCode {
             };
             return nvmfd_target::rpc::cli::run(&args, socket);
         }
+        Some(Command::Setup(a)) => return setup::run(a),
         None => {}
     }
     // Block SIGINT/SIGTERM before any thread starts (the log writer is the first) so every thread

@@ -16,7 +16,7 @@ BIN=$(realpath "${NVMFD_BIN_DIR:-$REPO/build/debug}")
 WORK=${E2E_WORK:-$REPO/build/e2e-nvme}
 mkdir -p "$WORK"
 WORK=$(realpath "$WORK")
-for b in nvmfd-nvme-selftest; do
+for b in nvmfd nvmfd-nvme-selftest; do
     [[ -x $BIN/$b ]] || { echo "nvme-vfio: $BIN/$b missing: cargo build -p nvmfd-nvme" >&2; exit 2; }
 done
 img=$WORK/ssd.img
@@ -27,6 +27,8 @@ sed 's/^append="console=ttyS0 /append="intel_iommu=on console=ttyS0 /' \
 grep -q 'append="intel_iommu=on' "$WORK/run-guest.sh" || { echo "nvme-vfio: cannot patch run-guest.sh" >&2; exit 2; }
 chmod +x "$WORK/run-guest.sh"
 export RIG_CACHE=${RIG_CACHE:-$REPO/deploy/rig/.cache}
+# shellcheck source=/dev/null
+. "$RIG_CACHE/rig.env"   # KVER: the guest loads ext4 from this kernel's module tree
 export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device ioh3420,id=rp1,chassis=1,slot=1 -device x3130-upstream,id=up1,bus=rp1
  -device xio3130-downstream,id=dn1,bus=up1,chassis=2,slot=0
@@ -36,6 +38,7 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
 start=$(date +%s)
 rc=0
 "$WORK/run-guest.sh" --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$BIN" -e "E2E_WORK=$WORK" \
+    -e "E2E_KDIR=$RIG_CACHE/kernel/$KVER" \
     "$REPO/tests/e2e/guest-nvme-vfio.sh" || rc=$?
 echo "nvme-vfio: guest exited $rc after $(($(date +%s) - start)) s"
 exit "$rc"

@@ -4,6 +4,7 @@
 pub(crate) mod malloc;
 mod mem;
 pub(crate) mod null;
+pub(crate) mod nvme;
 pub(crate) mod uring;
 
 use std::collections::VecDeque;
@@ -24,6 +25,12 @@ pub(crate) fn open(cfg: &nvmfd_config::BdevConfig) -> io::Result<Arc<dyn Bdev>> 
         BdevKind::Uring { path, block_size } => {
             Arc::new(uring::Uring::open(name, path, *block_size)?)
         }
+        BdevKind::Nvme { pci, namespace } => Arc::new(nvme::Nvme::open(
+            name,
+            pci,
+            *namespace,
+            nvmfd_nvme::ctrl::MAX_IO_QUEUES,
+        )?),
     };
     let info = bdev.info();
     tracing::info!(

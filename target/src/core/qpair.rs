@@ -229,6 +229,9 @@ impl QueuePair {
                 Status::UNRECOVERED_READ_ERROR
             }
             Err(IoError::Media(_)) => Status::WRITE_FAULT,
+            // The SSD's own answer goes back unchanged (NVMe-oF 1.1: the fabric carries the
+            // controller's completion status).
+            Err(IoError::Nvme { sct, sc, dnr }) => Status { sct, sc, dnr },
         };
         let data_len = if cap.sqe.opcode == opcode::NVM_READ {
             io::transfer_len(&self.target, &self.state, cap)

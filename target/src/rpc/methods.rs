@@ -222,6 +222,10 @@ fn bdev_json(ctx: &Context, i: usize) -> Value {
             "URING bdev",
             json!({"uring": {"filename": path.to_string_lossy()}}),
         ),
+        BdevKind::Nvme { pci, namespace } => (
+            "NVMe disk",
+            json!({"nvme": [{"pci_address": pci, "trid": {"trtype": "PCIe", "traddr": pci}, "ns_data": {"id": namespace}}]}),
+        ),
     };
     let user = bdev_user(ctx, i);
     let mut v = json!({
@@ -470,6 +474,12 @@ fn framework_get_config(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcEr
                     BdevKind::Uring { path, .. } => call(
                         "bdev_uring_create",
                         json!({"name": b.name, "filename": path.to_string_lossy(), "block_size": info.block_size}),
+                    ),
+                    // SPDK attaches a whole controller and names its bdevs NAMEnN; nvmfd's bdev
+                    // is one namespace, so the namespace goes along as a parameter of our own.
+                    BdevKind::Nvme { pci, namespace } => call(
+                        "bdev_nvme_attach_controller",
+                        json!({"name": b.name, "trtype": "PCIe", "traddr": pci, "namespace": namespace}),
                     ),
                 }
             }

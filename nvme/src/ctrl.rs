@@ -12,7 +12,7 @@ use crate::bar::Bar;
 use crate::cmd::{admin, feature, Cqe, Sqe, Status};
 use crate::dma::DmaRegion;
 use crate::prp::{self, ListSpace, Segment};
-use crate::queue::{CidTable, CqRing, QueueMem, SqRing};
+use crate::queue::{timeout_scan, CidTable, CqRing, Inflight, QueueMem, SqRing, TimeoutAction};
 use crate::regs::{cmbmsc, off, Cap, Cc, CmbLayout, Cmbloc, Cmbsz, Csts};
 use crate::sysfs;
 use crate::vfio::{self, Container, Device, Group};
@@ -24,6 +24,10 @@ const ADMIN_DEPTH: u16 = 32;
 /// Highest number of I/O queue pairs the driver asks for (the BAR0 mapping covers their
 /// doorbells).
 pub const MAX_IO_QUEUES: u16 = 64;
+/// I/O command time limit before an Abort (and twice that before the queue is failed).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// Polls between health checks (CSTS, timeouts) while commands are in flight.
+const HEALTH_EVERY: u32 = 4096;
 /// Admin command time limit.
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -575,6 +579,9 @@ impl Controller {
             sq: SqRing::new(depth),
             cq: CqRing::new(depth),
             cids: CidTable::new(depth - 1),
+            failed: None,
+            polls: 0,
+            timeout: IO_TIMEOUT,
             sq_db: crate::regs::sq_tail_doorbell(qid, self.stride),
             cq_db: crate::regs::cq_head_doorbell(qid, self.stride),
             max_transfer: self.info.max_transfer,
@@ -711,7 +718,18 @@ pub enum SubmitError {
     TooLarge { len: usize, max: usize },
     #[error("PRP: {0}")]
     Prp(#[from] prp::PrpError),
+    /// The queue failed (controller fatal status, removal, unanswered abort); the status says
+    /// whether the host may retry.
+    #[error("queue failed: {0}")]
+    Failed(Status),
 }
+
+/// Status for commands failed because the controller stopped working: Command Aborted due to
+/// SQ Deletion (generic 0x08) without DNR, which a host retries (on another path, or after the
+/// controller is back).
+pub const RETRYABLE_ABORT: Status = Status(0x08);
+/// Status once the device is gone (all-ones reads): Internal Error (0x06) with DNR.
+pub const DEVICE_GONE: Status = Status(0x06 | 1 << 14);
 
 /// One I/O queue pair, owned by one reactor. Not `Sync`; `Send` so it can be made on the
 /// control thread and moved to its reactor.
@@ -723,7 +741,12 @@ pub struct IoQpair {
     lists: DmaRegion,
     sq: SqRing,
     cq: CqRing,
-    cids: CidTable<u64>,
+    cids: CidTable<Inflight>,
+    /// Set once the controller failed (CSTS.CFS, all-ones reads, an abort that went
+    /// unanswered): every new command is answered with this status without reaching the SSD.
+    failed: Option<Status>,
+    polls: u32,
+    timeout: Duration,
     sq_db: usize,
     cq_db: usize,
     max_transfer: usize,
@@ -759,6 +782,9 @@ impl IoQpair {
         tag: u64,
     ) -> std::result::Result<(), SubmitError> {
         let len: usize = data.iter().map(|s| s.len).sum();
+        if let Some(st) = self.failed {
+            return Err(SubmitError::Failed(st));
+        }
         if len > self.max_transfer {
             return Err(SubmitError::TooLarge {
                 len,
@@ -768,7 +794,14 @@ impl IoQpair {
         if self.sq.is_full() {
             return Err(SubmitError::Full);
         }
-        let cid = self.cids.alloc(tag).ok_or(SubmitError::Full)?;
+        let cid = self
+            .cids
+            .alloc(Inflight {
+                tag,
+                since: Instant::now(),
+                aborted: false,
+            })
+            .ok_or(SubmitError::Full)?;
         if len > 0 {
             let mut entries = [0u64; PAGE / 8];
             let list_addr = self.lists.iova() + u64::from(cid) * PAGE as u64;
@@ -816,8 +849,8 @@ impl IoQpair {
         while let Some(c) = self.cq.pop(&self.rings) {
             self.sq.update_head(c.sq_head);
             match self.cids.release(c.cid) {
-                Some(tag) => {
-                    done(tag, c);
+                Some(f) => {
+                    done(f.tag, c);
                     n += 1;
                 }
                 None => warn!(
@@ -830,15 +863,74 @@ impl IoQpair {
         if let Some(h) = self.cq.take_doorbell() {
             self.ctrl.bar0.write32(self.cq_db, u32::from(h));
         }
+        if self.cids.in_flight() > 0 {
+            self.polls = self.polls.wrapping_add(1);
+            if self.polls.is_multiple_of(HEALTH_EVERY) {
+                self.health(done);
+            }
+        }
         n
+    }
+
+    /// Set the I/O timeout (default [`IO_TIMEOUT`]).
+    pub fn set_timeout(&mut self, t: Duration) {
+        self.timeout = t;
+    }
+
+    /// The status new commands get once the queue failed.
+    pub fn failed(&self) -> Option<Status> {
+        self.failed
+    }
+
+    /// Health check while commands are in flight: a removed device (all ones), a fatal
+    /// controller status, and command timeouts (Abort first, then give up on the queue). A
+    /// failed queue completes everything in flight at once, so nothing hangs.
+    fn health(&mut self, done: &mut dyn FnMut(u64, Cqe)) {
+        match self.ctrl.csts() {
+            Err(e) => {
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, error = %e, "NVMe device removed; failing in-flight I/O");
+                self.fail(DEVICE_GONE, done);
+                return;
+            }
+            Ok(st) if st.cfs() => {
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, "NVMe controller fatal status (CSTS.CFS); failing in-flight I/O with a retryable status");
+                self.fail(RETRYABLE_ABORT, done);
+                return;
+            }
+            Ok(_) => {}
+        }
+        match timeout_scan(&self.cids, Instant::now(), self.timeout) {
+            TimeoutAction::Nothing => {}
+            TimeoutAction::Abort(cid) => {
+                warn!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "I/O command timed out; sending Abort");
+                if let Some(f) = self.cids.get_mut(cid) {
+                    f.aborted = true;
+                }
+                // Abort: CDW10 = CID << 16 | SQID. Control-plane path, taken only on a timeout.
+                let mut s = Sqe::new(admin::ABORT, 0);
+                s.dw[10] = u32::from(cid) << 16 | u32::from(self.qid);
+                if let Err(e) = self.ctrl.admin_cmd(s, "Abort") {
+                    warn!(bdf = %self.ctrl.bdf, error = %e, "Abort failed");
+                }
+            }
+            TimeoutAction::Reset(cid) => {
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "aborted command still outstanding; failing the queue (controller reset needed)");
+                self.fail(RETRYABLE_ABORT, done);
+            }
+        }
+    }
+
+    fn fail(&mut self, status: Status, done: &mut dyn FnMut(u64, Cqe)) {
+        self.failed = Some(status);
+        self.fail_all(status, done);
     }
 
     /// Fail every command in flight with `status` (after a controller failure), handing their
     /// tags to `done`.
     pub fn fail_all(&mut self, status: Status, done: &mut dyn FnMut(u64, Cqe)) {
-        for (cid, tag) in self.cids.drain() {
+        for (cid, f) in self.cids.drain() {
             done(
-                tag,
+                f.tag,
                 Cqe {
                     cid,
                     status_phase: status.0 << 1,

@@ -157,6 +157,18 @@ impl<T> CidTable<T> {
     pub fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()
     }
+    /// Identifiers in flight and their values, in CID order.
+    pub fn iter(&self) -> impl Iterator<Item = (u16, &T)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|v| (i as u16, v)))
+    }
+
+    pub fn get_mut(&mut self, cid: u16) -> Option<&mut T> {
+        self.slots.get_mut(cid as usize)?.as_mut()
+    }
+
     /// Take every value in flight (a reset fails them all).
     pub fn drain(&mut self) -> impl Iterator<Item = (u16, T)> + '_ {
         let free = &mut self.free;
@@ -166,6 +178,53 @@ impl<T> CidTable<T> {
             Some((i as u16, v))
         })
     }
+}
+
+/// A command in flight on an I/O queue: the submitter's tag, when it was queued and whether an
+/// Abort was already sent for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Inflight {
+    pub tag: u64,
+    pub since: std::time::Instant,
+    pub aborted: bool,
+}
+
+/// What the timeout scan decides for a queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeoutAction {
+    Nothing,
+    /// Send Abort for this CID (it passed the timeout).
+    Abort(u16),
+    /// An aborted command is still outstanding after another timeout: the controller must be
+    /// reset and everything in flight failed.
+    Reset(u16),
+}
+
+/// The timeout rule: a command older than `timeout` gets an Abort; one already aborted and
+/// older than twice `timeout` means the controller is not answering and needs a reset. The
+/// oldest command decides.
+pub fn timeout_scan(
+    cids: &CidTable<Inflight>,
+    now: std::time::Instant,
+    timeout: std::time::Duration,
+) -> TimeoutAction {
+    let Some((cid, f)) = cids.iter().min_by_key(|(_, f)| f.since) else {
+        return TimeoutAction::Nothing;
+    };
+    let age = now.saturating_duration_since(f.since);
+    if f.aborted && age > 2 * timeout {
+        return TimeoutAction::Reset(cid);
+    }
+    if age > timeout {
+        if let Some((c, _)) = cids
+            .iter()
+            .filter(|(_, f)| !f.aborted && now.saturating_duration_since(f.since) > timeout)
+            .min_by_key(|(_, f)| f.since)
+        {
+            return TimeoutAction::Abort(c);
+        }
+    }
+    TimeoutAction::Nothing
 }
 
 #[cfg(test)]
@@ -277,6 +336,40 @@ mod tests {
         assert!(cq.pop(&m).is_none());
         m.cq[0].status_phase = 0;
         assert!(cq.pop(&m).is_some());
+    }
+
+    #[test]
+    fn timeouts_abort_then_reset() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let to = Duration::from_secs(30);
+        let mut t = CidTable::new(4);
+        assert_eq!(timeout_scan(&t, t0, to), TimeoutAction::Nothing);
+        let a = t
+            .alloc(Inflight {
+                tag: 1,
+                since: t0,
+                aborted: false,
+            })
+            .unwrap();
+        let _b = t
+            .alloc(Inflight {
+                tag: 2,
+                since: t0 + Duration::from_secs(10),
+                aborted: false,
+            })
+            .unwrap();
+        assert_eq!(timeout_scan(&t, t0 + to, to), TimeoutAction::Nothing);
+        let now = t0 + to + Duration::from_secs(1);
+        assert_eq!(timeout_scan(&t, now, to), TimeoutAction::Abort(a));
+        t.get_mut(a).unwrap().aborted = true;
+        // The aborted one waits for its answer; the other is not old enough yet.
+        assert_eq!(timeout_scan(&t, now, to), TimeoutAction::Nothing);
+        let later = t0 + 2 * to + Duration::from_secs(1);
+        assert_eq!(timeout_scan(&t, later, to), TimeoutAction::Reset(a));
+        // Once the aborted command completes, the next old one is aborted in turn.
+        t.release(a);
+        assert_eq!(timeout_scan(&t, later, to), TimeoutAction::Abort(_b));
     }
 
     #[test]

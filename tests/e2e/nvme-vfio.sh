@@ -7,7 +7,8 @@
 #
 # The guest needs intel_iommu=on on its kernel command line, which run-guest.sh has no option
 # for yet: this script runs a copy of run-guest.sh (in the work folder) whose command line has
-# it. RIG_CACHE points the copy at the real rig cache.
+# it, and no_timer_check (a loaded host once made the TCG guest panic with "IO-APIC + timer
+# doesn't work"). RIG_CACHE points the copy at the real rig cache.
 # Environment: NVMFD_BIN_DIR (default build/debug), E2E_WORK (default build/e2e-nvme),
 #   E2E_TIMEOUT (default 900).
 set -euo pipefail
@@ -19,10 +20,13 @@ WORK=$(realpath "$WORK")
 for b in nvmfd nvmfd-nvme-selftest; do
     [[ -x $BIN/$b ]] || { echo "nvme-vfio: $BIN/$b missing: cargo build -p nvmfd-nvme" >&2; exit 2; }
 done
+# The guest runs copies: a rebuild during the run must not change binaries under its feet.
+rm -rf "$WORK/bin" && mkdir -p "$WORK/bin"
+cp "$BIN/nvmfd" "$BIN/nvmfd-nvme-selftest" "$WORK/bin/"
 img=$WORK/ssd.img
 rm -f "$img"
 qemu-img create -q -f raw "$img" 1G
-sed 's/^append="console=ttyS0 /append="intel_iommu=on console=ttyS0 /' \
+sed 's/^append="console=ttyS0 /append="intel_iommu=on no_timer_check console=ttyS0 /' \
     "$REPO/deploy/rig/run-guest.sh" >"$WORK/run-guest.sh"
 grep -q 'append="intel_iommu=on' "$WORK/run-guest.sh" || { echo "nvme-vfio: cannot patch run-guest.sh" >&2; exit 2; }
 chmod +x "$WORK/run-guest.sh"
@@ -37,7 +41,7 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device nvme,serial=cmb0,cmb_size_mb=64,drive=d0,bus=dn1"
 start=$(date +%s)
 rc=0
-"$WORK/run-guest.sh" --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$BIN" -e "E2E_WORK=$WORK" \
+"$WORK/run-guest.sh" --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
     -e "E2E_KDIR=$RIG_CACHE/kernel/$KVER" \
     "$REPO/tests/e2e/guest-nvme-vfio.sh" || rc=$?
 echo "nvme-vfio: guest exited $rc after $(($(date +%s) - start)) s"

@@ -219,6 +219,17 @@ impl NvmeChannel {
 
 impl BdevChannel for NvmeChannel {
     fn submit(&mut self, io: Io) -> Result<(), Io> {
+        if let Some(st) = self.qp.failed() {
+            self.finish_now(
+                io,
+                Err(IoError::Nvme {
+                    sct: st.sct(),
+                    sc: st.sc(),
+                    dnr: st.dnr(),
+                }),
+            );
+            return Ok(());
+        }
         let parts = self.parts(&io.op);
         if self.free.is_empty() || self.qp.room() < parts as usize {
             return Err(io);

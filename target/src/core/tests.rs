@@ -741,6 +741,33 @@ fn io_command_checks() {
     let cap = capsule(io_sqe(opcode::NVM_WRITE, 1, 0, 2), &[], 8192);
     let r = io.io_done(&cap, Err(IoError::Media(5)));
     assert_eq!((r.cqe.status, r.data_len), (Status::WRITE_FAULT, 0));
+    // An NVMe SSD's own status (here Invalid Use of CMB with DNR, and a retryable media error)
+    // reaches the host unchanged, not as a generic error.
+    let r = io.io_done(
+        &cap,
+        Err(IoError::Nvme {
+            sct: 0,
+            sc: 0x12,
+            dnr: true,
+        }),
+    );
+    assert_eq!(r.cqe.status, Status::INVALID_CMB_USE);
+    let r = io.io_done(
+        &cap,
+        Err(IoError::Nvme {
+            sct: 2,
+            sc: 0x81,
+            dnr: false,
+        }),
+    );
+    assert_eq!(
+        r.cqe.status,
+        Status {
+            sct: 2,
+            sc: 0x81,
+            dnr: false
+        }
+    );
 }
 
 #[test]

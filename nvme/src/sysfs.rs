@@ -153,18 +153,7 @@ pub fn describe_group(group: u32) -> String {
 /// RLIMIT_MEMLOCK soft limit in bytes (`None` = unlimited) and whether the process has
 /// CAP_IPC_LOCK (which lifts the limit for VFIO's pinning).
 pub fn memlock() -> (Option<u64>, bool) {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit fills a properly sized struct we own.
-    let lim = if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0
-        && r.rlim_cur != libc::RLIM_INFINITY
-    {
-        Some(r.rlim_cur)
-    } else {
-        None
-    };
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Memlock).current;
     let cap = fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -244,7 +244,24 @@ fn cmb_text(bdf: &str) -> String {
         Ok(None) => "none".into(),
         Ok(Some((sz, bir))) if sz > 0 => format!("{} MiB in BAR {bir}", sz >> 20),
         Ok(Some(_)) => "yes (size shown once enabled: CMBMSC.CRE)".into(),
-        Err(_) => "?".into(),
+        // A driver holding the BAR (nvme, vfio-pci) makes sysfs refuse the mapping
+        // (CONFIG_IO_STRICT_DEVMEM): name the memory BARs beyond BAR0, where a CMB lives.
+        Err(e) => {
+            let bars: Vec<String> = (2..6)
+                .filter_map(|n| {
+                    sysfs::bar_size(bdf, n).map(|sz| format!("BAR {n}: {} MiB", sz >> 20))
+                })
+                .collect();
+            format!(
+                "? (registers not readable: {}){}{}",
+                e.raw_os_error().map_or_else(
+                    || e.to_string(),
+                    |c| io::Error::from_raw_os_error(c).to_string()
+                ),
+                if bars.is_empty() { "" } else { "; " },
+                bars.join(", ")
+            )
+        }
     }
 }
 

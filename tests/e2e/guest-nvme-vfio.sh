@@ -4,7 +4,7 @@
 # with a 64 MiB CMB at 0000:03:00.0 behind a PCIe switch, intel-iommu): the userspace VFIO driver
 # end to end.
 #   1. refusals: unknown BDF, device on another driver, mounted file system;
-#   2. `nvmfd setup --pci` binds vfio-pci; the driver self-test (PRP shapes, FUA, flush, write
+#   2. `nvmfd setup --pci` binds vfio-pci, `--hugemem` reserves hugepages; the driver self-test (PRP shapes, FUA, flush, write
 #      zeroes, compare, DSM, LBA range, MDTS, CMB<->host round trips, 0x12 for a mixed command);
 #   3. nvmfd exports the SSD (nvme bdev) over NVMe/TCP on 127.0.0.1; the kernel initiator in this
 #      guest runs fio verify=crc32c (4 KiB random, 128 KiB and 1 MiB sequential); a pattern
@@ -33,7 +33,7 @@ pci_driver() { basename "$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null
 
 kernel_nsdev() {
     local d
-    for d in /sys/bus/pci/devices/$BDF/nvme/nvme*/nvme*n1; do
+    for d in /sys/bus/pci/devices/"$BDF"/nvme/nvme*/nvme*n1; do
         [[ -e $d ]] && { echo "/dev/$(basename "$d")"; return 0; }
     done
     return 1
@@ -63,7 +63,8 @@ refuse_mounted() {
     grep -qw ext4 /proc/filesystems || modprobe -d "${E2E_KDIR:?}" ext4 ||
         { why "cannot load ext4 from $E2E_KDIR"; return 1; }
     mkfs.ext4 -q -F "$dev" >/dev/null 2>&1 || { why "mkfs.ext4 $dev failed"; return 1; }
-    mkdir -p /tmp/mnt && mount "$dev" /tmp/mnt || { why "mount $dev failed"; return 1; }
+    mkdir -p /tmp/mnt || { why "mkdir /tmp/mnt"; return 1; }
+    mount "$dev" /tmp/mnt || { why "mount $dev failed"; return 1; }
     out=$("$NVMFD" setup --pci $BDF 2>&1)
     local rc=$?
     umount /tmp/mnt
@@ -78,6 +79,21 @@ setup_bind() {
     "$NVMFD" setup --pci $BDF || { why "setup --pci failed"; return 1; }
     [[ $(pci_driver $BDF) == vfio-pci ]] || { why "driver is $(pci_driver $BDF)"; return 1; }
     "$NVMFD" setup --status | grep "$BDF" | grep -q vfio-pci || { why "status does not show vfio-pci"; return 1; }
+}
+
+hugemem() {
+    "$NVMFD" setup --hugemem 64MiB || { why "setup --hugemem failed"; return 1; }
+    local n
+    n=$(cat /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages)
+    ((n == 32)) || { why "nr_hugepages is $n, want 32"; return 1; }
+}
+
+# The daemon's DMA regions come from the reserved hugepages (free count drops while it runs).
+daemon_uses_hugepages() {
+    local free
+    free=$(awk '/HugePages_Free/ { print $2 }' /proc/meminfo)
+    note "HugePages_Free $free of 32 while nvmfd runs"
+    ((free < 32)) || { why "no hugepage in use"; return 1; }
 }
 
 selftest() {
@@ -194,9 +210,11 @@ run_step "refused: a device bound to another driver" refuse_other_driver
 run_step "refused: unbinding an SSD with a mounted file system" refuse_mounted
 run_step "nvmfd setup --pci binds vfio-pci" setup_bind
 run_step "driver self-test (host + CMB data, 0x12 mixed, errors)" selftest
+run_step "nvmfd setup --hugemem reserves 2 MiB pages" hugemem
 run_step "nvmfd refuses a namespace the SSD lacks" bad_namespace
 run_step "nvmfd starts with the nvme bdev" start_daemon
 if [[ -n $DPID ]]; then
+    run_step "its DMA memory is on hugepages" daemon_uses_hugepages
     run_step "kernel nvme-tcp connects to 127.0.0.1" connect
     if [[ -n $DEV ]]; then
         run_step "fio 4k randwrite crc32c verify" fio_verify rand4k randwrite 4k 0 16M 16

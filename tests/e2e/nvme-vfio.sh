@@ -21,7 +21,7 @@ for b in nvmfd nvmfd-nvme-selftest; do
     [[ -x $BIN/$b ]] || { echo "nvme-vfio: $BIN/$b missing: cargo build -p nvmfd-nvme" >&2; exit 2; }
 done
 # The guest runs copies: a rebuild during the run must not change binaries under its feet.
-rm -rf "$WORK/bin" && mkdir -p "$WORK/bin"
+rm -rf "${WORK:?}/bin" && mkdir -p "$WORK/bin"
 cp "$BIN/nvmfd" "$BIN/nvmfd-nvme-selftest" "$WORK/bin/"
 img=$WORK/ssd.img
 rm -f "$img"

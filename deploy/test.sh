@@ -8,13 +8,15 @@
 #   rig setup (deploy/rig/setup.sh) · shellcheck of the test scripts · cargo build --release ·
 #   cargo test --release · cargo fmt --check · cargo clippy · rdma (the verbs layer's ping-pong
 #   on soft-RoCE in the guest, Debian 12's kernel) · rpc (tests/rpc/run.sh: SPDK's Python client
-#   from PyPI against build/release/nvmfd) · then for each guest kernel the rig set up
+#   from PyPI against build/release/nvmfd) · nvme-vfio (tests/e2e/nvme-vfio.sh: the userspace
+#   VFIO NVMe driver on an emulated SSD with a CMB behind a PCIe switch, exported over NVMe/TCP,
+#   Debian 12's kernel) · then for each guest kernel the rig set up
 #   (Debian 12's 6.1 and Debian unstable's newest, 7.2 when written): rig self-test (kernel nvmet
 #   in the guest) and e2e (tests/e2e/run.sh against build/release/nvmfd), named after the
 #   kernel's version: selftest-6.1, e2e-6.1, selftest-7.2, e2e-7.2
 #
 # Environment: TEST_SKIP="selftest clippy ..." skips steps by name (rig, shell, build, test, fmt,
-# clippy, rdma, rpc, selftest-VER, e2e-VER; "selftest" and "e2e" skip them for every kernel). Exit
+# clippy, rdma, rpc, nvme-vfio, selftest-VER, e2e-VER; "selftest" and "e2e" skip them for every kernel). Exit
 # code 0 only if every step that ran passed.
 set -euo pipefail
 
@@ -77,6 +79,11 @@ if ((build_ok)); then
     step rpc 600 tests/rpc/run.sh build/release/nvmfd || true
 else
     results+=("$(printf '%-12s %-5s %5s  %s' rpc SKIP - "no binary: the build failed")")
+fi
+if ((build_ok)); then
+    step nvme-vfio 1200 env NVMFD_BIN_DIR=build/release tests/e2e/nvme-vfio.sh || true
+else
+    results+=("$(printf '%-12s %-5s %5s  %s' nvme-vfio SKIP - "no binary: the build failed")")
 fi
 # Each kernel the rig sets up (deploy/rig/setup.sh: labels stable and newest), named by its
 # major.minor version when the rig knows it (a kernel that failed to set up keeps its label, and

@@ -138,6 +138,8 @@ append="console=ttyS0 panic=-1 quiet loglevel=4 script=$wrapper rig.out=$out_dir
 append+=" rig.timeout=$guest_timeout rig.printk=${RIG_PRINTK:-4}"
 [[ -n $hostnqn ]] && append+=" rig.hostnqn=$hostnqn"
 [[ -n $hostid ]] && append+=" rig.hostid=$hostid"
+# Extra kernel parameters first-class, e.g. RIG_APPEND="intel_iommu=on" for VFIO tests.
+[[ -n ${RIG_APPEND:-} ]] && append="${RIG_APPEND} $append"
 
 # shellcheck disable=SC2054  # the commas are QEMU option syntax
 qemu=(

@@ -5,10 +5,8 @@
 #
 #   tests/e2e/nvme-vfio.sh            (builds nothing: uses build/debug or $NVMFD_BIN_DIR)
 #
-# The guest needs intel_iommu=on on its kernel command line, which run-guest.sh has no option
-# for yet: this script runs a copy of run-guest.sh (in the work folder) whose command line has
-# it, and no_timer_check (a loaded host once made the TCG guest panic with "IO-APIC + timer
-# doesn't work"). RIG_CACHE points the copy at the real rig cache.
+# The guest's kernel command line gets intel_iommu=on (through RIG_APPEND) and no_timer_check
+# (a loaded host once made the TCG guest panic with "IO-APIC + timer doesn't work").
 # Environment: NVMFD_BIN_DIR (default build/debug), E2E_WORK (default build/e2e-nvme),
 #   E2E_TIMEOUT (default 900).
 set -euo pipefail
@@ -26,10 +24,7 @@ cp "$BIN/nvmfd" "$BIN/nvmfd-nvme-selftest" "$WORK/bin/"
 img=$WORK/ssd.img
 rm -f "$img"
 qemu-img create -q -f raw "$img" 1G
-sed 's/^append="console=ttyS0 /append="intel_iommu=on no_timer_check console=ttyS0 /' \
-    "$REPO/deploy/rig/run-guest.sh" >"$WORK/run-guest.sh"
-grep -q 'append="intel_iommu=on' "$WORK/run-guest.sh" || { echo "nvme-vfio: cannot patch run-guest.sh" >&2; exit 2; }
-chmod +x "$WORK/run-guest.sh"
+export RIG_APPEND="intel_iommu=on no_timer_check"
 export RIG_CACHE=${RIG_CACHE:-$REPO/deploy/rig/.cache}
 # shellcheck source=/dev/null
 . "$RIG_CACHE/rig.env"   # KVER: the guest loads ext4 from this kernel's module tree
@@ -41,7 +36,7 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device nvme,serial=cmb0,cmb_size_mb=64,drive=d0,bus=dn1"
 start=$(date +%s)
 rc=0
-"$WORK/run-guest.sh" --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
+"$REPO/deploy/rig/run-guest.sh" --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
     -e "E2E_KDIR=$RIG_CACHE/kernel/$KVER" \
     "$REPO/tests/e2e/guest-nvme-vfio.sh" || rc=$?
 echo "nvme-vfio: guest exited $rc after $(($(date +%s) - start)) s"

@@ -6,7 +6,8 @@
 //! two different disks if two nodes reported equal ones for different data. So each is, in order:
 //! 1. the value the YAML gives (`uuid`, `nguid`, `eui64`), used as is: giving two nodes the same
 //!    value for the same data is how an administrator builds a real multipath pair;
-//! 2. for a namespace on a persistent bdev (`uring`: a file or a block device), the value stored
+//! 2. for a namespace on a persistent bdev (`uring`: a file or a block device; `nvme`: an SSD,
+//!    keyed `nvme://PCI/NSID`), the value stored
 //!    in `<state_dir>/namespaces` by an earlier start, if it was made for the same backing path;
 //! 3. otherwise 128 fresh random bits from the kernel (`/dev/urandom`), stored for persistent
 //!    bdevs. `malloc` and `null` namespaces get new identifiers on every start: their data does
@@ -285,6 +286,11 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
     let persistent = |bdev: &str| {
         cfg.bdev(bdev).and_then(|b| match &b.kind {
             BdevKind::Uring { path, .. } => Some(path.clone()),
+            // An SSD's data survives a restart as a file's does; its record is keyed by the
+            // PCI address and namespace (a key, never opened as a path).
+            BdevKind::Nvme { pci, namespace } => Some(std::path::PathBuf::from(format!(
+                "nvme://{pci}/{namespace}"
+            ))),
             _ => None,
         })
     };

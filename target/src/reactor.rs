@@ -5,7 +5,8 @@
 
 use crate::core::{Action, Outcome, QueuePair, Target};
 use crossbeam_queue::ArrayQueue;
-use nvmfd_bdev::{Bdev, BdevChannel, BufPool, Completion, Io};
+use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
+use nvmfd_p2p::mem::BufPool;
 use nvmfd_transport::tcp::{ConnError, Socket, TcpConn, TcpParams};
 use std::cell::RefCell;
 use std::collections::VecDeque;

@@ -9,7 +9,8 @@ use std::sync::Arc;
 
 /// Registers every region a pool makes, before a buffer is carved from it (RDMA: `ibv_reg_mr`
 /// with each protection domain, then [`Region::register`]; VFIO: a DMA mapping, then
-/// [`Region::set_device_addr`]). Called when the pool is made and when it grows, never per I/O.
+/// [`Region::set_device_addr`]). Called when the pool is made and when it grows, never per I/O
+/// (so a buffer [`BufPool::get`] makes past the cap, a region of its own, is not registered).
 /// A registration that fails leaves the region without that entry (the buffer then has no keys
 /// or device address, and the I/O must take a path that needs none); the registrar says why.
 pub trait Registrar {
@@ -211,13 +212,11 @@ impl BufPool {
             .expect("a new region holds a buffer")
     }
 
-    /// A large buffer past the cap: a region of its own, registered, unmapped when it comes back.
+    /// A large buffer past the cap: a region of its own, unmapped when it comes back. It is not
+    /// registered (that would be a registration per I/O): it has no keys and no device address.
     fn standalone_large(&self) -> IoBuf {
         let len = self.large_class.size;
-        let mut region = Region::anonymous(len).unwrap_or_else(|_| alloc_failed(len));
-        for r in &self.registrars {
-            r.register(&mut region);
-        }
+        let region = Region::anonymous(len).unwrap_or_else(|_| alloc_failed(len));
         Carver::new(region, len, 0)
             .carve()
             .expect("a region of the buffer's size holds it")
@@ -568,11 +567,11 @@ mod tests {
                 Some((region_base << 32) + b.offset() as u64)
             );
         }
-        // Past the cap: a buffer of its own, registered too.
+        // Past the cap: a buffer of its own, not registered (no registration per I/O).
         let held = p.try_get(131072).unwrap();
         let past = p.get(131072);
-        assert!(past.keys(PdId(1)).is_some());
-        assert_eq!(calls.get(), grown + 1);
+        assert_eq!((past.keys(PdId(1)), past.device_addr()), (None, None));
+        assert_eq!(calls.get(), grown);
         p.put(past);
         p.put(held);
     }

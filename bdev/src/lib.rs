@@ -5,17 +5,14 @@
 //! submitted with an owned [`IoBuf`] that comes back in the [`Completion`], so an asynchronous backend
 //! (io_uring) can never outlive the memory it writes into, and nothing is allocated per I/O.
 
-mod buf;
-mod lent;
 pub mod testing;
 
 pub use backends::malloc::Malloc;
 pub use backends::null::Null;
 pub use backends::nvme::Nvme;
 pub use backends::uring::Uring;
-pub use buf::{BufPool, IoBuf};
-pub use lent::Lent;
 
+use nvmfd_p2p::mem::{IoBuf, Lent};
 use std::sync::Arc;
 
 /// Static facts about a block device.

@@ -170,7 +170,8 @@ impl BdevChannel for RecorderChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{IoBuf, Malloc};
+    use crate::Malloc;
+    use nvmfd_p2p::mem::IoBuf;
 
     fn run(ch: &mut dyn BdevChannel, tag: u64, op: Op) {
         ch.submit(Io {

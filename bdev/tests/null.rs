@@ -1,7 +1,8 @@
 mod common;
 
 use common::*;
-use nvmfd_bdev::{Bdev, IoBuf, Null, Op};
+use nvmfd_bdev::{Bdev, Null, Op};
+use nvmfd_p2p::mem::IoBuf;
 
 #[test]
 fn discards_writes_and_reads_zeroes() {

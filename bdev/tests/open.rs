@@ -3,9 +3,9 @@
 mod common;
 
 use common::*;
-use nvmfd_bdev::IoBuf;
 use nvmfd_bdev::Op;
 use nvmfd_config::{BdevConfig, BdevKind};
+use nvmfd_p2p::mem::IoBuf;
 
 #[test]
 fn opens_every_kind() {

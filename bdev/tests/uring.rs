@@ -5,7 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
-use nvmfd_bdev::{Bdev, Io, IoBuf, IoError, Op, Uring};
+use nvmfd_bdev::{Bdev, Io, IoError, Op, Uring};
+use nvmfd_p2p::mem::IoBuf;
 
 fn file_bytes(path: &Path, off: u64, len: usize) -> Vec<u8> {
     let all = std::fs::read(path).expect("read file");

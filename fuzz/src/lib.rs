@@ -21,10 +21,11 @@
 
 pub mod seeds;
 
-use nvmfd_bdev::{BdevInfo, BufPool, Op};
+use nvmfd_bdev::{BdevInfo, Op};
 use nvmfd_config::{
     Config, DigestMode, ListenerConfig, SubsystemConfig, TcpTransport, TransportKind,
 };
+use nvmfd_p2p::mem::BufPool;
 use nvmfd_target::core::{Capsule, Outcome, QueuePair, Response, Target};
 use nvmfd_transport::proto::fabrics::{
     decode_discovery_header, subtype, trtype, ConnectCommand, ConnectData, DiscoveryLogEntry,
@@ -40,7 +41,7 @@ use nvmfd_transport::proto::tcp::{
 };
 use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
 use std::cell::RefCell;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
@@ -218,15 +219,21 @@ impl Read for MemStream {
     }
 }
 
-impl Write for MemStream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+impl nvmfd_transport::Transmit for MemStream {
+    /// Like writev(2) with at most `write_max` bytes accepted per call (pieces cut anywhere).
+    fn transmit(&mut self, pieces: &[nvmfd_transport::Piece<'_>]) -> std::io::Result<usize> {
         let mut w = self.0.borrow_mut();
-        let n = buf.len().min(w.write_max.max(1));
-        w.output.extend_from_slice(&buf[..n]);
+        let mut budget = w.write_max.max(1);
+        let mut n = 0;
+        for p in pieces {
+            let take = p.copy_to(&mut w.output, budget);
+            n += take;
+            budget -= take;
+            if take < p.len() {
+                break;
+            }
+        }
         Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 

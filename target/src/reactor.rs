@@ -5,7 +5,8 @@
 
 use crate::core::{Action, Outcome, QueuePair, Target};
 use crossbeam_queue::ArrayQueue;
-use nvmfd_bdev::{Bdev, BdevChannel, BufPool, Completion, Io};
+use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
+use nvmfd_p2p::mem::{BufPool, Pages};
 use nvmfd_transport::tcp::{ConnError, Socket, TcpConn, TcpParams};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -118,7 +119,9 @@ pub fn spawn(
             PREALLOC_LARGE.min(large_limit),
             large_limit,
         );
-        info!(reactor = cfg.id, core = cfg.core, "reactor running");
+        // Buffer memory is on hugepages only where the system has them reserved.
+        let hugepages = pool.regions().all(|r| matches!(r.pages(), Pages::Huge { .. }));
+        info!(reactor = cfg.id, core = cfg.core, buffers_on_hugepages = hugepages, "reactor running");
         let mut r = Reactor {
             cfg,
             target,

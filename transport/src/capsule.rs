@@ -1,8 +1,8 @@
 //! The unit of work a transport hands to the target core: one command and its data buffer.
 
 use crate::proto::nvme::{Cqe, Sqe};
-use nvmfd_bdev::{IoBuf, Lent};
-use std::io::IoSlice;
+use crate::Piece;
+use nvmfd_p2p::mem::{IoBuf, Lent};
 
 /// A command capsule as the core sees it, whatever transport carried it.
 ///
@@ -17,7 +17,7 @@ pub struct Capsule {
     /// Bytes of data the command's SGL describes.
     pub data_len: u32,
     /// Read data a block device lent instead of filling `buf` (sent from there, see
-    /// `nvmfd_bdev::Op::ReadLent`).
+    /// `nvmfd_bdev::Op::ReadLent`; described by raw parts only, see [`Piece`]).
     pub lent: Option<Lent>,
 }
 
@@ -32,11 +32,11 @@ impl Capsule {
     }
 
     /// Bytes `from..to` of that data as a piece of a `writev` (lent data is never read here).
-    pub fn data_io_slice(&self, from: usize, to: usize) -> IoSlice<'_> {
+    pub fn data_piece(&self, from: usize, to: usize) -> Piece<'_> {
         match (&self.lent, &self.buf) {
-            (Some(l), _) => l.io_slice(from, to),
-            (None, Some(b)) => IoSlice::new(&b.as_slice()[from..to]),
-            (None, None) => IoSlice::new(&[]),
+            (Some(l), _) => Piece::lent(l, from, to),
+            (None, Some(b)) => Piece::bytes(&b.as_slice()[from..to]),
+            (None, None) => Piece::EMPTY,
         }
     }
 }

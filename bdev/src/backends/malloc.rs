@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use super::mem::{MemRegion, RegionShare};
 use super::{dsm_range, Geometry, Immediate, ImmediateChannel};
-use crate::{Bdev, BdevChannel, BdevInfo, IoBuf, IoError, Lent, Op};
+use crate::{Bdev, BdevChannel, BdevInfo, IoError, Op};
+use nvmfd_p2p::mem::{IoBuf, Lent};
 
 /// Completions a malloc or null channel holds before `submit` refuses more.
 pub(crate) const SYNC_QUEUE_DEPTH: usize = 4096;

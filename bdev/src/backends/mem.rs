@@ -13,8 +13,8 @@
 //! bytes it sees is a valid outcome. No Rust code reads or writes the region through references:
 //! bytes move with `ptr::copy_nonoverlapping` / `ptr::write_bytes` between the region and a buffer
 //! the caller owns exclusively (an `IoBuf`, which never points into the region), or are lent
-//! ([`MemRegion::lend`]) as a slice that only describes them to the kernel, which copies them out
-//! (`writev`) like a device would by DMA; and the region's bytes carry no
+//! ([`MemRegion::lend`]) as a raw pointer and length that only describe them to the kernel, which
+//! copies them out (`writev`) like a device would by DMA; and the region's bytes carry no
 //! invariant whatsoever (any bit pattern is a valid block content), so a torn copy cannot break
 //! anything but the data the host itself raced on. The one formal caveat: the Rust memory model calls
 //! such an overlapping unsynchronised access a data race; we treat the region like memory shared
@@ -26,7 +26,8 @@ use std::io;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use crate::{IoError, Lent};
+use crate::IoError;
+use nvmfd_p2p::mem::Lent;
 
 /// Spans at least this long (after trimming to page boundaries) are zeroed by dropping their pages
 /// with `madvise(MADV_DONTNEED)` rather than by writing zeroes.

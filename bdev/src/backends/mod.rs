@@ -11,7 +11,8 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 
-use crate::{Bdev, BdevChannel, Completion, DsmRange, Io, IoBuf, IoError, Lent, Op};
+use crate::{Bdev, BdevChannel, Completion, DsmRange, Io, IoError, Op};
+use nvmfd_p2p::mem::{IoBuf, Lent};
 
 /// Open the device a config entry describes.
 pub(crate) fn open(cfg: &nvmfd_config::BdevConfig) -> io::Result<Arc<dyn Bdev>> {

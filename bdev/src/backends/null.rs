@@ -5,8 +5,8 @@ use std::io;
 
 use super::malloc::SYNC_QUEUE_DEPTH;
 use super::{Geometry, Immediate, ImmediateChannel};
-use crate::Lent;
-use crate::{Bdev, BdevChannel, BdevInfo, IoBuf, IoError, Op};
+use crate::{Bdev, BdevChannel, BdevInfo, IoError, Op};
+use nvmfd_p2p::mem::{IoBuf, Lent};
 
 /// A bit bucket.
 pub struct Null {

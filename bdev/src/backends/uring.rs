@@ -24,7 +24,8 @@ use std::sync::Arc;
 use io_uring::{opcode, squeue, types, IoUring};
 
 use super::{dsm_range, CompletionRing, Geometry};
-use crate::{Bdev, BdevChannel, BdevInfo, Completion, Io, IoBuf, IoError, Op};
+use crate::{Bdev, BdevChannel, BdevInfo, Completion, Io, IoError, Op};
+use nvmfd_p2p::mem::IoBuf;
 
 /// Ring entries and slab slots per channel.
 pub(crate) const QUEUE_DEPTH: usize = 256;

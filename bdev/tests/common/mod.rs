@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use nvmfd_bdev::{BdevChannel, Completion, DsmRange, Io, IoBuf, IoError, Op};
+use nvmfd_bdev::{BdevChannel, Completion, DsmRange, Io, IoError, Op};
+use nvmfd_p2p::mem::IoBuf;
 
 /// Poll until `n` completions arrived (panics after 10 s).
 pub fn reap(ch: &mut dyn BdevChannel, n: usize) -> Vec<Completion> {

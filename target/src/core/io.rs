@@ -123,7 +123,8 @@ pub(super) fn transfer_len(target: &Target, state: &State, cap: &Capsule) -> u32
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nvmfd_bdev::{BdevInfo, IoBuf};
+    use nvmfd_bdev::BdevInfo;
+    use nvmfd_p2p::mem::IoBuf;
     use nvmfd_transport::proto::nvme::Sqe;
 
     fn target() -> std::sync::Arc<Target> {

@@ -1,7 +1,8 @@
 //! Unit tests of the NVMe-oF rules, with no socket and no block device: capsules in, outcomes out.
 
 use super::*;
-use nvmfd_bdev::{IoBuf, IoError, Op};
+use nvmfd_bdev::{IoError, Op};
+use nvmfd_p2p::mem::IoBuf;
 use nvmfd_transport::proto::fabrics::{
     ConnectCommand, ConnectData, PropertyCommand, DISCOVERY_NQN,
 };

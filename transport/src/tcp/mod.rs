@@ -12,12 +12,12 @@ use crate::proto::tcp::{
     encode_capsule_resp, encode_term_req, fes, flags, parse_header, DataHeader, Digests,
     FatalError, Header, IcResp, R2t, COMMON_HEADER_SIZE,
 };
-use crate::{Capsule, Response};
-use nvmfd_bdev::BufPool;
+use crate::{Capsule, Piece, Response, Transmit};
 use nvmfd_config::DigestMode;
+use nvmfd_p2p::mem::BufPool;
 use std::cell::RefCell;
 use std::collections::VecDeque;
-use std::io::{ErrorKind, IoSlice, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
@@ -235,7 +235,7 @@ pub struct ConnStats {
     pub commands: u64,
 }
 
-impl<S: Read + Write> TcpConn<S> {
+impl<S: Read + Transmit> TcpConn<S> {
     /// Wrap an accepted, non-blocking stream; data buffers come from `pool` (the reactor's).
     pub fn new(stream: S, params: TcpParams, pool: Rc<RefCell<BufPool>>) -> Self {
         // Slots: the largest queue a host may connect. Once it has, the host may use as many
@@ -514,7 +514,7 @@ impl<S: Read + Write> TcpConn<S> {
         inner.mark_tx();
         let mut progress = false;
         while !inner.segs.is_empty() {
-            let mut iov = [IoSlice::new(&[]); MAX_IOV];
+            let mut iov = [Piece::EMPTY; MAX_IOV];
             let n_iov = inner.segs.len().min(MAX_IOV);
             let mut cur = inner.tx_off;
             for (i, seg) in inner.segs.iter().take(MAX_IOV).enumerate() {
@@ -523,15 +523,15 @@ impl<S: Read + Write> TcpConn<S> {
                     Seg::Tx(len) => {
                         let l = len - skip;
                         cur += l;
-                        IoSlice::new(&inner.tx[cur - l..cur])
+                        Piece::bytes(&inner.tx[cur - l..cur])
                     }
                     Seg::Slot { slot, len } => {
-                        inner.slots[slot as usize].capsule.data_io_slice(skip, len)
+                        inner.slots[slot as usize].capsule.data_piece(skip, len)
                     }
                 };
             }
             self.stats.send_calls += 1;
-            match self.stream.write_vectored(&iov[..n_iov]) {
+            match self.stream.transmit(&iov[..n_iov]) {
                 Ok(0) => return Err(ConnError::Closed),
                 Ok(n) => {
                     inner.advance(n);

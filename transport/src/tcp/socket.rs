@@ -5,9 +5,11 @@
 //! state. A reactor makes millions of these calls a second and never uses cancellation, and a
 //! profile of 4 KiB random reads at queue depth 32 put the bracketing at 4% of the reactor. This
 //! module owns the stream and issues `recvfrom` and `writev` through `syscall(2)` instead; it
-//! is the only place in the crate that does.
+//! is the only place in the crate that does. `writev` takes its iovecs straight from the
+//! [`Piece`]s it is given, so lent data reaches the kernel as the raw parts it came as.
 
-use std::io::{IoSlice, Read, Write};
+use crate::{Piece, Transmit};
+use std::io::Read;
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 
@@ -53,27 +55,20 @@ impl Read for Socket {
     }
 }
 
-impl Write for Socket {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
-        let n = bufs.len().min(libc::UIO_MAXIOV as usize);
-        // SAFETY: IoSlice is ABI-compatible with struct iovec (guaranteed by std on Unix), the n
-        // slices stay borrowed for the duration of the call, and the fd is owned by self.stream.
+impl Transmit for Socket {
+    fn transmit(&mut self, pieces: &[Piece<'_>]) -> std::io::Result<usize> {
+        let n = pieces.len().min(libc::UIO_MAXIOV as usize);
+        // SAFETY: Piece has struct iovec's layout (checked at compile time in `piece`), each
+        // piece describes readable memory for as long as `pieces` is borrowed (the call), the
+        // kernel only reads it, and the fd is owned by self.stream.
         let ret = unsafe {
             libc::syscall(
                 libc::SYS_writev,
                 self.stream.as_raw_fd(),
-                bufs.as_ptr() as *const libc::iovec,
+                Piece::as_iovecs(pieces),
                 n as libc::c_int,
             )
         };
         Self::result(ret)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }

@@ -62,12 +62,8 @@ impl Read for MemStream {
     }
 }
 
-impl Write for MemStream {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.write_vectored(&[IoSlice::new(buf)])
-    }
-
-    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> std::io::Result<usize> {
+impl Transmit for MemStream {
+    fn transmit(&mut self, bufs: &[Piece<'_>]) -> std::io::Result<usize> {
         let mut budget = if self.write_plan.is_empty() {
             usize::MAX
         } else {
@@ -81,8 +77,7 @@ impl Write for MemStream {
         }
         let mut n = 0;
         for b in bufs {
-            let take = b.len().min(budget);
-            self.output.extend_from_slice(&b[..take]);
+            let take = b.copy_to(&mut self.output, budget);
             n += take;
             budget -= take;
             if take < b.len() {
@@ -91,9 +86,6 @@ impl Write for MemStream {
             }
         }
         Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -335,32 +327,13 @@ fn connections_take_turns_for_large_buffers() {
     assert_eq!(sent_types(&mut c), [0x09], "small transfers never wait");
 }
 
-/// `data` (whole 4 KiB blocks) as a RAM disk lends it for a read.
-fn lent(data: &[u8]) -> nvmfd_bdev::Lent {
-    use nvmfd_bdev::{Bdev, Io, IoBuf, Malloc, Op};
-    let m = Malloc::new("m", 1 << 20, 4096).unwrap();
-    let mut ch = m.channel().unwrap();
-    let blocks = (data.len() / 4096) as u32;
-    let mut buf = IoBuf::new(data.len());
-    buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-    let mut last = None;
-    for op in [
-        Op::Write {
-            lba: 0,
-            blocks,
-            fua: false,
-        },
-        Op::ReadLent { lba: 0, blocks },
-    ] {
-        ch.submit(Io { tag: 0, op, buf }).unwrap();
-        let mut done = None;
-        ch.poll(&mut |c| done = Some(c));
-        let c = done.unwrap();
-        assert_eq!(c.result, Ok(()));
-        buf = c.buf;
-        last = c.lent;
-    }
-    last.expect("malloc lends")
+/// `data` lent as a RAM disk lends its blocks for a read: memory the connection does not own,
+/// kept alive by a share of its owner.
+fn lent(data: &[u8]) -> nvmfd_p2p::mem::Lent {
+    let disk: std::sync::Arc<Vec<u8>> = std::sync::Arc::new(data.to_vec());
+    let ptr = std::ptr::NonNull::new(disk.as_ptr().cast_mut()).unwrap();
+    // SAFETY: the Vec's heap block stays allocated, unchanged, while the Lent holds `disk`.
+    unsafe { nvmfd_p2p::mem::Lent::new(ptr, disk.len(), disk.clone()) }
 }
 
 #[test]

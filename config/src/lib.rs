@@ -75,7 +75,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Diagnostic};
-pub use save::to_yaml;
+pub use save::{to_yaml, uuid_text};
 
 /// The embedded default configuration (commented YAML): one reactor on core 0, a 1 GiB RAM
 /// bdev `ram0` exported as namespace 1 of `nqn.2026-11.io.nvmfd:default` on 127.0.0.1:4420

@@ -36,8 +36,8 @@ fn hex(bytes: &[u8]) -> String {
     })
 }
 
-/// RFC 4122 text form of a UUID in byte order.
-pub(crate) fn uuid_text(u: &[u8; 16]) -> String {
+/// RFC 4122 text form of a UUID in byte order (what the `uuid` field takes).
+pub fn uuid_text(u: &[u8; 16]) -> String {
     let h = hex(u);
     format!(
         "{}-{}-{}-{}-{}",

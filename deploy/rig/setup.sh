@@ -45,6 +45,10 @@ PACKAGES=(
     nvme-cli fio jq                 # the initiator-side tools, run inside the guest from this /
     iproute2 procps util-linux coreutils   # ip/ss, pgrep, blockdev/uuidgen, timeout
     rdma-core ibverbs-providers ibverbs-utils  # soft-RoCE (rxe) userspace for RDMA tests
+    python3-venv                    # tests/rpc: SPDK's Python client from PyPI in a venv
+    # What deploy/test.sh needs beyond the rig: a C toolchain (linking, the verbs layout test),
+    # the rdma-core headers that test compares our layouts with, and shellcheck.
+    build-essential pkg-config libibverbs-dev librdmacm-dev shellcheck
 )
 
 missing=()

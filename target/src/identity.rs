@@ -26,7 +26,7 @@
 
 use crate::core::{Identities, NamespaceIds};
 use anyhow::{bail, Context};
-use nvmfd_config::{BdevKind, Config};
+use nvmfd_config::{uuid_text, BdevKind, Config};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
@@ -82,19 +82,6 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
         *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
     }
     Some(out)
-}
-
-/// RFC 4122 text form.
-pub fn format_uuid(u: &[u8; 16]) -> String {
-    let h = hex(u);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 fn parse_uuid(s: &str) -> Option<[u8; 16]> {
@@ -187,7 +174,7 @@ fn format_records(r: &Records) -> String {
             "{} {nsid} {} uuid={} nguid={}",
             escape(nqn.as_bytes()),
             escape(&st.path),
-            format_uuid(&st.uuid),
+            uuid_text(&st.uuid),
             hex(&st.nguid)
         );
     }
@@ -256,10 +243,10 @@ fn install_id(dir: &Path) -> anyhow::Result<[u8; 16]> {
     let path = dir.join(INSTALL_ID_FILE);
     if !path.exists() {
         let id = random_uuid()?;
-        let created = create_atomic(&path, format!("{}\n", format_uuid(&id)).as_bytes())
+        let created = create_atomic(&path, format!("{}\n", uuid_text(&id)).as_bytes())
             .with_context(|| format!("cannot write the install identity {}", path.display()))?;
         if created {
-            info!(path = %path.display(), id = %format_uuid(&id), "new install identity");
+            info!(path = %path.display(), id = %uuid_text(&id), "new install identity");
             return Ok(id);
         }
     }
@@ -369,7 +356,7 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
                     }
                 }
             };
-            info!(nqn = %s.nqn, nsid = n.nsid, uuid = %format_uuid(&ids.uuid),
+            info!(nqn = %s.nqn, nsid = n.nsid, uuid = %uuid_text(&ids.uuid),
                 nguid = %hex(&ids.nguid), "namespace identifiers");
             namespaces.push(ids);
         }
@@ -397,7 +384,7 @@ fn check_unique(ids: &Identities) -> anyhow::Result<()> {
         if !uuids.insert(n.uuid) {
             bail!(
                 "two namespaces would report UUID {}; give each its own `uuid`",
-                format_uuid(&n.uuid)
+                uuid_text(&n.uuid)
             );
         }
         if !nguids.insert(n.nguid) {
@@ -439,7 +426,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a[6] >> 4, 4);
         assert_eq!(a[8] >> 6, 2);
-        assert_eq!(parse_uuid(&format_uuid(&a)), Some(a));
+        assert_eq!(parse_uuid(&uuid_text(&a)), Some(a));
         assert_ne!(random_nguid().unwrap(), random_nguid().unwrap());
         let s = derived_serial(&a, 0);
         assert_eq!(s.len(), 20);

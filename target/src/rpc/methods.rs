@@ -9,7 +9,7 @@ use super::jsonrpc::{
 };
 use crate::core::{SubsysRef, Target};
 use nvmfd_bdev::BdevInfo;
-use nvmfd_config::{BdevKind, Config, TransportKind};
+use nvmfd_config::{uuid_text, BdevKind, Config, TransportKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -141,13 +141,20 @@ pub(super) fn thread_times(comm: &str) -> Option<(u64, u64, u64)> {
         if name.trim_end() != comm {
             continue;
         }
-        let tid: u64 = e.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-        // Fields after the parenthesised name start with field 3 (state); utime is field 14 and
-        // stime field 15 (proc(5)).
-        let rest = &stat[stat.rfind(')')? + 1..];
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        return Some((tid, f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?));
+        // A thread that exits between the listing and these reads is skipped, not an answer:
+        // another thread may carry the same name (several daemons in one test process).
+        let parsed = (|| {
+            let tid: u64 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            // Fields after the parenthesised name start with field 3 (state); utime is field 14
+            // and stime field 15 (proc(5)).
+            let rest = &stat[stat.rfind(')')? + 1..];
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((tid, f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
+        })();
+        if parsed.is_some() {
+            return parsed;
+        }
     }
     None
 }
@@ -183,18 +190,6 @@ fn bdev_user(ctx: &Context, bdev: usize) -> Option<(&str, &crate::core::Namespac
             .find(|n| n.bdev == bdev)
             .map(|n| (s.nqn.as_str(), n))
     })
-}
-
-fn uuid_text(u: &[u8; 16]) -> String {
-    let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
 }
 
 fn hex_upper(b: &[u8]) -> String {

@@ -17,6 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod live;
+pub use live::{ControlLink, ReactorMsg};
+
 /// How many empty polls before an idle reactor sleeps (when `idle_sleep_us` is set).
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
 /// Timers (keep-alive) are checked this often, in loop iterations.
@@ -59,6 +62,8 @@ pub struct NewConn {
 /// What the daemon keeps to talk to a running reactor.
 pub struct ReactorHandle {
     pub inbox: Arc<ArrayQueue<NewConn>>,
+    /// Live reconfiguration messages (`crate::live`).
+    pub control: ControlLink,
     pub thread: std::thread::JoinHandle<()>,
 }
 
@@ -100,6 +105,8 @@ pub fn spawn(
 ) -> std::io::Result<ReactorHandle> {
     let inbox = Arc::new(ArrayQueue::new(1024));
     let rx = inbox.clone();
+    let control = ControlLink::new();
+    let ctl = control.clone();
     let thread = std::thread::Builder::new().name(format!("reactor-{}", cfg.id)).spawn(move || {
         IS_REACTOR.with(|r| r.set(true));
         crate::affinity::pin_to_core(cfg.core);
@@ -132,10 +139,16 @@ pub fn spawn(
             deferred: VecDeque::with_capacity(4096),
             stop,
             pool: Rc::new(RefCell::new(pool)),
+            control: ctl,
         };
         r.run();
+        r.control.stopped.store(true, Ordering::Release);
     })?;
-    Ok(ReactorHandle { inbox, thread })
+    Ok(ReactorHandle {
+        inbox,
+        control,
+        thread,
+    })
 }
 
 struct Reactor {
@@ -149,6 +162,8 @@ struct Reactor {
     stop: Arc<AtomicBool>,
     /// Data buffers of every command on this reactor.
     pool: Rc<RefCell<BufPool>>,
+    /// Live reconfiguration messages (see `reactor/live.rs`).
+    control: ControlLink,
 }
 
 /// Tag layout for block-device I/O: generation (31 bits) | connection index (16) | slot (16).
@@ -174,7 +189,7 @@ impl Reactor {
         let mut stop_started: Option<Instant> = None;
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
-            let mut work = false;
+            let mut work = self.control();
             if !stopping {
                 while let Some(nc) = self.inbox.pop() {
                     generation = generation.wrapping_add(1) & GENERATION_MASK;

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # tests/rpc/run.sh NVMFD_BINARY - SPDK's own Python client (the `spdk` package from PyPI) against
 # a running nvmfd on 127.0.0.1: its JSONRPCClient module and its `spdk-rpc` command line, plus
-# `nvmfd rpc save-config` → `nvmfd check-config` → restart from the saved file.
+# `nvmfd rpc save-config` → `nvmfd check-config` → restart from the saved file, and live changes
+# made with SPDK's client that the in-repo host (nvmfd-perf --verify) then uses.
 #
 # The package is installed into a virtualenv under build/ (reused when present). When PyPI is
 # unreachable this fails with a clear message instead of testing nothing.
 set -euo pipefail
 
 NVMFD=$(realpath "${1:?usage: tests/rpc/run.sh path/to/nvmfd}")
+# The in-repo host (nvmfd-perf, built next to nvmfd) does verified I/O through what the RPC
+# methods create.
+PERF=${PERF:-$(dirname "$NVMFD")/nvmfd-perf}
+[[ -x $PERF ]] || { echo "tests/rpc: no nvmfd-perf next to $NVMFD (cargo build -p nvmfd-bench)" >&2; exit 1; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 VENV=${RPC_VENV:-$REPO/build/rpc-venv}
@@ -77,7 +82,7 @@ stop() {
 }
 
 start "$WORK/target.yaml"
-PORT=$PORT SOCK=$SOCK NVMFD=$NVMFD WORK=$WORK "$VENV/bin/python" "$HERE/test_spdk_client.py"
+PORT=$PORT PORT2=$(free_port) SOCK=$SOCK NVMFD=$NVMFD PERF=$PERF WORK=$WORK "$VENV/bin/python" "$HERE/test_spdk_client.py"
 
 # save-config through nvmfd's own CLI, validated, and the daemon restarted from it: the state
 # SPDK's client reads back is the same.

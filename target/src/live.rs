@@ -548,6 +548,30 @@ impl Live {
         Ok(applied)
     }
 
+    /// Every reactor's report (queue pairs and counters), asked by message; a reactor that does
+    /// not answer within 2 s is left out.
+    pub fn reports(&self) -> Vec<crate::reactor::ReactorReport> {
+        let mut waiting = Vec::new();
+        for r in &self.reactors {
+            if r.stopped.load(Ordering::Acquire) {
+                continue;
+            }
+            let (tx, rx) = std::sync::mpsc::sync_channel(1);
+            // Numbered 0: a report changes nothing, so nobody waits on `applied` for it.
+            if r.queue.push((0, ReactorMsg::Report(tx))).is_ok() {
+                waiting.push(rx);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        waiting
+            .into_iter()
+            .filter_map(|rx| {
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                    .ok()
+            })
+            .collect()
+    }
+
     /// Send each message to every reactor (in order) and wait until all carried them out.
     fn to_reactors(&self, st: &mut State, msgs: &[Box<dyn Fn() -> ReactorMsg>]) {
         for m in msgs {

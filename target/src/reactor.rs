@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod live;
-pub use live::{ControlLink, ReactorMsg};
+pub use live::{ControlLink, QpairReport, ReactorMsg, ReactorReport};
 
 /// How many empty polls before an idle reactor sleeps (when `idle_sleep_us` is set).
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
@@ -140,6 +140,7 @@ pub fn spawn(
             stop,
             pool: Rc::new(RefCell::new(pool)),
             control: ctl,
+            completed: 0,
         };
         r.run();
         r.control.stopped.store(true, Ordering::Release);
@@ -164,6 +165,8 @@ struct Reactor {
     pool: Rc<RefCell<BufPool>>,
     /// Live reconfiguration messages (see `reactor/live.rs`).
     control: ControlLink,
+    /// Block-device I/Os completed on this reactor (read only by reports, `reactor/live.rs`).
+    completed: u64,
 }
 
 /// Tag layout for block-device I/O: generation (31 bits) | connection index (16) | slot (16).
@@ -468,6 +471,7 @@ impl Reactor {
         for ch in self.channels.iter_mut() {
             n += ch.poll(&mut |done: Completion| complete_io(conns, pool, done));
         }
+        self.completed += n as u64;
         n > 0
     }
 

@@ -238,6 +238,35 @@ state_dir: {}
     );
     assert_eq!(ctrls.as_array().unwrap().len(), 1);
     assert_eq!(ctrls[0]["hostnqn"], HOST);
+    // Queue pairs and per-reactor counters, reported by the reactors themselves.
+    let qps = call(&mut c, "nvmf_subsystem_get_qpairs", json!({"nqn": NEW}));
+    let qids: Vec<(u64, String)> = qps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| {
+            (
+                q["qid"].as_u64().unwrap(),
+                q["listen_address"]["trsvcid"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        qids,
+        vec![(0, port2.to_string()), (1, port2.to_string())],
+        "{qps}"
+    );
+    assert_eq!(qps[0]["hostnqn"], HOST);
+    assert_eq!(qps[0]["cntlid"], ctrls[0]["cntlid"]);
+    let stats = call(&mut c, "nvmf_get_stats", json!({}));
+    let groups = stats["poll_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2, "one per reactor: {stats}");
+    let sum = |k: &str| groups.iter().map(|g| g[k].as_u64().unwrap()).sum::<u64>();
+    // The worker (admin + I/O), `admin`, `disc`, and `h` (admin + I/O).
+    assert_eq!(sum("current_admin_qpairs"), 4, "{stats}");
+    assert_eq!(sum("current_io_qpairs"), 2, "{stats}");
+    let done0 = sum("completed_nvme_io");
+    assert!(done0 >= 2, "{stats}");
 
     // --- Namespace 2 appears on the running subsystem: notice, changed list, I/O.
     let aer = admin.submit(aer_sqe(), None, 0).unwrap();
@@ -362,6 +391,17 @@ state_dir: {}
 
     // Namespace 1's I/O never failed and kept going.
     std::thread::sleep(Duration::from_millis(200));
+    let stats = call(&mut c, "nvmf_get_stats", json!({}));
+    let done1: u64 = stats["poll_groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["completed_nvme_io"].as_u64().unwrap())
+        .sum();
+    assert!(
+        done1 > done0 + 100,
+        "completed I/O counts grow: {done0} then {done1}"
+    );
     stop.store(true, Ordering::Relaxed);
     worker.join().expect("namespace 1 I/O saw no error");
     assert!(ios.load(Ordering::Relaxed) > 100, "I/O ran throughout");

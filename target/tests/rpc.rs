@@ -465,7 +465,19 @@ fn errors_and_framing() {
         -32602
     );
     assert_eq!(call(&mut c, "save_config", None), before, "nothing changed");
-    assert_eq!(err(&mut c, "nvmf_get_stats", None).0, -95);
+    assert_eq!(
+        err(&mut c, "nvmf_get_stats", Some(json!({"tgt_name": "other"}))).0,
+        -32603
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_get_qpairs",
+            Some(json!({"nqn": "nqn.x:none"}))
+        )
+        .0,
+        -32602
+    );
     assert_eq!(
         call(&mut c, "nvmf_get_subsystems", None)
             .as_array()

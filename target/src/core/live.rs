@@ -158,6 +158,11 @@ impl QueuePair {
         std::iter::once(&self.target).chain(self.retired.iter().rev())
     }
 
+    /// The local address the connection arrived on, if the transport said.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local
+    }
+
     /// An I/O completed: once nothing is in flight, replaced snapshots are let go.
     pub(super) fn release_retired(&mut self) {
         if self.in_flight() == 0 && !self.retired.is_empty() {

@@ -3,7 +3,7 @@
 //! pairs' snapshot references, its block-device channels); nothing is locked.
 
 use super::Reactor;
-use crate::core::Target;
+use crate::core::{SubsysRef, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io, IoError, Op};
 use std::collections::VecDeque;
@@ -21,6 +21,35 @@ pub enum ReactorMsg {
     /// The block device in slot `index` was deleted (no namespace uses it any more): close the
     /// channel once the I/O still in flight on it is back.
     CloseBdev { index: usize },
+    /// Report this reactor's queue pairs and counters (RPC `nvmf_get_stats`,
+    /// `nvmf_subsystem_get_qpairs`, metrics): the reactor's own numbers, summed by the caller;
+    /// nothing shared is touched on the I/O path.
+    Report(std::sync::mpsc::SyncSender<ReactorReport>),
+}
+
+/// One connected queue pair as a report shows it.
+#[derive(Debug, Clone)]
+pub struct QpairReport {
+    pub subsys: SubsysRef,
+    pub cntlid: u16,
+    pub qid: u16,
+    pub hostnqn: String,
+    pub local: Option<std::net::SocketAddr>,
+    pub peer: std::net::SocketAddr,
+}
+
+/// What one reactor reports.
+#[derive(Debug, Clone)]
+pub struct ReactorReport {
+    pub reactor: usize,
+    /// Connected admin and I/O queues now.
+    pub admin_qpairs: u64,
+    pub io_qpairs: u64,
+    /// Block-device I/Os submitted and not completed yet.
+    pub pending_bdev_io: u64,
+    /// Block-device I/Os completed since start.
+    pub completed_io: u64,
+    pub qpairs: Vec<QpairReport>,
 }
 
 /// The control thread's end of one reactor's message queue. Messages are numbered; a reactor
@@ -124,6 +153,9 @@ impl Reactor {
                         self.channels[index] = ch;
                     }
                 }
+                ReactorMsg::Report(reply) => {
+                    let _ = reply.try_send(self.report());
+                }
                 ReactorMsg::CloseBdev { index } => {
                     if let Some(ch) = self.channels.get_mut(index) {
                         let old = std::mem::replace(ch, Retired::new(None));
@@ -131,9 +163,37 @@ impl Reactor {
                     }
                 }
             }
-            self.control.applied.store(seq, Ordering::Release);
+            // Reports are numbered 0 and acknowledged by their answer.
+            if seq != 0 {
+                self.control.applied.store(seq, Ordering::Release);
+            }
         }
         work
+    }
+
+    fn report(&self) -> ReactorReport {
+        let qpairs: Vec<QpairReport> = (self.conns.iter().flatten())
+            .filter_map(|c| {
+                let ctrl = c.qp.controller()?;
+                Some(QpairReport {
+                    subsys: ctrl.subsys,
+                    cntlid: ctrl.cntlid,
+                    qid: c.qp.qid(),
+                    hostnqn: ctrl.hostnqn.clone(),
+                    local: c.qp.local_addr(),
+                    peer: c.peer,
+                })
+            })
+            .collect();
+        let admin = qpairs.iter().filter(|q| q.qid == 0).count() as u64;
+        ReactorReport {
+            reactor: self.cfg.id,
+            admin_qpairs: admin,
+            io_qpairs: qpairs.len() as u64 - admin,
+            pending_bdev_io: self.channels.iter().map(|c| c.in_flight() as u64).sum(),
+            completed_io: self.completed,
+            qpairs,
+        }
     }
 
     fn take_target(&mut self, t: Arc<Target>) {

@@ -72,7 +72,7 @@ fn aer_sqe() -> Sqe {
 /// A pattern for (nsid, lba) blocks, so a read that returns another block's data is caught.
 fn pattern(nsid: u32, lba: u64, len: usize, salt: u8) -> Vec<u8> {
     (0..len)
-        .map(|i| (i as u64 ^ lba.wrapping_mul(31) ^ nsid as u64 * 7) as u8 ^ salt)
+        .map(|i| (i as u64 ^ lba.wrapping_mul(31) ^ (nsid as u64 * 7)) as u8 ^ salt)
         .collect()
 }
 

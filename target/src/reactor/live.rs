@@ -83,7 +83,7 @@ pub(super) struct Retired {
 }
 
 impl Retired {
-    pub(super) fn new(inner: Option<Box<dyn BdevChannel>>) -> Box<dyn BdevChannel> {
+    pub(super) fn boxed(inner: Option<Box<dyn BdevChannel>>) -> Box<dyn BdevChannel> {
         Box::new(Retired {
             inner,
             done: VecDeque::new(),
@@ -141,11 +141,11 @@ impl Reactor {
                         Err(e) => {
                             warn!(reactor = self.cfg.id, bdev = %bdev.name(), error = %e,
                                 "cannot open a channel to the new block device; its I/O fails on this reactor");
-                            Retired::new(None)
+                            Retired::boxed(None)
                         }
                     };
                     while self.channels.len() < index {
-                        self.channels.push(Retired::new(None));
+                        self.channels.push(Retired::boxed(None));
                     }
                     if index == self.channels.len() {
                         self.channels.push(ch);
@@ -158,8 +158,8 @@ impl Reactor {
                 }
                 ReactorMsg::CloseBdev { index } => {
                     if let Some(ch) = self.channels.get_mut(index) {
-                        let old = std::mem::replace(ch, Retired::new(None));
-                        *ch = Retired::new(Some(old));
+                        let old = std::mem::replace(ch, Retired::boxed(None));
+                        *ch = Retired::boxed(Some(old));
                     }
                 }
             }

@@ -555,6 +555,10 @@ fn save_config_round_trip() {
     d2.shutdown();
 }
 
+fn body_of(m: &str) -> &str {
+    &m[m.find("\r\n\r\n").map_or(0, |i| i + 4)..]
+}
+
 /// `/metrics`: the text format, with the live controllers and bdevs in it.
 #[test]
 fn metrics_endpoint() {
@@ -573,9 +577,17 @@ fn metrics_endpoint() {
     o.hostnqn = HOST.into();
     o.io_timeout = Duration::from_secs(20);
     let mut host = Host::connect_admin(d.listen_addrs[0], &o).expect("admin connect");
-    let _q = host.connect_io(1, 16).expect("io connect");
+    let mut q = host.connect_io(1, 16).expect("io connect");
+    for lba in 0..5 {
+        assert!(q.read(1, lba, 1, 512).unwrap().0.is_success());
+    }
     let m = get("/metrics");
     assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
+    // Five reads completed on the one reactor (summed from the reactor's own report).
+    assert!(
+        body_of(&m).contains("nvmfd_reactor_completed_io_total{reactor=\"0\"} 5\n"),
+        "{m}"
+    );
     assert!(m.contains("application/openmetrics-text"), "{m}");
     let body = &m[m.find("\r\n\r\n").unwrap() + 4..];
     assert!(body.ends_with("# EOF\n"), "{body}");
@@ -613,7 +625,7 @@ fn metrics_endpoint() {
         "{body}"
     );
     assert!(get("/other").starts_with("HTTP/1.1 404"));
-    drop(_q);
+    drop(q);
     drop(host);
     d.shutdown();
 }

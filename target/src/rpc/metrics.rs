@@ -69,6 +69,27 @@ pub fn render(ctx: &Context) -> String {
             }
         }
     }
+    // Counted by each reactor on its own and reported on request (summed here, per reactor).
+    let completed = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    reg.register(
+        "nvmfd_reactor_completed_io",
+        "Block-device I/Os completed on each reactor",
+        completed.clone(),
+    );
+    let pending = gauge_family(
+        &mut reg,
+        "nvmfd_reactor_pending_io",
+        "Block-device I/Os in flight on each reactor",
+    );
+    for r in ctx.live.reports() {
+        let id = r.reactor.to_string();
+        completed
+            .get_or_create(&l(&[("reactor", &id)]))
+            .inc_by(r.completed_io);
+        pending
+            .get_or_create(&l(&[("reactor", &id)]))
+            .set(r.pending_bdev_io.min(i64::MAX as u64) as i64);
+    }
     let ctrls = gauge_family(
         &mut reg,
         "nvmfd_subsystem_controllers",

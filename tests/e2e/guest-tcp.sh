@@ -526,7 +526,7 @@ live_namespace() {
         n=0
         while [[ ! -e /tmp/live-stop ]]; do
             if ! timeout 300 fio --name=live-ns1 --filename="$DEV" --direct=1 --ioengine=libaio \
-                --rw=randwrite --bs=4k --offset=0 --size=4M --iodepth=16 --verify=crc32c \
+                --rw=randwrite --bs=4k --offset=0 --size=2M --iodepth=16 --verify=crc32c \
                 --do_verify=1 --verify_fatal=1 --verify_state_save=0 --eta=never \
                 --output=/tmp/fio-live-ns1.log || ! grep -q 'err= 0' /tmp/fio-live-ns1.log; then
                 cp /tmp/fio-live-ns1.log /tmp/live-failed

@@ -6,7 +6,7 @@
 //! NVMe/TCP implements both here on top of [`Controller`] and [`IoQueue`].
 
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
 use nvmfd_transport::proto::status::Status;
@@ -63,8 +63,7 @@ pub trait FabricQueue: Send {
     /// Returns the command's CID.
     fn queue_read(&mut self, nsid: u32, lba: u64, blocks: u32, block_size: usize) -> Result<u16>;
     /// Queue a Write of `data` (whole blocks) at `lba`; the data is copied before this returns.
-    fn queue_write(&mut self, nsid: u32, lba: u64, data: &[u8], block_size: usize)
-        -> Result<u16>;
+    fn queue_write(&mut self, nsid: u32, lba: u64, data: &[u8], block_size: usize) -> Result<u16>;
     /// Send everything queued.
     fn send_queued(&mut self) -> Result<()>;
     /// Hand completed commands to `f` (flushing first). Without `wait`, at most one
@@ -72,7 +71,7 @@ pub trait FabricQueue: Send {
     fn reap(&mut self, wait: bool, f: &mut dyn FnMut(IoDone<'_>)) -> Result<usize>;
     /// A descriptor that becomes readable when completions may be waiting (for poll(2) over
     /// several queues), if the fabric has one.
-    fn readiness_fd(&self) -> Option<RawFd>;
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>>;
     /// Close the connection.
     fn close(self: Box<Self>);
 }
@@ -160,13 +159,7 @@ impl FabricQueue for IoQueue {
         self.submit(read_sqe(nsid, lba, blocks), None, len)
     }
 
-    fn queue_write(
-        &mut self,
-        nsid: u32,
-        lba: u64,
-        data: &[u8],
-        block_size: usize,
-    ) -> Result<u16> {
+    fn queue_write(&mut self, nsid: u32, lba: u64, data: &[u8], block_size: usize) -> Result<u16> {
         let blocks = blocks_of(data.len(), block_size)?;
         self.submit(write_sqe(nsid, lba, blocks), Some(data), 0)
     }
@@ -187,17 +180,11 @@ impl FabricQueue for IoQueue {
         })
     }
 
-    fn readiness_fd(&self) -> Option<RawFd> {
-        Some(self.stream_fd())
+    fn readiness_fd(&self) -> Option<BorrowedFd<'_>> {
+        Some(self.raw_stream().as_fd())
     }
 
     fn close(self: Box<Self>) {
         IoQueue::close(*self)
-    }
-}
-
-impl IoQueue {
-    fn stream_fd(&self) -> RawFd {
-        self.raw_stream().as_raw_fd()
     }
 }

@@ -1,5 +1,5 @@
 //! nvmfd-bench: the P2P-vs-bounce report tools. `init` starts a results.json, `add-run` appends
-//! one fio job's result (with the daemon's counters and CPU time), `report` writes the Markdown
+//! one fio job's result (with the daemon's counters and CPU time), `note` adds a note, `report` writes the Markdown
 //! table + PCIe traffic model and the SVG chart. `bench/p2p-vs-bounce.sh` drives them.
 
 use std::path::{Path, PathBuf};
@@ -69,6 +69,12 @@ enum Cmd {
         /// Outcome of the verify variant: pass or fail.
         #[arg(long)]
         verify: Option<String>,
+    },
+    /// Add a note to the results (shown above the table).
+    Note {
+        #[arg(long)]
+        results: PathBuf,
+        text: String,
     },
     /// Write the Markdown report and the SVG chart.
     Report {
@@ -196,6 +202,11 @@ fn run(a: Args) -> anyhow::Result<()> {
                 Some(v) => bail!("--verify is pass or fail, not {v:?}"),
             };
             r.runs.push(run);
+            save(&results, &r)
+        }
+        Cmd::Note { results, text } => {
+            let mut r = load(&results)?;
+            r.notes.push(text);
             save(&results, &r)
         }
         Cmd::Report {

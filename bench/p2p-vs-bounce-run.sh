@@ -141,7 +141,7 @@ run_fio() { # JOBFILE OUTJSON
 
 [[ -x $NVMFD && -x $BENCH ]] || die "$BIN has no nvmfd or nvmfd-bench"
 mkdir -p "$OUT" "$STATE" || die "cannot create $OUT"
-command -v fio >/dev/null && command -v nvme >/dev/null || die "fio and nvme-cli are needed"
+{ command -v fio && command -v nvme; } >/dev/null || die "fio and nvme-cli are needed"
 modprobe "nvme-$TRANSPORT" 2>/dev/null || true
 
 if [[ ${PVB_SETUP:-0} == 1 ]]; then

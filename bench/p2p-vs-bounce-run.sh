@@ -14,7 +14,8 @@
 #   PVB_RUNTIME    seconds per timed fio job (default 10); PVB_SIZE fio region (default 256M)
 #   PVB_JOBS       fio job names (default: all five in bench/fio)
 #   PVB_MODES      p2p settings to compare (default "off auto")
-#   PVB_SETUP      1: bind the SSD to vfio-pci and reserve hugepages with `nvmfd setup` first
+#   PVB_SETUP      1: bind the SSD to vfio-pci and reserve hugepages (PVB_HUGEMEM, default 64MiB)
+#                  with `nvmfd setup` first
 #
 # For each mode it starts nvmfd with the same configuration except `p2p:`, connects the kernel
 # initiator with nvme-cli, runs every timed fio job (JSON output) and its -verify variant, reads
@@ -146,7 +147,7 @@ modprobe "nvme-$TRANSPORT" 2>/dev/null || true
 
 if [[ ${PVB_SETUP:-0} == 1 ]]; then
     "$NVMFD" setup --pci "$BDF" || die "nvmfd setup --pci $BDF failed"
-    "$NVMFD" setup --hugemem 256MiB || die "nvmfd setup --hugemem failed"
+    "$NVMFD" setup --hugemem "${PVB_HUGEMEM:-64MiB}" || die "nvmfd setup --hugemem failed"
 fi
 "$NVMFD" topology --json >"$OUT/topology.json" 2>"$OUT/topology.err" || {
     log "nvmfd topology --json failed (the model will have no links): $(head -c 300 "$OUT/topology.err")"

@@ -112,6 +112,9 @@ pub struct PerfConfig {
     pub seed: u64,
     /// Print IOPS and MB/s to stderr once a second.
     pub progress: bool,
+    /// Never sleep in the kernel waiting for completions: poll the sockets without blocking,
+    /// as a polled-mode initiator (spdk_nvme_perf) does. Burns the whole core.
+    pub busy_poll: bool,
 }
 
 impl PerfConfig {
@@ -137,6 +140,7 @@ impl PerfConfig {
             verify: false,
             seed: 0x5eed,
             progress: false,
+            busy_poll: false,
         }
     }
 }
@@ -576,7 +580,11 @@ fn worker(
     let mut wbuf = vec![0xa5u8; cfg.io_size];
     let start = Instant::now();
     let deadline = cfg.duration.map(|d| start + d);
-    let single = conns.len() == 1;
+    // A lone connection blocks in its receive when it has nothing else to do (unless busy
+    // polling); several are polled without blocking and, after a run of empty rounds, waited
+    // for together with poll(2).
+    let block = conns.len() == 1 && !cfg.busy_poll;
+    let nap = conns.len() > 1 && !cfg.busy_poll;
     let mut idle_rounds = 0u32;
     loop {
         let stopping =
@@ -605,7 +613,7 @@ fn worker(
             let Conn {
                 q, slots, written, ..
             } = c;
-            let n = q.reap(single, &mut |d: IoDone<'_>| {
+            let n = q.reap(block, &mut |d: IoDone<'_>| {
                 complete(sh, &mut st, slots, written, d);
             })?;
             done += n;
@@ -615,7 +623,7 @@ fn worker(
             live.ios.fetch_add(done as u64, Ordering::Relaxed);
             live.bytes.fetch_add(bytes, Ordering::Relaxed);
             idle_rounds = 0;
-        } else if !single {
+        } else if nap {
             idle_rounds += 1;
             if idle_rounds >= 64 {
                 wait_any(&conns)?;

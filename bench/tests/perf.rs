@@ -154,6 +154,8 @@ fn verify_catches_a_misplaced_block() {
     r.span_bytes = Some(64 << 10);
     r.io_count = Some(16);
     r.queue_depth = 4;
+    // This one polls without blocking (the other single-connection run blocks).
+    r.busy_poll = true;
     let rep = perf::run(&r).expect("read run");
     assert_eq!(rep.errors, 0);
     assert_eq!(rep.verified_blocks, 16);

@@ -89,6 +89,9 @@ struct Args {
     /// No progress line even on a terminal.
     #[arg(long)]
     no_progress: bool,
+    /// Poll the connections without ever blocking (uses the whole core, like spdk_nvme_perf).
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 fn parse_workload(s: &str) -> Result<Workload, String> {
@@ -152,6 +155,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     cfg.span_bytes = args.span_mib.map(|m| m << 20);
     cfg.verify = args.verify;
     cfg.seed = args.seed;
+    cfg.busy_poll = args.busy_poll;
     cfg.progress = !args.no_progress && std::io::stderr().is_terminal();
     let report = perf::run(&cfg)?;
     if args.json {

@@ -233,55 +233,60 @@ pub fn dram_passes(transport: &str) -> (u64, u64) {
     }
 }
 
-/// The PCIe paths and crossings a mode uses: (hop, crossings per payload byte).
-fn mode_path(
-    r: &Results,
-    topo: &Value,
-    p2p: bool,
-) -> Result<(Vec<(Hop, u64)>, u64, Option<Meeting>), String> {
+/// The PCIe hops a mode's data crosses (each with crossings per payload byte, per direction)
+/// and how often a byte crosses the root complex.
+struct ModePath {
+    hops: Vec<(Hop, u64)>,
+    rc: u64,
+}
+
+fn mode_path(r: &Results, topo: &Value, p2p: bool) -> Result<ModePath, String> {
     let Some(ssd) = r.ssd.as_deref() else {
-        return Ok((Vec::new(), if p2p { 0 } else { 2 }, None));
+        return Ok(ModePath {
+            hops: Vec::new(),
+            rc: if p2p && r.transport == "rdma" { 0 } else { 2 },
+        });
     };
     let ssd_hops = hops_to_root(topo, ssd)?;
     let nic_hops = match r.nic.as_deref() {
         Some(n) => hops_to_root(topo, n)?,
         None => Vec::new(),
     };
-    let meet = match r.nic.as_deref() {
-        Some(n) => Some(meeting(topo, ssd, n)?),
-        None => None,
-    };
-    let mut path: Vec<(Hop, u64)> = Vec::new();
-    let rc;
     if !p2p || r.transport != "rdma" {
         // Bounce, or TCP staging (the CPU writes into the CMB over the SSD's whole way up):
         // every hop of both ways once.
-        path.extend(ssd_hops.into_iter().map(|h| (h, 1)));
-        path.extend(nic_hops.into_iter().map(|h| (h, 1)));
-        rc = 2;
-    } else {
-        // P2P: only the hops below the meeting point; above it nothing.
-        let stop = match &meet {
-            Some(Meeting::Switch(b)) => Some(b.clone()),
-            _ => None,
-        };
-        let below = |hops: Vec<Hop>, path: &mut Vec<(Hop, u64)>| {
-            for h in hops {
-                if Some(&h.below) == stop.as_ref() {
-                    break;
-                }
-                let at_stop = Some(&h.above) == stop.as_ref();
-                path.push((h, 1));
-                if at_stop {
-                    break;
-                }
-            }
-        };
-        below(ssd_hops, &mut path);
-        below(nic_hops, &mut path);
-        rc = u64::from(stop.is_none());
+        let hops = ssd_hops
+            .into_iter()
+            .chain(nic_hops)
+            .map(|h| (h, 1))
+            .collect();
+        return Ok(ModePath { hops, rc: 2 });
     }
-    Ok((path, rc, meet))
+    // P2P: only the hops below the point where NIC and SSD meet; above it nothing.
+    let stop = match r.nic.as_deref() {
+        Some(n) => match meeting(topo, ssd, n)? {
+            Meeting::Switch(b) => Some(b),
+            Meeting::RootComplex => None,
+        },
+        None => None,
+    };
+    let mut hops = Vec::new();
+    for side in [ssd_hops, nic_hops] {
+        for h in side {
+            if Some(&h.below) == stop.as_ref() {
+                break;
+            }
+            let last = Some(&h.above) == stop.as_ref();
+            hops.push((h, 1));
+            if last {
+                break;
+            }
+        }
+    }
+    Ok(ModePath {
+        hops,
+        rc: u64::from(stop.is_none()),
+    })
 }
 
 /// The model of every run.
@@ -296,15 +301,15 @@ pub fn model(r: &Results, topo: &Value) -> Result<Vec<ModelRow>, String> {
             _ => (0, total, false),
         };
         let p2p = run.effective == "p2p";
-        let (host_path, host_rc, _) = mode_path(r, topo, false)?;
-        let (cmb_path, cmb_rc, _) = mode_path(r, topo, true)?;
+        let host_path = mode_path(r, topo, false)?;
+        let cmb_path = mode_path(r, topo, true)?;
         let dram = host * host_passes + cmb * cmb_passes;
-        let rc_bytes = host * host_rc + cmb * cmb_rc;
+        let rc_bytes = host * host_path.rc + cmb * cmb_path.rc;
         // The ceiling of the mode's own path (bounce path for bounce, P2P path for P2P).
         let (path, passes) = if p2p {
-            (&cmb_path, cmb_passes)
+            (&cmb_path.hops, cmb_passes)
         } else {
-            (&host_path, host_passes)
+            (&host_path.hops, host_passes)
         };
         let mut ceiling: Option<(f64, String)> = None;
         let mut consider = |gbs: f64, why: String| {

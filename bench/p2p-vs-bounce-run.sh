@@ -137,7 +137,7 @@ metrics() { curl -fsS "http://$METRICS/metrics" >"$1" 2>/dev/null || : >"$1"; }
 
 run_fio() { # JOBFILE OUTJSON
     (cd "$HERE/fio" && FIO_DEV=$DEV FIO_SIZE=$SIZE FIO_RUNTIME=$RUNTIME \
-        timeout $((RUNTIME * 4 + 600)) fio --output-format=json --output="$2" "$1.fio")
+        timeout $((RUNTIME * 4 + 600)) fio --eta=never --output-format=json --output="$2" "$1.fio")
 }
 
 [[ -x $NVMFD && -x $BENCH ]] || die "$BIN has no nvmfd or nvmfd-bench"

@@ -222,6 +222,51 @@ pub struct ModelRow {
     /// Throughput ceiling in GB/s of this mode on the recorded topology, and what sets it.
     pub ceiling_gbs: Option<f64>,
     pub limit: String,
+    /// What all of the run's bytes would need if bounced, and if all went through the CMB:
+    /// (DRAM bytes, root-complex bytes).
+    pub if_bounce: (u64, u64),
+    pub if_p2p: (u64, u64),
+}
+
+/// A mode's throughput ceiling on the recorded topology.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ceiling {
+    pub gbs: Option<f64>,
+    /// What sets it.
+    pub limit: String,
+}
+
+fn ceiling_of(path: &[(Hop, u64)], passes: u64, dram_gbs: Option<f64>) -> Ceiling {
+    let mut best: Option<(f64, String)> = None;
+    let mut consider = |gbs: f64, why: String| {
+        if best.as_ref().is_none_or(|(c, _)| gbs < *c) {
+            best = Some((gbs, why));
+        }
+    };
+    for (h, n) in path {
+        if let Some(bw) = h.gbytes_per_s() {
+            consider(bw / *n as f64, format!("link {}", h.label()));
+        }
+    }
+    if let (Some(d), true) = (dram_gbs, passes > 0) {
+        consider(
+            d / passes as f64,
+            format!("DRAM {d} GB/s / {passes} passes"),
+        );
+    }
+    Ceiling {
+        gbs: best.as_ref().map(|c| c.0),
+        limit: best.map_or("no link speeds recorded".to_string(), |c| c.1),
+    }
+}
+
+/// The ceilings of (bounce, P2P) on the recorded topology.
+pub fn ceilings(r: &Results, topo: &Value) -> Result<(Ceiling, Ceiling), String> {
+    let (hp, cp) = dram_passes(&r.transport);
+    Ok((
+        ceiling_of(&mode_path(r, topo, false)?.hops, hp, r.dram_gbs),
+        ceiling_of(&mode_path(r, topo, true)?.hops, cp, r.dram_gbs),
+    ))
 }
 
 /// DRAM passes of a bounced byte and of a byte through the CMB.
@@ -306,28 +351,11 @@ pub fn model(r: &Results, topo: &Value) -> Result<Vec<ModelRow>, String> {
         let dram = host * host_passes + cmb * cmb_passes;
         let rc_bytes = host * host_path.rc + cmb * cmb_path.rc;
         // The ceiling of the mode's own path (bounce path for bounce, P2P path for P2P).
-        let (path, passes) = if p2p {
-            (&cmb_path.hops, cmb_passes)
+        let c = if p2p {
+            ceiling_of(&cmb_path.hops, cmb_passes, r.dram_gbs)
         } else {
-            (&host_path.hops, host_passes)
+            ceiling_of(&host_path.hops, host_passes, r.dram_gbs)
         };
-        let mut ceiling: Option<(f64, String)> = None;
-        let mut consider = |gbs: f64, why: String| {
-            if ceiling.as_ref().is_none_or(|(c, _)| gbs < *c) {
-                ceiling = Some((gbs, why));
-            }
-        };
-        for (h, n) in path {
-            if let Some(bw) = h.gbytes_per_s() {
-                consider(bw / *n as f64, format!("link {}", h.label()));
-            }
-        }
-        if let (Some(d), true) = (r.dram_gbs, passes > 0) {
-            consider(
-                d / passes as f64,
-                format!("DRAM {d} GB/s / {passes} passes"),
-            );
-        }
         rows.push(ModelRow {
             job: run.job.clone(),
             mode: run.mode.clone(),
@@ -338,8 +366,10 @@ pub fn model(r: &Results, topo: &Value) -> Result<Vec<ModelRow>, String> {
             dram_bytes: dram,
             rc_bytes,
             dram_saved: (cmb + host) * host_passes - dram,
-            ceiling_gbs: ceiling.as_ref().map(|c| c.0),
-            limit: ceiling.map_or("no link speeds recorded".to_string(), |c| c.1),
+            ceiling_gbs: c.gbs,
+            limit: c.limit,
+            if_bounce: (total * host_passes, total * host_path.rc),
+            if_p2p: (total * cmb_passes, total * cmb_path.rc),
         });
     }
     Ok(rows)
@@ -459,6 +489,38 @@ pub fn markdown(r: &Results, topo: &Value) -> Result<String, String> {
             );
         }
     }
+    let (cb, cp2) = ceilings(r, topo)?;
+    let g = |c: &Ceiling| c.gbs.map_or("-".to_string(), |v| format!("{v:.3} GB/s"));
+    let _ = writeln!(
+        s,
+        "\nThroughput ceiling on this topology: bounce {} (set by {}), P2P {} (set by {}).",
+        g(&cb),
+        cb.limit,
+        g(&cp2),
+        cp2.limit
+    );
+    let _ = writeln!(
+        s,
+        "\nWhat each run's bytes would need on either path:\n\n| job | mode | bytes moved | DRAM if bounced | DRAM if via CMB | root complex if bounced | root complex if via CMB |"
+    );
+    let _ = writeln!(s, "|---|---|---|---|---|---|---|");
+    for (run, m) in r.runs.iter().zip(&rows) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            m.job,
+            m.mode,
+            human_bytes(run.read_bytes + run.write_bytes),
+            human_bytes(m.if_bounce.0),
+            human_bytes(m.if_p2p.0),
+            human_bytes(m.if_bounce.1),
+            human_bytes(m.if_p2p.1)
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nThe runs as they went (split from the counters, or assumed):"
+    );
     let _ = writeln!(
         s,
         "\n| job | mode | CMB bytes | host bytes | split from | DRAM traffic | root-complex traffic | DRAM saved | ceiling | set by |"

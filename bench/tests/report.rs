@@ -140,6 +140,15 @@ fn rdma_model_below_a_switch() {
         (m[2].dram_bytes, m[2].rc_bytes, m[2].dram_saved),
         (1 << 32, 1 << 32, 0)
     );
+    // Either path for all of run 0's 1e9 bytes: bounced 2e9 DRAM and 2e9 root complex; via
+    // the CMB below the switch 0 and 0. Run 2's 2^31 bytes via the CMB: 0 and 0.
+    assert_eq!(m[0].if_bounce, (2_000_000_000, 2_000_000_000));
+    assert_eq!(m[0].if_p2p, (0, 0));
+    assert_eq!(m[2].if_bounce, (1 << 32, 1 << 32));
+    assert_eq!(m[2].if_p2p, (0, 0));
+    // The ceilings of the topology: bounce set by the upstream link, P2P by the SSD's link.
+    let (b, p) = report::ceilings(&results("rdma", "0000:03:00.0"), &topo()).unwrap();
+    assert!(close(b.gbs.unwrap(), GEN3_X2) && close(p.gbs.unwrap(), GEN3_X4));
     // P2P assumed: DRAM 0, RC 0, saved 2^32.
     assert_eq!(
         (
@@ -159,6 +168,8 @@ fn rdma_model_through_the_root_complex() {
     // 0.1e9 x 2 = 1.1e9. Its path is all of both sides: SSD link Gen4 x4 7.877, NIC link
     // 7.877, switch upstream 1.969: the upstream link caps it.
     assert_eq!(m[1].rc_bytes, 1_100_000_000);
+    // All 1e9 bytes via the CMB would cross the root complex once: 1e9.
+    assert_eq!(m[1].if_p2p, (0, 1_000_000_000));
     assert_eq!(m[1].dram_bytes, 200_000_000);
     assert!(close(m[1].ceiling_gbs.unwrap(), GEN3_X2), "{m:?}");
     // Bounce here: SSD link 7.877, NIC side 7.877 and 1.969 -> 1.969 again.
@@ -187,6 +198,9 @@ fn tcp_model_passes() {
     assert_eq!(m[0].dram_bytes, 14_000);
     assert_eq!(m[0].dram_saved, 2_000);
     assert_eq!(m[0].rc_bytes, 8_000);
+    // All 4000 bytes bounced: 16000 DRAM, 8000 RC; all staged: 8000 and 8000.
+    assert_eq!(m[0].if_bounce, (16_000, 8_000));
+    assert_eq!(m[0].if_p2p, (8_000, 8_000));
     // The CPU writes into the CMB over the SSD's whole way up: links 3.938 and 1.969; DRAM
     // 8 GB/s / 2 passes = 4. The upstream link (1.969) caps it.
     assert!(close(m[0].ceiling_gbs.unwrap(), GEN3_X2), "{m:?}");
@@ -204,6 +218,15 @@ fn markdown_table_and_model() {
     assert!(md.contains("n/a (no counter)"), "{md}");
     assert!(md.contains("4.00 GiB (assumed: p2p)"), "{md}");
     assert!(md.contains("a model, not a measurement"));
+    assert!(
+        md.contains("bounce 1.969 GB/s (set by link 0000:01:00.0 -> 0000:00:01.0 (8 GT/s x2)), P2P 3.938 GB/s"),
+        "{md}"
+    );
+    // 1e9 B = 953.67 MiB moved; bounced 2e9 B = 1.86 GiB DRAM and root complex, 0 via the CMB.
+    assert!(
+        md.contains("| randwrite-4k-qd32 | off | 953.67 MiB | 1.86 GiB | 0 B | 1.86 GiB | 0 B |"),
+        "{md}"
+    );
     assert!(
         md.contains("NIC and SSD meet at switch port 0000:01:00.0"),
         "{md}"

@@ -14,6 +14,7 @@
 #   PVB_RUNTIME    seconds per timed fio job (default 10); PVB_SIZE fio region (default 256M)
 #   PVB_JOBS       fio job names (default: all five in bench/fio)
 #   PVB_MODES      p2p settings to compare (default "off auto")
+#   PVB_COMMIT     the commit the binaries were built from (for the report)
 #   PVB_SETUP      1: bind the SSD to vfio-pci and reserve hugepages (PVB_HUGEMEM, default 64MiB)
 #                  with `nvmfd setup` first
 #
@@ -156,7 +157,7 @@ fi
 
 P2P_REFUSED=0
 init=(--results "$RESULTS" --transport "$TRANSPORT" --ssd "$BDF"
-    --generated "$(date -u +%Y-%m-%dT%H:%MZ), $(uname -r), $(basename "$(dirname "$BIN")")/$(basename "$BIN"), fio ${RUNTIME}s per job over ${SIZE}")
+    --generated "$(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), commit ${PVB_COMMIT:-unknown}, fio ${RUNTIME}s per job over ${SIZE}")
 [[ -n ${PVB_NIC:-} ]] && init+=(--nic "$PVB_NIC")
 [[ -n ${PVB_DRAM_GBS:-} ]] && init+=(--dram-gbs "$PVB_DRAM_GBS")
 "$BENCH" init "${init[@]}" || die "nvmfd-bench init failed"

@@ -45,6 +45,7 @@ for b in nvmfd nvmfd-bench; do
     [[ -x $BIN/$b ]] || { echo "p2p-vs-bounce: $BIN/$b missing: cargo build --release -p nvmfd-target -p nvmfd-bench" >&2; exit 2; }
 done
 out=${out:-$REPO/build/p2p-vs-bounce/$where}
+commit=$(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)
 mkdir -p "$out"
 out=$(realpath "$out")
 
@@ -52,7 +53,7 @@ case $where in
 real)
     [[ -n $bdf ]] || { echo "p2p-vs-bounce: real needs --bdf" >&2; exit 2; }
     PVB_BIN=$BIN PVB_OUT=$out PVB_BDF=$bdf PVB_TRANSPORT=$transport PVB_ADDR=$addr PVB_NIC=$nic \
-        PVB_DRAM_GBS=$dram PVB_RUNTIME=$runtime PVB_SIZE=$size PVB_SETUP=1 \
+        PVB_DRAM_GBS=$dram PVB_RUNTIME=$runtime PVB_SIZE=$size PVB_SETUP=1 PVB_COMMIT=$commit \
         ${jobs:+PVB_JOBS="$jobs"} "$REPO/bench/p2p-vs-bounce-run.sh"
     ;;
 rig)
@@ -74,7 +75,8 @@ rig)
     "$REPO/deploy/rig/run-guest.sh" --kernel "$kernel" --out "$out" \
         --timeout $((600 + njobs * 2 * (runtime * 2 + 300))) \
         -e "PVB_BIN=$out/bin" -e "PVB_OUT=$out" -e "PVB_BDF=0000:03:00.0" -e "PVB_TRANSPORT=tcp" \
-        -e "PVB_RUNTIME=$runtime" -e "PVB_SIZE=$size" -e "PVB_SETUP=1" ${jobs:+-e "PVB_JOBS=$jobs"} \
+        -e "PVB_RUNTIME=$runtime" -e "PVB_SIZE=$size" -e "PVB_SETUP=1" -e "PVB_COMMIT=$commit" \
+        ${jobs:+-e "PVB_JOBS=$jobs"} \
         "$REPO/bench/guest-p2p-vs-bounce.sh" || rc=$?
     rm -f "$img"
     echo "p2p-vs-bounce: guest exited $rc; results in $out"

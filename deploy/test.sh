@@ -61,7 +61,7 @@ step() {
 
 step rig 1800 deploy/rig/setup.sh || true
 if command -v shellcheck >/dev/null; then
-    step shell 300 shellcheck -x deploy/test.sh .ci/run deploy/rig/*.sh tests/e2e/*.sh tests/e2e/lib/*.sh tests/rpc/*.sh || true
+    step shell 300 shellcheck -x deploy/test.sh .ci/run deploy/rig/*.sh tests/e2e/*.sh tests/e2e/lib/*.sh tests/rpc/*.sh bench/*.sh fuzz/*.sh || true
 else
     results+=("$(printf '%-12s %-5s %5s  %s' shell SKIP - "shellcheck is not installed")")
 fi

@@ -13,6 +13,11 @@
 //! - [`Lent`] is memory another owner lends for reading (a RAM disk's blocks), described by raw
 //!   pointer and length only, never as a Rust reference, since other threads may write it.
 //!
+//! - A [`SharedPool`] is a domain whose capacity is fixed and shared by every reactor (an NVMe
+//!   controller's CMB, a [`Region::external`] over its BAR slice): buffers of one size carved
+//!   once, handed out through per-reactor [`PoolCache`]s refilled in batches from a lock-free
+//!   queue, so no lock is taken on the I/O path.
+//!
 //! RDMA and VFIO plug in through [`Registrar`]: given to a pool when it is made, it registers
 //! every region the pool makes before a buffer is carved from it.
 
@@ -20,11 +25,13 @@ mod buffer;
 mod lent;
 mod pool;
 mod region;
+mod shared;
 
 pub use buffer::{IoBuf, ALIGN};
 pub use lent::Lent;
 pub use pool::{BufPool, Registrar};
 pub use region::{Handle, Pages, Region};
+pub use shared::{PoolCache, SharedPool};
 
 /// A kind of memory with its own allocator (design.md, "Memory"). A pool serves one domain; a
 /// block device and a transport each say which domains they can reach.
@@ -32,8 +39,8 @@ pub use region::{Handle, Pages, Region};
 pub enum Domain {
     /// CPU memory of this host (hugepages when available, else anonymous pages).
     HostMemory,
-    /// The Controller Memory Buffer of one NVMe device (`device`: the driver's index for it).
-    /// No allocator serves it yet.
+    /// The Controller Memory Buffer of one NVMe device (`device`: the driver's index for it),
+    /// served by a [`SharedPool`]; its buffers' device address is the controller's CMB address.
     Cmb { device: u32 },
 }
 

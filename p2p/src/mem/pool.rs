@@ -24,6 +24,11 @@ const GROW_MAX_BYTES: usize = 64 << 20;
 
 static NEXT_POOL_ID: AtomicU64 = AtomicU64::new(1);
 
+/// A fresh id for a pool (its regions record it, so a returned buffer is known as its own).
+pub(crate) fn next_pool_id() -> u64 {
+    NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed)
+}
+
 /// Buffers of one size, carved from regions on demand.
 struct Class {
     size: usize,
@@ -119,7 +124,7 @@ impl BufPool {
         let large_size = large_size.next_multiple_of(ALIGN).max(small_size);
         let large_limit = large_limit.max(large).max(1);
         let mut p = BufPool {
-            id: NEXT_POOL_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_pool_id(),
             domain: Domain::HostMemory,
             small_class: Class::new(small_size),
             large_class: Class::new(large_size),

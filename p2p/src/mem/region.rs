@@ -20,6 +20,9 @@ pub enum Pages {
     Huge { size: usize },
     /// Ordinary anonymous pages, faulted in when first touched.
     Normal,
+    /// Memory of a device (a BAR slice: an NVMe controller's CMB) mapped by its owner
+    /// ([`Region::external`]); the region neither maps nor unmaps it.
+    Device,
 }
 
 struct Registration {
@@ -42,6 +45,9 @@ pub struct Region {
     carved_by: u64,
     registrations: Vec<Registration>,
     device: Option<(u64, Option<Handle>)>,
+    /// Set for a region over someone else's mapping ([`Region::external`]): what keeps that
+    /// mapping alive. Such a region is not unmapped here.
+    owner: Option<Handle>,
 }
 
 // SAFETY: the region owns its mapping (unmapped only in Drop) and hands out no references to it;
@@ -132,6 +138,37 @@ impl Region {
             carved_by: 0,
             registrations: Vec::new(),
             device: None,
+            owner: None,
+        }
+    }
+
+    /// A region over memory mapped by someone else, in `domain`: a device BAR slice such as
+    /// an NVMe controller's CMB (`Pages::Device`), whose mapping `owner` keeps alive. The region
+    /// drops `owner` (after its registrations) instead of unmapping anything. `base` and `len`
+    /// must be multiples of [`ALIGN`] (buffers are carved at `ALIGN` boundaries).
+    ///
+    /// Buffers carved from it give out `&[u8]` over that memory like any other: the device
+    /// writes it only while a buffer is lent to it for a command, as with DMA into host memory.
+    ///
+    /// # Safety
+    /// `base..base + len` must stay mapped readable and writable for as long as `owner` lives,
+    /// and nothing but the buffers carved from this region (and the device, for a command they
+    /// are lent to) may read or write it.
+    pub unsafe fn external(base: NonNull<u8>, len: usize, domain: Domain, owner: Handle) -> Region {
+        assert!(
+            (base.as_ptr() as usize).is_multiple_of(ALIGN) && len.is_multiple_of(ALIGN),
+            "external region {:p}+{len:#x} not {ALIGN}-aligned",
+            base.as_ptr()
+        );
+        Region {
+            base,
+            len,
+            domain,
+            pages: Pages::Device,
+            carved_by: 0,
+            registrations: Vec::new(),
+            device: None,
+            owner: Some(owner),
         }
     }
 
@@ -197,6 +234,10 @@ impl Drop for Region {
         // Registrations first: an MR or a DMA mapping must not outlive the memory it covers.
         self.registrations.clear();
         self.device = None;
+        if self.owner.take().is_some() {
+            // Someone else's mapping (`external`): releasing the owner was all there was to do.
+            return;
+        }
         // SAFETY: base/len describe the mapping made in `host`/`anonymous`, unmapped exactly once;
         // no buffer points into it any more (each holds the region alive).
         let rc = unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
@@ -314,6 +355,7 @@ mod tests {
         match r.pages() {
             Pages::Huge { size } => assert_eq!(r.len() % size, 0),
             Pages::Normal => assert_eq!(r.len() % page_size(), 0),
+            Pages::Device => panic!("host memory is not device memory"),
         }
         let mut c = Carver::new(r, ALIGN, 0);
         let mut b = c.carve().unwrap();

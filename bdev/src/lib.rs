@@ -128,6 +128,12 @@ pub trait Bdev: Send + Sync {
     }
     /// Open this reactor's channel. Called once per reactor at start-up, never on the I/O path.
     fn channel(&self) -> std::io::Result<Box<dyn BdevChannel>>;
+    /// Whether buffers of memory `domain` can be handed to this device (design.md "Memory": the
+    /// core picks a buffer both the transport and the bdev can use). Every backend takes host
+    /// memory; `nvme` also takes buffers in its own SSD's CMB, without a copy.
+    fn reaches(&self, domain: nvmfd_p2p::mem::Domain) -> bool {
+        domain == nvmfd_p2p::mem::Domain::HostMemory
+    }
 }
 
 /// One reactor's view of a device. Not `Send`: it lives and dies on the reactor that opened it.

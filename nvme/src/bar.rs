@@ -1,6 +1,6 @@
 //! A mapped BAR (or a slice of one): the only place that dereferences device memory. Registers
-//! are read and written with volatile accesses of their own width; bulk data (a CMB) is copied
-//! with volatile byte-wise-ordered word copies.
+//! are read and written with volatile accesses of their own width. A CMB's mapping is handed to
+//! a `p2p::mem` region (its memory domain), whose buffers are the only way to its bytes.
 
 use std::io;
 use std::ptr::NonNull;
@@ -64,8 +64,9 @@ impl Bar {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// The CPU address of the mapping's first byte (page aligned), for a memory region over it.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.ptr
     }
 
     fn check(&self, off: usize, width: usize) {
@@ -97,26 +98,6 @@ impl Bar {
     pub fn write64(&self, off: usize, v: u64) {
         self.write32(off, v as u32);
         self.write32(off + 4, (v >> 32) as u32);
-    }
-
-    /// Copy `src` to the mapping at `off` with 32-bit volatile stores (device memory: no
-    /// wider or torn accesses the device may not decode; `off` and the length dword aligned).
-    pub fn copy_in(&self, off: usize, src: &[u8]) {
-        assert!(src.len().is_multiple_of(4));
-        self.check(off, 4);
-        assert!(off + src.len() <= self.len);
-        for (i, c) in src.chunks_exact(4).enumerate() {
-            self.write32(off + i * 4, u32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-        }
-    }
-
-    pub fn copy_out(&self, off: usize, dst: &mut [u8]) {
-        assert!(dst.len().is_multiple_of(4));
-        self.check(off, 4);
-        assert!(off + dst.len() <= self.len);
-        for (i, c) in dst.chunks_exact_mut(4).enumerate() {
-            c.copy_from_slice(&self.read32(off + i * 4).to_ne_bytes());
-        }
     }
 }
 

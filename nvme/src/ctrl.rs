@@ -2,11 +2,13 @@
 //! admin queue, Identify, I/O queue pairs, the CMB, and shutdown.
 
 use std::io;
-use std::sync::atomic::{fence, AtomicU16, Ordering};
+use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
+
+use nvmfd_p2p::mem::{Domain, Registrar, Region, SharedPool};
 
 use crate::bar::Bar;
 use crate::cmd::{admin, feature, Cqe, Sqe, Status};
@@ -187,39 +189,68 @@ struct AdminQueue {
     cq_db: usize,
 }
 
-/// The CMB once enabled: a mapped BAR slice and the address the controller knows it by.
+/// The CMB once enabled: its layout, the address the controller knows it by, and the memory
+/// domain over its mapped BAR slice ([`Domain::Cmb`]). The pool is the only way to the CMB's
+/// bytes: every buffer it hands out knows its CPU address and the controller address PRPs must
+/// use ([`IoBuf::device_addr`](nvmfd_p2p::mem::IoBuf::device_addr)).
 pub struct Cmb {
     pub layout: CmbLayout,
     /// Controller address of the CMB's first byte (CMBMSC.CBA plus nothing: the driver puts
     /// CBA at the CMB's BAR bus address).
     pub ctrl_addr: u64,
-    map: Bar,
+    len: usize,
+    pool: Arc<SharedPool>,
 }
 
 impl Cmb {
     pub fn len(&self) -> usize {
-        self.map.len()
+        self.len
     }
     pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.len == 0
     }
     /// Device address of CMB byte `off`, for PRPs.
     pub fn addr(&self, off: usize) -> u64 {
         assert!(off <= self.len());
         self.ctrl_addr + off as u64
     }
-    pub fn write(&self, off: usize, src: &[u8]) {
-        self.map.copy_in(off, src);
+    /// Whether the device address range `addr..addr + len` lies in the CMB.
+    pub fn contains(&self, addr: u64, len: usize) -> bool {
+        addr >= self.ctrl_addr
+            && addr
+                .checked_add(len as u64)
+                .is_some_and(|e| e <= self.ctrl_addr + self.len as u64)
     }
-    pub fn read(&self, off: usize, dst: &mut [u8]) {
-        self.map.copy_out(off, dst);
+    /// The CMB's memory domain: buffers of [`OpenOptions::cmb_buf_size`] bytes shared by every
+    /// reactor (each takes a [`SharedPool::cache`]).
+    pub fn pool(&self) -> &Arc<SharedPool> {
+        &self.pool
+    }
+    /// The domain the CMB's buffers are in.
+    pub fn domain(&self) -> Domain {
+        self.pool.domain()
     }
 }
+
+/// Sets the controller address of a CMB region's first byte (the [`Registrar`] the CMB domain is
+/// made with; RDMA registrations of the same regions come later, from the transport).
+struct CmbAddr(u64);
+
+impl Registrar for CmbAddr {
+    fn register(&self, region: &mut Region) {
+        region.set_device_addr(self.0, None);
+    }
+}
+
+/// Controllers opened so far: each one's CMB is the domain `Domain::Cmb { device: id }`.
+static NEXT_CTRL_ID: AtomicU32 = AtomicU32::new(0);
 
 /// An NVMe controller driven through VFIO. Shared by reactors (`Arc`); the admin queue is behind
 /// a mutex because only the control plane uses it (bring-up, queue creation, abort, shutdown).
 pub struct Controller {
     bdf: String,
+    /// This controller's number, for its CMB domain.
+    id: u32,
     cap: Cap,
     stride: usize,
     bar0: Arc<Bar>,
@@ -244,6 +275,9 @@ pub struct OpenOptions {
     pub io_queues: u16,
     /// Bytes of DMA memory the caller will map (for the locked-memory check).
     pub dma_bytes: u64,
+    /// Size of the CMB domain's buffers (a multiple of 4 KiB): the largest transfer a command
+    /// with its data in the CMB can have.
+    pub cmb_buf_size: usize,
 }
 
 impl Default for OpenOptions {
@@ -252,6 +286,7 @@ impl Default for OpenOptions {
             cmb: true,
             io_queues: 4,
             dma_bytes: 64 << 20,
+            cmb_buf_size: 128 << 10,
         }
     }
 }
@@ -345,8 +380,9 @@ impl Controller {
         bar0.write32(off::INTMS, u32::MAX);
 
         // 3. CMB before enabling: CRE makes CMBLOC/CMBSZ readable; CMSE with CBA opens it.
+        let id = NEXT_CTRL_ID.fetch_add(1, Ordering::Relaxed);
         let cmb = if opts.cmb && cap.cmbs() {
-            match enable_cmb(&device, &cfg, &bar0, &bdf) {
+            match enable_cmb(&device, &cfg, &bar0, &bdf, id, opts.cmb_buf_size) {
                 Ok(c) => Some(c),
                 Err(e) => {
                     warn!(%bdf, error = %e, "CMB not usable; continuing without it");
@@ -371,6 +407,7 @@ impl Controller {
         };
         let mut ctrl = Controller {
             bdf: bdf.clone(),
+            id,
             cap,
             stride,
             bar0,
@@ -421,6 +458,10 @@ impl Controller {
 
     pub fn bdf(&self) -> &str {
         &self.bdf
+    }
+    /// This controller's number (its CMB is `Domain::Cmb { device: id }`).
+    pub fn id(&self) -> u32 {
+        self.id
     }
     pub fn info(&self) -> &CtrlInfo {
         &self.info
@@ -664,7 +705,14 @@ fn bar_bus_addr(dev: &Device, cfg: &vfio::RegionInfo, n: u32) -> io::Result<u64>
     Ok(addr)
 }
 
-fn enable_cmb(dev: &Device, cfg: &vfio::RegionInfo, bar0: &Bar, bdf: &str) -> Result<Cmb> {
+fn enable_cmb(
+    dev: &Device,
+    cfg: &vfio::RegionInfo,
+    bar0: &Bar,
+    bdf: &str,
+    id: u32,
+    buf_size: usize,
+) -> Result<Cmb> {
     // CRE first: CMBLOC/CMBSZ read zero until it is set (and may hold a stale value from the
     // kernel driver: program the register fully ourselves).
     bar0.write32(off::CMBMSC + 4, 0);
@@ -702,10 +750,20 @@ fn enable_cmb(dev: &Device, cfg: &vfio::RegionInfo, bar0: &Bar, bdf: &str) -> Re
         cdpmls = loc.cdpmls(), cdpcils = loc.cdpcils(),
         "CMB enabled"
     );
+    let len = map.len();
+    let base = map.as_ptr();
+    let domain = Domain::Cmb { device: id };
+    // SAFETY: the mapping lives as long as the `Bar` that owns it, which the region keeps as its
+    // owner; the Bar is handed over here and nothing else reaches the CMB's bytes (Cmb gives no
+    // access of its own; only the pool's buffers and the controller, for commands given them).
+    let region = unsafe { Region::external(base, len, domain, Box::new(map)) };
+    let pool = SharedPool::new(vec![region], buf_size, &[&CmbAddr(cba)])
+        .map_err(|e| Error::Invalid(format!("{bdf}: CMB domain: {e}")))?;
     Ok(Cmb {
         layout,
         ctrl_addr: cba,
-        map,
+        len,
+        pool,
     })
 }
 

@@ -5,7 +5,8 @@
 # end to end.
 #   1. refusals: unknown BDF, device on another driver, mounted file system;
 #   2. `nvmfd setup --pci` binds vfio-pci, `--hugemem` reserves hugepages; the driver self-test (PRP shapes, FUA, flush, write
-#      zeroes, compare, DSM, LBA range, MDTS, CMB<->host round trips, 0x12 for a mixed command);
+#      zeroes, compare, DSM, LBA range, MDTS, CMB<->host round trips with buffers of the CMB's
+#      memory domain, 0x12 for a mixed command); the nvme bdev with CMB buffers (no bounce);
 #   3. nvmfd exports the SSD (nvme bdev) over NVMe/TCP on 127.0.0.1; the kernel initiator in this
 #      guest runs fio verify=crc32c (4 KiB random, 128 KiB and 1 MiB sequential); a pattern
 #      survives a daemon restart; a namespace the SSD lacks stops start-up with a clear error;
@@ -98,6 +99,12 @@ daemon_uses_hugepages() {
 
 selftest() {
     "$BIN/nvmfd-nvme-selftest" --pci $BDF --nsid 1 || { why "self-test failed"; return 1; }
+}
+
+# The nvme bdev takes buffers of the SSD's CMB domain in place (no bounce) and host buffers
+# bounced; content compared both ways.
+bdev_cmb() {
+    "$BIN/nvmfd-bdev-nvme-check" --pci $BDF --nsid 1 || { why "bdev CMB check failed"; return 1; }
 }
 
 write_config() {
@@ -209,7 +216,8 @@ run_step "refused: a BDF that does not exist" refuse_unknown_bdf
 run_step "refused: a device bound to another driver" refuse_other_driver
 run_step "refused: unbinding an SSD with a mounted file system" refuse_mounted
 run_step "nvmfd setup --pci binds vfio-pci" setup_bind
-run_step "driver self-test (host + CMB data, 0x12 mixed, errors)" selftest
+run_step "driver self-test (host + CMB-domain buffers, 0x12 mixed, errors)" selftest
+run_step "nvme bdev: CMB-domain buffers in place, host buffers bounced" bdev_cmb
 run_step "nvmfd setup --hugemem reserves 2 MiB pages" hugemem
 run_step "nvmfd refuses a namespace the SSD lacks" bad_namespace
 run_step "nvmfd starts with the nvme bdev" start_daemon

@@ -1,14 +1,21 @@
 //! `nvme`: an NVMe SSD namespace through nvmfd's userspace VFIO driver (`nvmfd-nvme`).
 //!
 //! Each reactor's channel owns one I/O queue pair (created with interrupts off, polled by that
-//! reactor) and the DMA memory its commands use. Data is **bounced**: a write is copied from the
-//! submitter's [`IoBuf`](crate::IoBuf) into the channel's IOMMU-mapped memory, a read is copied back out.
-//! `IoBuf`s are separate heap allocations made and freed by the reactor's buffer pool at any
-//! time, so mapping them would mean an IOMMU map/unmap outside start-up (and an unmap hook the
-//! pool does not have); a bounce through memory mapped once at start-up keeps "no mapping per
-//! I/O" and is correct today. It is temporary: when memory domains (`p2p::mem`) hand out buffers
-//! from regions mapped at start-up, the channel will build PRPs straight from the buffer's
-//! device address and the copy goes away.
+//! reactor) and the DMA memory its commands use. Where the data goes depends on the buffer's
+//! memory domain:
+//! - a buffer **in this SSD's CMB** (from [`Nvme::cmb_pool`], `Domain::Cmb`): the PRPs point
+//!   at the buffer's controller address ([`IoBuf::device_addr`](crate::IoBuf::device_addr)) and
+//!   nothing is copied. A command's data is then wholly in the CMB, since one buffer is one
+//!   slice of one region (NVMe Base 2.0: data partly in and partly out of the CMB is Generic
+//!   Command Status 12h, Invalid Use of Controller Memory Buffer);
+//! - any other buffer (host memory from the reactor's pool) is **bounced**: a write is copied
+//!   into the channel's IOMMU-mapped memory, a read copied back out. The host pool's regions are
+//!   not mapped in this controller's VFIO container (each controller has its own), and mapping
+//!   per I/O is ruled out, so the copy stays until host regions get this controller's IOVA
+//!   through a `Registrar`.
+//!
+//! Several bdevs on one controller (one per namespace) share it: the first opens it, the others
+//! find it in a table of open controllers; each channel still has its own queue pair.
 //!
 //! Requests larger than the controller's MDTS (or 65536 blocks) are split into several
 //! commands; the request completes when all of them have, with the first failure. An NVMe
@@ -16,11 +23,13 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use nvmfd_nvme::cmd::{nvm, Cqe, Sqe, Status};
 use nvmfd_nvme::prp::Segment;
 use nvmfd_nvme::{Controller, DmaRegion, IoQpair, NsInfo, OpenOptions};
+use nvmfd_p2p::mem::{Domain, SharedPool};
 
 use crate::{Bdev, BdevChannel, BdevInfo, Completion, DsmRange, Io, IoError, Op};
 
@@ -32,10 +41,35 @@ const REQUESTS: usize = 32;
 /// I/O queue depth per channel.
 const QUEUE_DEPTH: u16 = 256;
 
+/// Controllers open in this process, by PCI address: a second namespace of an SSD shares the
+/// controller (its VFIO group can be opened once). Control plane only (bdev open).
+static CONTROLLERS: Mutex<Vec<(String, Weak<Controller>)>> = Mutex::new(Vec::new());
+
+fn controller(pci: &str, opts: &OpenOptions) -> nvmfd_nvme::ctrl::Result<Arc<Controller>> {
+    let bdf = nvmfd_nvme::sysfs::parse_bdf(pci).map_err(nvmfd_nvme::Error::Invalid)?;
+    let mut open = CONTROLLERS.lock().unwrap_or_else(|p| p.into_inner());
+    open.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(c) = open.iter().find(|(b, _)| *b == bdf).and_then(|(_, w)| w.upgrade()) {
+        return Ok(c);
+    }
+    let c = Controller::open(&bdf, opts)?;
+    open.push((bdf, Arc::downgrade(&c)));
+    Ok(c)
+}
+
+/// Where the channels' data went, for tests and reports: commands whose data was in the CMB
+/// (no copy) and requests bounced through host memory.
+#[derive(Debug, Default)]
+struct DataPath {
+    direct: AtomicU64,
+    bounced: AtomicU64,
+}
+
 pub struct Nvme {
     info: BdevInfo,
     ctrl: Arc<Controller>,
     ns: NsInfo,
+    path: Arc<DataPath>,
 }
 
 impl Nvme {
@@ -46,9 +80,10 @@ impl Nvme {
             cmb: true,
             io_queues: channels.max(1),
             dma_bytes: u64::from(channels.max(1)) * (REQUESTS * MAX_REQUEST) as u64 + (16 << 20),
+            ..OpenOptions::default()
         };
         let err = |e: nvmfd_nvme::Error| io::Error::other(format!("bdev {name}: {e}"));
-        let ctrl = Controller::open(pci, &opts).map_err(err)?;
+        let ctrl = controller(pci, &opts).map_err(err)?;
         let ns = ctrl.namespace(nsid).map_err(err)?;
         let info = BdevInfo {
             name,
@@ -59,17 +94,41 @@ impl Nvme {
             deallocate_zeroes: false,
             volatile_cache: ctrl.info().vwc,
         };
-        Ok(Nvme { info, ctrl, ns })
+        Ok(Nvme {
+            info,
+            ctrl,
+            ns,
+            path: Arc::default(),
+        })
     }
 
     pub fn controller(&self) -> &Arc<Controller> {
         &self.ctrl
+    }
+
+    /// The SSD's CMB as a memory domain, when it has one: buffers from it (through a
+    /// per-reactor [`SharedPool::cache`]) reach the SSD without a copy.
+    pub fn cmb_pool(&self) -> Option<&Arc<SharedPool>> {
+        self.ctrl.cmb().map(|c| c.pool())
+    }
+
+    /// Commands sent with their data in the CMB (no copy) and requests bounced through host
+    /// memory, over every channel so far.
+    pub fn data_path_counts(&self) -> (u64, u64) {
+        (
+            self.path.direct.load(Ordering::Relaxed),
+            self.path.bounced.load(Ordering::Relaxed),
+        )
     }
 }
 
 impl Bdev for Nvme {
     fn info(&self) -> &BdevInfo {
         &self.info
+    }
+
+    fn reaches(&self, domain: Domain) -> bool {
+        domain == Domain::HostMemory || self.ctrl.cmb().is_some_and(|c| c.domain() == domain)
     }
 
     fn channel(&self) -> io::Result<Box<dyn BdevChannel>> {
@@ -98,6 +157,8 @@ impl Bdev for Nvme {
             free: (0..REQUESTS).rev().collect(),
             finished: VecDeque::with_capacity(REQUESTS),
             in_flight: 0,
+            cmb: self.ctrl.cmb().map(|c| c.domain()),
+            path: self.path.clone(),
         }))
     }
 }
@@ -106,7 +167,7 @@ struct Request {
     io: Io,
     parts_left: u32,
     status: Option<Status>,
-    /// Bytes to copy back into the IoBuf when a read completes.
+    /// Bytes to copy back into the IoBuf when a read completes (0 for data in the CMB).
     read_len: usize,
 }
 
@@ -124,6 +185,9 @@ struct NvmeChannel {
     /// Requests finished during submit (refused before reaching the SSD), delivered by `poll`.
     finished: VecDeque<Completion>,
     in_flight: usize,
+    /// The controller's CMB domain: buffers in it are used in place.
+    cmb: Option<Domain>,
+    path: Arc<DataPath>,
 }
 
 impl NvmeChannel {
@@ -162,8 +226,9 @@ impl NvmeChannel {
         });
     }
 
-    /// Queue the commands of a checked request in `slot`.
-    fn issue(&mut self, slot: usize, op: Op) {
+    /// Queue the commands of a checked request in `slot`, its data at device address `base`
+    /// (the bounce slot, or the buffer's own CMB address).
+    fn issue(&mut self, slot: usize, op: Op, base: u64) {
         let queue = |s: &mut Self, sqe: Sqe, segs: &[Segment]| {
             if let Err(e) = s.qp.submit(sqe, segs, slot as u64) {
                 // Room and sizes were checked; a refusal here is a driver bug. Count the part as
@@ -192,7 +257,7 @@ impl NvmeChannel {
                     s.set_fua(fua);
                     if data {
                         let seg = [Segment {
-                            addr: self.slot_addr(slot, done as usize * self.block_size),
+                            addr: base + (done as usize * self.block_size) as u64,
                             len: n as usize * self.block_size,
                         }];
                         queue(self, s, &seg);
@@ -208,7 +273,7 @@ impl NvmeChannel {
                 s.dw[10] = u32::from(ranges) - 1;
                 s.dw[11] = 1 << 2; // AD: deallocate
                 let seg = [Segment {
-                    addr: self.slot_addr(slot, 0),
+                    addr: base,
                     len: usize::from(ranges) * DsmRange::SIZE,
                 }];
                 queue(self, s, &seg);
@@ -276,7 +341,12 @@ impl BdevChannel for NvmeChannel {
                 (usize::from(ranges) * DsmRange::SIZE, 0)
             }
         };
-        if len > MAX_REQUEST || len > io.buf.capacity() {
+        // A buffer in this SSD's CMB is used in place: its controller address goes in the PRPs.
+        let direct = match self.cmb {
+            Some(d) if io.buf.domain() == d => io.buf.device_addr(),
+            _ => None,
+        };
+        if (direct.is_none() && len > MAX_REQUEST) || len > io.buf.capacity() {
             let e = if len > io.buf.capacity() {
                 IoError::BufferTooSmall
             } else {
@@ -287,18 +357,30 @@ impl BdevChannel for NvmeChannel {
         }
         let slot = self.free.pop().expect("checked non-empty");
         let op = io.op;
-        if matches!(op, Op::Write { .. } | Op::Deallocate { .. }) {
-            self.bounce
-                .write(slot * MAX_REQUEST, &io.buf.as_slice()[..len]);
-        }
+        let base = match direct {
+            Some(addr) => {
+                self.path.direct.fetch_add(1, Ordering::Relaxed);
+                addr
+            }
+            None => {
+                if len > 0 {
+                    self.path.bounced.fetch_add(1, Ordering::Relaxed);
+                }
+                if matches!(op, Op::Write { .. } | Op::Deallocate { .. }) {
+                    self.bounce
+                        .write(slot * MAX_REQUEST, &io.buf.as_slice()[..len]);
+                }
+                self.slot_addr(slot, 0)
+            }
+        };
         self.reqs[slot] = Some(Request {
             io,
             parts_left: parts,
             status: None,
-            read_len,
+            read_len: if direct.is_some() { 0 } else { read_len },
         });
         self.in_flight += 1;
-        self.issue(slot, op);
+        self.issue(slot, op, base);
         if self.reqs[slot].as_ref().is_some_and(|r| r.parts_left == 0) {
             // Every part was refused (a driver bug, logged in `issue`): complete it now.
             let r = self.reqs[slot].take().expect("slot in use");

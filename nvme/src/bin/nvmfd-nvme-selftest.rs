@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use nvmfd_nvme::cmd::{nvm, Cqe, Sqe, Status};
 use nvmfd_nvme::prp::Segment;
 use nvmfd_nvme::{Controller, DmaRegion, IoQpair, OpenOptions};
+use nvmfd_p2p::mem::Domain;
 
 struct T {
     failed: u32,
@@ -356,18 +357,40 @@ fn cmb_checks(
     bs: usize,
 ) {
     let cmb = ctrl.cmb().expect("checked");
+    let pool = cmb.pool();
     let len = 64 << 10;
     let n = (len / bs) as u32;
-    // CMB -> SSD -> host.
+    // The CMB is a memory domain: buffers from a per-reactor cache of the shared pool, each with
+    // its CPU address and the controller address PRPs use.
+    let mut cache = pool.cache(4);
+    let (Some(mut a), Some(mut b)) = (cache.try_get(len), cache.try_get(len)) else {
+        t.check("CMB domain hands out buffers", false, format!("{pool:?}"));
+        return;
+    };
+    let (aa, ba) = (a.device_addr(), b.device_addr());
+    t.check(
+        "CMB domain: buffers in Domain::Cmb with controller addresses inside the CMB",
+        a.domain() == Domain::Cmb { device: ctrl.id() }
+            && pool.total() == cmb.len() / pool.buf_size()
+            && aa.is_some_and(|x| cmb.contains(x, a.capacity()))
+            && ba.is_some_and(|x| cmb.contains(x, b.capacity()))
+            && aa != ba,
+        format!(
+            "domain {:?} total {} addrs {aa:x?} {ba:x?} cmb {:#x}+{:#x}",
+            a.domain(),
+            pool.total(),
+            cmb.ctrl_addr,
+            cmb.len()
+        ),
+    );
+    let (aa, ba) = (aa.unwrap_or(0), ba.unwrap_or(0));
+    // CMB buffer -> SSD -> host memory.
     let data = pattern(1234, len);
-    cmb.write(0, &data);
+    a.as_mut_slice()[..len].copy_from_slice(&data);
     let w = run(
         q,
         rw(nvm::WRITE, nsid, 4096, n),
-        &[Segment {
-            addr: cmb.addr(0),
-            len,
-        }],
+        &[Segment { addr: aa, len }],
     );
     buf.fill(0, len, 0);
     let r = run(
@@ -381,7 +404,7 @@ fn cmb_checks(
     let mut back = vec![0u8; len];
     buf.read(0, &mut back);
     t.check(
-        "write from CMB, read into host memory: same bytes",
+        "write from a CMB buffer, read into host memory: same bytes",
         w.as_ref().is_ok_and(|c| c.status().is_success())
             && r.as_ref().is_ok_and(|c| c.status().is_success())
             && back == data,
@@ -392,7 +415,7 @@ fn cmb_checks(
             back == data
         ),
     );
-    // host -> SSD -> CMB.
+    // Host memory -> SSD -> CMB buffer.
     let data = pattern(4321, len);
     buf.write(0, &data);
     let w = run(
@@ -403,34 +426,28 @@ fn cmb_checks(
             len,
         }],
     );
-    let zero = vec![0u8; len];
-    cmb.write(len, &zero);
+    b.as_mut_slice().fill(0);
     let r = run(
         q,
         rw(nvm::READ, nsid, 8192, n),
-        &[Segment {
-            addr: cmb.addr(len),
-            len,
-        }],
+        &[Segment { addr: ba, len }],
     );
-    let mut back = vec![0u8; len];
-    cmb.read(len, &mut back);
+    let same = b.as_slice()[..len] == data[..];
     t.check(
-        "write from host memory, read into the CMB: same bytes",
+        "write from host memory, read into a CMB buffer: same bytes",
         w.as_ref().is_ok_and(|c| c.status().is_success())
             && r.as_ref().is_ok_and(|c| c.status().is_success())
-            && back == data,
+            && same,
         format!(
-            "write {} read {} equal {}",
+            "write {} read {} equal {same}",
             status_of(&w),
-            status_of(&r),
-            back == data
+            status_of(&r)
         ),
     );
-    // Mixed: first page in the CMB, second in host memory -> Invalid Use of CMB (0x12).
+    // Mixed: first page in a CMB buffer, second in host memory -> Invalid Use of CMB (0x12).
     let segs = [
         Segment {
-            addr: cmb.addr(0),
+            addr: aa,
             len: 4096,
         },
         Segment {
@@ -445,6 +462,8 @@ fn cmb_checks(
             .is_ok_and(|c| c.status().sct() == 0 && c.status().sc() == Status::INVALID_CMB_USE),
         status_of(&m),
     );
+    cache.put(a);
+    cache.put(b);
 }
 
 fn tracing_init() {

@@ -2,7 +2,7 @@
 //! admin queue, Identify, I/O queue pairs, the CMB, and shutdown.
 
 use std::io;
-use std::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -259,6 +259,14 @@ pub struct Controller {
     io_queues: u16,
     next_qid: AtomicU16,
     cmb: Option<Cmb>,
+    /// Bumped by every completed controller reset: a queue pair made in an older generation
+    /// no longer exists on the controller and must be re-created ([`IoQpair::poll`]).
+    generation: AtomicU32,
+    /// A reset is running (one at a time, on its own thread).
+    resetting: AtomicBool,
+    /// The controller is gone (all-ones reads) or a reset failed: no more resets, every queue
+    /// answers [`DEVICE_GONE`].
+    dead: AtomicBool,
     /// Drop order: mappings before the device, the device before the group, the group before
     /// the container.
     device: Device,
@@ -426,6 +434,9 @@ impl Controller {
             io_queues: 0,
             next_qid: AtomicU16::new(1),
             cmb,
+            generation: AtomicU32::new(0),
+            resetting: AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             device,
             _group: group,
             container,
@@ -496,8 +507,17 @@ impl Controller {
     }
 
     /// Run one admin command to completion (control plane only: it waits).
-    pub fn admin_cmd(&self, mut sqe: Sqe, what: &'static str) -> Result<Cqe> {
+    pub fn admin_cmd(&self, sqe: Sqe, what: &'static str) -> Result<Cqe> {
         let mut a = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        self.admin_cmd_locked(&mut a, sqe, what)
+    }
+
+    fn admin_cmd_locked(
+        &self,
+        a: &mut AdminQueue,
+        mut sqe: Sqe,
+        what: &'static str,
+    ) -> Result<Cqe> {
         let cid = a.next_cid;
         a.next_cid = a.next_cid.wrapping_add(1);
         sqe.set_cid(cid);
@@ -508,7 +528,7 @@ impl Controller {
             sq_db,
             cq_db,
             ..
-        } = &mut *a;
+        } = a;
         if sq.push(rings, &sqe).is_none() {
             return Err(Error::Invalid(format!("{what}: admin queue full")));
         }
@@ -595,6 +615,125 @@ impl Controller {
             cq: self.dma_region(usize::from(depth) * Cqe::SIZE)?,
         };
         let lists = self.dma_region(usize::from(depth) * PAGE)?;
+        let generation = self.generation();
+        self.create_io_queues(qid, depth, &rings)?;
+        debug!(bdf = %self.bdf, qid, depth, "I/O queue pair created");
+        Ok(IoQpair {
+            ctrl: self.clone(),
+            qid,
+            rings,
+            lists,
+            sq: SqRing::new(depth),
+            cq: CqRing::new(depth),
+            cids: CidTable::new(depth - 1),
+            failed: None,
+            generation,
+            depth,
+            polls: 0,
+            timeout: IO_TIMEOUT,
+            sq_db: crate::regs::sq_tail_doorbell(qid, self.stride),
+            cq_db: crate::regs::cq_head_doorbell(qid, self.stride),
+            max_transfer: self.info.max_transfer,
+        })
+    }
+
+    /// Completed controller resets so far.
+    pub fn generation(&self) -> u32 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether the controller is gone for good (removed, or a reset failed).
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Acquire)
+    }
+
+    /// Controller Level Reset through CC.EN (NVMe Base 2.0, 3.7.2: clearing CC.EN resets the
+    /// controller; every I/O queue is deleted and its commands are lost), then the
+    /// initialization of 3.5.1 again: admin queue, CMB (CMBMSC programmed as before), CC.EN = 1,
+    /// Number of Queues. Queue pairs notice the new generation on their next poll, fail what
+    /// they had in flight with a retryable status and re-create their queues. Control plane: it
+    /// waits (up to CAP.TO twice).
+    pub fn reset(&self) -> Result<()> {
+        let mut a = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        let r = self.reset_locked(&mut a);
+        match &r {
+            Ok(()) => {
+                let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+                info!(bdf = %self.bdf, generation = g, "controller reset done");
+            }
+            Err(e) => {
+                self.dead.store(true, Ordering::Release);
+                tracing::error!(bdf = %self.bdf, error = %e, "controller reset failed; its I/O fails from now on");
+            }
+        }
+        r
+    }
+
+    fn reset_locked(&self, a: &mut AdminQueue) -> Result<()> {
+        let cc = Cc(self.bar0.read32(off::CC));
+        if cc.0 == u32::MAX {
+            return Err(Error::Removed {
+                bdf: self.bdf.clone(),
+            });
+        }
+        self.bar0.write32(off::CC, cc.0 & !Cc::EN);
+        wait_ready(&self.bar0, &self.bdf, self.cap, false)?;
+        // The admin queue starts empty again: zeroed entries (the phase tag restarts at 1).
+        a.rings.sq.fill(0, a.rings.sq.len(), 0);
+        a.rings.cq.fill(0, a.rings.cq.len(), 0);
+        a.sq = SqRing::new(ADMIN_DEPTH);
+        a.cq = CqRing::new(ADMIN_DEPTH);
+        let aqa = u32::from(ADMIN_DEPTH - 1) << 16 | u32::from(ADMIN_DEPTH - 1);
+        self.bar0.write32(off::AQA, aqa);
+        self.bar0.write64(off::ASQ, a.rings.sq.iova());
+        self.bar0.write64(off::ACQ, a.rings.cq.iova());
+        self.bar0.write32(off::INTMS, u32::MAX);
+        if let Some(c) = &self.cmb {
+            // Program CMBMSC as at bring-up (high dword first) in case the reset cleared it;
+            // writing the value it already holds changes nothing.
+            let v = cmbmsc::enable(c.ctrl_addr);
+            self.bar0.write32(off::CMBMSC + 4, (v >> 32) as u32);
+            self.bar0.write32(off::CMBMSC, v as u32);
+        }
+        self.bar0.write32(off::CC, Cc::enabled(PAGE).0);
+        wait_ready(&self.bar0, &self.bdf, self.cap, true)?;
+        // Number of Queues again (it must be set before any I/O queue is created after a reset).
+        let n = self.io_queues.max(1);
+        let mut s = Sqe::new(admin::SET_FEATURES, 0);
+        s.dw[10] = u32::from(feature::NUMBER_OF_QUEUES);
+        s.dw[11] = u32::from(n - 1) << 16 | u32::from(n - 1);
+        let c = self.admin_cmd_locked(a, s, "Set Features (Number of Queues)")?;
+        let granted = ((c.dw0 & 0xffff) as u16 + 1).min((c.dw0 >> 16) as u16 + 1);
+        if granted < n {
+            return Err(Error::Invalid(format!(
+                "{}: after the reset the controller grants {granted} I/O queues, fewer than the {n} in use",
+                self.bdf
+            )));
+        }
+        Ok(())
+    }
+
+    /// Ask for a reset on a thread of its own (a reactor that saw the failure must not wait
+    /// for it); a no-op while one runs or once the controller is dead.
+    pub fn request_reset(self: &Arc<Self>) {
+        if self.is_dead() || self.resetting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let c = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nvme-reset".into())
+            .spawn(move || {
+                let _ = c.reset();
+                c.resetting.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            self.resetting.store(false, Ordering::Release);
+            tracing::error!(bdf = %self.bdf, error = %e, "cannot start the controller reset thread");
+        }
+    }
+
+    /// Create (or, after a reset, re-create) I/O queue `qid` over `rings`.
+    fn create_io_queues(&self, qid: u16, depth: u16, rings: &Rings) -> Result<()> {
         // Create I/O Completion Queue: PC = 1, IEN = 0 (polled).
         let mut s = Sqe::new(admin::CREATE_IO_CQ, 0);
         s.set_prp(rings.cq.iova(), 0);
@@ -611,22 +750,7 @@ impl Controller {
             let _ = self.admin_cmd(d, "Delete I/O Completion Queue");
             return Err(e);
         }
-        debug!(bdf = %self.bdf, qid, depth, "I/O queue pair created");
-        Ok(IoQpair {
-            ctrl: self.clone(),
-            qid,
-            rings,
-            lists,
-            sq: SqRing::new(depth),
-            cq: CqRing::new(depth),
-            cids: CidTable::new(depth - 1),
-            failed: None,
-            polls: 0,
-            timeout: IO_TIMEOUT,
-            sq_db: crate::regs::sq_tail_doorbell(qid, self.stride),
-            cq_db: crate::regs::cq_head_doorbell(qid, self.stride),
-            max_transfer: self.info.max_transfer,
-        })
+        Ok(())
     }
 
     /// Normal shutdown: CC.SHN = 01b, wait for CSTS.SHST = 10b (within CAP.TO, at least 1 s).
@@ -655,6 +779,10 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
+        if self.csts().is_err() {
+            warn!(bdf = %self.bdf, "controller gone: no shutdown");
+            return;
+        }
         if let Err(e) = self.shutdown() {
             warn!(bdf = %self.bdf, error = %e, "controller shutdown failed");
         }
@@ -803,6 +931,9 @@ pub struct IoQpair {
     /// Set once the controller failed (CSTS.CFS, all-ones reads, an abort that went
     /// unanswered): every new command is answered with this status without reaching the SSD.
     failed: Option<Status>,
+    /// The controller generation the queues were created in (see [`Controller::reset`]).
+    generation: u32,
+    depth: u16,
     polls: u32,
     timeout: Duration,
     sq_db: usize,
@@ -842,6 +973,11 @@ impl IoQpair {
         let len: usize = data.iter().map(|s| s.len).sum();
         if let Some(st) = self.failed {
             return Err(SubmitError::Failed(st));
+        }
+        if self.generation != self.ctrl.generation.load(Ordering::Acquire) {
+            // The controller was reset under this queue: it no longer exists there until the
+            // next poll re-creates it.
+            return Err(SubmitError::Failed(RETRYABLE_ABORT));
         }
         if len > self.max_transfer {
             return Err(SubmitError::TooLarge {
@@ -902,6 +1038,11 @@ impl IoQpair {
     /// Ring the SQ doorbell, then reap completions, calling `done(tag, cqe)` for each; one CQ
     /// doorbell write per call. Never blocks.
     pub fn poll(&mut self, done: &mut dyn FnMut(u64, Cqe)) -> usize {
+        if self.generation != self.ctrl.generation.load(Ordering::Acquire)
+            || (self.failed.is_some() && self.ctrl.is_dead())
+        {
+            return self.recover(done);
+        }
         self.ring();
         let mut n = 0;
         while let Some(c) = self.cq.pop(&self.rings) {
@@ -947,12 +1088,14 @@ impl IoQpair {
         match self.ctrl.csts() {
             Err(e) => {
                 tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, error = %e, "NVMe device removed; failing in-flight I/O");
+                self.ctrl.dead.store(true, Ordering::Release);
                 self.fail(DEVICE_GONE, done);
                 return;
             }
             Ok(st) if st.cfs() => {
-                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, "NVMe controller fatal status (CSTS.CFS); failing in-flight I/O with a retryable status");
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, "NVMe controller fatal status (CSTS.CFS); failing in-flight I/O with a retryable status and resetting the controller");
                 self.fail(RETRYABLE_ABORT, done);
+                self.ctrl.request_reset();
                 return;
             }
             Ok(_) => {}
@@ -972,10 +1115,42 @@ impl IoQpair {
                 }
             }
             TimeoutAction::Reset(cid) => {
-                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "aborted command still outstanding; failing the queue (controller reset needed)");
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "aborted command still outstanding; failing in-flight I/O with a retryable status and resetting the controller");
                 self.fail(RETRYABLE_ABORT, done);
+                self.ctrl.request_reset();
             }
         }
+    }
+
+    /// After a controller reset: everything in flight was lost with the old queues, so it
+    /// fails with a retryable status; then the queues are made again in the new generation
+    /// (admin commands: this waits, but only once per reset). A dead controller fails the
+    /// queue for good with [`DEVICE_GONE`].
+    fn recover(&mut self, done: &mut dyn FnMut(u64, Cqe)) -> usize {
+        let n = self.cids.in_flight();
+        if self.ctrl.is_dead() {
+            self.fail(DEVICE_GONE, done);
+            return n;
+        }
+        self.fail_all(RETRYABLE_ABORT, done);
+        let generation = self.ctrl.generation();
+        self.generation = generation;
+        self.rings.sq.fill(0, self.rings.sq.len(), 0);
+        self.rings.cq.fill(0, self.rings.cq.len(), 0);
+        self.sq = SqRing::new(self.depth);
+        self.cq = CqRing::new(self.depth);
+        match self.ctrl.create_io_queues(self.qid, self.depth, &self.rings) {
+            Ok(()) => {
+                self.failed = None;
+                info!(bdf = %self.ctrl.bdf, qid = self.qid, generation, failed_in_flight = n, "I/O queue re-created after the controller reset");
+            }
+            Err(e) => {
+                // Retryable: a later reset may bring it back.
+                self.failed = Some(RETRYABLE_ABORT);
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, error = %e, "I/O queue not re-created after the controller reset");
+            }
+        }
+        n
     }
 
     fn fail(&mut self, status: Status, done: &mut dyn FnMut(u64, Cqe)) {
@@ -1001,6 +1176,10 @@ impl IoQpair {
 
 impl Drop for IoQpair {
     fn drop(&mut self) {
+        if self.ctrl.is_dead() || self.generation != self.ctrl.generation() {
+            // The queues are gone with the controller (or with its last reset).
+            return;
+        }
         let mut s = Sqe::new(admin::DELETE_IO_SQ, 0);
         s.dw[10] = u32::from(self.qid);
         if let Err(e) = self.ctrl.admin_cmd(s, "Delete I/O Submission Queue") {

@@ -7,31 +7,12 @@ use std::path::{Path, PathBuf};
 
 pub const SYS_PCI: &str = "/sys/bus/pci/devices";
 
-/// A PCI address `DDDD:BB:DD.F`, validated.
+/// A PCI address `DDDD:BB:DD.F` (or `BB:DD.F`, domain 0), validated by p2p's topology parser
+/// and written the way sysfs names the device (lower case, four-digit domain).
 pub fn parse_bdf(s: &str) -> Result<String, String> {
-    let full = if s.len() == 7 {
-        format!("0000:{s}")
-    } else {
-        s.to_string()
-    };
-    let f = full.as_bytes();
-    let hex = |r: std::ops::Range<usize>| f[r].iter().all(|c| c.is_ascii_hexdigit());
-    let ok = f.len() == 12
-        && f[4] == b':'
-        && f[7] == b':'
-        && f[10] == b'.'
-        && (b'0'..=b'7').contains(&f[11])
-        && hex(0..4)
-        && hex(5..7)
-        && hex(8..10);
-    if ok {
-        Ok(full.to_ascii_lowercase())
-    } else {
-        Err(format!(
-            "'{}' is not a PCI address (DDDD:BB:DD.F, e.g. 0000:03:00.0)",
-            s.escape_default()
-        ))
-    }
+    s.parse::<nvmfd_p2p::topology::Bdf>()
+        .map(|b| b.to_string())
+        .map_err(|e| e.to_string())
 }
 
 pub fn dev_path(bdf: &str) -> PathBuf {

@@ -10,6 +10,7 @@
 #   3. nvmfd exports the SSD (nvme bdev) over NVMe/TCP on 127.0.0.1; the kernel initiator in this
 #      guest runs fio verify=crc32c (4 KiB random, 128 KiB and 1 MiB sequential); a pattern
 #      survives a daemon restart; a namespace the SSD lacks stops start-up with a clear error;
+#      namespace 2 fails some I/O (blkdebug): the SSD's statuses reach the host, the rest serves;
 #   4. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -114,11 +115,14 @@ state_dir: /tmp/nvmfd-state
 bdevs:
   - name: ssd0
     nvme: { pci: "$BDF", namespace: ${1:-1} }
+  - name: bad0
+    nvme: { pci: "$BDF", namespace: 2 }
 subsystems:
   - nqn: $NQN
     allow_any_host: true
     namespaces:
       - { nsid: 1, bdev: ssd0 }
+      - { nsid: 2, bdev: bad0 }
     listeners:
       - { transport: tcp, address: 127.0.0.1, port: $PORT }
 YAML
@@ -196,6 +200,35 @@ check_pattern() {
     cmp -s /tmp/pattern /tmp/back || { why "pattern differs on $dev"; return 1; }
 }
 
+# Namespace 2 (same SSD, blkdebug image, see nvme-vfio.sh) fails reads at 4 MiB and writes at
+# 8 MiB. The host must get the SSD's own status (Unrecovered Read Error 0x281, Write Fault
+# 0x280, as the kernel logs them), and the daemon must keep serving the rest.
+bad_disk_errors() {
+    local dev2 before
+    wait_for 20 has_nsdev $NQN 2 || { why "no device for namespace 2"; return 1; }
+    dev2=$(nsdev_for $NQN 2)
+    dd if="$dev2" of=/dev/null bs=4k count=16 iflag=direct status=none ||
+        { why "a good range of namespace 2 failed to read"; kmsg_tail; return 1; }
+    before=$(dmesg | wc -l)
+    dd if="$dev2" of=/dev/null bs=4k skip=1024 count=1 iflag=direct status=none 2>/dev/null &&
+        { why "a read of the failing range succeeded"; return 1; }
+    dd if=/dev/zero of="$dev2" bs=4k seek=2048 count=1 oflag=direct status=none 2>/dev/null &&
+        { why "a write of the failing range succeeded"; return 1; }
+    local new
+    new=$(dmesg | tail -n +"$((before + 1))")
+    note "$(grep -m1 'sct 0x2 / sc 0x81' <<<"$new")"
+    note "$(grep -m1 'sct 0x2 / sc 0x80' <<<"$new")"
+    grep -q 'sct 0x2 / sc 0x81' <<<"$new" || { why "no Unrecovered Read Error (0x281) at the host"; echo "$new" | tail -n 20; return 1; }
+    grep -q 'sct 0x2 / sc 0x80' <<<"$new" || { why "no Write Fault (0x280) at the host"; echo "$new" | tail -n 20; return 1; }
+    kill -0 "$DPID" || { why "nvmfd died"; return 1; }
+    # Namespace 2 still serves its good blocks, namespace 1 its data.
+    dd if="$dev2" of=/dev/null bs=4k skip=4096 count=16 iflag=direct status=none ||
+        { why "namespace 2's good blocks no longer read"; return 1; }
+    check_pattern || return 1
+    grep -q "panicked" /tmp/nvmfd.log && { why "nvmfd logged a panic"; return 1; }
+    return 0
+}
+
 restart_keeps_data() {
     disconnect && stop_daemon && start_daemon && connect && check_pattern
 }
@@ -229,6 +262,7 @@ if [[ -n $DPID ]]; then
         run_step "fio 128k write crc32c verify" fio_verify seq128k write 128k 16M 32M 8
         run_step "fio 1m write crc32c verify" fio_verify seq1m write 1m 64M 64M 4
         run_step "write a pattern" write_pattern
+        run_step "a failing disk: the SSD's status reaches the host, the rest keeps serving" bad_disk_errors
         run_step "pattern survives a daemon restart" restart_keeps_data
         run_step "disconnect" disconnect
     fi

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # tests/e2e/nvme-vfio.sh - boot the rig's guest with an emulated NVMe SSD (64 MiB CMB, behind an
-# emulated PCIe switch, intel-iommu) and run tests/e2e/guest-nvme-vfio.sh in it: the userspace
+# emulated PCIe switch, intel-iommu; namespace 2 on a blkdebug image that fails some I/O) and run tests/e2e/guest-nvme-vfio.sh in it: the userspace
 # VFIO driver end to end.
 #
 #   tests/e2e/nvme-vfio.sh            (builds nothing: uses build/debug or $NVMFD_BIN_DIR)
@@ -24,6 +24,23 @@ cp "$BIN/nvmfd" "$BIN/nvmfd-nvme-selftest" "$BIN/nvmfd-bdev-nvme-check" "$WORK/b
 img=$WORK/ssd.img
 rm -f "$img"
 qemu-img create -q -f raw "$img" 1G
+# Namespace 2 is a disk that fails I/O: blkdebug turns reads covering byte 4 MiB and writes
+# covering byte 8 MiB into EIO, which the emulated SSD answers as Unrecovered Read Error (0x281)
+# and Write Fault (0x280); tests/e2e/guest-nvme-vfio.sh expects those statuses at the host.
+bad=$WORK/bad.img
+rm -f "$bad"
+qemu-img create -q -f raw "$bad" 64M
+cat >"$WORK/blkdebug.conf" <<'CONF'
+[inject-error]
+event = "read_aio"
+errno = "5"
+sector = "8192"
+
+[inject-error]
+event = "write_aio"
+errno = "5"
+sector = "16384"
+CONF
 export RIG_APPEND="intel_iommu=on no_timer_check"
 export RIG_CACHE=${RIG_CACHE:-$REPO/deploy/rig/.cache}
 # shellcheck source=/dev/null
@@ -33,7 +50,9 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device xio3130-downstream,id=dn1,bus=up1,chassis=2,slot=0
  -device xio3130-downstream,id=dn2,bus=up1,chassis=2,slot=1
  -drive if=none,id=d0,file=$img,format=raw
- -device nvme,serial=cmb0,cmb_size_mb=64,drive=d0,bus=dn1"
+ -drive if=none,id=d1,file=blkdebug:$WORK/blkdebug.conf:$bad,format=raw
+ -device nvme,id=nvme0,serial=cmb0,cmb_size_mb=64,drive=d0,bus=dn1
+ -device nvme-ns,drive=d1,bus=nvme0,nsid=2"
 start=$(date +%s)
 rc=0
 "$REPO/deploy/rig/run-guest.sh" --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \

@@ -140,6 +140,7 @@ fn main() -> ExitCode {
     } else {
         println!("SKIP CMB checks: the controller has no usable CMB");
     }
+    reset_checks(&mut t, &ctrl, &mut q, &buf, nsid, bs);
     drop(q);
     drop(buf);
     drop(ctrl);
@@ -464,6 +465,106 @@ fn cmb_checks(
     );
     cache.put(a);
     cache.put(b);
+}
+
+/// A controller reset under queued commands: each comes back once with the retryable status
+/// (0x08 without DNR), the queue pair re-creates its queues, I/O and the CMB work again.
+fn reset_checks(
+    t: &mut T,
+    ctrl: &Arc<Controller>,
+    q: &mut IoQpair,
+    buf: &DmaRegion,
+    nsid: u32,
+    bs: usize,
+) {
+    let g0 = ctrl.generation();
+    let mut queued = Vec::new();
+    for i in 0..8u64 {
+        let seg = [Segment {
+            addr: buf.iova() + i * 4096,
+            len: bs,
+        }];
+        if q.submit(rw(nvm::READ, nsid, i * 8, 1), &seg, 100 + i).is_ok() {
+            queued.push(100 + i);
+        }
+    }
+    q.ring();
+    let reset = ctrl.reset();
+    let mut got: Vec<(u64, Status)> = Vec::new();
+    q.poll(&mut |tag, c| got.push((tag, c.status())));
+    got.sort_by_key(|g| g.0);
+    let tags: Vec<u64> = got.iter().map(|g| g.0).collect();
+    t.check(
+        "controller reset: every queued command fails once with 0x08, no DNR (the host retries)",
+        reset.is_ok()
+            && queued.len() == 8
+            && tags == queued
+            && got
+                .iter()
+                .all(|(_, s)| s.sct() == 0 && s.sc() == 0x08 && !s.dnr())
+            && ctrl.generation() == g0 + 1
+            && q.in_flight() == 0,
+        format!("reset {reset:?} queued {queued:?} got {got:?}"),
+    );
+    let data = pattern(555, 8192);
+    buf.write(0, &data);
+    let n = (8192 / bs) as u32;
+    let w = run(
+        q,
+        rw(nvm::WRITE, nsid, 2048, n),
+        &[Segment {
+            addr: buf.iova(),
+            len: 8192,
+        }],
+    );
+    buf.fill(8192, 8192, 0);
+    let r = run(
+        q,
+        rw(nvm::READ, nsid, 2048, n),
+        &[Segment {
+            addr: buf.iova() + 8192,
+            len: 8192,
+        }],
+    );
+    let mut back = vec![0u8; 8192];
+    buf.read(8192, &mut back);
+    t.check(
+        "after the reset the queue pair works again (queues re-created)",
+        w.as_ref().is_ok_and(|c| c.status().is_success())
+            && r.as_ref().is_ok_and(|c| c.status().is_success())
+            && back == data,
+        format!("write {} read {}", status_of(&w), status_of(&r)),
+    );
+    if let Some(cmb) = ctrl.cmb() {
+        let mut cache = cmb.pool().cache(1);
+        if let Some(mut c) = cache.try_get(8192) {
+            c.as_mut_slice()[..8192].copy_from_slice(&data);
+            let addr = c.device_addr().unwrap_or(0);
+            let w = run(
+                q,
+                rw(nvm::WRITE, nsid, 2064, n),
+                &[Segment { addr, len: 8192 }],
+            );
+            buf.fill(0, 8192, 0);
+            let r = run(
+                q,
+                rw(nvm::READ, nsid, 2064, n),
+                &[Segment {
+                    addr: buf.iova(),
+                    len: 8192,
+                }],
+            );
+            buf.read(0, &mut back);
+            t.check(
+                "after the reset a CMB buffer still works (CMBMSC programmed again)",
+                w.as_ref().is_ok_and(|c| c.status().is_success())
+                    && r.as_ref().is_ok_and(|c| c.status().is_success())
+                    && back == data,
+                format!("write {} read {}", status_of(&w), status_of(&r)),
+            );
+            cache.put(c);
+        }
+    }
 }
 
 fn tracing_init() {

@@ -3,12 +3,12 @@
 
 use std::io;
 use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use nvmfd_p2p::mem::{Domain, Registrar, Region, SharedPool};
+use nvmfd_p2p::mem::{Domain, Region, Registrar, SharedPool};
 
 use crate::bar::Bar;
 use crate::cmd::{admin, feature, Cqe, Sqe, Status};
@@ -190,16 +190,25 @@ struct AdminQueue {
 }
 
 /// The CMB once enabled: its layout, the address the controller knows it by, and the memory
-/// domain over its mapped BAR slice ([`Domain::Cmb`]). The pool is the only way to the CMB's
-/// bytes: every buffer it hands out knows its CPU address and the controller address PRPs must
-/// use ([`IoBuf::device_addr`](nvmfd_p2p::mem::IoBuf::device_addr)).
+/// domain over its mapped BAR slice ([`Domain::Cmb`]). The domain's pool is the only way to the
+/// CMB's bytes: every buffer it hands out knows its CPU address and the controller address PRPs
+/// must use ([`IoBuf::device_addr`](nvmfd_p2p::mem::IoBuf::device_addr)).
+///
+/// The pool is made once, on first use: [`Cmb::make_pool`] lets the first user register the
+/// CMB's region with more than the controller (an RDMA protection domain through a dma-buf of
+/// the BAR range, [`Cmb::layout`] and [`Controller::vfio_device`] say where it is) before any
+/// buffer exists; [`Cmb::pool`] makes it with the controller address alone.
 pub struct Cmb {
     pub layout: CmbLayout,
     /// Controller address of the CMB's first byte (CMBMSC.CBA plus nothing: the driver puts
     /// CBA at the CMB's BAR bus address).
     pub ctrl_addr: u64,
     len: usize,
-    pool: Arc<SharedPool>,
+    domain: Domain,
+    buf_size: usize,
+    /// The region over the mapped BAR slice until the pool takes it.
+    region: Mutex<Option<Region>>,
+    pool: OnceLock<Arc<SharedPool>>,
 }
 
 impl Cmb {
@@ -222,14 +231,57 @@ impl Cmb {
                 .is_some_and(|e| e <= self.ctrl_addr + self.len as u64)
     }
     /// The CMB's memory domain: buffers of [`OpenOptions::cmb_buf_size`] bytes shared by every
-    /// reactor (each takes a [`SharedPool::cache`]).
+    /// reactor (each takes a [`SharedPool::cache`]), made now if no one made it yet.
     pub fn pool(&self) -> &Arc<SharedPool> {
-        &self.pool
+        match self.make_pool(self.buf_size, &[]) {
+            Ok(p) | Err(MakePool::Made(p)) => p,
+            Err(MakePool::Refused(e)) => panic!("CMB pool with checked parameters refused: {e}"),
+        }
     }
+
+    /// Make the CMB's pool with buffers of `buf_size` bytes, its region registered by
+    /// `registrars` (and given its controller address) before any buffer is carved; refused
+    /// with the existing pool once it was made. Control plane.
+    pub fn make_pool(
+        &self,
+        buf_size: usize,
+        registrars: &[&dyn Registrar],
+    ) -> std::result::Result<&Arc<SharedPool>, MakePool<'_>> {
+        let mut region = self.region.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = self.pool.get() {
+            return Err(MakePool::Made(p));
+        }
+        // Checked before the region is handed over: a refused pool must not lose the CMB.
+        if buf_size == 0 || !buf_size.is_multiple_of(PAGE) || buf_size > self.len {
+            return Err(MakePool::Refused(format!(
+                "CMB buffer size {buf_size} is not a multiple of 4 KiB within the CMB's {} bytes",
+                self.len
+            )));
+        }
+        let r = region
+            .take()
+            .expect("region present until the pool is made");
+        let addr = CmbAddr(self.ctrl_addr);
+        let mut all: Vec<&dyn Registrar> = vec![&addr];
+        all.extend_from_slice(registrars);
+        let p = SharedPool::new(vec![r], buf_size, &all)
+            .expect("one region of one domain holding a checked buffer size");
+        Ok(self.pool.get_or_init(|| p))
+    }
+
     /// The domain the CMB's buffers are in.
     pub fn domain(&self) -> Domain {
-        self.pool.domain()
+        self.domain
     }
+}
+
+/// Why [`Cmb::make_pool`] made no pool.
+#[derive(Debug)]
+pub enum MakePool<'a> {
+    /// It exists already (made by an earlier call): this one.
+    Made(&'a Arc<SharedPool>),
+    /// The parameters do not fit the CMB.
+    Refused(String),
 }
 
 /// Sets the controller address of a CMB region's first byte (the [`Registrar`] the CMB domain is
@@ -485,6 +537,10 @@ impl Controller {
     }
     pub fn cmb(&self) -> Option<&Cmb> {
         self.cmb.as_ref()
+    }
+    /// The VFIO device (its fd exports BAR ranges as dma-bufs for RDMA registration).
+    pub fn vfio_device(&self) -> &Device {
+        &self.device
     }
     /// The VFIO container, to map more host memory for this controller.
     pub fn container(&self) -> &Arc<Container> {
@@ -885,13 +941,19 @@ fn enable_cmb(
     // owner; the Bar is handed over here and nothing else reaches the CMB's bytes (Cmb gives no
     // access of its own; only the pool's buffers and the controller, for commands given them).
     let region = unsafe { Region::external(base, len, domain, Box::new(map)) };
-    let pool = SharedPool::new(vec![region], buf_size, &[&CmbAddr(cba)])
-        .map_err(|e| Error::Invalid(format!("{bdf}: CMB domain: {e}")))?;
+    if buf_size == 0 || !buf_size.is_multiple_of(PAGE) || buf_size > len {
+        return Err(Error::Invalid(format!(
+            "{bdf}: CMB buffer size {buf_size} is not a multiple of 4 KiB within the CMB's {len} bytes"
+        )));
+    }
     Ok(Cmb {
         layout,
         ctrl_addr: cba,
         len,
-        pool,
+        domain,
+        buf_size,
+        region: Mutex::new(Some(region)),
+        pool: OnceLock::new(),
     })
 }
 
@@ -1139,7 +1201,10 @@ impl IoQpair {
         self.rings.cq.fill(0, self.rings.cq.len(), 0);
         self.sq = SqRing::new(self.depth);
         self.cq = CqRing::new(self.depth);
-        match self.ctrl.create_io_queues(self.qid, self.depth, &self.rings) {
+        match self
+            .ctrl
+            .create_io_queues(self.qid, self.depth, &self.rings)
+        {
             Ok(()) => {
                 self.failed = None;
                 info!(bdf = %self.ctrl.bdf, qid = self.qid, generation, failed_in_flight = n, "I/O queue re-created after the controller reset");

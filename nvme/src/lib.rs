@@ -16,5 +16,7 @@ pub mod ctrl;
 pub mod dma;
 pub mod vfio;
 
-pub use ctrl::{Cmb, Controller, CtrlInfo, Error, IoQpair, NsInfo, OpenOptions, SubmitError};
+pub use ctrl::{
+    Cmb, Controller, CtrlInfo, Error, IoQpair, MakePool, NsInfo, OpenOptions, SubmitError,
+};
 pub use dma::DmaRegion;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nvmfd_nvme::cmd::{nvm, Cqe, Sqe, Status};
 use nvmfd_nvme::prp::Segment;
-use nvmfd_nvme::{Controller, DmaRegion, IoQpair, OpenOptions};
+use nvmfd_nvme::{Controller, DmaRegion, IoQpair, MakePool, OpenOptions};
 use nvmfd_p2p::mem::Domain;
 
 struct T {
@@ -358,7 +358,16 @@ fn cmb_checks(
     bs: usize,
 ) {
     let cmb = ctrl.cmb().expect("checked");
+    // The pool is made once: a size that does not fit is refused without losing the CMB, the
+    // first good call makes it, a later one gets the existing pool back.
+    let refused = matches!(cmb.make_pool(3000, &[]), Err(MakePool::Refused(_)));
     let pool = cmb.pool();
+    let again = matches!(cmb.make_pool(pool.buf_size(), &[]), Err(MakePool::Made(p)) if Arc::ptr_eq(p, pool));
+    t.check(
+        "CMB pool: a bad buffer size refused, made once, then handed back",
+        refused && again,
+        format!("refused {refused} again {again}"),
+    );
     let len = 64 << 10;
     let n = (len / bs) as u32;
     // The CMB is a memory domain: buffers from a per-reactor cache of the shared pool, each with
@@ -484,7 +493,9 @@ fn reset_checks(
             addr: buf.iova() + i * 4096,
             len: bs,
         }];
-        if q.submit(rw(nvm::READ, nsid, i * 8, 1), &seg, 100 + i).is_ok() {
+        if q.submit(rw(nvm::READ, nsid, i * 8, 1), &seg, 100 + i)
+            .is_ok()
+        {
             queued.push(100 + i);
         }
     }

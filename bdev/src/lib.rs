@@ -11,6 +11,7 @@ pub use backends::malloc::Malloc;
 pub use backends::null::Null;
 pub use backends::nvme::Nvme;
 pub use backends::uring::Uring;
+pub use backends::uring_pt::UringPassthrough;
 
 use nvmfd_p2p::mem::{IoBuf, Lent};
 use std::sync::Arc;

@@ -31,6 +31,7 @@ fn opens_every_kind() {
             BdevKind::Uring {
                 path: f.0.clone(),
                 block_size: None,
+                passthrough: false,
             },
             "uring",
             256,
@@ -39,6 +40,7 @@ fn opens_every_kind() {
             BdevKind::Uring {
                 path: f.0.clone(),
                 block_size: Some(512),
+                passthrough: false,
             },
             "uring",
             2048,
@@ -79,6 +81,7 @@ fn reports_bad_entries() {
         kind: BdevKind::Uring {
             path: f.0.clone(),
             block_size: None,
+            passthrough: false,
         },
     };
     let e = nvmfd_bdev::open(&bad).err().expect("size not a multiple");

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# shellcheck source-path=SCRIPTDIR
 # bench/nvme-vfio/guest.sh - INSIDE the guest started by bench/nvme-vfio/run.sh: alternate fio on
 # the kernel's nvme driver (A) and on nvmfd's nvme bdev through the kernel's nvme-tcp on
 # 127.0.0.1 (B), 4 KiB random reads at QD 1 and QD 32, BENCH_ROUNDS rounds of BENCH_SECS per

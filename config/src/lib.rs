@@ -55,8 +55,7 @@
 //!
 //! # Not supported yet
 //! Keys of the settled shape that belong to later work are rejected by name, never ignored:
-//! `transports.rdma`, the `nvme` bdev kind, `uring.passthrough: true`, `p2p` (subsystem and
-//! namespace level) and `transport: rdma` on a listener.
+//! `transports.rdma`, `p2p` (subsystem and namespace level) and `transport: rdma` on a listener.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -309,8 +308,12 @@ pub enum BdevKind {
         /// The file or block device.
         path: PathBuf,
         /// The logical block size to expose; `None` lets the bdev backend decide (the device's
-        /// logical block size). When given: a power of two in 512..=65536.
+        /// logical block size). When given: a power of two in 512..=65536. Never given with
+        /// `passthrough` (the namespace's LBA format decides).
         block_size: Option<u32>,
+        /// `passthrough: true`: `path` is an NVMe generic character device (`/dev/ngXnY`) and
+        /// NVMe commands go to it as they are (io_uring `URING_CMD`), the SSD's status back.
+        passthrough: bool,
     },
     /// An NVMe SSD driven by nvmfd's userspace driver over VFIO (`nvme: { pci, namespace }`).
     /// The device must be bound to vfio-pci (`nvmfd setup --pci BDF`).

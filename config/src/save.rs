@@ -86,11 +86,18 @@ pub fn to_yaml(cfg: &Config) -> String {
             BdevKind::Null { size, block_size } => {
                 w!("    null: {{ size: {size}, block_size: {block_size} }}");
             }
-            BdevKind::Uring { path, block_size } => {
+            BdevKind::Uring {
+                path,
+                block_size,
+                passthrough,
+            } => {
                 w!("    uring:");
                 w!("      path: {}", q(&path.to_string_lossy()));
                 if let Some(bs) = block_size {
                     w!("      block_size: {bs}");
+                }
+                if *passthrough {
+                    w!("      passthrough: true");
                 }
             }
             BdevKind::Nvme { pci, namespace } => {

@@ -659,16 +659,18 @@ impl Validator<'_> {
         if u.path.is_empty() {
             self.report(&p.key("path"), At::Value, "path must not be empty");
         }
-        if u.passthrough == Some(true) {
+        let passthrough = u.passthrough == Some(true);
+        if passthrough && u.block_size.is_some() {
             self.report(
-                &p.key("passthrough"),
+                &p.key("block_size"),
                 At::Key,
-                "NVMe passthrough (`passthrough: true`) is not supported yet",
+                "block_size cannot be set with `passthrough: true`: the namespace's LBA format decides",
             );
         }
         BdevKind::Uring {
             path: PathBuf::from(u.path),
             block_size: self.block_size(&p.key("block_size"), u.block_size),
+            passthrough,
         }
     }
 

@@ -138,14 +138,16 @@ bdevs:
                 name: "f".into(),
                 kind: BdevKind::Uring {
                     path: PathBuf::from("/var/lib/nvmfd/disk0.img"),
-                    block_size: None
+                    block_size: None,
+                    passthrough: false
                 }
             },
             BdevConfig {
                 name: "g".into(),
                 kind: BdevKind::Uring {
                     path: PathBuf::from("/dev/nvme0n1"),
-                    block_size: Some(4096)
+                    block_size: Some(4096),
+                    passthrough: false
                 }
             },
         ]

@@ -360,13 +360,13 @@ fn nvme_bdev_bad_values() {
 }
 
 #[test]
-fn uring_passthrough_not_supported() {
+fn uring_passthrough_takes_no_block_size() {
     err1(
-        "bdevs:\n  - name: ng0\n    uring: { path: /dev/ng0n1, passthrough: true }\n",
+        "bdevs:\n  - name: ng0\n    uring: { path: /dev/ng0n1, passthrough: true, block_size: 4096 }\n",
         3,
-        32,
-        "bdevs[0].uring.passthrough",
-        "passthrough: true`) is not supported yet",
+        51,
+        "bdevs[0].uring.block_size",
+        "block_size cannot be set with `passthrough: true`",
     );
     err1(
         "bdevs:\n  - name: ng0\n    uring: { path: /dev/ng0n1, passthrough: 1 }\n",

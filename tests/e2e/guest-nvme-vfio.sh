@@ -4,7 +4,9 @@
 # with a 64 MiB CMB at 0000:03:00.0 behind a PCIe switch, intel-iommu): the userspace VFIO driver
 # end to end.
 #   1. refusals: unknown BDF, device on another driver, mounted file system;
-#   2. `nvmfd setup --pci` binds vfio-pci, `--hugemem` reserves hugepages; the driver self-test (PRP shapes, FUA, flush, write
+#   2. before that, the `uring` bdev with `passthrough: true` on /dev/ngXnY (kernel nvme driver):
+#      fio verify over NVMe/TCP, namespace 2's media error reaches the host unchanged;
+#      `nvmfd setup --pci` binds vfio-pci, `--hugemem` reserves hugepages; the driver self-test (PRP shapes, FUA, flush, write
 #      zeroes, compare, DSM, LBA range, MDTS, CMB<->host round trips with buffers of the CMB's
 #      memory domain, 0x12 for a mixed command); the nvme bdev with CMB buffers (no bounce);
 #   3. nvmfd exports the SSD (nvme bdev) over NVMe/TCP on 127.0.0.1; the kernel initiator in this
@@ -74,6 +76,60 @@ refuse_mounted() {
     grep -q "is mounted on /tmp/mnt" <<<"$out" || { why "unclear message: $out"; return 1; }
     note "$out"
     [[ $(pci_driver $BDF) == nvme ]] || { why "driver changed to $(pci_driver $BDF)"; return 1; }
+}
+
+# `uring` with `passthrough: true` while the kernel's nvme driver owns the SSD: NVMe commands to
+# /dev/ngXnY through io_uring URING_CMD, exported over NVMe/TCP; fio verify on namespace 1, and
+# namespace 2's media error (blkdebug) reaches the host as the SSD's own status.
+PT_NQN=nqn.2026-11.io.nvmfd:passthrough
+passthrough() {
+    local dev ng log=/tmp/nvmfd-pt.log pid rc=0 before new pdev
+    dev=$(kernel_nsdev) || { why "no kernel block device for $BDF"; return 1; }
+    ng=${dev/\/dev\/nvme//dev/ng}
+    [[ -c $ng && -c ${ng%1}2 ]] || { why "no generic devices $ng ${ng%1}2"; return 1; }
+    cat >/tmp/nvmfd-pt.yaml <<YAML
+reactors: { count: 1 }
+state_dir: /tmp/nvmfd-pt-state
+rpc: { socket: /tmp/nvmfd-pt.sock }
+bdevs:
+  - name: pt1
+    uring: { path: $ng, passthrough: true }
+  - name: pt2
+    uring: { path: ${ng%1}2, passthrough: true }
+subsystems:
+  - nqn: $PT_NQN
+    allow_any_host: true
+    namespaces:
+      - { nsid: 1, bdev: pt1 }
+      - { nsid: 2, bdev: pt2 }
+    listeners:
+      - { transport: tcp, address: 127.0.0.1, port: 4421 }
+YAML
+    "$NVMFD" --config /tmp/nvmfd-pt.yaml >"$log" 2>&1 &
+    pid=$!
+    wait_for 60 grep -q "nvmfd started" "$log" || { why "nvmfd (passthrough) did not start"; cat "$log"; kill "$pid"; return 1; }
+    grep -o 'kind="\?uring-passthrough.*' "$log" | head -n 1
+    nvme connect -t tcp -a 127.0.0.1 -s 4421 -n $PT_NQN >/dev/null || { why "connect failed"; kill "$pid"; return 1; }
+    wait_for 20 has_nsdev $PT_NQN 2 || { why "no namespace devices"; rc=1; }
+    if ((rc == 0)); then
+        pdev=$(nsdev_for $PT_NQN 1)
+        timeout 300 fio --name=pt --filename="$pdev" --direct=1 --ioengine=libaio --rw=randwrite \
+            --bs=4k --size=8M --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+            --verify_state_save=0 --eta=never --output=/tmp/fio-pt.log ||
+            { why "fio through passthrough failed"; cat /tmp/fio-pt.log; rc=1; }
+        grep -E '^ *(read|write):' /tmp/fio-pt.log
+        before=$(dmesg | wc -l)
+        dd if="$(nsdev_for $PT_NQN 2)" of=/dev/null bs=4k skip=1024 count=1 iflag=direct status=none 2>/dev/null &&
+            { why "a read of the failing range succeeded"; rc=1; }
+        new=$(dmesg | tail -n +"$((before + 1))")
+        note "$(grep -m1 'sct 0x2 / sc 0x81' <<<"$new")"
+        grep -q 'sct 0x2 / sc 0x81' <<<"$new" || { why "no Unrecovered Read Error (0x281) at the host"; rc=1; }
+    fi
+    nvme disconnect -n $PT_NQN >/dev/null
+    wait_for 20 no_ctrls $PT_NQN || { why "controllers left"; rc=1; }
+    kill -TERM "$pid"
+    wait "$pid" || { why "nvmfd (passthrough) exited $?"; tail -n 20 "$log"; rc=1; }
+    return "$rc"
 }
 
 setup_bind() {
@@ -248,6 +304,7 @@ run_step "IOMMU on (groups exist)" test -d /sys/kernel/iommu_groups/0
 run_step "refused: a BDF that does not exist" refuse_unknown_bdf
 run_step "refused: a device bound to another driver" refuse_other_driver
 run_step "refused: unbinding an SSD with a mounted file system" refuse_mounted
+run_step "uring passthrough (/dev/ngXnY, URING_CMD): fio verify, the SSD's status" passthrough
 run_step "nvmfd setup --pci binds vfio-pci" setup_bind
 run_step "driver self-test (host + CMB-domain buffers, 0x12 mixed, errors)" selftest
 run_step "nvme bdev: CMB-domain buffers in place, host buffers bounced" bdev_cmb

@@ -6,6 +6,7 @@ mod mem;
 pub(crate) mod null;
 pub(crate) mod nvme;
 pub(crate) mod uring;
+pub(crate) mod uring_pt;
 
 use std::collections::VecDeque;
 use std::io;
@@ -23,9 +24,14 @@ pub(crate) fn open(cfg: &nvmfd_config::BdevConfig) -> io::Result<Arc<dyn Bdev>> 
             Arc::new(malloc::Malloc::new(name, *size, *block_size)?)
         }
         BdevKind::Null { size, block_size } => Arc::new(null::Null::new(name, *size, *block_size)?),
-        BdevKind::Uring { path, block_size } => {
-            Arc::new(uring::Uring::open(name, path, *block_size)?)
-        }
+        BdevKind::Uring {
+            path,
+            passthrough: true,
+            ..
+        } => Arc::new(uring_pt::UringPassthrough::open(name, path)?),
+        BdevKind::Uring {
+            path, block_size, ..
+        } => Arc::new(uring::Uring::open(name, path, *block_size)?),
         BdevKind::Nvme { pci, namespace } => Arc::new(nvme::Nvme::open(
             name,
             pci,

@@ -49,7 +49,11 @@ fn controller(pci: &str, opts: &OpenOptions) -> nvmfd_nvme::ctrl::Result<Arc<Con
     let bdf = nvmfd_nvme::sysfs::parse_bdf(pci).map_err(nvmfd_nvme::Error::Invalid)?;
     let mut open = CONTROLLERS.lock().unwrap_or_else(|p| p.into_inner());
     open.retain(|(_, w)| w.strong_count() > 0);
-    if let Some(c) = open.iter().find(|(b, _)| *b == bdf).and_then(|(_, w)| w.upgrade()) {
+    if let Some(c) = open
+        .iter()
+        .find(|(b, _)| *b == bdf)
+        .and_then(|(_, w)| w.upgrade())
+    {
         return Ok(c);
     }
     let c = Controller::open(&bdf, opts)?;

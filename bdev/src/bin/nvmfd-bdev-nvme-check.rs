@@ -105,7 +105,11 @@ fn main() -> ExitCode {
     check(
         "bdev: write from a CMB buffer, read into a host buffer: same bytes",
         ok,
-        format!("{:?} / {:?}", w.as_ref().map(|c| c.result), r.as_ref().map(|c| c.result)),
+        format!(
+            "{:?} / {:?}",
+            w.as_ref().map(|c| c.result),
+            r.as_ref().map(|c| c.result)
+        ),
     );
     if let Ok(c) = w {
         cache.put(c.buf);
@@ -129,7 +133,11 @@ fn main() -> ExitCode {
     check(
         "bdev: write from a host buffer, read into a CMB buffer: same bytes",
         ok,
-        format!("{:?} / {:?}", w.as_ref().map(|c| c.result), r.as_ref().map(|c| c.result)),
+        format!(
+            "{:?} / {:?}",
+            w.as_ref().map(|c| c.result),
+            r.as_ref().map(|c| c.result)
+        ),
     );
     if let Ok(c) = r {
         cache.put(c.buf);

@@ -324,7 +324,11 @@ mod tests {
         let mut b = p.cache(4);
         let _y = b.try_get(ALIGN).unwrap();
         drop(a);
-        assert_eq!(p.free_shared() + b.cached(), 31, "a dropped cache gives all back");
+        assert_eq!(
+            p.free_shared() + b.cached(),
+            31,
+            "a dropped cache gives all back"
+        );
     }
 
     #[test]

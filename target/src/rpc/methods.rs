@@ -765,6 +765,8 @@ fn bdev_uring_create(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let kind = BdevKind::Uring {
         path: q.filename.into(),
         block_size: q.block_size,
+        // SPDK's bdev_uring_create has no passthrough mode.
+        passthrough: false,
     };
     create_bdev(ctx, "bdev_uring_create", BdevConfig { name: q.name, kind })
 }

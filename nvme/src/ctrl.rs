@@ -1138,9 +1138,13 @@ impl IoQpair {
         self.timeout = t;
     }
 
-    /// The status new commands get once the queue failed.
+    /// The status new commands get now: once the queue failed, or while the controller was
+    /// reset under it and the next poll has not re-created it yet.
     pub fn failed(&self) -> Option<Status> {
-        self.failed
+        self.failed.or_else(|| {
+            (self.generation != self.ctrl.generation.load(Ordering::Acquire))
+                .then_some(RETRYABLE_ABORT)
+        })
     }
 
     /// Health check while commands are in flight: a removed device (all ones), a fatal

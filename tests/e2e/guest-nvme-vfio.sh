@@ -124,6 +124,9 @@ YAML
         new=$(dmesg | tail -n +"$((before + 1))")
         note "$(grep -m1 'sct 0x2 / sc 0x81' <<<"$new")"
         grep -q 'sct 0x2 / sc 0x81' <<<"$new" || { why "no Unrecovered Read Error (0x281) at the host"; rc=1; }
+        # The 0x281 is the SSD's: nvmfd would also answer 0x281 for a kernel-side failure
+        # (errno), and logs those.
+        grep -q "failed in the kernel" "$log" && { why "passthrough commands failed in the kernel"; grep -m1 "failed in the kernel" "$log"; rc=1; }
     fi
     nvme disconnect -n $PT_NQN >/dev/null
     wait_for 20 no_ctrls $PT_NQN || { why "controllers left"; rc=1; }

@@ -235,11 +235,18 @@ impl NvmeChannel {
     fn issue(&mut self, slot: usize, op: Op, base: u64) {
         let queue = |s: &mut Self, sqe: Sqe, segs: &[Segment]| {
             if let Err(e) = s.qp.submit(sqe, segs, slot as u64) {
-                // Room and sizes were checked; a refusal here is a driver bug. Count the part as
-                // failed so the request still completes.
-                tracing::error!(error = %e, "nvme submit refused a checked command");
+                // Room and sizes were checked: a refusal is the queue failing under this request
+                // (its status says whether the host may retry) or else a driver bug. Count the
+                // part as failed so the request still completes.
+                let st = match e {
+                    nvmfd_nvme::SubmitError::Failed(st) => st,
+                    e => {
+                        tracing::error!(error = %e, "nvme submit refused a checked command");
+                        Status::new(0, 0x06)
+                    }
+                };
                 let r = s.reqs[slot].as_mut().expect("slot in use");
-                r.status.get_or_insert(Status::new(0, 0x06));
+                r.status.get_or_insert(st);
                 r.parts_left -= 1;
             }
         };

@@ -1,6 +1,7 @@
 //! `uring` with `passthrough: true`: NVMe commands go as they are to a namespace's generic
 //! character device (`/dev/ngXnY`, Linux 5.19+) through io_uring's `IORING_OP_URING_CMD`, on a
-//! ring of 128-byte SQEs (the 80-byte command area holds a `struct nvme_uring_cmd`). The kernel's
+//! ring of 128-byte SQEs (the 80-byte command area holds a `struct nvme_uring_cmd`) and 32-byte
+//! CQEs (Linux 6.1's nvme driver refuses URING_CMD on a ring without both: EOPNOTSUPP). The kernel's
 //! nvme driver builds the PRPs; the SSD's own status comes back in the CQE (`res` > 0) and goes
 //! to the host unchanged ([`IoError::Nvme`]). Unlike the block device path there is no block
 //! layer in between: no merging, splitting or retrying.
@@ -229,11 +230,14 @@ impl Bdev for UringPassthrough {
     }
 
     fn channel(&self) -> io::Result<Box<dyn BdevChannel>> {
-        let ring: IoUring<squeue::Entry128, cqueue::Entry> =
+        let ring: IoUring<squeue::Entry128, cqueue::Entry32> =
             IoUring::builder().build(RING_DEPTH).map_err(|e| {
                 io::Error::new(
                     e.kind(),
-                    format!("bdev {}: io_uring with 128-byte SQEs: {e}", self.info.name),
+                    format!(
+                        "bdev {}: io_uring with 128-byte SQEs and 32-byte CQEs: {e}",
+                        self.info.name
+                    ),
                 )
             })?;
         Ok(Box::new(PtChannel {
@@ -250,6 +254,7 @@ impl Bdev for UringPassthrough {
             finished: VecDeque::with_capacity(REQUESTS),
             queued: 0,
             in_flight: 0,
+            warned: false,
         }))
     }
 }
@@ -261,7 +266,7 @@ struct Request {
 }
 
 struct PtChannel {
-    ring: IoUring<squeue::Entry128, cqueue::Entry>,
+    ring: IoUring<squeue::Entry128, cqueue::Entry32>,
     file: Arc<File>,
     nsid: u32,
     block_size: usize,
@@ -275,6 +280,8 @@ struct PtChannel {
     /// SQEs pushed since the last `submit` syscall.
     queued: usize,
     in_flight: usize,
+    /// A kernel-side failure (negative result) was logged on this channel.
+    warned: bool,
 }
 
 impl PtChannel {
@@ -459,6 +466,14 @@ impl BdevChannel for PtChannel {
                 continue;
             };
             let res = result_of(cqe.result());
+            if cqe.result() < 0 && !self.warned {
+                self.warned = true;
+                tracing::warn!(
+                    errno = -cqe.result(),
+                    error = %io::Error::from_raw_os_error(-cqe.result()),
+                    "NVMe passthrough command failed in the kernel (logged once per channel)"
+                );
+            }
             if res.is_err() && r.status.is_none() {
                 r.status = Some(res);
             }

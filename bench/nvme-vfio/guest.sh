@@ -18,6 +18,12 @@ ROUNDS=${BENCH_ROUNDS:-2}
 SECS=${BENCH_SECS:-10}
 OUT=${RIG_OUT:-/tmp}
 RAW=/tmp/bench-raw.txt
+# BENCH_PIN=1: fio (both sides) on the last CPU, so the initiator never shares the vCPU of
+# nvmfd's polling reactor (CPU 0, reactors: { count: 1 }). Off by default: under TCG on a loaded
+# host it made the nvmfd side far slower (bench/RESULTS.md, 2026-12-01).
+PIN=${BENCH_PIN:-0}
+FIO_CPU=$(($(nproc) - 1))
+fio_cmd() { if ((PIN)); then taskset -c "$FIO_CPU" fio "$@"; else fio "$@"; fi; }
 : >"$RAW"
 DPID=
 
@@ -37,7 +43,7 @@ fio_run() {
     local side=$1 round=$2 qd=$3 dev=$4 f=/tmp/fio-$1-$2-$3.json b0 b1 p0=0 p1=0
     b0=$(busy_ticks)
     [[ -n $DPID ]] && p0=$(proc_ticks "$DPID")
-    fio --name=bench --filename="$dev" --direct=1 --ioengine=libaio --rw=randread --bs=4k \
+    fio_cmd --name=bench --filename="$dev" --direct=1 --ioengine=libaio --rw=randread --bs=4k \
         --iodepth="$qd" --size=256M --time_based --runtime="$SECS" --norandommap \
         --output-format=json --output="$f" >/dev/null 2>&1 || { echo "fio $side QD$qd failed" >&2; cat "$f" >&2; return 1; }
     b1=$(busy_ticks)
@@ -98,16 +104,17 @@ for ((r = 1; r <= ROUNDS; r++)); do
     for qd in 1 32; do fio_run B "$r" "$qd" "$dev" || rc=1; done
     stop_nvmfd || { echo "nvmfd did not stop cleanly" >&2; rc=1; break; }
 done
-python3 - "$RAW" "$ROUNDS" "$SECS" "$(uname -r)" >"$OUT/results.md" <<'PY'
+python3 - "$RAW" "$ROUNDS" "$SECS" "$(uname -r)" "$PIN" >"$OUT/results.md" <<'PY'
 import statistics, sys
-raw, rounds, secs, kver = sys.argv[1:]
+raw, rounds, secs, kver, pin = sys.argv[1:]
 rows = [l.split() for l in open(raw) if l.strip()]
 def med(side, qd, col):
     v = [float(r[col]) for r in rows if r[0] == side and r[1] == qd and r[col] != "-"]
     return (statistics.median(v), min(v), max(v)) if v else None
 def fmt(m, unit=""):
     return "-" if m is None else f"{m[0]:.0f}{unit} [{m[1]:.0f}-{m[2]:.0f}]" if m[0] >= 100 else f"{m[0]:.1f}{unit} [{m[1]:.1f}-{m[2]:.1f}]"
-print(f"{rounds} A/B rounds x {secs}s, 4 KiB randread, guest kernel {kver}, 2 vCPUs (TCG)")
+where = "fio pinned to the last vCPU" if pin == "1" else "fio not pinned"
+print(f"{rounds} A/B rounds x {secs}s, 4 KiB randread, guest kernel {kver}, 2 vCPUs (TCG), {where}, nvmfd's reactor on vCPU 0")
 print()
 print("| QD | kernel nvme IOPS | nvmfd nvme bdev over nvme-tcp IOPS | ratio | guest CPU us/IO kernel | guest CPU us/IO nvmfd path | of which nvmfd us/IO |")
 print("|---|---|---|---|---|---|---|")

@@ -7,19 +7,21 @@
 # loopback), 4 KiB random reads at QD 1 and QD 32. Prints a markdown table (IOPS, guest CPU time
 # per I/O, nvmfd's own CPU time per I/O) to stdout and $WORK/results.md.
 #
-#   bench/nvme-vfio/run.sh [--rounds N] [--time SECS]     (defaults 2 and 10)
+#   bench/nvme-vfio/run.sh [--rounds N] [--time SECS] [--pin]    (defaults 2 and 10; --pin runs
+#                                                                  fio on the guest's last vCPU)
 #
 # Numbers are emulation-bound (TCG: every MMIO access, doorbell and DMA is QEMU's work): read the
 # ratio and the CPU time per I/O, not the IOPS. Environment: NVMFD_BIN_DIR (default
 # build/release), E2E_WORK (default build/bench-nvme), RIG_CACHE.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-rounds=2 secs=10
+rounds=2 secs=10 pin=0
 while (($#)); do
     case $1 in
+    --pin) pin=1; shift ;;
     --rounds) rounds=$2; shift 2 ;;
     --time) secs=$2; shift 2 ;;
-    *) echo "usage: $0 [--rounds N] [--time SECS]" >&2; exit 2 ;;
+    *) echo "usage: $0 [--rounds N] [--time SECS] [--pin]" >&2; exit 2 ;;
     esac
 done
 BIN=$(realpath "${NVMFD_BIN_DIR:-$REPO/build/release}")
@@ -40,7 +42,7 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device nvme,serial=bench0,cmb_size_mb=64,drive=d0,bus=dn1"
 rc=0
 "$REPO/deploy/rig/run-guest.sh" --timeout 1800 --out "$WORK/out" -q \
-    -e "NVMFD_BIN_DIR=$WORK/bin" -e "BENCH_ROUNDS=$rounds" -e "BENCH_SECS=$secs" \
+    -e "NVMFD_BIN_DIR=$WORK/bin" -e "BENCH_ROUNDS=$rounds" -e "BENCH_SECS=$secs" -e "BENCH_PIN=$pin" \
     "$REPO/bench/nvme-vfio/guest.sh" || rc=$?
 cp "$WORK/out/results.md" "$WORK/results.md" 2>/dev/null && cat "$WORK/results.md"
 exit "$rc"

@@ -581,9 +581,30 @@ fn enable(qp: &mut QueuePair, pool: &mut BufPool, now: Instant) -> Response {
     run(qp, &mut cap, now).expect("Property Set is answered at once")
 }
 
-/// Execute one capsule and check the answer (carrying out an I/O as a device would); None if
-/// the core holds the command.
+/// Admit, then execute one capsule and check the answer (carrying out an I/O as a device
+/// would); None if the core holds the command. The data is described as one transport-moved
+/// descriptor of the capsule's length.
 fn run(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Option<Response> {
+    let desc = match cap.data_len {
+        0 => nvmfd_transport::DataDesc::None,
+        len => nvmfd_transport::DataDesc::Remote {
+            len,
+            descriptors: 1,
+        },
+    };
+    match qp.admit(&cap.sqe, desc) {
+        nvmfd_transport::Admission::Respond(r) => {
+            assert!(
+                !r.cqe.status.is_success(),
+                "admission answers only refusals"
+            );
+            return Some(r);
+        }
+        nvmfd_transport::Admission::Data(need) => {
+            assert!(need.len <= cap.data_len, "{need:?} beyond the SGL");
+        }
+        nvmfd_transport::Admission::Execute => {}
+    }
     let resp = match qp.execute(cap, now) {
         Outcome::Done(r) => r,
         Outcome::Held => {
@@ -634,7 +655,7 @@ fn check_io(qp: &QueuePair, cap: &Capsule, bdev: usize, op: Op) {
                 cap.data_len
             );
             assert!(
-                bytes <= target.limits.max_io_size as u64,
+                bytes <= target.transports[0].max_io_size as u64,
                 "{op:?} over MDTS"
             );
         }
@@ -681,8 +702,8 @@ pub fn capsule(data: &[u8]) {
     let mut pool = BufPool::new(8192, 0, CORE_MAX_IO as usize, 0, 64);
     let mut now = Instant::now();
     let mode = input.u8() % 5;
-    let mut admin = QueuePair::new(target.clone());
-    let mut qp = QueuePair::new(target.clone());
+    let mut admin = QueuePair::new(target.clone(), target.transports[0]);
+    let mut qp = QueuePair::new(target.clone(), target.transports[0]);
     match mode {
         0 => {
             connect(&mut qp, &mut pool, (0, 31), 0xffff, (NQN_OPEN, HOST_B), now);
@@ -859,7 +880,7 @@ pub fn discovery(data: &[u8]) {
     let target = Target::new(&cfg, &[]);
     let mut pool = BufPool::new(8192, 0, 64 * 1024, 0, 64);
     let now = Instant::now();
-    let mut qp = QueuePair::new(target.clone());
+    let mut qp = QueuePair::new(target.clone(), target.transports[0]);
     if let Some(l) = local {
         qp.set_local_addr(l);
     }
@@ -932,7 +953,7 @@ pub fn discovery(data: &[u8]) {
         assert_eq!(e.trsvcid, l.port.to_string());
         assert_eq!(e.adrfam, if ip.is_ipv4() { 1 } else { 2 });
         assert_eq!((e.trtype, e.subtype, e.cntlid), (trtype::TCP, sub, 0xffff));
-        assert_eq!(e.asqsz, target.limits.max_admin_queue_entries());
+        assert_eq!(e.asqsz, target.transports[0].max_admin_queue_entries());
         let portid = all_listeners.iter().position(|x| *x == l).expect("listed") + 1;
         assert_eq!(e.portid as usize, portid);
     }

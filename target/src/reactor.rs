@@ -294,7 +294,11 @@ impl Reactor {
             warn!(peer = %nc.peer, error = %e, "cannot configure accepted socket; dropping it");
             return;
         }
-        let mut qp = QueuePair::new(self.target.clone());
+        let tcp = *self
+            .target
+            .transport(nvmfd_config::TransportKind::Tcp)
+            .expect("the TCP transport is always configured");
+        let mut qp = QueuePair::new(self.target.clone(), tcp);
         if let Ok(local) = nc.stream.local_addr() {
             qp.set_local_addr(local);
         }

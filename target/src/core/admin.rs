@@ -368,7 +368,7 @@ pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             };
             let out = &mut buf.as_mut_slice()[..identify::SIZE];
             out.fill(0);
-            match identify::identify(&target, &ctrl, &sqe, out) {
+            match identify::identify(&target, &qp.transport, &ctrl, &sqe, out) {
                 Ok(()) => qp.respond(cap, Status::SUCCESS, 0, len),
                 Err(s) => qp.respond(cap, s, 0, 0),
             }
@@ -377,7 +377,7 @@ pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             let target = qp.target.clone();
             let ctrl = a.ctrl.clone();
             let local = a.local;
-            match logpage::get_log_page(&target, &ctrl, local, cap) {
+            match logpage::get_log_page(&target, &ctrl, qp.transport.kind, local, cap) {
                 Ok(len) => {
                     // RAE (dword 10 bit 15) clear: the events this page reports are unmasked.
                     if sqe.cdw10 & (1 << 15) == 0 {

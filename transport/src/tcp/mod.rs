@@ -82,6 +82,29 @@ impl TcpParams {
     }
 }
 
+/// What the core needs to know of NVMe/TCP as configured in `transports.tcp`.
+pub fn transport_info(cfg: &nvmfd_config::TcpTransport) -> crate::TransportInfo {
+    crate::TransportInfo {
+        kind: nvmfd_config::TransportKind::Tcp,
+        in_capsule_data_size: cfg.in_capsule_data_size,
+        admin_in_capsule_data_size: ADMIN_IN_CAPSULE,
+        max_io_size: cfg.max_io_size,
+        max_queue_depth: cfg.max_queue_depth,
+        max_io_queues: cfg.max_io_queues,
+        // SGLS: SGLs supported (bits 1:0 = 01b), address field as offset (bit 20): the two
+        // descriptor types NVMe/TCP uses (Data Block/Offset in the capsule, Transport Data Block).
+        sgls: 0x0010_0001,
+        // IORCSZ: 16-byte responses; ICDOFF 0 (in-capsule data right after the SQE).
+        iorcsz: 1,
+        icdoff: 0,
+        // MSDBD: one SGL descriptor per command (NVMe/TCP 1.0 allows no more).
+        msdbd: 1,
+        trtype: crate::proto::fabrics::trtype::TCP,
+        // TSAS byte 0 SECTYPE 0: no security (NVMe/TCP 1.0, 3.6.1.1).
+        tsas: [0; 16],
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {

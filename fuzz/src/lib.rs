@@ -39,7 +39,8 @@ use nvmfd_transport::proto::tcp::{
     encode_capsule_cmd, encode_capsule_resp, encode_term_req, fes, flags, parse_header, parse_pdu,
     pdu_type, DataHeader, Digests, FatalError, Header, IcResp, R2t,
 };
-use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
+use nvmfd_transport::tcp::{ConnError, ConnEvent, TcpConn, TcpParams};
+use nvmfd_transport::{DataDesc, DataNeed};
 use std::cell::RefCell;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -407,7 +408,43 @@ pub fn tcp_conn(data: &[u8]) {
         replies.clear();
         let recv = conn.poll_recv();
         let received = matches!(recv, Ok(true));
-        while let Some(slot) = conn.next_ready() {
+        // Admission as a core would answer it for the transport's part: refused descriptors and
+        // transfers past MDTS get an error, everything else has its data fetched.
+        while let Some(ev) = conn.next_event() {
+            let slot = match ev {
+                ConnEvent::Command { slot, sqe, desc } => {
+                    let refuse = |status| Response {
+                        cqe: nvmfd_transport::proto::nvme::Cqe {
+                            cid: sqe.cid,
+                            status,
+                            ..Default::default()
+                        },
+                        data_len: 0,
+                    };
+                    match desc {
+                        DataDesc::Refused(status) => conn.respond(slot, refuse(status)),
+                        DataDesc::None => held.push(slot),
+                        DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. }
+                            if len > TCP_MAX_IO.max(8192) =>
+                        {
+                            conn.respond(slot, refuse(Status::INVALID_FIELD))
+                        }
+                        DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. } => {
+                            let dir = sqe.data_direction();
+                            conn.fetch(
+                                slot,
+                                DataNeed {
+                                    len,
+                                    dir,
+                                    bdev: None,
+                                },
+                            )
+                        }
+                    }
+                    continue;
+                }
+                ConnEvent::DataReady { slot } => slot,
+            };
             let cap = conn.capsule_mut(slot);
             let need = cap.data_len as usize;
             assert!(need <= TCP_MAX_IO.max(8192) as usize, "data_len {need}");
@@ -425,7 +462,7 @@ pub fn tcp_conn(data: &[u8]) {
         if (!defer || round % 2 == 1) && recv.is_ok() {
             for slot in held.drain(..) {
                 let resp = respond(conn.capsule_mut(slot));
-                conn.complete(slot, resp);
+                conn.respond(slot, resp);
             }
         }
         conn.poll_send().expect("the in-memory stream never fails");

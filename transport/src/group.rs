@@ -252,3 +252,109 @@ pub trait PollGroup {
     /// A data buffer of a command whose connection is gone, back to the pool it came from.
     fn recycle(&mut self, buf: IoBuf);
 }
+
+/// Every kind of poll group this build has, as one type: what a reactor is instantiated with
+/// (static dispatch: one `match` per call). A transport adds its variant here, to
+/// [`AnyIncoming`] and to [`AnyGroupConfig`].
+pub enum AnyGroup {
+    Tcp(crate::tcp::TcpGroup),
+}
+
+/// A new connection for one of the kinds of [`AnyGroup`].
+pub enum AnyIncoming {
+    Tcp(crate::tcp::TcpIncoming),
+}
+
+/// How to build one of the kinds of [`AnyGroup`].
+#[derive(Debug, Clone)]
+pub enum AnyGroupConfig {
+    Tcp(crate::tcp::TcpGroupConfig),
+}
+
+/// Forward a call to whichever group `self` is.
+macro_rules! each {
+    ($self:expr, $g:ident => $e:expr) => {
+        match $self {
+            AnyGroup::Tcp($g) => $e,
+        }
+    };
+}
+
+impl PollGroup for AnyGroup {
+    type Incoming = AnyIncoming;
+    type Config = AnyGroupConfig;
+
+    fn new(cfg: &AnyGroupConfig, reactor: usize) -> std::io::Result<Self> {
+        Ok(match cfg {
+            AnyGroupConfig::Tcp(c) => AnyGroup::Tcp(crate::tcp::TcpGroup::new(c, reactor)?),
+        })
+    }
+
+    fn accepts(&self, incoming: &AnyIncoming) -> bool {
+        matches!((self, incoming), (AnyGroup::Tcp(_), AnyIncoming::Tcp(_)))
+    }
+
+    fn info(&self) -> &TransportInfo {
+        each!(self, g => g.info())
+    }
+
+    fn add(&mut self, incoming: AnyIncoming) {
+        #[allow(unreachable_patterns)]
+        match (self, incoming) {
+            (AnyGroup::Tcp(g), AnyIncoming::Tcp(i)) => g.add(i),
+            _ => tracing::warn!("a connection handed to a group of another transport; dropped"),
+        }
+    }
+
+    fn poll_recv(&mut self, cold_turn: bool) -> bool {
+        each!(self, g => g.poll_recv(cold_turn))
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
+        each!(self, g => g.next_event())
+    }
+
+    fn fetch(&mut self, conn: ConnId, slot: u16, need: DataNeed) {
+        each!(self, g => g.fetch(conn, slot, need))
+    }
+
+    fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule {
+        each!(self, g => g.capsule_mut(conn, slot))
+    }
+
+    fn respond(&mut self, conn: ConnId, slot: u16, resp: Response) {
+        each!(self, g => g.respond(conn, slot, resp))
+    }
+
+    fn set_queue(&mut self, conn: ConnId, qid: u16, entries: u16) {
+        each!(self, g => g.set_queue(conn, qid, entries))
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        each!(self, g => g.close(conn))
+    }
+
+    fn poll_send(&mut self) -> bool {
+        each!(self, g => g.poll_send())
+    }
+
+    fn poll_timers(&mut self, now: Instant) {
+        each!(self, g => g.poll_timers(now))
+    }
+
+    fn conn_has_unsent(&self, conn: ConnId) -> bool {
+        each!(self, g => g.conn_has_unsent(conn))
+    }
+
+    fn has_unsent(&self) -> bool {
+        each!(self, g => g.has_unsent())
+    }
+
+    fn takes_lent_data(&self, conn: ConnId) -> bool {
+        each!(self, g => g.takes_lent_data(conn))
+    }
+
+    fn recycle(&mut self, buf: IoBuf) {
+        each!(self, g => g.recycle(buf))
+    }
+}

@@ -31,6 +31,18 @@
 //! [`PollGroup::respond`], which sends data (controller-to-host) and the completion and frees the
 //! slot once that is on the wire.
 //!
+//! A command admitted with `Admission::Execute` (no data) is executed at once, with no call to
+//! the group: its capsule has no buffer (a block-device I/O for it, a Flush or Write Zeroes,
+//! carries one of the reactor's own). The core keeps nothing between admission and execution,
+//! so a command the transport itself ends after admission (TCP: its data digest failed, answered
+//! with a Transient Transport Error) needs no word to the core. Held commands (AERs) stay with
+//! the group, in the reactor's hands, until the core completes them (`Action::Complete`).
+//!
+//! In-capsule data must be kept when the capsule arrives (it is not in the transport's receive
+//! buffer later): a group copies it then into a buffer, but only where the core can accept it
+//! (direction, offset and length within the queue's capsule size, see `QueuePair::admit`); data
+//! it could not accept is left uncopied, and such a command is refused at admission.
+//!
 //! # Polling
 //! A reactor calls, each loop iteration: [`PollGroup::poll_recv`] once (it reads what its
 //! connections have; TCP: one non-blocking recv per hot connection, RDMA: one CQ poll for the

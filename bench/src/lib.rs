@@ -5,6 +5,7 @@
 pub mod host;
 pub mod pattern;
 pub mod perf;
+pub mod report;
 
 pub use host::{
     Completion, Controller, ControllerInfo, Host, HostError, HostOptions, IoQueue, NamespaceInfo,

@@ -944,19 +944,14 @@ fn io_queue_can_become_raw() {
 fn perf_engine_writes_verifies_and_reads() {
     use nvmfd_bench::perf::{run, PerfConfig, Workload};
     let fake = start(Config::default());
-    let mut cfg = PerfConfig {
-        addr: fake.addr,
-        host: opts(true),
-        workload: Workload::RandWrite,
-        io_size: 8192,
-        queue_depth: 8,
-        duration: Duration::from_millis(300),
-        nsid: 1,
-        qid: 1,
-        span_bytes: Some(256 << 10),
-        verify: true,
-        seed: 1,
-    };
+    let mut cfg = PerfConfig::new(fake.addr, SUBNQN);
+    cfg.host = opts(true);
+    cfg.io_size = 8192;
+    cfg.queue_depth = 8;
+    cfg.duration = Some(Duration::from_millis(300));
+    cfg.span_bytes = Some(256 << 10);
+    cfg.verify = true;
+    cfg.seed = 1;
     for w in [
         Workload::RandWrite,
         Workload::Write,
@@ -969,7 +964,8 @@ fn perf_engine_writes_verifies_and_reads() {
         assert_eq!(r.errors, 0, "{w:?}: {:?}", r.first_error);
         assert_eq!(r.verify_failure_count, 0, "{w:?}: {:?}", r.verify_failures);
         assert!(r.verified_blocks > 0, "{w:?}: nothing verified");
-        assert!(r.lat_p50_us > 0.0 && r.lat_p50_us <= r.lat_p99_us && r.lat_p99_us <= r.lat_max_us);
+        let l = &r.latency_us;
+        assert!(l.p50 > 0.0 && l.p50 <= l.p90 && l.p90 <= l.p99 && l.p99 <= l.max);
         assert!(r.table().contains(w.name()));
         assert!(r.json().starts_with('{') && r.json().contains("\"iops\""));
     }

@@ -7,9 +7,8 @@ use anyhow::{bail, Context};
 use nvmfd_bdev::Bdev;
 use nvmfd_config::{Config, TransportKind};
 use nvmfd_transport::group::{AnyGroup, AnyGroupConfig, AnyIncoming};
-use nvmfd_transport::tcp::{TcpGroupConfig, TcpIncoming, TcpParams};
+use nvmfd_transport::tcp::{TcpGroupConfig, TcpParams};
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,15 +16,17 @@ use tracing::{error, info, warn};
 
 /// A running daemon (used by `main` and by integration tests).
 pub struct Daemon {
+    /// The target as the daemon started (live changes make new snapshots: [`Daemon::live`];
+    /// the controller registry and the discovery counter are shared by all of them).
     pub target: Arc<Target>,
     /// The addresses actually bound (port 0 in the config picks a free port).
     pub listen_addrs: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
     reactors: Vec<ReactorHandle<AnyIncoming>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
-    /// What the control plane reports: the config started from, the bdevs' facts, the cores.
+    /// What the control plane reports and changes (`crate::live`).
     cfg: Config,
-    bdev_infos: Vec<nvmfd_bdev::BdevInfo>,
+    live: Arc<crate::live::Live>,
     rpc: Option<crate::rpc::RpcServer>,
     metrics: Option<crate::rpc::metrics::MetricsServer>,
 }
@@ -121,36 +122,18 @@ impl Daemon {
         }
         let inboxes: Vec<_> = reactors.iter().map(|r| r.inbox.clone()).collect();
         let astop = stop.clone();
-        let fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let alink = crate::live::AcceptorLink::default();
+        let live = Arc::new(crate::live::Live::new(
+            target.clone(),
+            crate::live::with_identities(cfg, &ids),
+            &bdevs,
+            &listen_addrs,
+            reactors.iter().map(|r| r.control.clone()).collect(),
+            alink.clone(),
+        ));
         let acceptor = std::thread::Builder::new()
             .name("acceptor".into())
-            .spawn(move || {
-                let mut next = 0usize;
-                while !astop.load(Ordering::Relaxed) {
-                    let mut any = false;
-                    for l in &listeners {
-                        match l.accept() {
-                            Ok((stream, peer)) => {
-                                any = true;
-                                // Round-robin: each connection (queue pair) lives on one reactor.
-                                let inbox = &inboxes[next % inboxes.len()];
-                                next = next.wrapping_add(1);
-                                let nc = AnyIncoming::Tcp(TcpIncoming { stream, peer });
-                                if inbox.push(nc).is_err() {
-                                    warn!(%peer, "reactor inbox full; refusing connection");
-                                }
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                            Err(e) => warn!(error = %e, "accept failed"),
-                        }
-                    }
-                    if !any {
-                        // Sleep in poll(2) until a host connects (or 100 ms pass, to see a
-                        // stop): no periodic wake-ups on the reactors' cores.
-                        crate::poll::wait_readable(&fds, Duration::from_millis(100));
-                    }
-                }
-            })?;
+            .spawn(move || crate::live::acceptor_loop(listeners, inboxes, astop, alink))?;
         Ok(Daemon {
             target,
             listen_addrs,
@@ -158,7 +141,7 @@ impl Daemon {
             reactors,
             acceptor: Some(acceptor),
             cfg: cfg.clone(),
-            bdev_infos: infos,
+            live,
             rpc: None,
             metrics: None,
         })
@@ -184,12 +167,16 @@ impl Daemon {
         Ok(bound)
     }
 
+    /// The running state and the way to change it (RPC methods, SIGHUP).
+    pub fn live(&self) -> &Arc<crate::live::Live> {
+        &self.live
+    }
+
     fn control_context(&self, socket: &std::path::Path) -> crate::rpc::methods::Context {
-        use crate::rpc::methods::{running_config, Context, ReactorInfo};
+        use crate::rpc::methods::{Context, ReactorInfo};
+        self.live.set_rpc_socket(socket);
         Context {
-            target: self.target.clone(),
-            config: running_config(&self.cfg, &self.target, socket),
-            bdevs: self.bdev_infos.clone(),
+            live: self.live.clone(),
             reactors: (self.cfg.reactors.cores.iter().enumerate())
                 .map(|(id, &core)| ReactorInfo { id, core })
                 .collect(),

@@ -84,7 +84,7 @@ fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+pub(crate) fn parse_uuid(s: &str) -> Option<[u8; 16]> {
     let g: Vec<&str> = s.split('-').collect();
     if g.iter().map(|x| x.len()).collect::<Vec<_>>() != [8, 4, 4, 4, 12] {
         return None;

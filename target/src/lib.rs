@@ -5,6 +5,7 @@ mod affinity;
 pub mod core;
 pub mod daemon;
 pub mod identity;
+pub mod live;
 mod poll;
 pub mod reactor;
 pub mod rpc;

@@ -5,7 +5,7 @@ use nvmfd_target::daemon::Daemon;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 mod logwriter;
 mod setup;
@@ -168,7 +168,12 @@ fn main() -> ExitCode {
         }
     }
     info!(version = env!("CARGO_PKG_VERSION"), "nvmfd started");
-    let sig = signals.wait();
+    let sig = loop {
+        match signals.wait() {
+            "SIGHUP" => reload(cli.config.as_deref(), &daemon),
+            other => break other,
+        }
+    };
     info!(
         signal = sig,
         "stopping: no new connections, finishing in-flight I/O"
@@ -176,4 +181,32 @@ fn main() -> ExitCode {
     daemon.shutdown();
     info!("nvmfd stopped");
     ExitCode::SUCCESS
+}
+
+/// SIGHUP: re-read the configuration file and apply the difference live (as the RPC methods
+/// do). A file that does not load, or a change that cannot be made while running, is reported
+/// (with file:line:column for the former) and nothing changes.
+fn reload(path: Option<&std::path::Path>, daemon: &Daemon) {
+    let Some(path) = path else {
+        warn!(
+            "SIGHUP: no --config file to re-read (running the embedded default); nothing changed"
+        );
+        return;
+    };
+    info!(file = %path.display(), "SIGHUP: re-reading the configuration");
+    let cfg = match nvmfd_config::load_file(path) {
+        Ok(c) => c,
+        Err(e) => {
+            error!("{e}");
+            error!(file = %path.display(), "SIGHUP: the configuration file is not valid; nothing changed");
+            return;
+        }
+    };
+    match daemon.live().reload(cfg, "SIGHUP") {
+        Ok(a) if a.is_empty() => info!("SIGHUP: the configuration file matches the running state"),
+        Ok(_) => info!("SIGHUP: configuration applied"),
+        Err(e) => {
+            error!(file = %path.display(), reason = %e, "SIGHUP: change refused; nothing changed")
+        }
+    }
 }

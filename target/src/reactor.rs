@@ -24,6 +24,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+mod live;
+pub use live::{ControlLink, QpairReport, ReactorMsg, ReactorReport};
+
 /// How many empty polls before an idle reactor sleeps (when `idle_sleep_us` is set).
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
 /// Timers (keep-alive) are checked this often, in loop iterations.
@@ -57,6 +60,8 @@ pub fn is_reactor_thread() -> bool {
 /// What the daemon keeps to talk to a running reactor: new connections go into `inbox`.
 pub struct ReactorHandle<I> {
     pub inbox: Arc<ArrayQueue<I>>,
+    /// Live reconfiguration messages (`crate::live`).
+    pub control: ControlLink,
     pub thread: std::thread::JoinHandle<()>,
 }
 
@@ -103,6 +108,8 @@ pub fn spawn<G: PollGroup + 'static>(
 ) -> std::io::Result<ReactorHandle<G::Incoming>> {
     let inbox = Arc::new(ArrayQueue::new(1024));
     let rx = inbox.clone();
+    let control = ControlLink::new();
+    let ctl = control.clone();
     let thread = std::thread::Builder::new().name(format!("reactor-{}", cfg.id)).spawn(move || {
         IS_REACTOR.with(|r| r.set(true));
         crate::affinity::pin_to_core(cfg.core);
@@ -135,10 +142,17 @@ pub fn spawn<G: PollGroup + 'static>(
             stop,
             own_pool: BufPool::new(FLUSH_BUF, OWN_PREALLOC, FLUSH_BUF, 0, 1),
             generation: 0,
+            control: ctl,
+            completed: 0,
         };
         r.run();
+        r.control.stopped.store(true, Ordering::Release);
     })?;
-    Ok(ReactorHandle { inbox, thread })
+    Ok(ReactorHandle {
+        inbox,
+        control,
+        thread,
+    })
 }
 
 struct Reactor<G: PollGroup> {
@@ -153,6 +167,10 @@ struct Reactor<G: PollGroup> {
     /// The buffers of block-device I/Os that move no data (Flush, Write Zeroes, shutdown flushes).
     own_pool: BufPool,
     generation: u32,
+    /// Live reconfiguration messages (see `reactor/live.rs`).
+    control: ControlLink,
+    /// Block-device I/Os completed on this reactor (read only by reports, `reactor/live.rs`).
+    completed: u64,
 }
 
 /// Tag layout for block-device I/O: [`OWN_BUF`] (1 bit) | generation (23) | group (8) |
@@ -182,7 +200,7 @@ impl<G: PollGroup> Reactor<G> {
         let mut stop_started: Option<Instant> = None;
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
-            let mut work = false;
+            let mut work = self.control();
             if !stopping {
                 while let Some(nc) = self.inbox.pop() {
                     match self.sides.iter_mut().find(|s| s.group.accepts(&nc)) {
@@ -424,6 +442,7 @@ impl<G: PollGroup> Reactor<G> {
         for ch in self.channels.iter_mut() {
             n += ch.poll(&mut |done: Completion| complete_io(sides, own_pool, done));
         }
+        self.completed += n as u64;
         n > 0
     }
 

@@ -1,11 +1,12 @@
-//! Termination signals for the control plane: blocked in every thread, awaited by one.
+//! The control plane's signals (SIGINT/SIGTERM: stop; SIGHUP: re-read the configuration file):
+//! blocked in every thread, awaited by one.
 
-/// A blocked set of SIGINT and SIGTERM.
+/// A blocked set of SIGINT, SIGTERM and SIGHUP.
 pub struct TerminationSignals {
     set: libc::sigset_t,
 }
 
-/// Block SIGINT and SIGTERM in the calling thread (and so in every thread it spawns afterwards).
+/// Block SIGINT, SIGTERM and SIGHUP in the calling thread (and so in every thread it spawns afterwards).
 pub fn block_termination_signals() -> TerminationSignals {
     // SAFETY: sigset_t is plain data; sigemptyset initialises it before use.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -15,6 +16,7 @@ pub fn block_termination_signals() -> TerminationSignals {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
     TerminationSignals { set }
@@ -26,10 +28,10 @@ impl TerminationSignals {
         let mut sig: libc::c_int = 0;
         // SAFETY: `self.set` is an initialised sigset_t and `sig` a valid out pointer.
         unsafe { libc::sigwait(&self.set, &mut sig) };
-        if sig == libc::SIGINT {
-            "SIGINT"
-        } else {
-            "SIGTERM"
+        match sig {
+            libc::SIGINT => "SIGINT",
+            libc::SIGHUP => "SIGHUP",
+            _ => "SIGTERM",
         }
     }
 }

@@ -327,20 +327,22 @@ fn errors_and_framing() {
         -32602
     );
 
-    // Mutating methods validate, then refuse clearly; nothing changes.
-    let (code, msg) = err(
-        &mut c,
-        "nvmf_create_subsystem",
-        Some(json!({"nqn": "nqn.2026-11.io.nvmfd:new"})),
-    );
-    assert_eq!(code, -95);
-    assert!(
-        msg.contains("not supported yet: live reconfiguration"),
-        "{msg}"
-    );
+    // Mutating methods refuse bad input clearly; nothing changes.
+    let before = call(&mut c, "save_config", None);
     assert_eq!(
         err(&mut c, "nvmf_create_subsystem", Some(json!({}))).0,
         -32602
+    );
+    let (code, msg) = err(
+        &mut c,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": "not-an-nqn"})),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert_eq!(
+        err(&mut c, "nvmf_create_subsystem", Some(json!({"nqn": NQN}))).0,
+        -32603,
+        "exists"
     );
     assert_eq!(
         err(
@@ -355,15 +357,33 @@ fn errors_and_framing() {
         err(
             &mut c,
             "bdev_malloc_create",
-            Some(json!({"num_blocks": 8, "block_size": 4096}))
+            Some(json!({"name": "ram0", "num_blocks": 8, "block_size": 4096}))
         )
         .0,
-        -95
+        -17
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "bdev_malloc_create",
+            Some(json!({"num_blocks": "8", "block_size": 4096}))
+        )
+        .0,
+        -32602,
+        "wrong type"
     );
     assert_eq!(
         err(&mut c, "bdev_malloc_delete", Some(json!({"name": "nope"}))).0,
         -19
     );
+    assert_eq!(
+        err(&mut c, "bdev_null_delete", Some(json!({"name": "ram0"}))).0,
+        -19,
+        "not a null bdev"
+    );
+    let (code, msg) = err(&mut c, "bdev_malloc_delete", Some(json!({"name": "ram0"})));
+    assert_eq!(code, -16, "in use: {msg}");
+    assert!(msg.contains("namespace 3"), "{msg}");
     assert_eq!(
         err(
             &mut c,
@@ -377,22 +397,87 @@ fn errors_and_framing() {
         err(
             &mut c,
             "nvmf_subsystem_add_ns",
-            Some(json!({"nqn": NQN, "namespace": {"bdev_name": "spare"}}))
+            Some(json!({"nqn": NQN, "namespace": {"bdev_name": "missing"}}))
         )
         .0,
-        -95
+        -19
+    );
+    let (code, msg) = err(
+        &mut c,
+        "nvmf_subsystem_add_ns",
+        Some(json!({"nqn": NQN, "namespace": {"bdev_name": "spare", "nsid": 3}})),
+    );
+    assert_eq!(code, -32602, "duplicate NSID");
+    assert!(msg.contains("NSID 3"), "{msg}");
+    let (code, msg) = err(
+        &mut c,
+        "nvmf_subsystem_add_ns",
+        Some(json!({"nqn": NQN, "namespace": {"bdev_name": "ram1"}})),
+    );
+    assert_eq!(code, -32602, "bdev in use elsewhere");
+    assert!(msg.contains("already backs"), "{msg}");
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_add_ns",
+            Some(json!({"nqn": "nqn.2026-11.io.nvmfd:none", "namespace": {"bdev_name": "spare"}}))
+        )
+        .0,
+        -32602
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_remove_ns",
+            Some(json!({"nqn": NQN, "nsid": 9}))
+        )
+        .0,
+        -32602
     );
     assert_eq!(err(&mut c, "nvmf_subsystem_add_listener", Some(json!({"nqn": "nqn.x:none", "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1"}}))).0, -32602);
+    assert_eq!(err(&mut c, "nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": {"trtype": "rdma", "traddr": "127.0.0.1", "trsvcid": "4420"}}))).0, -32602);
+    assert_eq!(err(&mut c, "nvmf_subsystem_add_listener", Some(json!({"nqn": NQN, "listen_address": {"trtype": "tcp", "traddr": "localhost", "trsvcid": "4420"}}))).0, -32602);
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_remove_host",
+            Some(json!({"nqn": LOCKED, "host": "nqn.2014-08.org.nvmexpress:uuid:00000000-0000-4000-8000-000000000099"}))
+        )
+        .0,
+        -32602
+    );
     assert_eq!(
         err(
             &mut c,
             "nvmf_subsystem_allow_any_host",
-            Some(json!({"nqn": NQN, "allow_any_host": false}))
+            Some(json!({"nqn": NQN, "allow_any_host": "no"}))
         )
         .0,
-        -95
+        -32602
     );
-    assert_eq!(err(&mut c, "nvmf_get_stats", None).0, -95);
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_delete_subsystem",
+            Some(json!({"nqn": "nqn.2014-08.org.nvmexpress.discovery"}))
+        )
+        .0,
+        -32602
+    );
+    assert_eq!(call(&mut c, "save_config", None), before, "nothing changed");
+    assert_eq!(
+        err(&mut c, "nvmf_get_stats", Some(json!({"tgt_name": "other"}))).0,
+        -32603
+    );
+    assert_eq!(
+        err(
+            &mut c,
+            "nvmf_subsystem_get_qpairs",
+            Some(json!({"nqn": "nqn.x:none"}))
+        )
+        .0,
+        -32602
+    );
     assert_eq!(
         call(&mut c, "nvmf_get_subsystems", None)
             .as_array()
@@ -470,6 +555,10 @@ fn save_config_round_trip() {
     d2.shutdown();
 }
 
+fn body_of(m: &str) -> &str {
+    &m[m.find("\r\n\r\n").map_or(0, |i| i + 4)..]
+}
+
 /// `/metrics`: the text format, with the live controllers and bdevs in it.
 #[test]
 fn metrics_endpoint() {
@@ -488,9 +577,17 @@ fn metrics_endpoint() {
     o.hostnqn = HOST.into();
     o.io_timeout = Duration::from_secs(20);
     let mut host = Host::connect_admin(d.listen_addrs[0], &o).expect("admin connect");
-    let _q = host.connect_io(1, 16).expect("io connect");
+    let mut q = host.connect_io(1, 16).expect("io connect");
+    for lba in 0..5 {
+        assert!(q.read(1, lba, 1, 512).unwrap().0.is_success());
+    }
     let m = get("/metrics");
     assert!(m.starts_with("HTTP/1.1 200 OK\r\n"), "{m}");
+    // Five reads completed on the one reactor (summed from the reactor's own report).
+    assert!(
+        body_of(&m).contains("nvmfd_reactor_completed_io_total{reactor=\"0\"} 5\n"),
+        "{m}"
+    );
     assert!(m.contains("application/openmetrics-text"), "{m}");
     let body = &m[m.find("\r\n\r\n").unwrap() + 4..];
     assert!(body.ends_with("# EOF\n"), "{body}");
@@ -528,7 +625,7 @@ fn metrics_endpoint() {
         "{body}"
     );
     assert!(get("/other").starts_with("HTTP/1.1 404"));
-    drop(_q);
+    drop(q);
     drop(host);
     d.shutdown();
 }

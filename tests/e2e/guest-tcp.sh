@@ -27,6 +27,9 @@
 #   --kernel-target           configure the kernel's nvmet in this guest on 127.0.0.1 to match the
 #                             options above, and test against it
 #
+# Live reconfiguration steps run when the host side relays RPC calls to nvmfd: run.sh makes
+# $RIG_OUT/rpc and answers each request file the guest puts there (see host_rpc below).
+#
 # Prints "PASS: step" / "FAIL: step - reason" and ends with "guest-tcp: N passed, M failed".
 # Results also go to $RIG_OUT/results for the host side. Exit code 0 only if all steps passed.
 set -euo pipefail
@@ -484,6 +487,119 @@ allowed_host() {
     disconnect_all_of "$RNQN"
 }
 
+# ---- live reconfiguration (nvmfd's JSON-RPC, relayed by the host side) ------------------------
+RPC_N=0
+have_rpc() { [[ -n ${RIG_OUT:-} && -d $RIG_OUT/rpc && ! -e $RIG_OUT/rpc/.closed ]]; }
+# host_rpc METHOD JSON: ask the host side to call METHOD with JSON params on nvmfd's socket; prints
+# the answer, returns the call's exit status (the host runs `nvmfd rpc -o json`).
+host_rpc() {
+    local id i
+    RPC_N=$((RPC_N + 1))
+    id=$RIG_OUT/rpc/$RPC_N-$$
+    printf '%s\n%s\n' "$1" "$2" >"$id.tmp" && mv "$id.tmp" "$id.req" || return 1
+    for ((i = 0; i < 150; i++)); do
+        if [[ -e $id.rc ]]; then
+            cat "$id.out"
+            return "$(cat "$id.rc")"
+        fi
+        sleep 0.2
+    done
+    echo "no answer from the host's RPC relay after 30s" >&2
+    return 1
+}
+ns2_listed() {
+    nvme list -o json 2>/dev/null | jq -e --arg d "$1" '.Devices[] | select(.DevicePath == $d)' >/dev/null
+}
+ns2_gone() { ! has_nsdev "$NQN" 2 && ! ns2_listed "$1"; }
+# While fio verifies namespace 1, namespace 2 is added by RPC: the kernel sees it through the
+# Namespace Attribute Changed event (no reconnect: same controller, same cntlid), fio on it
+# verifies, it is removed again and disappears; fio on namespace 1 never sees an error.
+# more_live_runs N: namespace 1's fio loop finished more than N runs, or failed.
+more_live_runs() { (($(cat /tmp/live-runs 2>/dev/null || echo 0) > $1)) || [[ -e /tmp/live-failed ]]; }
+live_namespace() {
+    local cntlid lpid dev2 rc=0 runs
+    cntlid=$(cat "/sys/class/nvme/$CTRL/cntlid")
+    rm -f /tmp/live-stop /tmp/live-failed /tmp/live-runs
+    # Namespace 1: verified fio runs back to back until told to stop; the first failure ends the
+    # loop and is kept.
+    (
+        n=0
+        while [[ ! -e /tmp/live-stop ]]; do
+            if ! timeout 300 fio --name=live-ns1 --filename="$DEV" --direct=1 --ioengine=libaio \
+                --rw=randwrite --bs=4k --offset=0 --size=2M --iodepth=16 --verify=crc32c \
+                --do_verify=1 --verify_fatal=1 --verify_state_save=0 --eta=never \
+                --output=/tmp/fio-live-ns1.log || ! grep -q 'err= 0' /tmp/fio-live-ns1.log; then
+                cp /tmp/fio-live-ns1.log /tmp/live-failed
+                break
+            fi
+            n=$((n + 1))
+            echo "$n" >/tmp/live-runs
+        done
+    ) &
+    lpid=$!
+    wait_for 120 test -s /tmp/live-runs || { why "no fio run on namespace 1 finished within 120s"; rc=1; }
+    ((rc == 0)) && { host_rpc bdev_malloc_create '{"name": "e2e-live", "num_blocks": 8192, "block_size": 4096}' ||
+        { why "bdev_malloc_create failed"; rc=1; }; }
+    if ((rc == 0)); then
+        host_rpc nvmf_subsystem_add_ns "{\"nqn\": \"$NQN\", \"namespace\": {\"bdev_name\": \"e2e-live\", \"nsid\": 2}}" ||
+            { why "nvmf_subsystem_add_ns failed"; rc=1; }
+    fi
+    if ((rc == 0)) && ! wait_for 20 has_nsdev "$NQN" 2; then
+        why "namespace 2 did not appear within 20s of nvmf_subsystem_add_ns"; kmsg_tail; rc=1
+    fi
+    if ((rc == 0)); then
+        dev2=$(nsdev_for "$NQN" 2)
+        wait_for 10 ns2_listed "$dev2" || { why "nvme list does not show $dev2"; rc=1; }
+        nvme list | grep -F "$dev2" || true
+        [[ $(cat "/sys/class/nvme/$CTRL/cntlid") == "$cntlid" && $(cat "/sys/class/nvme/$CTRL/state") == live ]] ||
+            { why "the controller changed (reconnect?)"; rc=1; }
+    fi
+    ((rc == 0)) && { fio_verify live-ns2 randwrite 4k 0 4M 8 "$dev2" || rc=1; }
+    if ((rc == 0)); then
+        host_rpc nvmf_subsystem_remove_ns "{\"nqn\": \"$NQN\", \"nsid\": 2}" ||
+            { why "nvmf_subsystem_remove_ns failed"; rc=1; }
+        ((rc == 0)) && ! wait_for 20 ns2_gone "$dev2" &&
+            { why "namespace 2 still present 20s after nvmf_subsystem_remove_ns"; kmsg_tail; rc=1; }
+        host_rpc bdev_malloc_delete '{"name": "e2e-live"}' || { why "bdev_malloc_delete failed"; rc=1; }
+    fi
+    # One more verified run on namespace 1 after the removal, then stop.
+    runs=$(cat /tmp/live-runs 2>/dev/null || echo 0)
+    wait_for 120 more_live_runs "$runs" || true
+    touch /tmp/live-stop
+    wait "$lpid" || true
+    if [[ -e /tmp/live-failed ]]; then
+        why "fio on namespace 1 failed while namespace 2 came and went"; cat /tmp/live-failed; kmsg_tail; rc=1
+    else
+        note "namespace 1: $(cat /tmp/live-runs 2>/dev/null || echo 0) verified fio runs, no error"
+    fi
+    return "$rc"
+}
+not_live() { [[ -z $(ctrls_for "$RNQN") || $(cat "/sys/class/nvme/$(ctrls_for "$RNQN" | head -n 1)/state" 2>/dev/null) != live ]]; }
+# A host taken off the allow-list by RPC is disconnected at once and cannot connect again.
+live_remove_host() {
+    local rc=0
+    timeout 120 nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$RNQN" "${CONNECT_OPTS[@]}" \
+        --hostnqn="$ALLOWED_HOSTNQN" --hostid="$(new_uuid)" ||
+        { why "host $ALLOWED_HOSTNQN on the allow-list was refused"; kmsg_tail; return 1; }
+    wait_for 20 has_nsdev "$RNQN" || { why "no namespace for $RNQN after 20s"; return 1; }
+    host_rpc nvmf_subsystem_remove_host "{\"nqn\": \"$RNQN\", \"host\": \"$ALLOWED_HOSTNQN\"}" ||
+        { why "nvmf_subsystem_remove_host failed"; rc=1; }
+    if ((rc == 0)); then
+        wait_for 10 not_live || { why "the removed host's controller is still live after 10s"; rc=1; }
+        # Its reconnect attempts are refused until ctrl-loss-tmo (10 s) removes it.
+        wait_for 30 no_ctrls "$RNQN" || { why "the removed host's controller still exists after 30s"; rc=1; }
+        kmsg_tail 4
+    fi
+    if ((rc == 0)) && timeout 60 nvme connect -t tcp -a "$ADDR" -s "$PORT" -n "$RNQN" "${CONNECT_OPTS[@]}" \
+        --hostnqn="$ALLOWED_HOSTNQN" --hostid="$(new_uuid)"; then
+        why "the removed host connected again"; rc=1
+    fi
+    nvme disconnect -n "$RNQN" >/dev/null 2>&1 || true
+    host_rpc nvmf_subsystem_add_host "{\"nqn\": \"$RNQN\", \"host\": \"$ALLOWED_HOSTNQN\"}" >/dev/null ||
+        { why "nvmf_subsystem_add_host (restoring) failed"; rc=1; }
+    return "$rc"
+}
+
 final_disconnect() {
     disconnect_all_of "$NQN" || return 1
     [[ -z $(ls /sys/class/nvme 2>/dev/null) ]] || { why "controllers left: $(ls /sys/class/nvme)"; return 1; }
@@ -508,6 +624,9 @@ if [[ -n $DEV ]]; then
     run_step "disconnect" disconnect_all_of "$NQN"
     run_step "reconnect; pattern reads back" reconnect_and_check
 fi
+if [[ -n $DEV && -n $CTRL ]] && have_rpc; then
+    run_step "live: namespace 2 added and removed by RPC while fio verifies namespace 1" live_namespace
+fi
 if [[ -n $DEV && -n $CTRL ]]; then
     run_step "second host connects (own controller, same namespace)" connect_host2
     if [[ -n $CTRL2 ]]; then
@@ -520,6 +639,9 @@ if [[ -n $RNQN ]]; then
     run_step "host not on the allow-list is refused" refused_host
     if [[ -n $ALLOWED_HOSTNQN ]]; then
         run_step "host on the allow-list connects" allowed_host
+        if have_rpc; then
+            run_step "live: host removed from the allow-list is disconnected and refused" live_remove_host
+        fi
     fi
 fi
 # Seen on 6.1 and 7.2 alike: with equal identifiers both controllers land in one nvme-subsystem and

@@ -179,10 +179,15 @@ done
 # second instance with the same NQN.
 declare -A PIDS=() LOGS=([nvmfd]=$DLOG [twin]=$TWIN_LOG) PORTS=([nvmfd]=$PORT [twin]=$PORT2)
 GPID=''
+RELAY=''
 # On any exit, leave nothing running: the daemons are killed, the guest (run-guest.sh) stopped.
 # shellcheck disable=SC2317  # called by the traps
 cleanup() {
     local n
+    if [[ -n $RELAY ]]; then
+        kill -TERM "$RELAY" 2>/dev/null || true
+        wait "$RELAY" 2>/dev/null || true
+    fi
     if [[ -n $GPID ]] && kill -0 "$GPID" 2>/dev/null; then
         kill -TERM "$GPID" 2>/dev/null || true
         wait "$GPID" 2>/dev/null || true
@@ -235,6 +240,30 @@ start_daemon nvmfd "$CONFIG" || finish
 start_daemon twin "$TWIN_CONFIG" || finish
 
 # ---- the guest -------------------------------------------------------------------------------
+# The guest's live-reconfiguration steps call nvmfd's JSON-RPC through files: each request
+# $WORK/out/rpc/ID.req holds a method and its JSON params (two lines); the answer goes to ID.out
+# and the exit status of `nvmfd rpc` to ID.rc (written last).
+mkdir -p "$WORK/out/rpc"
+rpc_relay() {
+    local req id method params rc
+    set +e   # a bad request must not end the relay
+    while sleep 0.1; do
+        for req in "$WORK"/out/rpc/*.req; do
+            [[ -e $req ]] || continue
+            id=${req%.req}
+            { read -r method; read -r params; } <"$req"
+            rc=0
+            timeout 30 "$NVMFD" rpc --rpc-socket "$WORK/rpc.sock" -o json "$method" --json "$params" \
+                >"$id.out" 2>&1 || rc=$?
+            echo "[$(date +%H:%M:%S)] e2e: guest RPC $method -> $rc" >>"$WORK/rpc-relay.log"
+            echo "$rc" >"$id.rc.tmp" && mv "$id.rc.tmp" "$id.rc"
+            rm -f "$req"
+        done
+    done
+}
+rpc_relay &
+RELAY=$!
+
 info "booting the guest (limit ${TIMEOUT}s); console in $GLOG"
 start=$(date +%s)
 grc=0

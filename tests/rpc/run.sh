@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # tests/rpc/run.sh NVMFD_BINARY - SPDK's own Python client (the `spdk` package from PyPI) against
 # a running nvmfd on 127.0.0.1: its JSONRPCClient module and its `spdk-rpc` command line, plus
-# `nvmfd rpc save-config` → `nvmfd check-config` → restart from the saved file.
+# `nvmfd rpc save-config` → `nvmfd check-config` → restart from the saved file, and live changes
+# made with SPDK's client that the in-repo host (nvmfd-perf --verify) then uses.
 #
 # The package is installed into a virtualenv under build/ (reused when present). When PyPI is
 # unreachable this fails with a clear message instead of testing nothing.
 set -euo pipefail
 
 NVMFD=$(realpath "${1:?usage: tests/rpc/run.sh path/to/nvmfd}")
+# The in-repo host (nvmfd-perf, built next to nvmfd) does verified I/O through what the RPC
+# methods create.
+PERF=${PERF:-$(dirname "$NVMFD")/nvmfd-perf}
+[[ -x $PERF ]] || { echo "tests/rpc: no nvmfd-perf next to $NVMFD (cargo build -p nvmfd-bench)" >&2; exit 1; }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 VENV=${RPC_VENV:-$REPO/build/rpc-venv}
@@ -77,7 +82,7 @@ stop() {
 }
 
 start "$WORK/target.yaml"
-PORT=$PORT SOCK=$SOCK NVMFD=$NVMFD WORK=$WORK "$VENV/bin/python" "$HERE/test_spdk_client.py"
+PORT=$PORT PORT2=$(free_port) SOCK=$SOCK NVMFD=$NVMFD PERF=$PERF WORK=$WORK "$VENV/bin/python" "$HERE/test_spdk_client.py"
 
 # save-config through nvmfd's own CLI, validated, and the daemon restarted from it: the state
 # SPDK's client reads back is the same.
@@ -96,3 +101,57 @@ diff -u "$WORK/bdevs-before.json" "$WORK/bdevs-after.json"
 diff -u "$WORK/saved.yaml" "$WORK/saved2.yaml"
 stop
 echo "tests/rpc: save-config round trip: same subsystems, bdevs and saved text after a restart"
+
+# SIGHUP re-reads the file the daemon was started with and applies the difference live; a bad
+# file is reported with file:line:column and changes nothing.
+nsids() {
+    "$VENV/bin/spdk-rpc" -s "$SOCK" nvmf_get_subsystems nqn.2026-11.io.nvmfd:rpc-py-locked |
+        python3 -c 'import json,sys; print(" ".join(str(n["nsid"]) for n in json.load(sys.stdin)[0]["namespaces"]))'
+}
+wait_nsids() {
+    for _ in $(seq 50); do
+        [[ $(nsids) == "$1" ]] && return 0
+        sleep 0.1
+    done
+    echo "tests/rpc: after SIGHUP the locked subsystem has namespaces '$(nsids)', expected '$1'" >&2
+    tail -20 "$WORK/nvmfd.log" >&2
+    return 1
+}
+cp "$WORK/target.yaml" "$WORK/live.yaml"
+start "$WORK/live.yaml"
+[[ $(nsids) == "1" ]]
+python3 - "$WORK/live.yaml" <<'PY'
+import sys
+p = sys.argv[1]
+t = open(p).read()
+t = t.replace("  - { name: ram1,", "  - { name: ram2, null: { size: 4MiB } }\n  - { name: ram1,")
+t = t.replace("    namespaces: [ { bdev: ram1 } ]", "    namespaces: [ { bdev: ram1 }, { nsid: 5, bdev: ram2 } ]")
+open(p, "w").write(t)
+PY
+kill -HUP "$PID"
+wait_nsids "1 5"
+"$VENV/bin/spdk-rpc" -s "$SOCK" bdev_get_bdevs -b ram2 >/dev/null
+# A bad value: the error names the file, line and column; nothing changes.
+sed -i 's/{ nsid: 5, bdev: ram2 }/{ nsid: 5, bdev: ram9 }/' "$WORK/live.yaml"
+kill -HUP "$PID"
+for _ in $(seq 50); do
+    grep -q "SIGHUP: the configuration file is not valid" "$WORK/nvmfd.log" && break
+    sleep 0.1
+done
+line=$(grep -n 'bdev: ram9' "$WORK/live.yaml" | cut -d: -f1)
+grep -qE "live\.yaml:$line:[0-9]+: subsystems\[1\]\.namespaces\[1\]\.bdev: no bdev named" "$WORK/nvmfd.log" || {
+    echo "tests/rpc: the bad file was not reported with file:line:column" >&2
+    tail -20 "$WORK/nvmfd.log" >&2
+    exit 1
+}
+[[ $(nsids) == "1 5" ]]
+# Back to the first file: the namespace and its bdev go again.
+cp "$WORK/target.yaml" "$WORK/live.yaml"
+kill -HUP "$PID"
+wait_nsids "1"
+if "$VENV/bin/spdk-rpc" -s "$SOCK" bdev_get_bdevs -b ram2 >/dev/null 2>&1; then
+    echo "tests/rpc: ram2 still exists after SIGHUP removed it" >&2
+    exit 1
+fi
+stop
+echo "tests/rpc: SIGHUP applies the file's changes live; a bad file is reported with its location and changes nothing"

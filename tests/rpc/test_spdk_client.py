@@ -15,6 +15,7 @@ from spdk.rpc.client import JSONRPCClient, JSONRPCException
 SOCK = os.environ["SOCK"]
 PORT = os.environ["PORT"]
 NVMFD = os.environ["NVMFD"]
+PERF = os.environ["PERF"]
 SPDK_RPC = os.path.join(os.path.dirname(sys.executable), "spdk-rpc")
 NQN = "nqn.2026-11.io.nvmfd:rpc-py"
 LOCKED = "nqn.2026-11.io.nvmfd:rpc-py-locked"
@@ -129,15 +130,25 @@ def _():
     assert e == {"code": -32601, "message": "Method not found"}, e
 
 
-@check("mutating methods refuse clearly and change nothing")
+@check("mutating methods refuse bad input clearly and change nothing")
 def _():
     with client() as c:
-        e = rpc_error(c, "nvmf_create_subsystem", nqn="nqn.2026-11.io.nvmfd:new")
-        bad = rpc_error(c, "nvmf_create_subsystem")
-        after = [x["nqn"] for x in c.nvmf_get_subsystems()]
-    assert e["code"] == -95 and "not supported yet: live reconfiguration" in e["message"], e
-    assert bad["code"] == -32602, bad
-    assert "nqn.2026-11.io.nvmfd:new" not in after, after
+        before = c.call("save_config")
+        errs = [
+            rpc_error(c, "nvmf_create_subsystem"),
+            rpc_error(c, "nvmf_create_subsystem", nqn=NQN),
+            rpc_error(c, "bdev_malloc_create", name="x", num_blocks="8", block_size=4096),
+            rpc_error(c, "nvmf_subsystem_add_ns", nqn="nqn.2026-11.io.nvmfd:none",
+                      namespace={"bdev_name": "ram0"}),
+            rpc_error(c, "nvmf_subsystem_add_ns", nqn=NQN, namespace={"bdev_name": "nope"}),
+            rpc_error(c, "nvmf_subsystem_add_ns", nqn=LOCKED,
+                      namespace={"bdev_name": "ram0", "nsid": 1}),
+            rpc_error(c, "bdev_malloc_delete", name="ram0"),
+        ]
+        after = c.call("save_config")
+    assert [e["code"] for e in errs] == [-32602, -32603, -32602, -32602, -19, -32602, -16], errs
+    assert "in use by namespace 1" in errs[-1]["message"], errs[-1]
+    assert after == before
 
 
 @check("spdk-rpc CLI: nvmf_get_subsystems NQN and spdk_get_version")
@@ -149,29 +160,84 @@ def _():
     out = subprocess.run([SPDK_RPC, "-s", SOCK, "spdk_get_version"],
                          check=True, capture_output=True, text=True).stdout
     assert "nvmfd v" in out, out
-    r = subprocess.run([SPDK_RPC, "-s", SOCK, "nvmf_create_subsystem", "nqn.2026-11.io.nvmfd:cli"],
+    r = subprocess.run([SPDK_RPC, "-s", SOCK, "bdev_malloc_delete", "ram0"],
                        capture_output=True, text=True)
-    assert r.returncode != 0 and "not supported yet" in r.stdout + r.stderr, r
+    assert r.returncode != 0 and "-16" in r.stdout + r.stderr, r
 
 
-@check("spdk-rpc CLI: every mutating command's parameters are accepted, then refused (-95)")
+@check("spdk-rpc CLI: every mutating command changes the running target, and back")
 def _():
-    n = NQN
-    for cmd in (["bdev_malloc_create", "-b", "m9", "8", "4096"], ["bdev_malloc_delete", "ram0"],
-                ["bdev_null_create", "n9", "8", "4096"], ["bdev_null_delete", "ram1"],
-                ["bdev_uring_create", "/tmp/nvmfd-none.img", "u9"],
-                ["nvmf_create_subsystem", "nqn.2026-11.io.nvmfd:cli2", "-a", "-s", "S1", "-i", "5", "-I", "9"],
-                ["nvmf_delete_subsystem", n],
-                ["nvmf_subsystem_add_ns", n, "ram1", "-n", "7"],
-                ["nvmf_subsystem_remove_ns", n, "1"],
-                ["nvmf_subsystem_add_listener", n, "-t", "tcp", "-a", "127.0.0.1", "-s", "4421"],
-                ["nvmf_subsystem_remove_listener", n, "-t", "tcp", "-a", "127.0.0.1", "-s", PORT],
-                ["nvmf_subsystem_add_host", n, "nqn.2014-08.h:9"],
-                ["nvmf_subsystem_remove_host", LOCKED, "nqn.2014-08.h:9"],
-                ["nvmf_subsystem_allow_any_host", LOCKED, "--allow-any-host"]):
+    n = "nqn.2026-11.io.nvmfd:cli2"
+    with client() as c:
+        before = c.call("save_config")
+    for cmd in (["bdev_malloc_create", "-b", "m9", "8", "4096"],
+                ["bdev_null_create", "n9", "8", "4096"],
+                ["nvmf_create_subsystem", n, "-s", "S1", "-i", "5", "-I", "9"],
+                ["nvmf_subsystem_add_ns", n, "m9", "-n", "7"],
+                ["nvmf_subsystem_add_ns", n, "n9"],
+                ["nvmf_subsystem_add_listener", n, "-t", "tcp", "-a", "127.0.0.1", "-s", PORT],
+                ["nvmf_subsystem_add_host", n, "nqn.2014-08.h:9"]):
         r = subprocess.run([SPDK_RPC, "-s", SOCK] + cmd, capture_output=True, text=True)
-        out = r.stdout + r.stderr
-        assert r.returncode != 0 and '"code": -95' in out and "not supported yet" in out, (cmd, out)
+        assert r.returncode == 0, (cmd, r.stdout + r.stderr)
+    with client() as c:
+        s = c.nvmf_get_subsystems(nqn=n)[0]
+        bdevs = [b["name"] for b in c.bdev_get_bdevs()]
+        # nvmfd's configuration rule: an allow-list and "any host" do not go together.
+        e = rpc_error(c, "nvmf_subsystem_allow_any_host", nqn=n, allow_any_host=True)
+    assert (s["min_cntlid"], s["max_cntlid"], s["serial_number"]) == (5, 9, "S1"), s
+    assert [(x["nsid"], x["bdev_name"]) for x in s["namespaces"]] == [(1, "n9"), (7, "m9")], s
+    assert s["hosts"] == [{"nqn": "nqn.2014-08.h:9"}] and s["allow_any_host"] is False, s
+    assert "m9" in bdevs and "n9" in bdevs, bdevs
+    assert e["code"] == -32602 and "hosts" in e["message"], e
+    for cmd in (["nvmf_subsystem_remove_host", n, "nqn.2014-08.h:9"],
+                ["nvmf_subsystem_allow_any_host", n, "--allow-any-host"],
+                ["nvmf_subsystem_remove_listener", n, "-t", "tcp", "-a", "127.0.0.1", "-s", PORT],
+                ["nvmf_subsystem_remove_ns", n, "7"],
+                ["nvmf_subsystem_remove_ns", n, "1"],
+                ["nvmf_delete_subsystem", n],
+                ["bdev_malloc_delete", "m9"],
+                ["bdev_null_delete", "n9"]):
+        r = subprocess.run([SPDK_RPC, "-s", SOCK] + cmd, capture_output=True, text=True)
+        assert r.returncode == 0, (cmd, r.stdout + r.stderr)
+    with client() as c:
+        assert c.call("save_config") == before
+
+
+@check("SPDK's client builds a subsystem live; the in-repo host does verified I/O through it")
+def _():
+    live = "nqn.2026-11.io.nvmfd:live-py"
+    host = "nqn.2014-08.org.nvmexpress:uuid:0d0d0d0d-0000-4000-8000-00000000000d"
+    other = "nqn.2014-08.org.nvmexpress:uuid:0e0e0e0e-0000-4000-8000-00000000000e"
+    port2 = os.environ["PORT2"]
+
+    def perf(hostnqn):
+        return subprocess.run([PERF, "--addr", f"127.0.0.1:{port2}", "--nqn", live,
+                               "--hostnqn", hostnqn, "--workload", "randwrite", "--verify",
+                               "--time", "1", "--queue-depth", "8", "--span-mib", "8"],
+                              capture_output=True, text=True, timeout=60)
+    with client() as c:
+        assert c.bdev_malloc_create(name="live0", num_blocks=4096, block_size=4096) == "live0"
+        assert c.nvmf_create_subsystem(nqn=live, serial_number="PYLIVE01") is True
+        assert c.nvmf_subsystem_add_ns(nqn=live, namespace={"bdev_name": "live0"}) == 1
+        c.nvmf_subsystem_add_listener(nqn=live, listen_address={
+            "trtype": "tcp", "adrfam": "ipv4", "traddr": "127.0.0.1", "trsvcid": port2})
+        c.nvmf_subsystem_add_host(nqn=live, host=host)
+        s = c.nvmf_get_subsystems(nqn=live)[0]
+        saved = c.call("save_config")
+    assert s["hosts"] == [{"nqn": host}] and s["namespaces"][0]["bdev_name"] == "live0", s
+    assert live in saved and "live0" in saved, saved
+    r = perf(host)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert ", 0 mismatches" in r.stdout and "verify: 0 blocks" not in r.stdout, r.stdout
+    r = perf(other)
+    assert r.returncode != 0, "a host not on the allow list is refused"
+    with client() as c:
+        c.nvmf_subsystem_remove_host(nqn=live, host=host)
+        assert c.nvmf_subsystem_get_controllers(nqn=live) == []
+        c.nvmf_delete_subsystem(nqn=live)
+        c.bdev_malloc_delete(name="live0")
+        assert live not in [x["nqn"] for x in c.nvmf_get_subsystems()]
+    assert perf(host).returncode != 0, "the subsystem is gone"
 
 
 @check("spdk-rpc save_config: SPDK's JSON config of the running state")

@@ -1,17 +1,21 @@
-//! nvmfd-perf: an NVMe/TCP perf initiator loosely like spdk_nvme_perf. One I/O queue, pipelined
-//! at the given depth, for the given time; prints IOPS, bandwidth and latency percentiles.
+//! nvmfd-perf: an NVMe-oF perf initiator in the manner of spdk_nvme_perf. `--cores` threads,
+//! each with `--connections` I/O queues kept `--queue-depth` deep, for `--time` seconds or
+//! `--ios` I/Os; prints IOPS, MB/s and latency percentiles as a table or `--json`, and a live
+//! progress line on stderr when stderr is a terminal.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::Parser;
+use nvmfd_bench::host::Fabric;
 use nvmfd_bench::perf::{self, PerfConfig, Workload};
 use nvmfd_bench::HostOptions;
 
 #[derive(Parser, Debug)]
-#[command(name = "nvmfd-perf", about = "NVMe/TCP perf initiator")]
+#[command(name = "nvmfd-perf", about = "NVMe-oF perf initiator (NVMe/TCP)")]
 struct Args {
     /// Target address.
     #[arg(long, default_value = "127.0.0.1:4420")]
@@ -19,24 +23,42 @@ struct Args {
     /// Subsystem NQN.
     #[arg(long)]
     nqn: String,
-    /// randread, randwrite, read or write.
+    /// Fabric: tcp (rdma is not built yet).
+    #[arg(long, default_value = "tcp", value_parser = parse_fabric)]
+    transport: Fabric,
+    /// randread, randwrite, read, write, randrw or rw.
     #[arg(long, default_value = "randread", value_parser = parse_workload)]
     workload: Workload,
+    /// Percentage of reads for randrw and rw.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
+    rwmixread: u8,
     /// Bytes per I/O (a multiple of the namespace block size).
     #[arg(long, default_value_t = 4096)]
     io_size: usize,
-    /// Commands kept in flight on the I/O queue.
+    /// Commands kept in flight on each I/O queue.
     #[arg(long, default_value_t = 32)]
     queue_depth: u16,
-    /// Seconds to run (fractions allowed).
-    #[arg(long, default_value_t = 10.0)]
-    time: f64,
+    /// Seconds to run (fractions allowed); with --ios, whichever ends first.
+    #[arg(long)]
+    time: Option<f64>,
+    /// Stop after this many I/Os in all (split evenly over the connections).
+    #[arg(long)]
+    ios: Option<u64>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    cores: usize,
+    /// I/O queues (one TCP connection each) per worker thread.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Pin the worker threads to these CPUs, round-robin (e.g. 1,2,3). Not pinned without it.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Vec<usize>,
+    /// Pin to this one CPU (the same as --cpus N).
+    #[arg(long)]
+    core: Option<usize>,
     /// Namespace ID.
     #[arg(long, default_value_t = 1)]
     nsid: u32,
-    /// Pin the thread to this CPU.
-    #[arg(long)]
-    core: Option<usize>,
     /// Request header digests.
     #[arg(long)]
     hdgst: bool,
@@ -46,13 +68,13 @@ struct Args {
     /// Print the result as JSON.
     #[arg(long)]
     json: bool,
-    /// Writes: read back and check everything written. Reads: check stamped blocks.
+    /// Check every read, and read back and check everything written.
     #[arg(long)]
     verify: bool,
     /// Limit I/O to the first MiB of the namespace.
     #[arg(long)]
     span_mib: Option<u64>,
-    /// I/O queue ID.
+    /// I/O queue ID of the first connection (the others follow).
     #[arg(long, default_value_t = 1)]
     qid: u16,
     /// Host NQN (default: a random UUID-based one).
@@ -64,28 +86,22 @@ struct Args {
     /// Seed of the random offsets.
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
+    /// No progress line even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
+    /// Poll the connections without ever blocking (uses the whole core, like spdk_nvme_perf).
+    #[arg(long)]
+    busy_poll: bool,
 }
 
 fn parse_workload(s: &str) -> Result<Workload, String> {
-    Workload::parse(s)
-        .ok_or_else(|| format!("unknown workload {s:?} (randread, randwrite, read, write)"))
+    Workload::parse(s).ok_or_else(|| {
+        format!("unknown workload {s:?} (randread, randwrite, read, write, randrw, rw)")
+    })
 }
 
-fn pin(core: usize) -> anyhow::Result<()> {
-    // SAFETY: cpu_set_t is plain data; CPU_SET writes inside it; sched_setaffinity reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if core >= libc::CPU_SETSIZE as usize {
-            bail!("core {core} is beyond CPU_SETSIZE");
-        }
-        libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("pinning to core {core}"));
-    }
-    Ok(())
+fn parse_fabric(s: &str) -> Result<Fabric, String> {
+    Fabric::parse(s).ok_or_else(|| format!("unknown transport {s:?} (tcp, rdma)"))
 }
 
 fn main() -> ExitCode {
@@ -100,11 +116,16 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> anyhow::Result<ExitCode> {
-    if let Some(core) = args.core {
-        pin(core)?;
-    }
-    if !(args.time.is_finite() && args.time > 0.0) {
-        bail!("--time must be a positive number of seconds");
+    let duration = match (args.time, args.ios) {
+        (Some(t), _) if !(t.is_finite() && t > 0.0) => {
+            bail!("--time must be a positive number of seconds")
+        }
+        (Some(t), _) => Some(Duration::from_secs_f64(t)),
+        (None, Some(_)) => None,
+        (None, None) => Some(Duration::from_secs(10)),
+    };
+    if args.ios == Some(0) {
+        bail!("--ios must be at least 1");
     }
     let mut host = HostOptions::new(args.nqn.clone());
     host.header_digest = args.hdgst;
@@ -113,19 +134,29 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = &args.hostnqn {
         host.hostnqn = n.clone();
     }
-    let cfg = PerfConfig {
-        addr: args.addr,
-        host,
-        workload: args.workload,
-        io_size: args.io_size,
-        queue_depth: args.queue_depth,
-        duration: Duration::from_secs_f64(args.time),
-        nsid: args.nsid,
-        qid: args.qid,
-        span_bytes: args.span_mib.map(|m| m << 20),
-        verify: args.verify,
-        seed: args.seed,
-    };
+    let mut cpus = args.cpus.clone();
+    if let Some(c) = args.core {
+        cpus = vec![c];
+    }
+    let mut cfg = PerfConfig::new(args.addr, &args.nqn);
+    cfg.fabric = args.transport;
+    cfg.host = host;
+    cfg.workload = args.workload;
+    cfg.mix_read_pct = args.rwmixread;
+    cfg.io_size = args.io_size;
+    cfg.queue_depth = args.queue_depth;
+    cfg.duration = duration;
+    cfg.io_count = args.ios;
+    cfg.nsid = args.nsid;
+    cfg.first_qid = args.qid;
+    cfg.cores = args.cores;
+    cfg.connections = args.connections;
+    cfg.cpus = cpus;
+    cfg.span_bytes = args.span_mib.map(|m| m << 20);
+    cfg.verify = args.verify;
+    cfg.seed = args.seed;
+    cfg.busy_poll = args.busy_poll;
+    cfg.progress = !args.no_progress && std::io::stderr().is_terminal();
     let report = perf::run(&cfg)?;
     if args.json {
         println!("{}", report.json());

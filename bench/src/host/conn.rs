@@ -106,13 +106,19 @@ impl Conn {
                 self.rbuf.resize(n, 0);
             }
         }
-        if !blocking {
-            self.stream.set_nonblocking(true)?;
-        }
-        let r = self.stream.read(&mut self.rbuf[self.rend..]);
-        if !blocking {
-            self.stream.set_nonblocking(false)?;
-        }
+        // A non-blocking attempt is one recv(MSG_DONTWAIT): no fcntl pair around it, which
+        // cost two extra syscalls per poll of a pipelined queue.
+        let r = if blocking {
+            self.stream.read(&mut self.rbuf[self.rend..])
+        } else {
+            rustix::net::recv(
+                &self.stream,
+                &mut self.rbuf[self.rend..],
+                rustix::net::RecvFlags::DONTWAIT,
+            )
+            .map(|(n, _)| n)
+            .map_err(std::io::Error::from)
+        };
         match r {
             Ok(0) => Err(HostError::ConnectionClosed {
                 waiting_for: waiting_for(),

@@ -219,6 +219,28 @@ impl IoQueue {
         self.q.wait_for(cid)
     }
 
+    /// Batched sends: `submit` only queues the command; it goes out with others on
+    /// [`IoQueue::send_queued`], [`IoQueue::reap_with`] or before any blocking wait. Off by default.
+    pub fn set_batch(&mut self, on: bool) -> Result<()> {
+        self.q.set_batch(on)
+    }
+
+    /// Send the commands (and H2CData) batched so far, in one write.
+    pub fn send_queued(&mut self) -> Result<()> {
+        self.q.flush()
+    }
+
+    /// Hand every completed command to `f` without allocating (buffers return to the queue's
+    /// pool afterwards): at most one non-blocking receive, or with `wait` block until at least
+    /// one completes when any is in flight. Returns how many were handed over.
+    pub fn reap_with(&mut self, wait: bool, f: &mut dyn FnMut(&Completion)) -> Result<usize> {
+        self.q.reap(wait, f)
+    }
+
+    pub(crate) fn raw_stream(&self) -> &std::net::TcpStream {
+        &self.q.conn.stream
+    }
+
     /// Hand a completion's data buffer back for reuse by later reads.
     pub fn recycle_buffer(&mut self, buf: Vec<u8>) {
         self.q.recycle(buf);

@@ -10,6 +10,7 @@
 mod conn;
 mod controller;
 mod error;
+pub mod fabric;
 pub mod frame;
 mod io;
 mod queue;
@@ -18,6 +19,7 @@ mod raw;
 pub use conn::MAX_PDU_DATA;
 pub use controller::{format_uuid, Controller, ControllerInfo, Host, HostOptions, NamespaceInfo};
 pub use error::{fes_name, pdu_name, HostError, Result};
+pub use fabric::{Fabric, FabricController, FabricQueue, IoDone};
 pub use io::{
     deallocate_sqe, read_sqe, write_sqe, write_zeroes_sqe, IoQueue, MAX_BLOCKS_PER_COMMAND,
     MAX_DSM_RANGES,

@@ -74,6 +74,9 @@ pub struct AdminState {
     /// The local address the admin connection arrived on (the discovery log reports it for
     /// listeners on a wildcard address).
     pub local: Option<SocketAddr>,
+    /// The target snapshot generation at which the host last read the Changed Namespace List
+    /// log (or the controller was created): the log reports namespace changes after it.
+    pub ns_seen: u64,
 }
 
 /// CC fields (NVMe base 2.0, 3.1.4.5).
@@ -134,6 +137,7 @@ impl AdminState {
             masked_events: 0,
             shutdown: Shutdown::None,
             local: None,
+            ns_seen: 0,
         };
         s.keep_alive(now);
         s
@@ -377,8 +381,16 @@ pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             let target = qp.target.clone();
             let ctrl = a.ctrl.clone();
             let local = a.local;
-            match logpage::get_log_page(&target, &ctrl, qp.transport.kind, local, cap) {
+            match logpage::get_log_page(&target, &ctrl, qp.transport.kind, local, a.ns_seen, cap) {
                 Ok(len) => {
+                    // The Changed Namespace List holds the changes since it was last read
+                    // (NVMe base 2.0, 5.16.1.5): reading it starts a new list, whatever RAE
+                    // says (RAE only decides whether the event stays masked; Linux nvmet
+                    // clears it the same way).
+                    if sqe.cdw10 as u8 == nvmfd_transport::proto::nvme::log_page::CHANGED_NAMESPACES
+                    {
+                        a.ns_seen = target.generation;
+                    }
                     // RAE (dword 10 bit 15) clear: the events this page reports are unmasked.
                     if sqe.cdw10 & (1 << 15) == 0 {
                         a.log_read(sqe.cdw10 as u8);

@@ -70,6 +70,10 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             refused!(target, subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), "connect refused: host not on the subsystem's allow list");
             return qp.respond(cap, Status::CONNECT_INVALID_HOST, 0, 0);
         }
+        if !super::live::listener_allows(&target.subsystems[i], qp.local) {
+            refused!(target, subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), "connect refused: the subsystem has no listener on this address");
+            return invalid_param(qp, cap, true, 256);
+        }
     }
     let entries = cmd.sqsize as u32 + 1;
     let max_entries = if cmd.qid == 0 {
@@ -107,6 +111,7 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         qp.sq_entries = entries as u16;
         let mut admin = AdminState::new(ctrl, cmd.kato_ms, now);
         admin.local = qp.local;
+        admin.ns_seen = target.generation;
         qp.state = State::Admin(Box::new(admin));
         return qp.respond(cap, Status::SUCCESS, cntlid as u32, 0);
     }

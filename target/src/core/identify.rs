@@ -12,8 +12,13 @@ use nvmfd_transport::TransportInfo;
 
 pub const SIZE: usize = 4096;
 
-/// Optional Asynchronous Events Supported (Identify Controller bytes 95:92).
-pub const OAES: u32 = 0;
+/// Optional Asynchronous Events Supported (Identify Controller bytes 95:92) of an I/O controller:
+/// bit 8, Namespace Attribute Notices (live reconfiguration adds and removes namespaces and
+/// raises them).
+pub const OAES_IO: u32 = 1 << 8;
+/// ... and of a discovery controller: bit 31, Discovery Log Page Change Notices (NVMe base 2.0,
+/// Identify Controller OAES; raised when live reconfiguration changes what the log shows).
+pub const OAES_DISCOVERY: u32 = 1 << 31;
 
 /// Firmware revision reported in Identify and the firmware slot log.
 pub const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
@@ -94,10 +99,16 @@ fn controller(target: &Target, t: &TransportInfo, ctrl: &CtrlShared, b: &mut [u8
     b[77] = t.mdts();
     le::put_u16(b, 78, ctrl.cntlid);
     le::put_u32(b, 80, NVME_VERSION);
-    // OAES: no optional asynchronous event is advertised, since nothing raises one yet (the
-    // core can complete held AERs with namespace attribute and discovery log change notices;
-    // set bit 8 / bit 31 here once live reconfiguration raises them).
-    le::put_u32(b, 92, OAES);
+    // OAES: only the notices live reconfiguration raises for this kind of controller.
+    le::put_u32(
+        b,
+        92,
+        if subsys.is_some() {
+            OAES_IO
+        } else {
+            OAES_DISCOVERY
+        },
+    );
     // CTRATT bit 0: 128-bit host identifier, required over fabrics (NVMe-oF 1.1, Connect:
     // HOSTID is 128 bits).
     le::put_u32(b, 96, 1);

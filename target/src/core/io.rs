@@ -163,8 +163,10 @@ pub(super) fn transfer_len(target: &Target, state: &State, cap: &Capsule) -> u32
     let State::Io { subsys, .. } = state else {
         return 0;
     };
-    target.subsystems[*subsys]
-        .namespace(cap.sqe.nsid)
+    target
+        .subsystems
+        .get(*subsys)
+        .and_then(|s| s.namespace(cap.sqe.nsid))
         .map_or(0, |ns| cap.sqe.nlb() * ns.info.block_size)
 }
 

@@ -22,6 +22,7 @@ pub(super) fn get_log_page(
     ctrl: &CtrlShared,
     arrived: TransportKind,
     local: Option<SocketAddr>,
+    ns_seen: u64,
     cap: &mut Capsule,
 ) -> Result<u32, Status> {
     let sqe = cap.sqe;
@@ -46,8 +47,11 @@ pub(super) fn get_log_page(
             put_str(&mut p[8..16], FIRMWARE_REVISION, b' ');
             p
         }
-        // No namespace changes happen at run time yet: an empty list.
-        log_page::CHANGED_NAMESPACES if !discovery => vec![0; 4096],
+        // Namespaces added or removed at run time since the host last read this page.
+        log_page::CHANGED_NAMESPACES => match ctrl.subsys {
+            SubsysRef::Nvm(i) => target.changed_ns_log(i, ns_seen),
+            SubsysRef::Discovery => return Err(Status::INVALID_FIELD),
+        },
         // An unsupported log page is Invalid Field in Command (NVMe base 1.4 5.14 / 2.0 5.16:
         // "...specifies a Log Identifier that is not supported, then the controller should abort
         // the command with status Invalid Field in Command").

@@ -11,6 +11,7 @@ mod controller;
 mod fabrics;
 mod identify;
 mod io;
+mod live;
 mod logpage;
 mod qpair;
 
@@ -76,9 +77,13 @@ pub struct Listener {
 }
 
 /// An NVM subsystem.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Subsystem {
     pub nqn: String,
+    /// False once deleted at run time: a deleted subsystem keeps its slot (its index is the
+    /// [`SubsysRef::Nvm`] controllers and queues name it by) but has no namespaces, hosts or
+    /// listeners, admits no host and is found by no lookup.
+    pub live: bool,
     pub serial: String,
     pub model: String,
     pub allow_any_host: bool,
@@ -92,7 +97,7 @@ pub struct Subsystem {
 
 impl Subsystem {
     pub fn host_allowed(&self, hostnqn: &str) -> bool {
-        self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
+        self.live && self.allow_any_host || self.hosts.iter().any(|h| h == hostnqn)
     }
 
     pub fn namespace(&self, nsid: u32) -> Option<&Namespace> {
@@ -120,23 +125,36 @@ pub enum SubsysRef {
     Nvm(usize),
 }
 
-/// Everything the core knows, shared read-only by all reactors (the controller registry inside is
-/// touched only when queues connect and disconnect, never per I/O).
+/// Everything the core knows: an immutable snapshot, shared read-only by all reactors. Live
+/// reconfiguration (`crate::live`) builds a new snapshot ([`Target::next`]) and sends it to every
+/// reactor, which swaps its queue pairs' reference between polls; nothing on the I/O path takes a
+/// lock. The parts that outlive a snapshot (the controller registry, the discovery generation
+/// counter, the refusal log budget) are shared by all snapshots of one daemon; the registry is
+/// touched only when queues connect and disconnect, never per I/O.
 #[derive(Debug)]
 pub struct Target {
+    /// NVM subsystems by slot ([`SubsysRef::Nvm`]); deleted ones stay as tombstones
+    /// ([`Subsystem::live`] false) so that slots never move.
     pub subsystems: Vec<Subsystem>,
     pub discovery_enabled: bool,
     /// Every configured transport's limits and reported values (the discovery log reports each
     /// listener with its transport's; a queue pair takes those of the transport it arrived on).
     pub transports: Vec<TransportInfo>,
+    /// Snapshot generation: 1 at start, +1 per applied change.
+    pub generation: u64,
+    /// Namespaces added or removed, (generation, subsystem slot, NSID), oldest first and at most
+    /// [`live::NS_JOURNAL`] long: what each controller's Changed Namespace List log reports.
+    pub(crate) ns_changes: Arc<Vec<(u64, usize, u32)>>,
+    /// The generation of the oldest change the journal may have dropped (0: none dropped).
+    pub(crate) ns_changes_floor: u64,
     /// Generation counter of the discovery log: starts from a digest of what the log can show
     /// (so a daemon restarted with another configuration shows another value, the same one
     /// the same value) and moves on at every change ([`Target::discovery_changed`]).
-    discovery_genctr: AtomicU64,
-    registry: controller::Registry,
+    discovery_genctr: Arc<AtomicU64>,
+    registry: Arc<controller::Registry>,
     /// Log budget of refused Connects, shared by every reactor (touched only when a Connect is
     /// refused, never on the I/O path).
-    refusals: Mutex<RateLimit>,
+    refusals: Arc<Mutex<RateLimit>>,
 }
 
 /// Refused Connects: the first 20 are logged, then one in 1000 with the count left out.
@@ -211,6 +229,7 @@ impl Target {
                     .collect();
                 namespaces.sort_by_key(|n| n.nsid);
                 Subsystem {
+                    live: true,
                     nqn: s.nqn.clone(),
                     serial: sid.serial.clone(),
                     model: s.model.clone(),
@@ -235,9 +254,15 @@ impl Target {
             subsystems,
             discovery_enabled: cfg.discovery.enabled,
             transports: vec![nvmfd_transport::tcp::transport_info(&cfg.transports.tcp)],
-            discovery_genctr: AtomicU64::new(genctr),
-            registry: controller::Registry::default(),
-            refusals: Mutex::new(RateLimit::new(REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY)),
+            generation: 1,
+            ns_changes: Arc::new(Vec::new()),
+            ns_changes_floor: 0,
+            discovery_genctr: Arc::new(AtomicU64::new(genctr)),
+            registry: Arc::new(controller::Registry::default()),
+            refusals: Arc::new(Mutex::new(RateLimit::new(
+                REFUSAL_LOG_BURST,
+                REFUSAL_LOG_EVERY,
+            ))),
         })
     }
 
@@ -253,7 +278,7 @@ impl Target {
         }
         self.subsystems
             .iter()
-            .position(|s| s.nqn == nqn)
+            .position(|s| s.live && s.nqn == nqn)
             .map(SubsysRef::Nvm)
     }
 

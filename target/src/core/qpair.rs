@@ -74,6 +74,8 @@ pub struct QueuePair {
     /// Fabrics Disconnect ended this I/O queue: its QID is given back and the connection closes
     /// once nothing is in flight.
     disconnected: bool,
+    /// Snapshots replaced while commands were in flight (live reconfiguration, `live.rs`).
+    pub(super) retired: Vec<Arc<Target>>,
 }
 
 impl QueuePair {
@@ -90,6 +92,7 @@ impl QueuePair {
             in_flight: 0,
             shutdown_acked: 0,
             disconnected: false,
+            retired: Vec::new(),
         }
     }
 
@@ -363,10 +366,15 @@ impl QueuePair {
             Err(IoError::Nvme { sct, sc, dnr }) => Status { sct, sc, dnr },
         };
         let data_len = if cap.sqe.opcode == opcode::NVM_READ {
-            io::transfer_len(&self.target, &self.state, cap)
+            // The snapshot the command was admitted under may have been replaced since.
+            (self.completion_targets())
+                .map(|t| io::transfer_len(t, &self.state, cap))
+                .find(|&n| n != 0)
+                .unwrap_or(0)
         } else {
             0
         };
+        self.release_retired();
         self.response(cap.sqe.cid, status, 0, data_len)
     }
 

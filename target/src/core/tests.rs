@@ -1228,8 +1228,8 @@ fn identify_reports_what_is_implemented() {
     );
     assert_eq!(
         u32::from_le_bytes(id[92..96].try_into().unwrap()),
-        0,
-        "OAES: nothing raises optional events yet"
+        1 << 8,
+        "OAES: namespace attribute notices only (live reconfiguration raises them)"
     );
     assert_eq!(id[111], 1, "CNTRLTYPE (1.4)");
     // 2.0 structures are not there.
@@ -1739,4 +1739,126 @@ fn identify_reports_the_transport_of_the_admin_queue() {
     );
     assert_eq!(u32::from_le_bytes(id[1796..1800].try_into().unwrap()), 2);
     assert_eq!(id[1803], 16);
+}
+
+/// Live reconfiguration in the core: a namespace added and removed through new snapshots. The
+/// queues see it once they took the snapshot, the admin queue's held AER completes with the
+/// Namespace Attribute Changed notice, the Changed Namespace List reports the NSID once (it is
+/// cleared by the read), a read in flight across the removal completes with its data, and a
+/// command after the removal gets Invalid Namespace or Format.
+#[test]
+fn live_namespace_add_and_remove() {
+    let t = target();
+    let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
+    set_features(&mut aq, feature::ASYNC_EVENT_CONFIG, 1 << 8);
+    let (mut io, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::SUCCESS);
+    assert_eq!(aer(&mut aq, 40), Outcome::Held);
+    let (_, log) = get_log(&mut aq, log_page::CHANGED_NAMESPACES, 4096, false);
+    assert!(log.iter().all(|&b| b == 0), "nothing changed yet");
+
+    // Add NSID 2 (backed by bdev slot 1).
+    let mut subs = t.subsystems.clone();
+    let mut ns = subs[1].namespaces[0].clone();
+    ns.nsid = 2;
+    subs[0].namespaces.push(ns);
+    let t2 = t.next(subs, &[(0, 2)]);
+    assert_eq!(t2.generation, t.generation + 1);
+    // Not yet taken by the I/O queue: NSID 2 is unknown there.
+    let read2 = |q: &mut QueuePair| {
+        let mut cap = capsule(io_sqe(opcode::NVM_READ, 2, 0, 8), &[], 4096);
+        q.run(&mut cap, Instant::now())
+    };
+    assert_eq!(done(read2(&mut io)).cqe.status, Status::INVALID_NAMESPACE);
+    assert_eq!(io.set_target(t2.clone()), None);
+    assert_eq!(aq.set_target(t2.clone()), None);
+    assert!(matches!(read2(&mut io), Outcome::Io { bdev: 1, .. }));
+    // The control plane raises the notice once every reactor has the snapshot.
+    t2.raise_event(SubsysRef::Nvm(0), AsyncEvent::NamespaceAttributeChanged);
+    let Some(Action::Complete(r)) = aq.next_action() else {
+        panic!("the held AER completes")
+    };
+    assert_eq!((r.cqe.cid, r.cqe.dw0), (40, 0x02 | (0x04 << 16)));
+    let (_, id) = identify(&mut aq, cns::ACTIVE_NAMESPACES, 0);
+    assert_eq!(&id[..12], &[1, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0]);
+    let (_, log) = get_log(&mut aq, log_page::CHANGED_NAMESPACES, 4096, false);
+    assert_eq!(&log[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+    let (_, log) = get_log(&mut aq, log_page::CHANGED_NAMESPACES, 4096, false);
+    assert!(log.iter().all(|&b| b == 0), "cleared by the read");
+
+    // Remove it while the read above is in flight.
+    let mut subs = t2.subsystems.clone();
+    subs[0].namespaces.retain(|n| n.nsid != 2);
+    let t3 = t2.next(subs, &[(0, 2)]);
+    assert_eq!(io.set_target(t3.clone()), None);
+    assert_eq!(aq.set_target(t3.clone()), None);
+    let cap = capsule(io_sqe(opcode::NVM_READ, 2, 0, 8), &[], 4096);
+    let r = io.io_done(&cap, Ok(()));
+    assert_eq!(
+        (r.cqe.status, r.data_len),
+        (Status::SUCCESS, 8 * 512),
+        "the in-flight read completes with its data"
+    );
+    assert_eq!(done(read2(&mut io)).cqe.status, Status::INVALID_NAMESPACE);
+    let (_, log) = get_log(&mut aq, log_page::CHANGED_NAMESPACES, 4096, false);
+    assert_eq!(&log[..8], &[2, 0, 0, 0, 0, 0, 0, 0]);
+    // Another controller created after the changes sees none of them.
+    let (mut aq2, _) = admin(&t3, NQN, HOST_B);
+    let (_, log) = get_log(&mut aq2, log_page::CHANGED_NAMESPACES, 4096, false);
+    assert!(log.iter().all(|&b| b == 0));
+}
+
+/// Taking a host off the allow-list, a listener off the subsystem, or deleting the subsystem
+/// ends that host's queues when they take the snapshot; other queues are untouched.
+#[test]
+fn live_changes_end_the_queues_they_concern() {
+    let t = target();
+    let connect = |t: &Arc<Target>, nqn: &str, host: &str, port: u16| {
+        let mut qp = tcp_qp(t.clone());
+        qp.set_local_addr(format!("127.0.0.1:{port}").parse().unwrap());
+        let r = connect_cmd(&mut qp, 0, 31, 0xffff, nqn, host, Instant::now());
+        (qp, r.cqe.status)
+    };
+    let (mut a, s) = connect(&t, LOCKED, HOST_A, 4421);
+    assert_eq!(s, Status::SUCCESS);
+    let (mut b, s) = connect(&t, NQN, HOST_B, 4420);
+    assert_eq!(s, Status::SUCCESS);
+    // A Connect through a port the subsystem does not listen on is refused.
+    assert_eq!(
+        connect(&t, NQN, HOST_B, 4421).1,
+        Status::CONNECT_INVALID_PARAMETERS
+    );
+    let mut subs = t.subsystems.clone();
+    subs[1].hosts.clear();
+    let t2 = t.next(subs, &[]);
+    assert_eq!(
+        a.set_target(t2.clone()),
+        Some("host removed from the subsystem's allow list")
+    );
+    assert_eq!(b.set_target(t2.clone()), None);
+    assert_eq!(
+        connect(&t2, LOCKED, HOST_A, 4421).1,
+        Status::CONNECT_INVALID_HOST
+    );
+    let mut subs = t2.subsystems.clone();
+    subs[0].listeners.clear();
+    let t3 = t2.next(subs, &[]);
+    assert_eq!(
+        b.set_target(t3.clone()),
+        Some("listener removed from the subsystem")
+    );
+    let mut subs = t3.subsystems.clone();
+    subs[1] = Subsystem {
+        live: false,
+        namespaces: vec![],
+        hosts: vec![],
+        listeners: vec![],
+        allow_any_host: false,
+        ..subs[1].clone()
+    };
+    let t4 = t3.next(subs, &[]);
+    assert_eq!(t4.find_subsystem(LOCKED), None);
+    let (mut c, s) = connect(&t, LOCKED, HOST_A, 4421);
+    assert_eq!(s, Status::SUCCESS);
+    assert_eq!(c.set_target(t4), Some("subsystem deleted"));
 }

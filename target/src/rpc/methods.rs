@@ -1,15 +1,13 @@
 //! The methods: names, parameters and result shapes follow SPDK's (`lib/nvmf/nvmf_rpc.c`,
 //! `lib/bdev/bdev_rpc.c`, `lib/event/app_rpc.c`) for the subset that applies to nvmfd, so SPDK's
-//! own client and scripts work unchanged. Everything here reads the running state; the methods
-//! that would change it (live reconfiguration) validate their parameters like SPDK does and then
-//! answer [`EOPNOTSUPP`] until the core can change a running target.
+//! own client and scripts work unchanged. Each call reads one consistent picture of the running
+//! state ([`Call`]); the methods that change it check their parameters like SPDK does and then
+//! go through `crate::live` (validated like a configuration file, applied without stopping I/O).
 
-use super::jsonrpc::{
-    params, Dispatch, RpcError, ENODEV, EOPNOTSUPP, INTERNAL_ERROR, METHOD_NOT_FOUND,
-};
+use super::jsonrpc::{params, Dispatch, RpcError, ENODEV, INTERNAL_ERROR, METHOD_NOT_FOUND};
 use crate::core::{SubsysRef, Target};
 use nvmfd_bdev::BdevInfo;
-use nvmfd_config::{uuid_text, BdevKind, Config, TransportKind};
+use nvmfd_config::{uuid_text, BdevConfig, BdevKind, Config, TransportKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::net::IpAddr;
@@ -25,18 +23,25 @@ pub struct ReactorInfo {
     pub core: usize,
 }
 
-/// What the methods read.
+/// What the methods serve: the live state (read and changed through `crate::live`) and the
+/// reactors.
 pub struct Context {
-    pub target: Arc<Target>,
-    /// The running configuration: the loaded one with the serials and namespace identifiers
-    /// the daemon resolved at start-up written in, and the socket actually served.
-    pub config: Config,
-    /// One per `config.bdevs` entry, in that order.
-    pub bdevs: Vec<BdevInfo>,
+    pub live: Arc<crate::live::Live>,
     pub reactors: Vec<ReactorInfo>,
 }
 
-type Handler = fn(&Context, Option<&Value>) -> Result<Value, RpcError>;
+/// What one call sees: a consistent picture of the running state taken when it started.
+pub struct Call<'a> {
+    pub target: Arc<Target>,
+    /// The running configuration: every identifier written in, the socket actually served.
+    pub config: Config,
+    /// (slot, config, facts) of every bdev, in slot order (namespaces name bdevs by slot).
+    pub bdevs: Vec<(usize, BdevConfig, BdevInfo)>,
+    pub reactors: &'a [ReactorInfo],
+    pub live: &'a crate::live::Live,
+}
+
+type Handler = fn(&Call, Option<&Value>) -> Result<Value, RpcError>;
 
 /// Every method, in the order `rpc_get_methods` lists them.
 const METHODS: &[(&str, Handler)] = &[
@@ -50,45 +55,46 @@ const METHODS: &[(&str, Handler)] = &[
         "nvmf_subsystem_get_controllers",
         nvmf_subsystem_get_controllers,
     ),
+    ("nvmf_subsystem_get_qpairs", nvmf_subsystem_get_qpairs),
+    ("nvmf_get_stats", nvmf_get_stats),
     ("save_config", save_config),
     ("framework_get_subsystems", framework_get_subsystems),
     ("framework_get_config", framework_get_config),
     ("bdev_malloc_create", bdev_malloc_create),
-    ("bdev_malloc_delete", bdev_delete),
+    ("bdev_malloc_delete", bdev_malloc_delete),
     ("bdev_null_create", bdev_null_create),
-    ("bdev_null_delete", bdev_delete),
+    ("bdev_null_delete", bdev_null_delete),
     ("bdev_uring_create", bdev_uring_create),
-    ("bdev_uring_delete", bdev_delete),
+    ("bdev_uring_delete", bdev_uring_delete),
     ("nvmf_create_subsystem", nvmf_create_subsystem),
     ("nvmf_delete_subsystem", nvmf_delete_subsystem),
     ("nvmf_subsystem_add_ns", nvmf_subsystem_add_ns),
     ("nvmf_subsystem_remove_ns", nvmf_subsystem_remove_ns),
-    ("nvmf_subsystem_add_listener", nvmf_subsystem_listener),
-    ("nvmf_subsystem_remove_listener", nvmf_subsystem_listener),
-    ("nvmf_subsystem_add_host", nvmf_subsystem_host),
-    ("nvmf_subsystem_remove_host", nvmf_subsystem_host),
+    ("nvmf_subsystem_add_listener", nvmf_subsystem_add_listener),
+    (
+        "nvmf_subsystem_remove_listener",
+        nvmf_subsystem_remove_listener,
+    ),
+    ("nvmf_subsystem_add_host", nvmf_subsystem_add_host),
+    ("nvmf_subsystem_remove_host", nvmf_subsystem_remove_host),
     (
         "nvmf_subsystem_allow_any_host",
         nvmf_subsystem_allow_any_host,
     ),
 ];
 
-/// Methods nvmfd knows but does not serve yet: the reason.
-const NOT_YET: &[(&str, &str)] = &[
-    ("nvmf_subsystem_get_qpairs", "per-queue-pair reporting"),
-    ("nvmf_get_stats", "per-reactor statistics"),
-];
-
 impl Dispatch for Context {
     fn call(&self, method: &str, p: Option<&Value>) -> Result<Value, RpcError> {
         if let Some((_, h)) = METHODS.iter().find(|(m, _)| *m == method) {
-            return h(self, p);
-        }
-        if let Some((_, what)) = NOT_YET.iter().find(|(m, _)| *m == method) {
-            return Err(RpcError::new(
-                EOPNOTSUPP,
-                format!("not supported yet: {what} ({method})"),
-            ));
+            let v = self.live.view();
+            let call = Call {
+                target: v.target,
+                config: v.config,
+                bdevs: v.bdevs,
+                reactors: &self.reactors,
+                live: &self.live,
+            };
+            return h(&call, p);
         }
         Err(RpcError::new(METHOD_NOT_FOUND, "Method not found"))
     }
@@ -99,7 +105,7 @@ impl Dispatch for Context {
 #[serde(deny_unknown_fields)]
 struct NoParams {}
 
-fn spdk_get_version(_: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn spdk_get_version(_: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     params::<NoParams>(p)?;
     let num = |s: &str| s.parse::<u64>().unwrap_or(0);
     Ok(json!({
@@ -123,7 +129,7 @@ struct GetMethods {
     include_aliases: bool,
 }
 
-fn rpc_get_methods(_: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn rpc_get_methods(_: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     // nvmfd has no start-up RPC state (SPDK's "current") and no deprecated aliases: both flags
     // are accepted and change nothing.
     let GetMethods {
@@ -159,7 +165,7 @@ pub(super) fn thread_times(comm: &str) -> Option<(u64, u64, u64)> {
     None
 }
 
-fn framework_get_reactors(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn framework_get_reactors(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     params::<NoParams>(p)?;
     let reactors: Vec<Value> = ctx
         .reactors
@@ -183,13 +189,17 @@ fn framework_get_reactors(ctx: &Context, p: Option<&Value>) -> Result<Value, Rpc
 }
 
 /// The namespace (subsystem NQN, namespace) a bdev backs, if any.
-fn bdev_user(ctx: &Context, bdev: usize) -> Option<(&str, &crate::core::Namespace)> {
-    ctx.target.subsystems.iter().find_map(|s| {
-        s.namespaces
-            .iter()
-            .find(|n| n.bdev == bdev)
-            .map(|n| (s.nqn.as_str(), n))
-    })
+fn bdev_user<'a>(ctx: &'a Call, bdev: usize) -> Option<(&'a str, &'a crate::core::Namespace)> {
+    ctx.target
+        .subsystems
+        .iter()
+        .filter(|s| s.live)
+        .find_map(|s| {
+            s.namespaces
+                .iter()
+                .find(|n| n.bdev == bdev)
+                .map(|n| (s.nqn.as_str(), n))
+        })
 }
 
 fn hex_upper(b: &[u8]) -> String {
@@ -207,9 +217,9 @@ struct GetBdevs {
     timeout: Option<u64>,
 }
 
-fn bdev_json(ctx: &Context, i: usize) -> Value {
-    let info = &ctx.bdevs[i];
-    let cfg = &ctx.config.bdevs[i];
+/// The `k`-th bdev of the call's list.
+fn bdev_json(ctx: &Call, k: usize) -> Value {
+    let (slot, cfg, info) = &ctx.bdevs[k];
     let (product, specific) = match &cfg.kind {
         BdevKind::Malloc { .. } => ("Malloc disk", json!({})),
         BdevKind::Null { .. } => ("Null disk", json!({})),
@@ -222,7 +232,7 @@ fn bdev_json(ctx: &Context, i: usize) -> Value {
             json!({"nvme": [{"pci_address": pci, "trid": {"trtype": "PCIe", "traddr": pci}, "ns_data": {"id": namespace}}]}),
         ),
     };
-    let user = bdev_user(ctx, i);
+    let user = bdev_user(ctx, *slot);
     let mut v = json!({
         "name": info.name,
         "aliases": [],
@@ -249,13 +259,13 @@ fn bdev_json(ctx: &Context, i: usize) -> Value {
     v
 }
 
-fn bdev_get_bdevs(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn bdev_get_bdevs(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: GetBdevs = params(p)?;
     match q.name {
         None => Ok(Value::Array(
             (0..ctx.bdevs.len()).map(|i| bdev_json(ctx, i)).collect(),
         )),
-        Some(name) => match ctx.bdevs.iter().position(|b| b.name == name) {
+        Some(name) => match ctx.bdevs.iter().position(|b| b.1.name == name) {
             Some(i) => Ok(json!([bdev_json(ctx, i)])),
             None => Err(RpcError::new(ENODEV, "No such device")),
         },
@@ -280,7 +290,7 @@ struct GetTransports {
     tgt_name: Option<String>,
 }
 
-fn nvmf_get_transports(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn nvmf_get_transports(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: GetTransports = params(p)?;
     check_tgt(&q.tgt_name)?;
     if let Some(t) = &q.trtype {
@@ -315,7 +325,7 @@ fn trid(transport: TransportKind, address: IpAddr, port: u16) -> Value {
     })
 }
 
-fn subsystem_json(ctx: &Context, i: usize) -> Value {
+fn subsystem_json(ctx: &Call, i: usize) -> Value {
     let s = &ctx.target.subsystems[i];
     json!({
         "nqn": s.nqn,
@@ -344,7 +354,7 @@ fn subsystem_json(ctx: &Context, i: usize) -> Value {
 }
 
 /// The discovery subsystem as SPDK lists it: every listener address of every subsystem.
-fn discovery_json(ctx: &Context) -> Value {
+fn discovery_json(ctx: &Call) -> Value {
     json!({
         "nqn": nvmfd_config::DISCOVERY_NQN,
         "subtype": "Discovery",
@@ -363,7 +373,7 @@ struct GetSubsystems {
     tgt_name: Option<String>,
 }
 
-fn nvmf_get_subsystems(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn nvmf_get_subsystems(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: GetSubsystems = params(p)?;
     check_tgt(&q.tgt_name)?;
     let mut all = Vec::new();
@@ -371,7 +381,9 @@ fn nvmf_get_subsystems(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcErr
         all.push((nvmfd_config::DISCOVERY_NQN, discovery_json(ctx)));
     }
     for (i, s) in ctx.target.subsystems.iter().enumerate() {
-        all.push((s.nqn.as_str(), subsystem_json(ctx, i)));
+        if s.live {
+            all.push((s.nqn.as_str(), subsystem_json(ctx, i)));
+        }
     }
     match q.nqn {
         None => Ok(Value::Array(all.into_iter().map(|(_, v)| v).collect())),
@@ -390,13 +402,13 @@ struct SubsysQuery {
     tgt_name: Option<String>,
 }
 
-fn find_subsys(ctx: &Context, nqn: &str) -> Result<SubsysRef, RpcError> {
+fn find_subsys(ctx: &Call, nqn: &str) -> Result<SubsysRef, RpcError> {
     ctx.target.find_subsystem(nqn).ok_or_else(|| {
         RpcError::invalid_params(format!("Invalid parameters: no subsystem {nqn:?}"))
     })
 }
 
-fn nvmf_subsystem_get_controllers(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn nvmf_subsystem_get_controllers(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: SubsysQuery = params(p)?;
     check_tgt(&q.tgt_name)?;
     let sref = find_subsys(ctx, &q.nqn)?;
@@ -418,14 +430,79 @@ fn nvmf_subsystem_get_controllers(ctx: &Context, p: Option<&Value>) -> Result<Va
     ))
 }
 
-fn save_config(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn address_json(a: std::net::SocketAddr) -> Value {
+    let ip = match a.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    };
+    trid(TransportKind::Tcp, ip, a.port())
+}
+
+/// The poll group name SPDK gives reactor `id`'s thread.
+fn poll_group(id: usize) -> String {
+    format!("nvmf_tgt_poll_group_{id:03}")
+}
+
+/// The connected queue pairs of a subsystem, each reported by the reactor it lives on.
+fn nvmf_subsystem_get_qpairs(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    let q: SubsysQuery = params(p)?;
+    check_tgt(&q.tgt_name)?;
+    let sref = find_subsys(ctx, &q.nqn)?;
+    let mut out = Vec::new();
+    for r in ctx.live.reports() {
+        for qp in r.qpairs.iter().filter(|x| x.subsys == sref) {
+            let mut v = json!({
+                "cntlid": qp.cntlid,
+                "qid": qp.qid,
+                "state": "active",
+                "thread": poll_group(r.reactor),
+                "hostnqn": qp.hostnqn,
+                "peer_address": address_json(qp.peer),
+            });
+            if let Some(l) = qp.local {
+                v["listen_address"] = address_json(l);
+            }
+            out.push(((qp.cntlid, qp.qid), v));
+        }
+    }
+    out.sort_by_key(|(k, _)| *k);
+    Ok(Value::Array(out.into_iter().map(|(_, v)| v).collect()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TgtOnly {
+    #[serde(default)]
+    tgt_name: Option<String>,
+}
+
+/// Each reactor's counters, asked of the reactor itself (nothing shared is counted on the I/O
+/// path), in SPDK's shape: one poll group per reactor.
+fn nvmf_get_stats(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    let q: TgtOnly = params(p)?;
+    check_tgt(&q.tgt_name)?;
+    let mut reports = ctx.live.reports();
+    reports.sort_by_key(|r| r.reactor);
+    Ok(json!({
+        "poll_groups": reports.iter().map(|r| json!({
+            "name": poll_group(r.reactor),
+            "current_admin_qpairs": r.admin_qpairs,
+            "current_io_qpairs": r.io_qpairs,
+            "pending_bdev_io": r.pending_bdev_io,
+            "completed_nvme_io": r.completed_io,
+            "transports": [{"trtype": "TCP"}],
+        })).collect::<Vec<_>>(),
+    }))
+}
+
+fn save_config(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     params::<NoParams>(p)?;
     Ok(Value::String(nvmfd_config::to_yaml(&ctx.config)))
 }
 
 /// SPDK's `save_config` (client side: `spdk-rpc save_config`) walks these and asks each one's
 /// `framework_get_config`; dependencies come first.
-fn framework_get_subsystems(_: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn framework_get_subsystems(_: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     params::<NoParams>(p)?;
     Ok(json!([
         {"subsystem": "bdev", "depends_on": []},
@@ -445,19 +522,18 @@ struct GetConfig {
 
 /// The running state as the SPDK RPC calls that would build it (SPDK's JSON config), with
 /// the same names and parameters the methods above take.
-fn framework_get_config(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn framework_get_config(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: GetConfig = params(p)?;
     let mut calls = Vec::new();
     let mut call =
         |method: &str, params: Value| calls.push(json!({"method": method, "params": params}));
     match q.name.as_str() {
         "bdev" => {
-            for (i, b) in ctx.config.bdevs.iter().enumerate() {
-                let info = &ctx.bdevs[i];
+            for (slot, b, info) in &ctx.bdevs {
                 match &b.kind {
                     BdevKind::Malloc { .. } => {
                         let mut p = json!({"name": b.name, "num_blocks": info.num_blocks, "block_size": info.block_size});
-                        if let Some((_, ns)) = bdev_user(ctx, i) {
+                        if let Some((_, ns)) = bdev_user(ctx, *slot) {
                             p["uuid"] = json!(uuid_text(&ns.uuid));
                         }
                         call("bdev_malloc_create", p);
@@ -488,7 +564,7 @@ fn framework_get_config(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcEr
                        "in_capsule_data_size": t.in_capsule_data_size,
                        "max_io_size": t.max_io_size, "c2h_success": t.c2h_success}),
             );
-            for s in &ctx.target.subsystems {
+            for s in ctx.target.subsystems.iter().filter(|s| s.live) {
                 call(
                     "nvmf_create_subsystem",
                     json!({"nqn": s.nqn, "serial_number": s.serial, "model_number": s.model,
@@ -522,16 +598,37 @@ fn framework_get_config(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcEr
     Ok(Value::Array(calls))
 }
 
-// ---- Methods that change the running state: validated, then refused until the core can. ----
+// ---- Methods that change the running state (through `crate::live`: validated like a config
+// file, applied without stopping I/O). Each checks what SPDK checks first, with SPDK's error
+// codes, then edits a copy of the running configuration; whatever the configuration rules
+// refuse comes back as Invalid params with the rule's message, and nothing changes.
 
-fn live(method: &str) -> RpcError {
-    RpcError::new(
-        EOPNOTSUPP,
-        format!(
-            "not supported yet: live reconfiguration ({method}); change the YAML configuration \
-             and restart nvmfd"
-        ),
-    )
+/// `-EBUSY`: the bdev is in use.
+pub const EBUSY: i32 = -16;
+/// `-EEXIST`: a bdev of that name exists.
+pub const EEXIST: i32 = -17;
+
+fn refused(e: crate::live::Refused) -> RpcError {
+    RpcError::invalid_params(format!("Invalid parameters: {e}"))
+}
+
+fn change(
+    ctx: &Call,
+    why: &str,
+    edit: impl FnOnce(&mut Config) -> Result<(), RpcError>,
+) -> Result<crate::live::Applied, RpcError> {
+    let mut err = None;
+    let r = ctx.live.change(why, |c| {
+        edit(c).map_err(|e| {
+            err = Some(e);
+            crate::live::Refused(String::new())
+        })
+    });
+    match (r, err) {
+        (_, Some(e)) => Err(e),
+        (Ok(a), None) => Ok(a),
+        (Err(e), None) => Err(refused(e)),
+    }
 }
 
 #[derive(Deserialize)]
@@ -542,6 +639,8 @@ struct MemCreate {
     name: Option<String>,
     num_blocks: u64,
     block_size: u32,
+    /// nvmfd's bdevs have no identity of their own (see `bdev_get_bdevs`): give the UUID to
+    /// `nvmf_subsystem_add_ns` instead. Accepted here for SPDK's scripts, and checked.
     #[serde(default)]
     uuid: Option<String>,
     #[serde(default)]
@@ -570,28 +669,83 @@ fn check_mem(m: &MemCreate) -> Result<(), RpcError> {
             "Invalid parameters: num_blocks must be greater than 0",
         ));
     }
+    if m.md_size.unwrap_or(0) != 0 || m.dif_type.unwrap_or(0) != 0 {
+        return Err(RpcError::invalid_params(
+            "Invalid parameters: metadata and protection information are not supported",
+        ));
+    }
+    if let Some(u) = &m.uuid {
+        crate::identity::parse_uuid(u).ok_or_else(|| {
+            RpcError::invalid_params(format!("Invalid parameters: bad uuid {u:?}"))
+        })?;
+    }
     Ok(())
 }
 
-fn bdev_malloc_create(_: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
-    check_mem(&params::<MemCreate>(p)?)?;
-    Err(live("bdev_malloc_create"))
+/// Add bdev `b` (its name must be new) and answer its name, as SPDK does.
+fn create_bdev(ctx: &Call, method: &str, b: BdevConfig) -> Result<Value, RpcError> {
+    let name = b.name.clone();
+    change(ctx, method, |c| {
+        if c.bdev(&b.name).is_some() {
+            return Err(RpcError::new(
+                EEXIST,
+                format!("bdev {:?} already exists", b.name),
+            ));
+        }
+        c.bdevs.push(b);
+        Ok(())
+    })?;
+    Ok(json!(name))
 }
 
-fn bdev_null_create(_: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+/// The first `PREFIXn` name no bdev has (SPDK names unnamed malloc bdevs Malloc0, Malloc1, ...).
+fn free_name(ctx: &Call, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|n| ctx.config.bdev(n).is_none())
+        .expect("some name is free")
+}
+
+fn bdev_malloc_create(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let m: MemCreate = params(p)?;
-    if m.name.is_none() {
+    check_mem(&m)?;
+    let name = m.name.clone().unwrap_or_else(|| free_name(ctx, "Malloc"));
+    let size = m
+        .num_blocks
+        .checked_mul(m.block_size as u64)
+        .ok_or_else(|| {
+            RpcError::invalid_params("Invalid parameters: num_blocks * block_size overflows")
+        })?;
+    let kind = BdevKind::Malloc {
+        size,
+        block_size: m.block_size,
+    };
+    create_bdev(ctx, "bdev_malloc_create", BdevConfig { name, kind })
+}
+
+fn bdev_null_create(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    let m: MemCreate = params(p)?;
+    let Some(name) = m.name.clone() else {
         return Err(RpcError::invalid_params(
             "Invalid parameters: missing field `name`",
         ));
-    }
+    };
     check_mem(&m)?;
-    Err(live("bdev_null_create"))
+    let size = m
+        .num_blocks
+        .checked_mul(m.block_size as u64)
+        .ok_or_else(|| {
+            RpcError::invalid_params("Invalid parameters: num_blocks * block_size overflows")
+        })?;
+    let kind = BdevKind::Null {
+        size,
+        block_size: m.block_size,
+    };
+    create_bdev(ctx, "bdev_null_create", BdevConfig { name, kind })
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct UringCreate {
     name: String,
     filename: String,
@@ -601,9 +755,18 @@ struct UringCreate {
     uuid: Option<String>,
 }
 
-fn bdev_uring_create(_: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
-    params::<UringCreate>(p)?;
-    Err(live("bdev_uring_create"))
+fn bdev_uring_create(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    let q: UringCreate = params(p)?;
+    if let Some(u) = &q.uuid {
+        crate::identity::parse_uuid(u).ok_or_else(|| {
+            RpcError::invalid_params(format!("Invalid parameters: bad uuid {u:?}"))
+        })?;
+    }
+    let kind = BdevKind::Uring {
+        path: q.filename.into(),
+        block_size: q.block_size,
+    };
+    create_bdev(ctx, "bdev_uring_create", BdevConfig { name: q.name, kind })
 }
 
 #[derive(Deserialize)]
@@ -612,12 +775,51 @@ struct NameOnly {
     name: String,
 }
 
-fn bdev_delete(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+/// Delete bdev `name` of the kind `kind` names (`malloc`, `null`, `uring`). A bdev that backs a
+/// namespace is not deleted: remove the namespace first (-EBUSY).
+fn delete_bdev(ctx: &Call, p: Option<&Value>, kind: &str) -> Result<Value, RpcError> {
     let q: NameOnly = params(p)?;
-    if !ctx.bdevs.iter().any(|b| b.name == q.name) {
+    let Some(b) = ctx.config.bdev(&q.name) else {
         return Err(RpcError::new(ENODEV, "No such device"));
+    };
+    let same_kind = matches!(
+        (&b.kind, kind),
+        (BdevKind::Malloc { .. }, "malloc")
+            | (BdevKind::Null { .. }, "null")
+            | (BdevKind::Uring { .. }, "uring")
+    );
+    if !same_kind {
+        return Err(RpcError::new(
+            ENODEV,
+            format!("No such device: {:?} is not a {kind} bdev", q.name),
+        ));
     }
-    Err(live("bdev delete"))
+    for s in &ctx.config.subsystems {
+        if let Some(n) = s.namespaces.iter().find(|n| n.bdev == q.name) {
+            return Err(RpcError::new(
+                EBUSY,
+                format!(
+                    "bdev {:?} is in use by namespace {} of {}; remove the namespace first (nvmf_subsystem_remove_ns)",
+                    q.name, n.nsid, s.nqn
+                ),
+            ));
+        }
+    }
+    change(ctx, &format!("bdev_{kind}_delete"), |c| {
+        c.bdevs.retain(|b| b.name != q.name);
+        Ok(())
+    })?;
+    Ok(json!(true))
+}
+
+fn bdev_malloc_delete(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    delete_bdev(ctx, p, "malloc")
+}
+fn bdev_null_delete(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    delete_bdev(ctx, p, "null")
+}
+fn bdev_uring_delete(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    delete_bdev(ctx, p, "uring")
 }
 
 #[derive(Deserialize)]
@@ -655,23 +857,81 @@ struct CreateSubsystem {
     enable_nssr: Option<bool>,
 }
 
-fn nvmf_create_subsystem(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+/// A subsystem entry with the configuration file's defaults for everything `nqn` leaves out.
+fn default_subsystem(nqn: &str) -> Result<nvmfd_config::SubsystemConfig, RpcError> {
+    // A JSON string is a YAML string: the NQN goes in quoted, whatever it holds.
+    let yaml = format!("subsystems: [ {{ nqn: {} }} ]\n", json!(nqn));
+    let c = nvmfd_config::parse_str(&yaml, "<nvmf_create_subsystem>").map_err(|e| {
+        let m: Vec<String> = e.diagnostics().iter().map(|d| d.message.clone()).collect();
+        RpcError::invalid_params(format!("Invalid parameters: nqn: {}", m.join("; ")))
+    })?;
+    Ok(c.subsystems.into_iter().next().expect("one subsystem"))
+}
+
+fn nvmf_create_subsystem(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: CreateSubsystem = params(p)?;
     check_tgt(&q.tgt_name)?;
-    if ctx.target.find_subsystem(&q.nqn).is_some() {
+    if ctx.target.find_subsystem(&q.nqn).is_some() || q.nqn == nvmfd_config::DISCOVERY_NQN {
         return Err(RpcError::new(
             INTERNAL_ERROR,
             format!("Unable to create subsystem {}", q.nqn),
         ));
     }
-    Err(live("nvmf_create_subsystem"))
+    if q.ana_reporting == Some(true) || q.passthrough == Some(true) || q.enable_nssr == Some(true) {
+        return Err(RpcError::invalid_params(
+            "Invalid parameters: ana_reporting, passthrough and enable_nssr are not supported",
+        ));
+    }
+    let mut sc = default_subsystem(&q.nqn)?;
+    if let Some(s) = q.serial_number {
+        sc.serial = s;
+        sc.serial_is_default = false;
+    }
+    if let Some(m) = q.model_number {
+        sc.model = m;
+    }
+    sc.allow_any_host = q.allow_any_host.unwrap_or(false);
+    sc.cntlid_min = q.min_cntlid.unwrap_or(sc.cntlid_min);
+    sc.cntlid_max = q.max_cntlid.unwrap_or(sc.cntlid_max);
+    change(ctx, "nvmf_create_subsystem", |c| {
+        c.subsystems.push(sc);
+        Ok(())
+    })?;
+    Ok(json!(true))
 }
 
-fn nvmf_delete_subsystem(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+/// The running configuration's entry for NVM subsystem `nqn` (Invalid params if none).
+fn subsys_cfg<'a>(
+    c: &'a mut Config,
+    nqn: &str,
+) -> Result<&'a mut nvmfd_config::SubsystemConfig, RpcError> {
+    c.subsystems
+        .iter_mut()
+        .find(|s| s.nqn == nqn)
+        .ok_or_else(|| {
+            RpcError::invalid_params(format!("Invalid parameters: no subsystem {nqn:?}"))
+        })
+}
+
+/// `nqn` names an NVM subsystem (not the discovery one).
+fn nvm_subsys(ctx: &Call, nqn: &str) -> Result<usize, RpcError> {
+    match find_subsys(ctx, nqn)? {
+        SubsysRef::Nvm(i) => Ok(i),
+        SubsysRef::Discovery => Err(RpcError::invalid_params(
+            "Invalid parameters: the discovery subsystem cannot be changed",
+        )),
+    }
+}
+
+fn nvmf_delete_subsystem(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: SubsysQuery = params(p)?;
     check_tgt(&q.tgt_name)?;
-    find_subsys(ctx, &q.nqn)?;
-    Err(live("nvmf_delete_subsystem"))
+    nvm_subsys(ctx, &q.nqn)?;
+    change(ctx, "nvmf_delete_subsystem", |c| {
+        c.subsystems.retain(|s| s.nqn != q.nqn);
+        Ok(())
+    })?;
+    Ok(json!(true))
 }
 
 #[derive(Deserialize)]
@@ -697,7 +957,6 @@ struct NsParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct AddNs {
     nqn: String,
     namespace: NsParams,
@@ -705,11 +964,88 @@ struct AddNs {
     tgt_name: Option<String>,
 }
 
-fn nvmf_subsystem_add_ns(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+/// `N` bytes from hex text (SPDK writes NGUID and EUI-64 as hex, with or without dashes).
+fn hex_bytes<const N: usize>(field: &str, text: &str) -> Result<[u8; N], RpcError> {
+    let digits: String = text.chars().filter(|c| *c != '-').collect();
+    let bad = || {
+        RpcError::invalid_params(format!(
+            "Invalid parameters: {field} {text:?} is not {} hex digits",
+            N * 2
+        ))
+    };
+    if digits.len() != N * 2 || !digits.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(&digits[i * 2..i * 2 + 2], 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn nvmf_subsystem_add_ns(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: AddNs = params(p)?;
     check_tgt(&q.tgt_name)?;
-    find_subsys(ctx, &q.nqn)?;
-    Err(live("nvmf_subsystem_add_ns"))
+    nvm_subsys(ctx, &q.nqn)?;
+    let n = q.namespace;
+    if ctx.config.bdev(&n.bdev_name).is_none() {
+        return Err(RpcError::new(
+            ENODEV,
+            format!("No such device: no bdev {:?}", n.bdev_name),
+        ));
+    }
+    if n.ptpl_file.is_some() || n.anagrpid.is_some() || n.no_auto_visible == Some(true) {
+        return Err(RpcError::invalid_params(
+            "Invalid parameters: ptpl_file, anagrpid and no_auto_visible are not supported",
+        ));
+    }
+    let uuid = match &n.uuid {
+        Some(u) => Some(crate::identity::parse_uuid(u).ok_or_else(|| {
+            RpcError::invalid_params(format!("Invalid parameters: bad uuid {u:?}"))
+        })?),
+        None => None,
+    };
+    let nguid = n
+        .nguid
+        .as_deref()
+        .map(|t| hex_bytes::<16>("nguid", t))
+        .transpose()?;
+    let eui64 = n
+        .eui64
+        .as_deref()
+        .map(|t| hex_bytes::<8>("eui64", t))
+        .transpose()?;
+    let mut nsid = n.nsid.unwrap_or(0);
+    change(ctx, "nvmf_subsystem_add_ns", |c| {
+        for s in &c.subsystems {
+            if let Some(u) = s.namespaces.iter().find(|x| x.bdev == n.bdev_name) {
+                return Err(RpcError::invalid_params(format!(
+                    "Invalid parameters: bdev {:?} already backs namespace {} of {}",
+                    n.bdev_name, u.nsid, s.nqn
+                )));
+            }
+        }
+        let s = subsys_cfg(c, &q.nqn)?;
+        if nsid == 0 {
+            nsid = (1..)
+                .find(|i| !s.namespaces.iter().any(|x| x.nsid == *i))
+                .unwrap_or(1);
+        } else if s.namespaces.iter().any(|x| x.nsid == nsid) {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: NSID {nsid} is already in use in {}",
+                q.nqn
+            )));
+        }
+        s.namespaces.push(nvmfd_config::NamespaceConfig {
+            nsid,
+            bdev: n.bdev_name.clone(),
+            uuid,
+            nguid,
+            eui64,
+        });
+        Ok(())
+    })?;
+    Ok(json!(nsid))
 }
 
 #[derive(Deserialize)]
@@ -721,17 +1057,27 @@ struct RemoveNs {
     tgt_name: Option<String>,
 }
 
-fn nvmf_subsystem_remove_ns(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn nvmf_subsystem_remove_ns(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: RemoveNs = params(p)?;
     check_tgt(&q.tgt_name)?;
-    find_subsys(ctx, &q.nqn)?;
-    let _ = q.nsid;
-    Err(live("nvmf_subsystem_remove_ns"))
+    nvm_subsys(ctx, &q.nqn)?;
+    change(ctx, "nvmf_subsystem_remove_ns", |c| {
+        let s = subsys_cfg(c, &q.nqn)?;
+        let before = s.namespaces.len();
+        s.namespaces.retain(|n| n.nsid != q.nsid);
+        if s.namespaces.len() == before {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: {} has no namespace {}",
+                q.nqn, q.nsid
+            )));
+        }
+        Ok(())
+    })?;
+    Ok(json!(true))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 struct ListenAddress {
     trtype: String,
     traddr: String,
@@ -759,11 +1105,85 @@ struct ListenerParams {
     anagrpid: Option<u32>,
 }
 
-fn nvmf_subsystem_listener(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+/// The listener a `listen_address` names (TCP only; the address an IP literal, the port the
+/// service ID, 4420 when left out as SPDK's client does for TCP).
+fn listener_of(a: &ListenAddress) -> Result<nvmfd_config::ListenerConfig, RpcError> {
+    if !a.trtype.eq_ignore_ascii_case("tcp") {
+        return Err(RpcError::invalid_params(format!(
+            "Invalid parameters: trtype {:?}: only TCP is served",
+            a.trtype
+        )));
+    }
+    let address: IpAddr = a.traddr.parse().map_err(|_| {
+        RpcError::invalid_params(format!(
+            "Invalid parameters: traddr {:?} is not an IP address",
+            a.traddr
+        ))
+    })?;
+    match a.adrfam.as_deref().map(|f| f.to_ascii_lowercase()) {
+        None => {}
+        Some(f) if (f == "ipv4" && address.is_ipv4()) || (f == "ipv6" && address.is_ipv6()) => {}
+        Some(f) => {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: adrfam {f:?} does not match traddr {:?}",
+                a.traddr
+            )))
+        }
+    }
+    let port: u16 = match &a.trsvcid {
+        None => 4420,
+        Some(p) => p.parse().map_err(|_| {
+            RpcError::invalid_params(format!("Invalid parameters: trsvcid {p:?} is not a port"))
+        })?,
+    };
+    Ok(nvmfd_config::ListenerConfig {
+        transport: TransportKind::Tcp,
+        address,
+        port,
+    })
+}
+
+fn nvmf_subsystem_add_listener(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: ListenerParams = params(p)?;
     check_tgt(&q.tgt_name)?;
-    find_subsys(ctx, &q.nqn)?;
-    Err(live("listeners"))
+    nvm_subsys(ctx, &q.nqn)?;
+    if q.secure_channel == Some(true) {
+        return Err(RpcError::invalid_params(
+            "Invalid parameters: secure_channel (TLS) is not supported",
+        ));
+    }
+    let l = listener_of(&q.listen_address)?;
+    change(ctx, "nvmf_subsystem_add_listener", |c| {
+        let s = subsys_cfg(c, &q.nqn)?;
+        if s.listeners.contains(&l) {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: {} already listens on {}:{}",
+                q.nqn, l.address, l.port
+            )));
+        }
+        s.listeners.push(l);
+        Ok(())
+    })?;
+    Ok(json!(true))
+}
+
+fn nvmf_subsystem_remove_listener(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    let q: ListenerParams = params(p)?;
+    check_tgt(&q.tgt_name)?;
+    nvm_subsys(ctx, &q.nqn)?;
+    let l = listener_of(&q.listen_address)?;
+    change(ctx, "nvmf_subsystem_remove_listener", |c| {
+        let s = subsys_cfg(c, &q.nqn)?;
+        if !s.listeners.contains(&l) {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: {} does not listen on {}:{}",
+                q.nqn, l.address, l.port
+            )));
+        }
+        s.listeners.retain(|x| x != &l);
+        Ok(())
+    })?;
+    Ok(json!(true))
 }
 
 #[derive(Deserialize)]
@@ -784,11 +1204,43 @@ struct HostParams {
     timeout_ms: Option<u64>,
 }
 
-fn nvmf_subsystem_host(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn nvmf_subsystem_add_host(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: HostParams = params(p)?;
     check_tgt(&q.tgt_name)?;
-    find_subsys(ctx, &q.nqn)?;
-    Err(live("hosts"))
+    nvm_subsys(ctx, &q.nqn)?;
+    if q.psk.is_some() || q.dhchap_key.is_some() || q.dhchap_ctrlr_key.is_some() {
+        return Err(RpcError::invalid_params(
+            "Invalid parameters: psk and DH-HMAC-CHAP keys are not supported",
+        ));
+    }
+    change(ctx, "nvmf_subsystem_add_host", |c| {
+        let s = subsys_cfg(c, &q.nqn)?;
+        // Adding a host already allowed changes nothing (as in SPDK).
+        if !s.hosts.contains(&q.host) {
+            s.hosts.push(q.host.clone());
+        }
+        Ok(())
+    })?;
+    Ok(json!(true))
+}
+
+/// Taking a host off the allow-list disconnects its controllers (unless any host is allowed).
+fn nvmf_subsystem_remove_host(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    let q: HostParams = params(p)?;
+    check_tgt(&q.tgt_name)?;
+    nvm_subsys(ctx, &q.nqn)?;
+    change(ctx, "nvmf_subsystem_remove_host", |c| {
+        let s = subsys_cfg(c, &q.nqn)?;
+        if !s.hosts.contains(&q.host) {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: {:?} is not on the allow list of {}",
+                q.host, q.nqn
+            )));
+        }
+        s.hosts.retain(|h| h != &q.host);
+        Ok(())
+    })?;
+    Ok(json!(true))
 }
 
 #[derive(Deserialize)]
@@ -800,30 +1252,13 @@ struct AllowAny {
     tgt_name: Option<String>,
 }
 
-fn nvmf_subsystem_allow_any_host(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcError> {
+fn nvmf_subsystem_allow_any_host(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: AllowAny = params(p)?;
     check_tgt(&q.tgt_name)?;
-    find_subsys(ctx, &q.nqn)?;
-    let _ = q.allow_any_host;
-    Err(live("nvmf_subsystem_allow_any_host"))
-}
-
-/// The running configuration: `cfg` with what start-up resolved written in (serials, namespace
-/// UUIDs and NGUIDs) and `socket` as the RPC socket, so that saving it and starting from the
-/// saved file gives the same target.
-pub fn running_config(cfg: &Config, target: &Target, socket: &std::path::Path) -> Config {
-    let mut c = cfg.clone();
-    for (sc, s) in c.subsystems.iter_mut().zip(&target.subsystems) {
-        sc.serial = s.serial.clone();
-        sc.serial_is_default = false;
-        for nc in &mut sc.namespaces {
-            if let Some(n) = s.namespace(nc.nsid) {
-                nc.uuid = Some(n.uuid);
-                nc.nguid = Some(n.nguid);
-                nc.eui64 = (n.eui64 != [0; 8]).then_some(n.eui64);
-            }
-        }
-    }
-    c.rpc.socket = socket.to_owned();
-    c
+    nvm_subsys(ctx, &q.nqn)?;
+    change(ctx, "nvmf_subsystem_allow_any_host", |c| {
+        subsys_cfg(c, &q.nqn)?.allow_any_host = q.allow_any_host;
+        Ok(())
+    })?;
+    Ok(json!(true))
 }

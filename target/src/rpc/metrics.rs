@@ -39,6 +39,7 @@ fn l(pairs: &[(&str, &str)]) -> Labels {
 
 /// The metrics text for one scrape.
 pub fn render(ctx: &Context) -> String {
+    let view = ctx.live.view();
     let mut reg = Registry::default();
     reg.register(
         "nvmfd_build",
@@ -68,6 +69,27 @@ pub fn render(ctx: &Context) -> String {
             }
         }
     }
+    // Counted by each reactor on its own and reported on request (summed here, per reactor).
+    let completed = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    reg.register(
+        "nvmfd_reactor_completed_io",
+        "Block-device I/Os completed on each reactor",
+        completed.clone(),
+    );
+    let pending = gauge_family(
+        &mut reg,
+        "nvmfd_reactor_pending_io",
+        "Block-device I/Os in flight on each reactor",
+    );
+    for r in ctx.live.reports() {
+        let id = r.reactor.to_string();
+        completed
+            .get_or_create(&l(&[("reactor", &id)]))
+            .inc_by(r.completed_io);
+        pending
+            .get_or_create(&l(&[("reactor", &id)]))
+            .set(r.pending_bdev_io.min(i64::MAX as u64) as i64);
+    }
     let ctrls = gauge_family(
         &mut reg,
         "nvmfd_subsystem_controllers",
@@ -84,14 +106,17 @@ pub fn render(ctx: &Context) -> String {
         "Connected I/O queues of each live controller",
     );
     let mut subsystems: Vec<(SubsysRef, &str, usize)> = Vec::new();
-    if ctx.target.discovery_enabled {
+    if view.target.discovery_enabled {
         subsystems.push((SubsysRef::Discovery, nvmfd_config::DISCOVERY_NQN, 0));
     }
-    for (i, s) in ctx.target.subsystems.iter().enumerate() {
+    for (i, s) in view.target.subsystems.iter().enumerate() {
+        if !s.live {
+            continue;
+        }
         subsystems.push((SubsysRef::Nvm(i), &s.nqn, s.namespaces.len()));
     }
     for (sref, nqn, namespaces) in subsystems {
-        let live = ctx.target.controllers(sref);
+        let live = view.target.controllers(sref);
         ctrls
             .get_or_create(&l(&[("nqn", nqn)]))
             .set(live.len() as i64);
@@ -114,7 +139,7 @@ pub fn render(ctx: &Context) -> String {
         "nvmfd_bdev_block_size_bytes",
         "Logical block size of each bdev",
     );
-    for b in &ctx.bdevs {
+    for (_, _, b) in &view.bdevs {
         let labels = l(&[("bdev", &b.name), ("kind", b.kind)]);
         size.get_or_create(&labels)
             .set((u64::from(b.block_size) * b.num_blocks).min(i64::MAX as u64) as i64);

@@ -39,7 +39,8 @@ use nvmfd_transport::proto::tcp::{
     encode_capsule_cmd, encode_capsule_resp, encode_term_req, fes, flags, parse_header, parse_pdu,
     pdu_type, DataHeader, Digests, FatalError, Header, IcResp, R2t,
 };
-use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
+use nvmfd_transport::tcp::{ConnError, ConnEvent, TcpConn, TcpParams};
+use nvmfd_transport::{DataDesc, DataNeed};
 use std::cell::RefCell;
 use std::io::{ErrorKind, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -407,7 +408,43 @@ pub fn tcp_conn(data: &[u8]) {
         replies.clear();
         let recv = conn.poll_recv();
         let received = matches!(recv, Ok(true));
-        while let Some(slot) = conn.next_ready() {
+        // Admission as a core would answer it for the transport's part: refused descriptors and
+        // transfers past MDTS get an error, everything else has its data fetched.
+        while let Some(ev) = conn.next_event() {
+            let slot = match ev {
+                ConnEvent::Command { slot, sqe, desc } => {
+                    let refuse = |status| Response {
+                        cqe: nvmfd_transport::proto::nvme::Cqe {
+                            cid: sqe.cid,
+                            status,
+                            ..Default::default()
+                        },
+                        data_len: 0,
+                    };
+                    match desc {
+                        DataDesc::Refused(status) => conn.respond(slot, refuse(status)),
+                        DataDesc::None => held.push(slot),
+                        DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. }
+                            if len > TCP_MAX_IO.max(8192) =>
+                        {
+                            conn.respond(slot, refuse(Status::INVALID_FIELD))
+                        }
+                        DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. } => {
+                            let dir = sqe.data_direction();
+                            conn.fetch(
+                                slot,
+                                DataNeed {
+                                    len,
+                                    dir,
+                                    bdev: None,
+                                },
+                            )
+                        }
+                    }
+                    continue;
+                }
+                ConnEvent::DataReady { slot } => slot,
+            };
             let cap = conn.capsule_mut(slot);
             let need = cap.data_len as usize;
             assert!(need <= TCP_MAX_IO.max(8192) as usize, "data_len {need}");
@@ -425,7 +462,7 @@ pub fn tcp_conn(data: &[u8]) {
         if (!defer || round % 2 == 1) && recv.is_ok() {
             for slot in held.drain(..) {
                 let resp = respond(conn.capsule_mut(slot));
-                conn.complete(slot, resp);
+                conn.respond(slot, resp);
             }
         }
         conn.poll_send().expect("the in-memory stream never fails");
@@ -581,9 +618,30 @@ fn enable(qp: &mut QueuePair, pool: &mut BufPool, now: Instant) -> Response {
     run(qp, &mut cap, now).expect("Property Set is answered at once")
 }
 
-/// Execute one capsule and check the answer (carrying out an I/O as a device would); None if
-/// the core holds the command.
+/// Admit, then execute one capsule and check the answer (carrying out an I/O as a device
+/// would); None if the core holds the command. The data is described as one transport-moved
+/// descriptor of the capsule's length.
 fn run(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Option<Response> {
+    let desc = match cap.data_len {
+        0 => nvmfd_transport::DataDesc::None,
+        len => nvmfd_transport::DataDesc::Remote {
+            len,
+            descriptors: 1,
+        },
+    };
+    match qp.admit(&cap.sqe, desc) {
+        nvmfd_transport::Admission::Respond(r) => {
+            assert!(
+                !r.cqe.status.is_success(),
+                "admission answers only refusals"
+            );
+            return Some(r);
+        }
+        nvmfd_transport::Admission::Data(need) => {
+            assert!(need.len <= cap.data_len, "{need:?} beyond the SGL");
+        }
+        nvmfd_transport::Admission::Execute => {}
+    }
     let resp = match qp.execute(cap, now) {
         Outcome::Done(r) => r,
         Outcome::Held => {
@@ -634,7 +692,7 @@ fn check_io(qp: &QueuePair, cap: &Capsule, bdev: usize, op: Op) {
                 cap.data_len
             );
             assert!(
-                bytes <= target.limits.max_io_size as u64,
+                bytes <= target.transports[0].max_io_size as u64,
                 "{op:?} over MDTS"
             );
         }
@@ -681,8 +739,8 @@ pub fn capsule(data: &[u8]) {
     let mut pool = BufPool::new(8192, 0, CORE_MAX_IO as usize, 0, 64);
     let mut now = Instant::now();
     let mode = input.u8() % 5;
-    let mut admin = QueuePair::new(target.clone());
-    let mut qp = QueuePair::new(target.clone());
+    let mut admin = QueuePair::new(target.clone(), target.transports[0]);
+    let mut qp = QueuePair::new(target.clone(), target.transports[0]);
     match mode {
         0 => {
             connect(&mut qp, &mut pool, (0, 31), 0xffff, (NQN_OPEN, HOST_B), now);
@@ -859,7 +917,7 @@ pub fn discovery(data: &[u8]) {
     let target = Target::new(&cfg, &[]);
     let mut pool = BufPool::new(8192, 0, 64 * 1024, 0, 64);
     let now = Instant::now();
-    let mut qp = QueuePair::new(target.clone());
+    let mut qp = QueuePair::new(target.clone(), target.transports[0]);
     if let Some(l) = local {
         qp.set_local_addr(l);
     }
@@ -932,7 +990,7 @@ pub fn discovery(data: &[u8]) {
         assert_eq!(e.trsvcid, l.port.to_string());
         assert_eq!(e.adrfam, if ip.is_ipv4() { 1 } else { 2 });
         assert_eq!((e.trtype, e.subtype, e.cntlid), (trtype::TCP, sub, 0xffff));
-        assert_eq!(e.asqsz, target.limits.max_admin_queue_entries());
+        assert_eq!(e.asqsz, target.transports[0].max_admin_queue_entries());
         let portid = all_listeners.iter().position(|x| *x == l).expect("listed") + 1;
         assert_eq!(e.portid as usize, portid);
     }

@@ -6,7 +6,8 @@ use crate::reactor::{self, ReactorConfig, ReactorHandle};
 use anyhow::{bail, Context};
 use nvmfd_bdev::Bdev;
 use nvmfd_config::{Config, TransportKind};
-use nvmfd_transport::tcp::TcpParams;
+use nvmfd_transport::group::{AnyGroup, AnyGroupConfig, AnyIncoming};
+use nvmfd_transport::tcp::{TcpGroupConfig, TcpParams};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ pub struct Daemon {
     /// The addresses actually bound (port 0 in the config picks a free port).
     pub listen_addrs: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
-    reactors: Vec<ReactorHandle>,
+    reactors: Vec<ReactorHandle<AnyIncoming>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
     /// What the control plane reports and changes (`crate::live`).
     cfg: Config,
@@ -83,15 +84,21 @@ impl Daemon {
             warn!("no listeners configured: nothing to serve");
         }
 
+        // One poll group per transport on every reactor, each sized by its own section.
         let tcp = &cfg.transports.tcp;
-        let params = TcpParams {
-            in_capsule_data_size: tcp.in_capsule_data_size,
-            max_io_size: tcp.max_io_size,
-            max_queue_depth: tcp.max_queue_depth,
-            header_digest: tcp.header_digest,
-            data_digest: tcp.data_digest,
-            c2h_success: tcp.c2h_success,
+        let tcp_group = TcpGroupConfig {
+            params: TcpParams {
+                in_capsule_data_size: tcp.in_capsule_data_size,
+                max_io_size: tcp.max_io_size,
+                max_queue_depth: tcp.max_queue_depth,
+                header_digest: tcp.header_digest,
+                data_digest: tcp.data_digest,
+                c2h_success: tcp.c2h_success,
+            },
+            info: nvmfd_transport::tcp::transport_info(tcp),
+            buffer_pool_size: tcp.buffer_pool_size,
         };
+        let groups = vec![AnyGroupConfig::Tcp(tcp_group)];
         let stop = Arc::new(AtomicBool::new(false));
         let idle_sleep = (cfg.reactors.idle_sleep_us > 0)
             .then(|| Duration::from_micros(cfg.reactors.idle_sleep_us as u64));
@@ -104,10 +111,9 @@ impl Daemon {
                 id,
                 core,
                 idle_sleep,
-                tcp: params,
-                buffer_pool_size: tcp.buffer_pool_size,
+                groups: groups.clone(),
             };
-            reactors.push(reactor::spawn(
+            reactors.push(reactor::spawn::<AnyGroup>(
                 rc,
                 target.clone(),
                 bdevs.clone(),

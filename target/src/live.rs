@@ -630,7 +630,7 @@ impl Live {
 /// (round-robin), and take listener changes from `link`.
 pub(crate) fn acceptor_loop(
     mut listeners: Vec<TcpListener>,
-    inboxes: Vec<Arc<ArrayQueue<crate::reactor::NewConn>>>,
+    inboxes: Vec<Arc<ArrayQueue<nvmfd_transport::group::AnyIncoming>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     link: AcceptorLink,
 ) {
@@ -657,7 +657,9 @@ pub(crate) fn acceptor_loop(
                     let inbox = &inboxes[next % inboxes.len()];
                     next = next.wrapping_add(1);
                     if inbox
-                        .push(crate::reactor::NewConn { stream, peer })
+                        .push(nvmfd_transport::group::AnyIncoming::Tcp(
+                            nvmfd_transport::tcp::TcpIncoming { stream, peer },
+                        ))
                         .is_err()
                     {
                         warn!(%peer, "reactor inbox full; refusing connection");

@@ -372,7 +372,7 @@ pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             };
             let out = &mut buf.as_mut_slice()[..identify::SIZE];
             out.fill(0);
-            match identify::identify(&target, &ctrl, &sqe, out) {
+            match identify::identify(&target, &qp.transport, &ctrl, &sqe, out) {
                 Ok(()) => qp.respond(cap, Status::SUCCESS, 0, len),
                 Err(s) => qp.respond(cap, s, 0, 0),
             }
@@ -381,7 +381,7 @@ pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             let target = qp.target.clone();
             let ctrl = a.ctrl.clone();
             let local = a.local;
-            match logpage::get_log_page(&target, &ctrl, local, a.ns_seen, cap) {
+            match logpage::get_log_page(&target, &ctrl, qp.transport.kind, local, a.ns_seen, cap) {
                 Ok(len) => {
                     // The Changed Namespace List holds the changes since it was last read
                     // (NVMe base 2.0, 5.16.1.5): reading it starts a new list, whatever RAE

@@ -51,7 +51,7 @@ impl Target {
         Arc::new(Target {
             subsystems,
             discovery_enabled: self.discovery_enabled,
-            limits: self.limits,
+            transports: self.transports.clone(),
             generation,
             ns_changes: Arc::new(journal),
             ns_changes_floor: floor,

@@ -1,7 +1,10 @@
 //! The NVMe-oF target core: subsystems, namespaces, controllers and queue pairs, as a state machine
-//! over capsules and completions. It never touches a socket, a block device or a clock: transports
-//! hand it [`Capsule`]s (with the current time), it answers with an [`Outcome`], and the reactor
-//! carries the outcome out. Every NVMe-oF rule is therefore testable without I/O.
+//! over commands and completions. It never touches a socket, a block device or a clock. A command
+//! goes through it in two phases: [`QueuePair::admit`] looks at the SQE and the transport's
+//! description of its data ([`DataDesc`]) and answers at once or says what data it needs
+//! ([`Admission`]); once the transport has that data in place, [`QueuePair::execute`] runs it and
+//! answers with an [`Outcome`], which the reactor carries out. Every NVMe-oF rule is therefore
+//! testable without I/O, and shared by every transport.
 
 mod admin;
 mod controller;
@@ -24,24 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use nvmfd_transport::logsafe::{LogDecision, RateLimit};
 
-pub use nvmfd_transport::{Capsule, Response};
-
-/// Limits the transport advertises and the core enforces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub in_capsule_data_size: u32,
-    pub max_io_size: u32,
-    pub max_queue_depth: u16,
-    pub max_io_queues: u16,
-}
-
-impl Limits {
-    /// Entries an admin submission queue may have: what Connect on QID 0 accepts and what the
-    /// discovery log reports as ASQSZ (NVMe-oF 1.1, 5.3: "Admin Max SQ Size").
-    pub fn max_admin_queue_entries(&self) -> u16 {
-        self.max_queue_depth
-    }
-}
+pub use nvmfd_transport::{Admission, Capsule, DataDesc, DataNeed, Response, TransportInfo};
 
 /// The identifiers a namespace reports to hosts (Identify Namespace NGUID/EUI64 and the
 /// Namespace Identification Descriptor list). All bytes are in wire order: NGUID and EUI-64 are
@@ -151,7 +137,9 @@ pub struct Target {
     /// ([`Subsystem::live`] false) so that slots never move.
     pub subsystems: Vec<Subsystem>,
     pub discovery_enabled: bool,
-    pub limits: Limits,
+    /// Every configured transport's limits and reported values (the discovery log reports each
+    /// listener with its transport's; a queue pair takes those of the transport it arrived on).
+    pub transports: Vec<TransportInfo>,
     /// Snapshot generation: 1 at start, +1 per applied change.
     pub generation: u64,
     /// Namespaces added or removed, (generation, subsystem slot, NSID), oldest first and at most
@@ -218,7 +206,6 @@ impl Target {
             cfg.subsystems.len(),
             "one identity per subsystem"
         );
-        let tcp = &cfg.transports.tcp;
         let subsystems: Vec<Subsystem> = cfg
             .subsystems
             .iter()
@@ -266,12 +253,7 @@ impl Target {
         Arc::new(Target {
             subsystems,
             discovery_enabled: cfg.discovery.enabled,
-            limits: Limits {
-                in_capsule_data_size: tcp.in_capsule_data_size,
-                max_io_size: tcp.max_io_size,
-                max_queue_depth: tcp.max_queue_depth,
-                max_io_queues: tcp.max_io_queues,
-            },
+            transports: vec![nvmfd_transport::tcp::transport_info(&cfg.transports.tcp)],
             generation: 1,
             ns_changes: Arc::new(Vec::new()),
             ns_changes_floor: 0,
@@ -282,6 +264,11 @@ impl Target {
                 REFUSAL_LOG_EVERY,
             ))),
         })
+    }
+
+    /// The limits and reported values of transport `kind` as configured.
+    pub fn transport(&self, kind: TransportKind) -> Option<&TransportInfo> {
+        self.transports.iter().find(|t| t.kind == kind)
     }
 
     /// Look a subsystem up by NQN (the discovery NQN when discovery is enabled).

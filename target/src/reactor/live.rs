@@ -6,6 +6,7 @@ use super::Reactor;
 use crate::core::{SubsysRef, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io, IoError, Op};
+use nvmfd_transport::group::{ConnId, PollGroup};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -126,7 +127,7 @@ impl BdevChannel for Retired {
     }
 }
 
-impl Reactor {
+impl<G: PollGroup> Reactor<G> {
     /// Carry out the control messages waiting (called once per loop iteration: one atomic
     /// load when there are none).
     pub(super) fn control(&mut self) -> bool {
@@ -139,7 +140,7 @@ impl Reactor {
                     let ch = match bdev.channel() {
                         Ok(c) => c,
                         Err(e) => {
-                            warn!(reactor = self.cfg.id, bdev = %bdev.name(), error = %e,
+                            warn!(reactor = self.id, bdev = %bdev.name(), error = %e,
                                 "cannot open a channel to the new block device; its I/O fails on this reactor");
                             Retired::boxed(None)
                         }
@@ -172,7 +173,7 @@ impl Reactor {
     }
 
     fn report(&self) -> ReactorReport {
-        let qpairs: Vec<QpairReport> = (self.conns.iter().flatten())
+        let qpairs: Vec<QpairReport> = (self.sides.iter().flat_map(|s| s.conns.iter().flatten()))
             .filter_map(|c| {
                 let ctrl = c.qp.controller()?;
                 Some(QpairReport {
@@ -187,7 +188,7 @@ impl Reactor {
             .collect();
         let admin = qpairs.iter().filter(|q| q.qid == 0).count() as u64;
         ReactorReport {
-            reactor: self.cfg.id,
+            reactor: self.id,
             admin_qpairs: admin,
             io_qpairs: qpairs.len() as u64 - admin,
             pending_bdev_io: self.channels.iter().map(|c| c.in_flight() as u64).sum(),
@@ -198,14 +199,16 @@ impl Reactor {
 
     fn take_target(&mut self, t: Arc<Target>) {
         self.target = t.clone();
-        for i in 0..self.conns.len() {
-            let why = match self.conns[i].as_mut() {
-                Some(c) => c.qp.set_target(t.clone()),
-                None => None,
-            };
-            if let Some(why) = why {
-                // `close` logs the queue and the reason.
-                self.close(i, why);
+        for gi in 0..self.sides.len() {
+            for ci in 0..self.sides[gi].conns.len() {
+                let why = match self.sides[gi].conns[ci].as_mut() {
+                    Some(c) => c.qp.set_target(t.clone()),
+                    None => None,
+                };
+                if let Some(why) = why {
+                    // `close` logs the queue and the reason.
+                    self.close(gi, ci as ConnId, why);
+                }
             }
         }
     }

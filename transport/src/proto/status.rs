@@ -54,6 +54,7 @@ impl Status {
     pub const INVALID_NAMESPACE: Status = Status::generic(0x0B);
     pub const COMMAND_SEQUENCE_ERROR: Status = Status::generic(0x0C);
     pub const INVALID_SGL_SEGMENT_DESCRIPTOR: Status = Status::generic(0x0D);
+    pub const INVALID_NUMBER_OF_SGL_DESCRIPTORS: Status = Status::generic(0x0E);
     pub const DATA_SGL_LENGTH_INVALID: Status = Status::generic(0x0F);
     pub const SGL_DESCRIPTOR_TYPE_INVALID: Status = Status::generic(0x11);
     pub const INVALID_CMB_USE: Status = Status::generic(0x12);

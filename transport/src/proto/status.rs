@@ -54,6 +54,7 @@ impl Status {
     pub const INVALID_NAMESPACE: Status = Status::generic(0x0B);
     pub const COMMAND_SEQUENCE_ERROR: Status = Status::generic(0x0C);
     pub const INVALID_SGL_SEGMENT_DESCRIPTOR: Status = Status::generic(0x0D);
+    pub const INVALID_NUMBER_OF_SGL_DESCRIPTORS: Status = Status::generic(0x0E);
     pub const DATA_SGL_LENGTH_INVALID: Status = Status::generic(0x0F);
     pub const SGL_DESCRIPTOR_TYPE_INVALID: Status = Status::generic(0x11);
     pub const INVALID_CMB_USE: Status = Status::generic(0x12);
@@ -104,6 +105,8 @@ impl std::fmt::Display for Status {
             (0, 0x08) => "aborted: SQ deletion",
             (0, 0x0B) => "invalid namespace or format",
             (0, 0x0C) => "command sequence error",
+            (0, 0x0D) => "invalid SGL segment descriptor",
+            (0, 0x0E) => "invalid number of SGL descriptors",
             (0, 0x0F) => "data SGL length invalid",
             (0, 0x11) => "SGL descriptor type invalid",
             (0, 0x12) => "invalid use of controller memory buffer",

@@ -1,6 +1,7 @@
 //! NVMe/RDMA. So far the verbs layer ([`verbs`]) and the start-up check of an RDMA listener's
 //! address ([`check_listen_address`]); the transport itself comes next.
 
+pub mod admit;
 pub mod verbs;
 
 use std::net::SocketAddr;

@@ -76,6 +76,9 @@ impl Daemon {
                     listen_addrs.push(bound);
                     listeners.push(sock);
                 }
+                TransportKind::Rdma => {
+                    bail!("RDMA listener {}: not wired into the daemon yet", SocketAddr::new(l.address, l.port));
+                }
             }
         }
         if listeners.is_empty() {

@@ -1,6 +1,7 @@
 //! Identify data structures: controller, namespace, active namespace list, namespace
 //! identification descriptors, and the NVM command set controller structure.
 
+use nvmfd_config::TransportKind;
 use super::admin::{AERL, KAS};
 use super::controller::CtrlShared;
 use super::fabrics::{subsys_nqn, NVME_VERSION};
@@ -21,6 +22,7 @@ pub const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
 pub fn identify(
     target: &Target,
     ctrl: &CtrlShared,
+    transport: TransportKind,
     sqe: &Sqe,
     out: &mut [u8],
 ) -> Result<(), Status> {
@@ -31,7 +33,7 @@ pub fn identify(
     };
     match (cns, subsys) {
         (cns::CONTROLLER, _) => {
-            controller(target, ctrl, out);
+            controller(target, ctrl, transport, out);
             Ok(())
         }
         (cns::NAMESPACE, Some(s)) => {
@@ -72,8 +74,8 @@ pub fn identify(
     }
 }
 
-fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
-    let limits = &target.limits;
+fn controller(target: &Target, ctrl: &CtrlShared, transport: TransportKind, b: &mut [u8]) {
+    let limits = target.limits_for(transport);
     let subsys = match ctrl.subsys {
         SubsysRef::Nvm(i) => Some(&target.subsystems[i]),
         SubsysRef::Discovery => None,
@@ -119,8 +121,11 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
                                      // VWC: bit 0 cache present; bits 2:1 = 10b: Flush with NSID FFFFFFFFh not supported.
         b[525] = 0x04 | s.volatile_cache() as u8;
     }
-    // SGLS: SGLs supported (bits 1:0 = 01b), address field as offset (bit 20).
-    le::put_u32(b, 536, 0x0010_0001);
+    // SGLS: SGLs supported (bits 1:0 = 01b), address field as offset (bit 20); over RDMA also
+    // Keyed SGL Data Block descriptors (bit 2: mandatory for NVMe/RDMA, NVMe-oF 1.1, 7.3.2;
+    // the Linux host refuses a controller without it).
+    let keyed = if transport == TransportKind::Rdma { 1 << 2 } else { 0 };
+    le::put_u32(b, 536, 0x0010_0001 | keyed);
     le::put_u32(b, 540, 0); // MNAN
     put_str(&mut b[768..1024], subsys_nqn(target, ctrl.subsys), 0);
     // NVMe over Fabrics attributes.
@@ -128,7 +133,12 @@ fn controller(target: &Target, ctrl: &CtrlShared, b: &mut [u8]) {
     le::put_u32(b, 1796, 1); // IORCSZ: 16-byte responses
     le::put_u16(b, 1800, 0); // ICDOFF
     b[1802] = 0; // FCATT: dynamic controller model
-    b[1803] = 1; // MSDBD: one SGL descriptor
+    // MSDBD: SGL data block descriptors per command. TCP takes one; RDMA a list of keyed ones
+    // (a Last Segment descriptor pointing into the capsule).
+    b[1803] = match transport {
+        TransportKind::Tcp => 1,
+        TransportKind::Rdma => nvmfd_transport::rdma::admit::MAX_KEYED as u8,
+    };
     le::put_u16(b, 1804, 1); // OFCS: Disconnect supported
                              // Power state 0: 25 W max (centiwatts), entry/exit latency unreported.
     le::put_u16(b, 2048, 2500);

@@ -20,7 +20,7 @@ use std::net::{IpAddr, SocketAddr};
 pub(super) fn get_log_page(
     target: &Target,
     ctrl: &CtrlShared,
-    local: Option<SocketAddr>,
+    (transport, local): (TransportKind, Option<SocketAddr>),
     cap: &mut Capsule,
 ) -> Result<u32, Status> {
     let sqe = cap.sqe;
@@ -36,7 +36,7 @@ pub(super) fn get_log_page(
     }
     let discovery = ctrl.subsys == SubsysRef::Discovery;
     let page: Vec<u8> = match lid {
-        log_page::DISCOVERY if discovery => discovery_log(target, &ctrl.hostnqn, local),
+        log_page::DISCOVERY if discovery => discovery_log(target, &ctrl.hostnqn, transport, local),
         log_page::ERROR_INFORMATION => vec![0; 64],
         log_page::SMART_HEALTH if !discovery => smart(),
         log_page::FIRMWARE_SLOT if !discovery => {
@@ -82,9 +82,13 @@ fn treq(_l: &Listener) -> u8 {
 }
 
 /// TSAS of a listener. NVMe/TCP: byte 0 SECTYPE 0 (no security; NVMe/TCP 1.0, 3.6.1.1).
+/// NVMe/RDMA (NVMe-oF 1.1, Figure "Transport Specific Address Subtype Definition for NVMe/RDMA
+/// Transport"): RDMA_QPTYPE 1 (reliable connected), RDMA_PRTYPE 1 (no provider specified),
+/// RDMA_CMS 1 (RDMA_CM), as Linux nvmet reports.
 fn tsas(l: &Listener) -> [u8; 4] {
     match l.transport {
         TransportKind::Tcp => [0; 4],
+        TransportKind::Rdma => [1, 1, 1, 0],
     }
 }
 
@@ -126,20 +130,26 @@ fn adrfam(a: IpAddr) -> u8 {
 /// the entry of this discovery subsystem itself at the listener the host used (SUBTYPE 3,
 /// "current discovery subsystem", TP 8013/8014 in NVMe base 2.0: nvme-cli 2.x uses it for
 /// persistent discovery controllers), then one entry per (subsystem the host may use, listener).
-pub fn discovery_log(target: &Target, hostnqn: &str, local: Option<SocketAddr>) -> Vec<u8> {
+pub fn discovery_log(
+    target: &Target,
+    hostnqn: &str,
+    transport: TransportKind,
+    local: Option<SocketAddr>,
+) -> Vec<u8> {
     let mut entries = Vec::new();
     let all_listeners = target.listeners();
     let portid = |l: &Listener| all_listeners.iter().position(|x| x == l).unwrap_or(0) as u16 + 1;
     let entry = |l: &Listener, addr: IpAddr, sub: u8, nqn: &str| DiscoveryLogEntry {
         trtype: match l.transport {
             TransportKind::Tcp => trtype::TCP,
+            TransportKind::Rdma => trtype::RDMA,
         },
         adrfam: adrfam(addr),
         subtype: sub,
         treq: treq(l),
         portid: portid(l),
         cntlid: 0xffff,
-        asqsz: target.limits.max_admin_queue_entries(),
+        asqsz: target.limits_for(l.transport).max_admin_queue_entries(),
         eflags: 0,
         trsvcid: l.port.to_string(),
         subnqn: nqn.to_string(),
@@ -149,7 +159,8 @@ pub fn discovery_log(target: &Target, hostnqn: &str, local: Option<SocketAddr>) 
     if let Some(here) = local {
         let ip = canonical(here.ip());
         let arrived = all_listeners.iter().find(|l| {
-            l.port == here.port()
+            l.transport == transport
+                && l.port == here.port()
                 && (canonical(l.address) == ip
                     || l.address.is_unspecified() && advertised_address(l, local).is_some())
         });

@@ -140,7 +140,10 @@ pub enum SubsysRef {
 pub struct Target {
     pub subsystems: Vec<Subsystem>,
     pub discovery_enabled: bool,
+    /// NVMe/TCP limits (`transports.tcp`).
     pub limits: Limits,
+    /// NVMe/RDMA limits (`transports.rdma`).
+    pub rdma_limits: Limits,
     /// Generation counter of the discovery log: starts from a digest of what the log can show
     /// (so a daemon restarted with another configuration shows another value, the same one
     /// the same value) and moves on at every change ([`Target::discovery_changed`]).
@@ -253,10 +256,24 @@ impl Target {
                 max_queue_depth: tcp.max_queue_depth,
                 max_io_queues: tcp.max_io_queues,
             },
+            rdma_limits: Limits {
+                in_capsule_data_size: cfg.transports.rdma.in_capsule_data_size,
+                max_io_size: cfg.transports.rdma.max_io_size,
+                max_queue_depth: cfg.transports.rdma.max_queue_depth,
+                max_io_queues: cfg.transports.rdma.max_io_queues,
+            },
             discovery_genctr: AtomicU64::new(genctr),
             registry: controller::Registry::default(),
             refusals: Mutex::new(RateLimit::new(REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY)),
         })
+    }
+
+    /// The limits of queues on `transport`.
+    pub fn limits_for(&self, transport: TransportKind) -> &Limits {
+        match transport {
+            TransportKind::Tcp => &self.limits,
+            TransportKind::Rdma => &self.rdma_limits,
+        }
     }
 
     /// Look a subsystem up by NQN (the discovery NQN when discovery is enabled).

@@ -14,6 +14,7 @@ use nvmfd_transport::proto::fabrics::fctype;
 use nvmfd_transport::proto::nvme::{opcode, Cqe};
 use nvmfd_transport::proto::status::Status;
 use nvmfd_transport::{Capsule, Response};
+use nvmfd_config::TransportKind;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -63,6 +64,8 @@ pub struct QueuePair {
     pub(super) state: State,
     /// The local address the connection arrived on (set by the transport).
     pub(super) local: Option<SocketAddr>,
+    /// The transport that carries this queue (its limits, Identify's SGL support).
+    pub(super) transport: TransportKind,
     /// Block-device I/Os handed out ([`Outcome::Io`]) and not yet back ([`QueuePair::io_done`]).
     in_flight: u32,
     /// The last controller shutdown this I/O queue acknowledged.
@@ -81,6 +84,7 @@ impl QueuePair {
             sqhd: 0,
             state: State::Unconnected,
             local: None,
+            transport: TransportKind::Tcp,
             in_flight: 0,
             shutdown_acked: 0,
             disconnected: false,
@@ -91,6 +95,11 @@ impl QueuePair {
     /// advertises it for listeners on a wildcard address, as Linux nvmet does).
     pub fn set_local_addr(&mut self, addr: SocketAddr) {
         self.local = Some(addr);
+    }
+
+    /// Tell the core which transport carries the queue (TCP unless told otherwise).
+    pub fn set_transport(&mut self, transport: TransportKind) {
+        self.transport = transport;
     }
 
     pub fn target(&self) -> &Arc<Target> {
@@ -187,7 +196,7 @@ impl QueuePair {
                 let write_cache = ctrl.write_cache();
                 match io::check(
                     &self.target.subsystems[subsys],
-                    &self.target.limits,
+                    self.target.limits_for(self.transport),
                     cap,
                     write_cache,
                 ) {

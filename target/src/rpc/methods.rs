@@ -306,6 +306,7 @@ fn nvmf_get_transports(ctx: &Context, p: Option<&Value>) -> Result<Value, RpcErr
 fn trid(transport: TransportKind, address: IpAddr, port: u16) -> Value {
     let trtype = match transport {
         TransportKind::Tcp => "TCP",
+        TransportKind::Rdma => "RDMA",
     };
     json!({
         "trtype": trtype,

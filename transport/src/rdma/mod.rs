@@ -1,8 +1,15 @@
-//! NVMe/RDMA. So far the verbs layer ([`verbs`]) and the start-up check of an RDMA listener's
-//! address ([`check_listen_address`]); the transport itself comes next.
+//! NVMe/RDMA: the verbs layer ([`verbs`]), connect admission and SGL planning ([`admit`]),
+//! the listeners ([`Listeners`]), one poll group per reactor ([`RdmaGroup`]) and the start-up
+//! check of an RDMA listener's address ([`check_listen_address`]).
 
 pub mod admit;
+mod group;
+mod listener;
+mod sched;
 pub mod verbs;
+
+pub use group::{RdmaGroup, RdmaParams, MAX_INITIATOR_DEPTH};
+pub use listener::{Incoming, Listeners};
 
 use std::net::SocketAddr;
 use verbs::{CmId, Devices, Error, EventChannel};

@@ -64,6 +64,9 @@ impl Daemon {
 
         let mut listeners = Vec::new();
         let mut listen_addrs = Vec::new();
+        // RDMA listeners share one rdma_cm channel, made (and rdma-core loaded) only when the
+        // config has one: a TCP-only daemon never touches the RDMA libraries.
+        let mut rdma_listeners: Option<nvmfd_transport::rdma::Listeners> = None;
         for l in target.listeners() {
             match l.transport {
                 TransportKind::Tcp => {
@@ -77,11 +80,35 @@ impl Daemon {
                     listeners.push(sock);
                 }
                 TransportKind::Rdma => {
-                    bail!("RDMA listener {}: not wired into the daemon yet", SocketAddr::new(l.address, l.port));
+                    let addr = SocketAddr::new(l.address, l.port);
+                    // One line naming the address and what is missing (no rdma-core, no
+                    // device with this address, ...).
+                    let device = match nvmfd_transport::rdma::check_listen_address(addr) {
+                        Ok(d) => d,
+                        Err(line) => bail!("{line}"),
+                    };
+                    let rl = match rdma_listeners.as_mut() {
+                        Some(rl) => rl,
+                        None => {
+                            let r = &target.rdma_limits;
+                            let limits = nvmfd_transport::rdma::admit::ConnLimits {
+                                max_io_queues: r.max_io_queues,
+                                max_queue_depth: r.max_queue_depth,
+                                max_admin_entries: r.max_admin_queue_entries(),
+                                max_initiator_depth: nvmfd_transport::rdma::MAX_INITIATOR_DEPTH,
+                            };
+                            let rl = nvmfd_transport::rdma::Listeners::new(limits)
+                                .map_err(|e| anyhow::anyhow!("RDMA listener {addr}: {e}"))?;
+                            rdma_listeners.insert(rl)
+                        }
+                    };
+                    rl.listen(addr)
+                        .map_err(|e| anyhow::anyhow!("RDMA listener {addr}: cannot listen: {e}"))?;
+                    info!(transport = "rdma", address = %addr, device = device.as_deref().unwrap_or("any"), "listening");
                 }
             }
         }
-        if listeners.is_empty() {
+        if listeners.is_empty() && rdma_listeners.is_none() {
             warn!("no listeners configured: nothing to serve");
         }
 
@@ -108,6 +135,15 @@ impl Daemon {
                 idle_sleep,
                 tcp: params,
                 buffer_pool_size: tcp.buffer_pool_size,
+                rdma: rdma_listeners.as_ref().map(|_| {
+                    let r = &cfg.transports.rdma;
+                    nvmfd_transport::rdma::RdmaParams {
+                        in_capsule_data_size: r.in_capsule_data_size,
+                        max_io_size: r.max_io_size,
+                        srq_depth: r.srq_depth,
+                        buffer_pool_size: r.buffer_pool_size,
+                    }
+                }),
             };
             reactors.push(reactor::spawn(
                 rc,
@@ -117,14 +153,41 @@ impl Daemon {
             )?);
         }
         let inboxes: Vec<_> = reactors.iter().map(|r| r.inbox.clone()).collect();
+        let rdma_inboxes: Vec<_> = reactors.iter().map(|r| r.rdma_inbox.clone()).collect();
         let astop = stop.clone();
-        let fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        let mut fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        if let Some(rl) = rdma_listeners.as_ref() {
+            fds.push(rl.fd());
+        }
         let acceptor = std::thread::Builder::new()
             .name("acceptor".into())
             .spawn(move || {
                 let mut next = 0usize;
+                let mut next_rdma = 0usize;
+                let mut rdma_listeners = rdma_listeners;
                 while !astop.load(Ordering::Relaxed) {
                     let mut any = false;
+                    if let Some(rl) = rdma_listeners.as_mut() {
+                        loop {
+                            match rl.poll() {
+                                Ok((false, _)) => break,
+                                Ok((true, None)) => any = true,
+                                Ok((true, Some(inc))) => {
+                                    any = true;
+                                    // Round-robin too: the queue pair lives on that reactor.
+                                    let inbox = &rdma_inboxes[next_rdma % rdma_inboxes.len()];
+                                    next_rdma = next_rdma.wrapping_add(1);
+                                    if let Err(inc) = inbox.push(inc) {
+                                        warn!(peer = ?inc.peer, "reactor inbox full; refusing RDMA connection");
+                                    }
+                                }
+                                Err(e) => {
+                                    warn!(error = %e, "RDMA listener event channel");
+                                    break;
+                                }
+                            }
+                        }
+                    }
                     for l in &listeners {
                         match l.accept() {
                             Ok((stream, peer)) => {

@@ -7,6 +7,8 @@ use crate::core::{Action, Outcome, QueuePair, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
 use nvmfd_p2p::mem::{BufPool, Pages};
+use nvmfd_config::TransportKind;
+use nvmfd_transport::rdma::{Incoming, RdmaGroup, RdmaParams};
 use nvmfd_transport::tcp::{ConnError, Socket, TcpConn, TcpParams};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -59,6 +61,8 @@ pub struct NewConn {
 /// What the daemon keeps to talk to a running reactor.
 pub struct ReactorHandle {
     pub inbox: Arc<ArrayQueue<NewConn>>,
+    /// RDMA connections admitted by the listener, for this reactor to accept.
+    pub rdma_inbox: Arc<ArrayQueue<Incoming>>,
     pub thread: std::thread::JoinHandle<()>,
 }
 
@@ -76,6 +80,25 @@ struct Conn {
     held: Vec<(u16, u16)>,
 }
 
+/// An NVMe/RDMA queue pair's core side (the transport side lives in the reactor's
+/// [`RdmaGroup`]).
+struct RdmaQp {
+    qp: QueuePair,
+    peer: Option<SocketAddr>,
+    /// Bdev I/Os in flight (shutdown flushes included).
+    in_flight: u32,
+    /// Commands the core holds (AERs): (CID, slot).
+    held: Vec<(u16, u16)>,
+}
+
+/// Tags of RDMA block-device I/O have bit 63 set (TCP generations are 31 bits): generation of
+/// the queue pair (16) | its index (16) | slot (16).
+const RDMA_TAG: u64 = 1 << 63;
+
+fn rdma_tag(generation: u16, idx: usize, slot: u16) -> u64 {
+    RDMA_TAG | ((generation as u64) << 32) | ((idx as u64 & 0xffff) << 16) | slot as u64
+}
+
 /// A pending block-device submission that the channel refused (queue full).
 struct Deferred {
     bdev: usize,
@@ -89,6 +112,8 @@ pub struct ReactorConfig {
     pub tcp: TcpParams,
     /// Bytes of large data buffers this reactor may hold (`transports.tcp.buffer_pool_size`).
     pub buffer_pool_size: u64,
+    /// NVMe/RDMA settings, when the daemon has RDMA listeners.
+    pub rdma: Option<RdmaParams>,
 }
 
 /// Start a reactor thread pinned to `cfg.core`. It opens its own channel to every bdev.
@@ -100,6 +125,8 @@ pub fn spawn(
 ) -> std::io::Result<ReactorHandle> {
     let inbox = Arc::new(ArrayQueue::new(1024));
     let rx = inbox.clone();
+    let rdma_inbox = Arc::new(ArrayQueue::new(1024));
+    let rdma_rx = rdma_inbox.clone();
     let thread = std::thread::Builder::new().name(format!("reactor-{}", cfg.id)).spawn(move || {
         IS_REACTOR.with(|r| r.set(true));
         crate::affinity::pin_to_core(cfg.core);
@@ -122,7 +149,19 @@ pub fn spawn(
         // Buffer memory is on hugepages only where the system has them reserved.
         let hugepages = pool.regions().all(|r| matches!(r.pages(), Pages::Huge { .. }));
         info!(reactor = cfg.id, core = cfg.core, buffers_on_hugepages = hugepages, "reactor running");
+        let rdma = match cfg.rdma {
+            None => None,
+            Some(p) => match RdmaGroup::new(p) {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    tracing::error!(reactor = cfg.id, error = %e, "cannot start the RDMA poll group; this reactor serves no RDMA queue pair");
+                    None
+                }
+            },
+        };
         let mut r = Reactor {
+            rdma,
+            rdma_inbox: rdma_rx,
             cfg,
             target,
             inbox: rx,
@@ -135,10 +174,17 @@ pub fn spawn(
         };
         r.run();
     })?;
-    Ok(ReactorHandle { inbox, thread })
+    Ok(ReactorHandle {
+        inbox,
+        rdma_inbox,
+        thread,
+    })
 }
 
 struct Reactor {
+    /// NVMe/RDMA queue pairs (first, so they go before anything they use).
+    rdma: Option<RdmaGroup<RdmaQp>>,
+    rdma_inbox: Arc<ArrayQueue<Incoming>>,
     cfg: ReactorConfig,
     target: Arc<Target>,
     inbox: Arc<ArrayQueue<NewConn>>,
@@ -181,7 +227,13 @@ impl Reactor {
                     self.add_conn(nc, generation);
                     work = true;
                 }
+                while let Some(inc) = self.rdma_inbox.pop() {
+                    self.add_rdma(inc);
+                    work = true;
+                }
             }
+            // RDMA: completions and cm events, then every command that is ready.
+            work |= self.rdma_poll();
             // Receive and execute, then reap the block devices, then send: an I/O that
             // completes at once (malloc, null) is answered in the same iteration.
             if !stopping {
@@ -227,6 +279,7 @@ impl Reactor {
         for i in 0..self.conns.len() {
             self.close(i, "daemon shutting down");
         }
+        self.rdma_shutdown();
         self.flush_bdevs();
         info!(reactor = self.cfg.id, connections = n, "reactor stopped");
     }
@@ -276,7 +329,12 @@ impl Reactor {
 
     /// Stopping: no I/O in flight anywhere and every response written.
     fn drained(&self) -> bool {
-        self.deferred.is_empty()
+        let rdma_idle = match self.rdma.as_ref() {
+            None => true,
+            Some(g) => g.indices().all(|i| g.is_idle(i)),
+        };
+        rdma_idle
+            && self.deferred.is_empty()
             && self.channels.iter().all(|c| c.in_flight() == 0)
             && self
                 .conns
@@ -450,14 +508,170 @@ impl Reactor {
         let mut n = 0;
         let conns = &mut self.conns;
         let pool = &self.pool;
+        let rdma = &mut self.rdma;
         for ch in self.channels.iter_mut() {
-            n += ch.poll(&mut |done: Completion| complete_io(conns, pool, done));
+            n += ch.poll(&mut |done: Completion| {
+                if done.tag & RDMA_TAG != 0 {
+                    complete_rdma_io(rdma, pool, done)
+                } else {
+                    complete_io(conns, pool, done)
+                }
+            });
         }
         n > 0
     }
 
+    /// Take an RDMA connection the listener admitted.
+    fn add_rdma(&mut self, inc: Incoming) {
+        let Some(g) = self.rdma.as_mut() else {
+            warn!(peer = ?inc.peer, "no RDMA poll group on this reactor; dropping the connection");
+            return;
+        };
+        let mut qp = QueuePair::new(self.target.clone());
+        qp.set_transport(TransportKind::Rdma);
+        if let Some(local) = inc.local {
+            qp.set_local_addr(local);
+        }
+        let user = RdmaQp {
+            qp,
+            peer: inc.peer,
+            in_flight: 0,
+            held: Vec::new(),
+        };
+        if let Ok(idx) = g.add(inc, user) {
+            debug!(reactor = self.cfg.id, conn = idx, "RDMA queue pair added");
+        }
+    }
+
+    /// Poll the RDMA group and run every ready command through the core.
+    fn rdma_poll(&mut self) -> bool {
+        let Some(g) = self.rdma.as_mut() else {
+            return false;
+        };
+        let mut work = g.poll();
+        let mut now = None;
+        while let Some((idx, slot)) = g.next_ready() {
+            work = true;
+            let generation = g.generation(idx).unwrap_or(0);
+            let Some((u, cap)) = g.parts(idx, slot) else {
+                continue;
+            };
+            match u.qp.execute(cap, *now.get_or_insert_with(Instant::now)) {
+                Outcome::Done(resp) => g.complete(idx, slot, resp),
+                Outcome::Held => {
+                    u.held.push((cap.sqe.cid, slot));
+                    g.hold(idx, slot);
+                }
+                Outcome::Io { bdev, op } => {
+                    let Some(buf) = cap.buf.take() else {
+                        warn!("RDMA capsule without a buffer; dropping the command");
+                        continue;
+                    };
+                    u.in_flight += 1;
+                    let io = Io {
+                        tag: rdma_tag(generation, idx, slot),
+                        op,
+                        buf,
+                    };
+                    if let Err(io) = self.channels[bdev].submit(io) {
+                        self.deferred.push_back(Deferred { bdev, io });
+                    }
+                }
+            }
+        }
+        while let Some((mut u, peer, why)) = g.take_closed() {
+            if u.qp.is_connected() {
+                info!(peer = ?peer, queue = %u.qp.describe(), reason = why, "queue pair closed");
+            } else {
+                debug!(peer = ?peer, reason = why, "RDMA connection closed before connect");
+            }
+            u.qp.teardown();
+        }
+        work
+    }
+
+    /// Timers and core actions of the RDMA queue pairs.
+    fn rdma_timers(&mut self, now: Instant) {
+        let Some(g) = self.rdma.as_mut() else {
+            return;
+        };
+        let n = g.indices().last().map_or(0, |i| i + 1);
+        for idx in 0..n {
+            if g.is_closing(idx) {
+                continue;
+            }
+            let idle = g.is_idle(idx);
+            let generation = g.generation(idx).unwrap_or(0);
+            let Some(u) = g.user_mut(idx) else {
+                continue;
+            };
+            let why = u
+                .qp
+                .poll_timers(now)
+                .or_else(|| u.qp.wants_close().filter(|_| u.in_flight == 0 && idle));
+            if let Some(why) = why {
+                if u.qp.wants_close().is_none() {
+                    warn!(peer = ?u.peer, queue = %u.qp.describe(), reason = why, "tearing down queue pair");
+                }
+                g.close(idx, why);
+                continue;
+            }
+            loop {
+                let Some(u) = g.user_mut(idx) else {
+                    break;
+                };
+                match u.qp.next_action() {
+                    None => break,
+                    Some(Action::Complete(resp)) => {
+                        match u.held.iter().position(|&(cid, _)| cid == resp.cqe.cid) {
+                            Some(k) => {
+                                let (_, slot) = u.held.swap_remove(k);
+                                g.complete(idx, slot, resp);
+                            }
+                            None => {
+                                warn!(peer = ?u.peer, cid = resp.cqe.cid, "core completed a command this queue pair does not hold")
+                            }
+                        }
+                    }
+                    Some(Action::Flush { bdev }) => {
+                        u.in_flight += 1;
+                        let io = Io {
+                            tag: rdma_tag(generation, idx, FLUSH_SLOT),
+                            op: nvmfd_bdev::Op::Flush,
+                            buf: self.pool.borrow_mut().get(SMALL_BUF),
+                        };
+                        if let Err(io) = self.channels[bdev].submit(io) {
+                            self.deferred.push_back(Deferred { bdev, io });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Daemon stop: close every RDMA queue pair and wait (briefly) for their flushes.
+    fn rdma_shutdown(&mut self) {
+        if self.rdma.is_none() {
+            return;
+        }
+        if let Some(g) = self.rdma.as_mut() {
+            g.close_all();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            self.poll_bdevs();
+            self.rdma_poll();
+            let empty = self.rdma.as_ref().is_none_or(|g| g.is_empty());
+            if empty || Instant::now() > deadline {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
     fn check_timers(&mut self) {
         let now = Instant::now();
+        self.rdma_timers(now);
         for i in 0..self.conns.len() {
             let why = match self.conns[i].as_mut() {
                 Some(c) => c.qp.poll_timers(now).or_else(|| c.tcp.poll_timers(now)),
@@ -505,6 +719,41 @@ impl Reactor {
             }
         }
     }
+}
+
+/// Route a block-device completion of an RDMA queue pair back to it.
+fn complete_rdma_io(
+    rdma: &mut Option<RdmaGroup<RdmaQp>>,
+    pool: &RefCell<BufPool>,
+    done: Completion,
+) {
+    let generation = ((done.tag >> 32) & 0xffff) as u16;
+    let idx = ((done.tag >> 16) & 0xffff) as usize;
+    let slot = done.tag as u16;
+    let Some(g) = rdma.as_mut() else {
+        return;
+    };
+    if g.generation(idx) != Some(generation) {
+        // The queue pair was destroyed after its close timed out; the buffer is dropped (it
+        // returns to its region, not to a pool of this reactor's other transport).
+        return;
+    }
+    if slot == FLUSH_SLOT {
+        pool.borrow_mut().put(done.buf);
+        if let Some(u) = g.user_mut(idx) {
+            u.in_flight -= 1;
+            u.qp.flush_done(done.result);
+        }
+        return;
+    }
+    let Some((u, cap)) = g.parts(idx, slot) else {
+        return;
+    };
+    u.in_flight -= 1;
+    cap.buf = Some(done.buf);
+    cap.lent = done.lent;
+    let resp = u.qp.io_done(cap, done.result);
+    g.complete(idx, slot, resp);
 }
 
 /// Route a block-device completion back to its connection (dropped if the connection is gone).

@@ -117,6 +117,9 @@ enum SlotState {
     Ready,
     /// The core (or a block device) has it.
     Executing,
+    /// The core holds it to answer later (an Asynchronous Event Request): nothing to wait for
+    /// when the queue pair closes.
+    Held,
     /// The response (and read data) posted; waiting for the SEND completion.
     Sending,
 }
@@ -168,11 +171,13 @@ struct Conn<T> {
 /// One reactor's RDMA poll group; `T` is what the reactor keeps per queue pair (its core queue
 /// pair).
 pub struct RdmaGroup<T> {
+    // Queue pairs first: they drop (destroying their QPs) before the devices' SRQs, CQs,
+    // memory regions and PDs.
+    conns: Vec<Option<Conn<T>>>,
     params: RdmaParams,
     channel: EventChannel,
     devices: Arc<Devices>,
     devs: Vec<Device>,
-    conns: Vec<Option<Conn<T>>>,
     free: Vec<usize>,
     by_qp: HashMap<u32, usize>,
     by_id: HashMap<IdHandle, usize>,
@@ -825,10 +830,11 @@ impl<T> RdmaGroup<T> {
             return;
         };
         let s = slot as usize;
-        if c.slots[s].state != SlotState::Executing {
-            return;
+        match c.slots[s].state {
+            SlotState::Executing => c.executing -= 1,
+            SlotState::Held => {}
+            _ => return,
         }
-        c.executing -= 1;
         let dev = &mut self.devs[c.dev];
         if c.state == ConnState::Closing {
             free_slot(c, &mut dev.pool, s);
@@ -844,16 +850,33 @@ impl<T> RdmaGroup<T> {
         c.signaled += 1;
     }
 
-    /// The core dropped a command it held (an AER of a queue pair going away).
-    pub fn release(&mut self, idx: usize, slot: u16) {
+    /// The core keeps this command to answer later ([`RdmaGroup::complete`] then).
+    pub fn hold(&mut self, idx: usize, slot: u16) {
         let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
             return;
         };
-        let s = slot as usize;
-        if c.slots[s].state == SlotState::Executing {
+        let s = &mut c.slots[slot as usize];
+        if s.state == SlotState::Executing {
+            s.state = SlotState::Held;
             c.executing -= 1;
-            free_slot(c, &mut self.devs[c.dev].pool, s);
         }
+    }
+
+    /// Nothing of this queue pair is posted or with the core (it may close without losing a
+    /// response).
+    pub fn is_idle(&self, idx: usize) -> bool {
+        self.conns
+            .get(idx)
+            .and_then(|c| c.as_ref())
+            .is_some_and(|c| c.signaled == 0 && c.executing == 0)
+    }
+
+    /// Whether a queue pair is closing.
+    pub fn is_closing(&self, idx: usize) -> bool {
+        self.conns
+            .get(idx)
+            .and_then(|c| c.as_ref())
+            .is_some_and(|c| c.state == ConnState::Closing)
     }
 
     /// Start closing a queue pair: disconnect (its QP goes to the error state and everything
@@ -947,8 +970,7 @@ impl<T> RdmaGroup<T> {
         self.conns.iter().all(|c| c.is_none())
     }
 
-    /// Registered data buffers and receive slots, for tests and metrics: (free receive
-    /// buffers pending re-post, queue pairs).
+    /// Queue pairs on this reactor.
     pub fn queue_pairs(&self) -> usize {
         self.conns.iter().flatten().count()
     }

@@ -39,10 +39,11 @@ use nvmfd_transport::proto::tcp::{
     encode_capsule_cmd, encode_capsule_resp, encode_term_req, fes, flags, parse_header, parse_pdu,
     pdu_type, DataHeader, Digests, FatalError, Header, IcResp, R2t,
 };
-use nvmfd_transport::tcp::{ConnError, TcpConn, TcpParams};
+use nvmfd_transport::tcp::{ConnError, ConnEvent, TcpConn, TcpParams};
+use nvmfd_transport::{DataDesc, DataNeed};
 use std::cell::RefCell;
 use std::io::{ErrorKind, Read};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -407,7 +408,43 @@ pub fn tcp_conn(data: &[u8]) {
         replies.clear();
         let recv = conn.poll_recv();
         let received = matches!(recv, Ok(true));
-        while let Some(slot) = conn.next_ready() {
+        // Admission as a core would answer it for the transport's part: refused descriptors and
+        // transfers past MDTS get an error, everything else has its data fetched.
+        while let Some(ev) = conn.next_event() {
+            let slot = match ev {
+                ConnEvent::Command { slot, sqe, desc } => {
+                    let refuse = |status| Response {
+                        cqe: nvmfd_transport::proto::nvme::Cqe {
+                            cid: sqe.cid,
+                            status,
+                            ..Default::default()
+                        },
+                        data_len: 0,
+                    };
+                    match desc {
+                        DataDesc::Refused(status) => conn.respond(slot, refuse(status)),
+                        DataDesc::None => held.push(slot),
+                        DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. }
+                            if len > TCP_MAX_IO.max(8192) =>
+                        {
+                            conn.respond(slot, refuse(Status::INVALID_FIELD))
+                        }
+                        DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. } => {
+                            let dir = sqe.data_direction();
+                            conn.fetch(
+                                slot,
+                                DataNeed {
+                                    len,
+                                    dir,
+                                    bdev: None,
+                                },
+                            )
+                        }
+                    }
+                    continue;
+                }
+                ConnEvent::DataReady { slot } => slot,
+            };
             let cap = conn.capsule_mut(slot);
             let need = cap.data_len as usize;
             assert!(need <= TCP_MAX_IO.max(8192) as usize, "data_len {need}");
@@ -425,7 +462,7 @@ pub fn tcp_conn(data: &[u8]) {
         if (!defer || round % 2 == 1) && recv.is_ok() {
             for slot in held.drain(..) {
                 let resp = respond(conn.capsule_mut(slot));
-                conn.complete(slot, resp);
+                conn.respond(slot, resp);
             }
         }
         conn.poll_send().expect("the in-memory stream never fails");
@@ -581,9 +618,30 @@ fn enable(qp: &mut QueuePair, pool: &mut BufPool, now: Instant) -> Response {
     run(qp, &mut cap, now).expect("Property Set is answered at once")
 }
 
-/// Execute one capsule and check the answer (carrying out an I/O as a device would); None if
-/// the core holds the command.
+/// Admit, then execute one capsule and check the answer (carrying out an I/O as a device
+/// would); None if the core holds the command. The data is described as one transport-moved
+/// descriptor of the capsule's length.
 fn run(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Option<Response> {
+    let desc = match cap.data_len {
+        0 => nvmfd_transport::DataDesc::None,
+        len => nvmfd_transport::DataDesc::Remote {
+            len,
+            descriptors: 1,
+        },
+    };
+    match qp.admit(&cap.sqe, desc) {
+        nvmfd_transport::Admission::Respond(r) => {
+            assert!(
+                !r.cqe.status.is_success(),
+                "admission answers only refusals"
+            );
+            return Some(r);
+        }
+        nvmfd_transport::Admission::Data(need) => {
+            assert!(need.len <= cap.data_len, "{need:?} beyond the SGL");
+        }
+        nvmfd_transport::Admission::Execute => {}
+    }
     let resp = match qp.execute(cap, now) {
         Outcome::Done(r) => r,
         Outcome::Held => {
@@ -634,7 +692,7 @@ fn check_io(qp: &QueuePair, cap: &Capsule, bdev: usize, op: Op) {
                 cap.data_len
             );
             assert!(
-                bytes <= target.limits.max_io_size as u64,
+                bytes <= target.transports[0].max_io_size as u64,
                 "{op:?} over MDTS"
             );
         }
@@ -681,8 +739,8 @@ pub fn capsule(data: &[u8]) {
     let mut pool = BufPool::new(8192, 0, CORE_MAX_IO as usize, 0, 64);
     let mut now = Instant::now();
     let mode = input.u8() % 5;
-    let mut admin = QueuePair::new(target.clone());
-    let mut qp = QueuePair::new(target.clone());
+    let mut admin = QueuePair::new(target.clone(), target.transports[0]);
+    let mut qp = QueuePair::new(target.clone(), target.transports[0]);
     match mode {
         0 => {
             connect(&mut qp, &mut pool, (0, 31), 0xffff, (NQN_OPEN, HOST_B), now);
@@ -767,10 +825,22 @@ const HOSTS: [&str; 4] = [
     "nqn.2014-08.org.nvmexpress:uuid:cccccccc",
     "",
 ];
-const ADDRS: [IpAddr; 4] = [
+const ADDRS: [IpAddr; 6] = [
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
     IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
     IpAddr::V6(Ipv6Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+    IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+];
+/// Addresses a discovery connection may have arrived on: listed ones, an IPv4-mapped IPv6 one
+/// (a dual-stack socket's view of an IPv4 peer) and one no listener names.
+const LOCALS: [IpAddr; 6] = [
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1)),
+    IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10)),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0xc000, 0x020a)),
+    IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7)),
     IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10)),
 ];
 /// Characters an NQN's tail is made of.
@@ -778,11 +848,16 @@ const NQN_CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789.-:";
 
 /// Input: subsystems (count, then for each: a flag byte (allow any host, how many hosts and
 /// listeners), its NQN's tail, hosts as indexes into a fixed set, listeners as address index and
-/// port), the host asking, the queue depth, then a Get Log Page window (offset, dword count).
+/// port), the host asking, the queue depth, the address the connection arrived on (none, or an
+/// address index and a port, often a listener's), then a Get Log Page window (offset, dword
+/// count).
 ///
-/// Checks: the page has one entry per (subsystem the host may use, listener) with exactly that
-/// subsystem's NQN, address, port and port ID; a window of it comes back byte for byte (zero
-/// padded past the end) or fails with the status the spec gives.
+/// Checks: the page starts with the entry of the discovery subsystem itself at the listener the
+/// connection arrived on (SUBTYPE 3), when one matches, then has one entry per (subsystem the
+/// host may use, listener with an address to advertise) with exactly that subsystem's NQN,
+/// address (a wildcard listener's is the arrival address, of the listener's family), port and
+/// port ID; a window of it comes back byte for byte (zero padded past the end) or fails with
+/// the status the spec gives.
 pub fn discovery(data: &[u8]) {
     let mut input = Bytes(data);
     let nsubs = input.u8() % 5;
@@ -823,10 +898,29 @@ pub fn discovery(data: &[u8]) {
         max_queue_depth: 2 + input.u8() as u16,
         ..Default::default()
     };
+    let ports: Vec<u16> = cfg
+        .subsystems
+        .iter()
+        .flat_map(|s| s.listeners.iter().map(|l| l.port))
+        .collect();
+    let local = match input.u8() {
+        k if k % 4 == 0 => None,
+        k => {
+            let ip = LOCALS[(k / 4) as usize % LOCALS.len()];
+            let port = match (input.u8(), ports.len()) {
+                (p, n) if n > 0 && p & 3 != 0 => ports[p as usize % n],
+                _ => input.u16(),
+            };
+            Some(SocketAddr::new(ip, port))
+        }
+    };
     let target = Target::new(&cfg, &[]);
     let mut pool = BufPool::new(8192, 0, 64 * 1024, 0, 64);
     let now = Instant::now();
-    let mut qp = QueuePair::new(target.clone());
+    let mut qp = QueuePair::new(target.clone(), target.transports[0]);
+    if let Some(l) = local {
+        qp.set_local_addr(l);
+    }
     let sqsize = 31.min(cfg.transports.tcp.max_queue_depth - 1);
     let r = connect(
         &mut qp,
@@ -846,31 +940,58 @@ pub fn discovery(data: &[u8]) {
             all_listeners.push(l);
         }
     }
-    let expected: Vec<(&SubsystemConfig, &ListenerConfig)> = cfg
+    // The model of what a host can be told (NVMe-oF 1.1, Discovery Log Page Entry: TRADDR is an
+    // address the host can connect to, so a wildcard listener is advertised at the address this
+    // connection arrived on, and only if that address is of the listener's family; `::` takes
+    // IPv4 too, as a dual-stack socket does).
+    let here = local.map(|a| match a.ip() {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(a.ip(), IpAddr::V4),
+        v4 => v4,
+    });
+    let advertised = |l: &ListenerConfig| -> Option<IpAddr> {
+        if !l.address.is_unspecified() {
+            return Some(l.address);
+        }
+        let here = here?;
+        (l.address.is_ipv6() || here.is_ipv4()).then_some(here)
+    };
+    let mut expected: Vec<(&str, IpAddr, &ListenerConfig, u8)> = Vec::new();
+    if let (Some(a), Some(ip)) = (local, here) {
+        let arrived = all_listeners.iter().find(|l| {
+            l.port == a.port()
+                && (l.address == ip || l.address.is_unspecified() && advertised(l).is_some())
+        });
+        if let Some(l) = arrived {
+            expected.push((DISCOVERY_NQN, ip, l, subtype::CURRENT_DISCOVERY));
+        }
+    }
+    for s in cfg
         .subsystems
         .iter()
         .filter(|s| s.allow_any_host || s.hosts.iter().any(|h| h == host))
-        .flat_map(|s| s.listeners.iter().map(move |l| (s, l)))
-        .collect();
+    {
+        for l in &s.listeners {
+            if let Some(ip) = advertised(l) {
+                expected.push((&s.nqn, ip, l, subtype::NVME));
+            }
+        }
+    }
     let size = DiscoveryLogEntry::HEADER_SIZE + expected.len() * DiscoveryLogEntry::SIZE;
     let (status, page) = get_log(&mut qp, &mut pool, 0, size as u32, size as u32, now);
     assert_eq!(status, Status::SUCCESS);
     let (genctr, numrec) = decode_discovery_header(&page).expect("a header");
     assert_eq!(numrec, expected.len() as u64);
     assert_eq!(genctr, target.discovery_genctr());
-    for (i, (s, l)) in expected.iter().enumerate() {
+    for (i, &(nqn, ip, l, sub)) in expected.iter().enumerate() {
         let at = DiscoveryLogEntry::HEADER_SIZE + i * DiscoveryLogEntry::SIZE;
         let e = DiscoveryLogEntry::decode(page[at..at + 1024].try_into().expect("1024 bytes"));
-        assert_eq!(e.subnqn, s.nqn);
-        assert_eq!(e.traddr, l.address.to_string());
+        assert_eq!(e.subnqn, nqn);
+        assert_eq!(e.traddr, ip.to_string());
         assert_eq!(e.trsvcid, l.port.to_string());
-        assert_eq!(e.adrfam, if l.address.is_ipv4() { 1 } else { 2 });
-        assert_eq!(
-            (e.trtype, e.subtype, e.cntlid),
-            (trtype::TCP, subtype::NVME, 0xffff)
-        );
-        assert_eq!(e.asqsz, target.limits.max_admin_queue_entries());
-        let portid = all_listeners.iter().position(|x| x == l).expect("listed") + 1;
+        assert_eq!(e.adrfam, if ip.is_ipv4() { 1 } else { 2 });
+        assert_eq!((e.trtype, e.subtype, e.cntlid), (trtype::TCP, sub, 0xffff));
+        assert_eq!(e.asqsz, target.transports[0].max_admin_queue_entries());
+        let portid = all_listeners.iter().position(|x| *x == l).expect("listed") + 1;
         assert_eq!(e.portid as usize, portid);
     }
 

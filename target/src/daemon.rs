@@ -2,11 +2,12 @@
 //! connections, and stop cleanly on SIGINT/SIGTERM.
 
 use crate::core::Target;
-use crate::reactor::{self, NewConn, ReactorConfig, ReactorHandle};
+use crate::reactor::{self, ReactorConfig, ReactorHandle};
 use anyhow::{bail, Context};
 use nvmfd_bdev::Bdev;
 use nvmfd_config::{Config, TransportKind};
-use nvmfd_transport::tcp::TcpParams;
+use nvmfd_transport::group::{AnyGroup, AnyGroupConfig, AnyIncoming};
+use nvmfd_transport::tcp::{TcpGroupConfig, TcpIncoming, TcpParams};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +21,7 @@ pub struct Daemon {
     /// The addresses actually bound (port 0 in the config picks a free port).
     pub listen_addrs: Vec<SocketAddr>,
     stop: Arc<AtomicBool>,
-    reactors: Vec<ReactorHandle>,
+    reactors: Vec<ReactorHandle<AnyIncoming>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
     /// What the control plane reports: the config started from, the bdevs' facts, the cores.
     cfg: Config,
@@ -90,11 +91,11 @@ impl Daemon {
                     let rl = match rdma_listeners.as_mut() {
                         Some(rl) => rl,
                         None => {
-                            let r = &target.rdma_limits;
+                            let r = &cfg.transports.rdma;
                             let limits = nvmfd_transport::rdma::admit::ConnLimits {
                                 max_io_queues: r.max_io_queues,
                                 max_queue_depth: r.max_queue_depth,
-                                max_admin_entries: r.max_admin_queue_entries(),
+                                max_admin_entries: r.max_queue_depth,
                                 max_initiator_depth: nvmfd_transport::rdma::MAX_INITIATOR_DEPTH,
                             };
                             let rl = nvmfd_transport::rdma::Listeners::new(limits)
@@ -102,9 +103,11 @@ impl Daemon {
                             rdma_listeners.insert(rl)
                         }
                     };
-                    rl.listen(addr)
-                        .map_err(|e| anyhow::anyhow!("RDMA listener {addr}: cannot listen: {e}"))?;
-                    info!(transport = "rdma", address = %addr, device = device.as_deref().unwrap_or("any"), "listening");
+                    rl.listen(addr).map_err(|e| {
+                        anyhow::anyhow!("RDMA listener {addr}: cannot listen: {e}")
+                    })?;
+                    info!(transport = "rdma", address = %addr,
+                        device = device.as_deref().unwrap_or("any"), "listening");
                 }
             }
         }
@@ -112,15 +115,33 @@ impl Daemon {
             warn!("no listeners configured: nothing to serve");
         }
 
+        // One poll group per transport on every reactor, each sized by its own section.
         let tcp = &cfg.transports.tcp;
-        let params = TcpParams {
-            in_capsule_data_size: tcp.in_capsule_data_size,
-            max_io_size: tcp.max_io_size,
-            max_queue_depth: tcp.max_queue_depth,
-            header_digest: tcp.header_digest,
-            data_digest: tcp.data_digest,
-            c2h_success: tcp.c2h_success,
+        let tcp_group = TcpGroupConfig {
+            params: TcpParams {
+                in_capsule_data_size: tcp.in_capsule_data_size,
+                max_io_size: tcp.max_io_size,
+                max_queue_depth: tcp.max_queue_depth,
+                header_digest: tcp.header_digest,
+                data_digest: tcp.data_digest,
+                c2h_success: tcp.c2h_success,
+            },
+            info: nvmfd_transport::tcp::transport_info(tcp),
+            buffer_pool_size: tcp.buffer_pool_size,
         };
+        let mut groups = vec![AnyGroupConfig::Tcp(tcp_group)];
+        if rdma_listeners.is_some() {
+            let r = &cfg.transports.rdma;
+            groups.push(AnyGroupConfig::Rdma(nvmfd_transport::rdma::RdmaGroupConfig {
+                params: nvmfd_transport::rdma::RdmaParams {
+                    in_capsule_data_size: r.in_capsule_data_size,
+                    max_io_size: r.max_io_size,
+                    srq_depth: r.srq_depth,
+                    buffer_pool_size: r.buffer_pool_size,
+                },
+                info: nvmfd_transport::rdma::transport_info(r),
+            }));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let idle_sleep = (cfg.reactors.idle_sleep_us > 0)
             .then(|| Duration::from_micros(cfg.reactors.idle_sleep_us as u64));
@@ -133,19 +154,9 @@ impl Daemon {
                 id,
                 core,
                 idle_sleep,
-                tcp: params,
-                buffer_pool_size: tcp.buffer_pool_size,
-                rdma: rdma_listeners.as_ref().map(|_| {
-                    let r = &cfg.transports.rdma;
-                    nvmfd_transport::rdma::RdmaParams {
-                        in_capsule_data_size: r.in_capsule_data_size,
-                        max_io_size: r.max_io_size,
-                        srq_depth: r.srq_depth,
-                        buffer_pool_size: r.buffer_pool_size,
-                    }
-                }),
+                groups: groups.clone(),
             };
-            reactors.push(reactor::spawn(
+            reactors.push(reactor::spawn::<AnyGroup>(
                 rc,
                 target.clone(),
                 bdevs.clone(),
@@ -153,7 +164,6 @@ impl Daemon {
             )?);
         }
         let inboxes: Vec<_> = reactors.iter().map(|r| r.inbox.clone()).collect();
-        let rdma_inboxes: Vec<_> = reactors.iter().map(|r| r.rdma_inbox.clone()).collect();
         let astop = stop.clone();
         let mut fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
         if let Some(rl) = rdma_listeners.as_ref() {
@@ -167,24 +177,24 @@ impl Daemon {
                 let mut rdma_listeners = rdma_listeners;
                 while !astop.load(Ordering::Relaxed) {
                     let mut any = false;
-                    if let Some(rl) = rdma_listeners.as_mut() {
-                        loop {
-                            match rl.poll() {
-                                Ok((false, _)) => break,
-                                Ok((true, None)) => any = true,
-                                Ok((true, Some(inc))) => {
-                                    any = true;
-                                    // Round-robin too: the queue pair lives on that reactor.
-                                    let inbox = &rdma_inboxes[next_rdma % rdma_inboxes.len()];
-                                    next_rdma = next_rdma.wrapping_add(1);
-                                    if let Err(inc) = inbox.push(inc) {
-                                        warn!(peer = ?inc.peer, "reactor inbox full; refusing RDMA connection");
-                                    }
+                    // RDMA connect requests: admitted or rejected by the listener, then
+                    // round-robin to the reactors, where the queue pair lives.
+                    while let Some(rl) = rdma_listeners.as_mut() {
+                        match rl.poll() {
+                            Ok((false, _)) => break,
+                            Ok((true, None)) => any = true,
+                            Ok((true, Some(inc))) => {
+                                any = true;
+                                let inbox = &inboxes[next_rdma % inboxes.len()];
+                                next_rdma = next_rdma.wrapping_add(1);
+                                let peer = inc.peer;
+                                if inbox.push(AnyIncoming::Rdma(inc)).is_err() {
+                                    warn!(?peer, "reactor inbox full; refusing RDMA connection");
                                 }
-                                Err(e) => {
-                                    warn!(error = %e, "RDMA listener event channel");
-                                    break;
-                                }
+                            }
+                            Err(e) => {
+                                warn!(error = %e, "RDMA listener event channel");
+                                break;
                             }
                         }
                     }
@@ -195,7 +205,8 @@ impl Daemon {
                                 // Round-robin: each connection (queue pair) lives on one reactor.
                                 let inbox = &inboxes[next % inboxes.len()];
                                 next = next.wrapping_add(1);
-                                if inbox.push(NewConn { stream, peer }).is_err() {
+                                let nc = AnyIncoming::Tcp(TcpIncoming { stream, peer });
+                                if inbox.push(nc).is_err() {
                                     warn!(%peer, "reactor inbox full; refusing connection");
                                 }
                             }

@@ -1,19 +1,24 @@
-//! Reactors: one pinned thread per configured core, polling its connections and block-device
-//! channels forever. A connection lives on one reactor for its whole life; so do the channels.
-//! New connections arrive through a lock-free queue from the acceptor; nothing else is shared
-//! except the read-only [`Target`] and the atomics inside it.
+//! Reactors: one pinned thread per configured core, polling its poll groups (one per transport,
+//! see `nvmfd_transport::group`) and block-device channels forever. A connection lives on one
+//! reactor for its whole life; so do the channels. New connections arrive through a lock-free
+//! queue from the acceptor; nothing else is shared except the read-only [`Target`] and the
+//! atomics inside it.
+//!
+//! The reactor knows no transport: it is generic over [`PollGroup`] (the daemon instantiates it
+//! with [`nvmfd_transport::group::AnyGroup`]) and carries out the two phases of every command
+//! between a group and the core: a new command is admitted ([`QueuePair::admit`]) and answered
+//! at once or its data fetched by the group; a command whose data is in place is executed
+//! ([`QueuePair::execute`]) and its outcome carried out (a response, a block-device I/O, a held
+//! command); block-device completions and the core's own actions (held AERs completed, shutdown
+//! flushes, queue teardown) go back the same way.
 
-use crate::core::{Action, Outcome, QueuePair, Target};
+use crate::core::{Action, Admission, Outcome, QueuePair, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
-use nvmfd_p2p::mem::{BufPool, Pages};
-use nvmfd_config::TransportKind;
-use nvmfd_transport::rdma::{Incoming, RdmaGroup, RdmaParams};
-use nvmfd_transport::tcp::{ConnError, Socket, TcpConn, TcpParams};
-use std::cell::RefCell;
+use nvmfd_p2p::mem::BufPool;
+use nvmfd_transport::group::{ConnId, Event, PollGroup};
 use std::collections::VecDeque;
-use std::net::{SocketAddr, TcpStream};
-use std::rc::Rc;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,21 +28,18 @@ use tracing::{debug, info, warn};
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
 /// Timers (keep-alive) are checked this often, in loop iterations.
 const TIMER_EVERY: u32 = 256;
-/// A connection that received nothing for this many polls is cold: its socket is then read
-/// every COLD_EVERY iterations instead of every one. A busy connection stays hot (one
-/// non-blocking recv per iteration, the lowest latency); idle ones (admin queues, quiet hosts)
-/// cost a fraction of a system call each, and the first command after a quiet spell waits at
-/// most COLD_EVERY iterations (tens of microseconds).
-const HOT_POLLS: u32 = 20_000;
+/// Every COLD_EVERY iterations is a cold turn: groups then also poll their idle connections
+/// (see `nvmfd_transport::tcp::TcpGroup`), which otherwise cost nothing.
 const COLD_EVERY: u32 = 64;
-/// Data buffers: commands moving up to SMALL_BUF bytes take a small one, others a max_io_size
-/// one. This many of each are made at start; more are made (once) if a reactor's peak of
-/// commands in flight needs them, large ones up to `buffer_pool_size`.
-const SMALL_BUF: usize = 8192;
-const PREALLOC_SMALL: usize = 512;
-const PREALLOC_LARGE: usize = 64;
-/// The tag slot of a controller-shutdown flush (transport slots are below `max_queue_depth`,
-/// at most 1024).
+/// The buffer a block-device I/O that moves no data carries (Flush, Write Zeroes; the reactor's
+/// own, see [`OWN_BUF`]). Made at start: OWN_PREALLOC of them; more if ever needed.
+const FLUSH_BUF: usize = 4096;
+const OWN_PREALLOC: usize = 64;
+/// Tag bit of an I/O whose buffer is the reactor's own (a command admitted without data, or a
+/// shutdown flush): it goes back to the reactor's pool, not the group's.
+const OWN_BUF: u64 = 1 << 63;
+/// The tag slot of a controller-shutdown flush (transport slots are below 0x8000, see
+/// `nvmfd_transport::group`).
 const FLUSH_SLOT: u16 = 0x8000;
 /// On shutdown, how long to wait for in-flight I/O and unsent responses.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -52,25 +54,14 @@ pub fn is_reactor_thread() -> bool {
     IS_REACTOR.with(|r| r.get())
 }
 
-/// The hand-off from the acceptor to a reactor.
-pub struct NewConn {
-    pub stream: TcpStream,
-    pub peer: SocketAddr,
-}
-
-/// What the daemon keeps to talk to a running reactor.
-pub struct ReactorHandle {
-    pub inbox: Arc<ArrayQueue<NewConn>>,
-    /// RDMA connections admitted by the listener, for this reactor to accept.
-    pub rdma_inbox: Arc<ArrayQueue<Incoming>>,
+/// What the daemon keeps to talk to a running reactor: new connections go into `inbox`.
+pub struct ReactorHandle<I> {
+    pub inbox: Arc<ArrayQueue<I>>,
     pub thread: std::thread::JoinHandle<()>,
 }
 
+/// The core's side of one connection of a group.
 struct Conn {
-    tcp: TcpConn<Socket>,
-    /// Polls since this connection last received anything: past [`HOT_POLLS`] it is cold and
-    /// its socket is read only every [`COLD_EVERY`] iterations.
-    idle_polls: u32,
     qp: QueuePair,
     peer: SocketAddr,
     generation: u32,
@@ -78,25 +69,14 @@ struct Conn {
     in_flight: u32,
     /// Commands the core holds (AERs): (CID, transport slot), answered by [`Action::Complete`].
     held: Vec<(u16, u16)>,
+    /// Whether the group was told the queue's ID and size (after Connect).
+    queue_set: bool,
 }
 
-/// An NVMe/RDMA queue pair's core side (the transport side lives in the reactor's
-/// [`RdmaGroup`]).
-struct RdmaQp {
-    qp: QueuePair,
-    peer: Option<SocketAddr>,
-    /// Bdev I/Os in flight (shutdown flushes included).
-    in_flight: u32,
-    /// Commands the core holds (AERs): (CID, slot).
-    held: Vec<(u16, u16)>,
-}
-
-/// Tags of RDMA block-device I/O have bit 63 set (TCP generations are 31 bits): generation of
-/// the queue pair (16) | its index (16) | slot (16).
-const RDMA_TAG: u64 = 1 << 63;
-
-fn rdma_tag(generation: u16, idx: usize, slot: u16) -> u64 {
-    RDMA_TAG | ((generation as u64) << 32) | ((idx as u64 & 0xffff) << 16) | slot as u64
+/// One poll group and the queue pairs of its connections (indexed by [`ConnId`]).
+struct Side<G> {
+    group: G,
+    conns: Vec<Option<Conn>>,
 }
 
 /// A pending block-device submission that the channel refused (queue full).
@@ -105,28 +85,24 @@ struct Deferred {
     io: Io,
 }
 
-pub struct ReactorConfig {
+pub struct ReactorConfig<C> {
     pub id: usize,
     pub core: usize,
     pub idle_sleep: Option<Duration>,
-    pub tcp: TcpParams,
-    /// Bytes of large data buffers this reactor may hold (`transports.tcp.buffer_pool_size`).
-    pub buffer_pool_size: u64,
-    /// NVMe/RDMA settings, when the daemon has RDMA listeners.
-    pub rdma: Option<RdmaParams>,
+    /// One poll group per transport, built on the reactor's thread.
+    pub groups: Vec<C>,
 }
 
-/// Start a reactor thread pinned to `cfg.core`. It opens its own channel to every bdev.
-pub fn spawn(
-    cfg: ReactorConfig,
+/// Start a reactor thread pinned to `cfg.core`. It opens its own channel to every bdev and
+/// builds its poll groups.
+pub fn spawn<G: PollGroup + 'static>(
+    cfg: ReactorConfig<G::Config>,
     target: Arc<Target>,
     bdevs: Vec<Arc<dyn Bdev>>,
     stop: Arc<AtomicBool>,
-) -> std::io::Result<ReactorHandle> {
+) -> std::io::Result<ReactorHandle<G::Incoming>> {
     let inbox = Arc::new(ArrayQueue::new(1024));
     let rx = inbox.clone();
-    let rdma_inbox = Arc::new(ArrayQueue::new(1024));
-    let rdma_rx = rdma_inbox.clone();
     let thread = std::thread::Builder::new().name(format!("reactor-{}", cfg.id)).spawn(move || {
         IS_REACTOR.with(|r| r.set(true));
         crate::affinity::pin_to_core(cfg.core);
@@ -137,115 +113,102 @@ pub fn spawn(
                 return;
             }
         };
-        let large = (cfg.tcp.max_io_size as usize).max(SMALL_BUF);
-        let large_limit = usize::try_from(cfg.buffer_pool_size / large as u64).unwrap_or(usize::MAX);
-        let pool = BufPool::new(
-            SMALL_BUF,
-            PREALLOC_SMALL,
-            large,
-            PREALLOC_LARGE.min(large_limit),
-            large_limit,
-        );
-        // Buffer memory is on hugepages only where the system has them reserved.
-        let hugepages = pool.regions().all(|r| matches!(r.pages(), Pages::Huge { .. }));
-        info!(reactor = cfg.id, core = cfg.core, buffers_on_hugepages = hugepages, "reactor running");
-        let rdma = match cfg.rdma {
-            None => None,
-            Some(p) => match RdmaGroup::new(p) {
-                Ok(g) => Some(g),
+        let mut sides = Vec::with_capacity(cfg.groups.len());
+        for g in &cfg.groups {
+            match G::new(g, cfg.id) {
+                Ok(group) => sides.push(Side { group, conns: Vec::new() }),
                 Err(e) => {
-                    tracing::error!(reactor = cfg.id, error = %e, "cannot start the RDMA poll group; this reactor serves no RDMA queue pair");
-                    None
+                    tracing::error!(reactor = cfg.id, error = %e, "cannot build a poll group; reactor stops");
+                    return;
                 }
-            },
-        };
+            }
+        }
+        info!(reactor = cfg.id, core = cfg.core, groups = sides.len(), "reactor running");
         let mut r = Reactor {
-            rdma,
-            rdma_inbox: rdma_rx,
-            cfg,
+            id: cfg.id,
+            idle_sleep: cfg.idle_sleep,
             target,
             inbox: rx,
-            conns: Vec::new(),
-            free: Vec::new(),
+            sides,
             channels,
             deferred: VecDeque::with_capacity(4096),
             stop,
-            pool: Rc::new(RefCell::new(pool)),
+            own_pool: BufPool::new(FLUSH_BUF, OWN_PREALLOC, FLUSH_BUF, 0, 1),
+            generation: 0,
         };
         r.run();
     })?;
-    Ok(ReactorHandle {
-        inbox,
-        rdma_inbox,
-        thread,
-    })
+    Ok(ReactorHandle { inbox, thread })
 }
 
-struct Reactor {
-    /// NVMe/RDMA queue pairs (first, so they go before anything they use).
-    rdma: Option<RdmaGroup<RdmaQp>>,
-    rdma_inbox: Arc<ArrayQueue<Incoming>>,
-    cfg: ReactorConfig,
+struct Reactor<G: PollGroup> {
+    id: usize,
+    idle_sleep: Option<Duration>,
     target: Arc<Target>,
-    inbox: Arc<ArrayQueue<NewConn>>,
-    conns: Vec<Option<Conn>>,
-    free: Vec<usize>,
+    inbox: Arc<ArrayQueue<G::Incoming>>,
+    sides: Vec<Side<G>>,
     channels: Vec<Box<dyn BdevChannel>>,
     deferred: VecDeque<Deferred>,
     stop: Arc<AtomicBool>,
-    /// Data buffers of every command on this reactor.
-    pool: Rc<RefCell<BufPool>>,
+    /// The buffers of block-device I/Os that move no data (Flush, Write Zeroes, shutdown flushes).
+    own_pool: BufPool,
+    generation: u32,
 }
 
-/// Tag layout for block-device I/O: generation (31 bits) | connection index (16) | slot (16).
-fn tag(generation: u32, conn: usize, slot: u16) -> u64 {
-    (((generation & GENERATION_MASK) as u64) << 32) | ((conn as u64 & 0xffff) << 16) | slot as u64
+/// Tag layout for block-device I/O: [`OWN_BUF`] (1 bit) | generation (23) | group (8) |
+/// connection (16) | slot (16).
+fn tag(generation: u32, group: usize, conn: ConnId, slot: u16) -> u64 {
+    (((generation & GENERATION_MASK) as u64) << 40)
+        | ((group as u64 & 0xff) << 32)
+        | ((conn as u64) << 16)
+        | slot as u64
 }
 
-fn untag(tag: u64) -> (u32, usize, u16) {
+fn untag(tag: u64) -> (u32, usize, ConnId, u16) {
     (
-        ((tag >> 32) as u32) & GENERATION_MASK,
-        ((tag >> 16) & 0xffff) as usize,
+        ((tag >> 40) as u32) & GENERATION_MASK,
+        ((tag >> 32) & 0xff) as usize,
+        (tag >> 16) as u16,
         tag as u16,
     )
 }
 
-const GENERATION_MASK: u32 = 0x7fff_ffff;
+const GENERATION_MASK: u32 = 0x007f_ffff;
 
-impl Reactor {
+impl<G: PollGroup> Reactor<G> {
     fn run(&mut self) {
         let mut idle = 0u32;
         let mut tick = 0u32;
-        let mut generation = 0u32;
         let mut stop_started: Option<Instant> = None;
         loop {
             let stopping = self.stop.load(Ordering::Relaxed);
             let mut work = false;
             if !stopping {
                 while let Some(nc) = self.inbox.pop() {
-                    generation = generation.wrapping_add(1) & GENERATION_MASK;
-                    self.add_conn(nc, generation);
-                    work = true;
-                }
-                while let Some(inc) = self.rdma_inbox.pop() {
-                    self.add_rdma(inc);
+                    match self.sides.iter_mut().find(|s| s.group.accepts(&nc)) {
+                        Some(s) => s.group.add(nc),
+                        None => warn!(
+                            reactor = self.id,
+                            "a connection for a transport this reactor does not serve; dropped"
+                        ),
+                    }
                     work = true;
                 }
             }
-            // RDMA: completions and cm events, then every command that is ready.
-            work |= self.rdma_poll();
-            // Receive and execute, then reap the block devices, then send: an I/O that
+            // Receive, admit and execute, then reap the block devices, then send: an I/O that
             // completes at once (malloc, null) is answered in the same iteration.
-            if !stopping {
-                let cold_turn = tick.is_multiple_of(COLD_EVERY);
-                for i in 0..self.conns.len() {
-                    work |= self.receive(i, cold_turn);
+            let cold_turn = tick.is_multiple_of(COLD_EVERY);
+            for gi in 0..self.sides.len() {
+                if !stopping {
+                    work |= self.sides[gi].group.poll_recv(cold_turn);
                 }
+                work |= self.events(gi);
             }
             work |= self.poll_bdevs();
             work |= self.retry_deferred();
-            for i in 0..self.conns.len() {
-                work |= self.send(i);
+            for gi in 0..self.sides.len() {
+                work |= self.sides[gi].group.poll_send();
+                self.close_finished(gi);
             }
             tick = tick.wrapping_add(1);
             if tick.is_multiple_of(TIMER_EVERY) {
@@ -258,7 +221,7 @@ impl Reactor {
                 }
                 if since.elapsed() > DRAIN_TIMEOUT {
                     warn!(
-                        reactor = self.cfg.id,
+                        reactor = self.id,
                         "in-flight I/O or unsent responses left after the drain timeout"
                     );
                     break;
@@ -266,7 +229,7 @@ impl Reactor {
             }
             if work {
                 idle = 0;
-            } else if let Some(d) = self.cfg.idle_sleep {
+            } else if let Some(d) = self.idle_sleep {
                 idle += 1;
                 if idle >= IDLE_POLLS_BEFORE_SLEEP {
                     std::thread::sleep(d);
@@ -275,22 +238,28 @@ impl Reactor {
                 std::hint::spin_loop();
             }
         }
-        let n = self.conns.iter().flatten().count();
-        for i in 0..self.conns.len() {
-            self.close(i, "daemon shutting down");
+        let mut n = 0;
+        for gi in 0..self.sides.len() {
+            // Events still queued (connections the group ended) first, then everyone else.
+            self.events(gi);
+            for ci in 0..self.sides[gi].conns.len() {
+                if self.sides[gi].conns[ci].is_some() {
+                    n += 1;
+                    self.close(gi, ci as ConnId, "daemon shutting down");
+                }
+            }
         }
-        self.rdma_shutdown();
         self.flush_bdevs();
-        info!(reactor = self.cfg.id, connections = n, "reactor stopped");
+        info!(reactor = self.id, connections = n, "reactor stopped");
     }
 
     /// A Flush of a block device: the daemon's stop path and a controller shutdown (CC.SHN) both
     /// make completed writes durable through this.
-    fn flush_io(&self, tag: u64) -> Io {
+    fn flush_io(&mut self, tag: u64) -> Io {
         Io {
             tag,
             op: nvmfd_bdev::Op::Flush,
-            buf: self.pool.borrow_mut().get(SMALL_BUF),
+            buf: self.own_pool.get(FLUSH_BUF),
         }
     }
 
@@ -302,17 +271,17 @@ impl Reactor {
             let ch = &mut self.channels[i];
             if ch.submit(io).is_err() {
                 warn!(
-                    reactor = self.cfg.id,
+                    reactor = self.id,
                     bdev = i,
                     "cannot submit the shutdown flush"
                 );
                 continue;
             }
             let mut result = None;
-            let pool = &self.pool;
+            let pool = &mut self.own_pool;
             while result.is_none() && Instant::now() < deadline {
                 ch.poll(&mut |c: Completion| {
-                    pool.borrow_mut().put(c.buf);
+                    pool.put(c.buf);
                     result = Some(c.result)
                 });
                 std::hint::spin_loop();
@@ -320,169 +289,113 @@ impl Reactor {
             match result {
                 Some(Ok(())) => {}
                 Some(Err(e)) => {
-                    warn!(reactor = self.cfg.id, bdev = i, error = %e, "shutdown flush failed")
+                    warn!(reactor = self.id, bdev = i, error = %e, "shutdown flush failed")
                 }
-                None => warn!(reactor = self.cfg.id, bdev = i, "shutdown flush timed out"),
+                None => warn!(reactor = self.id, bdev = i, "shutdown flush timed out"),
             }
         }
     }
 
     /// Stopping: no I/O in flight anywhere and every response written.
     fn drained(&self) -> bool {
-        let rdma_idle = match self.rdma.as_ref() {
-            None => true,
-            Some(g) => g.indices().all(|i| g.is_idle(i)),
-        };
-        rdma_idle
-            && self.deferred.is_empty()
+        self.deferred.is_empty()
             && self.channels.iter().all(|c| c.in_flight() == 0)
-            && self
-                .conns
-                .iter()
-                .flatten()
-                .all(|c| c.in_flight == 0 && !c.tcp.has_unsent())
+            && self.sides.iter().all(|s| {
+                !s.group.has_unsent() && s.conns.iter().flatten().all(|c| c.in_flight == 0)
+            })
     }
 
-    fn add_conn(&mut self, nc: NewConn, generation: u32) {
-        if let Err(e) = nc
-            .stream
-            .set_nonblocking(true)
-            .and_then(|_| nc.stream.set_nodelay(true))
-        {
-            warn!(peer = %nc.peer, error = %e, "cannot configure accepted socket; dropping it");
-            return;
+    /// End connection `conn` of group `gi` from this side (the core asked, or the daemon stops).
+    fn close(&mut self, gi: usize, conn: ConnId, why: &str) {
+        let side = &mut self.sides[gi];
+        if let Some(c) = side.conns[conn as usize].take() {
+            side.group.close(conn);
+            teardown(c, why);
         }
-        let mut qp = QueuePair::new(self.target.clone());
-        if let Ok(local) = nc.stream.local_addr() {
-            qp.set_local_addr(local);
-        }
-        let conn = Conn {
-            idle_polls: 0,
-            tcp: TcpConn::new(Socket::new(nc.stream), self.cfg.tcp, self.pool.clone()),
-            qp,
-            peer: nc.peer,
+    }
+
+    /// Hand group `gi`'s events to the core and carry out its answers. Returns whether there
+    /// were any.
+    fn events(&mut self, gi: usize) -> bool {
+        let Reactor {
+            target,
+            sides,
+            channels,
+            deferred,
             generation,
-            in_flight: 0,
-            held: Vec::new(),
-        };
-        let idx = match self.free.pop() {
-            Some(i) => i,
-            None if self.conns.len() < 0xffff => {
-                self.conns.push(None);
-                self.conns.len() - 1
-            }
-            None => {
-                warn!(peer = %nc.peer, "too many connections on this reactor; dropping");
-                return;
-            }
-        };
-        debug!(reactor = self.cfg.id, peer = %nc.peer, conn = idx, "connection accepted");
-        self.conns[idx] = Some(conn);
-    }
-
-    fn close(&mut self, idx: usize, why: &str) {
-        if let Some(mut c) = self.conns[idx].take() {
-            let _ = c.tcp.poll_send();
-            let st = c.tcp.stats();
-            debug!(peer = %c.peer, commands = st.commands, recv_calls = st.recv_calls, recv_empty = st.recv_empty,
-                send_calls = st.send_calls, "connection socket counters");
-            if c.qp.is_connected() {
-                info!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "queue pair closed");
-            } else {
-                debug!(peer = %c.peer, reason = why, "connection closed before connect");
-            }
-            let was_admin = c.qp.qid() == 0 && c.qp.is_connected();
-            c.qp.teardown();
-            if was_admin {
-                info!(peer = %c.peer, "controller destroyed");
-            }
-            let _ = c.tcp.stream().stream().shutdown(std::net::Shutdown::Both);
-            self.free.push(idx);
-        }
-    }
-
-    /// Read a connection's socket and hand every complete capsule to the core.
-    fn receive(&mut self, idx: usize, cold_turn: bool) -> bool {
-        let Some(c) = self.conns[idx].as_mut() else {
-            return false;
-        };
-        if c.idle_polls > HOT_POLLS && !cold_turn && !c.tcp.awaiting_buffers() {
-            return false;
-        }
-        let mut work = match c.tcp.poll_recv() {
-            Ok(p) => {
-                c.idle_polls = if p { 0 } else { c.idle_polls.saturating_add(1) };
-                p
-            }
-            Err(e) => {
-                let why = e.to_string();
-                if matches!(e, ConnError::Fatal(_)) {
-                    let _ = c.tcp.poll_send();
-                }
-                self.close(idx, &why);
-                return true;
-            }
-        };
-        // The clock is read once per batch of commands, not once per poll.
+            own_pool,
+            ..
+        } = self;
+        let side = &mut sides[gi];
+        let mut work = false;
+        // The clock is read once per batch of commands, not once per command.
         let mut now = None;
-        let lend = c.tcp.takes_lent_data();
-        while let Some(slot) = c.tcp.next_ready() {
+        while let Some(ev) = side.group.next_event() {
             work = true;
-            let cap = c.tcp.capsule_mut(slot);
-            match c.qp.execute(cap, *now.get_or_insert_with(Instant::now)) {
-                Outcome::Done(resp) => c.tcp.complete(slot, resp),
-                Outcome::Held => c.held.push((cap.sqe.cid, slot)),
-                Outcome::Io { bdev, mut op } => {
-                    // Reads go out from a RAM disk's own memory when the connection can send
-                    // data it never reads (no data digest): one copy less per byte.
-                    if let nvmfd_bdev::Op::Read { lba, blocks } = op {
-                        if lend {
-                            op = nvmfd_bdev::Op::ReadLent { lba, blocks };
-                        }
+            match ev {
+                Event::Connected { conn, peer, local } => {
+                    let mut qp = QueuePair::new(target.clone(), *side.group.info());
+                    if let Some(local) = local {
+                        qp.set_local_addr(local);
                     }
-                    let Some(buf) = cap.buf.take() else {
-                        // Unreachable by construction: every slot owns a buffer while it runs.
-                        warn!("capsule without a buffer; dropping the command");
+                    *generation = generation.wrapping_add(1) & GENERATION_MASK;
+                    let i = conn as usize;
+                    if side.conns.len() <= i {
+                        side.conns.resize_with(i + 1, || None);
+                    }
+                    side.conns[i] = Some(Conn {
+                        qp,
+                        peer,
+                        generation: *generation,
+                        in_flight: 0,
+                        held: Vec::new(),
+                        queue_set: false,
+                    });
+                }
+                Event::Command {
+                    conn,
+                    slot,
+                    sqe,
+                    desc,
+                } => {
+                    let Some(c) = side.conns[conn as usize].as_mut() else {
                         continue;
                     };
-                    c.in_flight += 1;
-                    let io = Io {
-                        tag: tag(c.generation, idx, slot),
-                        op,
-                        buf,
-                    };
-                    if let Err(io) = self.channels[bdev].submit(io) {
-                        self.deferred.push_back(Deferred { bdev, io });
+                    match c.qp.admit(&sqe, desc) {
+                        Admission::Respond(resp) => side.group.respond(conn, slot, resp),
+                        Admission::Data(need) => side.group.fetch(conn, slot, need),
+                        Admission::Execute => {
+                            let now = *now.get_or_insert_with(Instant::now);
+                            execute(side, channels, own_pool, deferred, gi, conn, slot, now);
+                        }
+                    }
+                }
+                Event::DataReady { conn, slot } => {
+                    let now = *now.get_or_insert_with(Instant::now);
+                    execute(side, channels, own_pool, deferred, gi, conn, slot, now);
+                }
+                Event::Closed { conn, why } => {
+                    if let Some(c) = side.conns[conn as usize].take() {
+                        teardown(c, &why);
                     }
                 }
             }
-        }
-        // Once Connect has made this a queue, the transport holds the host to its size.
-        if !c.tcp.queue_known() && c.qp.is_connected() {
-            c.tcp.set_queue(c.qp.qid(), c.qp.sq_entries());
         }
         work
     }
 
-    /// Write what a connection has queued.
-    fn send(&mut self, idx: usize) -> bool {
-        let Some(c) = self.conns[idx].as_mut() else {
-            return false;
-        };
-        if !c.tcp.has_unsent() {
-            // A disconnected queue closes once its responses are out and nothing is in flight.
-            if let Some(why) = c.qp.wants_close().filter(|_| c.in_flight == 0) {
-                self.close(idx, why);
-                return true;
-            }
-            return false;
-        }
-        match c.tcp.poll_send() {
-            Ok(p) => p,
-            Err(e) => {
-                let why = e.to_string();
-                self.close(idx, &why);
-                true
+    /// Close the connections whose queue ended (Fabrics Disconnect) once their responses are
+    /// out and nothing is in flight.
+    fn close_finished(&mut self, gi: usize) {
+        for ci in 0..self.sides[gi].conns.len() {
+            let side = &self.sides[gi];
+            let Some(c) = side.conns[ci].as_ref() else {
+                continue;
+            };
+            if let Some(why) = c.qp.wants_close() {
+                if c.in_flight == 0 && !side.group.conn_has_unsent(ci as ConnId) {
+                    self.close(gi, ci as ConnId, why);
+                }
             }
         }
     }
@@ -506,193 +419,41 @@ impl Reactor {
 
     fn poll_bdevs(&mut self) -> bool {
         let mut n = 0;
-        let conns = &mut self.conns;
-        let pool = &self.pool;
-        let rdma = &mut self.rdma;
+        let sides = &mut self.sides;
+        let own_pool = &mut self.own_pool;
         for ch in self.channels.iter_mut() {
-            n += ch.poll(&mut |done: Completion| {
-                if done.tag & RDMA_TAG != 0 {
-                    complete_rdma_io(rdma, pool, done)
-                } else {
-                    complete_io(conns, pool, done)
-                }
-            });
+            n += ch.poll(&mut |done: Completion| complete_io(sides, own_pool, done));
         }
         n > 0
     }
 
-    /// Take an RDMA connection the listener admitted.
-    fn add_rdma(&mut self, inc: Incoming) {
-        let Some(g) = self.rdma.as_mut() else {
-            warn!(peer = ?inc.peer, "no RDMA poll group on this reactor; dropping the connection");
-            return;
-        };
-        let mut qp = QueuePair::new(self.target.clone());
-        qp.set_transport(TransportKind::Rdma);
-        if let Some(local) = inc.local {
-            qp.set_local_addr(local);
-        }
-        let user = RdmaQp {
-            qp,
-            peer: inc.peer,
-            in_flight: 0,
-            held: Vec::new(),
-        };
-        if let Ok(idx) = g.add(inc, user) {
-            debug!(reactor = self.cfg.id, conn = idx, "RDMA queue pair added");
-        }
-    }
-
-    /// Poll the RDMA group and run every ready command through the core.
-    fn rdma_poll(&mut self) -> bool {
-        let Some(g) = self.rdma.as_mut() else {
-            return false;
-        };
-        let mut work = g.poll();
-        let mut now = None;
-        while let Some((idx, slot)) = g.next_ready() {
-            work = true;
-            let generation = g.generation(idx).unwrap_or(0);
-            let Some((u, cap)) = g.parts(idx, slot) else {
-                continue;
-            };
-            match u.qp.execute(cap, *now.get_or_insert_with(Instant::now)) {
-                Outcome::Done(resp) => g.complete(idx, slot, resp),
-                Outcome::Held => {
-                    u.held.push((cap.sqe.cid, slot));
-                    g.hold(idx, slot);
-                }
-                Outcome::Io { bdev, op } => {
-                    let Some(buf) = cap.buf.take() else {
-                        warn!("RDMA capsule without a buffer; dropping the command");
-                        continue;
-                    };
-                    u.in_flight += 1;
-                    let io = Io {
-                        tag: rdma_tag(generation, idx, slot),
-                        op,
-                        buf,
-                    };
-                    if let Err(io) = self.channels[bdev].submit(io) {
-                        self.deferred.push_back(Deferred { bdev, io });
-                    }
-                }
-            }
-        }
-        while let Some((mut u, peer, why)) = g.take_closed() {
-            if u.qp.is_connected() {
-                info!(peer = ?peer, queue = %u.qp.describe(), reason = why, "queue pair closed");
-            } else {
-                debug!(peer = ?peer, reason = why, "RDMA connection closed before connect");
-            }
-            u.qp.teardown();
-        }
-        work
-    }
-
-    /// Timers and core actions of the RDMA queue pairs.
-    fn rdma_timers(&mut self, now: Instant) {
-        let Some(g) = self.rdma.as_mut() else {
-            return;
-        };
-        let n = g.indices().last().map_or(0, |i| i + 1);
-        for idx in 0..n {
-            if g.is_closing(idx) {
-                continue;
-            }
-            let idle = g.is_idle(idx);
-            let generation = g.generation(idx).unwrap_or(0);
-            let Some(u) = g.user_mut(idx) else {
-                continue;
-            };
-            let why = u
-                .qp
-                .poll_timers(now)
-                .or_else(|| u.qp.wants_close().filter(|_| u.in_flight == 0 && idle));
-            if let Some(why) = why {
-                if u.qp.wants_close().is_none() {
-                    warn!(peer = ?u.peer, queue = %u.qp.describe(), reason = why, "tearing down queue pair");
-                }
-                g.close(idx, why);
-                continue;
-            }
-            loop {
-                let Some(u) = g.user_mut(idx) else {
-                    break;
-                };
-                match u.qp.next_action() {
-                    None => break,
-                    Some(Action::Complete(resp)) => {
-                        match u.held.iter().position(|&(cid, _)| cid == resp.cqe.cid) {
-                            Some(k) => {
-                                let (_, slot) = u.held.swap_remove(k);
-                                g.complete(idx, slot, resp);
-                            }
-                            None => {
-                                warn!(peer = ?u.peer, cid = resp.cqe.cid, "core completed a command this queue pair does not hold")
-                            }
-                        }
-                    }
-                    Some(Action::Flush { bdev }) => {
-                        u.in_flight += 1;
-                        let io = Io {
-                            tag: rdma_tag(generation, idx, FLUSH_SLOT),
-                            op: nvmfd_bdev::Op::Flush,
-                            buf: self.pool.borrow_mut().get(SMALL_BUF),
-                        };
-                        if let Err(io) = self.channels[bdev].submit(io) {
-                            self.deferred.push_back(Deferred { bdev, io });
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    /// Daemon stop: close every RDMA queue pair and wait (briefly) for their flushes.
-    fn rdma_shutdown(&mut self) {
-        if self.rdma.is_none() {
-            return;
-        }
-        if let Some(g) = self.rdma.as_mut() {
-            g.close_all();
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            self.poll_bdevs();
-            self.rdma_poll();
-            let empty = self.rdma.as_ref().is_none_or(|g| g.is_empty());
-            if empty || Instant::now() > deadline {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-    }
-
     fn check_timers(&mut self) {
         let now = Instant::now();
-        self.rdma_timers(now);
-        for i in 0..self.conns.len() {
-            let why = match self.conns[i].as_mut() {
-                Some(c) => c.qp.poll_timers(now).or_else(|| c.tcp.poll_timers(now)),
-                None => None,
-            };
-            if let Some(why) = why {
-                if let Some(c) = self.conns[i].as_ref() {
-                    warn!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "tearing down queue pair");
+        for gi in 0..self.sides.len() {
+            self.sides[gi].group.poll_timers(now);
+            for ci in 0..self.sides[gi].conns.len() {
+                let why = match self.sides[gi].conns[ci].as_mut() {
+                    Some(c) => c.qp.poll_timers(now),
+                    None => continue,
+                };
+                if let Some(why) = why {
+                    if let Some(c) = self.sides[gi].conns[ci].as_ref() {
+                        warn!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "tearing down queue pair");
+                    }
+                    self.close(gi, ci as ConnId, why);
+                    continue;
                 }
-                self.close(i, why);
-                continue;
+                self.core_actions(gi, ci as ConnId);
             }
-            self.core_actions(i);
         }
     }
 
-    /// Carry out what the core asks of connection `idx` outside any capsule: completions of held
+    /// Carry out what the core asks of a connection outside any command: completions of held
     /// commands and shutdown flushes.
-    fn core_actions(&mut self, idx: usize) {
+    fn core_actions(&mut self, gi: usize, conn: ConnId) {
         loop {
-            let Some(c) = self.conns[idx].as_mut() else {
+            let side = &mut self.sides[gi];
+            let Some(c) = side.conns[conn as usize].as_mut() else {
                 return;
             };
             match c.qp.next_action() {
@@ -701,7 +462,7 @@ impl Reactor {
                     match c.held.iter().position(|&(cid, _)| cid == resp.cqe.cid) {
                         Some(k) => {
                             let (_, slot) = c.held.swap_remove(k);
-                            c.tcp.complete(slot, resp);
+                            side.group.respond(conn, slot, resp);
                         }
                         None => {
                             warn!(peer = %c.peer, cid = resp.cqe.cid, "core completed a command this connection does not hold")
@@ -710,7 +471,7 @@ impl Reactor {
                 }
                 Some(Action::Flush { bdev }) => {
                     c.in_flight += 1;
-                    let t = tag(c.generation, idx, FLUSH_SLOT);
+                    let t = tag(c.generation, gi, conn, FLUSH_SLOT) | OWN_BUF;
                     let io = self.flush_io(t);
                     if let Err(io) = self.channels[bdev].submit(io) {
                         self.deferred.push_back(Deferred { bdev, io });
@@ -721,61 +482,101 @@ impl Reactor {
     }
 }
 
-/// Route a block-device completion of an RDMA queue pair back to it.
-fn complete_rdma_io(
-    rdma: &mut Option<RdmaGroup<RdmaQp>>,
-    pool: &RefCell<BufPool>,
-    done: Completion,
+/// Phase two of a command whose data is in place: execute it and carry out the outcome.
+#[allow(clippy::too_many_arguments)]
+fn execute<G: PollGroup>(
+    side: &mut Side<G>,
+    channels: &mut [Box<dyn BdevChannel>],
+    own_pool: &mut BufPool,
+    deferred: &mut VecDeque<Deferred>,
+    gi: usize,
+    conn: ConnId,
+    slot: u16,
+    now: Instant,
 ) {
-    let generation = ((done.tag >> 32) & 0xffff) as u16;
-    let idx = ((done.tag >> 16) & 0xffff) as usize;
-    let slot = done.tag as u16;
-    let Some(g) = rdma.as_mut() else {
+    let Some(c) = side.conns[conn as usize].as_mut() else {
         return;
     };
-    if g.generation(idx) != Some(generation) {
-        // The queue pair was destroyed after its close timed out; the buffer is dropped (it
-        // returns to its region, not to a pool of this reactor's other transport).
-        return;
-    }
-    if slot == FLUSH_SLOT {
-        pool.borrow_mut().put(done.buf);
-        if let Some(u) = g.user_mut(idx) {
-            u.in_flight -= 1;
-            u.qp.flush_done(done.result);
+    let lend = side.group.takes_lent_data(conn);
+    let cap = side.group.capsule_mut(conn, slot);
+    match c.qp.execute(cap, now) {
+        Outcome::Done(resp) => side.group.respond(conn, slot, resp),
+        Outcome::Held => c.held.push((cap.sqe.cid, slot)),
+        Outcome::Io { bdev, mut op } => {
+            // Reads go out from a RAM disk's own memory when the connection can send data it
+            // never reads (TCP: no data digest): one copy less per byte.
+            if let nvmfd_bdev::Op::Read { lba, blocks } = op {
+                if lend {
+                    op = nvmfd_bdev::Op::ReadLent { lba, blocks };
+                }
+            }
+            // A command admitted without data (Flush, Write Zeroes) has no buffer from the
+            // group; the I/O carries one of the reactor's own.
+            let t = tag(c.generation, gi, conn, slot);
+            let (tag, buf) = match cap.buf.take() {
+                Some(buf) => (t, buf),
+                None => (t | OWN_BUF, own_pool.get(FLUSH_BUF)),
+            };
+            c.in_flight += 1;
+            let io = Io { tag, op, buf };
+            if let Err(io) = channels[bdev].submit(io) {
+                deferred.push_back(Deferred { bdev, io });
+            }
         }
-        return;
     }
-    let Some((u, cap)) = g.parts(idx, slot) else {
-        return;
-    };
-    u.in_flight -= 1;
-    cap.buf = Some(done.buf);
-    cap.lent = done.lent;
-    let resp = u.qp.io_done(cap, done.result);
-    g.complete(idx, slot, resp);
+    // Once Connect has made this a queue, the transport holds the host to its size.
+    if !c.queue_set && c.qp.is_connected() {
+        c.queue_set = true;
+        side.group.set_queue(conn, c.qp.qid(), c.qp.sq_entries());
+    }
 }
 
-/// Route a block-device completion back to its connection (dropped if the connection is gone).
-fn complete_io(conns: &mut [Option<Conn>], pool: &RefCell<BufPool>, done: Completion) {
-    let (generation, idx, slot) = untag(done.tag);
-    let c = match conns.get_mut(idx) {
+/// A connection is gone: release what its queue pair held.
+fn teardown(mut c: Conn, why: &str) {
+    if c.qp.is_connected() {
+        info!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "queue pair closed");
+    } else {
+        debug!(peer = %c.peer, reason = why, "connection closed before connect");
+    }
+    let was_admin = c.qp.qid() == 0 && c.qp.is_connected();
+    c.qp.teardown();
+    if was_admin {
+        info!(peer = %c.peer, "controller destroyed");
+    }
+}
+
+/// Route a block-device completion back to its connection (its buffer goes back to its pool if
+/// the connection is gone).
+fn complete_io<G: PollGroup>(sides: &mut [Side<G>], own_pool: &mut BufPool, done: Completion) {
+    let (generation, gi, conn, slot) = untag(done.tag);
+    // The reactor's own buffer goes back to its pool at once; the group's goes back into the
+    // command's capsule (or, the connection gone, to the group's pool).
+    let mut buf = if done.tag & OWN_BUF != 0 {
+        own_pool.put(done.buf);
+        None
+    } else {
+        Some(done.buf)
+    };
+    let Some(side) = sides.get_mut(gi) else {
+        return;
+    };
+    let c = match side.conns.get_mut(conn as usize) {
         Some(Some(c)) if c.generation == generation => c,
         _ => {
-            // The connection is gone; its buffer still goes back to the pool.
-            pool.borrow_mut().put(done.buf);
+            if let Some(b) = buf.take() {
+                side.group.recycle(b);
+            }
             return;
         }
     };
     c.in_flight -= 1;
     if slot == FLUSH_SLOT {
-        pool.borrow_mut().put(done.buf);
         c.qp.flush_done(done.result);
         return;
     }
-    let cap = c.tcp.capsule_mut(slot);
-    cap.buf = Some(done.buf);
+    let cap = side.group.capsule_mut(conn, slot);
+    cap.buf = buf;
     cap.lent = done.lent;
     let resp = c.qp.io_done(cap, done.result);
-    c.tcp.complete(slot, resp);
+    side.group.respond(conn, slot, resp);
 }

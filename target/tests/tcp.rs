@@ -909,3 +909,73 @@ fn a_host_sitting_on_r2ts_neither_starves_others_nor_keeps_its_buffers() {
     assert!(good.read(1, 4096, 32, BS).unwrap().1 == data);
     d.shutdown();
 }
+
+/// Two phases over the wire: a write the core refuses (bad namespace, LBA out of range, past
+/// MDTS, an SGL shorter than NLB, an in-capsule offset outside the capsule) is answered at once
+/// with its status, and no R2T is ever sent for it; a good write on the same queue then gets its
+/// R2T and completes.
+#[test]
+fn refused_writes_get_no_r2t() {
+    let (d, addr) = start("");
+    let mut c = Host::connect_admin(addr, &opts(NQN)).unwrap();
+    let mut raw = c.connect_io(1, 32).unwrap().into_raw();
+    let t = SglDescriptor::transport;
+    // ram0: 64 MiB of 4 KiB blocks = 16384 blocks; MDTS 128 KiB.
+    let cases = [
+        (
+            write_sqe(9, 0, 32),
+            t(128 * 1024),
+            Status::INVALID_NAMESPACE,
+        ),
+        (
+            write_sqe(1, 16380, 32),
+            t(128 * 1024),
+            Status::LBA_OUT_OF_RANGE,
+        ),
+        (write_sqe(1, 0, 64), t(256 * 1024), Status::INVALID_FIELD),
+        (
+            write_sqe(1, 0, 32),
+            t(4096),
+            Status::DATA_SGL_LENGTH_INVALID,
+        ),
+    ];
+    for (i, (sqe, dptr, want)) in cases.into_iter().enumerate() {
+        let cid = 10 + i as u16;
+        raw.send_capsule(&sgl_sqe(sqe, cid, dptr), None).unwrap();
+        // raw_cqe fails on anything but a CapsuleResp: an R2T here would be the bug.
+        assert_eq!(raw_cqe(&mut raw, cid).status, want, "case {i}");
+    }
+    let sqe = sgl_sqe(
+        write_sqe(1, 0, 1),
+        20,
+        SglDescriptor::in_capsule(8192 + 16, 16),
+    );
+    raw.send_capsule(&sqe, Some(&[0u8; 64])).unwrap();
+    assert_eq!(raw_cqe(&mut raw, 20).status, Status::SGL_OFFSET_INVALID);
+    // An admitted write: its R2T comes, then (data sent) its response.
+    let data = pattern(40, 128 * 1024);
+    let sqe = sgl_sqe(write_sqe(1, 0, 32), 21, t(data.len() as u32));
+    raw.send_capsule(&sqe, None).unwrap();
+    let Header::R2t(r2t) = raw.read_pdu(Duration::from_secs(10)).unwrap().header else {
+        panic!("expected an R2T for the admitted write")
+    };
+    assert_eq!((r2t.cccid, r2t.length), (21, data.len() as u32));
+    let mut h2c = Vec::new();
+    tcp::DataHeader {
+        cccid: 21,
+        ttag: r2t.ttag,
+        offset: 0,
+        length: data.len() as u32,
+    }
+    .encode(
+        &mut h2c,
+        false,
+        tcp::flags::DATA_LAST,
+        &data,
+        raw.digests(),
+        4,
+    );
+    raw.send_raw(&h2c).unwrap();
+    assert_eq!(raw_cqe(&mut raw, 21).status, Status::SUCCESS);
+    d.shutdown();
+}

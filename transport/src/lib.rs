@@ -1,6 +1,7 @@
 //! NVMe-oF wire formats ([`proto`]) and transports.
 
 mod capsule;
+pub mod group;
 pub mod logsafe;
 mod piece;
 pub mod proto;
@@ -8,4 +9,5 @@ pub mod rdma;
 pub mod tcp;
 
 pub use capsule::{Capsule, Response};
+pub use group::{Admission, DataDesc, DataNeed, TransportInfo};
 pub use piece::{Piece, Transmit};

@@ -74,9 +74,6 @@ pub struct AdminState {
     /// The local address the admin connection arrived on (the discovery log reports it for
     /// listeners on a wildcard address).
     pub local: Option<SocketAddr>,
-    /// The transport of the admin queue, and so of the whole controller (NVMe-oF 1.1: all
-    /// queues of an association use one transport).
-    pub transport: nvmfd_config::TransportKind,
 }
 
 /// CC fields (NVMe base 2.0, 3.1.4.5).
@@ -137,7 +134,6 @@ impl AdminState {
             masked_events: 0,
             shutdown: Shutdown::None,
             local: None,
-            transport: nvmfd_config::TransportKind::Tcp,
         };
         s.keep_alive(now);
         s
@@ -372,7 +368,7 @@ pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             };
             let out = &mut buf.as_mut_slice()[..identify::SIZE];
             out.fill(0);
-            match identify::identify(&target, &ctrl, a.transport, &sqe, out) {
+            match identify::identify(&target, &qp.transport, &ctrl, &sqe, out) {
                 Ok(()) => qp.respond(cap, Status::SUCCESS, 0, len),
                 Err(s) => qp.respond(cap, s, 0, 0),
             }
@@ -381,8 +377,7 @@ pub(super) fn execute(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
             let target = qp.target.clone();
             let ctrl = a.ctrl.clone();
             let local = a.local;
-            let transport = a.transport;
-            match logpage::get_log_page(&target, &ctrl, (transport, local), cap) {
+            match logpage::get_log_page(&target, &ctrl, qp.transport.kind, local, cap) {
                 Ok(len) => {
                     // RAE (dword 10 bit 15) clear: the events this page reports are unmasked.
                     if sqe.cdw10 & (1 << 15) == 0 {

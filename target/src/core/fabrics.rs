@@ -72,11 +72,10 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         }
     }
     let entries = cmd.sqsize as u32 + 1;
-    let limits = target.limits_for(qp.transport);
     let max_entries = if cmd.qid == 0 {
-        limits.max_admin_queue_entries()
+        qp.transport.max_admin_queue_entries()
     } else {
-        limits.max_queue_depth
+        qp.transport.max_queue_depth
     };
     if cmd.sqsize == 0 || entries > max_entries as u32 {
         refused!(target, subnqn = %escape(&data.subnqn), hostnqn = %escape(&data.hostnqn), sqsize = cmd.sqsize, max = max_entries,
@@ -90,7 +89,7 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         let (max_io, ids) = match subsys {
             SubsysRef::Discovery => (0, (1, nvmfd_config::MAX_CNTLID)),
             SubsysRef::Nvm(i) => (
-                limits.max_io_queues,
+                qp.transport.max_io_queues,
                 target.subsystems[i].cntlid_range,
             ),
         };
@@ -108,7 +107,6 @@ pub(super) fn connect(qp: &mut QueuePair, cap: &mut Capsule, now: Instant) -> Ou
         qp.sq_entries = entries as u16;
         let mut admin = AdminState::new(ctrl, cmd.kato_ms, now);
         admin.local = qp.local;
-        admin.transport = qp.transport;
         qp.state = State::Admin(Box::new(admin));
         return qp.respond(cap, Status::SUCCESS, cntlid as u32, 0);
     }
@@ -159,7 +157,7 @@ pub(super) fn cap_register(max_queue_depth: u16) -> u64 {
 pub(super) fn property(qp: &mut QueuePair, cap: &mut Capsule) -> Outcome {
     let cmd = PropertyCommand::from_sqe(&cap.sqe);
     let set = cap.sqe.fctype() == nvmfd_transport::proto::fabrics::fctype::PROPERTY_SET;
-    let max_qd = qp.target.limits_for(qp.transport).max_queue_depth;
+    let max_qd = qp.transport.max_queue_depth;
     let State::Admin(a) = &mut qp.state else {
         return qp.respond(cap, Status::INVALID_OPCODE, 0, 0);
     };

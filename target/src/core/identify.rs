@@ -1,7 +1,6 @@
 //! Identify data structures: controller, namespace, active namespace list, namespace
 //! identification descriptors, and the NVM command set controller structure.
 
-use nvmfd_config::TransportKind;
 use super::admin::{AERL, KAS};
 use super::controller::CtrlShared;
 use super::fabrics::{subsys_nqn, NVME_VERSION};
@@ -9,6 +8,7 @@ use super::{SubsysRef, Target};
 use nvmfd_transport::proto::nvme::{cns, Sqe};
 use nvmfd_transport::proto::status::Status;
 use nvmfd_transport::proto::{le, put_str};
+use nvmfd_transport::TransportInfo;
 
 pub const SIZE: usize = 4096;
 
@@ -21,8 +21,8 @@ pub const FIRMWARE_REVISION: &str = env!("CARGO_PKG_VERSION");
 /// Fill `out` (4096 bytes, zeroed) for the Identify command `sqe`.
 pub fn identify(
     target: &Target,
+    t: &TransportInfo,
     ctrl: &CtrlShared,
-    transport: TransportKind,
     sqe: &Sqe,
     out: &mut [u8],
 ) -> Result<(), Status> {
@@ -33,7 +33,7 @@ pub fn identify(
     };
     match (cns, subsys) {
         (cns::CONTROLLER, _) => {
-            controller(target, ctrl, transport, out);
+            controller(target, t, ctrl, out);
             Ok(())
         }
         (cns::NAMESPACE, Some(s)) => {
@@ -74,8 +74,7 @@ pub fn identify(
     }
 }
 
-fn controller(target: &Target, ctrl: &CtrlShared, transport: TransportKind, b: &mut [u8]) {
-    let limits = target.limits_for(transport);
+fn controller(target: &Target, t: &TransportInfo, ctrl: &CtrlShared, b: &mut [u8]) {
     let subsys = match ctrl.subsys {
         SubsysRef::Nvm(i) => Some(&target.subsystems[i]),
         SubsysRef::Discovery => None,
@@ -92,7 +91,7 @@ fn controller(target: &Target, ctrl: &CtrlShared, transport: TransportKind, b: &
                // CMIC bit 1: the subsystem may have several controllers (one per connected host).
     b[76] = if subsys.is_some() { 0x02 } else { 0 };
     // MDTS in units of the 4 KiB minimum page size, as a power of two.
-    b[77] = (limits.max_io_size / 4096).trailing_zeros() as u8;
+    b[77] = t.mdts();
     le::put_u16(b, 78, ctrl.cntlid);
     le::put_u32(b, 80, NVME_VERSION);
     // OAES: no optional asynchronous event is advertised, since nothing raises one yet (the
@@ -114,31 +113,24 @@ fn controller(target: &Target, ctrl: &CtrlShared, transport: TransportKind, b: &
     le::put_u16(b, 320, KAS); // KAS: keep-alive granularity in 100 ms units
     b[512] = 0x66; // SQES: 64-byte entries
     b[513] = 0x44; // CQES: 16-byte entries
-    le::put_u16(b, 514, limits.max_queue_depth);
+    le::put_u16(b, 514, t.max_queue_depth);
     if let Some(s) = subsys {
         le::put_u32(b, 516, s.max_nsid());
         le::put_u16(b, 520, 0x000c); // ONCS: Dataset Management, Write Zeroes
                                      // VWC: bit 0 cache present; bits 2:1 = 10b: Flush with NSID FFFFFFFFh not supported.
         b[525] = 0x04 | s.volatile_cache() as u8;
     }
-    // SGLS: SGLs supported (bits 1:0 = 01b), address field as offset (bit 20); over RDMA also
-    // Keyed SGL Data Block descriptors (bit 2: mandatory for NVMe/RDMA, NVMe-oF 1.1, 7.3.2;
-    // the Linux host refuses a controller without it).
-    let keyed = if transport == TransportKind::Rdma { 1 << 2 } else { 0 };
-    le::put_u32(b, 536, 0x0010_0001 | keyed);
+    // SGLS: what the transport's descriptors need (TCP: SGLs supported, bits 1:0 = 01b, and
+    // address as offset, bit 20; RDMA adds keyed descriptors, bit 2).
+    le::put_u32(b, 536, t.sgls);
     le::put_u32(b, 540, 0); // MNAN
     put_str(&mut b[768..1024], subsys_nqn(target, ctrl.subsys), 0);
-    // NVMe over Fabrics attributes.
-    le::put_u32(b, 1792, (64 + limits.in_capsule_data_size) / 16); // IOCCSZ
-    le::put_u32(b, 1796, 1); // IORCSZ: 16-byte responses
-    le::put_u16(b, 1800, 0); // ICDOFF
+    // NVMe over Fabrics attributes: those of the transport the admin queue arrived on.
+    le::put_u32(b, 1792, t.ioccsz());
+    le::put_u32(b, 1796, t.iorcsz);
+    le::put_u16(b, 1800, t.icdoff);
     b[1802] = 0; // FCATT: dynamic controller model
-    // MSDBD: SGL data block descriptors per command. TCP takes one; RDMA a list of keyed ones
-    // (a Last Segment descriptor pointing into the capsule).
-    b[1803] = match transport {
-        TransportKind::Tcp => 1,
-        TransportKind::Rdma => nvmfd_transport::rdma::admit::MAX_KEYED as u8,
-    };
+    b[1803] = t.msdbd;
     le::put_u16(b, 1804, 1); // OFCS: Disconnect supported
                              // Power state 0: 25 W max (centiwatts), entry/exit latency unreported.
     le::put_u16(b, 2048, 2500);

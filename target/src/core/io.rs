@@ -1,11 +1,11 @@
 //! The NVM command set on I/O queues: Read, Write, Flush, Write Zeroes, Dataset Management.
 
 use super::qpair::State;
-use super::{Limits, Subsystem, Target};
+use super::{Subsystem, Target};
 use nvmfd_bdev::{DsmRange, Op};
-use nvmfd_transport::proto::nvme::opcode;
+use nvmfd_transport::proto::nvme::{opcode, Sqe};
 use nvmfd_transport::proto::status::Status;
-use nvmfd_transport::Capsule;
+use nvmfd_transport::{Capsule, TransportInfo};
 
 /// A checked I/O command: hand it to a block device, or it is already done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +19,54 @@ pub enum Checked {
 /// media before the command completes.
 const CDW12_FUA: u32 = 1 << 30;
 
+/// Admission of an I/O command (before its data moves): the namespace exists, the LBA range is
+/// in it, the transfer is within MDTS and the SGL (`sgl_len` bytes) covers it. Returns the
+/// namespace's block device. What needs the data itself (Dataset Management's ranges) is checked
+/// by [`check`] when the command executes.
+pub fn admit(
+    subsys: &Subsystem,
+    limits: &TransportInfo,
+    sqe: &Sqe,
+    sgl_len: u32,
+) -> Result<usize, Status> {
+    let ns = subsys
+        .namespace(sqe.nsid)
+        .ok_or(Status::INVALID_NAMESPACE)?;
+    let in_range = |lba: u64, blocks: u64| {
+        lba.checked_add(blocks)
+            .is_some_and(|end| end <= ns.info.num_blocks)
+    };
+    match sqe.opcode {
+        opcode::NVM_READ | opcode::NVM_WRITE => {
+            let (lba, blocks) = (sqe.slba(), sqe.nlb());
+            let bytes = blocks as u64 * ns.info.block_size as u64;
+            if bytes > limits.max_io_size as u64 {
+                return Err(Status::INVALID_FIELD);
+            }
+            if !in_range(lba, blocks as u64) {
+                return Err(Status::LBA_OUT_OF_RANGE);
+            }
+            if (sgl_len as u64) < bytes {
+                return Err(Status::DATA_SGL_LENGTH_INVALID);
+            }
+        }
+        opcode::NVM_FLUSH => {}
+        opcode::NVM_WRITE_ZEROES => {
+            if !in_range(sqe.slba(), sqe.nlb() as u64) {
+                return Err(Status::LBA_OUT_OF_RANGE);
+            }
+        }
+        opcode::NVM_DATASET_MANAGEMENT => {
+            let ranges = (sqe.cdw10 & 0xff) as usize + 1;
+            if (sgl_len as usize) < ranges * DsmRange::SIZE {
+                return Err(Status::DATA_SGL_LENGTH_INVALID);
+            }
+        }
+        _ => return Err(Status::INVALID_OPCODE),
+    }
+    Ok(ns.bdev)
+}
+
 /// Validate an I/O command against its namespace and turn it into a block-device operation.
 ///
 /// `write_cache` is the controller's Volatile Write Cache feature (FID 06h) as the host last set
@@ -28,7 +76,7 @@ const CDW12_FUA: u32 = 1 << 30;
 /// through these backends already returns the newest data, and the host's ordering is its own.
 pub fn check(
     subsys: &Subsystem,
-    limits: &Limits,
+    limits: &TransportInfo,
     cap: &Capsule,
     write_cache: bool,
 ) -> Result<Checked, Status> {
@@ -151,7 +199,8 @@ mod tests {
             data_len: 8192,
             lent: None,
         };
-        match check(&t.subsystems[0], &t.limits, &cap, write_cache) {
+        let tcp = t.transports[0];
+        match check(&t.subsystems[0], &tcp, &cap, write_cache) {
             Ok(Checked::Io { op, .. }) => op,
             other => panic!("{other:?}"),
         }

@@ -6,7 +6,7 @@ use super::identify::FIRMWARE_REVISION;
 use super::{Listener, SubsysRef, Target};
 use nvmfd_config::TransportKind;
 use nvmfd_transport::proto::fabrics::{
-    encode_discovery_header, subtype, treq, trtype, DiscoveryLogEntry, DISCOVERY_NQN,
+    encode_discovery_header, subtype, treq, DiscoveryLogEntry, DISCOVERY_NQN,
 };
 use nvmfd_transport::proto::nvme::log_page;
 use nvmfd_transport::proto::put_str;
@@ -20,7 +20,8 @@ use std::net::{IpAddr, SocketAddr};
 pub(super) fn get_log_page(
     target: &Target,
     ctrl: &CtrlShared,
-    (transport, local): (TransportKind, Option<SocketAddr>),
+    arrived: TransportKind,
+    local: Option<SocketAddr>,
     cap: &mut Capsule,
 ) -> Result<u32, Status> {
     let sqe = cap.sqe;
@@ -36,7 +37,7 @@ pub(super) fn get_log_page(
     }
     let discovery = ctrl.subsys == SubsysRef::Discovery;
     let page: Vec<u8> = match lid {
-        log_page::DISCOVERY if discovery => discovery_log(target, &ctrl.hostnqn, transport, local),
+        log_page::DISCOVERY if discovery => discovery_log(target, &ctrl.hostnqn, arrived, local),
         log_page::ERROR_INFORMATION => vec![0; 64],
         log_page::SMART_HEALTH if !discovery => smart(),
         log_page::FIRMWARE_SLOT if !discovery => {
@@ -81,17 +82,6 @@ fn treq(_l: &Listener) -> u8 {
     treq::SECURE_CHANNEL_NOT_REQUIRED
 }
 
-/// TSAS of a listener. NVMe/TCP: byte 0 SECTYPE 0 (no security; NVMe/TCP 1.0, 3.6.1.1).
-/// NVMe/RDMA (NVMe-oF 1.1, Figure "Transport Specific Address Subtype Definition for NVMe/RDMA
-/// Transport"): RDMA_QPTYPE 1 (reliable connected), RDMA_PRTYPE 1 (no provider specified),
-/// RDMA_CMS 1 (RDMA_CM), as Linux nvmet reports.
-fn tsas(l: &Listener) -> [u8; 4] {
-    match l.transport {
-        TransportKind::Tcp => [0; 4],
-        TransportKind::Rdma => [1, 1, 1, 0],
-    }
-}
-
 /// The address to advertise for listener `l` to a host whose discovery connection arrived on
 /// `local`: the listener's own, or for a wildcard listener (0.0.0.0, ::) the address the host
 /// reached us on (as Linux nvmet does: `nvmet_set_disc_traddr`). None when a wildcard listener
@@ -130,48 +120,55 @@ fn adrfam(a: IpAddr) -> u8 {
 /// the entry of this discovery subsystem itself at the listener the host used (SUBTYPE 3,
 /// "current discovery subsystem", TP 8013/8014 in NVMe base 2.0: nvme-cli 2.x uses it for
 /// persistent discovery controllers), then one entry per (subsystem the host may use, listener).
+/// `arrived` is the transport the discovery connection came over: the listener it used is one of
+/// that transport. Each entry reports its own listener's transport (TRTYPE, TSAS, ASQSZ).
 pub fn discovery_log(
     target: &Target,
     hostnqn: &str,
-    transport: TransportKind,
+    arrived: TransportKind,
     local: Option<SocketAddr>,
 ) -> Vec<u8> {
     let mut entries = Vec::new();
     let all_listeners = target.listeners();
     let portid = |l: &Listener| all_listeners.iter().position(|x| x == l).unwrap_or(0) as u16 + 1;
-    let entry = |l: &Listener, addr: IpAddr, sub: u8, nqn: &str| DiscoveryLogEntry {
-        trtype: match l.transport {
-            TransportKind::Tcp => trtype::TCP,
-            TransportKind::Rdma => trtype::RDMA,
-        },
-        adrfam: adrfam(addr),
-        subtype: sub,
-        treq: treq(l),
-        portid: portid(l),
-        cntlid: 0xffff,
-        asqsz: target.limits_for(l.transport).max_admin_queue_entries(),
-        eflags: 0,
-        trsvcid: l.port.to_string(),
-        subnqn: nqn.to_string(),
-        traddr: addr.to_string(),
-        tsas: tsas(l),
+    let entry = |l: &Listener, addr: IpAddr, sub: u8, nqn: &str| {
+        // A listener of a transport this target has not configured has no entry.
+        let t = target.transport(l.transport)?;
+        Some(DiscoveryLogEntry {
+            trtype: t.trtype,
+            adrfam: adrfam(addr),
+            subtype: sub,
+            treq: treq(l),
+            portid: portid(l),
+            cntlid: 0xffff,
+            asqsz: t.max_admin_queue_entries(),
+            eflags: 0,
+            trsvcid: l.port.to_string(),
+            subnqn: nqn.to_string(),
+            traddr: addr.to_string(),
+            tsas: t.tsas,
+        })
     };
     if let Some(here) = local {
         let ip = canonical(here.ip());
-        let arrived = all_listeners.iter().find(|l| {
-            l.transport == transport
+        let came_by = all_listeners.iter().find(|l| {
+            l.transport == arrived
                 && l.port == here.port()
                 && (canonical(l.address) == ip
                     || l.address.is_unspecified() && advertised_address(l, local).is_some())
         });
-        if let Some(l) = arrived {
-            entries.push(entry(l, ip, subtype::CURRENT_DISCOVERY, DISCOVERY_NQN).encode());
+        if let Some(e) =
+            came_by.and_then(|l| entry(l, ip, subtype::CURRENT_DISCOVERY, DISCOVERY_NQN))
+        {
+            entries.push(e.encode());
         }
     }
     for s in target.subsystems.iter().filter(|s| s.host_allowed(hostnqn)) {
         for l in &s.listeners {
-            if let Some(addr) = advertised_address(l, local) {
-                entries.push(entry(l, addr, subtype::NVME, &s.nqn).encode());
+            if let Some(e) =
+                advertised_address(l, local).and_then(|a| entry(l, a, subtype::NVME, &s.nqn))
+            {
+                entries.push(e.encode());
             }
         }
     }

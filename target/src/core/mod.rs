@@ -1,7 +1,10 @@
 //! The NVMe-oF target core: subsystems, namespaces, controllers and queue pairs, as a state machine
-//! over capsules and completions. It never touches a socket, a block device or a clock: transports
-//! hand it [`Capsule`]s (with the current time), it answers with an [`Outcome`], and the reactor
-//! carries the outcome out. Every NVMe-oF rule is therefore testable without I/O.
+//! over commands and completions. It never touches a socket, a block device or a clock. A command
+//! goes through it in two phases: [`QueuePair::admit`] looks at the SQE and the transport's
+//! description of its data ([`DataDesc`]) and answers at once or says what data it needs
+//! ([`Admission`]); once the transport has that data in place, [`QueuePair::execute`] runs it and
+//! answers with an [`Outcome`], which the reactor carries out. Every NVMe-oF rule is therefore
+//! testable without I/O, and shared by every transport.
 
 mod admin;
 mod controller;
@@ -23,24 +26,7 @@ use std::sync::{Arc, Mutex};
 
 use nvmfd_transport::logsafe::{LogDecision, RateLimit};
 
-pub use nvmfd_transport::{Capsule, Response};
-
-/// Limits the transport advertises and the core enforces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    pub in_capsule_data_size: u32,
-    pub max_io_size: u32,
-    pub max_queue_depth: u16,
-    pub max_io_queues: u16,
-}
-
-impl Limits {
-    /// Entries an admin submission queue may have: what Connect on QID 0 accepts and what the
-    /// discovery log reports as ASQSZ (NVMe-oF 1.1, 5.3: "Admin Max SQ Size").
-    pub fn max_admin_queue_entries(&self) -> u16 {
-        self.max_queue_depth
-    }
-}
+pub use nvmfd_transport::{Admission, Capsule, DataDesc, DataNeed, Response, TransportInfo};
 
 /// The identifiers a namespace reports to hosts (Identify Namespace NGUID/EUI64 and the
 /// Namespace Identification Descriptor list). All bytes are in wire order: NGUID and EUI-64 are
@@ -140,10 +126,9 @@ pub enum SubsysRef {
 pub struct Target {
     pub subsystems: Vec<Subsystem>,
     pub discovery_enabled: bool,
-    /// NVMe/TCP limits (`transports.tcp`).
-    pub limits: Limits,
-    /// NVMe/RDMA limits (`transports.rdma`).
-    pub rdma_limits: Limits,
+    /// Every configured transport's limits and reported values (the discovery log reports each
+    /// listener with its transport's; a queue pair takes those of the transport it arrived on).
+    pub transports: Vec<TransportInfo>,
     /// Generation counter of the discovery log: starts from a digest of what the log can show
     /// (so a daemon restarted with another configuration shows another value, the same one
     /// the same value) and moves on at every change ([`Target::discovery_changed`]).
@@ -203,7 +188,6 @@ impl Target {
             cfg.subsystems.len(),
             "one identity per subsystem"
         );
-        let tcp = &cfg.transports.tcp;
         let subsystems: Vec<Subsystem> = cfg
             .subsystems
             .iter()
@@ -250,30 +234,19 @@ impl Target {
         Arc::new(Target {
             subsystems,
             discovery_enabled: cfg.discovery.enabled,
-            limits: Limits {
-                in_capsule_data_size: tcp.in_capsule_data_size,
-                max_io_size: tcp.max_io_size,
-                max_queue_depth: tcp.max_queue_depth,
-                max_io_queues: tcp.max_io_queues,
-            },
-            rdma_limits: Limits {
-                in_capsule_data_size: cfg.transports.rdma.in_capsule_data_size,
-                max_io_size: cfg.transports.rdma.max_io_size,
-                max_queue_depth: cfg.transports.rdma.max_queue_depth,
-                max_io_queues: cfg.transports.rdma.max_io_queues,
-            },
+            transports: vec![
+                nvmfd_transport::tcp::transport_info(&cfg.transports.tcp),
+                nvmfd_transport::rdma::transport_info(&cfg.transports.rdma),
+            ],
             discovery_genctr: AtomicU64::new(genctr),
             registry: controller::Registry::default(),
             refusals: Mutex::new(RateLimit::new(REFUSAL_LOG_BURST, REFUSAL_LOG_EVERY)),
         })
     }
 
-    /// The limits of queues on `transport`.
-    pub fn limits_for(&self, transport: TransportKind) -> &Limits {
-        match transport {
-            TransportKind::Tcp => &self.limits,
-            TransportKind::Rdma => &self.rdma_limits,
-        }
+    /// The limits and reported values of transport `kind` as configured.
+    pub fn transport(&self, kind: TransportKind) -> Option<&TransportInfo> {
+        self.transports.iter().find(|t| t.kind == kind)
     }
 
     /// Look a subsystem up by NQN (the discovery NQN when discovery is enabled).

@@ -1,5 +1,7 @@
 //! A queue pair: one connection's view of the core. It starts unconnected, becomes an admin queue
-//! (owning its controller) or an I/O queue (sharing one) at Connect, and answers every capsule.
+//! (owning its controller) or an I/O queue (sharing one) at Connect, and answers every command,
+//! in two phases: [`QueuePair::admit`] (from the SQE and the transport's [`DataDesc`] alone: an
+//! answer now, or the data it needs) and [`QueuePair::execute`] (once that data is in place).
 //!
 //! Besides answering capsules ([`QueuePair::execute`], [`QueuePair::io_done`]) the core has work of
 //! its own that the reactor carries out: [`QueuePair::poll_timers`] says when a queue must be torn
@@ -11,10 +13,9 @@ use super::controller::CtrlShared;
 use super::{fabrics, io, SubsysRef, Target};
 use nvmfd_bdev::{IoError, Op};
 use nvmfd_transport::proto::fabrics::fctype;
-use nvmfd_transport::proto::nvme::{opcode, Cqe};
+use nvmfd_transport::proto::nvme::{opcode, Cqe, Direction, Sqe};
 use nvmfd_transport::proto::status::Status;
-use nvmfd_transport::{Capsule, Response};
-use nvmfd_config::TransportKind;
+use nvmfd_transport::{Admission, Capsule, DataDesc, DataNeed, Response, TransportInfo};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -57,6 +58,8 @@ pub(super) enum State {
 /// One queue pair's state.
 pub struct QueuePair {
     pub(super) target: Arc<Target>,
+    /// The transport the queue pair arrived on: its limits and the values Identify reports.
+    pub(super) transport: TransportInfo,
     pub(super) qid: u16,
     /// Entries in the submission queue (Connect's SQSIZE + 1); 0 before Connect.
     pub(super) sq_entries: u16,
@@ -64,8 +67,6 @@ pub struct QueuePair {
     pub(super) state: State,
     /// The local address the connection arrived on (set by the transport).
     pub(super) local: Option<SocketAddr>,
-    /// The transport that carries this queue (its limits, Identify's SGL support).
-    pub(super) transport: TransportKind,
     /// Block-device I/Os handed out ([`Outcome::Io`]) and not yet back ([`QueuePair::io_done`]).
     in_flight: u32,
     /// The last controller shutdown this I/O queue acknowledged.
@@ -76,15 +77,16 @@ pub struct QueuePair {
 }
 
 impl QueuePair {
-    pub fn new(target: Arc<Target>) -> Self {
+    /// A queue pair on a new connection of the transport `transport` describes.
+    pub fn new(target: Arc<Target>, transport: TransportInfo) -> Self {
         QueuePair {
             target,
+            transport,
             qid: 0,
             sq_entries: 0,
             sqhd: 0,
             state: State::Unconnected,
             local: None,
-            transport: TransportKind::Tcp,
             in_flight: 0,
             shutdown_acked: 0,
             disconnected: false,
@@ -95,11 +97,6 @@ impl QueuePair {
     /// advertises it for listeners on a wildcard address, as Linux nvmet does).
     pub fn set_local_addr(&mut self, addr: SocketAddr) {
         self.local = Some(addr);
-    }
-
-    /// Tell the core which transport carries the queue (TCP unless told otherwise).
-    pub fn set_transport(&mut self, transport: TransportKind) {
-        self.transport = transport;
     }
 
     pub fn target(&self) -> &Arc<Target> {
@@ -155,11 +152,134 @@ impl QueuePair {
         }
     }
 
-    /// Look at a capsule whose host-to-controller data (if any) has fully arrived.
-    pub fn execute(&mut self, cap: &mut Capsule, now: Instant) -> Outcome {
+    /// The transport this queue pair arrived on.
+    pub fn transport(&self) -> &TransportInfo {
+        &self.transport
+    }
+
+    /// In-capsule data a command may carry on this queue: IOCCSZ's on an I/O queue, the
+    /// transport's admin capsule size on the admin queue, the larger of the two before Connect
+    /// (Connect's own 1 KiB of data must fit either way).
+    pub fn in_capsule_limit(&self) -> u32 {
+        let t = &self.transport;
+        match (&self.state, self.qid) {
+            (State::Unconnected, _) => t.in_capsule_data_size.max(t.admin_in_capsule_data_size),
+            (_, 0) => t.admin_in_capsule_data_size,
+            _ => t.in_capsule_data_size,
+        }
+    }
+
+    /// The SQ head moves past one entry.
+    fn consume_entry(&mut self) {
         if self.sq_entries != 0 {
             self.sqhd = (self.sqhd + 1) % self.sq_entries;
         }
+    }
+
+    /// Phase one: admit a new command from its SQE and the transport's description of its data,
+    /// before any data moves or any buffer is taken. The answer is a response to send now (the
+    /// command is refused, or its SGL is), "execute now" (no data), or the data to move first.
+    ///
+    /// The SGL rules every transport shares are checked here, once: PSDT must select SGLs
+    /// (NVMe-oF 1.1, 2.x: fabrics commands use SGLs only), in-capsule data must be for a
+    /// host-to-controller command and lie within the queue's capsule size, data the transport
+    /// moves may not exceed MDTS (Invalid Field in Command, as Identify MDTS says), nor number
+    /// more descriptors than MSDBD. Then, for I/O commands, the namespace, the LBA range, MDTS
+    /// against NLB and whether the SGL covers NLB blocks. A refused command never reaches
+    /// [`Self::execute`]; an admitted one must, once (the SQ head moves then).
+    pub fn admit(&mut self, sqe: &Sqe, desc: DataDesc) -> Admission {
+        match self.admission(sqe, desc) {
+            Ok(a) => a,
+            Err(status) => {
+                self.consume_entry();
+                Admission::Respond(self.response(sqe.cid, status, 0, 0))
+            }
+        }
+    }
+
+    fn admission(&self, sqe: &Sqe, desc: DataDesc) -> Result<Admission, Status> {
+        if sqe.psdt() == 0 {
+            return Err(Status::INVALID_FIELD);
+        }
+        let dir = sqe.data_direction();
+        let t = &self.transport;
+        let len = match desc {
+            // In-capsule data (NVMe base 2.0, SGL Data Block descriptor, Offset subtype): its
+            // address is an offset into the capsule's data. The capsule size bounds it: an offset
+            // past it points outside the capsule (SGL Offset Invalid, as SPDK; Linux nvmet
+            // answers that for a length past it too); data past it, or a descriptor reaching past
+            // the data the capsule carries, is a length error.
+            DataDesc::InCapsule {
+                offset,
+                len,
+                carried,
+            } => {
+                if dir != Direction::HostToController {
+                    return Err(Status::DATA_SGL_LENGTH_INVALID);
+                }
+                let limit = self.in_capsule_limit() as u64;
+                if offset > limit {
+                    return Err(Status::SGL_OFFSET_INVALID);
+                }
+                let end = offset + len as u64;
+                if carried as u64 > limit || end > limit || end > carried as u64 {
+                    return Err(Status::DATA_SGL_LENGTH_INVALID);
+                }
+                len
+            }
+            _ if dir == Direction::Bidirectional => return Err(Status::INVALID_OPCODE),
+            DataDesc::Refused(status) => return Err(status),
+            DataDesc::None => 0,
+            // A command that moves no data ignores its SGL.
+            DataDesc::Remote { .. } if dir == Direction::None => 0,
+            DataDesc::Remote { len, descriptors } => {
+                if descriptors > t.msdbd as u16 {
+                    return Err(Status::INVALID_NUMBER_OF_SGL_DESCRIPTORS);
+                }
+                // More than MDTS: Invalid Field in Command (NVMe base 2.0, Identify Controller,
+                // MDTS: a command exceeding the transfer size is aborted with that status). Admin
+                // commands may move up to the admin capsule size even with a smaller MDTS.
+                if len > t.max_io_size.max(t.admin_in_capsule_data_size) {
+                    return Err(Status::INVALID_FIELD);
+                }
+                len
+            }
+        };
+        let mut bdev = None;
+        if sqe.opcode == opcode::FABRICS {
+            if matches!(self.state, State::Unconnected) && sqe.fctype() != fctype::CONNECT {
+                return Err(Status::COMMAND_SEQUENCE_ERROR);
+            }
+        } else {
+            match &self.state {
+                State::Unconnected => return Err(Status::COMMAND_SEQUENCE_ERROR),
+                State::Admin(_) => {}
+                State::Io {
+                    ctrl,
+                    subsys,
+                    epoch,
+                } => {
+                    if ctrl.epoch.load(Ordering::Acquire) != *epoch {
+                        return Err(Status::ABORTED_SQ_DELETION);
+                    }
+                    if self.disconnected || !ctrl.ready.load(Ordering::Acquire) {
+                        return Err(Status::COMMAND_SEQUENCE_ERROR);
+                    }
+                    bdev = Some(io::admit(&self.target.subsystems[*subsys], t, sqe, len)?);
+                }
+            }
+        }
+        Ok(if len == 0 {
+            Admission::Execute
+        } else {
+            Admission::Data(DataNeed { len, dir, bdev })
+        })
+    }
+
+    /// Phase two: run an admitted command whose data is in place (host-to-controller data has
+    /// fully arrived; a controller-to-host command has a buffer of the length admitted).
+    pub fn execute(&mut self, cap: &mut Capsule, now: Instant) -> Outcome {
+        self.consume_entry();
         let sqe = cap.sqe;
         if sqe.opcode == opcode::FABRICS {
             return match (&self.state, sqe.fctype()) {
@@ -196,7 +316,7 @@ impl QueuePair {
                 let write_cache = ctrl.write_cache();
                 match io::check(
                     &self.target.subsystems[subsys],
-                    self.target.limits_for(self.transport),
+                    &self.transport,
                     cap,
                     write_cache,
                 ) {

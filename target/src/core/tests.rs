@@ -57,6 +57,40 @@ subsystems:
     Target::new(&cfg, &infos)
 }
 
+/// A queue pair arrived over NVMe/TCP as the target configures it.
+fn tcp_qp(t: Arc<Target>) -> QueuePair {
+    let tcp = *t.transport(nvmfd_config::TransportKind::Tcp).expect("tcp");
+    QueuePair::new(t, tcp)
+}
+
+/// Both phases, as a transport drives them: admit the command with its data described as one
+/// transport-moved descriptor of `data_len` bytes (no descriptor when 0), then, unless admission
+/// answered, execute it with the data in place. (Tests build SQEs without PSDT; fabrics commands
+/// always use SGLs, so admission sees PSDT 01b.)
+trait Run {
+    fn run(&mut self, cap: &mut Capsule, now: Instant) -> Outcome;
+}
+
+impl Run for QueuePair {
+    fn run(&mut self, cap: &mut Capsule, now: Instant) -> Outcome {
+        let mut sqe = cap.sqe;
+        if sqe.psdt() == 0 {
+            sqe.flags |= 0x40;
+        }
+        let desc = match cap.data_len {
+            0 => DataDesc::None,
+            len => DataDesc::Remote {
+                len,
+                descriptors: 1,
+            },
+        };
+        match self.admit(&sqe, desc) {
+            Admission::Respond(r) => Outcome::Done(r),
+            Admission::Execute | Admission::Data(_) => self.execute(cap, now),
+        }
+    }
+}
+
 fn capsule(sqe: Sqe, data: &[u8], data_len: u32) -> Capsule {
     let mut buf = IoBuf::new(256 * 1024);
     buf.as_mut_slice()[..data.len()].copy_from_slice(data);
@@ -98,7 +132,7 @@ fn connect_cmd(
         kato_ms: 1000,
     }
     .to_sqe(1, 1024);
-    done(qp.execute(&mut capsule(sqe, &data.encode(), 1024), now))
+    done(qp.run(&mut capsule(sqe, &data.encode(), 1024), now))
 }
 
 fn prop(qp: &mut QueuePair, set: bool, offset: u32, size: u8, value: u64) -> Response {
@@ -108,12 +142,12 @@ fn prop(qp: &mut QueuePair, set: bool, offset: u32, size: u8, value: u64) -> Res
         value,
     }
     .to_sqe(2, set);
-    done(qp.execute(&mut capsule(sqe, &[], 0), Instant::now()))
+    done(qp.run(&mut capsule(sqe, &[], 0), Instant::now()))
 }
 
 /// An enabled admin queue for `host` on `nqn`; returns the queue and its controller ID.
 fn admin(t: &Arc<Target>, nqn: &str, host: &str) -> (QueuePair, u16) {
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, nqn, host, Instant::now());
     assert_eq!(r.cqe.status, Status::SUCCESS);
     assert_eq!(
@@ -134,7 +168,7 @@ fn shst(qp: &mut QueuePair) -> u32 {
 
 fn admin_cmd(qp: &mut QueuePair, sqe: Sqe, data_len: u32) -> (Response, Capsule) {
     let mut cap = capsule(sqe, &[], data_len);
-    let r = done(qp.execute(&mut cap, Instant::now()));
+    let r = done(qp.run(&mut cap, Instant::now()));
     (r, cap)
 }
 
@@ -171,7 +205,7 @@ fn admin_connect_allocates_distinct_controllers() {
 fn connect_rules() {
     let t = target();
     let now = Instant::now();
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     let r = connect_cmd(
         &mut qp,
         0,
@@ -214,7 +248,7 @@ fn connect_rules() {
         (r.cqe.status, r.cqe.dw0),
         (Status::CONNECT_INVALID_PARAMETERS, 512 | (1 << 16))
     );
-    let mut anon = QueuePair::new(t.clone());
+    let mut anon = tcp_qp(t.clone());
     assert_eq!(
         connect_cmd(&mut anon, 0, 31, 0xffff, NQN, "", now)
             .cqe
@@ -234,7 +268,7 @@ fn connect_rules() {
 #[test]
 fn commands_before_connect_or_enable_are_out_of_sequence() {
     let t = target();
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     let (s, _) = identify(&mut qp, cns::CONTROLLER, 0);
     assert_eq!(s, Status::COMMAND_SEQUENCE_ERROR);
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
@@ -246,7 +280,7 @@ fn commands_before_connect_or_enable_are_out_of_sequence() {
 #[test]
 fn properties_enable_and_shutdown() {
     let t = target();
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
     let cap = prop(&mut qp, false, property::CAP, 8, 0);
     let cap_value = cap.cqe.dw0 as u64 | ((cap.cqe.dw1 as u64) << 32);
@@ -303,13 +337,13 @@ fn properties_enable_and_shutdown() {
 fn io_queue_connect_rules() {
     let t = target();
     let now = Instant::now();
-    let mut io = QueuePair::new(t.clone());
+    let mut io = tcp_qp(t.clone());
     assert_eq!(
         connect_cmd(&mut io, 1, 31, 99, NQN, HOST_A, now).cqe.status,
         Status::CONNECT_INVALID_PARAMETERS
     );
 
-    let mut aq = QueuePair::new(t.clone());
+    let mut aq = tcp_qp(t.clone());
     let cntlid = connect_cmd(&mut aq, 0, 31, 0xffff, NQN, HOST_A, now)
         .cqe
         .dw0 as u16;
@@ -341,7 +375,7 @@ fn io_queue_connect_rules() {
             .status,
         Status::SUCCESS
     );
-    let mut dup = QueuePair::new(t.clone());
+    let mut dup = tcp_qp(t.clone());
     assert_eq!(
         connect_cmd(&mut dup, 1, 31, cntlid, NQN, HOST_A, now)
             .cqe
@@ -380,7 +414,7 @@ fn number_of_queues_limits_io_connect() {
         (Status::SUCCESS, 1 | (1 << 16)),
         "2 queues granted, 0-based"
     );
-    let mut io = QueuePair::new(t.clone());
+    let mut io = tcp_qp(t.clone());
     assert_eq!(
         connect_cmd(&mut io, 3, 31, cntlid, NQN, HOST_A, Instant::now())
             .cqe
@@ -410,7 +444,7 @@ fn number_of_queues_limits_io_connect() {
             .load(std::sync::atomic::Ordering::Acquire),
         2
     );
-    let mut io1 = QueuePair::new(t.clone());
+    let mut io1 = tcp_qp(t.clone());
     assert_eq!(
         connect_cmd(&mut io1, 3, 31, cntlid, NQN, HOST_A, Instant::now())
             .cqe
@@ -559,7 +593,7 @@ fn discovery_controller_lists_what_the_host_may_use() {
 fn keep_alive_expiry_and_reset() {
     let t = target();
     let t0 = Instant::now();
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, t0); // kato 1000 ms
     prop(&mut qp, true, property::CC, 4, CC_ENABLE);
     assert_eq!(qp.poll_timers(t0 + Duration::from_millis(900)), None);
@@ -567,7 +601,7 @@ fn keep_alive_expiry_and_reset() {
         opcode: opcode::ADMIN_KEEP_ALIVE,
         ..Default::default()
     };
-    let r = done(qp.execute(&mut capsule(ka, &[], 0), t0 + Duration::from_millis(900)));
+    let r = done(qp.run(&mut capsule(ka, &[], 0), t0 + Duration::from_millis(900)));
     assert_eq!(r.cqe.status, Status::SUCCESS);
     assert_eq!(
         qp.poll_timers(t0 + Duration::from_millis(1800)),
@@ -591,7 +625,7 @@ fn async_event_requests_are_held_up_to_the_limit() {
             ..Default::default()
         };
         assert_eq!(
-            aq.execute(&mut capsule(sqe, &[], 0), Instant::now()),
+            aq.run(&mut capsule(sqe, &[], 0), Instant::now()),
             Outcome::Held
         );
     }
@@ -618,7 +652,7 @@ fn async_event_requests_are_held_up_to_the_limit() {
 fn io_command_checks() {
     let t = target();
     let (_aq, cntlid) = admin(&t, NQN, HOST_A);
-    let mut io = QueuePair::new(t.clone());
+    let mut io = tcp_qp(t.clone());
     assert_eq!(
         connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, Instant::now())
             .cqe
@@ -627,7 +661,7 @@ fn io_command_checks() {
     );
     let mut run = |sqe: Sqe, len: u32| {
         let mut cap = capsule(sqe, &[], len);
-        io.execute(&mut cap, Instant::now())
+        io.run(&mut cap, Instant::now())
     };
     assert_eq!(
         run(io_sqe(opcode::NVM_READ, 1, 0, 8), 32768),
@@ -714,14 +748,14 @@ fn io_command_checks() {
     };
     let mut cap = capsule(dsm, &data, 32);
     assert_eq!(
-        done(io.execute(&mut cap, Instant::now())).cqe.status,
+        done(io.run(&mut cap, Instant::now())).cqe.status,
         Status::LBA_OUT_OF_RANGE
     );
     let mut cap = capsule(dsm, &data[..16], 32);
     let dsm1 = Sqe { cdw10: 0, ..dsm };
     cap.sqe = dsm1;
     assert_eq!(
-        io.execute(&mut cap, Instant::now()),
+        io.run(&mut cap, Instant::now()),
         Outcome::Io {
             bdev: 0,
             op: Op::Deallocate { ranges: 1 }
@@ -775,7 +809,7 @@ fn io_command_checks() {
 fn admin_commands_are_refused_on_io_queues_and_vice_versa() {
     let t = target();
     let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
-    let mut io = QueuePair::new(t.clone());
+    let mut io = tcp_qp(t.clone());
     connect_cmd(&mut io, 1, 31, cntlid, NQN, HOST_A, Instant::now());
     let (s, _) = identify(&mut io, cns::CONTROLLER, 0);
     assert_eq!(
@@ -783,7 +817,7 @@ fn admin_commands_are_refused_on_io_queues_and_vice_versa() {
         Status::INVALID_NAMESPACE,
         "opcode 0x06 on an I/O queue is not an NVM command (nsid 0)"
     );
-    let r = done(aq.execute(
+    let r = done(aq.run(
         &mut capsule(io_sqe(opcode::NVM_WRITE, 1, 0, 1), &[], 4096),
         Instant::now(),
     ));
@@ -834,7 +868,7 @@ fn aer(qp: &mut QueuePair, cid: u16) -> Outcome {
         cid,
         ..Default::default()
     };
-    qp.execute(&mut capsule(sqe, &[], 0), Instant::now())
+    qp.run(&mut capsule(sqe, &[], 0), Instant::now())
 }
 
 fn disconnect_sqe() -> Sqe {
@@ -847,7 +881,7 @@ fn disconnect_sqe() -> Sqe {
 }
 
 fn io_queue(t: &Arc<Target>, qid: u16, cntlid: u16) -> (QueuePair, Status) {
-    let mut io = QueuePair::new(t.clone());
+    let mut io = tcp_qp(t.clone());
     let r = connect_cmd(&mut io, qid, 31, cntlid, NQN, HOST_A, Instant::now());
     (io, r.cqe.status)
 }
@@ -861,13 +895,13 @@ fn shutdown_drains_io_queues_then_flushes_then_completes() {
     let now = Instant::now();
     // A write is in flight on the I/O queue when the host asks for a shutdown.
     let mut w = capsule(io_sqe(opcode::NVM_WRITE, 1, 0, 1), &[], 4096);
-    assert!(matches!(io.execute(&mut w, now), Outcome::Io { .. }));
+    assert!(matches!(io.run(&mut w, now), Outcome::Io { .. }));
     prop(&mut aq, true, property::CC, 4, CC_ENABLE | (1 << 14));
     assert_eq!(shst(&mut aq), 1, "processing");
     // New I/O is refused once a shutdown began.
     let mut r = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
     assert_eq!(
-        done(io.execute(&mut r, now)).cqe.status,
+        done(io.run(&mut r, now)).cqe.status,
         Status::COMMAND_SEQUENCE_ERROR
     );
     // The I/O queue has a command in flight: no acknowledgement, so no flush yet.
@@ -941,7 +975,7 @@ fn reset_deletes_io_queues_and_reenable_does_not_revive_them() {
     // The old queue's commands are aborted and it is told to go.
     let mut c = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
     assert_eq!(
-        done(old.execute(&mut c, Instant::now())).cqe.status,
+        done(old.run(&mut c, Instant::now())).cqe.status,
         Status::ABORTED_SQ_DELETION
     );
     assert_eq!(
@@ -966,7 +1000,7 @@ fn reset_deletes_io_queues_and_reenable_does_not_revive_them() {
     // ...the old one is still dead after re-enabling...
     let mut c = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
     assert_eq!(
-        done(old.execute(&mut c, Instant::now())).cqe.status,
+        done(old.run(&mut c, Instant::now())).cqe.status,
         Status::ABORTED_SQ_DELETION
     );
     assert!(old.poll_timers(Instant::now()).is_some());
@@ -977,7 +1011,7 @@ fn reset_deletes_io_queues_and_reenable_does_not_revive_them() {
     assert_eq!(s, Status::CONNECT_INVALID_PARAMETERS, "QID 1 is taken");
     let mut c = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
     assert!(matches!(
-        new.execute(&mut c, Instant::now()),
+        new.run(&mut c, Instant::now()),
         Outcome::Io { .. }
     ));
 }
@@ -988,12 +1022,12 @@ fn disconnect_ends_the_io_queue_and_frees_its_qid() {
     let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
     let (mut io, _) = io_queue(&t, 1, cntlid);
     assert_eq!(io.wants_close(), None);
-    let r = done(io.execute(&mut capsule(disconnect_sqe(), &[], 0), Instant::now()));
+    let r = done(io.run(&mut capsule(disconnect_sqe(), &[], 0), Instant::now()));
     assert_eq!((r.cqe.status, r.cqe.cid), (Status::SUCCESS, 7));
     assert!(io.wants_close().is_some());
     let mut c = capsule(io_sqe(opcode::NVM_READ, 1, 0, 1), &[], 4096);
     assert_eq!(
-        done(io.execute(&mut c, Instant::now())).cqe.status,
+        done(io.run(&mut c, Instant::now())).cqe.status,
         Status::COMMAND_SEQUENCE_ERROR,
         "nothing runs on a disconnected queue"
     );
@@ -1002,7 +1036,7 @@ fn disconnect_ends_the_io_queue_and_frees_its_qid() {
     drop(io);
     assert_eq!(again.controller().unwrap().live_io_queues(), 1);
     // Disconnect is for I/O queues; the admin queue ends by closing its connection.
-    let r = done(aq.execute(&mut capsule(disconnect_sqe(), &[], 0), Instant::now()));
+    let r = done(aq.run(&mut capsule(disconnect_sqe(), &[], 0), Instant::now()));
     assert_eq!(r.cqe.status, Status::INVALID_OPCODE);
     assert_eq!(aq.wants_close(), None);
 }
@@ -1018,7 +1052,7 @@ fn enable_checks_cc_and_sets_fatal_status() {
         (CC_ENABLE | (1 << 4), "CSS 1"),
         (CC_ENABLE | (1 << 11), "AMS weighted round robin"),
     ] {
-        let mut qp = QueuePair::new(t.clone());
+        let mut qp = tcp_qp(t.clone());
         connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
         assert_eq!(
             prop(&mut qp, true, property::CC, 4, cc).cqe.status,
@@ -1035,7 +1069,7 @@ fn enable_checks_cc_and_sets_fatal_status() {
         assert_eq!(s, Status::COMMAND_SEQUENCE_ERROR, "{why}");
     }
     // CAP reports what the check enforces.
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
     let r = prop(&mut qp, false, property::CAP, 8, 0);
     let cap = r.cqe.dw0 as u64 | ((r.cqe.dw1 as u64) << 32);
@@ -1048,7 +1082,7 @@ fn enable_checks_cc_and_sets_fatal_status() {
 fn kato_is_rounded_up_to_the_keep_alive_granularity() {
     let t = target();
     let t0 = Instant::now();
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     let data = ConnectData {
         hostid: [1; 16],
         cntlid: 0xffff,
@@ -1063,7 +1097,7 @@ fn kato_is_rounded_up_to_the_keep_alive_granularity() {
         kato_ms: 1,
     }
     .to_sqe(1, 1024);
-    let r = done(qp.execute(&mut capsule(sqe, &data.encode(), 1024), t0));
+    let r = done(qp.run(&mut capsule(sqe, &data.encode(), 1024), t0));
     assert_eq!(r.cqe.status, Status::SUCCESS);
     prop(&mut qp, true, property::CC, 4, CC_ENABLE);
     let (_, id) = identify(&mut qp, cns::CONTROLLER, 0);
@@ -1242,7 +1276,7 @@ fn entries(page: &[u8]) -> Vec<nvmfd_transport::proto::fabrics::DiscoveryLogEntr
 #[test]
 fn held_aers_complete_with_enabled_events_and_stay_masked_until_the_log_is_read() {
     let t = target();
-    let mut dq = QueuePair::new(t.clone());
+    let mut dq = tcp_qp(t.clone());
     dq.set_local_addr("127.0.0.1:4420".parse().unwrap());
     connect_cmd(
         &mut dq,
@@ -1325,7 +1359,7 @@ fn discovery_entries(
     t: &Arc<Target>,
     local: &str,
 ) -> Vec<nvmfd_transport::proto::fabrics::DiscoveryLogEntry> {
-    let mut dq = QueuePair::new(t.clone());
+    let mut dq = tcp_qp(t.clone());
     dq.set_local_addr(local.parse().unwrap());
     connect_cmd(
         &mut dq,
@@ -1376,7 +1410,7 @@ fn discovery_advertises_the_arrival_address_for_wildcard_listeners() {
     );
     for x in &e {
         assert_eq!(x.treq, 0x02, "secure channel not required");
-        assert_eq!(x.tsas, [0; 4], "TCP SECTYPE none");
+        assert_eq!(x.tsas, [0; 16], "TCP SECTYPE none");
         assert_eq!(
             x.asqsz, 128,
             "ASQSZ: the admin queue entries Connect accepts"
@@ -1386,7 +1420,7 @@ fn discovery_advertises_the_arrival_address_for_wildcard_listeners() {
     assert_eq!(e[0].portid, 1);
     assert_eq!(e[2].portid, 2);
     // ...and Connect on an admin queue accepts exactly that many entries.
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     let r = connect_cmd(&mut qp, 0, 128, 0xffff, NQN, HOST_A, Instant::now());
     assert_eq!(
         r.cqe.status,
@@ -1459,7 +1493,7 @@ subsystems:
     let (a, c1) = admin(&t, NQN, HOST_A);
     let (_b, c2) = admin(&t, NQN, HOST_B);
     assert_eq!((c1.min(c2), c1.max(c2)), (100, 101));
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     let r = connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
     assert_eq!(
         r.cqe.status,
@@ -1469,7 +1503,7 @@ subsystems:
     // Another subsystem has its own IDs: 100 again, and an I/O queue finds the right one.
     let (_o, c3) = admin(&t, "nqn.2026-11.io.nvmfd:t2", HOST_A);
     assert_eq!(c3, 100);
-    let mut io = QueuePair::new(t.clone());
+    let mut io = tcp_qp(t.clone());
     let r = connect_cmd(
         &mut io,
         1,
@@ -1490,7 +1524,7 @@ subsystems:
 fn refused_connects_are_counted_against_a_log_budget() {
     use nvmfd_transport::logsafe::LogDecision;
     let t = target();
-    let mut qp = QueuePair::new(t.clone());
+    let mut qp = tcp_qp(t.clone());
     for _ in 0..30 {
         let r = connect_cmd(&mut qp, 0, 31, 0xffff, LOCKED, HOST_B, Instant::now());
         assert_eq!(r.cqe.status, Status::CONNECT_INVALID_HOST);
@@ -1514,4 +1548,195 @@ fn a_stale_claim_never_takes_a_newer_epochs_qid() {
     assert!(!ctrl.claim_qid(2, old), "a free QID with a stale epoch");
     assert_eq!(ctrl.live_io_queues(), 1);
     assert!(ctrl.claim_qid(2, ctrl.epoch()));
+}
+
+/// Phase one alone: what `admit` answers from the SQE and the data description, with no data.
+fn admit_io(io: &mut QueuePair, sqe: Sqe, desc: DataDesc) -> Admission {
+    io.admit(&sqe, desc)
+}
+
+fn refused(a: Admission) -> Status {
+    match a {
+        Admission::Respond(r) => r.cqe.status,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+fn remote(len: u32) -> DataDesc {
+    DataDesc::Remote {
+        len,
+        descriptors: 1,
+    }
+}
+
+/// A bad write is answered at admission, before any data is asked for: the invalid namespace,
+/// the LBA range, MDTS (NLB and SGL length), an SGL shorter than NLB needs. A good one says what
+/// it needs (length, direction, the namespace's block device) and nothing was answered yet.
+#[test]
+fn admission_refuses_bad_io_before_any_data_moves() {
+    let t = target();
+    let (_aq, cntlid) = admin(&t, NQN, HOST_A);
+    let (mut io, st) = io_queue(&t, 1, cntlid);
+    assert_eq!(st, Status::SUCCESS);
+    let w = |nsid, lba, blocks| io_sqe(opcode::NVM_WRITE, nsid, lba, blocks);
+    assert_eq!(
+        refused(admit_io(&mut io, w(9, 0, 8), remote(32768))),
+        Status::INVALID_NAMESPACE
+    );
+    // ram0: 256 blocks of 4 KiB.
+    assert_eq!(
+        refused(admit_io(&mut io, w(1, 250, 8), remote(32768))),
+        Status::LBA_OUT_OF_RANGE
+    );
+    // 64 blocks = 256 KiB > MDTS (128 KiB): Invalid Field, whatever the SGL says.
+    assert_eq!(
+        refused(admit_io(&mut io, w(1, 0, 64), remote(128 * 1024))),
+        Status::INVALID_FIELD
+    );
+    // An SGL longer than MDTS is refused by the shared SGL rule.
+    assert_eq!(
+        refused(admit_io(&mut io, w(1, 0, 8), remote(256 * 1024))),
+        Status::INVALID_FIELD
+    );
+    // An SGL shorter than NLB blocks.
+    assert_eq!(
+        refused(admit_io(&mut io, w(1, 0, 8), remote(4096))),
+        Status::DATA_SGL_LENGTH_INVALID
+    );
+    // More descriptors than MSDBD (1 on TCP).
+    assert_eq!(
+        refused(admit_io(
+            &mut io,
+            w(1, 0, 8),
+            DataDesc::Remote {
+                len: 32768,
+                descriptors: 2
+            }
+        )),
+        Status::INVALID_NUMBER_OF_SGL_DESCRIPTORS
+    );
+    // A descriptor type the transport refused.
+    assert_eq!(
+        refused(admit_io(
+            &mut io,
+            w(1, 0, 8),
+            DataDesc::Refused(Status::SGL_DESCRIPTOR_TYPE_INVALID)
+        )),
+        Status::SGL_DESCRIPTOR_TYPE_INVALID
+    );
+    // PRPs (PSDT 0) are not for fabrics.
+    let mut prp = w(1, 0, 8);
+    prp.flags = 0;
+    assert_eq!(
+        refused(admit_io(&mut io, prp, remote(32768))),
+        Status::INVALID_FIELD
+    );
+    assert_eq!(
+        admit_io(&mut io, w(1, 8, 8), remote(32768)),
+        Admission::Data(DataNeed {
+            len: 32768,
+            dir: nvmfd_transport::proto::nvme::Direction::HostToController,
+            bdev: Some(0),
+        })
+    );
+    // A read says it needs a buffer for the other direction; a flush needs nothing.
+    assert_eq!(
+        admit_io(&mut io, io_sqe(opcode::NVM_READ, 1, 0, 2), remote(8192)),
+        Admission::Data(DataNeed {
+            len: 8192,
+            dir: nvmfd_transport::proto::nvme::Direction::ControllerToHost,
+            bdev: Some(0),
+        })
+    );
+    assert_eq!(
+        admit_io(&mut io, io_sqe(opcode::NVM_FLUSH, 1, 0, 1), DataDesc::None),
+        Admission::Execute
+    );
+}
+
+/// In-capsule data is checked against the queue's capsule size (IOCCSZ on an I/O queue, the
+/// admin capsule size on the admin queue), its direction and what the capsule carried.
+#[test]
+fn admission_checks_in_capsule_data_against_the_queue() {
+    let t = target();
+    let (mut aq, cntlid) = admin(&t, NQN, HOST_A);
+    let (mut io, _) = io_queue(&t, 1, cntlid);
+    let ioc = io.transport().in_capsule_data_size;
+    assert_eq!(io.in_capsule_limit(), ioc);
+    assert_eq!(aq.in_capsule_limit(), 8192);
+    let ic = |offset: u64, len: u32, carried: u32| DataDesc::InCapsule {
+        offset,
+        len,
+        carried,
+    };
+    let blocks = ioc / 4096;
+    let w = io_sqe(opcode::NVM_WRITE, 1, 0, blocks);
+    assert!(matches!(
+        admit_io(&mut io, w, ic(0, ioc, ioc)),
+        Admission::Data(DataNeed { len, .. }) if len == ioc
+    ));
+    // Past the capsule size, past what came, an offset outside the capsule.
+    let big = io_sqe(opcode::NVM_WRITE, 1, 0, blocks + 1);
+    assert_eq!(
+        refused(admit_io(&mut io, big, ic(0, ioc + 4096, ioc + 4096))),
+        Status::DATA_SGL_LENGTH_INVALID
+    );
+    assert_eq!(
+        refused(admit_io(&mut io, w, ic(0, ioc, ioc - 16))),
+        Status::DATA_SGL_LENGTH_INVALID
+    );
+    assert_eq!(
+        refused(admit_io(&mut io, w, ic(ioc as u64 + 16, 16, 16))),
+        Status::SGL_OFFSET_INVALID
+    );
+    // In-capsule data on a read.
+    assert_eq!(
+        refused(admit_io(
+            &mut io,
+            io_sqe(opcode::NVM_READ, 1, 0, 1),
+            ic(0, 4096, 4096)
+        )),
+        Status::DATA_SGL_LENGTH_INVALID
+    );
+    // Admission refusals are completions of their own: the SQ head moves for each.
+    let a = refused_response(admit_io(&mut aq, w, ic(0, 9000, 9000)));
+    let b = refused_response(admit_io(&mut aq, w, ic(0, 9000, 9000)));
+    assert_eq!(a.cqe.sqid, 0);
+    assert_eq!(b.cqe.sqhd, (a.cqe.sqhd + 1) % aq.sq_entries());
+}
+
+fn refused_response(a: Admission) -> Response {
+    match a {
+        Admission::Respond(r) => r,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// Identify Controller reports the values of the transport the admin queue arrived on.
+#[test]
+fn identify_reports_the_transport_of_the_admin_queue() {
+    let t = target();
+    let mut info = *t.transport(nvmfd_config::TransportKind::Tcp).unwrap();
+    info.in_capsule_data_size = 4096;
+    info.max_io_size = 64 * 1024;
+    info.sgls = 0x0010_0005;
+    info.msdbd = 16;
+    info.iorcsz = 2;
+    let mut qp = QueuePair::new(t.clone(), info);
+    let r = connect_cmd(&mut qp, 0, 31, 0xffff, NQN, HOST_A, Instant::now());
+    assert_eq!(r.cqe.status, Status::SUCCESS);
+    prop(&mut qp, true, property::CC, 4, CC_ENABLE);
+    let (st, id) = identify(&mut qp, cns::CONTROLLER, 0);
+    assert_eq!(st, Status::SUCCESS);
+    assert_eq!(id[77], 4, "MDTS 64 KiB = 2^4 pages");
+    assert_eq!(
+        u32::from_le_bytes(id[536..540].try_into().unwrap()),
+        0x0010_0005
+    );
+    assert_eq!(
+        u32::from_le_bytes(id[1792..1796].try_into().unwrap()),
+        (64 + 4096) / 16
+    );
+    assert_eq!(u32::from_le_bytes(id[1796..1800].try_into().unwrap()), 2);
+    assert_eq!(id[1803], 16);
 }

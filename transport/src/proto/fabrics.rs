@@ -186,8 +186,9 @@ pub struct DiscoveryLogEntry {
     pub trsvcid: String,
     pub subnqn: String,
     pub traddr: String,
-    /// TCP: security type (0 = none).
-    pub tsas: [u8; 4],
+    /// Transport-specific address subtype, first 16 of its 256 bytes (the rest are 0). TCP:
+    /// byte 0 security type (0 = none); RDMA: QPTYPE, PRTYPE, CMS, then PKEY at bytes 9:8.
+    pub tsas: [u8; 16],
 }
 
 impl DiscoveryLogEntry {
@@ -208,13 +209,13 @@ impl DiscoveryLogEntry {
         put_str(&mut b[32..64], &self.trsvcid, b' ');
         put_str(&mut b[256..512], &self.subnqn, 0);
         put_str(&mut b[512..768], &self.traddr, b' ');
-        b[768..772].copy_from_slice(&self.tsas);
+        b[768..784].copy_from_slice(&self.tsas);
         b
     }
 
     pub fn decode(b: &[u8; 1024]) -> Self {
-        let mut tsas = [0u8; 4];
-        tsas.copy_from_slice(&b[768..772]);
+        let mut tsas = [0u8; 16];
+        tsas.copy_from_slice(&b[768..784]);
         DiscoveryLogEntry {
             trtype: b[0],
             adrfam: b[1],
@@ -293,7 +294,7 @@ mod tests {
             trsvcid: "4420".into(),
             subnqn: "nqn.a".into(),
             traddr: "127.0.0.1".into(),
-            tsas: [0; 4],
+            tsas: [0; 16],
         };
         let b = e.encode();
         assert_eq!(&b[32..38], b"4420  ");

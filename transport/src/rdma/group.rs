@@ -4,20 +4,22 @@
 //! registered data buffer pool (regions registered once, never per I/O). Queue pairs are made on
 //! that SRQ and CQ when a reactor takes a connection ([`RdmaGroup::add`]).
 //!
-//! A command's life, per slot of its queue pair (NVMe/RDMA 1.0, 3.4):
-//! RECV (capsule copied out, receive buffer re-posted at once) → SGL planned ([`super::admit`]) →
-//! host writes: a registered buffer, then RDMA READs (at most the initiator depth outstanding)
-//! → ready: the reactor runs it through the core ([`RdmaGroup::next_ready`]) → the core's answer
-//! ([`RdmaGroup::complete`]) → for reads RDMA WRITEs (unsignaled) chained before the response
-//! SEND (SEND with Invalidate when the descriptor asked) → SEND completion frees the slot.
+//! A command's life, per slot of its queue pair (NVMe/RDMA 1.0, 3.4), in the terms of
+//! [`crate::group`]: RECV (SQE and in-capsule bytes copied out, the receive buffer re-posted at
+//! once) → descriptors parsed ([`super::admit::plan`]) → `Event::Command` → the core admits →
+//! `fetch`: a registered buffer, then for host writes RDMA READs (at most the initiator depth
+//! outstanding) → `Event::DataReady` → the core executes → `respond`: for reads RDMA WRITEs
+//! (unsignaled) chained before the response SEND (SEND with Invalidate when the descriptor
+//! asked) → the SEND's completion frees the slot.
 //!
 //! Failures: a completion in error (other than a flush) or a disconnect/time-wait/device event
 //! closes the queue pair: it is disconnected (the QP moves to error and every posted WR comes
-//! back flushed), commands not yet posted are dropped, and once nothing it posted is
-//! outstanding and the core has handed back every command it runs, the QP is destroyed and its
-//! buffers return to the pool. Other queue pairs are not touched.
+//! back flushed), commands not yet posted are dropped, the reactor hears `Event::Closed` at once,
+//! and once nothing it posted is outstanding the QP is destroyed, its buffers return to the pool
+//! and its id is free again. Other queue pairs are not touched.
 
 use super::admit::{self, Admitted, DataPlan, SglLimits, MAX_KEYED};
+use crate::group::{ConnId, DataDesc, DataNeed, Event, PollGroup, TransportInfo};
 use super::listener::Incoming;
 use super::sched::{cut, Kind, Piece, Reads, WrId};
 use super::verbs::{
@@ -26,7 +28,6 @@ use super::verbs::{
 };
 use crate::proto::nvme::{Cqe, Direction, Sqe};
 use crate::proto::rdma::{CmAccept, CmReject, RejectStatus, RECFMT_1_0};
-use crate::proto::status::Status;
 use crate::{Capsule, Response};
 use nvmfd_p2p::mem::{BufPool, IoBuf, Keys, PdId, Region, Registrar};
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +60,13 @@ pub struct RdmaParams {
     pub max_io_size: u32,
     pub srq_depth: u32,
     pub buffer_pool_size: u64,
+}
+
+/// What a reactor needs to build its NVMe/RDMA group.
+#[derive(Debug, Clone, Copy)]
+pub struct RdmaGroupConfig {
+    pub params: RdmaParams,
+    pub info: TransportInfo,
 }
 
 /// Registers a pool's regions with one protection domain.
@@ -109,17 +117,13 @@ struct Device {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     Free,
-    /// Waiting for a large buffer.
+    /// Fetched, waiting for a large buffer.
     AwaitingBuffer,
     /// RDMA READs of its data queued or in flight.
     Reading,
-    /// Ready for the core.
-    Ready,
-    /// The core (or a block device) has it.
-    Executing,
-    /// The core holds it to answer later (an Asynchronous Event Request): nothing to wait for
-    /// when the queue pair closes.
-    Held,
+    /// With the core, to admit (after `Event::Command`), or to execute (after
+    /// `Event::DataReady`, or `Admission::Execute`), or held (an AER), or with a block device.
+    Core,
     /// The response (and read data) posted; waiting for the SEND completion.
     Sending,
 }
@@ -127,6 +131,8 @@ enum SlotState {
 struct Slot {
     state: SlotState,
     cap: Capsule,
+    /// In-capsule data (or the descriptor list) copied out of the receive buffer, until fetch.
+    icd: Option<IoBuf>,
     plan: DataPlan,
     reads_total: u8,
     reads_done: u8,
@@ -141,16 +147,15 @@ enum ConnState {
     Closing,
 }
 
-struct Conn<T> {
+struct Conn {
     id: CmId,
     /// This queue pair's index in the group (in its WR IDs).
     idx: u16,
     dev: usize,
     generation: u16,
     qid: u16,
-    user: T,
     state: ConnState,
-    why: &'static str,
+    why: String,
     closing_since: Option<Instant>,
     peer: Option<SocketAddr>,
     slots: Box<[Slot]>,
@@ -163,46 +168,36 @@ struct Conn<T> {
     buf_wait: VecDeque<u16>,
     /// Signaled WRs posted and not yet completed.
     signaled: u32,
-    /// Slots the core runs (not yet handed back through `complete`/`release`).
-    executing: u32,
+    /// SENDs posted and not yet completed (responses not yet on the wire).
+    sending: u32,
     sgl: SglLimits,
 }
 
-/// One reactor's RDMA poll group; `T` is what the reactor keeps per queue pair (its core queue
-/// pair).
-pub struct RdmaGroup<T> {
+/// One reactor's RDMA poll group.
+pub struct RdmaGroup {
     // Queue pairs first: they drop (destroying their QPs) before the devices' SRQs, CQs,
     // memory regions and PDs.
-    conns: Vec<Option<Conn<T>>>,
+    conns: Vec<Option<Conn>>,
+    cfg: RdmaGroupConfig,
     params: RdmaParams,
+    reactor: usize,
     channel: EventChannel,
     devices: Arc<Devices>,
     devs: Vec<Device>,
     free: Vec<usize>,
     by_qp: HashMap<u32, usize>,
     by_id: HashMap<IdHandle, usize>,
-    ready: VecDeque<(u16, u16)>,
-    closed: Vec<(T, Option<SocketAddr>, &'static str)>,
+    events: VecDeque<Event>,
     generation: u16,
     wcs: Box<[Wc]>,
 }
 
-fn error_response(sqe: &Sqe, qid: u16, status: Status) -> Response {
-    Response {
-        cqe: Cqe {
-            cid: sqe.cid,
-            sqid: qid,
-            status,
-            ..Default::default()
-        },
-        data_len: 0,
-    }
-}
-
-impl<T> RdmaGroup<T> {
-    pub fn new(params: RdmaParams) -> super::verbs::Result<RdmaGroup<T>> {
+impl RdmaGroup {
+    fn build(cfg: &RdmaGroupConfig, reactor: usize) -> super::verbs::Result<RdmaGroup> {
         Ok(RdmaGroup {
-            params,
+            cfg: *cfg,
+            params: cfg.params,
+            reactor,
             channel: EventChannel::new()?,
             devices: Devices::open()?,
             devs: Vec::new(),
@@ -210,8 +205,7 @@ impl<T> RdmaGroup<T> {
             free: Vec::new(),
             by_qp: HashMap::new(),
             by_id: HashMap::new(),
-            ready: VecDeque::with_capacity(4096),
-            closed: Vec::new(),
+            events: VecDeque::with_capacity(4096),
             generation: 0,
             wcs: vec![Wc::default(); CQ_BATCH].into_boxed_slice(),
         })
@@ -278,7 +272,7 @@ impl<T> RdmaGroup<T> {
                 id: pd_id,
             })],
         );
-        info!(device = %ctx.name(), srq_depth = depth, recv_size, "RDMA device ready on this reactor");
+        info!(reactor = self.reactor, device = %ctx.name(), srq_depth = depth, recv_size, "RDMA device ready");
         self.devs.push(Device {
             ctx: ctx.clone(),
             pd,
@@ -300,14 +294,14 @@ impl<T> RdmaGroup<T> {
 
     /// Take a connection admitted by the listener: move its cm_id to this group's channel, make
     /// its QP on the device's PD, CQ and SRQ, and accept with CRQSIZE. On failure the host gets
-    /// a "no resources" reject and the user value comes back.
-    pub fn add(&mut self, inc: Incoming, user: T) -> Result<usize, (T, String)> {
+    /// a "no resources" reject.
+    fn add_incoming(&mut self, inc: Incoming) {
         let Incoming {
             mut id,
             admitted,
             host_ord,
             peer,
-            ..
+            local,
         } = inc;
         match self.try_add(&mut id, admitted, host_ord) {
             Ok(parts) => {
@@ -343,6 +337,7 @@ impl<T> RdmaGroup<T> {
                 let slots: Box<[Slot]> = (0..n)
                     .map(|_| Slot {
                         state: SlotState::Free,
+                        icd: None,
                         cap: Capsule {
                             sqe: Sqe::default(),
                             buf: None,
@@ -363,9 +358,8 @@ impl<T> RdmaGroup<T> {
                     dev,
                     generation,
                     qid: admitted.qid,
-                    user,
                     state: ConnState::Accepted,
-                    why: "",
+                    why: String::new(),
                     closing_since: None,
                     peer,
                     slots,
@@ -376,15 +370,18 @@ impl<T> RdmaGroup<T> {
                     reads: Reads::new(admitted.initiator_depth, n),
                     buf_wait: VecDeque::with_capacity(n),
                     signaled: 0,
-                    executing: 0,
+                    sending: 0,
                     sgl,
                 });
-                Ok(idx)
+                self.events.push_back(Event::Connected {
+                    conn: idx as ConnId,
+                    peer: peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0))),
+                    local,
+                });
             }
             Err((status, why)) => {
                 let _ = id.reject(&CmReject::new(status).encode());
                 warn!(peer = ?peer, reason = %why, "RDMA connect request rejected: no resources");
-                Err((user, why))
             }
         }
     }
@@ -397,6 +394,9 @@ impl<T> RdmaGroup<T> {
         host_ord: u8,
     ) -> Result<(usize, Mr, Box<[Sge]>, Box<[SendWr]>, SglLimits), (RejectStatus, String)> {
         let nores = |e: String| (RejectStatus::NoResources, e);
+        if self.free.is_empty() && self.conns.len() >= usize::from(ConnId::MAX) {
+            return Err(nores("too many queue pairs on this reactor".into()));
+        }
         id.migrate(&self.channel).map_err(|e| nores(e.to_string()))?;
         let ctx = id
             .context(&self.devices)
@@ -460,19 +460,18 @@ impl<T> RdmaGroup<T> {
         };
         id.accept(&param, &rep.encode())
             .map_err(|e| nores(e.to_string()))?;
-        // The admin queue's capsules carry up to 8 KiB in the capsule... but our receive
-        // buffers hold in_capsule_data_size: that is what IOCCSZ advertises for every queue.
+        // Receive buffers hold in_capsule_data_size after the SQE, on every queue: what
+        // IOCCSZ advertises (and the admin queue's capsule size, see `transport_info`).
         let sgl = SglLimits {
             in_capsule: self.params.in_capsule_data_size,
-            max_io: self.params.max_io_size.max(SMALL_BUF as u32),
-            msdbd: MAX_KEYED as u8,
+            msdbd: self.cfg.info.msdbd,
         };
         Ok((dev, rsp_mr, sges, wrs, sgl))
     }
 
     /// Poll the event channel and every device's CQ; move commands along. Returns whether
     /// anything happened.
-    pub fn poll(&mut self) -> bool {
+    fn poll(&mut self) -> bool {
         let mut work = self.poll_events();
         for d in 0..self.devs.len() {
             work |= self.poll_cq(d);
@@ -509,24 +508,24 @@ impl<T> RdmaGroup<T> {
                         debug!(peer = ?c.peer, qid = c.qid, "RDMA connection established");
                     }
                 }
-                Some(EventKind::Disconnected) => self.close(idx, "host disconnected"),
-                Some(EventKind::TimewaitExit) => self.close(idx, "time-wait exit"),
+                Some(EventKind::Disconnected) => self.end(idx, "host disconnected"),
+                Some(EventKind::TimewaitExit) => self.end(idx, "time-wait exit"),
                 Some(EventKind::DeviceRemoval) => {
                     let dev = self.conns[idx].as_ref().map(|c| c.dev);
-                    self.close(idx, "RDMA device removed");
+                    self.end(idx, "RDMA device removed");
                     if let Some(dev) = dev {
                         self.devs[dev].gone = true;
                         for i in 0..self.conns.len() {
                             if self.conns[i].as_ref().is_some_and(|c| c.dev == dev) {
-                                self.close(i, "RDMA device removed");
+                                self.end(i, "RDMA device removed");
                             }
                         }
                     }
                 }
-                Some(EventKind::AddrChange) => self.close(idx, "address changed"),
+                Some(EventKind::AddrChange) => self.end(idx, "address changed"),
                 Some(
                     EventKind::ConnectError | EventKind::Unreachable | EventKind::Rejected,
-                ) => self.close(idx, "connection failed"),
+                ) => self.end(idx, "connection failed"),
                 _ => debug!(event = %ev.name(), "rdma_cm event ignored"),
             }
         }
@@ -601,20 +600,24 @@ impl<T> RdmaGroup<T> {
                     if s.reads_failed || c.state == ConnState::Closing {
                         free_slot(c, &mut self.devs[d].pool, slot);
                     } else {
-                        s.state = SlotState::Ready;
-                        self.ready.push_back((idx as u16, slot as u16));
+                        s.state = SlotState::Core;
+                        self.events.push_back(Event::DataReady {
+                            conn: idx as ConnId,
+                            slot: slot as u16,
+                        });
                     }
                 }
             }
             Kind::Send => {
                 c.signaled = c.signaled.saturating_sub(1);
+                c.sending = c.sending.saturating_sub(1);
                 free_slot(c, &mut self.devs[d].pool, slot);
             }
             // Unsignaled WRITEs complete only in error (flushed): the SEND after them tells.
             Kind::Write | Kind::Recv => {}
         }
         if !ok {
-            self.close(idx, "RDMA work request failed");
+            self.end(idx, "RDMA work request failed");
         }
     }
 
@@ -640,7 +643,7 @@ impl<T> RdmaGroup<T> {
         let len = wc.byte_len() as usize;
         if len < Sqe::SIZE || len > dev.recv_size {
             warn!(peer = ?c.peer, qid = c.qid, len, "capsule of a bad length; closing the queue pair");
-            self.close(idx, "capsule of a bad length");
+            self.end(idx, "capsule of a bad length");
             return;
         }
         let Some(mem) = dev.recv_mr.mem() else {
@@ -656,86 +659,69 @@ impl<T> RdmaGroup<T> {
         // outstanding than CRQSIZE; one that does breaks the protocol.
         let Some(slot) = c.free_slots.pop() else {
             warn!(peer = ?c.peer, qid = c.qid, "host exceeded its queue size; closing the queue pair");
-            self.close(idx, "host exceeded its queue size");
+            self.end(idx, "host exceeded its queue size");
             return;
         };
         let s = slot as usize;
         // In-capsule data (or a descriptor list) lands in a small buffer, copied out of the
         // receive buffer so that one is re-posted at once.
         let icd = len - Sqe::SIZE;
-        let mut buf = dev.pool.get(icd.max(1));
-        if icd > 0 && mem.read_at(base + Sqe::SIZE, &mut buf.as_mut_slice()[..icd]).is_err() {
-            dev.pool.put(buf);
-            c.free_slots.push(slot);
-            return;
-        }
-        let plan = admit::plan(&sqe, &buf.as_slice()[..icd], &c.sgl);
-        {
-            let sl = &mut c.slots[s];
-            sl.cap.sqe = sqe;
-            sl.cap.data_len = 0;
-            sl.cap.lent = None;
-            sl.reads_done = 0;
-            sl.reads_total = 0;
-            sl.reads_failed = false;
-        }
-        let plan = match plan {
-            Ok(p) => p,
-            Err(status) => {
-                let sl = &mut c.slots[s];
-                sl.cap.buf = Some(buf);
-                sl.plan = DataPlan::None;
-                sl.state = SlotState::Executing;
-                c.executing += 1;
-                let resp = error_response(&sqe, c.qid, status);
-                debug!(peer = ?c.peer, qid = c.qid, cid = sqe.cid, %status, "command refused by the transport");
-                self.complete(idx, slot, resp);
+        let mut icd_buf = None;
+        if icd > 0 {
+            let mut buf = dev.pool.get(icd);
+            if mem
+                .read_at(base + Sqe::SIZE, &mut buf.as_mut_slice()[..icd])
+                .is_err()
+            {
+                dev.pool.put(buf);
+                c.free_slots.push(slot);
                 return;
             }
+            icd_buf = Some(buf);
+        }
+        let data: &[u8] = icd_buf.as_ref().map_or(&[], |b| &b.as_slice()[..icd]);
+        let (plan, desc) = match admit::plan(&sqe, data, &c.sgl) {
+            Ok(p @ DataPlan::None) => (p, DataDesc::None),
+            Ok(p @ DataPlan::InCapsule { offset, len }) => (
+                p,
+                DataDesc::InCapsule {
+                    offset: u64::from(offset),
+                    len,
+                    carried: icd as u32,
+                },
+            ),
+            Ok(p @ DataPlan::Keyed { total, n, .. }) => (
+                p,
+                DataDesc::Remote {
+                    len: total,
+                    descriptors: u16::from(n),
+                },
+            ),
+            Err(status) => (DataPlan::None, DataDesc::Refused(status)),
         };
-        let sl = &mut c.slots[s];
-        sl.plan = plan;
-        match plan {
-            DataPlan::None => {
-                sl.cap.buf = Some(buf);
-                sl.state = SlotState::Ready;
-                self.ready.push_back((idx as u16, slot));
-            }
-            DataPlan::InCapsule { offset, len } => {
-                let (o, l) = (offset as usize, len as usize);
-                if o != 0 {
-                    buf.as_mut_slice().copy_within(o..o + l, 0);
-                }
-                sl.cap.buf = Some(buf);
-                sl.cap.data_len = len;
-                sl.state = SlotState::Ready;
-                self.ready.push_back((idx as u16, slot));
-            }
-            DataPlan::Keyed { total, dir, n, .. } => {
-                sl.cap.data_len = total;
-                sl.reads_total = if dir == Direction::HostToController {
-                    n
-                } else {
-                    0
-                };
-                if dev.pool.is_small(total as usize) {
-                    sl.cap.buf = Some(buf);
-                    start_data(c, slot, &mut self.ready, idx);
-                } else {
-                    dev.pool.put(buf);
-                    match dev.pool.try_get(total as usize) {
-                        Some(b) => {
-                            c.slots[s].cap.buf = Some(b);
-                            start_data(c, slot, &mut self.ready, idx);
-                        }
-                        None => {
-                            c.slots[s].state = SlotState::AwaitingBuffer;
-                            c.buf_wait.push_back(slot);
-                        }
-                    }
-                }
+        // The descriptor list is parsed: its bytes are not needed any more.
+        if matches!(plan, DataPlan::Keyed { .. }) {
+            if let Some(b) = icd_buf.take() {
+                dev.pool.put(b);
             }
         }
+        let sl = &mut c.slots[s];
+        sl.cap.sqe = sqe;
+        sl.cap.data_len = 0;
+        sl.cap.lent = None;
+        sl.cap.buf = None;
+        sl.icd = icd_buf;
+        sl.plan = plan;
+        sl.reads_done = 0;
+        sl.reads_total = 0;
+        sl.reads_failed = false;
+        sl.state = SlotState::Core;
+        self.events.push_back(Event::Command {
+            conn: idx as ConnId,
+            slot,
+            sqe,
+            desc,
+        });
     }
 
     /// Give waiting commands their buffers and issue the RDMA READs there is room for.
@@ -754,7 +740,7 @@ impl<T> RdmaGroup<T> {
             };
             c.buf_wait.pop_front();
             c.slots[slot as usize].cap.buf = Some(b);
-            start_data(c, slot, &mut self.ready, idx);
+            start_data(c, slot, &mut self.events, idx);
         }
         let mut failed = false;
         loop {
@@ -774,68 +760,85 @@ impl<T> RdmaGroup<T> {
             c.signaled += 1;
         }
         if failed {
-            self.close(idx, "posting an RDMA READ failed");
+            self.end(idx, "posting an RDMA READ failed");
         }
     }
 
-    /// The next command ready for the core: (queue pair, slot).
-    pub fn next_ready(&mut self) -> Option<(usize, u16)> {
-        while let Some((c, s)) = self.ready.pop_front() {
-            let Some(conn) = self.conns[c as usize].as_mut() else {
-                continue;
-            };
-            let sl = &mut conn.slots[s as usize];
-            if sl.state != SlotState::Ready {
-                continue;
-            }
-            if conn.state == ConnState::Closing {
-                free_slot(conn, &mut self.devs[conn.dev].pool, s as usize);
-                continue;
-            }
-            sl.state = SlotState::Executing;
-            conn.executing += 1;
-            return Some((c as usize, s));
-        }
-        None
-    }
-
-    /// The reactor's value and the capsule of a command it runs.
-    pub fn parts(&mut self, idx: usize, slot: u16) -> Option<(&mut T, &mut Capsule)> {
-        let c = self.conns.get_mut(idx)?.as_mut()?;
-        let s = c.slots.get_mut(slot as usize)?;
-        Some((&mut c.user, &mut s.cap))
-    }
-
-    pub fn user_mut(&mut self, idx: usize) -> Option<&mut T> {
-        Some(&mut self.conns.get_mut(idx)?.as_mut()?.user)
-    }
-
-    /// Indices of the live queue pairs (for timers).
-    pub fn indices(&self) -> impl Iterator<Item = usize> + '_ {
-        self.conns
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.is_some())
-            .map(|(i, _)| i)
-    }
-
-    pub fn generation(&self, idx: usize) -> Option<u16> {
-        Some(self.conns.get(idx)?.as_ref()?.generation)
-    }
-
-    /// The core answered a command (its buffer, if a block device had it, is back in the
-    /// capsule): move read data with RDMA WRITE, then SEND the response.
-    pub fn complete(&mut self, idx: usize, slot: u16, resp: Response) {
+    /// Get the data of an admitted command in place (see [`PollGroup::fetch`]).
+    fn do_fetch(&mut self, idx: usize, slot: u16, need: DataNeed) {
         let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
             return;
         };
         let s = slot as usize;
-        match c.slots[s].state {
-            SlotState::Executing => c.executing -= 1,
-            SlotState::Held => {}
-            _ => return,
+        if c.state == ConnState::Closing || c.slots[s].state != SlotState::Core {
+            return;
         }
         let dev = &mut self.devs[c.dev];
+        let plan = c.slots[s].plan;
+        match plan {
+            DataPlan::InCapsule { offset, len } => {
+                // Admission checked offset + len against what the capsule carried.
+                let sl = &mut c.slots[s];
+                let Some(mut buf) = sl.icd.take() else {
+                    return;
+                };
+                let (o, l) = (offset as usize, len as usize);
+                if o != 0 {
+                    buf.as_mut_slice().copy_within(o..o + l, 0);
+                }
+                sl.cap.buf = Some(buf);
+                sl.cap.data_len = len;
+                self.events.push_back(Event::DataReady {
+                    conn: idx as ConnId,
+                    slot,
+                });
+            }
+            DataPlan::Keyed { n, dir, .. } => {
+                let sl = &mut c.slots[s];
+                sl.cap.data_len = need.len;
+                sl.reads_total = if dir == Direction::HostToController {
+                    n
+                } else {
+                    0
+                };
+                match dev.pool.try_get(need.len as usize) {
+                    Some(b) => {
+                        sl.cap.buf = Some(b);
+                        start_data(c, slot, &mut self.events, idx);
+                    }
+                    None => {
+                        sl.state = SlotState::AwaitingBuffer;
+                        c.buf_wait.push_back(slot);
+                    }
+                }
+            }
+            DataPlan::None => {
+                // Admission asked for data the descriptors do not name: a buffer all the same
+                // (the core decides what to do with it).
+                let sl = &mut c.slots[s];
+                sl.cap.buf = Some(dev.pool.get(need.len as usize));
+                sl.cap.data_len = need.len;
+                self.events.push_back(Event::DataReady {
+                    conn: idx as ConnId,
+                    slot,
+                });
+            }
+        }
+    }
+
+    /// Answer a command: move read data with RDMA WRITE, then SEND the response.
+    fn do_respond(&mut self, idx: usize, slot: u16, resp: Response) {
+        let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
+            return;
+        };
+        let s = slot as usize;
+        if c.slots[s].state != SlotState::Core {
+            return;
+        }
+        let dev = &mut self.devs[c.dev];
+        if let Some(b) = c.slots[s].icd.take() {
+            dev.pool.put(b);
+        }
         if c.state == ConnState::Closing {
             free_slot(c, &mut dev.pool, s);
             return;
@@ -843,53 +846,35 @@ impl<T> RdmaGroup<T> {
         if let Err(e) = post_response(c, dev.pd_id, slot, resp) {
             warn!(peer = ?c.peer, qid = c.qid, error = %e, "posting a response failed; closing the queue pair");
             free_slot(c, &mut dev.pool, s);
-            self.close(idx, "posting a response failed");
+            self.end(idx, "posting a response failed");
             return;
         }
         c.slots[s].state = SlotState::Sending;
         c.signaled += 1;
+        c.sending += 1;
     }
 
-    /// The core keeps this command to answer later ([`RdmaGroup::complete`] then).
-    pub fn hold(&mut self, idx: usize, slot: u16) {
-        let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
-            return;
-        };
-        let s = &mut c.slots[slot as usize];
-        if s.state == SlotState::Executing {
-            s.state = SlotState::Held;
-            c.executing -= 1;
+    /// The group ends a queue pair itself: the reactor hears `Event::Closed`.
+    fn end(&mut self, idx: usize, why: &str) {
+        if self.begin_close(idx, why) {
+            self.events.push_back(Event::Closed {
+                conn: idx as ConnId,
+                why: why.to_string(),
+            });
         }
-    }
-
-    /// Nothing of this queue pair is posted or with the core (it may close without losing a
-    /// response).
-    pub fn is_idle(&self, idx: usize) -> bool {
-        self.conns
-            .get(idx)
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| c.signaled == 0 && c.executing == 0)
-    }
-
-    /// Whether a queue pair is closing.
-    pub fn is_closing(&self, idx: usize) -> bool {
-        self.conns
-            .get(idx)
-            .and_then(|c| c.as_ref())
-            .is_some_and(|c| c.state == ConnState::Closing)
     }
 
     /// Start closing a queue pair: disconnect (its QP goes to the error state and everything
-    /// posted comes back flushed) and drop what was not posted.
-    pub fn close(&mut self, idx: usize, why: &'static str) {
+    /// posted comes back flushed) and drop what was not posted. Returns whether it was open.
+    fn begin_close(&mut self, idx: usize, why: &str) -> bool {
         let Some(c) = self.conns.get_mut(idx).and_then(|c| c.as_mut()) else {
-            return;
+            return false;
         };
         if c.state == ConnState::Closing {
-            return;
+            return false;
         }
         c.state = ConnState::Closing;
-        c.why = why;
+        c.why = why.to_string();
         c.closing_since = Some(Instant::now());
         if let Err(e) = c.id.disconnect() {
             debug!(peer = ?c.peer, error = %e, "rdma_disconnect");
@@ -909,13 +894,14 @@ impl<T> RdmaGroup<T> {
                 }
             }
         }
-    }
-
-    /// Close every queue pair (daemon shutdown).
-    pub fn close_all(&mut self) {
-        for i in 0..self.conns.len() {
-            self.close(i, "daemon shutting down");
+        // What the core or a block device has is the reactor's from now on (a block device's
+        // buffer comes back through `recycle`); what waits in a slot goes back now.
+        for s in 0..c.slots.len() {
+            if c.slots[s].state == SlotState::Core {
+                free_slot(c, pool, s);
+            }
         }
+        true
     }
 
     /// Destroy closing queue pairs that have nothing outstanding.
@@ -923,13 +909,13 @@ impl<T> RdmaGroup<T> {
         for idx in 0..self.conns.len() {
             let done = match self.conns[idx].as_ref() {
                 Some(c) if c.state == ConnState::Closing => {
-                    let idle = c.signaled == 0 && c.executing == 0;
+                    let idle = c.signaled == 0;
                     let late = c
                         .closing_since
                         .is_some_and(|t| t.elapsed() > CLOSE_TIMEOUT);
                     if late && !idle {
-                        warn!(peer = ?c.peer, qid = c.qid, outstanding = c.signaled, executing = c.executing,
-                            "closing RDMA queue pair still has work outstanding; destroying it anyway");
+                        warn!(peer = ?c.peer, qid = c.qid, outstanding = c.signaled,
+                            "closing RDMA queue pair still has work requests outstanding; destroying it anyway");
                     }
                     idle || late
                 }
@@ -946,6 +932,9 @@ impl<T> RdmaGroup<T> {
                 if let Some(b) = c.slots[s].cap.buf.take() {
                     dev.pool.put(b);
                 }
+                if let Some(b) = c.slots[s].icd.take() {
+                    dev.pool.put(b);
+                }
             }
             dev.conns -= 1;
             dev.commands -= c.slots.len() as u32;
@@ -954,46 +943,130 @@ impl<T> RdmaGroup<T> {
             }
             self.by_id.remove(&c.id.handle());
             self.free.push(idx);
-            debug!(peer = ?c.peer, qid = c.qid, reason = c.why, "RDMA queue pair destroyed");
-            let Conn { user, peer, why, .. } = c;
-            self.closed.push((user, peer, why));
+            debug!(peer = ?c.peer, qid = c.qid, reason = %c.why, "RDMA queue pair destroyed");
         }
     }
 
-    /// A destroyed queue pair's reactor value, its peer and why it closed.
-    pub fn take_closed(&mut self) -> Option<(T, Option<SocketAddr>, &'static str)> {
-        self.closed.pop()
-    }
-
-    /// No queue pair left.
-    pub fn is_empty(&self) -> bool {
-        self.conns.iter().all(|c| c.is_none())
-    }
-
-    /// Queue pairs on this reactor.
+    /// Queue pairs on this reactor (closing ones included).
     pub fn queue_pairs(&self) -> usize {
         self.conns.iter().flatten().count()
     }
 }
 
+impl PollGroup for RdmaGroup {
+    type Incoming = Incoming;
+    type Config = RdmaGroupConfig;
+
+    fn new(cfg: &RdmaGroupConfig, reactor: usize) -> std::io::Result<Self> {
+        let g = RdmaGroup::build(cfg, reactor).map_err(|e| std::io::Error::other(e.to_string()))?;
+        info!(reactor, transport = "rdma", "poll group ready");
+        Ok(g)
+    }
+
+    fn info(&self) -> &TransportInfo {
+        &self.cfg.info
+    }
+
+    fn add(&mut self, incoming: Incoming) {
+        self.add_incoming(incoming);
+    }
+
+    fn poll_recv(&mut self, _cold_turn: bool) -> bool {
+        self.poll()
+    }
+
+    fn next_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    fn fetch(&mut self, conn: ConnId, slot: u16, need: DataNeed) {
+        self.do_fetch(conn as usize, slot, need);
+    }
+
+    fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule {
+        &mut self.conns[conn as usize]
+            .as_mut()
+            .expect("the reactor names only live connections")
+            .slots[slot as usize]
+            .cap
+    }
+
+    fn respond(&mut self, conn: ConnId, slot: u16, resp: Response) {
+        self.do_respond(conn as usize, slot, resp);
+    }
+
+    fn set_queue(&mut self, conn: ConnId, qid: u16, entries: u16) {
+        // The queue's size was fixed by the connect request (HSQSIZE); the Connect command
+        // repeats it (NVMe/RDMA 1.0, 3.3: HSQSIZE is the SQSIZE of the Connect command).
+        if let Some(c) = self.conns.get(conn as usize).and_then(|c| c.as_ref()) {
+            if c.qid != qid || c.slots.len() != usize::from(entries) {
+                debug!(peer = ?c.peer, cm_qid = c.qid, qid, cm_entries = c.slots.len(), entries,
+                    "Connect disagrees with the RDMA connect request's QID or HSQSIZE");
+            }
+        }
+    }
+
+    fn close(&mut self, conn: ConnId) {
+        self.begin_close(conn as usize, "closed by the target");
+    }
+
+    fn poll_send(&mut self) -> bool {
+        // Work requests are posted as they are made (one doorbell per command).
+        false
+    }
+
+    fn poll_timers(&mut self, _now: Instant) {
+        self.reap();
+    }
+
+    fn conn_has_unsent(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(conn as usize)
+            .and_then(|c| c.as_ref())
+            .is_some_and(|c| c.sending > 0)
+    }
+
+    fn has_unsent(&self) -> bool {
+        self.conns.iter().flatten().any(|c| c.sending > 0)
+    }
+
+    fn takes_lent_data(&self, _conn: ConnId) -> bool {
+        // RDMA WRITE needs registered memory: a RAM disk's own blocks are not.
+        false
+    }
+
+    fn recycle(&mut self, buf: IoBuf) {
+        match self.devs.iter_mut().find(|d| buf.keys(d.pd_id).is_some()) {
+            Some(d) => d.pool.put(buf),
+            None => drop(buf),
+        }
+    }
+}
+
 /// Data buffer in place: reads go straight to the core, writes queue their RDMA READs.
-fn start_data<T>(c: &mut Conn<T>, slot: u16, ready: &mut VecDeque<(u16, u16)>, idx: usize) {
+fn start_data(c: &mut Conn, slot: u16, events: &mut VecDeque<Event>, idx: usize) {
     let s = &mut c.slots[slot as usize];
     if s.reads_total == 0 {
-        s.state = SlotState::Ready;
-        ready.push_back((idx as u16, slot));
+        s.state = SlotState::Core;
+        events.push_back(Event::DataReady {
+            conn: idx as ConnId,
+            slot,
+        });
     } else {
         s.state = SlotState::Reading;
         c.reads.push(slot, s.reads_total);
     }
 }
 
-fn free_slot<T>(c: &mut Conn<T>, pool: &mut BufPool, s: usize) {
+fn free_slot(c: &mut Conn, pool: &mut BufPool, s: usize) {
     let sl = &mut c.slots[s];
     if sl.state == SlotState::Free {
         return;
     }
     if let Some(b) = sl.cap.buf.take() {
+        pool.put(b);
+    }
+    if let Some(b) = sl.icd.take() {
         pool.put(b);
     }
     sl.state = SlotState::Free;
@@ -1012,7 +1085,7 @@ fn buf_sge(buf: &IoBuf, pd: PdId, off: u32, len: u32) -> Result<(u64, u32), &'st
 }
 
 /// Post RDMA READ number `k` of slot `slot`'s data.
-fn post_read<T>(c: &mut Conn<T>, pd: PdId, slot: u16, k: u8) -> Result<(), String> {
+fn post_read(c: &mut Conn, pd: PdId, slot: u16, k: u8) -> Result<(), String> {
     let s = &c.slots[slot as usize];
     let DataPlan::Keyed { descs, n, .. } = s.plan else {
         return Err("no keyed descriptors".into());
@@ -1053,7 +1126,7 @@ fn post_read<T>(c: &mut Conn<T>, pd: PdId, slot: u16, k: u8) -> Result<(), Strin
 
 /// Post the response of slot `slot`: RDMA WRITEs of `resp.data_len` bytes of read data
 /// (unsignaled), then the SEND (with Invalidate if the host asked), in one chain.
-fn post_response<T>(c: &mut Conn<T>, pd: PdId, slot: u16, resp: Response) -> Result<(), String> {
+fn post_response(c: &mut Conn, pd: PdId, slot: u16, resp: Response) -> Result<(), String> {
     let s = slot as usize;
     c.rsp_mr
         .mem()

@@ -69,7 +69,8 @@ impl Listeners {
                 };
                 let peer = id.peer_addr();
                 let local = id.local_addr();
-                match admit_connect(ev.private_data(), ev.responder_resources, &self.limits) {
+                // The CM reports the peer's IRD as our initiator depth (see `Event`).
+                match admit_connect(ev.private_data(), ev.initiator_depth, &self.limits) {
                     Ok(admitted) => {
                         debug!(peer = ?peer, qid = admitted.qid, entries = admitted.sq_entries,
                             initiator_depth = admitted.initiator_depth, "RDMA connect request admitted");
@@ -78,7 +79,7 @@ impl Listeners {
                             Some(Incoming {
                                 id,
                                 admitted,
-                                host_ord: ev.initiator_depth,
+                                host_ord: ev.responder_resources,
                                 peer,
                                 local,
                             }),

@@ -8,11 +8,38 @@ mod listener;
 mod sched;
 pub mod verbs;
 
-pub use group::{RdmaGroup, RdmaParams, MAX_INITIATOR_DEPTH};
+pub use group::{RdmaGroup, RdmaGroupConfig, RdmaParams, MAX_INITIATOR_DEPTH};
 pub use listener::{Incoming, Listeners};
 
 use std::net::SocketAddr;
 use verbs::{CmId, Devices, Error, EventChannel};
+
+/// What the core needs to know of NVMe/RDMA as configured (`transports.rdma`).
+pub fn transport_info(cfg: &nvmfd_config::RdmaTransport) -> crate::TransportInfo {
+    crate::TransportInfo {
+        kind: nvmfd_config::TransportKind::Rdma,
+        in_capsule_data_size: cfg.in_capsule_data_size,
+        // Every queue receives into the same SRQ buffers: the admin queue's capsules are
+        // bounded by the same size as the I/O queues'.
+        admin_in_capsule_data_size: cfg.in_capsule_data_size,
+        max_io_size: cfg.max_io_size,
+        max_queue_depth: cfg.max_queue_depth,
+        max_io_queues: cfg.max_io_queues,
+        // SGLS: SGLs supported (bits 1:0 = 01b), Keyed SGL Data Block (bit 2: mandatory for
+        // NVMe/RDMA, NVMe-oF 1.1 7.3.2; the Linux host refuses a controller without it),
+        // address as offset (bit 20: in-capsule data).
+        sgls: 0x0010_0005,
+        iorcsz: 1,
+        icdoff: 0,
+        // MSDBD: a Last Segment list of keyed descriptors in the capsule.
+        msdbd: admit::MAX_KEYED as u8,
+        trtype: crate::proto::fabrics::trtype::RDMA,
+        // TSAS (NVMe-oF 1.1, Figure "Transport Specific Address Subtype Definition for NVMe/RDMA
+        // Transport"): RDMA_QPTYPE 1 (reliable connected), RDMA_PRTYPE 1 (no provider
+        // specified), RDMA_CMS 1 (RDMA_CM); RDMA_PKEY 0. As Linux nvmet reports.
+        tsas: [1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+    }
+}
 
 /// Whether an RDMA listener can use `addr`: rdma-core is installed, rdma_cm is reachable, and
 /// (for a specific address) an RDMA device owns it. Returns the device's name (`None` for a

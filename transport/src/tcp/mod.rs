@@ -1,9 +1,15 @@
 //! NVMe/TCP, controller side: one [`TcpConn`] per host connection, owned and polled by one reactor.
 //!
-//! The connection negotiates ICReq/ICResp, turns CapsuleCmd PDUs into [`Capsule`]s (gathering
-//! write data in-capsule or through R2T/H2CData), and turns [`Response`]s into C2HData and
-//! CapsuleResp PDUs. It checks every PDU; a malformed one ends this connection (after a
-//! C2HTermReq saying why) and nothing else.
+//! The connection negotiates ICReq/ICResp and turns each CapsuleCmd PDU into a new command
+//! ([`ConnEvent::Command`]) with its SGL parsed into a [`DataDesc`]: NVMe/TCP knows two descriptor
+//! types, Data Block/Offset (in-capsule data) and Transport Data Block (R2T/H2CData, C2HData), and
+//! refuses others. The core admits the command from that alone; only then does the connection
+//! move data, when told to ([`TcpConn::fetch`]: a buffer from the pool, then the in-capsule copy
+//! or an R2T), and says when it is in place ([`ConnEvent::DataReady`]). Responses
+//! ([`TcpConn::respond`]) go out as C2HData and CapsuleResp PDUs. It checks every PDU; a malformed
+//! one ends this connection (after a C2HTermReq saying why) and nothing else.
+//!
+//! [`TcpGroup`] is the reactor's [`crate::group::PollGroup`] over all its NVMe/TCP connections.
 
 use crate::logsafe::{LogDecision, RateLimit};
 use crate::proto::nvme::{Cqe, Direction, SglDescriptor};
@@ -12,7 +18,7 @@ use crate::proto::tcp::{
     encode_capsule_resp, encode_term_req, fes, flags, parse_header, DataHeader, Digests,
     FatalError, Header, IcResp, R2t, COMMON_HEADER_SIZE,
 };
-use crate::{Capsule, Piece, Response, Transmit};
+use crate::{Capsule, DataDesc, DataNeed, Piece, Response, Transmit};
 use nvmfd_config::DigestMode;
 use nvmfd_p2p::mem::BufPool;
 use std::cell::RefCell;
@@ -22,7 +28,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
+mod group;
 mod socket;
+pub use group::{TcpGroup, TcpGroupConfig, TcpIncoming};
 pub use socket::Socket;
 
 /// Transient Transport Error: what a command whose data digest failed gets. It is a generic
@@ -82,6 +90,29 @@ impl TcpParams {
     }
 }
 
+/// What the core needs to know of NVMe/TCP as configured in `transports.tcp`.
+pub fn transport_info(cfg: &nvmfd_config::TcpTransport) -> crate::TransportInfo {
+    crate::TransportInfo {
+        kind: nvmfd_config::TransportKind::Tcp,
+        in_capsule_data_size: cfg.in_capsule_data_size,
+        admin_in_capsule_data_size: ADMIN_IN_CAPSULE,
+        max_io_size: cfg.max_io_size,
+        max_queue_depth: cfg.max_queue_depth,
+        max_io_queues: cfg.max_io_queues,
+        // SGLS: SGLs supported (bits 1:0 = 01b), address field as offset (bit 20): the two
+        // descriptor types NVMe/TCP uses (Data Block/Offset in the capsule, Transport Data Block).
+        sgls: 0x0010_0001,
+        // IORCSZ: 16-byte responses; ICDOFF 0 (in-capsule data right after the SQE).
+        iorcsz: 1,
+        icdoff: 0,
+        // MSDBD: one SGL descriptor per command (NVMe/TCP 1.0 allows no more).
+        msdbd: 1,
+        trtype: crate::proto::fabrics::trtype::TCP,
+        // TSAS byte 0 SECTYPE 0: no security (NVMe/TCP 1.0, 3.6.1.1).
+        tsas: [0; 16],
+    }
+}
+
 /// Why a connection ended.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -101,11 +132,14 @@ pub const R2T_TIMEOUT_REASON: &str = "data asked for by an R2T did not arrive in
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SlotState {
     Free,
+    /// Handed to the core for admission ([`ConnEvent::Command`]); no buffer yet unless its data
+    /// came in the capsule.
+    Admitting,
     /// Accepted, waiting for a large data buffer (all of the reactor's are lent).
     AwaitingBuffer,
     /// Waiting for H2CData after an R2T.
     AwaitingData,
-    /// Data complete: waiting to be handed to the core.
+    /// Data complete: waiting to be handed to the core ([`ConnEvent::DataReady`]).
     Ready,
     /// The core (or a block device) has it.
     Executing,
@@ -126,6 +160,8 @@ const MAX_IOV: usize = 64;
 
 struct Slot {
     capsule: Capsule,
+    /// The SGL as this transport parsed it (what admission is asked about).
+    desc: DataDesc,
     state: SlotState,
     received: u32,
     /// A data digest failed: answer with a transient transport error instead of executing.
@@ -179,7 +215,8 @@ struct Inner {
     c2h_align: usize,
     slots: Vec<Slot>,
     free: Vec<u16>,
-    ready: VecDeque<u16>,
+    /// New commands and commands whose data is in place, in the order they became so.
+    events: VecDeque<SlotEvent>,
     /// Commands waiting for a large buffer, oldest first; this connection's id in the reactor's
     /// queue for them, and whether it has a place in that queue now (at most one: connections
     /// take turns, one buffer each).
@@ -224,6 +261,26 @@ pub struct TcpConn<S> {
     drained: bool,
 }
 
+/// What a connection has for the core (see [`TcpConn::next_event`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnEvent {
+    /// A new command for admission; answer with [`TcpConn::fetch`] or [`TcpConn::respond`] (or,
+    /// for a command without data, execute it and then respond).
+    Command {
+        slot: u16,
+        sqe: crate::proto::nvme::Sqe,
+        desc: DataDesc,
+    },
+    /// The data [`TcpConn::fetch`] asked for is in the command's buffer.
+    DataReady { slot: u16 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotEvent {
+    New(u16),
+    Ready(u16),
+}
+
 /// Socket-level counters of one connection (plain integers: one owner, read on close).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ConnStats {
@@ -251,6 +308,7 @@ impl<S: Read + Transmit> TcpConn<S> {
                     data_len: 0,
                     lent: None,
                 },
+                desc: DataDesc::None,
                 state: SlotState::Free,
                 received: 0,
                 digest_failed: false,
@@ -276,7 +334,7 @@ impl<S: Read + Transmit> TcpConn<S> {
                 c2h_align: 4,
                 slots,
                 free: (0..nslots as u16).rev().collect(),
-                ready: VecDeque::with_capacity(nslots),
+                events: VecDeque::with_capacity(2 * nslots),
                 waiting: VecDeque::with_capacity(nslots),
                 waiter_id,
                 pool_queued: false,
@@ -610,20 +668,61 @@ impl<S: Read + Transmit> TcpConn<S> {
         !self.inner.segs.is_empty() || self.inner.tx.len() > self.inner.tx_marked
     }
 
-    /// The next capsule whose data is complete, now owned by the caller until [`Self::complete`].
-    pub fn next_ready(&mut self) -> Option<u16> {
-        let slot = self.inner.ready.pop_front()?;
-        self.inner.slots[slot as usize].state = SlotState::Executing;
-        self.stats.commands += 1;
-        Some(slot)
+    /// The next new command or command whose data is in place, in arrival order. None once the
+    /// connection is terminating: after a C2HTermReq nothing else goes to the host.
+    pub fn next_event(&mut self) -> Option<ConnEvent> {
+        let inner = &mut self.inner;
+        if inner.phase == Phase::Terminating {
+            return None;
+        }
+        Some(match inner.events.pop_front()? {
+            SlotEvent::New(slot) => {
+                self.stats.commands += 1;
+                let s = &inner.slots[slot as usize];
+                ConnEvent::Command {
+                    slot,
+                    sqe: s.capsule.sqe,
+                    desc: s.desc,
+                }
+            }
+            SlotEvent::Ready(slot) => {
+                inner.slots[slot as usize].state = SlotState::Executing;
+                ConnEvent::DataReady { slot }
+            }
+        })
     }
 
+    /// Whether [`Self::next_event`] has something.
+    pub fn has_events(&self) -> bool {
+        !self.inner.events.is_empty()
+    }
+
+    /// The core admitted command `slot` and needs `need`: take a buffer (the command may wait
+    /// for a large one, in arrival order, see `serve_waiting`), then copy in-capsule data, send
+    /// an R2T (host-to-controller data not in the capsule), or nothing (controller-to-host).
+    /// [`ConnEvent::DataReady`] follows once the data is in place.
+    pub fn fetch(&mut self, slot: u16, need: DataNeed) {
+        self.inner.fetch(slot, need);
+    }
+
+    /// The command's capsule (its SQE, and once its data is in place its buffer).
     pub fn capsule_mut(&mut self, slot: u16) -> &mut Capsule {
         &mut self.inner.slots[slot as usize].capsule
     }
 
-    /// Send the response for `slot` (data first for controller-to-host commands) and free it.
-    pub fn complete(&mut self, slot: u16, resp: Response) {
+    /// Send the response for `slot` (data first for controller-to-host commands) and free it,
+    /// whether the core answered at admission or after executing.
+    pub fn respond(&mut self, slot: u16, resp: Response) {
+        let s = &mut self.inner.slots[slot as usize];
+        debug_assert!(
+            matches!(
+                s.state,
+                SlotState::Admitting | SlotState::Ready | SlotState::Executing
+            ),
+            "{:?}",
+            s.state
+        );
+        s.state = SlotState::Executing;
         self.inner.complete(slot, resp);
     }
 }
@@ -816,7 +915,6 @@ impl Inner {
                 ));
             }
         };
-        let max_io = self.params.max_io_size;
         let dir = sqe.data_direction();
         let sgl = sqe.dptr;
         let s = &mut self.slots[slot as usize];
@@ -825,83 +923,99 @@ impl Inner {
         s.capsule.buf = None;
         s.received = 0;
         s.digest_failed = !digest_ok;
-        let reject = |this: &mut Inner, status: Status| {
-            this.slots[slot as usize].state = SlotState::Executing;
-            this.complete(slot, error_response(&sqe, status));
-            Ok(())
-        };
-        if sqe.psdt() == 0 {
-            return reject(self, Status::INVALID_FIELD);
-        }
+        s.state = SlotState::Admitting;
         let in_capsule_desc =
             sgl.identifier == (SglDescriptor::DATA_BLOCK << 4 | SglDescriptor::SUBTYPE_OFFSET);
-        if !data.is_empty() || (in_capsule_desc && sgl.length != 0) {
-            // In-capsule data: a Data Block descriptor with the Offset subtype (NVMe/TCP 1.0,
-            // command capsules; NVMe base 2.0, SGL Data Block descriptor). Its address is an offset into the capsule's data,
-            // which starts at the PDU's data (ICDOFF is 0): the command's data is
-            // data[offset..offset + length] (SGLS bit 20 advertises offsets).
-            if !in_capsule_desc {
-                return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID);
+        // The SGL as NVMe/TCP knows it (NVMe/TCP 1.0, command capsules): in-capsule data is a
+        // Data Block descriptor with the Offset subtype, whose address is an offset into the
+        // capsule's data (ICDOFF 0: the PDU's data; SGLS bit 20); data moved by R2T/H2CData or
+        // C2HData is a Transport SGL Data Block with the transport subtype (type 5h, subtype
+        // Ah). Any other type or subtype is one this controller does not support. Whether the
+        // length, direction and offset are right is the core's to say.
+        let desc = if !data.is_empty() || (in_capsule_desc && sgl.length != 0) {
+            if in_capsule_desc {
+                DataDesc::InCapsule {
+                    offset: sgl.address,
+                    len: sgl.length,
+                    carried: data.len() as u32,
+                }
+            } else {
+                DataDesc::Refused(Status::SGL_DESCRIPTOR_TYPE_INVALID)
             }
-            if dir != Direction::HostToController {
-                return reject(self, Status::DATA_SGL_LENGTH_INVALID);
+        } else if dir == Direction::None || sgl.length == 0 {
+            DataDesc::None
+        } else if sgl.identifier
+            == (SglDescriptor::TRANSPORT_DATA_BLOCK << 4 | SglDescriptor::SUBTYPE_TRANSPORT)
+        {
+            DataDesc::Remote {
+                len: sgl.length,
+                descriptors: 1,
             }
-            // The capsule size bounds it: IOCCSZ on an I/O queue, 8 KiB on the admin queue.
-            // An offset past it points outside the capsule (SGL Offset Invalid, as SPDK;
-            // Linux nvmet answers that for a length past it too); data past it, or a
-            // descriptor reaching past the data the capsule carries, is a length error. Either
-            // is refused before any buffer is taken.
+        } else {
+            DataDesc::Refused(Status::SGL_DESCRIPTOR_TYPE_INVALID)
+        };
+        self.slots[slot as usize].desc = desc;
+        if let DataDesc::InCapsule {
+            offset,
+            len,
+            carried,
+        } = desc
+        {
+            // A digest error in the capsule's data: answered here, with a retryable transient
+            // transport error; the core never sees the command.
+            if !digest_ok {
+                self.make_ready(slot);
+                return Ok(());
+            }
+            // The data must be kept now (the receive buffer moves on). It is copied only where
+            // the core can accept it: within the queue's capsule size and within what came (the
+            // core refuses anything else, before any buffer is taken). Being here already, it gets
+            // a buffer even past the pool's cap; a large one counts in this connection's share.
             let limit = self.in_capsule_limit as u64;
-            if sgl.address > limit {
-                return reject(self, Status::SGL_OFFSET_INVALID);
-            }
-            let end = sgl.address + sgl.length as u64;
-            if data.len() as u64 > limit || end > limit || end > data.len() as u64 {
-                return reject(self, Status::DATA_SGL_LENGTH_INVALID);
-            }
-            let data = &data[sgl.address as usize..end as usize];
-            // The data is here already (the queue's capsule size bounds it), so it gets a
-            // buffer even past the pool's cap; a large one counts in this connection's share.
-            let mut pool = self.pool.borrow_mut();
-            let large = !pool.is_small(data.len());
-            let mut buf = pool.get(data.len());
-            drop(pool);
-            buf.as_mut_slice()[..data.len()].copy_from_slice(data);
-            let s = &mut self.slots[slot as usize];
-            s.capsule.buf = Some(buf);
-            s.capsule.data_len = data.len() as u32;
-            s.large = large;
-            self.large_held += large as usize;
-            self.make_ready(slot);
-            return Ok(());
-        }
-        match dir {
-            Direction::Bidirectional => return reject(self, Status::INVALID_OPCODE),
-            Direction::None => {}
-            _ if sgl.length == 0 => {}
-            // Data not in the capsule: a Transport SGL Data Block descriptor with the
-            // transport-specific subtype (NVMe/TCP 1.0: type 5h, subtype Ah). Any other
-            // type or subtype is one this controller does not support.
-            _ if sgl.identifier
-                != (SglDescriptor::TRANSPORT_DATA_BLOCK << 4
-                    | SglDescriptor::SUBTYPE_TRANSPORT) =>
+            let end = offset + len as u64;
+            if dir == Direction::HostToController
+                && offset <= limit
+                && carried as u64 <= limit
+                && end <= carried as u64
             {
-                return reject(self, Status::SGL_DESCRIPTOR_TYPE_INVALID)
+                let data = &data[offset as usize..end as usize];
+                let mut pool = self.pool.borrow_mut();
+                let large = !pool.is_small(data.len());
+                let mut buf = pool.get(data.len());
+                drop(pool);
+                buf.as_mut_slice()[..data.len()].copy_from_slice(data);
+                let s = &mut self.slots[slot as usize];
+                s.capsule.buf = Some(buf);
+                s.capsule.data_len = data.len() as u32;
+                s.large = large;
+                self.large_held += large as usize;
             }
-            // More than MDTS: Invalid Field in Command (NVMe base 2.0, Identify Controller,
-            // MDTS: a command exceeding the transfer size is aborted with that status), as the
-            // core answers for a Read or Write whose NLB exceeds it.
-            _ if sgl.length > max_io.max(ADMIN_IN_CAPSULE) => {
-                return reject(self, Status::INVALID_FIELD)
-            }
-            _ => self.slots[slot as usize].capsule.data_len = sgl.length,
         }
+        self.events.push_back(SlotEvent::New(slot));
+        Ok(())
+    }
+
+    /// See [`TcpConn::fetch`].
+    fn fetch(&mut self, slot: u16, need: DataNeed) {
+        let s = &mut self.slots[slot as usize];
+        debug_assert_eq!(s.state, SlotState::Admitting);
+        if let DataDesc::InCapsule { .. } = s.desc {
+            // Copied when the capsule came (the core admits no in-capsule data that was not).
+            if s.capsule.buf.is_none() || s.capsule.data_len < need.len {
+                let sqe = s.capsule.sqe;
+                s.state = SlotState::Executing;
+                self.complete(slot, error_response(&sqe, Status::DATA_SGL_LENGTH_INVALID));
+                return;
+            }
+            return self.make_ready(slot);
+        }
+        s.capsule.data_len = need.len;
         // The buffer comes from the reactor's pool and goes back when the command completes.
         // A command needing a large one waits while the pool has none or this connection holds
         // its share; connections take turns for them (see `serve_waiting`). An R2T (for a
         // write) is sent only once the command has its buffer, so H2CData in the stream always
         // has a buffer to land in and reading the stream never stalls.
-        let need = self.slots[slot as usize].capsule.data_len as usize;
+        let need = need.len as usize;
         if self.pool.borrow().is_small(need) {
             let buf = self.pool.borrow_mut().get(need);
             self.slots[slot as usize].capsule.buf = Some(buf);
@@ -911,7 +1025,6 @@ impl Inner {
             self.waiting.push_back(slot);
             self.serve_waiting();
         }
-        Ok(())
     }
 
     /// Give large buffers to waiting commands, oldest first, while this connection is under its
@@ -1080,7 +1193,7 @@ impl Inner {
             return;
         }
         s.state = SlotState::Ready;
-        self.ready.push_back(slot);
+        self.events.push_back(SlotEvent::Ready(slot));
     }
 
     fn complete(&mut self, slot: u16, resp: Response) {

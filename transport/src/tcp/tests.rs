@@ -91,6 +91,91 @@ impl Transmit for MemStream {
 
 const LARGE: usize = 128 * 1024;
 
+/// The core's side of the two phases, as far as these tests need it (the core's own rules are
+/// tested in nvmfd-target): a descriptor the transport refused is answered with its status, a
+/// transfer past MDTS with Invalid Field, anything else has its data fetched.
+trait Drive {
+    /// Receive, then admit every new command (as a reactor does right after each receive), so
+    /// R2Ts go out; commands with data in place stay queued for [`Drive::next_ready`].
+    fn recv(&mut self) -> Result<bool, ConnError>;
+    /// Admit one new command.
+    fn admit(&mut self, slot: u16, sqe: Sqe, desc: DataDesc) -> Option<u16>;
+    /// The next command ready to execute (admitted without data, or with its data in place).
+    fn next_ready(&mut self) -> Option<u16>;
+    fn complete(&mut self, slot: u16, resp: Response);
+}
+
+impl Drive for TcpConn<MemStream> {
+    fn recv(&mut self) -> Result<bool, ConnError> {
+        let r = self.poll_recv();
+        let mut keep = VecDeque::new();
+        while let Some(e) = self.inner.events.pop_front() {
+            match e {
+                SlotEvent::New(slot) => {
+                    self.stats.commands += 1;
+                    let s = &self.inner.slots[slot as usize];
+                    let (sqe, desc) = (s.capsule.sqe, s.desc);
+                    if self.admit(slot, sqe, desc).is_some() {
+                        keep.push_back(SlotEvent::New(slot));
+                    }
+                }
+                SlotEvent::Ready(_) => keep.push_back(e),
+            }
+        }
+        self.inner.events = keep;
+        r
+    }
+
+    fn next_ready(&mut self) -> Option<u16> {
+        while let Some(ev) = self.next_event() {
+            let slot = match ev {
+                ConnEvent::Command { slot, sqe, desc } => self.admit(slot, sqe, desc),
+                ConnEvent::DataReady { slot } => Some(slot),
+            };
+            if slot.is_some() {
+                return slot;
+            }
+        }
+        None
+    }
+
+    fn admit(&mut self, slot: u16, sqe: Sqe, desc: DataDesc) -> Option<u16> {
+        let refuse = |status| Response {
+            cqe: Cqe {
+                cid: sqe.cid,
+                status,
+                ..Default::default()
+            },
+            data_len: 0,
+        };
+        match desc {
+            DataDesc::Refused(status) => self.respond(slot, refuse(status)),
+            DataDesc::None => return Some(slot),
+            DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. }
+                if len as usize > LARGE =>
+            {
+                self.respond(slot, refuse(Status::INVALID_FIELD))
+            }
+            DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. } => {
+                let dir = sqe.data_direction();
+                self.fetch(
+                    slot,
+                    DataNeed {
+                        len,
+                        dir,
+                        bdev: None,
+                    },
+                )
+            }
+        }
+        None
+    }
+
+    fn complete(&mut self, slot: u16, resp: Response) {
+        self.respond(slot, resp);
+    }
+}
+
 /// A connected connection whose reactor pool holds at most `large_limit` 128 KiB buffers.
 fn conn(large_limit: usize) -> (TcpConn<MemStream>, Rc<RefCell<BufPool>>) {
     let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, large_limit)));
@@ -146,7 +231,7 @@ fn conn_full(
     }
     .encode(&mut ic);
     c.stream.input.extend(ic);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     flush(&mut c);
     assert_eq!(c.stream.output[0], pdu_type::IC_RESP);
     c.stream.output.clear();
@@ -223,14 +308,14 @@ fn reads_wait_for_a_large_buffer_when_the_pool_is_lent_out() {
     for cid in 0..3 {
         send_cmd(&mut c, opcode::NVM_READ, cid, LARGE as u32);
     }
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     let first = c.next_ready().expect("the first read has the only buffer");
     assert!(c.next_ready().is_none(), "the others wait for it");
     assert!(c.awaiting_buffers());
     assert_eq!(pool.borrow().large_made(), 1);
     // Small commands are not held up behind them.
     send_cmd(&mut c, opcode::NVM_READ, 9, 4096);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     let small = c.next_ready().expect("a 4 KiB read runs at once");
     assert_eq!(c.capsule_mut(small).sqe.cid, 9);
     c.complete(small, ok(9, 4096));
@@ -242,7 +327,7 @@ fn reads_wait_for_a_large_buffer_when_the_pool_is_lent_out() {
         "data and responses"
     );
     for cid in 1..3 {
-        c.poll_recv().unwrap();
+        c.recv().unwrap();
         let s = c
             .next_ready()
             .expect("the returned buffer goes to the next read");
@@ -262,20 +347,20 @@ fn writes_get_their_r2t_only_once_they_have_a_buffer() {
     for cid in 0..3 {
         send_cmd(&mut c, opcode::NVM_WRITE, cid, LARGE as u32);
     }
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert_eq!(sent_types(&mut c), [0x09, 0x09], "two R2Ts for two buffers");
     assert!(c.awaiting_buffers());
     // The host answers the first R2T; that write runs and completes, freeing its buffer.
     let b = h2c_for(&c, 0, &vec![7u8; LARGE]);
     c.stream.input.extend(b);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     let s = c.next_ready().expect("the write's data arrived");
     assert!(c.capsule_mut(s).buf.as_ref().unwrap().as_slice()[..LARGE]
         .iter()
         .all(|&x| x == 7));
     c.complete(s, ok(0, 0));
     assert_eq!(sent_types(&mut c), [0x05]);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert_eq!(
         sent_types(&mut c),
         [0x09],
@@ -290,29 +375,29 @@ fn connections_take_turns_for_large_buffers() {
     let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 1)));
     let (mut a, mut b) = (conn_on(&pool), conn_on(&pool));
     send_cmd(&mut a, opcode::NVM_READ, 0, LARGE as u32);
-    a.poll_recv().unwrap();
+    a.recv().unwrap();
     let a0 = a.next_ready().unwrap();
     send_cmd(&mut b, opcode::NVM_READ, 0, LARGE as u32);
-    b.poll_recv().unwrap();
+    b.recv().unwrap();
     assert!(b.next_ready().is_none(), "b waits");
     send_cmd(&mut a, opcode::NVM_READ, 1, LARGE as u32);
     a.complete(a0, ok(0, LARGE as u32));
     flush(&mut a);
     // a is polled first and has a command waiting too, but b asked first.
-    a.poll_recv().unwrap();
+    a.recv().unwrap();
     assert!(
         a.next_ready().is_none(),
         "a's second read queues behind b's"
     );
-    b.poll_recv().unwrap();
+    b.recv().unwrap();
     let b0 = b.next_ready().expect("b's turn");
     b.complete(b0, ok(0, LARGE as u32));
     flush(&mut b);
-    a.poll_recv().unwrap();
+    a.recv().unwrap();
     let a1 = a.next_ready().expect("then a's");
     // A connection that closes while waiting gives up its place.
     send_cmd(&mut b, opcode::NVM_READ, 1, LARGE as u32);
-    b.poll_recv().unwrap();
+    b.recv().unwrap();
     assert!(b.awaiting_buffers());
     drop(b);
     a.complete(a1, ok(1, LARGE as u32));
@@ -323,7 +408,7 @@ fn connections_take_turns_for_large_buffers() {
     );
     let mut c = conn_on(&pool);
     send_cmd(&mut c, opcode::NVM_WRITE, 0, 4096);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert_eq!(sent_types(&mut c), [0x09], "small transfers never wait");
 }
 
@@ -343,7 +428,7 @@ fn read_data_lent_by_a_device_goes_out_as_it_is() {
     assert!(c.takes_lent_data());
     let data: Vec<u8> = (0..8192u32).map(|i| (i * 7 + 1) as u8).collect();
     send_cmd(&mut c, opcode::NVM_READ, 5, 8192);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     let s = c.next_ready().unwrap();
     c.capsule_mut(s).lent = Some(lent(&data));
     c.complete(s, ok(5, 8192));
@@ -370,7 +455,7 @@ fn lent_data_is_never_sent_where_a_data_digest_is_due() {
     assert!(!c.takes_lent_data(), "a digest must read the data");
     let data = vec![3u8; 4096];
     send_cmd(&mut c, opcode::NVM_READ, 8, 4096);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     let s = c.next_ready().unwrap();
     // Against the contract, the data comes lent anyway: the command fails, nothing unchecked
     // goes out.
@@ -399,7 +484,7 @@ fn large_write_data_arriving_with_other_pdus_lands_intact() {
         let mut c = conn_with(&pool, digests);
         send_cmd(&mut c, opcode::NVM_WRITE, 1, LARGE as u32);
         send_cmd(&mut c, opcode::NVM_WRITE, 2, LARGE as u32);
-        c.poll_recv().unwrap();
+        c.recv().unwrap();
         assert_eq!(sent_types(&mut c), [0x09, 0x09]);
         let data =
             |cid: u16| -> Vec<u8> { (0..LARGE).map(|i| (i / 7) as u8 ^ cid as u8).collect() };
@@ -407,7 +492,7 @@ fn large_write_data_arriving_with_other_pdus_lands_intact() {
         input.extend(h2c_for(&c, 2, &data(2)));
         c.stream.input.extend(input);
         send_cmd(&mut c, opcode::NVM_READ, 3, 4096);
-        while c.poll_recv().unwrap() {}
+        while c.recv().unwrap() {}
         let mut seen = Vec::new();
         while let Some(s) = c.next_ready() {
             let cap = c.capsule_mut(s);
@@ -503,7 +588,7 @@ fn a_bad_data_digest_is_a_generic_retryable_transient_transport_error_logged_spa
         b[n - 1] ^= 0x5a;
         c.stream.input.extend(b);
     }
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert!(
         c.next_ready().is_none(),
         "no command with bad data executes"
@@ -533,7 +618,7 @@ fn a_host_past_its_queue_size_is_terminated() {
     for cid in 0..4 {
         send_cmd(&mut c, opcode::NVM_READ, cid, 4096);
     }
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     let held: Vec<u16> = std::iter::from_fn(|| c.next_ready()).collect();
     assert_eq!(held.len(), 4, "a full queue is fine");
     // One answered: its entry may be reused.
@@ -541,11 +626,11 @@ fn a_host_past_its_queue_size_is_terminated() {
     flush(&mut c);
     c.stream.output.clear();
     send_cmd(&mut c, opcode::NVM_READ, 0, 4096);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert!(c.next_ready().is_some());
     // Five outstanding on a queue of four entries is a protocol violation.
     send_cmd(&mut c, opcode::NVM_READ, 7, 4096);
-    assert!(matches!(c.poll_recv(), Err(ConnError::Fatal(_))));
+    assert!(matches!(c.recv(), Err(ConnError::Fatal(_))));
     assert_eq!(term_fes(&mut c), fes::PDU_SEQUENCE_ERROR);
 }
 
@@ -571,11 +656,11 @@ fn in_capsule_data_is_bounded_by_the_queue_capsule_size_without_allocating() {
     let mut c = conn_full(&pool, small_icd, Digests::default(), MemStream::default());
     let (sqe, d) = write(1, 8192);
     send_sqe(&mut c, &sqe, Some(&d));
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert!(c.next_ready().is_some());
     send_sqe(&mut c, &sqe, Some(&d));
     assert!(
-        matches!(c.poll_recv(), Err(ConnError::Fatal(_))),
+        matches!(c.recv(), Err(ConnError::Fatal(_))),
         "nothing but the Connect before the queue exists"
     );
     assert_eq!(term_fes(&mut c), fes::PDU_SEQUENCE_ERROR);
@@ -584,13 +669,13 @@ fn in_capsule_data_is_bounded_by_the_queue_capsule_size_without_allocating() {
     c.set_queue(1, 32);
     let (sqe, d) = write(2, 4096);
     send_sqe(&mut c, &sqe, Some(&d));
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     let s = c.next_ready().expect("within IOCCSZ");
     assert!(c.capsule_mut(s).buf.as_ref().unwrap().as_slice()[..4096] == d[..]);
     for len in [4096 + 16, 8192, 128 * 1024] {
         let (sqe, d) = write(3, len);
         send_sqe(&mut c, &sqe, Some(&d));
-        c.poll_recv().unwrap();
+        c.recv().unwrap();
         assert!(c.next_ready().is_none());
         let cqe = one_cqe(&mut c);
         assert_eq!(
@@ -609,11 +694,11 @@ fn in_capsule_data_is_bounded_by_the_queue_capsule_size_without_allocating() {
     c.set_queue(0, 32);
     let (sqe, d) = write(4, 8192);
     send_sqe(&mut c, &sqe, Some(&d));
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert!(c.next_ready().is_some());
     let (sqe, d) = write(5, 8192 + 16);
     send_sqe(&mut c, &sqe, Some(&d));
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert_eq!(one_cqe(&mut c).status, Status::DATA_SGL_LENGTH_INVALID);
 }
 
@@ -631,7 +716,7 @@ fn in_capsule_data_at_an_offset() {
         SglDescriptor::in_capsule(512, 4096),
     );
     send_sqe(&mut c, &sqe, Some(&capsule_data));
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     let s = c
         .next_ready()
         .expect("an offset within the capsule is fine");
@@ -644,41 +729,113 @@ fn in_capsule_data_at_an_offset() {
     c.complete(s, ok(1, 0));
     flush(&mut c);
     c.stream.output.clear();
+    // What the core refuses (its statuses are the core's, tested there): the transport hands it
+    // the descriptor as it came and keeps no copy of data it could not accept.
+    let ic = |offset, len, carried| DataDesc::InCapsule {
+        offset,
+        len,
+        carried,
+    };
     let cases = [
         // Offset past the capsule size (IOCCSZ: 8 KiB of data here).
         (
             SglDescriptor::in_capsule(8192 + 16, 16),
             Some(vec![0u8; 64]),
-            Status::SGL_OFFSET_INVALID,
+            ic(8192 + 16, 16, 64),
         ),
         // Offset and length reaching past the data the capsule carries.
         (
             SglDescriptor::in_capsule(512, 4096),
             Some(vec![0u8; 4096]),
-            Status::DATA_SGL_LENGTH_INVALID,
+            ic(512, 4096, 4096),
         ),
         // ... or past the capsule size.
         (
             SglDescriptor::in_capsule(4096, 8192),
             Some(vec![0u8; 4096]),
-            Status::DATA_SGL_LENGTH_INVALID,
+            ic(4096, 8192, 4096),
         ),
         // An in-capsule descriptor on a capsule with no data.
-        (
-            SglDescriptor::in_capsule(0, 4096),
-            None,
-            Status::DATA_SGL_LENGTH_INVALID,
-        ),
+        (SglDescriptor::in_capsule(0, 4096), None, ic(0, 4096, 0)),
     ];
     for (i, (dptr, data, want)) in cases.into_iter().enumerate() {
-        let sqe = sgl_cmd(opcode::NVM_WRITE, 10 + i as u16, 1, dptr);
+        let cid = 10 + i as u16;
+        let sqe = sgl_cmd(opcode::NVM_WRITE, cid, 1, dptr);
         send_sqe(&mut c, &sqe, data.as_deref());
         c.poll_recv().unwrap();
-        assert!(c.next_ready().is_none(), "case {i}");
-        let cqe = one_cqe(&mut c);
-        assert_eq!((cqe.cid, cqe.status), (10 + i as u16, want), "case {i}");
-        assert!(cqe.status.dnr, "case {i}");
+        match c.next_event() {
+            Some(ConnEvent::Command { slot, desc, .. }) => {
+                assert_eq!(desc, want, "case {i}");
+                assert!(
+                    c.capsule_mut(slot).buf.is_none(),
+                    "case {i}: nothing copied"
+                );
+                let refusal = Response {
+                    cqe: Cqe {
+                        cid,
+                        status: Status::DATA_SGL_LENGTH_INVALID,
+                        ..Default::default()
+                    },
+                    data_len: 0,
+                };
+                c.respond(slot, refusal);
+            }
+            other => panic!("case {i}: {other:?}"),
+        }
+        assert_eq!(one_cqe(&mut c).cid, cid, "case {i}");
     }
+}
+
+/// The two phases: a new command is only described to the core; an R2T goes out only when the
+/// core asks for the data, and a command refused at admission never gets one, nor a buffer.
+#[test]
+fn no_r2t_before_the_core_admits_the_write_and_none_for_a_refused_one() {
+    let (mut c, pool) = conn(4);
+    send_cmd(&mut c, opcode::NVM_WRITE, 1, LARGE as u32);
+    c.poll_recv().unwrap();
+    assert_eq!(
+        sent_types(&mut c),
+        Vec::<u8>::new(),
+        "nothing before admission"
+    );
+    let Some(ConnEvent::Command { slot, sqe, desc }) = c.next_event() else {
+        panic!("a new command")
+    };
+    assert_eq!(sqe.cid, 1);
+    assert_eq!(
+        desc,
+        DataDesc::Remote {
+            len: LARGE as u32,
+            descriptors: 1
+        }
+    );
+    // Refused (as the core does for a bad namespace): the response, and no R2T.
+    let refusal = Response {
+        cqe: Cqe {
+            cid: 1,
+            status: Status::INVALID_NAMESPACE,
+            ..Default::default()
+        },
+        data_len: 0,
+    };
+    c.respond(slot, refusal);
+    assert_eq!(sent_types(&mut c), vec![pdu_type::CAPSULE_RESP]);
+    assert_eq!(pool.borrow().large_made(), 0, "no buffer was taken");
+    // Admitted: the R2T follows the fetch.
+    send_cmd(&mut c, opcode::NVM_WRITE, 2, LARGE as u32);
+    c.poll_recv().unwrap();
+    let Some(ConnEvent::Command { slot, sqe, .. }) = c.next_event() else {
+        panic!("a new command")
+    };
+    c.fetch(
+        slot,
+        DataNeed {
+            len: LARGE as u32,
+            dir: sqe.data_direction(),
+            bdev: Some(0),
+        },
+    );
+    assert_eq!(sent_types(&mut c), vec![pdu_type::R2T]);
 }
 
 #[test]
@@ -725,7 +882,7 @@ fn sgl_types_and_mdts_get_their_statuses_and_the_connection_lives_on() {
             };
             let sqe = sgl_cmd(op, i as u16, length.div_ceil(4096), dptr);
             send_sqe(&mut c, &sqe, None);
-            c.poll_recv().unwrap();
+            c.recv().unwrap();
             assert!(c.next_ready().is_none(), "case {i} op {op}");
             let cqe = one_cqe(&mut c);
             assert_eq!((cqe.cid, cqe.status), (i as u16, want), "case {i} op {op}");
@@ -733,7 +890,7 @@ fn sgl_types_and_mdts_get_their_statuses_and_the_connection_lives_on() {
         }
     }
     send_cmd(&mut c, opcode::NVM_READ, 77, 4096);
-    c.poll_recv().unwrap();
+    c.recv().unwrap();
     assert!(c.next_ready().is_some(), "still serving");
 }
 
@@ -780,23 +937,23 @@ fn last_pdu_marks_the_last_h2c_data_and_only_it() {
         // Right: LAST_PDU on the last piece only.
         let mut c = conn_on(&pool);
         send_cmd(&mut c, opcode::NVM_WRITE, 1, LARGE as u32);
-        c.poll_recv().unwrap();
+        c.recv().unwrap();
         assert_eq!(sent_types(&mut c), [pdu_type::R2T]);
         let b = h2c_pieces(&c, 1, &data, piece, |_, is_last| is_last);
         c.stream.input.extend(b);
-        while c.poll_recv().unwrap() {}
+        while c.recv().unwrap() {}
         let s = c.next_ready().expect("all data came");
         assert!(c.capsule_mut(s).buf.as_ref().unwrap().as_slice()[..LARGE] == data[..]);
         // Wrong: LAST_PDU on the first piece; or on none.
         for early in [true, false] {
             let mut c = conn_on(&pool);
             send_cmd(&mut c, opcode::NVM_WRITE, 1, LARGE as u32);
-            c.poll_recv().unwrap();
+            c.recv().unwrap();
             assert_eq!(sent_types(&mut c), [pdu_type::R2T]);
             let b = h2c_pieces(&c, 1, &data, piece, |i, _| early && i == 0);
             c.stream.input.extend(b);
             let err = loop {
-                match c.poll_recv() {
+                match c.recv() {
                     Ok(true) => continue,
                     Ok(false) => panic!("piece {piece} early {early}: accepted"),
                     Err(e) => break e,
@@ -817,28 +974,28 @@ fn one_connection_holds_at_most_its_share_of_the_large_buffers() {
     for cid in 0..4 {
         send_cmd(&mut a, opcode::NVM_WRITE, cid, LARGE as u32);
     }
-    a.poll_recv().unwrap();
+    a.recv().unwrap();
     assert_eq!(sent_types(&mut a), [pdu_type::R2T, pdu_type::R2T]);
     assert!(a.awaiting_buffers(), "the rest wait for a's own buffers");
     // The pool has plenty left for b, and a is not in b's way.
     for cid in 0..2 {
         send_cmd(&mut b, opcode::NVM_READ, cid, LARGE as u32);
     }
-    b.poll_recv().unwrap();
+    b.recv().unwrap();
     let got: Vec<u16> = std::iter::from_fn(|| b.next_ready()).collect();
     assert_eq!(got.len(), 2, "b gets its buffers at once");
     assert_eq!(pool.borrow().large_made(), 4);
     // a polled again with free buffers in the pool: still at its share.
-    a.poll_recv().unwrap();
+    a.recv().unwrap();
     assert!(sent_types(&mut a).is_empty());
     // One of a's writes gets its data and completes: a's next write gets the buffer.
     let h = h2c_for(&a, 0, &vec![1u8; LARGE]);
     a.stream.input.extend(h);
-    a.poll_recv().unwrap();
+    a.recv().unwrap();
     let s = a.next_ready().unwrap();
     a.complete(s, ok(0, 0));
     assert_eq!(sent_types(&mut a), [pdu_type::CAPSULE_RESP]);
-    a.poll_recv().unwrap();
+    a.recv().unwrap();
     assert_eq!(sent_types(&mut a), [pdu_type::R2T]);
     assert_eq!(
         pool.borrow().large_made(),
@@ -858,17 +1015,17 @@ fn an_r2t_left_unanswered_times_out_and_others_keep_their_io() {
     for cid in 0..8 {
         send_cmd(&mut hostile, opcode::NVM_WRITE, cid, LARGE as u32);
     }
-    hostile.poll_recv().unwrap();
+    hostile.recv().unwrap();
     assert_eq!(sent_types(&mut hostile), [pdu_type::R2T]);
     // The other connection's large writes go on, one buffer at a time, verified.
     for round in 0..4u8 {
         send_cmd(&mut good, opcode::NVM_WRITE, round as u16, LARGE as u32);
-        good.poll_recv().unwrap();
+        good.recv().unwrap();
         assert_eq!(sent_types(&mut good), [pdu_type::R2T], "round {round}");
         let data = vec![round; LARGE];
         let h = h2c_for(&good, round as u16, &data);
         good.stream.input.extend(h);
-        good.poll_recv().unwrap();
+        good.recv().unwrap();
         let s = good.next_ready().expect("data arrived");
         assert!(good.capsule_mut(s).buf.as_ref().unwrap().as_slice()[..LARGE] == data[..]);
         good.complete(s, ok(round as u16, 0));
@@ -885,7 +1042,7 @@ fn an_r2t_left_unanswered_times_out_and_others_keep_their_io() {
     drop(hostile);
     send_cmd(&mut good, opcode::NVM_READ, 9, LARGE as u32);
     send_cmd(&mut good, opcode::NVM_READ, 10, LARGE as u32);
-    good.poll_recv().unwrap();
+    good.recv().unwrap();
     assert!(good.next_ready().is_some());
     assert!(
         good.next_ready().is_none(),
@@ -907,7 +1064,7 @@ fn partial_writes_and_eagain_mid_writev_send_the_same_bytes() {
             send_cmd(&mut c, opcode::NVM_READ, cid as u16, len);
         }
         send_cmd(&mut c, opcode::NVM_WRITE, 20, 4096);
-        c.poll_recv().unwrap();
+        c.recv().unwrap();
         let mut slots: Vec<u16> = std::iter::from_fn(|| c.next_ready()).collect();
         assert_eq!(slots.len(), sizes.len());
         // Answer out of order, some with lent data, one with an error, writing in between.

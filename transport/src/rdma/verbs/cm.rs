@@ -211,9 +211,12 @@ pub struct Event {
     pub listen_id: IdHandle,
     private: [u8; MAX_PRIVATE_DATA],
     private_len: usize,
-    /// For a connect request: RDMA READs the peer lets us have outstanding against it (its IRD).
+    /// For a connect request, as the CM reports it from this side (it swaps the peer's two
+    /// values): RDMA READs the peer may have outstanding against us (the peer's initiator
+    /// depth, its ORD).
     pub responder_resources: u8,
-    /// For a connect request: RDMA READs the peer wants outstanding against us (its ORD).
+    /// For a connect request, from this side: RDMA READs we may have outstanding against the
+    /// peer (the peer's responder resources, its IRD).
     pub initiator_depth: u8,
     new_id: Option<CmId>,
 }

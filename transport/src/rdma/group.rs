@@ -157,6 +157,10 @@ struct Conn {
     state: ConnState,
     why: String,
     closing_since: Option<Instant>,
+    /// The reactor knows the queue pair ended (it took `Event::Closed`, or closed it itself):
+    /// until then its id is not reused and it is not destroyed, so the reactor never names an
+    /// id that is gone.
+    reported: bool,
     peer: Option<SocketAddr>,
     slots: Box<[Slot]>,
     free_slots: Vec<u16>,
@@ -361,6 +365,7 @@ impl RdmaGroup {
                     state: ConnState::Accepted,
                     why: String::new(),
                     closing_since: None,
+                    reported: false,
                     peer,
                     slots,
                     free_slots: (0..n as u16).rev().collect(),
@@ -908,7 +913,7 @@ impl RdmaGroup {
     fn reap(&mut self) {
         for idx in 0..self.conns.len() {
             let done = match self.conns[idx].as_ref() {
-                Some(c) if c.state == ConnState::Closing => {
+                Some(c) if c.state == ConnState::Closing && c.reported => {
                     let idle = c.signaled == 0;
                     let late = c
                         .closing_since
@@ -976,7 +981,13 @@ impl PollGroup for RdmaGroup {
     }
 
     fn next_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let ev = self.events.pop_front()?;
+        if let Event::Closed { conn, .. } = ev {
+            if let Some(c) = self.conns.get_mut(conn as usize).and_then(|c| c.as_mut()) {
+                c.reported = true;
+            }
+        }
+        Some(ev)
     }
 
     fn fetch(&mut self, conn: ConnId, slot: u16, need: DataNeed) {
@@ -1008,6 +1019,20 @@ impl PollGroup for RdmaGroup {
 
     fn close(&mut self, conn: ConnId) {
         self.begin_close(conn as usize, "closed by the target");
+        if let Some(c) = self.conns.get_mut(conn as usize).and_then(|c| c.as_mut()) {
+            c.reported = true;
+        }
+        // Events of this queue pair not yet handed out are moot now (and must not reach the
+        // reactor once its id is reused).
+        self.events.retain(|e| {
+            let of = match e {
+                Event::Connected { conn, .. }
+                | Event::Command { conn, .. }
+                | Event::DataReady { conn, .. }
+                | Event::Closed { conn, .. } => *conn,
+            };
+            of != conn
+        });
     }
 
     fn poll_send(&mut self) -> bool {

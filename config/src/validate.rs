@@ -17,8 +17,8 @@ use crate::size::Size;
 use crate::yaml::{self, Node, Pos};
 use crate::{
     BdevConfig, BdevKind, Config, ConfigError, Diagnostic, DigestMode, Discovery, ListenerConfig,
-    Metrics, NamespaceConfig, RdmaTransport, Reactors, Rpc, SubsystemConfig, TcpTransport, TransportKind,
-    Transports, DISCOVERY_NQN,
+    Metrics, NamespaceConfig, RdmaTransport, Reactors, Rpc, SubsystemConfig, TcpTransport,
+    TransportKind, Transports, DISCOVERY_NQN,
 };
 
 use crate::MAX_CNTLID;

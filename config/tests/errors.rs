@@ -286,7 +286,10 @@ fn rdma_transport_fields_and_listeners() {
     )
     .unwrap();
     let r = &cfg.transports.rdma;
-    assert_eq!((r.srq_depth, r.max_queue_depth, r.in_capsule_data_size), (512, 64, 8192));
+    assert_eq!(
+        (r.srq_depth, r.max_queue_depth, r.in_capsule_data_size),
+        (512, 64, 8192)
+    );
     assert_eq!(r.max_io_size, 128 * 1024, "default");
     let l = &cfg.subsystems[0].listeners;
     assert_eq!(l[0].transport, nvmfd_config::TransportKind::Rdma);

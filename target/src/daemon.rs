@@ -103,9 +103,8 @@ impl Daemon {
                             rdma_listeners.insert(rl)
                         }
                     };
-                    rl.listen(addr).map_err(|e| {
-                        anyhow::anyhow!("RDMA listener {addr}: cannot listen: {e}")
-                    })?;
+                    rl.listen(addr)
+                        .map_err(|e| anyhow::anyhow!("RDMA listener {addr}: cannot listen: {e}"))?;
                     info!(transport = "rdma", address = %addr,
                         device = device.as_deref().unwrap_or("any"), "listening");
                 }
@@ -132,15 +131,17 @@ impl Daemon {
         let mut groups = vec![AnyGroupConfig::Tcp(tcp_group)];
         if rdma_listeners.is_some() {
             let r = &cfg.transports.rdma;
-            groups.push(AnyGroupConfig::Rdma(nvmfd_transport::rdma::RdmaGroupConfig {
-                params: nvmfd_transport::rdma::RdmaParams {
-                    in_capsule_data_size: r.in_capsule_data_size,
-                    max_io_size: r.max_io_size,
-                    srq_depth: r.srq_depth,
-                    buffer_pool_size: r.buffer_pool_size,
+            groups.push(AnyGroupConfig::Rdma(
+                nvmfd_transport::rdma::RdmaGroupConfig {
+                    params: nvmfd_transport::rdma::RdmaParams {
+                        in_capsule_data_size: r.in_capsule_data_size,
+                        max_io_size: r.max_io_size,
+                        srq_depth: r.srq_depth,
+                        buffer_pool_size: r.buffer_pool_size,
+                    },
+                    info: nvmfd_transport::rdma::transport_info(r),
                 },
-                info: nvmfd_transport::rdma::transport_info(r),
-            }));
+            ));
         }
         let stop = Arc::new(AtomicBool::new(false));
         let idle_sleep = (cfg.reactors.idle_sleep_us > 0)

@@ -213,7 +213,10 @@ mod tests {
         let r = CmReject::new(RejectStatus::InvalidHsqsize).encode();
         assert_eq!(r, [0, 0, 4, 0]);
         let d = CmReject::decode(&[0, 0, 6, 0, 0xff, 0xff]).unwrap();
-        assert_eq!(RejectStatus::from_raw(d.status), Some(RejectStatus::NoResources));
+        assert_eq!(
+            RejectStatus::from_raw(d.status),
+            Some(RejectStatus::NoResources)
+        );
         assert_eq!(RejectStatus::from_raw(0x0a), None);
     }
 }

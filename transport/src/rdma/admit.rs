@@ -292,9 +292,21 @@ mod tests {
         r[0] = 1;
         assert_eq!(bad(&r, 16), InvalidRecfmt);
         assert_eq!(bad(&req(5, 32, 31), 16), InvalidQid);
-        assert_eq!(bad(&req(0, 64, 32), 16), InvalidHsqsize, "admin queue too deep");
-        assert_eq!(bad(&req(1, 200, 128), 16), InvalidHsqsize, "I/O queue too deep");
-        assert_eq!(bad(&req(1, 2, 0), 16), InvalidHsqsize, "I/O queue of one entry");
+        assert_eq!(
+            bad(&req(0, 64, 32), 16),
+            InvalidHsqsize,
+            "admin queue too deep"
+        );
+        assert_eq!(
+            bad(&req(1, 200, 128), 16),
+            InvalidHsqsize,
+            "I/O queue too deep"
+        );
+        assert_eq!(
+            bad(&req(1, 2, 0), 16),
+            InvalidHsqsize,
+            "I/O queue of one entry"
+        );
         assert_eq!(bad(&req(1, 64, 127), 16), InvalidHrqsize);
         assert_eq!(bad(&req(1, 0, 0), 16), InvalidHsqsize);
         assert_eq!(bad(&req(0, 0, 0), 16), InvalidHrqsize);
@@ -369,7 +381,13 @@ mod tests {
     fn in_capsule_and_other_descriptor_types() {
         let data = [0u8; 4096];
         let p = plan(&write(SglDescriptor::in_capsule(16, 4000)), &data, &SL).unwrap();
-        assert_eq!(p, DataPlan::InCapsule { offset: 16, len: 4000 });
+        assert_eq!(
+            p,
+            DataPlan::InCapsule {
+                offset: 16,
+                len: 4000
+            }
+        );
         assert_eq!(
             plan(&write(SglDescriptor::in_capsule(0, 0)), &data, &SL),
             Ok(DataPlan::None)

@@ -19,13 +19,13 @@
 //! and its id is free again. Other queue pairs are not touched.
 
 use super::admit::{self, Admitted, DataPlan, SglLimits, MAX_KEYED};
-use crate::group::{ConnId, DataDesc, DataNeed, Event, PollGroup, TransportInfo};
 use super::listener::Incoming;
 use super::sched::{cut, Kind, Piece, Reads, WrId};
 use super::verbs::{
     Access, CmId, ConnParam, Context, Cq, Devices, EventChannel, EventKind, HostMem, IdHandle, Mr,
     Pd, QpCaps, RecvWr, SendWr, Sge, Srq, Wc,
 };
+use crate::group::{ConnId, DataDesc, DataNeed, Event, PollGroup, TransportInfo};
 use crate::proto::nvme::{Cqe, Direction, Sqe};
 use crate::proto::rdma::{CmAccept, CmReject, RejectStatus, RECFMT_1_0};
 use crate::{Capsule, Response};
@@ -88,7 +88,9 @@ impl Registrar for PdRegistrar {
                 };
                 region.register(self.id, keys, Some(Box::new(mr)));
             }
-            Err(e) => warn!(error = %e, len = region.len(), "cannot register a data buffer region with the RDMA device"),
+            Err(e) => {
+                warn!(error = %e, len = region.len(), "cannot register a data buffer region with the RDMA device")
+            }
         }
     }
 }
@@ -402,7 +404,8 @@ impl RdmaGroup {
         if self.free.is_empty() && self.conns.len() >= usize::from(ConnId::MAX) {
             return Err(nores("too many queue pairs on this reactor".into()));
         }
-        id.migrate(&self.channel).map_err(|e| nores(e.to_string()))?;
+        id.migrate(&self.channel)
+            .map_err(|e| nores(e.to_string()))?;
         let ctx = id
             .context(&self.devices)
             .map_err(|e| nores(e.to_string()))?;
@@ -427,8 +430,8 @@ impl RdmaGroup {
             .map_err(|e| nores(e.to_string()))?;
         let rsp_mem = HostMem::new((n * Cqe::SIZE).next_multiple_of(4096))
             .map_err(|e| nores(e.to_string()))?;
-        let rsp_mr = Mr::register(&pd, rsp_mem, Access::LOCAL_WRITE)
-            .map_err(|e| nores(e.to_string()))?;
+        let rsp_mr =
+            Mr::register(&pd, rsp_mem, Access::LOCAL_WRITE).map_err(|e| nores(e.to_string()))?;
         let mut sges: Box<[Sge]> = (0..n * WRS_PER_SLOT)
             .map(|i| {
                 let slot = i / WRS_PER_SLOT;
@@ -528,9 +531,9 @@ impl RdmaGroup {
                     }
                 }
                 Some(EventKind::AddrChange) => self.end(idx, "address changed"),
-                Some(
-                    EventKind::ConnectError | EventKind::Unreachable | EventKind::Rejected,
-                ) => self.end(idx, "connection failed"),
+                Some(EventKind::ConnectError | EventKind::Unreachable | EventKind::Rejected) => {
+                    self.end(idx, "connection failed")
+                }
                 _ => debug!(event = %ev.name(), "rdma_cm event ignored"),
             }
         }
@@ -574,7 +577,10 @@ impl RdmaGroup {
 
     fn completion(&mut self, d: usize, wc: &Wc) {
         let Some(id) = WrId::decode(wc.wr_id()) else {
-            warn!(wr_id = wc.wr_id(), "completion with an unknown work request id");
+            warn!(
+                wr_id = wc.wr_id(),
+                "completion with an unknown work request id"
+            );
             return;
         };
         if id.kind == Kind::Recv {
@@ -915,9 +921,7 @@ impl RdmaGroup {
             let done = match self.conns[idx].as_ref() {
                 Some(c) if c.state == ConnState::Closing && c.reported => {
                     let idle = c.signaled == 0;
-                    let late = c
-                        .closing_since
-                        .is_some_and(|t| t.elapsed() > CLOSE_TIMEOUT);
+                    let late = c.closing_since.is_some_and(|t| t.elapsed() > CLOSE_TIMEOUT);
                     if late && !idle {
                         warn!(peer = ?c.peer, qid = c.qid, outstanding = c.signaled,
                             "closing RDMA queue pair still has work requests outstanding; destroying it anyway");

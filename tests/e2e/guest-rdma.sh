@@ -7,7 +7,12 @@
 # 1 MiB sequential writes), a disconnect in the middle of fio then reconnect and verify, two hosts
 # at once, data written over RDMA read back over TCP and the other way, and SIGTERM exiting 0.
 #
-#   deploy/rig/run-guest.sh [--kernel stable|newest] tests/e2e/guest-rdma.sh [NVMFD_BIN]
+#   deploy/rig/run-guest.sh [--kernel stable|newest] tests/e2e/guest-rdma.sh [NVMFD_BIN [PROBE_BIN]]
+#
+# PROBE_BIN (bench's rdma_bad_connect example: cargo build --release -p nvmfd-bench --example
+# rdma_bad_connect) is the userspace host that sends bad connect requests (unknown QID, bad
+# RECFMT, oversize queues, short private data, IRD 0), each of which must be rejected with its
+# NVMe/RDMA status while the kernel host's queue pair keeps doing verified I/O.
 #
 # When $RDMA_SKIP_RXE is 1 the rxe device is expected to exist already (guest-rdma-pingpong.sh
 # ran first in the same boot). Prints "PASS: step" / "FAIL: step - reason", ends with
@@ -22,6 +27,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 REPO=$(cd "$HERE/../.." && pwd)
 NVMFD=${1:-$REPO/build/release/nvmfd}
+PROBE=${2:-$REPO/build/release/examples/rdma_bad_connect}
 NQN=nqn.2026-12.io.nvmfd:rdma
 PORT=4420
 ADDR=
@@ -68,9 +74,10 @@ start_nvmfd() {
     cat >"$WORK/nvmfd.yaml" <<YAML || { why "cannot write the configuration"; return 1; }
 state_dir: $WORK/state
 rpc: { socket: $WORK/rpc.sock }
+# One reactor: soft-RoCE does its work on the guest's CPUs, the host's as well as ours.
 reactors:
-  cores: [0, 1]
-  idle_sleep_us: 50
+  cores: [0]
+  idle_sleep_us: 100
 transports:
   rdma: { max_queue_depth: 128, srq_depth: 2048 }
 bdevs:
@@ -202,6 +209,29 @@ cross_transport() {
     note "4 MiB written over RDMA read back over TCP, and 4 MiB the other way"
 }
 
+# The userspace host's bad connect requests, while the kernel host's queue pair writes and
+# verifies: each answered with its reject status, and the I/O unharmed.
+bad_connects() {
+    [[ -x $PROBE ]] || { why "$PROBE not built (cargo build --release -p nvmfd-bench --example rdma_bad_connect)"; return 1; }
+    timeout 300 fio --name=busy --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite \
+        --bs=4k --offset=48M --size=8M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --verify_state_save=0 --eta=never --output="$WORK/fio-busy.log" >/dev/null 2>&1 &
+    local fpid=$! out rc=0 frc=0 line fails=0
+    out=$(timeout 240 "$PROBE" "$ADDR:$PORT" 16 2>&1) || rc=$?
+    while IFS= read -r line; do
+        case $line in
+        PASS\ *) note "$line"; E2E_PASSED=$((E2E_PASSED + 1)); record "PASS rdma_bad_connect: ${line#PASS }" ;;
+        FAIL\ *) note "$line"; E2E_FAILED=$((E2E_FAILED + 1)); fails=$((fails + 1)); record "FAIL rdma_bad_connect: ${line#FAIL }" ;;
+        *) note "$line" ;;
+        esac
+    done <<<"$out"
+    wait "$fpid" || frc=$?
+    ((frc == 0)) || { why "the kernel host's fio failed (rc $frc) during the bad connects"; cat "$WORK/fio-busy.log"; return 1; }
+    grep -q 'err= 0' "$WORK/fio-busy.log" || { why "fio reported errors"; return 1; }
+    ((rc == 0)) || { why "rdma_bad_connect exited $rc ($fails case(s) failed)"; return 1; }
+    note "kernel host's fio verify passed alongside"
+}
+
 sigterm() {
     disconnect || return 1
     kill -TERM "$PID" || { why "cannot signal nvmfd"; return 1; }
@@ -234,6 +264,7 @@ if [[ -n $PID ]]; then
         run_step "disconnect in the middle of fio, reconnect, verify" disconnect_mid_fio
         run_step "two hosts over RDMA at once" two_hosts
         run_step "same subsystem over RDMA and TCP: written through one, read through the other" cross_transport
+        run_step "userspace host: bad connect requests rejected while the kernel host does I/O" bad_connects
     fi
     run_step "SIGTERM: nvmfd exits 0" sigterm
 fi

@@ -97,6 +97,9 @@ pub struct Keyed {
 }
 
 /// Where a command's data is.
+// The keyed variant is large (its descriptors inline): a plan lives in its command's slot, made
+// once; boxing it would allocate per command.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DataPlan {
     /// No data.
@@ -194,7 +197,7 @@ pub fn plan(sqe: &Sqe, data: &[u8], lim: &SglLimits) -> Result<DataPlan, Status>
             // with the Offset subtype pointing into the in-capsule data: what SPDK's host sends
             // when MSDBD > 1).
             let n = d.length as usize / SglDescriptor::SIZE;
-            if d.length as usize % SglDescriptor::SIZE != 0 || n == 0 {
+            if !(d.length as usize).is_multiple_of(SglDescriptor::SIZE) || n == 0 {
                 return Err(Status::INVALID_SGL_SEGMENT_DESCRIPTOR);
             }
             if n > usize::from(lim.msdbd).clamp(1, MAX_KEYED) {

@@ -48,6 +48,9 @@ const WRS_PER_SLOT: usize = 1 + MAX_KEYED;
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Data buffers up to this size are small ones (most 4 KiB I/O and admin commands).
 const SMALL_BUF: usize = 8192;
+/// The rdma_cm event channel (a system call per look) is read every this many polls; the CQs
+/// (shared memory) every poll.
+const EVENTS_EVERY: u32 = 64;
 /// RDMA READs we let one queue pair have outstanding at most, whatever the host offers.
 pub const MAX_INITIATOR_DEPTH: u8 = 16;
 
@@ -196,6 +199,7 @@ pub struct RdmaGroup {
     events: VecDeque<Event>,
     generation: u16,
     wcs: Box<[Wc]>,
+    polls: u32,
 }
 
 impl RdmaGroup {
@@ -213,6 +217,7 @@ impl RdmaGroup {
             by_id: HashMap::new(),
             events: VecDeque::with_capacity(4096),
             generation: 0,
+            polls: 0,
             wcs: vec![Wc::default(); CQ_BATCH].into_boxed_slice(),
         })
     }
@@ -480,7 +485,8 @@ impl RdmaGroup {
     /// Poll the event channel and every device's CQ; move commands along. Returns whether
     /// anything happened.
     fn poll(&mut self) -> bool {
-        let mut work = self.poll_events();
+        self.polls = self.polls.wrapping_add(1);
+        let mut work = self.polls.is_multiple_of(EVENTS_EVERY) && self.poll_events();
         for d in 0..self.devs.len() {
             work |= self.poll_cq(d);
         }

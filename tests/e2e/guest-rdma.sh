@@ -152,7 +152,7 @@ fio_verify() {
 # Disconnect while fio writes; the target keeps serving: reconnect and verify a fresh region.
 disconnect_mid_fio() {
     timeout 120 fio --name=mid --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite \
-        --bs=4k --offset=0 --size=16M --iodepth=16 --time_based --runtime=60 --eta=never \
+        --bs=4k --offset=0 --size=16M --iodepth=16 --time_based --runtime=30 --eta=never \
         --output="$WORK/fio-mid.log" >/dev/null 2>&1 &
     local fpid=$!
     sleep 4
@@ -162,7 +162,7 @@ disconnect_mid_fio() {
     wait_for 20 no_ctrls "$NQN" || { why "controllers still present after the mid-fio disconnect"; return 1; }
     kill -0 "$PID" 2>/dev/null || { why "nvmfd died"; log_tail; return 1; }
     connect rdma 2 || return 1
-    fio_verify after-mid randwrite 4k 16M 16M 16 || return 1
+    fio_verify after-mid randwrite 4k 16M 8M 16 || return 1
 }
 
 write_pattern() {
@@ -189,7 +189,7 @@ two_hosts() {
     echo round-robin >"$pol" 2>/dev/null || true
     a1=$(path_ios "$CTRL" 1)
     b1=$(path_ios "$ctrl2" 1)
-    fio_verify twohosts randwrite 4k 32M 16M 16 || return 1
+    fio_verify twohosts randwrite 4k 32M 8M 16 || return 1
     note "I/Os: $CTRL $a1 -> $(path_ios "$CTRL" 1), $ctrl2 $b1 -> $(path_ios "$ctrl2" 1)"
     (($(path_ios "$ctrl2" 1) > b1)) || { why "no I/O went through host 2's controller"; return 1; }
     (($(path_ios "$CTRL" 1) > a1)) || { why "no I/O went through host 1's controller"; return 1; }
@@ -214,7 +214,7 @@ cross_transport() {
 bad_connects() {
     [[ -x $PROBE ]] || { why "$PROBE not built (cargo build --release -p nvmfd-bench --example rdma_bad_connect)"; return 1; }
     timeout 300 fio --name=busy --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite \
-        --bs=4k --offset=48M --size=8M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --bs=4k --offset=48M --size=4M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
         --verify_state_save=0 --eta=never --output="$WORK/fio-busy.log" >/dev/null 2>&1 &
     local fpid=$! out rc=0 frc=0 line fails=0
     out=$(timeout 240 "$PROBE" "$ADDR:$PORT" 16 2>&1) || rc=$?
@@ -255,12 +255,12 @@ if [[ -n $PID ]]; then
     run_step "nvme discover -t rdma lists rdma and tcp entries (TRTYPE, TSAS)" discover_rdma
     run_step "nvme connect -t rdma -i 1" connect rdma 1
     if [[ -n $DEV ]]; then
-        run_step "fio 4k randwrite crc32c verify over RDMA (1 I/O queue)" fio_verify rand4k randwrite 4k 0 16M 16
+        run_step "fio 4k randwrite crc32c verify over RDMA (1 I/O queue)" fio_verify rand4k randwrite 4k 0 8M 16
         run_step "disconnect" disconnect
         run_step "nvme connect -t rdma -i 2" connect rdma 2
-        run_step "fio 4k randwrite crc32c verify over RDMA (2 I/O queues)" fio_verify rand4k2 randwrite 4k 0 16M 16
-        run_step "fio 128k write crc32c verify over RDMA" fio_verify seq128k write 128k 16M 32M 8
-        run_step "fio 1m write crc32c verify over RDMA" fio_verify seq1m write 1m 64M 32M 4
+        run_step "fio 4k randwrite crc32c verify over RDMA (2 I/O queues)" fio_verify rand4k2 randwrite 4k 0 8M 16
+        run_step "fio 128k write crc32c verify over RDMA" fio_verify seq128k write 128k 16M 16M 8
+        run_step "fio 1m write crc32c verify over RDMA" fio_verify seq1m write 1m 64M 16M 4
         run_step "disconnect in the middle of fio, reconnect, verify" disconnect_mid_fio
         run_step "two hosts over RDMA at once" two_hosts
         run_step "same subsystem over RDMA and TCP: written through one, read through the other" cross_transport

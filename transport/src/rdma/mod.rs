@@ -88,6 +88,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rdma_transport_info_is_what_a_linux_host_requires() {
+        let cfg = nvmfd_config::RdmaTransport::default();
+        let t = transport_info(&cfg);
+        // nvme-rdma refuses a controller without keyed SGLs ("Mandatory keyed sgls are not
+        // supported!") and uses in-capsule data only with SGL offsets (bit 20).
+        assert_eq!(t.sgls & (1 << 2), 1 << 2);
+        assert_eq!(t.sgls & (1 << 20), 1 << 20);
+        assert_eq!(t.sgls & 3, 1);
+        assert_eq!(t.icdoff, 0);
+        assert_eq!(t.ioccsz(), (64 + 4096) / 16);
+        assert_eq!(t.admin_in_capsule_data_size, cfg.in_capsule_data_size);
+        assert_eq!(t.trtype, 1);
+        assert_eq!(&t.tsas[..4], &[1, 1, 1, 0]);
+        assert_eq!(usize::from(t.msdbd), admit::MAX_KEYED);
+    }
+
+    #[test]
     fn an_address_without_an_rdma_device_fails_in_one_line_naming_it() {
         // 192.0.2.1 (TEST-NET-1) is on no machine's interfaces.
         let err = check_listen_address("192.0.2.1:4420".parse().unwrap()).unwrap_err();

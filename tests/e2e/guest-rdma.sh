@@ -11,7 +11,7 @@
 #
 # PROBE_BIN (bench's rdma_bad_connect example: cargo build --release -p nvmfd-bench --example
 # rdma_bad_connect) is the userspace host that sends bad connect requests (unknown QID, bad
-# RECFMT, oversize queues, short private data, IRD 0), each of which must be rejected with its
+# RECFMT, oversize queues, short (CM-padded) private data, IRD 0), each of which must be rejected with its
 # NVMe/RDMA status while the kernel host's queue pair keeps doing verified I/O.
 #
 # When $RDMA_SKIP_RXE is 1 the rxe device is expected to exist already (guest-rdma-pingpong.sh

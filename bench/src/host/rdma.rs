@@ -84,15 +84,26 @@ pub fn probe_connect(
     req: &ConnectRequest,
     timeout: Duration,
 ) -> Result<ConnectAnswer, String> {
-    let e = |what: &'static str| move |err: nvmfd_transport::rdma::verbs::Error| format!("{what}: {err}");
+    let e = |what: &'static str| {
+        move |err: nvmfd_transport::rdma::verbs::Error| format!("{what}: {err}")
+    };
     let deadline = Instant::now() + timeout;
     let ch = EventChannel::new().map_err(e("event channel"))?;
     let devices = Devices::open().map_err(e("devices"))?;
     let mut id = CmId::new(&ch).map_err(e("cm_id"))?;
-    id.resolve_addr(None, dst, 2000).map_err(e("resolve_addr"))?;
-    expect(wait(&ch, deadline, "address")?, EventKind::AddrResolved, "address")?;
+    id.resolve_addr(None, dst, 2000)
+        .map_err(e("resolve_addr"))?;
+    expect(
+        wait(&ch, deadline, "address")?,
+        EventKind::AddrResolved,
+        "address",
+    )?;
     id.resolve_route(2000).map_err(e("resolve_route"))?;
-    expect(wait(&ch, deadline, "route")?, EventKind::RouteResolved, "route")?;
+    expect(
+        wait(&ch, deadline, "route")?,
+        EventKind::RouteResolved,
+        "route",
+    )?;
     let ctx = id.context(&devices).map_err(e("device"))?;
     let pd = Pd::new(&ctx).map_err(e("PD"))?;
     let cq = Arc::new(Cq::new(&ctx, 16).map_err(e("CQ"))?);

@@ -6,8 +6,9 @@
 # Steps, each under a time limit; all run even when one fails (those that need a binary are
 # skipped when the build failed), and a summary with durations ends the output:
 #   rig setup (deploy/rig/setup.sh) · shellcheck of the test scripts · cargo build --release ·
-#   cargo test --release · cargo fmt --check · cargo clippy · rdma (the verbs layer's ping-pong
-#   on soft-RoCE in the guest, Debian 12's kernel) · rpc (tests/rpc/run.sh: SPDK's Python client
+#   cargo test --release · cargo fmt --check · cargo clippy · rdma (on soft-RoCE in the guest,
+#   one boot per kernel: the verbs layer's ping-pong, then nvmfd over NVMe/RDMA with the kernel's
+#   nvme-rdma host, tests/e2e/guest-rdma-all.sh) · rpc (tests/rpc/run.sh: SPDK's Python client
 #   from PyPI against build/release/nvmfd) · nvme-vfio (tests/e2e/nvme-vfio.sh: the userspace
 #   VFIO NVMe driver on an emulated SSD with a CMB behind a PCIe switch, exported over NVMe/TCP,
 #   Debian 12's kernel) · then for each guest kernel the rig set up
@@ -70,8 +71,14 @@ step test 1800 cargo test --release --workspace || true
 step fmt 300 cargo fmt --check || true
 step clippy 1800 cargo clippy --all-targets -- -D warnings || true
 if ((build_ok)); then
-    step rdma 600 bash -c 'cargo build --release -p nvmfd-transport --example rdma_pingpong &&
-        deploy/rig/run-guest.sh --timeout 420 tests/e2e/guest-rdma-pingpong.sh' || true
+    # shellcheck disable=SC2016  # $k and $rc belong to the inner shell
+    step rdma 1500 bash -c 'cargo build --release -p nvmfd-transport --example rdma_pingpong &&
+        cargo build --release -p nvmfd-bench --example rdma_bad_connect || exit 1
+        rc=0
+        for k in stable newest; do
+            deploy/rig/run-guest.sh --kernel "$k" --timeout 700 tests/e2e/guest-rdma-all.sh || rc=1
+        done
+        exit "$rc"' || true
 else
     results+=("$(printf '%-12s %-5s %5s  %s' rdma SKIP - "no binary: the build failed")")
 fi

@@ -55,7 +55,14 @@
 //!
 //! # Not supported yet
 //! Keys of the settled shape that belong to later work are rejected by name, never ignored:
-//! `transports.rdma`, `p2p` (subsystem and namespace level) and `transport: rdma` on a listener.
+//! `p2p` (subsystem and namespace level).
+//!
+//! # NVMe/RDMA
+//! A listener with `transport: rdma` is served over NVMe/RDMA (RoCE, iWARP, InfiniBand, soft-RoCE)
+//! with the settings of `transports.rdma` ([`RdmaTransport`]: `in_capsule_data_size`,
+//! `max_io_size`, `max_queue_depth`, `max_io_queues`, `srq_depth`, `buffer_pool_size`). The
+//! listener's address must belong to an RDMA device (or be a wildcard): start-up fails with one
+//! line naming the address otherwise. A daemon with only TCP listeners never loads rdma-core.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -201,6 +208,44 @@ impl Default for Reactors {
 pub struct Transports {
     /// NVMe/TCP.
     pub tcp: TcpTransport,
+    /// NVMe/RDMA.
+    pub rdma: RdmaTransport,
+}
+
+/// NVMe/RDMA transport settings (`transports.rdma`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdmaTransport {
+    /// Write payload carried inside the command capsule (no RDMA READ), advertised through
+    /// IOCCSZ; every receive buffer has room for a 64-byte SQE plus this. Default 4 KiB; a
+    /// multiple of 16, at most 64 KiB and at most `max_io_size`.
+    pub in_capsule_data_size: u32,
+    /// Largest I/O in bytes, advertised as MDTS. Default 128 KiB; a power of two in 4 KiB..=8 MiB.
+    pub max_io_size: u32,
+    /// Entries per I/O queue (CRQSIZE in the accept). Default 128; 2..=1024.
+    pub max_queue_depth: u16,
+    /// I/O queues per controller (highest QID a connect request may name). Default 16; 1..=1024.
+    pub max_io_queues: u16,
+    /// Receive buffers each reactor posts on its shared receive queue, shared by all of its
+    /// queue pairs; a connect request that would give the reactor's queues more commands than
+    /// this in total is rejected "no resources". Default 4096; 16..=65536.
+    pub srq_depth: u32,
+    /// Registered host memory per reactor for data buffers larger than 8 KiB (RDMA READ and
+    /// WRITE targets). Registered once with the protection domain, never per I/O. Default
+    /// 64 MiB; at least `max_io_size`.
+    pub buffer_pool_size: u64,
+}
+
+impl Default for RdmaTransport {
+    fn default() -> Self {
+        RdmaTransport {
+            in_capsule_data_size: 4 * 1024,
+            max_io_size: 128 * 1024,
+            max_queue_depth: 128,
+            max_io_queues: 16,
+            srq_depth: 4096,
+            buffer_pool_size: 64 * 1024 * 1024,
+        }
+    }
 }
 
 /// NVMe/TCP transport settings.
@@ -398,12 +443,15 @@ pub struct ListenerConfig {
 pub enum TransportKind {
     /// NVMe/TCP.
     Tcp,
+    /// NVMe/RDMA.
+    Rdma,
 }
 
 impl fmt::Display for TransportKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TransportKind::Tcp => "tcp",
+            TransportKind::Rdma => "rdma",
         })
     }
 }

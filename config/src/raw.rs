@@ -54,7 +54,18 @@ pub(crate) struct RawReactors {
 pub(crate) struct RawTransports {
     pub tcp: RawTcp,
     #[serde(deserialize_with = "present")]
-    pub rdma: Option<Unsupported>,
+    pub rdma: Option<RawRdma>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct RawRdma {
+    pub in_capsule_data_size: Option<Size>,
+    pub max_io_size: Option<Size>,
+    pub max_queue_depth: Option<u64>,
+    pub max_io_queues: Option<u64>,
+    pub srq_depth: Option<u64>,
+    pub buffer_pool_size: Option<Size>,
 }
 
 #[derive(Debug, Default, Deserialize)]

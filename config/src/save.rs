@@ -72,6 +72,14 @@ pub fn to_yaml(cfg: &Config) -> String {
     w!("    data_digest: {}", t.data_digest);
     w!("    c2h_success: {}", t.c2h_success);
     w!("    buffer_pool_size: {}", t.buffer_pool_size);
+    let r = &cfg.transports.rdma;
+    w!("  rdma:");
+    w!("    in_capsule_data_size: {}", r.in_capsule_data_size);
+    w!("    max_io_size: {}", r.max_io_size);
+    w!("    max_queue_depth: {}", r.max_queue_depth);
+    w!("    max_io_queues: {}", r.max_io_queues);
+    w!("    srq_depth: {}", r.srq_depth);
+    w!("    buffer_pool_size: {}", r.buffer_pool_size);
     if cfg.bdevs.is_empty() {
         w!("bdevs: []");
     } else {

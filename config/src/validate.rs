@@ -11,14 +11,14 @@ use crate::de::NodeDe;
 use crate::path::FieldPath;
 use crate::raw::{
     RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawMetrics, RawNamespace, RawNvme,
-    RawReactors, RawRpc, RawSubsystem, RawTcp, RawTransportKind, RawUring,
+    RawRdma, RawReactors, RawRpc, RawSubsystem, RawTcp, RawTransportKind, RawUring,
 };
 use crate::size::Size;
 use crate::yaml::{self, Node, Pos};
 use crate::{
     BdevConfig, BdevKind, Config, ConfigError, Diagnostic, DigestMode, Discovery, ListenerConfig,
-    Metrics, NamespaceConfig, Reactors, Rpc, SubsystemConfig, TcpTransport, TransportKind,
-    Transports, DISCOVERY_NQN,
+    Metrics, NamespaceConfig, RdmaTransport, Reactors, Rpc, SubsystemConfig, TcpTransport,
+    TransportKind, Transports, DISCOVERY_NQN,
 };
 
 use crate::MAX_CNTLID;
@@ -256,13 +256,10 @@ impl Validator<'_> {
         let root = FieldPath::root();
         let reactors = self.reactors(&root.key("reactors"), raw.reactors);
         let tcp = self.tcp(&root.key("transports").key("tcp"), raw.transports.tcp);
-        if raw.transports.rdma.is_some() {
-            self.report(
-                &root.key("transports").key("rdma"),
-                At::Key,
-                "RDMA transport is not supported yet",
-            );
-        }
+        let rdma = self.rdma(
+            &root.key("transports").key("rdma"),
+            raw.transports.rdma.unwrap_or_default(),
+        );
         let mut bdev_index = HashMap::new();
         let mut bdevs = Vec::new();
         for (i, b) in raw.bdevs.into_iter().enumerate() {
@@ -304,7 +301,7 @@ impl Validator<'_> {
             rpc,
             metrics,
             reactors,
-            transports: Transports { tcp },
+            transports: Transports { tcp, rdma },
             bdevs,
             subsystems,
             discovery: Discovery {
@@ -582,6 +579,98 @@ impl Validator<'_> {
             header_digest: digest(t.header_digest),
             data_digest: digest(t.data_digest),
             c2h_success: t.c2h_success.unwrap_or(d.c2h_success),
+            buffer_pool_size,
+        }
+    }
+
+    /// `transports.rdma`: the sizes checked as for TCP, plus `srq_depth`.
+    fn rdma(&mut self, p: &FieldPath, t: RawRdma) -> RdmaTransport {
+        let d = RdmaTransport::default();
+        let mio_path = p.key("max_io_size");
+        let max_io = t.max_io_size.map_or(u64::from(d.max_io_size), |s| s.0);
+        let max_io_ok = max_io.is_power_of_two() && (4 * KIB..=8 * MIB).contains(&max_io);
+        if !max_io_ok {
+            self.report(
+                &mio_path,
+                At::Value,
+                format!(
+                    "max_io_size must be a power of two from 4KiB to 8MiB (got {})",
+                    fmt_size(max_io)
+                ),
+            );
+        }
+        let icd_path = p.key("in_capsule_data_size");
+        let icd = t
+            .in_capsule_data_size
+            .map_or(u64::from(d.in_capsule_data_size), |s| s.0);
+        if !icd.is_multiple_of(16) {
+            self.report(
+                &icd_path,
+                At::Value,
+                format!(
+                    "in_capsule_data_size must be a multiple of 16 bytes (got {})",
+                    fmt_size(icd)
+                ),
+            );
+        } else if icd > 64 * KIB {
+            self.report(
+                &icd_path,
+                At::Value,
+                format!(
+                    "in_capsule_data_size must be at most 64KiB (got {})",
+                    fmt_size(icd)
+                ),
+            );
+        } else if max_io_ok && icd > max_io {
+            self.report_against(
+                (&icd_path, icd),
+                "must not exceed max_io_size",
+                (&mio_path, max_io),
+            );
+        }
+        let mut ranged = |name: &str, value: Option<u64>, default: u32, lo: u32, hi: u32| {
+            let v = value.unwrap_or(u64::from(default));
+            if v < u64::from(lo) || v > u64::from(hi) {
+                self.report(
+                    &p.key(name),
+                    At::Value,
+                    format!("{name} must be between {lo} and {hi} (got {v})"),
+                );
+                default
+            } else {
+                v as u32
+            }
+        };
+        let max_queue_depth = ranged(
+            "max_queue_depth",
+            t.max_queue_depth,
+            d.max_queue_depth.into(),
+            2,
+            1024,
+        ) as u16;
+        let max_io_queues = ranged(
+            "max_io_queues",
+            t.max_io_queues,
+            d.max_io_queues.into(),
+            1,
+            1024,
+        ) as u16;
+        let srq_depth = ranged("srq_depth", t.srq_depth, d.srq_depth, 16, 65536);
+        let bps_path = p.key("buffer_pool_size");
+        let buffer_pool_size = t.buffer_pool_size.map_or(d.buffer_pool_size, |s| s.0);
+        if max_io_ok && buffer_pool_size < max_io {
+            self.report_against(
+                (&bps_path, buffer_pool_size),
+                "must hold at least one max_io_size buffer",
+                (&mio_path, max_io),
+            );
+        }
+        RdmaTransport {
+            in_capsule_data_size: u32::try_from(icd).unwrap_or(d.in_capsule_data_size),
+            max_io_size: u32::try_from(max_io).unwrap_or(d.max_io_size),
+            max_queue_depth,
+            max_io_queues,
+            srq_depth,
             buffer_pool_size,
         }
     }
@@ -970,18 +1059,10 @@ impl Validator<'_> {
     }
 
     fn listener(&mut self, p: &FieldPath, l: RawListener) -> Option<ListenerConfig> {
-        let mut ok = true;
+        let ok = true;
         let transport = match l.transport {
             None | Some(RawTransportKind::Tcp) => TransportKind::Tcp,
-            Some(RawTransportKind::Rdma) => {
-                self.report(
-                    &p.key("transport"),
-                    At::Value,
-                    "RDMA transport is not supported yet",
-                );
-                ok = false;
-                TransportKind::Tcp
-            }
+            Some(RawTransportKind::Rdma) => TransportKind::Rdma,
         };
         let address = match l.address.parse::<IpAddr>() {
             Ok(a) => Some(a),

@@ -270,6 +270,7 @@ fn embedded_default_matches_spec() {
         },
         transports: Transports {
             tcp: TcpTransport::default(),
+            rdma: nvmfd_config::RdmaTransport::default(),
         },
         bdevs: vec![BdevConfig {
             name: "ram0".into(),

@@ -272,35 +272,41 @@ fn bad_sizes() {
 // ---------------------------------------------------------------- not supported yet
 
 #[test]
-fn rdma_transport_not_supported() {
-    let shown = err1(
-        "transports:\n  tcp: {}\n  rdma:\n    srq_depth: 4096\n",
-        3,
-        3,
-        "transports.rdma",
-        "RDMA transport is not supported yet",
-    );
-    assert_eq!(
-        shown,
-        "t.yaml:3:3: transports.rdma: RDMA transport is not supported yet"
-    );
-    // Even an empty section is refused, never ignored.
-    err1(
-        "transports:\n  rdma:\n",
-        2,
-        3,
-        "transports.rdma",
-        "not supported yet",
-    );
-    err1(
+fn rdma_transport_fields_and_listeners() {
+    let cfg = nvmfd_config::parse_str(
         &BASE.replace(
             "      - address: 127.0.0.1\n",
-            "      - { transport: rdma, address: 127.0.0.1 }\n",
+            "      - { transport: rdma, address: 127.0.0.1 }\n      - { address: 127.0.0.1 }\n",
+        )
+        .replace(
+            "bdevs:",
+            "transports:\n  rdma: { srq_depth: 512, max_queue_depth: 64, in_capsule_data_size: 8KiB }\nbdevs:",
         ),
-        9,
-        22,
-        "subsystems[0].listeners[0].transport",
-        "RDMA transport is not supported yet",
+        "t.yaml",
+    )
+    .unwrap();
+    let r = &cfg.transports.rdma;
+    assert_eq!(
+        (r.srq_depth, r.max_queue_depth, r.in_capsule_data_size),
+        (512, 64, 8192)
+    );
+    assert_eq!(r.max_io_size, 128 * 1024, "default");
+    let l = &cfg.subsystems[0].listeners;
+    assert_eq!(l[0].transport, nvmfd_config::TransportKind::Rdma);
+    assert_eq!(l[1].transport, nvmfd_config::TransportKind::Tcp);
+    err1(
+        "transports:\n  rdma:\n    srq_depth: 1\n",
+        3,
+        16,
+        "transports.rdma.srq_depth",
+        "srq_depth must be between 16 and 65536 (got 1)",
+    );
+    err1(
+        "transports:\n  rdma:\n    in_capsule_data_size: 128KiB\n",
+        3,
+        27,
+        "transports.rdma.in_capsule_data_size",
+        "at most 64KiB",
     );
 }
 
@@ -917,7 +923,7 @@ fn several_errors_are_all_reported_in_file_order() {
 transports:
   tcp:
     max_queue_depth: 0
-  rdma: {}
+  rdma: { srq_depth: 1 }
 bdevs:
   - name: ram0
     malloc: { size: 1000 }
@@ -935,7 +941,7 @@ subsystems:
         got,
         [
             (3, 22, "transports.tcp.max_queue_depth"),
-            (4, 3, "transports.rdma"),
+            (4, 22, "transports.rdma.srq_depth"),
             (7, 21, "bdevs[0].malloc.size"),
             (11, 15, "subsystems[0].namespaces[0].bdev"),
         ]

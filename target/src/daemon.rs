@@ -66,6 +66,9 @@ impl Daemon {
 
         let mut listeners = Vec::new();
         let mut listen_addrs = Vec::new();
+        // RDMA listeners share one rdma_cm channel, made (and rdma-core loaded) only when the
+        // config has one: a TCP-only daemon never touches the RDMA libraries.
+        let mut rdma_listeners: Option<nvmfd_transport::rdma::Listeners> = None;
         for l in target.listeners() {
             match l.transport {
                 TransportKind::Tcp => {
@@ -78,9 +81,37 @@ impl Daemon {
                     listen_addrs.push(bound);
                     listeners.push(sock);
                 }
+                TransportKind::Rdma => {
+                    let addr = SocketAddr::new(l.address, l.port);
+                    // One line naming the address and what is missing (no rdma-core, no
+                    // device with this address, ...).
+                    let device = match nvmfd_transport::rdma::check_listen_address(addr) {
+                        Ok(d) => d,
+                        Err(line) => bail!("{line}"),
+                    };
+                    let rl = match rdma_listeners.as_mut() {
+                        Some(rl) => rl,
+                        None => {
+                            let r = &cfg.transports.rdma;
+                            let limits = nvmfd_transport::rdma::admit::ConnLimits {
+                                max_io_queues: r.max_io_queues,
+                                max_queue_depth: r.max_queue_depth,
+                                max_admin_entries: r.max_queue_depth,
+                                max_initiator_depth: nvmfd_transport::rdma::MAX_INITIATOR_DEPTH,
+                            };
+                            let rl = nvmfd_transport::rdma::Listeners::new(limits)
+                                .map_err(|e| anyhow::anyhow!("RDMA listener {addr}: {e}"))?;
+                            rdma_listeners.insert(rl)
+                        }
+                    };
+                    rl.listen(addr)
+                        .map_err(|e| anyhow::anyhow!("RDMA listener {addr}: cannot listen: {e}"))?;
+                    info!(transport = "rdma", address = %addr,
+                        device = device.as_deref().unwrap_or("any"), "listening");
+                }
             }
         }
-        if listeners.is_empty() {
+        if listeners.is_empty() && rdma_listeners.is_none() {
             warn!("no listeners configured: nothing to serve");
         }
 
@@ -98,7 +129,21 @@ impl Daemon {
             info: nvmfd_transport::tcp::transport_info(tcp),
             buffer_pool_size: tcp.buffer_pool_size,
         };
-        let groups = vec![AnyGroupConfig::Tcp(tcp_group)];
+        let mut groups = vec![AnyGroupConfig::Tcp(tcp_group)];
+        if rdma_listeners.is_some() {
+            let r = &cfg.transports.rdma;
+            groups.push(AnyGroupConfig::Rdma(
+                nvmfd_transport::rdma::RdmaGroupConfig {
+                    params: nvmfd_transport::rdma::RdmaParams {
+                        in_capsule_data_size: r.in_capsule_data_size,
+                        max_io_size: r.max_io_size,
+                        srq_depth: r.srq_depth,
+                        buffer_pool_size: r.buffer_pool_size,
+                    },
+                    info: nvmfd_transport::rdma::transport_info(r),
+                },
+            ));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let idle_sleep = (cfg.reactors.idle_sleep_us > 0)
             .then(|| Duration::from_micros(cfg.reactors.idle_sleep_us as u64));
@@ -133,7 +178,9 @@ impl Daemon {
         ));
         let acceptor = std::thread::Builder::new()
             .name("acceptor".into())
-            .spawn(move || crate::live::acceptor_loop(listeners, inboxes, astop, alink))?;
+            .spawn(move || {
+                crate::live::acceptor_loop(listeners, rdma_listeners, inboxes, astop, alink)
+            })?;
         Ok(Daemon {
             target,
             listen_addrs,

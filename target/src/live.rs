@@ -217,7 +217,8 @@ fn discovery_view(sc: &SubsystemConfig) -> (String, bool, BTreeSet<String>, Vec<
 impl Live {
     /// `target` is what the daemon started with, `config` the configuration it was built from
     /// with its identities written in, `bdevs` the opened devices in `config.bdevs` order,
-    /// `bound` the addresses the acceptor listens on for `target.listeners()`, in that order.
+    /// `bound` the addresses the acceptor listens on for the TCP listeners of
+    /// `target.listeners()`, in that order (RDMA listeners are served where configured).
     pub fn new(
         target: Arc<Target>,
         config: Config,
@@ -238,11 +239,17 @@ impl Live {
                 })
             })
             .collect();
+        let mut tcp_bound = bound.iter();
         let bound = target
             .listeners()
             .into_iter()
-            .zip(bound)
-            .map(|(listener, &addr)| Bound { listener, addr })
+            .filter_map(|listener| {
+                let addr = match listener.transport {
+                    TransportKind::Tcp => *tcp_bound.next()?,
+                    TransportKind::Rdma => SocketAddr::new(listener.address, listener.port),
+                };
+                Some(Bound { listener, addr })
+            })
             .collect();
         Live {
             state: Mutex::new(State {
@@ -381,6 +388,32 @@ impl Live {
         let ids = crate::identity::resolve(&cand).map_err(|e| Refused(format!("{e:#}")))?;
         let run = with_identities(&cand, &ids);
 
+        // RDMA listeners share one rdma_cm channel made at start-up (with its devices' checks):
+        // they are not changed while running.
+        let rdma = |l: &Listener| l.transport == TransportKind::Rdma;
+        let rdma_now: Vec<Listener> = st
+            .bound
+            .iter()
+            .map(|b| b.listener.clone())
+            .filter(rdma)
+            .collect();
+        let rdma_wanted: Vec<Listener> = run
+            .subsystems
+            .iter()
+            .flat_map(listeners)
+            .filter(rdma)
+            .collect();
+        if let Some(l) = rdma_wanted
+            .iter()
+            .find(|l| !rdma_now.contains(l))
+            .or_else(|| rdma_now.iter().find(|l| !rdma_wanted.contains(l)))
+        {
+            return Err(Refused(format!(
+                "RDMA listener {}:{} cannot be added or removed while running: change the YAML and restart the daemon",
+                l.address, l.port
+            )));
+        }
+
         // New bdevs are opened and new addresses bound before anything changes.
         let mut opened: Vec<Slot> = Vec::new();
         for b in run.bdevs.iter().filter(|b| old.bdev(&b.name).is_none()) {
@@ -412,6 +445,8 @@ impl Live {
                         .map_err(|e| Refused(format!("cannot listen on {addr} (tcp): {e}")))?;
                     new_sockets.push((l.clone(), sock));
                 }
+                // Refused above: every RDMA listener wanted is bound already.
+                TransportKind::Rdma => {}
             }
         }
 
@@ -630,13 +665,20 @@ impl Live {
 /// (round-robin), and take listener changes from `link`.
 pub(crate) fn acceptor_loop(
     mut listeners: Vec<TcpListener>,
+    mut rdma: Option<nvmfd_transport::rdma::Listeners>,
     inboxes: Vec<Arc<ArrayQueue<nvmfd_transport::group::AnyIncoming>>>,
     stop: Arc<std::sync::atomic::AtomicBool>,
     link: AcceptorLink,
 ) {
     use std::os::fd::AsRawFd;
     let mut next = 0usize;
-    let mut fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let mut next_rdma = 0usize;
+    let all_fds = |listeners: &[TcpListener], rdma: &Option<nvmfd_transport::rdma::Listeners>| {
+        let mut fds: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+        fds.extend(rdma.as_ref().map(|r| r.fd()));
+        fds
+    };
+    let mut fds = all_fds(&listeners, &rdma);
     while !stop.load(Ordering::Relaxed) {
         while let Some((seq, msg)) = link.queue.pop() {
             match msg {
@@ -645,10 +687,34 @@ pub(crate) fn acceptor_loop(
                     listeners.retain(|l| l.local_addr().ok() != Some(addr));
                 }
             }
-            fds = listeners.iter().map(|l| l.as_raw_fd()).collect();
+            fds = all_fds(&listeners, &rdma);
             link.applied.store(seq, Ordering::Release);
         }
         let mut any = false;
+        // RDMA connect requests: admitted or rejected by the listener, then round-robin to the
+        // reactors, where the queue pair lives.
+        while let Some(rl) = rdma.as_mut() {
+            match rl.poll() {
+                Ok((false, _)) => break,
+                Ok((true, None)) => any = true,
+                Ok((true, Some(inc))) => {
+                    any = true;
+                    let inbox = &inboxes[next_rdma % inboxes.len()];
+                    next_rdma = next_rdma.wrapping_add(1);
+                    let peer = inc.peer;
+                    if inbox
+                        .push(nvmfd_transport::group::AnyIncoming::Rdma(inc))
+                        .is_err()
+                    {
+                        warn!(?peer, "reactor inbox full; refusing RDMA connection");
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, "RDMA listener event channel");
+                    break;
+                }
+            }
+        }
         for l in &listeners {
             match l.accept() {
                 Ok((stream, peer)) => {

@@ -108,6 +108,13 @@ fn config_pairs(topo: &Topology, cfg: &Config) -> Vec<Entry> {
                         ssd.map(|s| format!(" (bdev {}: {s})", ns.bdev))
                             .unwrap_or_default()
                     ),
+                    // The RDMA transport bounces through registered host memory for now.
+                    TransportKind::Rdma => format!(
+                        "NVMe/RDMA listener: data goes through registered host memory (no CMB \
+                         buffers yet){}",
+                        ssd.map(|s| format!(" (bdev {}: {s})", ns.bdev))
+                            .unwrap_or_default()
+                    ),
                 };
                 out.push(Entry {
                     subsystem: Some(sub.nqn.clone()),

@@ -270,17 +270,20 @@ pub trait PollGroup {
 /// [`AnyIncoming`] and to [`AnyGroupConfig`].
 pub enum AnyGroup {
     Tcp(crate::tcp::TcpGroup),
+    Rdma(Box<crate::rdma::RdmaGroup>),
 }
 
 /// A new connection for one of the kinds of [`AnyGroup`].
 pub enum AnyIncoming {
     Tcp(crate::tcp::TcpIncoming),
+    Rdma(crate::rdma::Incoming),
 }
 
 /// How to build one of the kinds of [`AnyGroup`].
 #[derive(Debug, Clone)]
 pub enum AnyGroupConfig {
     Tcp(crate::tcp::TcpGroupConfig),
+    Rdma(crate::rdma::RdmaGroupConfig),
 }
 
 /// Forward a call to whichever group `self` is.
@@ -288,6 +291,7 @@ macro_rules! each {
     ($self:expr, $g:ident => $e:expr) => {
         match $self {
             AnyGroup::Tcp($g) => $e,
+            AnyGroup::Rdma($g) => $e,
         }
     };
 }
@@ -299,11 +303,17 @@ impl PollGroup for AnyGroup {
     fn new(cfg: &AnyGroupConfig, reactor: usize) -> std::io::Result<Self> {
         Ok(match cfg {
             AnyGroupConfig::Tcp(c) => AnyGroup::Tcp(crate::tcp::TcpGroup::new(c, reactor)?),
+            AnyGroupConfig::Rdma(c) => {
+                AnyGroup::Rdma(Box::new(crate::rdma::RdmaGroup::new(c, reactor)?))
+            }
         })
     }
 
     fn accepts(&self, incoming: &AnyIncoming) -> bool {
-        matches!((self, incoming), (AnyGroup::Tcp(_), AnyIncoming::Tcp(_)))
+        matches!(
+            (self, incoming),
+            (AnyGroup::Tcp(_), AnyIncoming::Tcp(_)) | (AnyGroup::Rdma(_), AnyIncoming::Rdma(_))
+        )
     }
 
     fn info(&self) -> &TransportInfo {
@@ -314,6 +324,7 @@ impl PollGroup for AnyGroup {
         #[allow(unreachable_patterns)]
         match (self, incoming) {
             (AnyGroup::Tcp(g), AnyIncoming::Tcp(i)) => g.add(i),
+            (AnyGroup::Rdma(g), AnyIncoming::Rdma(i)) => g.add(i),
             _ => tracing::warn!("a connection handed to a group of another transport; dropped"),
         }
     }

@@ -15,6 +15,7 @@ pub mod frame;
 mod io;
 mod queue;
 mod raw;
+pub mod rdma;
 
 pub use conn::MAX_PDU_DATA;
 pub use controller::{format_uuid, Controller, ControllerInfo, Host, HostOptions, NamespaceInfo};

@@ -253,7 +253,10 @@ impl Target {
         Arc::new(Target {
             subsystems,
             discovery_enabled: cfg.discovery.enabled,
-            transports: vec![nvmfd_transport::tcp::transport_info(&cfg.transports.tcp)],
+            transports: vec![
+                nvmfd_transport::tcp::transport_info(&cfg.transports.tcp),
+                nvmfd_transport::rdma::transport_info(&cfg.transports.rdma),
+            ],
             generation: 1,
             ns_changes: Arc::new(Vec::new()),
             ns_changes_floor: 0,

@@ -316,6 +316,7 @@ fn nvmf_get_transports(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError>
 fn trid(transport: TransportKind, address: IpAddr, port: u16) -> Value {
     let trtype = match transport {
         TransportKind::Tcp => "TCP",
+        TransportKind::Rdma => "RDMA",
     };
     json!({
         "trtype": trtype,

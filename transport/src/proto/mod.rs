@@ -4,6 +4,7 @@
 
 pub mod fabrics;
 pub mod nvme;
+pub mod rdma;
 pub mod status;
 pub mod tcp;
 

@@ -105,6 +105,8 @@ impl std::fmt::Display for Status {
             (0, 0x08) => "aborted: SQ deletion",
             (0, 0x0B) => "invalid namespace or format",
             (0, 0x0C) => "command sequence error",
+            (0, 0x0D) => "invalid SGL segment descriptor",
+            (0, 0x0E) => "invalid number of SGL descriptors",
             (0, 0x0F) => "data SGL length invalid",
             (0, 0x11) => "SGL descriptor type invalid",
             (0, 0x12) => "invalid use of controller memory buffer",

@@ -162,6 +162,8 @@ impl EventChannel {
             listen_id: IdHandle(e.listen_id as usize),
             private: [0; MAX_PRIVATE_DATA],
             private_len: 0,
+            responder_resources: 0,
+            initiator_depth: 0,
             new_id: None,
         };
         if kind.is_some_and(EventKind::has_conn_param) && !e.conn.private_data.is_null() {
@@ -176,6 +178,10 @@ impl EventChannel {
                 )
             };
             out.private_len = n;
+        }
+        if kind.is_some_and(EventKind::has_conn_param) {
+            out.responder_resources = e.conn.responder_resources;
+            out.initiator_depth = e.conn.initiator_depth;
         }
         if kind == Some(EventKind::ConnectRequest) {
             if let Some(id) = NonNull::new(e.id) {
@@ -205,6 +211,13 @@ pub struct Event {
     pub listen_id: IdHandle,
     private: [u8; MAX_PRIVATE_DATA],
     private_len: usize,
+    /// For a connect request, as the CM reports it from this side (it swaps the peer's two
+    /// values): RDMA READs the peer may have outstanding against us (the peer's initiator
+    /// depth, its ORD).
+    pub responder_resources: u8,
+    /// For a connect request, from this side: RDMA READs we may have outstanding against the
+    /// peer (the peer's responder resources, its IRD).
+    pub initiator_depth: u8,
     new_id: Option<CmId>,
 }
 
@@ -337,6 +350,31 @@ fn sockaddr(addr: SocketAddr) -> libc::sockaddr_storage {
         }
     }
     ss
+}
+
+fn from_sockaddr(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in (smaller, same alignment).
+            let sin: &libc::sockaddr_in = unsafe { &*(ss as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::from((
+                sin.sin_addr.s_addr.to_ne_bytes(),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast() };
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                sin6.sin6_addr.s6_addr.into(),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
 }
 
 impl CmId {
@@ -500,6 +538,29 @@ impl CmId {
         self.qp.as_ref()
     }
 
+    /// Moves this id (and its future events) to `channel`: a connection accepted on a listener's
+    /// channel continues on the channel of the reactor that serves it.
+    pub fn migrate(&mut self, channel: &EventChannel) -> Result<()> {
+        // SAFETY: raw is a live id and channel a live event channel; the id's Arc moves to the
+        // new channel below, so the channel outlives the id.
+        let rc = unsafe { (self.lib().rdma_migrate_id)(self.raw.as_ptr(), channel.0.raw.as_ptr()) };
+        self.check("rdma_migrate_id", rc)?;
+        self.channel = channel.clone();
+        Ok(())
+    }
+
+    /// The local address (`rdma_get_local_addr`), once bound or connected.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        // SAFETY: raw is a live id; librdmacm fills route.addr and keeps it while the id lives.
+        from_sockaddr(unsafe { &(*self.raw.as_ptr()).src_addr })
+    }
+
+    /// The peer's address (`rdma_get_peer_addr`), for a connected or requesting id.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        // SAFETY: as local_addr.
+        from_sockaddr(unsafe { &(*self.raw.as_ptr()).dst_addr })
+    }
+
     /// Connects (after `RouteResolved`), sending `private` in the request.
     pub fn connect(&self, param: &ConnParam, private: &[u8]) -> Result<()> {
         let mut p = param.raw(private)?;
@@ -576,6 +637,10 @@ mod tests {
         assert_eq!(sin6.sin6_family as i32, libc::AF_INET6);
         assert_eq!(sin6.sin6_scope_id, 2);
         assert_eq!(sin6.sin6_addr.s6_addr[0], 0xfe);
+        for a in ["10.0.2.15:4420", "[fe80::1%2]:4420"] {
+            let a: SocketAddr = a.parse().unwrap();
+            assert_eq!(from_sockaddr(&sockaddr(a)), Some(a));
+        }
     }
 
     #[test]

@@ -247,13 +247,17 @@ pub struct rdma_event_channel {
     pub fd: c_int,
 }
 
-/// `struct rdma_cm_id` (prefix: `verbs`, `channel`, `context`, `qp`).
+/// `struct rdma_cm_id` (prefix: `verbs`, `channel`, `context`, `qp`, and the two addresses
+/// that open `route.addr`, which `rdma_get_local_addr`/`rdma_get_peer_addr` (inline in
+/// rdma_cma.h) return).
 #[repr(C)]
 pub struct rdma_cm_id {
     pub verbs: *mut ibv_context,
     pub channel: *mut rdma_event_channel,
     pub context: *mut c_void,
     pub qp: *mut ibv_qp,
+    pub src_addr: libc::sockaddr_storage,
+    pub dst_addr: libc::sockaddr_storage,
 }
 
 /// `struct rdma_conn_param`.
@@ -408,6 +412,7 @@ library! {
     rdma_accept: cm = fn(*mut rdma_cm_id, *mut rdma_conn_param) -> c_int;
     rdma_reject: cm = fn(*mut rdma_cm_id, *const c_void, u8) -> c_int;
     rdma_disconnect: cm = fn(*mut rdma_cm_id) -> c_int;
+    rdma_migrate_id: cm = fn(*mut rdma_cm_id, *mut rdma_event_channel) -> c_int;
 }
 
 /// Loads both libraries by the given names and resolves every function.

@@ -32,6 +32,12 @@ impl Sge {
 
     /// Shortens the SGE (a reused buffer carrying less this time). Never lengthens it: that
     /// could leave its region.
+    /// Point the SGE somewhere else (the transport re-aims a pre-built WR at each command's
+    /// buffer instead of building one).
+    pub(crate) fn set(&mut self, addr: u64, length: u32, lkey: u32) {
+        self.0 = ibv_sge { addr, length, lkey };
+    }
+
     pub fn set_len(&mut self, len: u32) -> Result<()> {
         if len > self.0.length {
             return Err(Error::Invalid("an SGE can only be shortened"));
@@ -128,6 +134,32 @@ impl SendWr {
     pub fn set_remote(&mut self, remote_addr: u64, rkey: u32) {
         self.0.rdma.remote_addr = remote_addr;
         self.0.rdma.rkey = rkey;
+    }
+
+    /// Make this WR an RDMA READ (`read`) or WRITE to `remote_addr`/`rkey`.
+    pub(crate) fn set_rdma(&mut self, read: bool, remote_addr: u64, rkey: u32, signaled: bool) {
+        self.0.opcode = if read {
+            sys::IBV_WR_RDMA_READ
+        } else {
+            sys::IBV_WR_RDMA_WRITE
+        };
+        self.0.send_flags = if signaled { sys::IBV_SEND_SIGNALED } else { 0 };
+        self.set_remote(remote_addr, rkey);
+    }
+
+    /// Make this WR a signaled SEND, with Invalidate of `invalidate` if given.
+    pub(crate) fn set_send(&mut self, invalidate: Option<u32>) {
+        self.0.send_flags = sys::IBV_SEND_SIGNALED;
+        match invalidate {
+            Some(rkey) => {
+                self.0.opcode = sys::IBV_WR_SEND_WITH_INV;
+                self.0.imm_or_invalidate = rkey;
+            }
+            None => {
+                self.0.opcode = sys::IBV_WR_SEND;
+                self.0.imm_or_invalidate = 0;
+            }
+        }
     }
 
     pub fn set_wr_id(&mut self, wr_id: u64) {

@@ -73,6 +73,8 @@ fn rust_layout() -> Vec<(&'static str, usize)> {
         off!(rdma_cm_id, "channel", channel),
         off!(rdma_cm_id, "context", context),
         off!(rdma_cm_id, "qp", qp),
+        off!(rdma_cm_id, "route.addr.src_addr", src_addr),
+        off!(rdma_cm_id, "route.addr.dst_addr", dst_addr),
         size!(rdma_conn_param),
         off!(rdma_conn_param, "private_data_len", private_data_len),
         off!(rdma_conn_param, "rnr_retry_count", rnr_retry_count),

@@ -972,7 +972,8 @@ impl Inner {
             // core refuses anything else, before any buffer is taken). Being here already, it gets
             // a buffer even past the pool's cap; a large one counts in this connection's share.
             let limit = self.in_capsule_limit as u64;
-            let end = offset + len as u64;
+            // The offset is the host's 64-bit SGL address field: any value may come.
+            let end = offset.saturating_add(len as u64);
             if dir == Direction::HostToController
                 && offset <= limit
                 && carried as u64 <= limit

@@ -1,7 +1,7 @@
 //! The NVM command set on I/O queues: Read, Write, Flush, Write Zeroes, Dataset Management.
 
 use super::qpair::State;
-use super::{Subsystem, Target};
+use super::{Namespace, Subsystem, Target};
 use nvmfd_bdev::{DsmRange, Op};
 use nvmfd_transport::proto::nvme::{opcode, Sqe};
 use nvmfd_transport::proto::status::Status;
@@ -29,6 +29,16 @@ pub fn admit(
     sqe: &Sqe,
     sgl_len: u32,
 ) -> Result<usize, Status> {
+    admitted(subsys, limits, sqe, sgl_len).map(|ns| ns.bdev)
+}
+
+/// [`admit`]'s checks, giving the namespace.
+fn admitted<'a>(
+    subsys: &'a Subsystem,
+    limits: &TransportInfo,
+    sqe: &Sqe,
+    sgl_len: u32,
+) -> Result<&'a Namespace, Status> {
     let ns = subsys
         .namespace(sqe.nsid)
         .ok_or(Status::INVALID_NAMESPACE)?;
@@ -64,7 +74,7 @@ pub fn admit(
         }
         _ => return Err(Status::INVALID_OPCODE),
     }
-    Ok(ns.bdev)
+    Ok(ns)
 }
 
 /// Validate an I/O command against its namespace and turn it into a block-device operation.
@@ -82,9 +92,9 @@ pub fn check(
 ) -> Result<Checked, Status> {
     let sqe = &cap.sqe;
     let fua = sqe.cdw12 & CDW12_FUA != 0 || !write_cache;
-    let ns = subsys
-        .namespace(sqe.nsid)
-        .ok_or(Status::INVALID_NAMESPACE)?;
+    // The admission rules again, with the data in place: the namespace may have changed since
+    // (live reconfiguration swaps the target between the two phases).
+    let ns = admitted(subsys, limits, sqe, cap.data_len)?;
     let bdev = ns.bdev;
     let in_range = |lba: u64, blocks: u64| {
         lba.checked_add(blocks)
@@ -94,17 +104,10 @@ pub fn check(
         opcode::NVM_READ | opcode::NVM_WRITE => {
             let (lba, blocks) = (sqe.slba(), sqe.nlb());
             let bytes = blocks as u64 * ns.info.block_size as u64;
-            if bytes > limits.max_io_size as u64 {
-                return Err(Status::INVALID_FIELD);
-            }
-            if !in_range(lba, blocks as u64) {
-                return Err(Status::LBA_OUT_OF_RANGE);
-            }
-            if (cap.data_len as u64) < bytes
-                || cap
-                    .buf
-                    .as_ref()
-                    .is_none_or(|b| (b.capacity() as u64) < bytes)
+            if cap
+                .buf
+                .as_ref()
+                .is_none_or(|b| (b.capacity() as u64) < bytes)
             {
                 return Err(Status::DATA_SGL_LENGTH_INVALID);
             }
@@ -119,16 +122,14 @@ pub fn check(
             bdev,
             op: Op::Flush,
         }),
-        opcode::NVM_WRITE_ZEROES => {
-            let (lba, blocks) = (sqe.slba(), sqe.nlb());
-            if !in_range(lba, blocks as u64) {
-                return Err(Status::LBA_OUT_OF_RANGE);
-            }
-            Ok(Checked::Io {
-                bdev,
-                op: Op::WriteZeroes { lba, blocks, fua },
-            })
-        }
+        opcode::NVM_WRITE_ZEROES => Ok(Checked::Io {
+            bdev,
+            op: Op::WriteZeroes {
+                lba: sqe.slba(),
+                blocks: sqe.nlb(),
+                fua,
+            },
+        }),
         opcode::NVM_DATASET_MANAGEMENT => {
             let ranges = (sqe.cdw10 & 0xff) as usize + 1;
             let deallocate = sqe.cdw11 & (1 << 2) != 0;

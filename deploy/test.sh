@@ -33,6 +33,11 @@ results=()
 failed=0
 build_ok=1
 t0=$(date +%s)
+# Each step's output is also kept in build/test-logs/NAME.log; the summary repeats the failing
+# checks of failed steps so that they are in the last lines of a long run.
+LOGS=$REPO/build/test-logs
+mkdir -p "$LOGS"
+rm -f "$LOGS"/*.log
 
 # step NAME LIMIT_SECS CMD...: run one step, record its outcome and duration.
 step() {
@@ -47,7 +52,7 @@ step() {
     echo
     echo "=== [$name] $* (limit ${limit}s)"
     start=$(date +%s)
-    timeout -k 30 "$limit" "$@" || rc=$?
+    timeout -k 30 "$limit" "$@" > >(tee "$LOGS/$name.log") 2>&1 || rc=$?
     local took=$(($(date +%s) - start))
     if ((rc == 0)); then
         results+=("$(printf '%-12s %-5s %4ss  %s' "$name" PASS "$took" "$cmd")")
@@ -112,6 +117,17 @@ echo
 echo "=== summary ($(($(date +%s) - t0))s in all)"
 printf '  %s\n' "${results[@]}"
 if ((failed)); then
+    for r in "${results[@]}"; do
+        read -r name outcome _ <<<"$r"
+        [[ $outcome == FAIL && -f $LOGS/$name.log ]] || continue
+        echo "=== [$name] failed; its failing lines (whole output: build/test-logs/$name.log):"
+        # Lines that report a failure, minus those of negative tests that expect one; the log's
+        # last lines when none does.
+        lines=$(grep -aE 'FAIL|[Ee]rror|panicked|timed out' "$LOGS/$name.log" |
+            grep -avE '\(expected\)|PASS' | tail -n 25 || true)
+        [[ -n $lines ]] || lines=$(tail -n 15 "$LOGS/$name.log")
+        while IFS= read -r l; do echo "    $l"; done <<<"$lines"
+    done
     echo "deploy/test.sh: $failed step(s) FAILED"
     exit 1
 fi

@@ -120,7 +120,14 @@ connect() {
     out=$(timeout 120 nvme connect -t "$1" -a "$ADDR" -s "$PORT" -n "$NQN" -i "$2" \
         --ctrl-loss-tmo=10 --reconnect-delay=2 2>&1) ||
         { why "nvme connect -t $1 -i $2 failed: $out"; kmsg_tail; log_tail; return 1; }
-    wait_for 20 has_nsdev "$NQN" || { why "no namespace block device after connect"; kmsg_tail; return 1; }
+    # A bound, not a timing assertion: namespace scanning on an emulated guest on a busy machine
+    # has taken more than 20 s.
+    wait_for 60 has_nsdev "$NQN" || {
+        why "no namespace block device 60 s after connect"
+        printf "    %s\n" /sys/class/nvme-subsystem/*/nvme* /dev/nvme*
+        kmsg_tail
+        return 1
+    }
     DEV=$(nsdev_for "$NQN")
     CTRL=$(ctrls_for "$NQN" "$HOST1NQN" | head -n 1)
     local tr qc
@@ -140,6 +147,8 @@ disconnect() {
 
 fio_verify() {
     local name=$1 log=$WORK/fio-$1.log
+    # fio would create a regular file of that name, and later steps would test that file.
+    [[ -b $DEV ]] || { why "$DEV is not a block device"; return 1; }
     timeout 600 fio --name="$name" --filename="$DEV" --direct=1 --ioengine=libaio \
         --rw="$2" --bs="$3" --offset="$4" --size="$5" --iodepth="$6" \
         --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \

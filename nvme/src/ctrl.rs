@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use nvmfd_p2p::mem::{Domain, Region, Registrar, SharedPool};
+use nvmfd_p2p::mem::{Domain, IovaSpace, Region, Registrar, SharedPool};
 
 use crate::bar::Bar;
 use crate::cmd::{admin, feature, Cqe, Sqe, Status};
@@ -322,8 +322,92 @@ pub struct Controller {
     /// Drop order: mappings before the device, the device before the group, the group before
     /// the container.
     device: Device,
-    _group: Group,
+    _group: Member,
     container: Arc<Container>,
+}
+
+/// The process's one VFIO container: every controller's group joins it, so a host buffer region
+/// has one IOVA for all SSDs ([`IovaSpace`]), mapped once when the first controller comes up
+/// (or when the region is made, after that).
+struct Shared {
+    container: Option<Arc<Container>>,
+    groups: usize,
+}
+
+static SHARED: Mutex<Shared> = Mutex::new(Shared {
+    container: None,
+    groups: 0,
+});
+
+/// A controller's group in the shared container. The last one to leave unmaps the host buffer
+/// regions first: the kernel drops a container's IOMMU context (and its mappings) with its last
+/// group, and the next controller starts a new container that maps them again.
+struct Member {
+    group: Option<Group>,
+}
+
+impl Member {
+    fn device(&self, bdf: &str) -> io::Result<Device> {
+        self.group
+            .as_ref()
+            .expect("group held until drop")
+            .device(bdf)
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let mut s = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        s.groups = s.groups.saturating_sub(1);
+        let last = s.groups == 0;
+        if last {
+            IovaSpace::host().detach();
+        }
+        drop(self.group.take());
+        if last {
+            s.container = None;
+        }
+    }
+}
+
+/// Open IOMMU group `group_id` and put it in the shared container, making the container (type1
+/// IOMMU, every registered host buffer region mapped) if this is the first controller.
+fn join_container(group_id: u32, bdf: &str) -> Result<(Member, Arc<Container>)> {
+    let mut s = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    let group = Group::open(group_id, || sysfs::describe_group(group_id))?;
+    if let Some(c) = s.container.clone() {
+        // Type1 attaches the group to the container's IOMMU domain (or to a new one, replaying
+        // the existing mappings into it).
+        group.set_container(&c)?;
+        s.groups += 1;
+        return Ok((Member { group: Some(group) }, c));
+    }
+    let container = Arc::new(Container::open()?);
+    let model = if container.has_extension(vfio::VFIO_TYPE1V2_IOMMU) {
+        vfio::VFIO_TYPE1V2_IOMMU
+    } else if container.has_extension(vfio::VFIO_TYPE1_IOMMU) {
+        vfio::VFIO_TYPE1_IOMMU
+    } else if container.has_extension(vfio::VFIO_NOIOMMU_IOMMU) {
+        return Err(Error::Invalid(
+            "VFIO is in no-IOMMU mode: this driver programs IOVAs and needs an IOMMU \
+             (intel_iommu=on / amd_iommu=on)"
+                .into(),
+        ));
+    } else {
+        return Err(Error::Invalid(
+            "VFIO offers no type1 IOMMU: is vfio_iommu_type1 loaded and the IOMMU on?".into(),
+        ));
+    };
+    group.set_container(&container)?;
+    container.set_iommu(model)?;
+    let (regions, bytes, _) = IovaSpace::host().stats();
+    IovaSpace::host()
+        .attach(container.clone())
+        .map_err(|e| Error::Invalid(format!("{bdf}: cannot map the buffer memory for DMA: {e}")))?;
+    info!(%bdf, regions, bytes, "VFIO container up; host buffer regions mapped for DMA");
+    s.container = Some(container.clone());
+    s.groups = 1;
+    Ok((Member { group: Some(group) }, container))
 }
 
 /// Options for [`Controller::open`].
@@ -356,35 +440,19 @@ impl Controller {
         let bdf = sysfs::parse_bdf(bdf).map_err(Error::Invalid)?;
         let group_id = sysfs::preflight(&bdf)?;
         let (limit, cap_ipc_lock) = sysfs::memlock();
+        // The reactors' buffer regions are pinned too (mapped once for every controller).
+        let want = opts.dma_bytes + IovaSpace::host().stats().1;
         if let Some(l) = limit {
-            if !cap_ipc_lock && l < opts.dma_bytes {
+            if !cap_ipc_lock && l < want {
                 return Err(Error::Invalid(format!(
                     "locked-memory limit {l} bytes is below the {} bytes of DMA memory VFIO must \
                      pin: raise it (`ulimit -l unlimited`, LimitMEMLOCK=infinity in the unit) or \
                      run with CAP_IPC_LOCK",
-                    opts.dma_bytes
+                    want
                 )));
             }
         }
-        let container = Arc::new(Container::open()?);
-        let model = if container.has_extension(vfio::VFIO_TYPE1V2_IOMMU) {
-            vfio::VFIO_TYPE1V2_IOMMU
-        } else if container.has_extension(vfio::VFIO_TYPE1_IOMMU) {
-            vfio::VFIO_TYPE1_IOMMU
-        } else if container.has_extension(vfio::VFIO_NOIOMMU_IOMMU) {
-            return Err(Error::Invalid(
-                "VFIO is in no-IOMMU mode: this driver programs IOVAs and needs an IOMMU \
-                 (intel_iommu=on / amd_iommu=on)"
-                    .into(),
-            ));
-        } else {
-            return Err(Error::Invalid(
-                "VFIO offers no type1 IOMMU: is vfio_iommu_type1 loaded and the IOMMU on?".into(),
-            ));
-        };
-        let group = Group::open(group_id, || sysfs::describe_group(group_id))?;
-        group.set_container(&container)?;
-        container.set_iommu(model)?;
+        let (group, container) = join_container(group_id, &bdf)?;
         let device = group.device(&bdf)?;
 
         // PCI command register: memory space, bus master, INTx off (we poll).

@@ -7,7 +7,6 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 const VFIO_TYPE: u64 = b';' as u64;
 const fn io(nr: u64) -> u64 {
@@ -79,16 +78,14 @@ fn last_err(what: &str) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-/// A VFIO container with the type1 IOMMU set, and the IOVA space handed out from it.
+/// A VFIO container with the type1 IOMMU set. IOVAs come from the process's
+/// [`IovaSpace`](nvmfd_p2p::mem::IovaSpace) (one space: the driver puts every controller in one
+/// container, so a host buffer has one IOVA for all of them), starting at 4 GiB, clear of the
+/// x86 MSI window and far below the 39-bit width of QEMU's intel-iommu.
 #[derive(Debug)]
 pub struct Container {
     file: File,
-    next_iova: AtomicU64,
 }
-
-/// Where IOVAs start: above 4 GiB, clear of the x86 MSI window (0xfee00000) and other reserved
-/// ranges low in the address space, and far below the 39-bit width of QEMU's intel-iommu.
-const IOVA_BASE: u64 = 1 << 32;
 
 impl Container {
     pub fn open() -> io::Result<Container> {
@@ -112,10 +109,7 @@ impl Container {
                 "VFIO API version {v}, this driver speaks {VFIO_API_VERSION}"
             )));
         }
-        Ok(Container {
-            file,
-            next_iova: AtomicU64::new(IOVA_BASE),
-        })
+        Ok(Container { file })
     }
 
     pub fn has_extension(&self, ext: u64) -> bool {
@@ -145,8 +139,7 @@ impl Container {
 
     /// Reserve `len` bytes of IOVA space (page aligned; never reused while the container lives).
     pub fn alloc_iova(&self, len: u64) -> u64 {
-        let len = len.div_ceil(2 << 20) * (2 << 20);
-        self.next_iova.fetch_add(len, Ordering::Relaxed)
+        nvmfd_p2p::mem::IovaSpace::host().alloc(len)
     }
 
     /// Map `size` bytes at `vaddr` to `iova` for device reads and writes. The kernel pins the
@@ -189,6 +182,15 @@ impl Container {
             return Err(last_err("VFIO_IOMMU_UNMAP_DMA"));
         }
         Ok(())
+    }
+}
+
+impl nvmfd_p2p::mem::DmaMapper for Container {
+    fn map(&self, vaddr: usize, iova: u64, len: usize) -> io::Result<()> {
+        self.map_dma(vaddr as u64, iova, len as u64)
+    }
+    fn unmap(&self, iova: u64, len: usize) -> io::Result<()> {
+        self.unmap_dma(iova, len as u64)
     }
 }
 

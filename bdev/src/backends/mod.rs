@@ -5,6 +5,7 @@ pub(crate) mod malloc;
 mod mem;
 pub(crate) mod null;
 pub(crate) mod nvme;
+mod nvme_split;
 pub(crate) mod uring;
 pub(crate) mod uring_pt;
 

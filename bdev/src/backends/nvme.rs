@@ -8,11 +8,13 @@
 //!   nothing is copied. A command's data is then wholly in the CMB, since one buffer is one
 //!   slice of one region (NVMe Base 2.0: data partly in and partly out of the CMB is Generic
 //!   Command Status 12h, Invalid Use of Controller Memory Buffer);
-//! - any other buffer (host memory from the reactor's pool) is **bounced**: a write is copied
-//!   into the channel's IOMMU-mapped memory, a read copied back out. The host pool's regions are
-//!   not mapped in this controller's VFIO container (each controller has its own), and mapping
-//!   per I/O is ruled out, so the copy stays until host regions get this controller's IOVA
-//!   through a `Registrar`.
+//! - a **host-memory buffer with a device address** (every buffer of a reactor's pool): the PRPs
+//!   point at its IOVA. The driver keeps one VFIO container for all controllers, and every pool
+//!   region is mapped in it once, when the region is made or when the first controller comes up
+//!   (`nvmfd_p2p::mem::IovaSpace`), never per I/O; nothing is copied;
+//! - any other buffer (one made past a pool's cap, a region whose mapping failed, a buffer of
+//!   its own) is **bounced**: a write is copied into the channel's IOMMU-mapped memory, a read
+//!   copied back out; counted ([`Nvme::data_path_counts`]) and logged once per bdev.
 //!
 //! Several bdevs on one controller (one per namespace) share it: the first opens it, the others
 //! find it in a table of open controllers; each channel still has its own queue pair.
@@ -26,12 +28,13 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use nvmfd_nvme::cmd::{nvm, Cqe, Sqe, Status};
+use nvmfd_nvme::cmd::{Cqe, Sqe, Status};
 use nvmfd_nvme::prp::Segment;
 use nvmfd_nvme::{Controller, DmaRegion, IoQpair, NsInfo, OpenOptions};
 use nvmfd_p2p::mem::{Domain, SharedPool};
 
 use crate::{Bdev, BdevChannel, BdevInfo, Completion, DsmRange, Io, IoError, Op};
+use tracing::warn;
 
 /// Largest request a channel takes (bytes): the bounce slot size. nvmfd's transports cap
 /// `max_io_size` at 8 MiB; 1 MiB covers the default 128 KiB and fio's 1 MiB jobs.
@@ -61,8 +64,8 @@ fn controller(pci: &str, opts: &OpenOptions) -> nvmfd_nvme::ctrl::Result<Arc<Con
     Ok(c)
 }
 
-/// Where the channels' data went, for tests and reports: commands whose data was in the CMB
-/// (no copy) and requests bounced through host memory.
+/// Where the channels' data went, for tests and reports: requests whose data the SSD reached in
+/// place (a CMB buffer, or a host buffer by its IOVA) and requests bounced (copied).
 #[derive(Debug, Default)]
 struct DataPath {
     direct: AtomicU64,
@@ -116,8 +119,8 @@ impl Nvme {
         self.ctrl.cmb().map(|c| c.pool())
     }
 
-    /// Commands sent with their data in the CMB (no copy) and requests bounced through host
-    /// memory, over every channel so far.
+    /// Requests sent with the SSD reaching their buffer in place (CMB address or host IOVA: no
+    /// copy) and requests bounced through the channel's own DMA memory, over every channel so far.
     pub fn data_path_counts(&self) -> (u64, u64) {
         (
             self.path.direct.load(Ordering::Relaxed),
@@ -149,8 +152,9 @@ impl Bdev for Nvme {
         let bs = self.ns.block_size as usize;
         let max_blocks = (qp.max_transfer() / bs).clamp(1, 65536);
         Ok(Box::new(NvmeChannel {
-            qp,
             bounce,
+            qp,
+            name: self.info.name.clone(),
             nsid: self.ns.nsid,
             block_size: bs,
             num_blocks: self.ns.blocks,
@@ -176,8 +180,11 @@ struct Request {
 }
 
 struct NvmeChannel {
-    qp: IoQpair,
+    /// Dropped before the queue pair (which may hold the last reference to the controller, whose
+    /// group leaving the VFIO container removes every mapping).
     bounce: DmaRegion,
+    qp: IoQpair,
+    name: String,
     nsid: u32,
     block_size: usize,
     num_blocks: u64,
@@ -210,17 +217,6 @@ impl NvmeChannel {
         }
     }
 
-    /// Commands `op` needs.
-    fn parts(&self, op: &Op) -> u32 {
-        match *op {
-            Op::Read { blocks, .. }
-            | Op::ReadLent { blocks, .. }
-            | Op::Write { blocks, .. }
-            | Op::WriteZeroes { blocks, .. } => blocks.div_ceil(self.max_blocks).max(1),
-            Op::Flush | Op::Deallocate { .. } => 1,
-        }
-    }
-
     fn finish_now(&mut self, io: Io, result: Result<(), IoError>) {
         self.finished.push_back(Completion {
             tag: io.tag,
@@ -250,46 +246,18 @@ impl NvmeChannel {
                 r.parts_left -= 1;
             }
         };
-        match op {
-            Op::Read { lba, blocks }
-            | Op::ReadLent { lba, blocks }
-            | Op::Write { lba, blocks, .. }
-            | Op::WriteZeroes { lba, blocks, .. } => {
-                let (opcode, fua, data) = match op {
-                    Op::Write { fua, .. } => (nvm::WRITE, fua, true),
-                    Op::WriteZeroes { fua, .. } => (nvm::WRITE_ZEROES, fua, false),
-                    _ => (nvm::READ, false, true),
-                };
-                let mut done = 0u32;
-                while done < blocks {
-                    let n = (blocks - done).min(self.max_blocks);
-                    let mut s = Sqe::new(opcode, self.nsid);
-                    s.set_lba_range(lba + u64::from(done), n);
-                    s.set_fua(fua);
-                    if data {
-                        let seg = [Segment {
-                            addr: base + (done as usize * self.block_size) as u64,
-                            len: n as usize * self.block_size,
-                        }];
-                        queue(self, s, &seg);
-                    } else {
-                        queue(self, s, &[]);
-                    }
-                    done += n;
-                }
-            }
-            Op::Flush => queue(self, Sqe::new(nvm::FLUSH, self.nsid), &[]),
-            Op::Deallocate { ranges } => {
-                let mut s = Sqe::new(nvm::DSM, self.nsid);
-                s.dw[10] = u32::from(ranges) - 1;
-                s.dw[11] = 1 << 2; // AD: deallocate
+        let (nsid, bs, max) = (self.nsid, self.block_size, self.max_blocks);
+        super::nvme_split::commands(op, nsid, bs, max, |sqe, off, len| {
+            if len > 0 {
                 let seg = [Segment {
-                    addr: base,
-                    len: usize::from(ranges) * DsmRange::SIZE,
+                    addr: base + off as u64,
+                    len,
                 }];
-                queue(self, s, &seg);
+                queue(self, sqe, &seg);
+            } else {
+                queue(self, sqe, &[]);
             }
-        }
+        });
     }
 }
 
@@ -306,7 +274,7 @@ impl BdevChannel for NvmeChannel {
             );
             return Ok(());
         }
-        let parts = self.parts(&io.op);
+        let parts = super::nvme_split::parts(&io.op, self.max_blocks);
         if self.free.is_empty() || self.qp.room() < parts as usize {
             return Err(io);
         }
@@ -353,8 +321,12 @@ impl BdevChannel for NvmeChannel {
             }
         };
         // A buffer in this SSD's CMB is used in place: its controller address goes in the PRPs.
-        let direct = match self.cmb {
-            Some(d) if io.buf.domain() == d => io.buf.device_addr(),
+        // So is a host buffer with an IOVA: its region was mapped in the driver's one VFIO
+        // container (every controller's) when it was made, or when the first controller came
+        // up (`IovaSpace`), never per I/O.
+        let direct = match (self.cmb, io.buf.domain()) {
+            (Some(d), b) if b == d => io.buf.device_addr(),
+            (_, Domain::HostMemory) => io.buf.device_addr(),
             _ => None,
         };
         if (direct.is_none() && len > MAX_REQUEST) || len > io.buf.capacity() {
@@ -374,8 +346,14 @@ impl BdevChannel for NvmeChannel {
                 addr
             }
             None => {
-                if len > 0 {
-                    self.path.bounced.fetch_add(1, Ordering::Relaxed);
+                if len > 0 && self.path.bounced.fetch_add(1, Ordering::Relaxed) == 0 {
+                    warn!(
+                        bdev = %self.name,
+                        len,
+                        "I/O with a buffer the SSD cannot reach (no IOVA: a buffer made past the \
+                         pool's cap, or its region could not be mapped): copied through the \
+                         driver's own DMA memory (logged once per bdev; see the bounce count)"
+                    );
                 }
                 if matches!(op, Op::Write { .. } | Op::Deallocate { .. }) {
                     self.bounce

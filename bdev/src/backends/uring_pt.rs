@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
-use nvmfd_nvme::cmd::{nvm, Sqe, Status};
+use nvmfd_nvme::cmd::{Sqe, Status};
 use nvmfd_nvme::ctrl::{parse_identify_ctrl, parse_identify_ns};
 use nvmfd_nvme::regs::Cap;
 
@@ -313,14 +313,14 @@ impl PtChannel {
                 if self.check_range(lba, blocks)? > cap {
                     return Err(IoError::BufferTooSmall);
                 }
-                Ok(blocks.div_ceil(self.max_blocks))
+                Ok(super::nvme_split::parts(&io.op, self.max_blocks))
             }
             Op::WriteZeroes { lba, blocks, .. } => {
                 if !self.write_zeroes {
                     return Err(IoError::Unsupported);
                 }
                 self.check_range(lba, blocks)?;
-                Ok(blocks.div_ceil(self.max_blocks))
+                Ok(super::nvme_split::parts(&io.op, self.max_blocks))
             }
             Op::Flush => Ok(1),
             Op::Deallocate { ranges } => {
@@ -355,39 +355,11 @@ impl PtChannel {
             let r = self.reqs[slot].as_mut().expect("slot in use");
             (r.io.op, r.io.buf.as_mut_ptr() as u64)
         };
-        match op {
-            Op::Read { lba, blocks }
-            | Op::ReadLent { lba, blocks }
-            | Op::Write { lba, blocks, .. }
-            | Op::WriteZeroes { lba, blocks, .. } => {
-                let (opcode, fua, data) = match op {
-                    Op::Write { fua, .. } => (nvm::WRITE, fua, true),
-                    Op::WriteZeroes { fua, .. } => (nvm::WRITE_ZEROES, fua, false),
-                    _ => (nvm::READ, false, true),
-                };
-                let mut done = 0u32;
-                while done < blocks {
-                    let n = (blocks - done).min(self.max_blocks);
-                    let mut s = Sqe::new(opcode, self.nsid);
-                    s.set_lba_range(lba + u64::from(done), n);
-                    s.set_fua(fua);
-                    if data {
-                        let off = done as usize * self.block_size;
-                        self.push(slot, &s, base + off as u64, n as usize * self.block_size);
-                    } else {
-                        self.push(slot, &s, 0, 0);
-                    }
-                    done += n;
-                }
-            }
-            Op::Flush => self.push(slot, &Sqe::new(nvm::FLUSH, self.nsid), 0, 0),
-            Op::Deallocate { ranges } => {
-                let mut s = Sqe::new(nvm::DSM, self.nsid);
-                s.dw[10] = u32::from(ranges) - 1;
-                s.dw[11] = 1 << 2; // AD: deallocate
-                self.push(slot, &s, base, usize::from(ranges) * DsmRange::SIZE);
-            }
-        }
+        let (nsid, bs, max) = (self.nsid, self.block_size, self.max_blocks);
+        super::nvme_split::commands(op, nsid, bs, max, |sqe, off, len| {
+            let addr = if len > 0 { base + off as u64 } else { 0 };
+            self.push(slot, &sqe, addr, len);
+        });
     }
 
     fn flush(&mut self) {
@@ -521,6 +493,7 @@ impl Drop for PtChannel {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nvmfd_nvme::cmd::nvm;
 
     #[test]
     fn command_layout_and_status_decoding() {

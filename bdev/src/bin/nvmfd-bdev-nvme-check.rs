@@ -1,7 +1,9 @@
 //! `nvmfd-bdev-nvme-check --pci BDF [--nsid N]`: the `nvme` bdev with buffers of the SSD's CMB
 //! domain, on an SSD bound to vfio-pci. Host buffer -> SSD -> CMB buffer and CMB buffer -> SSD ->
-//! host buffer round trips through a bdev channel compare content; the bdev's counters must show
-//! the CMB buffers went to the SSD in place (no bounce) and the host buffers bounced; a CMB
+//! host buffer round trips through a bdev channel compare content, and so does a round trip
+//! between buffers of two host pools (one made before the controller came up, one after); the
+//! bdev's counters must show the CMB and pool buffers went to the SSD in place (no bounce) and
+//! only the buffers made on their own (`IoBuf::new`, no IOVA) bounced; a CMB
 //! buffer comes back from a refused I/O; every CMB buffer is back in the pool at the end.
 //! Writes LBAs 16384.. of the namespace: use a scratch SSD. Exit 0 only when every check passed.
 
@@ -9,7 +11,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io, IoError, Nvme, Op};
-use nvmfd_p2p::mem::{Domain, IoBuf};
+use nvmfd_p2p::mem::{BufPool, Domain, IoBuf, IovaSpace};
 
 fn pattern(seed: u64, n: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -52,6 +54,9 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     };
     let nsid: u32 = get("--nsid").and_then(|s| s.parse().ok()).unwrap_or(1);
+    // A reactor's host pool made before any controller (its region gets an IOVA now and is
+    // mapped when the first controller comes up) and one made after (mapped as it is made).
+    let mut early = BufPool::new(4096, 0, 128 << 10, 1, 2);
     let bdev = match Nvme::open("check".into(), &pci, nsid, 1) {
         Ok(b) => b,
         Err(e) => {
@@ -142,10 +147,51 @@ fn main() -> ExitCode {
     if let Ok(c) = r {
         cache.put(c.buf);
     }
+    // Host buffers of pools: by their IOVA, no copy. Written from the early pool's buffer,
+    // read into the late pool's.
+    let mut late = BufPool::new(4096, 0, 128 << 10, 1, 2);
+    let (e, l) = (early.get(len), late.get(len));
+    check(
+        "pool buffers have IOVAs and the VFIO container maps them",
+        e.device_addr().is_some() && l.device_addr().is_some() && IovaSpace::host().attached(),
+        format!(
+            "{:?} {:?} attached {}",
+            e.device_addr(),
+            l.device_addr(),
+            IovaSpace::host().attached()
+        ),
+    );
+    let mut e = e;
+    let c = pattern(79, len);
+    e.as_mut_slice()[..len].copy_from_slice(&c);
+    let w = run(&mut *ch, op_write(16384 + 2048, blocks), e);
+    let r = run(
+        &mut *ch,
+        Op::Read {
+            lba: 16384 + 2048,
+            blocks,
+        },
+        l,
+    );
+    let ok = matches!((&w, &r), (Ok(w), Ok(r)) if w.result.is_ok() && r.result.is_ok()
+        && r.buf.as_slice()[..len] == c[..]);
+    check(
+        "bdev: write from a pool buffer made before the SSD, read into one made after: same bytes",
+        ok,
+        format!(
+            "{:?} / {:?}",
+            w.as_ref().map(|c| c.result),
+            r.as_ref().map(|c| c.result)
+        ),
+    );
+    if let (Ok(w), Ok(r)) = (w, r) {
+        early.put(w.buf);
+        late.put(r.buf);
+    }
     let (direct, bounced) = bdev.data_path_counts();
     check(
-        "CMB buffers went to the SSD in place, host buffers were bounced",
-        (direct, bounced) == (2, 2),
+        "CMB and pool buffers went to the SSD in place, only the buffers of their own bounced",
+        (direct, bounced) == (4, 2),
         format!("direct {direct} bounced {bounced}"),
     );
     // A refused I/O hands its CMB buffer back.
@@ -180,6 +226,12 @@ fn main() -> ExitCode {
     );
     drop(ch);
     drop(bdev);
+    check(
+        "the last controller gone, the buffer regions are unmapped",
+        !IovaSpace::host().attached(),
+        String::new(),
+    );
+    drop((early, late));
     if failed == 0 {
         println!("ALL PASSED");
         ExitCode::SUCCESS

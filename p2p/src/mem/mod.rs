@@ -19,15 +19,19 @@
 //!   queue, so no lock is taken on the I/O path.
 //!
 //! RDMA and VFIO plug in through [`Registrar`]: given to a pool when it is made, it registers
-//! every region the pool makes before a buffer is carved from it.
+//! every region the pool makes before a buffer is carved from it. Every host region a pool makes
+//! also gets its device address (IOVA) from the process's [`IovaSpace`], mapped for the NVMe
+//! SSDs once per region, never per I/O.
 
 mod buffer;
+pub mod iova;
 mod lent;
 mod pool;
 mod region;
 mod shared;
 
 pub use buffer::{IoBuf, ALIGN};
+pub use iova::{DmaMapper, IovaSpace};
 pub use lent::Lent;
 pub use pool::{BufPool, Registrar};
 pub use region::{Handle, Pages, Region};

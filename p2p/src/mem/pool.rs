@@ -167,6 +167,8 @@ impl BufPool {
         };
         let len = count.max(1) * class.size;
         let mut region = Region::host(len).unwrap_or_else(|_| alloc_failed(len));
+        // Its IOVA first (mapped now if the NVMe driver's container is up, else when it is).
+        super::IovaSpace::host().register(&mut region);
         for r in &self.registrars {
             r.register(&mut region);
         }

@@ -851,8 +851,10 @@ impl Controller {
                 c.resetting.store(false, Ordering::Release);
             });
         if let Err(e) = spawned {
+            // Without a reset its queues' commands would never complete: give the controller up.
+            self.dead.store(true, Ordering::Release);
             self.resetting.store(false, Ordering::Release);
-            tracing::error!(bdf = %self.bdf, error = %e, "cannot start the controller reset thread");
+            tracing::error!(bdf = %self.bdf, error = %e, "cannot start the controller reset thread; the controller is given up");
         }
     }
 
@@ -1227,12 +1229,15 @@ impl IoQpair {
                 return;
             }
             Ok(st) if st.cfs() => {
-                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, "NVMe controller fatal status (CSTS.CFS); failing in-flight I/O with a retryable status and resetting the controller");
-                self.fail(RETRYABLE_ABORT, done);
-                self.ctrl.request_reset();
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, in_flight = self.cids.in_flight(), "NVMe controller fatal status (CSTS.CFS); resetting the controller, in-flight I/O fails with a retryable status once it is disabled");
+                self.fail_after_reset();
                 return;
             }
             Ok(_) => {}
+        }
+        if self.failed.is_some() {
+            // A reset is on its way (or the queue is failed for good): no more Aborts.
+            return;
         }
         match timeout_scan(&self.cids, Instant::now(), self.timeout) {
             TimeoutAction::Nothing => {}
@@ -1249,9 +1254,8 @@ impl IoQpair {
                 }
             }
             TimeoutAction::Reset(cid) => {
-                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "aborted command still outstanding; failing in-flight I/O with a retryable status and resetting the controller");
-                self.fail(RETRYABLE_ABORT, done);
-                self.ctrl.request_reset();
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, cid, in_flight = self.cids.in_flight(), "aborted command still outstanding; resetting the controller, in-flight I/O fails with a retryable status once it is disabled");
+                self.fail_after_reset();
             }
         }
     }
@@ -1288,6 +1292,17 @@ impl IoQpair {
             }
         }
         n
+    }
+
+    /// Refuse new commands and have the controller reset; what is in flight completes (with a
+    /// retryable status) only in [`IoQpair::recover`], after the reset disabled the controller:
+    /// until then the SSD may still move data for those commands (NVMe Base 2.0, 3.7.2: a
+    /// Controller Level Reset stops it), and their buffers, handed back early, could be reused
+    /// by other I/O while it does. A controller that cannot be reset is dead, and a dead one
+    /// fails everything at the next poll.
+    fn fail_after_reset(&mut self) {
+        self.failed = Some(RETRYABLE_ABORT);
+        self.ctrl.request_reset();
     }
 
     fn fail(&mut self, status: Status, done: &mut dyn FnMut(u64, Cqe)) {

@@ -13,6 +13,8 @@
 #      guest runs fio verify=crc32c (4 KiB random, 128 KiB and 1 MiB sequential); a pattern
 #      survives a daemon restart; a namespace the SSD lacks stops start-up with a clear error;
 #      namespace 2 fails some I/O (blkdebug): the SSD's statuses reach the host, the rest serves;
+#      host buffers go to the SSD by IOVA (nothing bounced); an I/O that times out is aborted,
+#      the controller reset, the rest keeps serving (namespace 3 answers after 3 s);
 #   4. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -303,6 +305,68 @@ no_bounce() {
     fi
 }
 
+# --- s16: an SSD that does not answer in time: Abort, then a controller reset (issue 10) ---
+# Namespace 3 answers each I/O after 3 s (null-co latency-ns, see nvme-vfio.sh); a daemon with a
+# 1 s I/O timeout must send an Abort (QEMU's does not abort: NVMe Base 2.0, 5.1, Abort is best
+# effort), reset the controller when the command is still outstanding at 2 s, re-create its
+# queues, fail the stuck I/O with a retryable status (the host retries, then gives up: no hang),
+# and keep serving namespace 1 of the same SSD through the resets.
+SLOW_NQN=nqn.2026-11.io.nvmfd:slow
+timeout_abort_reset() {
+    local log=/tmp/nvmfd-slow.log pid rc=0 dev1 dev3 t0 took drc
+    cat >/tmp/nvmfd-slow.yaml <<YAML
+reactors: { count: 1 }
+state_dir: /tmp/nvmfd-slow-state
+rpc: { socket: /tmp/nvmfd-slow.sock }
+bdevs:
+  - name: ssd0
+    nvme: { pci: "$BDF", namespace: 1 }
+  - name: slow0
+    nvme: { pci: "$BDF", namespace: 3 }
+subsystems:
+  - nqn: $SLOW_NQN
+    allow_any_host: true
+    namespaces:
+      - { nsid: 1, bdev: ssd0 }
+      - { nsid: 3, bdev: slow0 }
+    listeners:
+      - { transport: tcp, address: 127.0.0.1, port: 4422 }
+YAML
+    NVMFD_NVME_IO_TIMEOUT_MS=1000 "$NVMFD" --config /tmp/nvmfd-slow.yaml >"$log" 2>&1 &
+    pid=$!
+    wait_for 60 grep -q "nvmfd started" "$log" || { why "nvmfd (slow) did not start"; cat "$log"; kill "$pid"; return 1; }
+    grep -q "timeout_ms=1000" "$log" || { why "the I/O timeout override was not taken"; rc=1; }
+    nvme connect -t tcp -a 127.0.0.1 -s 4422 -n $SLOW_NQN >/dev/null || { why "connect failed"; kill "$pid"; return 1; }
+    wait_for 60 has_nsdev $SLOW_NQN 3 || { why "no namespace 3 device"; rc=1; }
+    if ((rc == 0)); then
+        dev1=$(nsdev_for $SLOW_NQN 1)
+        dev3=$(nsdev_for $SLOW_NQN 3)
+        t0=$(date +%s)
+        drc=0
+        timeout 150 dd if="$dev3" of=/dev/null bs=4k count=1 skip=77 iflag=direct status=none 2>/dev/null || drc=$?
+        took=$(($(date +%s) - t0))
+        note "a read of namespace 3 ended with rc $drc after ${took} s"
+        ((drc != 124)) || { why "the read of the stuck namespace hung (150 s)"; rc=1; }
+        ((drc != 0)) || { why "a read that never completes in time succeeded"; rc=1; }
+        grep -q "I/O command timed out; sending Abort" "$log" || { why "no Abort logged"; rc=1; }
+        grep -q "aborted command still outstanding; resetting the controller" "$log" || { why "no reset after the Abort"; rc=1; }
+        grep -q "controller reset done" "$log" || { why "no completed reset"; rc=1; }
+        grep -q "I/O queue re-created after the controller reset" "$log" || { why "queues not re-created"; rc=1; }
+        note "$(grep -c "controller reset done" "$log") controller resets"
+        kill -0 "$pid" || { why "nvmfd died"; rc=1; }
+        # Namespace 1 of the same SSD still serves its data (the pattern written earlier).
+        check_pattern "$dev1" || rc=1
+        grep -q "panicked" "$log" && { why "nvmfd logged a panic"; rc=1; }
+        grep -m3 -E "timed out|resetting|reset done|re-created" "$log"
+    fi
+    nvme disconnect -n $SLOW_NQN >/dev/null
+    wait_for 30 no_ctrls $SLOW_NQN || { why "controllers left"; rc=1; }
+    kill -TERM "$pid"
+    wait "$pid" || { why "nvmfd (slow) exited $?"; tail -n 20 "$log"; rc=1; }
+    cp "$log" "${RIG_OUT:-/tmp}/nvmfd-slow.log" 2>/dev/null
+    return "$rc"
+}
+
 restart_keeps_data() {
     disconnect && stop_daemon && start_daemon && connect && check_pattern
 }
@@ -343,6 +407,7 @@ if [[ -n $DPID ]]; then
         run_step "disconnect" disconnect
     fi
     run_step "nvmfd stops cleanly (CC.SHN, SHST)" stop_daemon
+    [[ -s /tmp/pattern ]] && run_step "I/O timeout: Abort, controller reset, retryable status, the rest serves" timeout_abort_reset
 fi
 run_step "nvmfd setup --reset: the kernel driver reads the same pattern" reset_to_kernel
 [[ -n $DPID ]] && kill -9 "$DPID" 2>/dev/null

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # tests/e2e/nvme-vfio.sh - boot the rig's guest with an emulated NVMe SSD (64 MiB CMB, behind an
-# emulated PCIe switch, intel-iommu; namespace 2 on a blkdebug image that fails some I/O) and run tests/e2e/guest-nvme-vfio.sh in it: the userspace
+# emulated PCIe switch, intel-iommu; namespace 2 on a blkdebug image that fails some I/O,
+# namespace 3 answering after 3 s) and run tests/e2e/guest-nvme-vfio.sh in it: the userspace
 # VFIO driver end to end.
 #
 #   tests/e2e/nvme-vfio.sh            (builds nothing: uses build/debug or $NVMFD_BIN_DIR)
@@ -53,6 +54,11 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -drive if=none,id=d1,file=blkdebug:$WORK/blkdebug.conf:$bad,format=raw
  -device nvme,id=nvme0,serial=cmb0,cmb_size_mb=64,drive=d0,bus=dn1
  -device nvme-ns,drive=d1,bus=nvme0,nsid=2"
+# s16 (issue 10, error handling): namespace 3 answers every I/O after 3 s (null-co latency), so
+# with NVMFD_NVME_IO_TIMEOUT_MS=1000 the driver aborts and then resets the controller.
+RIG_QEMU_EXTRA+="
+ -blockdev driver=null-co,node-name=slow0,size=67108864,latency-ns=3000000000
+ -device nvme-ns,drive=slow0,bus=nvme0,nsid=3"
 start=$(date +%s)
 rc=0
 "$REPO/deploy/rig/run-guest.sh" --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \

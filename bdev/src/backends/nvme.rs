@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use nvmfd_nvme::cmd::{Cqe, Sqe, Status};
 use nvmfd_nvme::prp::Segment;
@@ -72,8 +73,22 @@ struct DataPath {
     bounced: AtomicU64,
 }
 
+/// Environment variable overriding the driver's I/O command timeout ([`nvmfd_nvme::ctrl::IO_TIMEOUT`],
+/// 30 s), in milliseconds: a command older than this is aborted, and the controller reset when
+/// it is still outstanding after twice that. For tests that delay an SSD's I/O on purpose.
+pub const IO_TIMEOUT_ENV: &str = "NVMFD_NVME_IO_TIMEOUT_MS";
+
+fn io_timeout() -> Duration {
+    std::env::var(IO_TIMEOUT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|ms| *ms > 0)
+        .map_or(nvmfd_nvme::ctrl::IO_TIMEOUT, Duration::from_millis)
+}
+
 pub struct Nvme {
     info: BdevInfo,
+    timeout: Duration,
     ctrl: Arc<Controller>,
     ns: NsInfo,
     path: Arc<DataPath>,
@@ -101,8 +116,13 @@ impl Nvme {
             deallocate_zeroes: false,
             volatile_cache: ctrl.info().vwc,
         };
+        let timeout = io_timeout();
+        if timeout != nvmfd_nvme::ctrl::IO_TIMEOUT {
+            tracing::info!(bdev = %info.name, timeout_ms = timeout.as_millis() as u64, "I/O command timeout set by {IO_TIMEOUT_ENV}");
+        }
         Ok(Nvme {
             info,
+            timeout,
             ctrl,
             ns,
             path: Arc::default(),
@@ -139,10 +159,11 @@ impl Bdev for Nvme {
     }
 
     fn channel(&self) -> io::Result<Box<dyn BdevChannel>> {
-        let qp = self
+        let mut qp = self
             .ctrl
             .io_qpair(QUEUE_DEPTH)
             .map_err(|e| io::Error::other(format!("bdev {}: {e}", self.info.name)))?;
+        qp.set_timeout(self.timeout);
         let bounce = self
             .ctrl
             .dma_region(REQUESTS * MAX_REQUEST)

@@ -1221,27 +1221,25 @@ impl IoQpair {
     /// controller status, and command timeouts (Abort first, then give up on the queue). A
     /// failed queue completes everything in flight at once, so nothing hangs.
     fn health(&mut self, done: &mut dyn FnMut(u64, Cqe)) {
-        match self.ctrl.csts() {
-            Err(e) => {
-                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, error = %e, "NVMe device removed; failing in-flight I/O");
+        let csts = Csts(self.ctrl.bar0.read32(off::CSTS));
+        match health_check(
+            csts,
+            self.failed.is_some(),
+            &self.cids,
+            Instant::now(),
+            self.timeout,
+        ) {
+            Health::Fine => {}
+            Health::Gone => {
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, in_flight = self.cids.in_flight(), "NVMe device removed (registers read all ones); failing in-flight I/O");
                 self.ctrl.dead.store(true, Ordering::Release);
                 self.fail(DEVICE_GONE, done);
-                return;
             }
-            Ok(st) if st.cfs() => {
+            Health::Fatal => {
                 tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, in_flight = self.cids.in_flight(), "NVMe controller fatal status (CSTS.CFS); resetting the controller, in-flight I/O fails with a retryable status once it is disabled");
                 self.fail_after_reset();
-                return;
             }
-            Ok(_) => {}
-        }
-        if self.failed.is_some() {
-            // A reset is on its way (or the queue is failed for good): no more Aborts.
-            return;
-        }
-        match timeout_scan(&self.cids, Instant::now(), self.timeout) {
-            TimeoutAction::Nothing => {}
-            TimeoutAction::Abort(cid) => {
+            Health::Abort(cid) => {
                 warn!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "I/O command timed out; sending Abort");
                 if let Some(f) = self.cids.get_mut(cid) {
                     f.aborted = true;
@@ -1253,7 +1251,7 @@ impl IoQpair {
                     warn!(bdf = %self.ctrl.bdf, error = %e, "Abort failed");
                 }
             }
-            TimeoutAction::Reset(cid) => {
+            Health::Reset(cid) => {
                 tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, cid, in_flight = self.cids.in_flight(), "aborted command still outstanding; resetting the controller, in-flight I/O fails with a retryable status once it is disabled");
                 self.fail_after_reset();
             }
@@ -1326,6 +1324,46 @@ impl IoQpair {
     }
 }
 
+/// What a queue pair's health check does.
+#[derive(Debug, PartialEq, Eq)]
+enum Health {
+    Fine,
+    /// CSTS reads all ones: the device is gone (surprise removal, link down).
+    Gone,
+    /// CSTS.CFS: reset the controller.
+    Fatal,
+    /// Command `cid` is past the timeout: send an Abort.
+    Abort(u16),
+    /// Aborted command `cid` is past twice the timeout: reset the controller.
+    Reset(u16),
+}
+
+/// The health decision from the controller status register and the commands in flight, kept
+/// apart from the register read so it can be tested with made-up CSTS values (QEMU's emulated
+/// controller never raises CFS). `failed`: a reset is already on its way, so no more Aborts.
+fn health_check(
+    csts: Csts,
+    failed: bool,
+    cids: &CidTable<Inflight>,
+    now: Instant,
+    timeout: Duration,
+) -> Health {
+    if csts.is_all_ones() {
+        return Health::Gone;
+    }
+    if csts.cfs() {
+        return Health::Fatal;
+    }
+    if failed {
+        return Health::Fine;
+    }
+    match timeout_scan(cids, now, timeout) {
+        TimeoutAction::Nothing => Health::Fine,
+        TimeoutAction::Abort(cid) => Health::Abort(cid),
+        TimeoutAction::Reset(cid) => Health::Reset(cid),
+    }
+}
+
 impl Drop for IoQpair {
     fn drop(&mut self) {
         if self.ctrl.is_dead() || self.generation != self.ctrl.generation() {
@@ -1349,6 +1387,44 @@ impl Drop for IoQpair {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fake CSTS register stands in for the controller (QEMU cannot raise CFS or read all
+    /// ones on demand): the decision the queue pair acts on, for each register value.
+    #[test]
+    fn health_decision_from_csts_and_timeouts() {
+        let t = Duration::from_secs(1);
+        let start = Instant::now();
+        let mut cids = CidTable::new(8);
+        let c0 = cids
+            .alloc(Inflight {
+                tag: 1,
+                since: start,
+                aborted: false,
+            })
+            .unwrap();
+        let ready = Csts(1);
+        let cfs = Csts(1 | 1 << 1);
+        let gone = Csts(u32::MAX);
+        // Removal wins over everything, even with a reset pending; CFS over timeouts.
+        assert_eq!(health_check(gone, true, &cids, start, t), Health::Gone);
+        assert_eq!(health_check(cfs, false, &cids, start, t), Health::Fatal);
+        assert_eq!(health_check(cfs, true, &cids, start, t), Health::Fatal);
+        assert_eq!(health_check(ready, false, &cids, start, t), Health::Fine);
+        let late = start + Duration::from_millis(1500);
+        assert_eq!(
+            health_check(ready, false, &cids, late, t),
+            Health::Abort(c0)
+        );
+        cids.get_mut(c0).unwrap().aborted = true;
+        assert_eq!(health_check(ready, false, &cids, late, t), Health::Fine);
+        let later = start + Duration::from_millis(2500);
+        assert_eq!(
+            health_check(ready, false, &cids, later, t),
+            Health::Reset(c0)
+        );
+        // Once the queue waits for its reset, timeouts ask for nothing more.
+        assert_eq!(health_check(ready, true, &cids, later, t), Health::Fine);
+    }
 
     #[test]
     fn identify_ctrl_decoding() {

@@ -16,12 +16,12 @@ BIN=$(realpath "${NVMFD_BIN_DIR:-$REPO/build/debug}")
 WORK=${E2E_WORK:-$REPO/build/e2e-nvme}
 mkdir -p "$WORK"
 WORK=$(realpath "$WORK")
-for b in nvmfd nvmfd-nvme-selftest nvmfd-bdev-nvme-check; do
-    [[ -x $BIN/$b ]] || { echo "nvme-vfio: $BIN/$b missing: cargo build -p nvmfd-target -p nvmfd-nvme -p nvmfd-bdev" >&2; exit 2; }
+for b in nvmfd nvmfd-nvme-selftest nvmfd-bdev-nvme-check nvmfd-perf; do
+    [[ -x $BIN/$b ]] || { echo "nvme-vfio: $BIN/$b missing: cargo build -p nvmfd-target -p nvmfd-nvme -p nvmfd-bdev -p nvmfd-bench" >&2; exit 2; }
 done
 # The guest runs copies: a rebuild during the run must not change binaries under its feet.
 rm -rf "${WORK:?}/bin" && mkdir -p "$WORK/bin"
-cp "$BIN/nvmfd" "$BIN/nvmfd-nvme-selftest" "$BIN/nvmfd-bdev-nvme-check" "$WORK/bin/"
+cp "$BIN/nvmfd" "$BIN/nvmfd-nvme-selftest" "$BIN/nvmfd-bdev-nvme-check" "$BIN/nvmfd-perf" "$WORK/bin/"
 img=$WORK/ssd.img
 rm -f "$img"
 qemu-img create -q -f raw "$img" 1G

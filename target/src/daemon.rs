@@ -209,6 +209,8 @@ impl Daemon {
         let socket = self.cfg.rpc.socket.clone();
         let ctx = Arc::new(self.control_context(&socket));
         let m = crate::rpc::metrics::start(addr, ctx)?;
+        // The reactors count every command from now on (nothing is counted without a scraper).
+        self.live.count_io(true);
         let bound = m.addr;
         self.metrics = Some(m);
         Ok(bound)

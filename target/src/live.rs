@@ -607,6 +607,13 @@ impl Live {
             .collect()
     }
 
+    /// Turn the reactors' per-command counting on or off (on when the metrics endpoint is
+    /// served), waiting until every reactor has taken the change.
+    pub fn count_io(&self, on: bool) {
+        let mut st = self.lock();
+        self.to_reactors(&mut st, &[Box::new(move || ReactorMsg::CountIo(on))]);
+    }
+
     /// Send each message to every reactor (in order) and wait until all carried them out.
     fn to_reactors(&self, st: &mut State, msgs: &[Box<dyn Fn() -> ReactorMsg>]) {
         for m in msgs {

@@ -263,6 +263,18 @@ pub trait PollGroup {
 
     /// A data buffer of a command whose connection is gone, back to the pool it came from.
     fn recycle(&mut self, buf: IoBuf);
+
+    /// The group's data buffer pools now (reports and metrics; the control path).
+    fn pool_stats(&self) -> PoolStats {
+        PoolStats::default()
+    }
+}
+
+/// A group's data buffer pools: buffers lent out now and commands queued for one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    pub in_use: u64,
+    pub waiters: u64,
 }
 
 /// Every kind of poll group this build has, as one type: what a reactor is instantiated with
@@ -379,5 +391,9 @@ impl PollGroup for AnyGroup {
 
     fn recycle(&mut self, buf: IoBuf) {
         each!(self, g => g.recycle(buf))
+    }
+
+    fn pool_stats(&self) -> PoolStats {
+        each!(self, g => g.pool_stats())
     }
 }

@@ -303,4 +303,12 @@ impl PollGroup for TcpGroup {
     fn recycle(&mut self, buf: IoBuf) {
         self.pool.borrow_mut().put(buf);
     }
+
+    fn pool_stats(&self) -> crate::group::PoolStats {
+        let p = self.pool.borrow();
+        crate::group::PoolStats {
+            in_use: p.in_use() as u64,
+            waiters: p.waiting() as u64,
+        }
+    }
 }

@@ -541,3 +541,199 @@ async fn scrape(mut s: tokio::net::TcpStream, ctx: &Context) -> std::io::Result<
     s.write_all(resp.as_bytes()).await?;
     s.shutdown().await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reactor::stats::{ErrEntry, IoStats, NsStats, PoolStats, StatKey};
+    use crate::reactor::QpairReport;
+    use nvmfd_config::TransportKind;
+
+    const NQN: &str = "nqn.2026-11.io.nvmfd:m";
+
+    fn keys() -> Vec<StatKey> {
+        let k = |subsys, nsid| StatKey { subsys, nsid };
+        vec![
+            k(StatSubsys::None, 0),
+            k(StatSubsys::Discovery, 0),
+            k(StatSubsys::Nvm(0), 0),
+            k(StatSubsys::Nvm(0), 5),
+        ]
+    }
+
+    /// A reactor that saw `reads` reads of 4 KiB and one write error on NSID 5, with `lat_ns`
+    /// as each read's latency.
+    fn report(reactor: usize, reads: u64, lat_ns: u64, keys: Vec<StatKey>) -> ReactorReport {
+        let mut io = IoStats::new();
+        io.grow(keys.len());
+        let ns5 = keys.iter().position(|k| k.nsid == 5).unwrap();
+        let mut n = NsStats::default();
+        n.commands[OpClass::Read as usize] = reads;
+        n.bytes[OpClass::Read as usize] = reads * 4096;
+        n.commands[OpClass::Write as usize] = 1;
+        n.errors[OpClass::Write as usize] = 2;
+        n.in_flight = 3;
+        for _ in 0..reads {
+            n.latency[0].observe(lat_ns);
+        }
+        io.ns[ns5] = n;
+        io.errors.push(ErrEntry {
+            id: ns5 as u32,
+            class: OpClass::Write,
+            sct: 0,
+            sc: 0x80,
+            count: 1,
+        });
+        ReactorReport {
+            reactor,
+            admin_qpairs: 1,
+            io_qpairs: 1,
+            pending_bdev_io: 0,
+            completed_io: reads,
+            qpairs: vec![0u16, 1]
+                .into_iter()
+                .map(|qid| QpairReport {
+                    subsys: SubsysRef::Nvm(0),
+                    cntlid: 1,
+                    qid,
+                    hostnqn: "h".into(),
+                    local: None,
+                    peer: "127.0.0.1:1".parse().unwrap(),
+                    transport: TransportKind::Tcp,
+                })
+                .collect(),
+            polls_busy: 10,
+            polls_idle: 100,
+            stat_keys: keys,
+            io: vec![(TransportKind::Tcp, io)],
+            pools: vec![(
+                TransportKind::Tcp,
+                PoolStats {
+                    in_use: 4,
+                    waiters: 1,
+                },
+            )],
+        }
+    }
+
+    fn text(reports: &[ReactorReport]) -> String {
+        let mut reg = Registry::default();
+        let nqn = |s: StatSubsys| match s {
+            StatSubsys::Nvm(0) => NQN.to_string(),
+            StatSubsys::Discovery => "disc".to_string(),
+            _ => String::new(),
+        };
+        io_metrics(
+            &mut reg,
+            reports,
+            &[StatSubsys::Discovery, StatSubsys::Nvm(0)],
+            &nqn,
+        );
+        let mut out = String::new();
+        encode(&mut out, &reg).unwrap();
+        out
+    }
+
+    fn has(t: &str, line: &str) {
+        assert!(t.lines().any(|x| x == line), "no line {line:?} in\n{t}");
+    }
+
+    /// Two reactors (with their ids in different orders) sum into one series per label set.
+    #[test]
+    fn reactors_sum_into_one_series_per_labels() {
+        let mut other = keys();
+        other.swap(2, 3);
+        let t = text(&[report(0, 3, 5000, keys()), report(1, 2, 3000, other)]);
+        let ns = format!("subsystem=\"{NQN}\",nsid=\"5\",transport=\"tcp\"");
+        has(&t, &format!("nvmfd_commands_total{{{ns},opcode=\"read\"}} 5"));
+        has(&t, &format!("nvmfd_bytes_total{{{ns},opcode=\"read\"}} 20480"));
+        has(&t, &format!("nvmfd_commands_total{{{ns},opcode=\"write\"}} 2"));
+        has(&t, &format!("nvmfd_bytes_total{{{ns},opcode=\"write\"}} 0"));
+        // One error per reactor told apart by status, one more each reported as "other".
+        has(
+            &t,
+            &format!("nvmfd_command_errors_total{{{ns},opcode=\"write\",sct=\"0x0\",sc=\"0x80\"}} 2"),
+        );
+        has(
+            &t,
+            &format!("nvmfd_command_errors_total{{{ns},opcode=\"write\",sct=\"other\",sc=\"other\"}} 2"),
+        );
+        has(&t, &format!("nvmfd_commands_in_flight{{{ns}}} 6"));
+        // The histogram: count equals the reads, sum their latencies, buckets cumulative.
+        has(
+            &t,
+            &format!("nvmfd_command_latency_seconds_count{{{ns},class=\"read\"}} 5"),
+        );
+        has(
+            &t,
+            &format!("nvmfd_command_latency_seconds_sum{{{ns},class=\"read\"}} 0.000021"),
+        );
+        // 3000 ns is in the 4.096 µs bucket, 5000 ns in the 8.192 µs one.
+        has(
+            &t,
+            &format!(
+                "nvmfd_command_latency_seconds_bucket{{le=\"0.000002048\",{ns},class=\"read\"}} 0"
+            ),
+        );
+        has(
+            &t,
+            &format!(
+                "nvmfd_command_latency_seconds_bucket{{le=\"0.000004096\",{ns},class=\"read\"}} 2"
+            ),
+        );
+        has(
+            &t,
+            &format!(
+                "nvmfd_command_latency_seconds_bucket{{le=\"0.000008192\",{ns},class=\"read\"}} 5"
+            ),
+        );
+        has(
+            &t,
+            &format!("nvmfd_command_latency_seconds_bucket{{le=\"+Inf\",{ns},class=\"read\"}} 5"),
+        );
+        has(
+            &t,
+            &format!("nvmfd_command_latency_seconds_count{{{ns},class=\"write\"}} 0"),
+        );
+        // No series for classes nothing was counted in, beyond read and write of namespaces.
+        assert!(!t.contains("opcode=\"flush\""), "{t}");
+        assert!(!t.contains("nsid=\"0\""), "{t}");
+        // Controllers and queue pairs: two reactors with one each; discovery shown at 0.
+        has(
+            &t,
+            &format!("nvmfd_connected_controllers{{subsystem=\"{NQN}\",transport=\"tcp\"}} 2"),
+        );
+        has(
+            &t,
+            &format!(
+                "nvmfd_connected_queue_pairs{{subsystem=\"{NQN}\",transport=\"tcp\",queue=\"io\"}} 2"
+            ),
+        );
+        has(
+            &t,
+            "nvmfd_connected_controllers{subsystem=\"disc\",transport=\"tcp\"} 0",
+        );
+        // Per reactor.
+        has(&t, "nvmfd_reactor_polls_total{reactor=\"1\",result=\"busy\"} 10");
+        has(&t, "nvmfd_reactor_polls_total{reactor=\"0\",result=\"idle\"} 100");
+        has(&t, "nvmfd_reactor_buffers_in_use{reactor=\"0\",transport=\"tcp\"} 4");
+        has(&t, "nvmfd_reactor_buffer_waiters{reactor=\"1\",transport=\"tcp\"} 1");
+        has(&t, "nvmfd_reactor_completed_io_total{reactor=\"1\"} 2");
+        has(&t, "# TYPE nvmfd_command_latency_seconds histogram");
+        has(&t, "# TYPE nvmfd_commands counter");
+    }
+
+    #[test]
+    fn process_numbers_are_plausible() {
+        let rss = resident_bytes().expect("statm");
+        assert!(rss > 1 << 20, "{rss}");
+        let up = uptime_seconds().expect("stat");
+        assert!((0.0..86400.0 * 365.0).contains(&up), "{up}");
+        let mut reg = Registry::default();
+        process_metrics(&mut reg);
+        let mut out = String::new();
+        encode(&mut out, &reg).unwrap();
+        assert!(out.contains("nvmfd_process_resident_memory_bytes "), "{out}");
+        assert!(out.contains("nvmfd_process_uptime_seconds "), "{out}");
+    }
+}

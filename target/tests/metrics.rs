@@ -101,7 +101,10 @@ state_dir: {}
     ];
 
     // (nsid, block size, writes, reads, bytes written, bytes read) expected.
-    let mut want = [(1u32, 512usize, 0u64, 0u64, 0u64, 0u64), (2, 4096, 0, 0, 0, 0)];
+    let mut want = [
+        (1u32, 512usize, 0u64, 0u64, 0u64, 0u64),
+        (2, 4096, 0, 0, 0, 0),
+    ];
     for (k, w) in want.iter_mut().enumerate() {
         let (nsid, bs) = (w.0, w.1);
         for i in 0..23u64 {
@@ -171,7 +174,10 @@ state_dir: {}
             let sum = value(&t, &format!("nvmfd_command_latency_seconds_sum{{{h}}}")).unwrap();
             assert!(sum > 0.0 && sum < n as f64 * 20.0, "{sum}");
         }
-        assert_eq!(get(&t, &format!("nvmfd_commands_in_flight{{{}}}", ns(nsid, ""))), 0);
+        assert_eq!(
+            get(&t, &format!("nvmfd_commands_in_flight{{{}}}", ns(nsid, ""))),
+            0
+        );
     }
     assert_eq!(
         get(
@@ -194,12 +200,25 @@ state_dir: {}
         1
     );
     assert_eq!(
-        get(&t, &format!("nvmfd_commands_total{{{}}}", ns(0, ",opcode=\"read\""))),
+        get(
+            &t,
+            &format!("nvmfd_commands_total{{{}}}", ns(0, ",opcode=\"read\""))
+        ),
         1
     );
     // The admin queue's commands and the three Connects (one per queue).
-    assert!(get(&t, &format!("nvmfd_commands_total{{{}}}", ns(0, ",opcode=\"fabrics\""))) >= 3);
-    assert!(get(&t, &format!("nvmfd_commands_total{{{}}}", ns(0, ",opcode=\"admin\""))) >= 1);
+    assert!(
+        get(
+            &t,
+            &format!("nvmfd_commands_total{{{}}}", ns(0, ",opcode=\"fabrics\""))
+        ) >= 3
+    );
+    assert!(
+        get(
+            &t,
+            &format!("nvmfd_commands_total{{{}}}", ns(0, ",opcode=\"admin\""))
+        ) >= 1
+    );
     assert_eq!(
         get(
             &t,
@@ -217,7 +236,12 @@ state_dir: {}
         2
     );
     let busy: u64 = (0..2)
-        .map(|r| get(&t, &format!("nvmfd_reactor_polls_total{{reactor=\"{r}\",result=\"busy\"}}")))
+        .map(|r| {
+            get(
+                &t,
+                &format!("nvmfd_reactor_polls_total{{reactor=\"{r}\",result=\"busy\"}}"),
+            )
+        })
         .sum();
     assert!(busy > 0);
     for r in 0..2 {

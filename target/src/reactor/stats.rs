@@ -552,7 +552,11 @@ mod tests {
         assert_eq!(s.ns[1].in_flight, 0);
         s.finish(&mut aer, Status::SUCCESS, 5_000_000_000, None);
         assert_eq!(s.ns[1].commands[OpClass::Admin as usize], 1);
-        assert_eq!(s.ns[1].latency[2].count(), 0, "held commands have no latency");
+        assert_eq!(
+            s.ns[1].latency[2].count(),
+            0,
+            "held commands have no latency"
+        );
         assert_eq!(s.ns[1].in_flight, 0);
         // A slot reused while still counted (the transport ended the command itself).
         let mut t = Track::IDLE;
@@ -623,7 +627,16 @@ mod tests {
         assert_eq!(key(a).subsys, StatSubsys::Nvm(0));
         // Not a namespace: the subsystem's own id, as for the admin queue.
         let (sub, bs) = ids.resolve(&t, nvm, true, 9);
-        assert_eq!((key(sub), bs), (StatKey { subsys: StatSubsys::Nvm(0), nsid: 0 }, 0));
+        assert_eq!(
+            (key(sub), bs),
+            (
+                StatKey {
+                    subsys: StatSubsys::Nvm(0),
+                    nsid: 0
+                },
+                0
+            )
+        );
         assert_eq!(ids.resolve(&t, nvm, false, 7).0, sub);
         assert_eq!(ids.resolve(&t, None, true, 7), (NONE_ID, 0));
         assert_eq!(

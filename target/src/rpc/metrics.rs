@@ -65,12 +65,9 @@ impl EncodeMetric for Histograms {
             let buckets: Vec<(f64, u64)> = (0..BUCKETS)
                 .map(|i| (Hist::upper_bound_seconds(i), h.counts[i]))
                 .collect();
-            encoder.encode_family(labels)?.encode_histogram::<NoLabelSet>(
-                h.sum_ns as f64 / 1e9,
-                h.count(),
-                &buckets,
-                None,
-            )?;
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<NoLabelSet>(h.sum_ns as f64 / 1e9, h.count(), &buckets, None)?;
         }
         Ok(())
     }
@@ -266,9 +263,12 @@ pub(crate) fn io_metrics(
     for &s in subsystems {
         let n = nqn(s);
         for t in &transports {
-            ctrls.get_or_create(&l(&[("subsystem", &n), ("transport", t)])).set(0);
+            ctrls
+                .get_or_create(&l(&[("subsystem", &n), ("transport", t)]))
+                .set(0);
             for q in ["admin", "io"] {
-                qps.get_or_create(&l(&[("subsystem", &n), ("transport", t), ("queue", q)])).set(0);
+                qps.get_or_create(&l(&[("subsystem", &n), ("transport", t), ("queue", q)]))
+                    .set(0);
             }
         }
     }
@@ -645,18 +645,31 @@ mod tests {
         other.swap(2, 3);
         let t = text(&[report(0, 3, 5000, keys()), report(1, 2, 3000, other)]);
         let ns = format!("subsystem=\"{NQN}\",nsid=\"5\",transport=\"tcp\"");
-        has(&t, &format!("nvmfd_commands_total{{{ns},opcode=\"read\"}} 5"));
-        has(&t, &format!("nvmfd_bytes_total{{{ns},opcode=\"read\"}} 20480"));
-        has(&t, &format!("nvmfd_commands_total{{{ns},opcode=\"write\"}} 2"));
+        has(
+            &t,
+            &format!("nvmfd_commands_total{{{ns},opcode=\"read\"}} 5"),
+        );
+        has(
+            &t,
+            &format!("nvmfd_bytes_total{{{ns},opcode=\"read\"}} 20480"),
+        );
+        has(
+            &t,
+            &format!("nvmfd_commands_total{{{ns},opcode=\"write\"}} 2"),
+        );
         has(&t, &format!("nvmfd_bytes_total{{{ns},opcode=\"write\"}} 0"));
         // One error per reactor told apart by status, one more each reported as "other".
         has(
             &t,
-            &format!("nvmfd_command_errors_total{{{ns},opcode=\"write\",sct=\"0x0\",sc=\"0x80\"}} 2"),
+            &format!(
+                "nvmfd_command_errors_total{{{ns},opcode=\"write\",sct=\"0x0\",sc=\"0x80\"}} 2"
+            ),
         );
         has(
             &t,
-            &format!("nvmfd_command_errors_total{{{ns},opcode=\"write\",sct=\"other\",sc=\"other\"}} 2"),
+            &format!(
+                "nvmfd_command_errors_total{{{ns},opcode=\"write\",sct=\"other\",sc=\"other\"}} 2"
+            ),
         );
         has(&t, &format!("nvmfd_commands_in_flight{{{ns}}} 6"));
         // The histogram: count equals the reads, sum their latencies, buckets cumulative.
@@ -714,10 +727,22 @@ mod tests {
             "nvmfd_connected_controllers{subsystem=\"disc\",transport=\"tcp\"} 0",
         );
         // Per reactor.
-        has(&t, "nvmfd_reactor_polls_total{reactor=\"1\",result=\"busy\"} 10");
-        has(&t, "nvmfd_reactor_polls_total{reactor=\"0\",result=\"idle\"} 100");
-        has(&t, "nvmfd_reactor_buffers_in_use{reactor=\"0\",transport=\"tcp\"} 4");
-        has(&t, "nvmfd_reactor_buffer_waiters{reactor=\"1\",transport=\"tcp\"} 1");
+        has(
+            &t,
+            "nvmfd_reactor_polls_total{reactor=\"1\",result=\"busy\"} 10",
+        );
+        has(
+            &t,
+            "nvmfd_reactor_polls_total{reactor=\"0\",result=\"idle\"} 100",
+        );
+        has(
+            &t,
+            "nvmfd_reactor_buffers_in_use{reactor=\"0\",transport=\"tcp\"} 4",
+        );
+        has(
+            &t,
+            "nvmfd_reactor_buffer_waiters{reactor=\"1\",transport=\"tcp\"} 1",
+        );
         has(&t, "nvmfd_reactor_completed_io_total{reactor=\"1\"} 2");
         has(&t, "# TYPE nvmfd_command_latency_seconds histogram");
         has(&t, "# TYPE nvmfd_commands counter");
@@ -733,7 +758,10 @@ mod tests {
         process_metrics(&mut reg);
         let mut out = String::new();
         encode(&mut out, &reg).unwrap();
-        assert!(out.contains("nvmfd_process_resident_memory_bytes "), "{out}");
+        assert!(
+            out.contains("nvmfd_process_resident_memory_bytes "),
+            "{out}"
+        );
         assert!(out.contains("nvmfd_process_uptime_seconds "), "{out}");
     }
 }

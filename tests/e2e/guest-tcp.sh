@@ -251,7 +251,7 @@ fio_verify() {
 # $NQN and OPCODE over every transport, from a saved /metrics scrape.
 scrape_sum() {
     awk -v p="nvmfd_$3_total{subsystem=\"$NQN\",nsid=\"1\"," -v op="opcode=\"$2\"}" '
-        index($0, p) == 1 && index($0, op) { s += $NF } END { printf "%d\n", s }' "$1"
+        index($0, p) == 1 && index($0, op) { s += $NF } END { printf "%.0f\n", s }' "$1"
 }
 # within_pct A B PCT: |A - B| <= PCT % of B (and B > 0).
 within_pct() { (($2 > 0)) && (((($1 > $2 ? $1 - $2 : $2 - $1)) * 100 <= $3 * $2)); }

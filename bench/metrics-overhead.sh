@@ -17,6 +17,11 @@
 #   MO_TARGET_CPU / MO_PERF_CPU  the reactor's core and the perf thread's (default 0 / 1)
 #
 # Build first: cargo build --release -p nvmfd-target -p nvmfd-bench
+#
+# On a shared, loaded machine the IOPS of two runs differ by far more than 2 %; what counting
+# adds per command, measured in a tight loop (much less sensitive to load), is printed by
+#   cargo test --release -p nvmfd-target --test metrics -- --ignored --nocapture counting_cost
+# and is to be read against the reactor's time per I/O (1 / IOPS of one reactor).
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)

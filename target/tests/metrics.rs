@@ -268,3 +268,73 @@ state_dir: {}
     d.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// What counting adds per command on a reactor, measured in a tight loop (the machine's load
+/// matters much less here than in an IOPS comparison): a clock read, the id lookup (a binary
+/// search of the namespaces), the opcode class, start and finish (in-flight gauge, command and
+/// byte counters, histogram bucket). The reactor reads the clock once per batch, not per
+/// command, so this is an upper bound. Printed for bench/metrics-overhead.sh; the bound asserted
+/// is loose (a sanity check that can fail, not the 2 % goal).
+#[test]
+#[ignore = "a measurement: cargo test --release -p nvmfd-target --test metrics -- --ignored --nocapture"]
+fn counting_cost_per_command() {
+    use nvmfd_target::core::{SubsysRef, Target};
+    use nvmfd_target::reactor::stats::{ns_since, IoStats, OpClass, StatIds, Track};
+    use std::hint::black_box;
+    use std::time::Instant;
+    let yaml = "bdevs: [ { name: a, malloc: { size: 1MiB } }, { name: b, malloc: { size: 1MiB } }, { name: c, malloc: { size: 1MiB } } ]\n\
+                subsystems: [ { nqn: nqn.2026-11.io.nvmfd:cost, namespaces: [ { nsid: 1, bdev: a }, { nsid: 2, bdev: b }, { nsid: 3, bdev: c } ] } ]\n";
+    let cfg = nvmfd_config::parse_str(yaml, "cost.yaml").unwrap();
+    let info = |n: &str| nvmfd_bdev::BdevInfo {
+        name: n.into(),
+        kind: "test",
+        block_size: 4096,
+        num_blocks: 256,
+        deallocate_zeroes: true,
+        volatile_cache: true,
+    };
+    let target = Target::new(&cfg, &[info("a"), info("b"), info("c")]);
+    let ids = StatIds::new(&target);
+    let mut stats = IoStats::new();
+    stats.on = true;
+    stats.grow(ids.keys().len());
+    let mut tracks = vec![Track::IDLE; 32];
+    let epoch = Instant::now();
+    const N: usize = 2_000_000;
+    // per_command: a clock read per command (QD1: every batch is one command); otherwise one
+    // per batch of 32 as at QD32.
+    let mut run = |per_command: bool| {
+        let mut best = f64::MAX;
+        for _ in 0..7 {
+            let t0 = Instant::now();
+            for i in 0..N / 32 {
+                let mut now = ns_since(epoch, Instant::now());
+                for (slot, t) in tracks.iter_mut().enumerate() {
+                    if per_command {
+                        now = ns_since(epoch, black_box(Instant::now()));
+                    }
+                    let nsid = black_box(2u32);
+                    let (id, bs) = ids.resolve(&target, Some(SubsysRef::Nvm(0)), true, nsid);
+                    let class = OpClass::of(black_box(0x02), true);
+                    stats.start(t, id, class, u64::from(bs), now);
+                    black_box(slot + i);
+                }
+                let now = ns_since(epoch, Instant::now());
+                for t in tracks.iter_mut() {
+                    stats.finish(t, Status::SUCCESS, now, None);
+                }
+            }
+            best = best.min(t0.elapsed().as_nanos() as f64 / N as f64);
+        }
+        best
+    };
+    let best = run(true);
+    let batched = run(false);
+    let n = &stats.ns[ids.resolve(&target, Some(SubsysRef::Nvm(0)), true, 2).0 as usize];
+    assert_eq!(n.commands[OpClass::Read as usize], 14 * N as u64);
+    println!(
+        "counting cost: {best:.1} ns per command with a clock read per command, \
+         {batched:.1} ns with one per batch of 32 (best of 7 x {N})"
+    );
+    assert!(best < 2000.0, "{best} ns per command");
+}

@@ -134,6 +134,11 @@ fn auto_without_a_cmb_serves_from_host_memory_and_counts_it() {
         .unwrap()
         .unwrap_err();
     assert_eq!(e.code, -32602);
+    // Placement is decided at start-up: a reload that changes it is refused, nothing changes.
+    let mut next = cfg.clone();
+    next.subsystems[0].namespaces[0].p2p = nvmfd_config::P2pMode::Off;
+    let e = d.live().reload(next, "test").unwrap_err();
+    assert!(e.to_string().contains("namespace 1: p2p is decided at start-up"), "{e}");
     drop(q);
     drop(c);
     d.shutdown();

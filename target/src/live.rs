@@ -385,7 +385,10 @@ impl Live {
                 }
                 // Placement is decided at start-up (crate::p2p): a change needs a restart.
                 let kept = s.namespaces.iter().filter_map(|n| {
-                    let on = o.namespaces.iter().find(|x| x.nsid == n.nsid && x.bdev == n.bdev)?;
+                    let on = o
+                        .namespaces
+                        .iter()
+                        .find(|x| x.nsid == n.nsid && x.bdev == n.bdev)?;
                     (on.p2p != n.p2p).then_some(n.nsid)
                 });
                 if let Some(nsid) = kept.into_iter().next() {

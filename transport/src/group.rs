@@ -57,6 +57,7 @@
 
 use crate::proto::nvme::{Direction, Sqe};
 use crate::proto::status::Status;
+use crate::staging::P2pCounters;
 use crate::{Capsule, Response};
 use nvmfd_config::TransportKind;
 use nvmfd_p2p::mem::IoBuf;
@@ -268,6 +269,15 @@ pub trait PollGroup {
     fn pool_stats(&self) -> PoolStats {
         PoolStats::default()
     }
+
+    /// Connection `conn`'s P2P counters (`crate::staging`); zero for a group that stages
+    /// nothing.
+    fn p2p_conn(&self, _conn: ConnId) -> P2pCounters {
+        P2pCounters::default()
+    }
+
+    /// Add this group's P2P counters per block device (by index) into `out` (grown as needed).
+    fn p2p_bdevs(&self, _out: &mut Vec<P2pCounters>) {}
 }
 
 /// A group's data buffer pools: buffers lent out now and commands queued for one.
@@ -395,5 +405,13 @@ impl PollGroup for AnyGroup {
 
     fn pool_stats(&self) -> PoolStats {
         each!(self, g => g.pool_stats())
+    }
+
+    fn p2p_conn(&self, conn: ConnId) -> P2pCounters {
+        each!(self, g => g.p2p_conn(conn))
+    }
+
+    fn p2p_bdevs(&self, out: &mut Vec<P2pCounters>) {
+        each!(self, g => g.p2p_bdevs(out))
     }
 }

@@ -7,6 +7,7 @@ use crate::core::{SubsysRef, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io, IoError, Op};
 use nvmfd_transport::group::{ConnId, PollGroup};
+use nvmfd_transport::staging::P2pCounters;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -41,6 +42,8 @@ pub struct QpairReport {
     pub local: Option<std::net::SocketAddr>,
     pub peer: std::net::SocketAddr,
     pub transport: nvmfd_config::TransportKind,
+    /// Bytes through the CMB and host memory, fallbacks (`nvmfd_transport::staging`).
+    pub p2p: P2pCounters,
 }
 
 /// What one reactor reports.
@@ -64,6 +67,8 @@ pub struct ReactorReport {
     pub io: Vec<(nvmfd_config::TransportKind, super::stats::IoStats)>,
     /// Each transport's data buffer pools.
     pub pools: Vec<(nvmfd_config::TransportKind, super::stats::PoolStats)>,
+    /// P2P counters per block device (by index; a bdev backs one namespace) on this reactor.
+    pub p2p_bdevs: Vec<P2pCounters>,
 }
 
 /// The control thread's end of one reactor's message queue. Messages are numbered; a reactor
@@ -193,24 +198,29 @@ impl<G: PollGroup> Reactor<G> {
     fn report(&self) -> ReactorReport {
         let qpairs: Vec<QpairReport> = (self.sides.iter())
             .flat_map(|s| {
-                let kind = s.group.info().kind;
-                s.conns.iter().flatten().map(move |c| (kind, c))
+                (s.conns.iter().enumerate()).filter_map(move |(i, c)| Some((s, i, c.as_ref()?)))
             })
-            .filter_map(|(transport, c)| {
+            .filter_map(|(side, i, c)| {
                 let ctrl = c.qp.controller()?;
                 Some(QpairReport {
+                    p2p: side.group.p2p_conn(i as ConnId),
                     subsys: ctrl.subsys,
                     cntlid: ctrl.cntlid,
                     qid: c.qp.qid(),
                     hostnqn: ctrl.hostnqn.clone(),
                     local: c.qp.local_addr(),
                     peer: c.peer,
-                    transport,
+                    transport: side.group.info().kind,
                 })
             })
             .collect();
         let admin = qpairs.iter().filter(|q| q.qid == 0).count() as u64;
+        let mut p2p_bdevs = Vec::new();
+        for s in &self.sides {
+            s.group.p2p_bdevs(&mut p2p_bdevs);
+        }
         ReactorReport {
+            p2p_bdevs,
             reactor: self.id,
             admin_qpairs: admin,
             io_qpairs: qpairs.len() as u64 - admin,

@@ -181,6 +181,7 @@ pub fn render(ctx: &Context) -> String {
         })
         .collect();
     io_metrics(&mut reg, &reports, &shown, &nqn_of);
+    p2p_metrics(&mut reg, &view.target, &reports);
     process_metrics(&mut reg);
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -397,6 +398,40 @@ pub(crate) fn io_metrics(
     // come from the same reports when the data path keeps them: see docs/metrics.md.
 }
 
+/// P2P: data bytes staged in a CMB or in host memory per namespace, and fallbacks (summed over
+/// reactors; the data path counts them per reactor, `nvmfd_transport::staging`).
+fn p2p_metrics(reg: &mut Registry, target: &crate::core::Target, reports: &[ReactorReport]) {
+    let cmb = counter_family(
+        reg,
+        "nvmfd_p2p_cmb_bytes",
+        "Data bytes of commands whose buffer was in the SSD's CMB, per namespace",
+    );
+    let host = counter_family(
+        reg,
+        "nvmfd_p2p_host_bytes",
+        "Data bytes of commands whose buffer was in host memory, per namespace",
+    );
+    let fallbacks = counter_family(
+        reg,
+        "nvmfd_p2p_fallbacks",
+        "Commands of a CMB-staged namespace that took host memory, by reason",
+    );
+    for n in crate::p2p::namespace_counters(target, reports) {
+        let nsid = n.nsid.to_string();
+        let labels = l(&[("subsystem", &n.subsystem), ("nsid", &nsid)]);
+        cmb.get_or_create(&labels).inc_by(n.counters.cmb_bytes);
+        host.get_or_create(&labels).inc_by(n.counters.host_bytes);
+        for (reason, v) in n.counters.fallbacks() {
+            let labels = l(&[
+                ("subsystem", &n.subsystem),
+                ("nsid", &nsid),
+                ("reason", reason),
+            ]);
+            fallbacks.get_or_create(&labels).inc_by(v);
+        }
+    }
+}
+
 /// The process's resident memory (bytes) from /proc/self/statm.
 fn resident_bytes() -> Option<u64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -600,8 +635,10 @@ mod tests {
                     local: None,
                     peer: "127.0.0.1:1".parse().unwrap(),
                     transport: TransportKind::Tcp,
+                    p2p: Default::default(),
                 })
                 .collect(),
+            p2p_bdevs: Vec::new(),
             polls_busy: 10,
             polls_idle: 100,
             stat_keys: keys,

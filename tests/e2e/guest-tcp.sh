@@ -261,7 +261,8 @@ within_pct() { (($2 > 0)) && (((($1 > $2 ? $1 - $2 : $2 - $1)) * 100 <= $3 * $2)
 metrics_match_fio() {
     local url=http://$ADDR:$METRICS_PORT/metrics json=/tmp/fio-metrics.json k v d
     curl -fsS --max-time 10 "$url" >/tmp/m0 || { why "cannot scrape $url"; return 1; }
-    timeout 300 fio --name=metrics --filename="$DEV" --direct=1 --ioengine=libaio --rw=randrw \
+    timeout 300 fio --name=metrics --filename="$DEV" --allow_file_create=0 --direct=1 \
+        --ioengine=libaio --rw=randrw \
         --rwmixread=70 --bs=4k --offset=0 --size=16M --iodepth=16 --eta=never \
         --output-format=json --output="$json" || { why "fio failed (rc $?)"; kmsg_tail; return 1; }
     curl -fsS --max-time 10 "$url" >/tmp/m1 || { why "cannot scrape $url after fio"; return 1; }

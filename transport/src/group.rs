@@ -290,9 +290,6 @@ pub struct PoolStats {
 /// Every kind of poll group this build has, as one type: what a reactor is instantiated with
 /// (static dispatch: one `match` per call). A transport adds its variant here, to
 /// [`AnyIncoming`] and to [`AnyGroupConfig`].
-// One value per transport per reactor, never moved on the data path: the size difference costs
-// nothing, while boxing the TCP group would add an indirection to every call of the data path.
-#[allow(clippy::large_enum_variant)]
 pub enum AnyGroup {
     Tcp(crate::tcp::TcpGroup),
     Rdma(Box<crate::rdma::RdmaGroup>),

@@ -29,6 +29,8 @@ pub struct Daemon {
     live: Arc<crate::live::Live>,
     rpc: Option<crate::rpc::RpcServer>,
     metrics: Option<crate::rpc::metrics::MetricsServer>,
+    /// The start-up placement decisions (`crate::p2p`).
+    placements: Arc<Vec<nvmfd_p2p::placement::PlacementDecision>>,
 }
 
 impl Daemon {
@@ -56,6 +58,9 @@ impl Daemon {
                 cfg.bdevs.len()
             );
         }
+        // Where each namespace's data lives, decided once, before anything is served.
+        let placements = crate::p2p::decide(cfg, &bdevs);
+        crate::p2p::check(&placements)?;
         let infos: Vec<_> = bdevs.iter().map(|b| b.info().clone()).collect();
         let ids = crate::identity::resolve(cfg)?;
         let target = Target::with_identities(cfg, &infos, &ids);
@@ -128,6 +133,7 @@ impl Daemon {
             },
             info: nvmfd_transport::tcp::transport_info(tcp),
             buffer_pool_size: tcp.buffer_pool_size,
+            staging: crate::p2p::tcp_staging(cfg, &bdevs, &placements),
         };
         let mut groups = vec![AnyGroupConfig::Tcp(tcp_group)];
         if rdma_listeners.is_some() {
@@ -191,6 +197,7 @@ impl Daemon {
             live,
             rpc: None,
             metrics: None,
+            placements: Arc::new(placements),
         })
     }
 
@@ -209,9 +216,16 @@ impl Daemon {
         let socket = self.cfg.rpc.socket.clone();
         let ctx = Arc::new(self.control_context(&socket));
         let m = crate::rpc::metrics::start(addr, ctx)?;
+        // The reactors count every command from now on (nothing is counted without a scraper).
+        self.live.count_io(true);
         let bound = m.addr;
         self.metrics = Some(m);
         Ok(bound)
+    }
+
+    /// The start-up placement decisions, one per (transport, namespace).
+    pub fn placements(&self) -> &Arc<Vec<nvmfd_p2p::placement::PlacementDecision>> {
+        &self.placements
     }
 
     /// The running state and the way to change it (RPC methods, SIGHUP).
@@ -223,6 +237,7 @@ impl Daemon {
         use crate::rpc::methods::{Context, ReactorInfo};
         self.live.set_rpc_socket(socket);
         Context {
+            placements: self.placements.clone(),
             live: self.live.clone(),
             reactors: (self.cfg.reactors.cores.iter().enumerate())
                 .map(|(id, &core)| ReactorInfo { id, core })
@@ -235,6 +250,10 @@ impl Daemon {
         if let Some(r) = self.rpc.take() {
             r.stop();
         }
+        // The P2P counters, while the reactors still answer.
+        let reports = self.live.reports();
+        let target = self.live.view().target;
+        crate::p2p::log_counters(&crate::p2p::namespace_counters(&target, &reports));
         self.metrics = None;
         self.stop.store(true, Ordering::SeqCst);
         if let Some(a) = self.acceptor.take() {

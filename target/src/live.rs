@@ -383,6 +383,20 @@ impl Live {
                         s.nqn
                     )));
                 }
+                // Placement is decided at start-up (crate::p2p): a change needs a restart.
+                let kept = s.namespaces.iter().filter_map(|n| {
+                    let on = o
+                        .namespaces
+                        .iter()
+                        .find(|x| x.nsid == n.nsid && x.bdev == n.bdev)?;
+                    (on.p2p != n.p2p).then_some(n.nsid)
+                });
+                if let Some(nsid) = kept.into_iter().next() {
+                    return Err(Refused(format!(
+                        "subsystem {:?} namespace {nsid}: p2p is decided at start-up and cannot change while nvmfd runs (restart it for that)",
+                        s.nqn
+                    )));
+                }
             }
         }
         let ids = crate::identity::resolve(&cand).map_err(|e| Refused(format!("{e:#}")))?;
@@ -605,6 +619,13 @@ impl Live {
                     .ok()
             })
             .collect()
+    }
+
+    /// Turn the reactors' per-command counting on or off (on when the metrics endpoint is
+    /// served), waiting until every reactor has taken the change.
+    pub fn count_io(&self, on: bool) {
+        let mut st = self.lock();
+        self.to_reactors(&mut st, &[Box::new(move || ReactorMsg::CountIo(on))]);
     }
 
     /// Send each message to every reactor (in order) and wait until all carried them out.

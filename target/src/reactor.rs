@@ -17,6 +17,8 @@ use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
 use nvmfd_p2p::mem::BufPool;
 use nvmfd_transport::group::{ConnId, Event, PollGroup};
+use nvmfd_transport::proto::nvme::Sqe;
+use nvmfd_transport::proto::status::Status;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,7 +27,9 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 mod live;
+pub mod stats;
 pub use live::{ControlLink, QpairReport, ReactorMsg, ReactorReport};
+use stats::{IoStats, OpClass, StatIds, Track};
 
 /// How many empty polls before an idle reactor sleeps (when `idle_sleep_us` is set).
 const IDLE_POLLS_BEFORE_SLEEP: u32 = 1024;
@@ -76,12 +80,16 @@ struct Conn {
     held: Vec<(u16, u16)>,
     /// Whether the group was told the queue's ID and size (after Connect).
     queue_set: bool,
+    /// The commands being counted (`stats`), by transport slot.
+    track: Vec<Track>,
 }
 
 /// One poll group and the queue pairs of its connections (indexed by [`ConnId`]).
 struct Side<G> {
     group: G,
     conns: Vec<Option<Conn>>,
+    /// This transport's I/O counters on this reactor.
+    stats: IoStats,
 }
 
 /// A pending block-device submission that the channel refused (queue full).
@@ -123,7 +131,7 @@ pub fn spawn<G: PollGroup + 'static>(
         let mut sides = Vec::with_capacity(cfg.groups.len());
         for g in &cfg.groups {
             match G::new(g, cfg.id) {
-                Ok(group) => sides.push(Side { group, conns: Vec::new() }),
+                Ok(group) => sides.push(Side { group, conns: Vec::new(), stats: IoStats::new() }),
                 Err(e) => {
                     tracing::error!(reactor = cfg.id, error = %e, "cannot build a poll group; reactor stops");
                     return;
@@ -131,6 +139,10 @@ pub fn spawn<G: PollGroup + 'static>(
             }
         }
         info!(reactor = cfg.id, core = cfg.core, groups = sides.len(), "reactor running");
+        let ids = StatIds::new(&target);
+        for s in sides.iter_mut() {
+            s.stats.grow(ids.keys().len());
+        }
         let mut r = Reactor {
             id: cfg.id,
             idle_sleep: cfg.idle_sleep,
@@ -144,6 +156,10 @@ pub fn spawn<G: PollGroup + 'static>(
             generation: 0,
             control: ctl,
             completed: 0,
+            ids,
+            epoch: Instant::now(),
+            polls_busy: 0,
+            polls_idle: 0,
         };
         r.run();
         r.control.stopped.store(true, Ordering::Release);
@@ -171,6 +187,57 @@ struct Reactor<G: PollGroup> {
     control: ControlLink,
     /// Block-device I/Os completed on this reactor (read only by reports, `reactor/live.rs`).
     completed: u64,
+    /// Dense ids of what the I/O counters count (`stats`), for the snapshot in `target`.
+    ids: StatIds,
+    /// Command times are kept as nanoseconds since this.
+    epoch: Instant,
+    /// Loop iterations that found work, and that found none.
+    polls_busy: u64,
+    polls_idle: u64,
+}
+
+/// What counting a command needs besides its connection: the ids and the snapshot they are for,
+/// and the time (read once per batch).
+struct Count<'a> {
+    ids: &'a StatIds,
+    target: &'a Target,
+    now_ns: u64,
+}
+
+/// Start counting command `slot` of `c` (when counting is on).
+#[inline]
+fn track_start(stats: &mut IoStats, cnt: &Count, c: &mut Conn, slot: u16, sqe: &Sqe) {
+    if !stats.on {
+        return;
+    }
+    let io_queue = c.qp.is_connected() && c.qp.qid() != 0;
+    let class = OpClass::of(sqe.opcode, io_queue);
+    let subsys = c.qp.controller().map(|x| x.subsys);
+    let (id, block_size) = cnt.ids.resolve(cnt.target, subsys, io_queue, sqe.nsid);
+    let bytes = match class {
+        OpClass::Read | OpClass::Write => u64::from(sqe.nlb()) * u64::from(block_size),
+        _ => 0,
+    };
+    if let Some(t) = c.track.get_mut(slot as usize) {
+        stats.start(t, id, class, bytes, cnt.now_ns);
+    }
+}
+
+/// Count command `slot` of `c` as answered with `status`.
+#[inline]
+fn track_finish(stats: &mut IoStats, cnt: &Count, c: &mut Conn, slot: u16, status: Status) {
+    let Some(t) = c.track.get_mut(slot as usize) else {
+        return;
+    };
+    if !t.active {
+        return;
+    }
+    // A Connect is counted under the subsystem it made its queue part of.
+    let id = (t.id == stats::NONE_ID)
+        .then(|| c.qp.controller().map(|x| x.subsys))
+        .flatten()
+        .map(|s| cnt.ids.resolve(cnt.target, Some(s), false, 0).0);
+    stats.finish(t, status, cnt.now_ns, id);
 }
 
 /// Tag layout for block-device I/O: [`OWN_BUF`] (1 bit) | generation (23) | group (8) |
@@ -229,6 +296,11 @@ impl<G: PollGroup> Reactor<G> {
                 self.close_finished(gi);
             }
             tick = tick.wrapping_add(1);
+            if work {
+                self.polls_busy += 1;
+            } else {
+                self.polls_idle += 1;
+            }
             if tick.is_multiple_of(TIMER_EVERY) {
                 self.check_timers();
             }
@@ -328,7 +400,7 @@ impl<G: PollGroup> Reactor<G> {
         let side = &mut self.sides[gi];
         if let Some(c) = side.conns[conn as usize].take() {
             side.group.close(conn);
-            teardown(c, why);
+            teardown(c, &mut side.stats, why);
         }
     }
 
@@ -342,17 +414,25 @@ impl<G: PollGroup> Reactor<G> {
             deferred,
             generation,
             own_pool,
+            ids,
+            epoch,
             ..
         } = self;
         let side = &mut sides[gi];
         let mut work = false;
         // The clock is read once per batch of commands, not once per command.
         let mut now = None;
+        let mut cnt = Count {
+            ids,
+            target,
+            now_ns: 0,
+        };
         while let Some(ev) = side.group.next_event() {
             work = true;
             match ev {
                 Event::Connected { conn, peer, local } => {
-                    let mut qp = QueuePair::new(target.clone(), *side.group.info());
+                    let info = *side.group.info();
+                    let mut qp = QueuePair::new(target.clone(), info);
                     if let Some(local) = local {
                         qp.set_local_addr(local);
                     }
@@ -368,6 +448,7 @@ impl<G: PollGroup> Reactor<G> {
                         in_flight: 0,
                         held: Vec::new(),
                         queue_set: false,
+                        track: vec![Track::IDLE; info.max_queue_depth as usize],
                     });
                 }
                 Event::Command {
@@ -379,22 +460,32 @@ impl<G: PollGroup> Reactor<G> {
                     let Some(c) = side.conns[conn as usize].as_mut() else {
                         continue;
                     };
+                    if side.stats.on {
+                        let n = *now.get_or_insert_with(Instant::now);
+                        cnt.now_ns = stats::ns_since(*epoch, n);
+                        track_start(&mut side.stats, &cnt, c, slot, &sqe);
+                    }
                     match c.qp.admit(&sqe, desc) {
-                        Admission::Respond(resp) => side.group.respond(conn, slot, resp),
+                        Admission::Respond(resp) => {
+                            track_finish(&mut side.stats, &cnt, c, slot, resp.cqe.status);
+                            side.group.respond(conn, slot, resp)
+                        }
                         Admission::Data(need) => side.group.fetch(conn, slot, need),
                         Admission::Execute => {
-                            let now = *now.get_or_insert_with(Instant::now);
-                            execute(side, channels, own_pool, deferred, gi, conn, slot, now);
+                            let n = *now.get_or_insert_with(Instant::now);
+                            cnt.now_ns = stats::ns_since(*epoch, n);
+                            execute(side, channels, own_pool, deferred, gi, conn, slot, n, &cnt);
                         }
                     }
                 }
                 Event::DataReady { conn, slot } => {
-                    let now = *now.get_or_insert_with(Instant::now);
-                    execute(side, channels, own_pool, deferred, gi, conn, slot, now);
+                    let n = *now.get_or_insert_with(Instant::now);
+                    cnt.now_ns = stats::ns_since(*epoch, n);
+                    execute(side, channels, own_pool, deferred, gi, conn, slot, n, &cnt);
                 }
                 Event::Closed { conn, why } => {
                     if let Some(c) = side.conns[conn as usize].take() {
-                        teardown(c, &why);
+                        teardown(c, &mut side.stats, &why);
                     }
                 }
             }
@@ -439,8 +530,22 @@ impl<G: PollGroup> Reactor<G> {
         let mut n = 0;
         let sides = &mut self.sides;
         let own_pool = &mut self.own_pool;
+        let epoch = self.epoch;
+        // The clock is read once per batch of completions, and only when counting.
+        let mut cnt = Count {
+            ids: &self.ids,
+            target: &self.target,
+            now_ns: 0,
+        };
+        let mut clock_read = !sides.iter().any(|s| s.stats.on);
         for ch in self.channels.iter_mut() {
-            n += ch.poll(&mut |done: Completion| complete_io(sides, own_pool, done));
+            n += ch.poll(&mut |done: Completion| {
+                if !clock_read {
+                    cnt.now_ns = stats::ns_since(epoch, Instant::now());
+                    clock_read = true;
+                }
+                complete_io(sides, own_pool, done, &cnt)
+            });
         }
         self.completed += n as u64;
         n > 0
@@ -481,6 +586,13 @@ impl<G: PollGroup> Reactor<G> {
                     match c.held.iter().position(|&(cid, _)| cid == resp.cqe.cid) {
                         Some(k) => {
                             let (_, slot) = c.held.swap_remove(k);
+                            // Held commands have no latency: no clock needed.
+                            let cnt = Count {
+                                ids: &self.ids,
+                                target: &self.target,
+                                now_ns: 0,
+                            };
+                            track_finish(&mut side.stats, &cnt, c, slot, resp.cqe.status);
                             side.group.respond(conn, slot, resp);
                         }
                         None => {
@@ -512,6 +624,7 @@ fn execute<G: PollGroup>(
     conn: ConnId,
     slot: u16,
     now: Instant,
+    cnt: &Count,
 ) {
     let Some(c) = side.conns[conn as usize].as_mut() else {
         return;
@@ -519,8 +632,16 @@ fn execute<G: PollGroup>(
     let lend = side.group.takes_lent_data(conn);
     let cap = side.group.capsule_mut(conn, slot);
     match c.qp.execute(cap, now) {
-        Outcome::Done(resp) => side.group.respond(conn, slot, resp),
-        Outcome::Held => c.held.push((cap.sqe.cid, slot)),
+        Outcome::Done(resp) => {
+            track_finish(&mut side.stats, cnt, c, slot, resp.cqe.status);
+            side.group.respond(conn, slot, resp)
+        }
+        Outcome::Held => {
+            if let Some(t) = c.track.get_mut(slot as usize) {
+                side.stats.hold(t);
+            }
+            c.held.push((cap.sqe.cid, slot))
+        }
         Outcome::Io { bdev, mut op } => {
             // Reads go out from a RAM disk's own memory when the connection can send data it
             // never reads (TCP: no data digest): one copy less per byte.
@@ -550,8 +671,11 @@ fn execute<G: PollGroup>(
     }
 }
 
-/// A connection is gone: release what its queue pair held.
-fn teardown(mut c: Conn, why: &str) {
+/// A connection is gone: release what its queue pair held (and stop counting its commands).
+fn teardown(mut c: Conn, stats: &mut IoStats, why: &str) {
+    for t in c.track.iter_mut() {
+        stats.drop_track(t);
+    }
     if c.qp.is_connected() {
         info!(peer = %c.peer, queue = %c.qp.describe(), reason = why, "queue pair closed");
     } else {
@@ -566,7 +690,12 @@ fn teardown(mut c: Conn, why: &str) {
 
 /// Route a block-device completion back to its connection (its buffer goes back to its pool if
 /// the connection is gone).
-fn complete_io<G: PollGroup>(sides: &mut [Side<G>], own_pool: &mut BufPool, done: Completion) {
+fn complete_io<G: PollGroup>(
+    sides: &mut [Side<G>],
+    own_pool: &mut BufPool,
+    done: Completion,
+    cnt: &Count,
+) {
     let (generation, gi, conn, slot) = untag(done.tag);
     // The reactor's own buffer goes back to its pool at once; the group's goes back into the
     // command's capsule (or, the connection gone, to the group's pool).
@@ -597,5 +726,6 @@ fn complete_io<G: PollGroup>(sides: &mut [Side<G>], own_pool: &mut BufPool, done
     cap.buf = buf;
     cap.lent = done.lent;
     let resp = c.qp.io_done(cap, done.result);
+    track_finish(&mut side.stats, cnt, c, slot, resp.cqe.status);
     side.group.respond(conn, slot, resp);
 }

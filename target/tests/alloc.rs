@@ -73,7 +73,10 @@ fn no_allocation_per_io_on_reactors() {
          listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ] }} ]\n"
     );
     let cfg = nvmfd_config::parse_str(&yaml, "alloc.yaml").unwrap();
-    let d = Daemon::start(&cfg).unwrap();
+    let mut d = Daemon::start(&cfg).unwrap();
+    // With the metrics endpoint served the reactors count every command (and latency): that
+    // must not allocate either. (A scrape does allocate on reactors, once per scrape: none here.)
+    d.serve_metrics("127.0.0.1:0".parse().unwrap()).unwrap();
     let mut o = HostOptions::new("nqn.2026-11.io.nvmfd:alloc");
     o.io_timeout = Duration::from_secs(30);
     // No keep-alive: the admin queue is idle while 110k I/Os run, which on a loaded machine (debug

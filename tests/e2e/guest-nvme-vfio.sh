@@ -15,7 +15,8 @@
 #      namespace 2 fails some I/O (blkdebug): the SSD's statuses reach the host, the rest serves;
 #      host buffers go to the SSD by IOVA (nothing bounced); an I/O that times out is aborted,
 #      the controller reset, the rest keeps serving (namespace 3 answers after 3 s);
-#   4. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern.
+#   4. P2P placement over NVMe/TCP (tests/e2e/guest-p2p.sh);
+#   5. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
@@ -410,6 +411,7 @@ if [[ -n $DPID ]]; then
     run_step "nvmfd stops cleanly (CC.SHN, SHST)" stop_daemon
     run_step "I/O timeout: Abort, controller reset, retryable status, the rest serves" timeout_abort_reset
 fi
+. "$HERE/guest-p2p.sh"   # P2P placement over TCP (CMB staging, counters, `required` refused)
 run_step "nvmfd setup --reset: the kernel driver reads the same pattern" reset_to_kernel
 [[ -n $DPID ]] && kill -9 "$DPID" 2>/dev/null
 cp /tmp/nvmfd.log "${RIG_OUT:-/tmp}/nvmfd.log" 2>/dev/null

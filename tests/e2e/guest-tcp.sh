@@ -26,6 +26,8 @@
 #   --twin-size BYTES         that namespace's size (empty: not checked)
 #   --kernel-target           configure the kernel's nvmet in this guest on 127.0.0.1 to match the
 #                             options above, and test against it
+#   --metrics-port PORT       nvmfd serves /metrics at ADDR:PORT: check its counters against fio's
+#                             own totals (empty: skip that step)
 #
 # Live reconfiguration steps run when the host side relays RPC calls to nvmfd: run.sh makes
 # $RIG_OUT/rpc and answers each request file the guest puts there (see host_rpc below).
@@ -54,6 +56,7 @@ REFUSED_HOSTNQN=
 TWIN_PORT=
 TWIN_SIZE=
 KERNEL_TARGET=0
+METRICS_PORT=
 while (($#)); do
     case $1 in
     --addr) ADDR=$2; shift 2 ;;
@@ -68,6 +71,7 @@ while (($#)); do
     --twin-port) TWIN_PORT=$2; shift 2 ;;
     --twin-size) TWIN_SIZE=$2; shift 2 ;;
     --kernel-target) KERNEL_TARGET=1; shift ;;
+    --metrics-port) METRICS_PORT=$2; shift 2 ;;
     *) echo "guest-tcp: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -241,6 +245,44 @@ fio_verify() {
         { why "fio $name failed (rc $?)"; cat "$log"; kmsg_tail; return 1; }
     grep -E '^ *(read|write):' "$log"
     grep -q 'err= 0' "$log" || { why "fio $name reported errors"; cat "$log"; return 1; }
+}
+
+# ---- metrics -----------------------------------------------------------------------------------
+# scrape_sum FILE OPCODE KIND: the sum of nvmfd_KIND_total (commands or bytes) for namespace 1 of
+# $NQN and OPCODE over every transport, from a saved /metrics scrape.
+scrape_sum() {
+    awk -v p="nvmfd_$3_total{subsystem=\"$NQN\",nsid=\"1\"," -v op="opcode=\"$2\"}" '
+        index($0, p) == 1 && index($0, op) { s += $NF } END { printf "%.0f\n", s }' "$1"
+}
+# within_pct A B PCT: |A - B| <= PCT % of B (and B > 0).
+within_pct() { (($2 > 0)) && (((($1 > $2 ? $1 - $2 : $2 - $1)) * 100 <= $3 * $2)); }
+# A fio job between two scrapes of nvmfd's /metrics: the counters' growth must match fio's own
+# totals (ios and bytes, reads and writes) within 3 % (the kernel may add a few I/Os of its own).
+metrics_match_fio() {
+    local url=http://$ADDR:$METRICS_PORT/metrics json=/tmp/fio-metrics.json k v d
+    curl -fsS --max-time 10 "$url" >/tmp/m0 || { why "cannot scrape $url"; return 1; }
+    timeout 300 fio --name=metrics --filename="$DEV" --allow_file_create=0 --direct=1 \
+        --ioengine=libaio --rw=randrw \
+        --rwmixread=70 --bs=4k --offset=0 --size=16M --iodepth=16 --eta=never \
+        --output-format=json --output="$json" || { why "fio failed (rc $?)"; kmsg_tail; return 1; }
+    curl -fsS --max-time 10 "$url" >/tmp/m1 || { why "cannot scrape $url after fio"; return 1; }
+    declare -A fio=(
+        [read_commands]=$(jq '[.jobs[].read.total_ios] | add' "$json")
+        [read_bytes]=$(jq '[.jobs[].read.io_bytes] | add' "$json")
+        [write_commands]=$(jq '[.jobs[].write.total_ios] | add' "$json")
+        [write_bytes]=$(jq '[.jobs[].write.io_bytes] | add' "$json")
+    )
+    local rc=0 line=
+    for k in read_commands read_bytes write_commands write_bytes; do
+        d=$(($(scrape_sum /tmp/m1 "${k%_*}" "${k#*_}") - $(scrape_sum /tmp/m0 "${k%_*}" "${k#*_}")))
+        v=${fio[$k]}
+        line+=" $k: nvmfd $d fio $v;"
+        within_pct "$d" "$v" 3 || { why "$k: nvmfd counted $d, fio $v (more than 3 % apart)"; rc=1; }
+    done
+    note "${line%;}"
+    grep -q '^nvmfd_command_latency_seconds_count{subsystem="'"$NQN"'",nsid="1",' /tmp/m1 ||
+        { why "no latency histogram for namespace 1"; rc=1; }
+    return "$rc"
 }
 
 write_pattern() {
@@ -622,6 +664,9 @@ if [[ -n $DEV ]]; then
     run_step "fio 4k randwrite crc32c verify" fio_verify rand4k randwrite 4k 0 16M 16
     run_step "fio 128k write crc32c verify" fio_verify seq128k write 128k 16M 32M 8
     run_step "fio 1m write crc32c verify" fio_verify seq1m write 1m 64M 64M 4
+    if [[ -n $METRICS_PORT ]]; then
+        run_step "metrics: /metrics counters match fio's totals" metrics_match_fio
+    fi
     run_step "write a pattern" write_pattern
     run_step "disconnect" disconnect_all_of "$NQN"
     run_step "reconnect; pattern reads back" reconnect_and_check

@@ -89,6 +89,11 @@ for p in $(seq $((PORT + 1)) $((PORT + 80))); do
     if ! port_busy "$p"; then PORT2=$p; break; fi
 done
 [[ -n $PORT2 ]] || { fail "no free port after $PORT for the twin instance"; finish; }
+MPORT=
+for p in $(seq $((PORT2 + 1)) $((PORT2 + 80))); do
+    if ! port_busy "$p"; then MPORT=$p; break; fi
+done
+[[ -n $MPORT ]] || { fail "no free port after $PORT2 for the metrics endpoint"; finish; }
 
 # ---- configuration -------------------------------------------------------------------------
 # One reactor on core 0 that sleeps 50 us when idle, so QEMU keeps CPU on these 2-core machines.
@@ -96,6 +101,8 @@ cat >"$CONFIG" <<EOF
 # Written by tests/e2e/run.sh
 state_dir: $WORK/state
 rpc: { socket: $WORK/rpc.sock }
+# The guest scrapes this (as 10.0.2.2:$MPORT) around one fio job.
+metrics: { listen: "127.0.0.1:$MPORT" }
 reactors:
   cores: [0]
   idle_sleep_us: 50
@@ -273,7 +280,7 @@ grc=0
     --model "$MODEL" --serial "$SERIAL" --size $((SIZE_MIB * 1024 * 1024)) \
     --restricted-nqn "$RNQN" --allowed-hostnqn "$ALLOWED_HOSTNQN" \
     --refused-hostnqn "$REFUSED_HOSTNQN" --twin-port "$PORT2" \
-    --twin-size $((TWIN_SIZE_MIB * 1024 * 1024)) &
+    --twin-size $((TWIN_SIZE_MIB * 1024 * 1024)) --metrics-port "$MPORT" &
 GPID=$!
 wait "$GPID" || grc=$?
 GPID=

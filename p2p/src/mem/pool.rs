@@ -355,6 +355,18 @@ impl BufPool {
     pub fn large_limit(&self) -> usize {
         self.large_limit
     }
+
+    /// Buffers lent out now (small and large, those made past the cap included).
+    pub fn in_use(&self) -> usize {
+        let small = self.small_class.carved.saturating_sub(self.small.len());
+        let large = self.large_made.saturating_sub(self.large.len());
+        small + large
+    }
+
+    /// Commands queued for a large buffer now.
+    pub fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
 }
 
 impl std::fmt::Debug for BufPool {

@@ -7,6 +7,7 @@ use crate::core::{SubsysRef, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io, IoError, Op};
 use nvmfd_transport::group::{ConnId, PollGroup};
+use nvmfd_transport::staging::P2pCounters;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -26,6 +27,9 @@ pub enum ReactorMsg {
     /// `nvmf_subsystem_get_qpairs`, metrics): the reactor's own numbers, summed by the caller;
     /// nothing shared is touched on the I/O path.
     Report(std::sync::mpsc::SyncSender<ReactorReport>),
+    /// Count every command from now on (or stop): the metrics endpoint is served
+    /// (`super::stats`).
+    CountIo(bool),
 }
 
 /// One connected queue pair as a report shows it.
@@ -37,6 +41,9 @@ pub struct QpairReport {
     pub hostnqn: String,
     pub local: Option<std::net::SocketAddr>,
     pub peer: std::net::SocketAddr,
+    pub transport: nvmfd_config::TransportKind,
+    /// Bytes through the CMB and host memory, fallbacks (`nvmfd_transport::staging`).
+    pub p2p: P2pCounters,
 }
 
 /// What one reactor reports.
@@ -51,6 +58,17 @@ pub struct ReactorReport {
     /// Block-device I/Os completed since start.
     pub completed_io: u64,
     pub qpairs: Vec<QpairReport>,
+    /// Loop iterations that found work, and that found none, since start.
+    pub polls_busy: u64,
+    pub polls_idle: u64,
+    /// What each id of the I/O counters stands for (by id).
+    pub stat_keys: Vec<super::stats::StatKey>,
+    /// The I/O counters of each transport (poll group), indexed by id.
+    pub io: Vec<(nvmfd_config::TransportKind, super::stats::IoStats)>,
+    /// Each transport's data buffer pools.
+    pub pools: Vec<(nvmfd_config::TransportKind, super::stats::PoolStats)>,
+    /// P2P counters per block device (by index; a bdev backs one namespace) on this reactor.
+    pub p2p_bdevs: Vec<P2pCounters>,
 }
 
 /// The control thread's end of one reactor's message queue. Messages are numbered; a reactor
@@ -157,6 +175,11 @@ impl<G: PollGroup> Reactor<G> {
                 ReactorMsg::Report(reply) => {
                     let _ = reply.try_send(self.report());
                 }
+                ReactorMsg::CountIo(on) => {
+                    for s in self.sides.iter_mut() {
+                        s.stats.on = on;
+                    }
+                }
                 ReactorMsg::CloseBdev { index } => {
                     if let Some(ch) = self.channels.get_mut(index) {
                         let old = std::mem::replace(ch, Retired::boxed(None));
@@ -173,32 +196,56 @@ impl<G: PollGroup> Reactor<G> {
     }
 
     fn report(&self) -> ReactorReport {
-        let qpairs: Vec<QpairReport> = (self.sides.iter().flat_map(|s| s.conns.iter().flatten()))
-            .filter_map(|c| {
+        let qpairs: Vec<QpairReport> = (self.sides.iter())
+            .flat_map(|s| {
+                (s.conns.iter().enumerate()).filter_map(move |(i, c)| Some((s, i, c.as_ref()?)))
+            })
+            .filter_map(|(side, i, c)| {
                 let ctrl = c.qp.controller()?;
                 Some(QpairReport {
+                    p2p: side.group.p2p_conn(i as ConnId),
                     subsys: ctrl.subsys,
                     cntlid: ctrl.cntlid,
                     qid: c.qp.qid(),
                     hostnqn: ctrl.hostnqn.clone(),
                     local: c.qp.local_addr(),
                     peer: c.peer,
+                    transport: side.group.info().kind,
                 })
             })
             .collect();
         let admin = qpairs.iter().filter(|q| q.qid == 0).count() as u64;
+        let mut p2p_bdevs = Vec::new();
+        for s in &self.sides {
+            s.group.p2p_bdevs(&mut p2p_bdevs);
+        }
         ReactorReport {
+            p2p_bdevs,
             reactor: self.id,
             admin_qpairs: admin,
             io_qpairs: qpairs.len() as u64 - admin,
             pending_bdev_io: self.channels.iter().map(|c| c.in_flight() as u64).sum(),
             completed_io: self.completed,
             qpairs,
+            polls_busy: self.polls_busy,
+            polls_idle: self.polls_idle,
+            stat_keys: self.ids.keys().to_vec(),
+            io: (self.sides.iter())
+                .map(|s| (s.group.info().kind, s.stats.clone()))
+                .collect(),
+            pools: (self.sides.iter())
+                .map(|s| (s.group.info().kind, s.group.pool_stats()))
+                .collect(),
         }
     }
 
     fn take_target(&mut self, t: Arc<Target>) {
         self.target = t.clone();
+        // New namespaces get counter ids (the only place the counter tables grow).
+        self.ids.update(&t);
+        for s in self.sides.iter_mut() {
+            s.stats.grow(self.ids.keys().len());
+        }
         for gi in 0..self.sides.len() {
             for ci in 0..self.sides[gi].conns.len() {
                 let why = match self.sides[gi].conns[ci].as_mut() {

@@ -1076,6 +1076,16 @@ impl PollGroup for RdmaGroup {
             None => drop(buf),
         }
     }
+
+    fn pool_stats(&self) -> crate::group::PoolStats {
+        crate::group::PoolStats {
+            in_use: self.devs.iter().map(|d| d.pool.in_use() as u64).sum(),
+            // Commands wait per queue pair here (in arrival order on each), not in the pool.
+            waiters: (self.conns.iter().flatten())
+                .map(|c| c.buf_wait.len() as u64)
+                .sum(),
+        }
+    }
 }
 
 /// Data buffer in place: reads go straight to the core, writes queue their RDMA READs.

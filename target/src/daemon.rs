@@ -141,6 +141,7 @@ impl Daemon {
                         buffer_pool_size: r.buffer_pool_size,
                     },
                     info: nvmfd_transport::rdma::transport_info(r),
+                    cmb: Arc::from(Vec::new()),
                 },
             ));
         }

@@ -3,6 +3,7 @@
 //! check of an RDMA listener's address ([`check_listen_address`]).
 
 pub mod admit;
+pub mod cmb;
 mod group;
 mod listener;
 mod sched;

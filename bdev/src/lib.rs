@@ -135,6 +135,11 @@ pub trait Bdev: Send + Sync {
     fn reaches(&self, domain: nvmfd_p2p::mem::Domain) -> bool {
         domain == nvmfd_p2p::mem::Domain::HostMemory
     }
+    /// The NVMe controller behind an `nvme` bdev (its CMB, its VFIO device for a dma-buf
+    /// export): for the start-up RDMA registration of the CMB. None for every other backend.
+    fn nvme_controller(&self) -> Option<&Arc<nvmfd_nvme::Controller>> {
+        None
+    }
 }
 
 /// One reactor's view of a device. Not `Send`: it lives and dies on the reactor that opened it.

@@ -135,6 +135,10 @@ impl Bdev for Nvme {
         domain == Domain::HostMemory || self.ctrl.cmb().is_some_and(|c| c.domain() == domain)
     }
 
+    fn nvme_controller(&self) -> Option<&Arc<Controller>> {
+        Some(&self.ctrl)
+    }
+
     fn channel(&self) -> io::Result<Box<dyn BdevChannel>> {
         let qp = self
             .ctrl

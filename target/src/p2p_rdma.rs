@@ -1,0 +1,266 @@
+//! The start-up registration chain that lets an RDMA NIC reach an NVMe SSD's CMB directly
+//! (docs/p2p.md, "RDMA"): for every SSD whose CMB a namespace served over RDMA may use, and
+//! every RDMA device that serves it,
+//!
+//! 1. export the CMB's BAR range as a dma-buf through VFIO (`VFIO_DEVICE_FEATURE_DMA_BUF`,
+//!    Linux ≥ 6.19),
+//! 2. register that dma-buf with the device (`ibv_reg_dmabuf_mr`, on one PD per device shared
+//!    by every reactor),
+//! 3. make the CMB's pool with those registrations, so every CMB buffer carries each device's
+//!    keys before the first I/O.
+//!
+//! Nothing here runs per I/O, and nothing here fails the start by itself: each step that fails
+//! becomes a named reason ([`Failure`]) of the (SSD, RDMA device) pair, which the placement
+//! decision turns into "host memory" (`auto`) or a refused start (`required`). `ibv_reg_mr` of
+//! a BAR mmap and the kernel's `p2pmem/allocate` mappings are not registrable upstream
+//! (EFAULT): they are named in the reason, never tried.
+
+use nvmfd_nvme::{Controller, DmaBuf, MakePool};
+use nvmfd_transport::rdma::cmb::{CmbMr, CmbPool, DevicePd};
+use nvmfd_transport::rdma::verbs::Devices;
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// One failed step of the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// `vfio_dma_buf_export`, `ibv_alloc_pd`, `ibv_reg_dmabuf_mr`, `cmb_pool`, `rdma_devices`.
+    pub step: &'static str,
+    /// A stable name for what went wrong (`dmabuf_kernel_too_old`, `dmabuf_mr_unsupported`...).
+    pub code: &'static str,
+    pub error: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}]: {}", self.step, self.code, self.error)
+    }
+}
+
+/// What the chain wants: the CMB of `bdev`'s controller, registered with `devices`.
+pub struct Want<'a> {
+    pub bdev: &'a str,
+    pub ctrl: &'a Arc<Controller>,
+    /// RDMA device names (`mlx5_0`, `rxe0`).
+    pub devices: Vec<String>,
+}
+
+/// The outcome for one (bdev, RDMA device) pair.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub bdev: String,
+    pub device: String,
+    /// The dma-buf export of the CMB succeeded (`bar`, `offset`, `len`).
+    pub exported: Option<(u32, u64, u64)>,
+    /// Registered and in the CMB's pool, or every step that failed.
+    pub result: Result<(), Vec<Failure>>,
+}
+
+/// What the reactors get (one entry per registered (CMB, device)) and every pair's outcome.
+#[derive(Debug, Default)]
+pub struct Chain {
+    pub pools: Vec<CmbPool>,
+    pub outcomes: Vec<Outcome>,
+}
+
+impl Chain {
+    /// The failures of `bdev` over `device`, if the pair was tried and failed.
+    pub fn failures(&self, bdev: &str, device: &str) -> Option<&[Failure]> {
+        self.outcomes
+            .iter()
+            .find(|o| o.bdev == bdev && o.device == device)
+            .and_then(|o| o.result.as_ref().err())
+            .map(|v| v.as_slice())
+    }
+}
+
+/// Run the chain for every wanted CMB. Control plane, before the reactors start and before
+/// anything else makes a CMB's pool (a pool made without the registrations cannot take them
+/// later: its buffers exist already).
+pub fn register(wants: &[Want<'_>]) -> Chain {
+    let mut chain = Chain::default();
+    if wants.iter().all(|w| w.devices.is_empty()) {
+        return chain;
+    }
+    let devices = match Devices::open() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            let f = Failure {
+                step: "rdma_devices",
+                code: "rdma_unavailable",
+                error: e.to_string(),
+            };
+            for w in wants {
+                for d in &w.devices {
+                    chain.outcomes.push(Outcome {
+                        bdev: w.bdev.to_string(),
+                        device: d.clone(),
+                        exported: None,
+                        result: Err(vec![f.clone()]),
+                    });
+                }
+            }
+            None
+        }
+    };
+    let Some(devices) = devices else {
+        return chain;
+    };
+    // One PD per RDMA device for every CMB (a group's queue pairs on a device are made on it).
+    let mut pds: HashMap<String, Result<DevicePd, Failure>> = HashMap::new();
+    for w in wants.iter().filter(|w| !w.devices.is_empty()) {
+        register_one(w, &devices, &mut pds, &mut chain);
+    }
+    chain
+}
+
+fn register_one(
+    w: &Want<'_>,
+    devices: &Arc<Devices>,
+    pds: &mut HashMap<String, Result<DevicePd, Failure>>,
+    chain: &mut Chain,
+) {
+    let fail_all = |chain: &mut Chain, exported, f: Failure| {
+        for d in &w.devices {
+            chain.outcomes.push(Outcome {
+                bdev: w.bdev.to_string(),
+                device: d.clone(),
+                exported,
+                result: Err(vec![f.clone()]),
+            });
+        }
+    };
+    let Some(cmb) = w.ctrl.cmb() else {
+        return;
+    };
+    let (bar, offset, len) = (cmb.layout.bar, cmb.layout.offset, cmb.len() as u64);
+    let buf = match DmaBuf::export(w.ctrl.vfio_device(), bar, offset, len) {
+        Ok(b) => {
+            info!(bdev = w.bdev, pci = w.ctrl.bdf(), bar, offset, len,
+                "p2p: CMB exported as a dma-buf (VFIO_DEVICE_FEATURE_DMA_BUF)");
+            b
+        }
+        Err(e) => {
+            warn!(bdev = w.bdev, pci = w.ctrl.bdf(), bar, offset, len, reason = e.code(),
+                "p2p: VFIO dma-buf export of the CMB failed: {e}");
+            let f = Failure {
+                step: "vfio_dma_buf_export",
+                code: e.code(),
+                error: e.to_string(),
+            };
+            return fail_all(chain, None, f);
+        }
+    };
+    let exported = Some((bar, offset, len));
+    let mut regs: Vec<CmbMr> = Vec::new();
+    let mut failed: Vec<(String, Failure)> = Vec::new();
+    for d in &w.devices {
+        let pd = pds.entry(d.clone()).or_insert_with(|| {
+            DevicePd::open(devices, d).map_err(|e| Failure {
+                step: "ibv_alloc_pd",
+                code: e.code(),
+                error: e.to_string(),
+            })
+        });
+        let pd = match pd {
+            Ok(pd) => pd,
+            Err(f) => {
+                failed.push((d.clone(), f.clone()));
+                continue;
+            }
+        };
+        match pd.register_cmb(buf.as_fd(), len as usize, cmb.cpu_addr(), cmb.domain()) {
+            Ok(mr) => {
+                info!(bdev = w.bdev, device = %d, lkey = mr.keys().lkey, rkey = mr.keys().rkey,
+                    len, "p2p: CMB registered with the RDMA device (ibv_reg_dmabuf_mr)");
+                regs.push(mr);
+            }
+            Err(e) => {
+                warn!(bdev = w.bdev, device = %d, reason = e.code(),
+                    "p2p: ibv_reg_dmabuf_mr of the CMB refused: {e}");
+                failed.push((
+                    d.clone(),
+                    Failure {
+                        step: "ibv_reg_dmabuf_mr",
+                        code: e.code(),
+                        error: e.to_string(),
+                    },
+                ));
+            }
+        }
+    }
+    // The MRs hold their own reference to the dma-buf.
+    drop(buf);
+    if !regs.is_empty() {
+        let registrars: Vec<&dyn nvmfd_p2p::mem::Registrar> =
+            regs.iter().map(|r| r as &dyn nvmfd_p2p::mem::Registrar).collect();
+        match cmb.make_pool(cmb.buf_size(), &registrars) {
+            Ok(pool) => {
+                for r in &regs {
+                    chain.pools.push(r.pool(Arc::clone(pool)));
+                    chain.outcomes.push(Outcome {
+                        bdev: w.bdev.to_string(),
+                        device: r.device().to_string(),
+                        exported,
+                        result: Ok(()),
+                    });
+                }
+            }
+            Err(e) => {
+                let error = match e {
+                    MakePool::Made(_) => {
+                        "the CMB's pool was made before the RDMA registration (its buffers \
+                         carry no keys of this device)"
+                            .to_string()
+                    }
+                    MakePool::Refused(why) => why,
+                };
+                for r in &regs {
+                    failed.push((
+                        r.device().to_string(),
+                        Failure {
+                            step: "cmb_pool",
+                            code: "cmb_pool_unregistered",
+                            error: error.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    for (device, f) in failed {
+        chain.outcomes.push(Outcome {
+            bdev: w.bdev.to_string(),
+            device,
+            exported,
+            result: Err(vec![f]),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_wanted_touches_no_rdma_library() {
+        let c = register(&[]);
+        assert!(c.pools.is_empty() && c.outcomes.is_empty());
+        assert!(c.failures("ssd0", "rxe0").is_none());
+    }
+
+    #[test]
+    fn failures_display_step_code_and_error() {
+        let f = Failure {
+            step: "ibv_reg_dmabuf_mr",
+            code: "dmabuf_mr_unsupported",
+            error: "RDMA device rxe0: refused".into(),
+        };
+        assert_eq!(
+            f.to_string(),
+            "ibv_reg_dmabuf_mr [dmabuf_mr_unsupported]: RDMA device rxe0: refused"
+        );
+    }
+}

@@ -140,6 +140,18 @@ pub trait Bdev: Send + Sync {
     fn nvme_controller(&self) -> Option<&Arc<nvmfd_nvme::Controller>> {
         None
     }
+    /// What the device offers for peer-to-peer placement (the start-up decision,
+    /// `nvmfd_p2p::placement`): only `nvme` has device memory (its SSD's CMB).
+    fn device_memory(&self) -> nvmfd_p2p::placement::DeviceMemory {
+        nvmfd_p2p::placement::DeviceMemory::NotNvme {
+            kind: self.info().kind.to_owned(),
+        }
+    }
+    /// The pool of the device's CMB, whose buffers this device uses in place (made on first
+    /// call if no one made it; control plane). None without a usable CMB.
+    fn cmb_domain_pool(&self) -> Option<Arc<nvmfd_p2p::mem::SharedPool>> {
+        None
+    }
 }
 
 /// One reactor's view of a device. Not `Send`: it lives and dies on the reactor that opened it.

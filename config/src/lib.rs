@@ -53,9 +53,12 @@
 //! `/var/lib/nvmfd`) for namespaces on persistent bdevs (`uring`) so it survives restarts. The
 //! same directory holds the install identity from which default serial numbers are derived.
 //!
-//! # Not supported yet
-//! Keys of the settled shape that belong to later work are rejected by name, never ignored:
-//! `p2p` (subsystem and namespace level).
+//! # Peer-to-peer data placement
+//! `p2p: auto | off | required` on a subsystem (default `auto`) is inherited by its namespaces;
+//! a namespace may set its own. It says whether a namespace's data may be staged in its SSD's
+//! Controller Memory Buffer instead of host memory ([`P2pMode`]; docs/p2p.md). The daemon
+//! decides at start-up, per transport and namespace, and prints the decision with its reasons;
+//! a `required` namespace whose decision is "host memory" stops the start.
 //!
 //! # NVMe/RDMA
 //! A listener with `transport: rdma` is served over NVMe/RDMA (RoCE, iWARP, InfiniBand, soft-RoCE)
@@ -320,6 +323,37 @@ impl fmt::Display for DigestMode {
     }
 }
 
+/// Where a namespace's data may live. YAML: `auto | off | required` (docs/p2p.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum P2pMode {
+    /// In the SSD's CMB when the start-up decision permits it (the bdev is an `nvme` SSD whose
+    /// CMB takes the data; for RDMA also the PCIe topology and the registration), else in host
+    /// memory.
+    #[default]
+    Auto,
+    /// Always host memory.
+    Off,
+    /// In the CMB, or the daemon refuses to start (printing the decision and its reasons).
+    Required,
+}
+
+impl P2pMode {
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            P2pMode::Auto => "auto",
+            P2pMode::Off => "off",
+            P2pMode::Required => "required",
+        }
+    }
+}
+
+impl fmt::Display for P2pMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A block device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BdevConfig {
@@ -400,6 +434,8 @@ pub struct SubsystemConfig {
     pub cntlid_min: u16,
     /// The highest controller ID this subsystem hands out. Default 0xFFEF (65519).
     pub cntlid_max: u16,
+    /// Data placement its namespaces inherit (YAML `p2p`). Default [`P2pMode::Auto`].
+    pub p2p: P2pMode,
     /// Namespaces, in file order.
     pub namespaces: Vec<NamespaceConfig>,
     /// Addresses this subsystem is reachable on.
@@ -425,6 +461,8 @@ pub struct NamespaceConfig {
     /// IEEE EUI-64 (YAML `eui64`, 16 hex digits, big-endian as written, not all zero). An
     /// EUI-64 starts with its owner's IEEE OUI, so none is generated: `None` reports none.
     pub eui64: Option<[u8; 8]>,
+    /// Data placement (YAML `p2p`): the namespace's own value, else its subsystem's.
+    pub p2p: P2pMode,
 }
 
 /// A listen address of a subsystem.

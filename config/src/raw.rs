@@ -1,23 +1,12 @@
 //! The YAML shape as written, before defaults and validation (see `/work/shared/config.yaml`).
 //!
 //! Every struct denies unknown fields. Optional fields are `Option` so validation can tell "not
-//! written" from "written"; fields for features that do not exist yet are captured as
-//! [`Unsupported`] so that validation can reject them by name instead of ignoring them.
+//! written" from "written".
 
-use serde::de::{Deserializer, IgnoredAny};
+use serde::de::Deserializer;
 use serde::Deserialize;
 
 use crate::size::Size;
-
-/// Marks a field that was present in the YAML (with any value, even an empty one).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Unsupported;
-
-impl<'de> Deserialize<'de> for Unsupported {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        IgnoredAny::deserialize(d).map(|_| Unsupported)
-    }
-}
 
 /// `deserialize_with` for optional fields: present (even as an empty value) means `Some`.
 fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -89,6 +78,15 @@ pub(crate) enum RawDigest {
     Off,
 }
 
+/// `p2p: auto | off | required` (subsystem and namespace level).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum RawP2p {
+    Auto,
+    Off,
+    Required,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBdev {
@@ -146,8 +144,8 @@ pub(crate) struct RawSubsystem {
     pub cntlid_min: Option<u64>,
     #[serde(default)]
     pub cntlid_max: Option<u64>,
-    #[serde(default, deserialize_with = "present")]
-    pub p2p: Option<Unsupported>,
+    #[serde(default)]
+    pub p2p: Option<RawP2p>,
     #[serde(default)]
     pub namespaces: Vec<RawNamespace>,
     #[serde(default)]
@@ -160,8 +158,8 @@ pub(crate) struct RawNamespace {
     #[serde(default)]
     pub nsid: Option<u64>,
     pub bdev: String,
-    #[serde(default, deserialize_with = "present")]
-    pub p2p: Option<Unsupported>,
+    #[serde(default)]
+    pub p2p: Option<RawP2p>,
     #[serde(default)]
     pub uuid: Option<String>,
     #[serde(default)]

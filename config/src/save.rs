@@ -133,6 +133,7 @@ pub fn to_yaml(cfg: &Config) -> String {
         }
         w!("    cntlid_min: {}", s.cntlid_min);
         w!("    cntlid_max: {}", s.cntlid_max);
+        w!("    p2p: {}", s.p2p);
         if s.namespaces.is_empty() {
             w!("    namespaces: []");
         } else {
@@ -149,6 +150,10 @@ pub fn to_yaml(cfg: &Config) -> String {
             }
             if let Some(e) = &n.eui64 {
                 w!("        eui64: {}", q(&hex(e)));
+            }
+            // Inherited values are left to inheritance (the same value on reading back).
+            if n.p2p != s.p2p {
+                w!("        p2p: {}", n.p2p);
             }
         }
         if s.listeners.is_empty() {

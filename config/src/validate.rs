@@ -10,14 +10,14 @@ use std::path::PathBuf;
 use crate::de::NodeDe;
 use crate::path::FieldPath;
 use crate::raw::{
-    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawMetrics, RawNamespace, RawNvme,
+    RawBdev, RawConfig, RawDigest, RawP2p, RawListener, RawMemBdev, RawMetrics, RawNamespace, RawNvme,
     RawRdma, RawReactors, RawRpc, RawSubsystem, RawTcp, RawTransportKind, RawUring,
 };
 use crate::size::Size;
 use crate::yaml::{self, Node, Pos};
 use crate::{
     BdevConfig, BdevKind, Config, ConfigError, Diagnostic, DigestMode, Discovery, ListenerConfig,
-    Metrics, NamespaceConfig, RdmaTransport, Reactors, Rpc, SubsystemConfig, TcpTransport,
+    Metrics, NamespaceConfig, P2pMode, RdmaTransport, Reactors, Rpc, SubsystemConfig, TcpTransport,
     TransportKind, Transports, DISCOVERY_NQN,
 };
 
@@ -204,6 +204,14 @@ fn uuid_bytes(text: &str) -> Result<Vec<u8>, String> {
                  3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10"
         )
     })
+}
+
+fn p2p_mode(p: RawP2p) -> P2pMode {
+    match p {
+        RawP2p::Auto => P2pMode::Auto,
+        RawP2p::Off => P2pMode::Off,
+        RawP2p::Required => P2pMode::Required,
+    }
 }
 
 fn digest(d: Option<RawDigest>) -> DigestMode {
@@ -909,13 +917,8 @@ impl Validator<'_> {
             Some(x) => x,
         };
         let (cntlid_min, cntlid_max) = self.cntlid_range(p, s.cntlid_min, s.cntlid_max);
-        if s.p2p.is_some() {
-            self.report(
-                &p.key("p2p"),
-                At::Key,
-                "peer-to-peer data placement (p2p) is not supported yet",
-            );
-        }
+        // Namespaces inherit the subsystem's placement unless they give their own.
+        let p2p = s.p2p.map_or(P2pMode::Auto, p2p_mode);
 
         let mut namespaces: Vec<NamespaceConfig> = Vec::new();
         for (j, n) in s.namespaces.into_iter().enumerate() {
@@ -968,19 +971,13 @@ impl Validator<'_> {
             } else {
                 bdev_users.insert(n.bdev.clone(), np.to_string());
             }
-            if n.p2p.is_some() {
-                self.report(
-                    &np.key("p2p"),
-                    At::Key,
-                    "peer-to-peer data placement (p2p) is not supported yet",
-                );
-            }
             let mut ns = NamespaceConfig {
                 nsid,
                 bdev: n.bdev.clone(),
                 uuid: None,
                 nguid: None,
                 eui64: None,
+                p2p: n.p2p.map_or(p2p, p2p_mode),
             };
             self.namespace_ids(&np, &n, &mut ns, ids);
             namespaces.push(ns);
@@ -1013,6 +1010,7 @@ impl Validator<'_> {
             hosts: s.hosts,
             cntlid_min,
             cntlid_max,
+            p2p,
             namespaces,
             listeners,
         }

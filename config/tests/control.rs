@@ -115,9 +115,10 @@ subsystems:
     hosts: [nqn.2014-08.org.nvmexpress:uuid:1, "nqn.2014-08.h:2"]
     cntlid_min: 10
     cntlid_max: 20
+    p2p: required
     namespaces:
       - { nsid: 7, bdev: ram0, uuid: 3B1F2C4E-8D7A-4F7E-9A51-6C2D0E9B7A10,
-          nguid: 0c6a1e5d4e2f7a4e9a1b0c0ffee00002, eui64: 0026b7680000f00d }
+          nguid: 0c6a1e5d4e2f7a4e9a1b0c0ffee00002, eui64: 0026b7680000f00d, p2p: off }
       - { bdev: zero.1 }
     listeners:
       - { address: 127.0.0.1, port: 4420 }
@@ -134,7 +135,14 @@ rpc: { socket: /run/nvmfd.sock }
 metrics: { listen: "[::1]:9477" }
 "#;
     let c = ok(text);
+    // p2p: the namespace's own value, else the subsystem's; both survive saving.
+    let a = &c.subsystems[0];
+    assert_eq!(a.p2p, nvmfd_config::P2pMode::Required);
+    assert_eq!(a.namespaces[0].p2p, nvmfd_config::P2pMode::Off);
+    assert_eq!(a.namespaces[1].p2p, nvmfd_config::P2pMode::Required);
+    assert_eq!(c.subsystems[1].p2p, nvmfd_config::P2pMode::Auto);
     assert_eq!(round_trip(&c), c);
+    assert!(to_yaml(&c).contains("    p2p: required\n"), "{}", to_yaml(&c));
     // And it is stable: saving the reloaded config writes the same text.
     assert_eq!(to_yaml(&round_trip(&c)), to_yaml(&c));
 }

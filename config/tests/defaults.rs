@@ -5,7 +5,7 @@ mod common;
 use common::{ok, BASE};
 use nvmfd_config::{
     load_file, parse_str, BdevConfig, BdevKind, Config, ConfigError, DigestMode, Discovery,
-    ListenerConfig, NamespaceConfig, Reactors, SubsystemConfig, TcpTransport, TransportKind,
+    ListenerConfig, NamespaceConfig, P2pMode, Reactors, SubsystemConfig, TcpTransport, TransportKind,
     Transports, EMBEDDED_DEFAULT_YAML,
 };
 use std::net::{IpAddr, Ipv4Addr};
@@ -64,6 +64,7 @@ fn subsystem_defaults() {
             uuid: None,
             nguid: None,
             eui64: None,
+            p2p: P2pMode::Auto,
         }]
     );
     assert_eq!(
@@ -288,12 +289,14 @@ fn embedded_default_matches_spec() {
             hosts: vec![],
             cntlid_min: 1,
             cntlid_max: 0xFFEF,
+            p2p: P2pMode::Auto,
             namespaces: vec![NamespaceConfig {
                 nsid: 1,
                 bdev: "ram0".into(),
                 uuid: None,
                 nguid: None,
                 eui64: None,
+                p2p: P2pMode::Auto,
             }],
             listeners: vec![ListenerConfig {
                 transport: TransportKind::Tcp,
@@ -410,4 +413,28 @@ fn cntlid_range_defaults_and_values() {
         (c.subsystems[0].cntlid_min, c.subsystems[0].cntlid_max),
         (100, 100)
     );
+}
+
+#[test]
+fn p2p_modes_and_inheritance() {
+    // Default: auto everywhere.
+    let c = ok(BASE);
+    assert_eq!(c.subsystems[0].p2p, P2pMode::Auto);
+    assert_eq!(c.subsystems[0].namespaces[0].p2p, P2pMode::Auto);
+    // The subsystem's value is inherited; a namespace's own wins.
+    let text = "bdevs:\n  - { name: a, malloc: { size: 1MiB } }\n  - { name: b, malloc: { size: 1MiB } }\n\
+        subsystems:\n  - nqn: nqn.2026-11.io.nvmfd:a\n    p2p: off\n    namespaces:\n\
+        \x20     - { bdev: a }\n      - { bdev: b, p2p: required }\n";
+    let c = ok(text);
+    let s = &c.subsystems[0];
+    assert_eq!(s.p2p, P2pMode::Off);
+    assert_eq!(s.namespaces[0].p2p, P2pMode::Off);
+    assert_eq!(s.namespaces[1].p2p, P2pMode::Required);
+    // The settled example in config.yaml: subsystem auto, namespace off.
+    let text = BASE.replace("    namespaces:\n      - bdev: ram0\n",
+        "    p2p: auto\n    namespaces:\n      - bdev: ram0\n        p2p: off\n");
+    let c = ok(&text);
+    assert_eq!(c.subsystems[0].p2p, P2pMode::Auto);
+    assert_eq!(c.subsystems[0].namespaces[0].p2p, P2pMode::Off);
+    assert_eq!(P2pMode::Required.to_string(), "required");
 }

@@ -384,23 +384,30 @@ fn uring_passthrough_takes_no_block_size() {
 }
 
 #[test]
-fn p2p_not_supported() {
+fn p2p_bad_values() {
     err1(
-        &format!("{BASE}    p2p: auto\n"),
+        &format!("{BASE}    p2p: always\n"),
         10,
-        5,
+        10,
         "subsystems[0].p2p",
-        "p2p) is not supported yet",
+        "unknown value `always` (expected one of `auto`, `off`, `required`)",
     );
     err1(
         &BASE.replace(
             "      - bdev: ram0\n",
-            "      - bdev: ram0\n        p2p: off\n",
+            "      - bdev: ram0\n        p2p: true\n",
         ),
         8,
-        9,
+        14,
         "subsystems[0].namespaces[0].p2p",
-        "p2p) is not supported yet",
+        "unknown value `true`",
+    );
+    err1(
+        &format!("{BASE}    p2p: [auto]\n"),
+        10,
+        10,
+        "subsystems[0].p2p",
+        "expected",
     );
 }
 

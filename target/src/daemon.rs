@@ -29,6 +29,8 @@ pub struct Daemon {
     live: Arc<crate::live::Live>,
     rpc: Option<crate::rpc::RpcServer>,
     metrics: Option<crate::rpc::metrics::MetricsServer>,
+    /// The start-up placement decisions (`crate::p2p`).
+    placements: Arc<Vec<nvmfd_p2p::placement::PlacementDecision>>,
 }
 
 impl Daemon {
@@ -56,6 +58,9 @@ impl Daemon {
                 cfg.bdevs.len()
             );
         }
+        // Where each namespace's data lives, decided once, before anything is served.
+        let placements = crate::p2p::decide(cfg, &bdevs);
+        crate::p2p::check(&placements)?;
         let infos: Vec<_> = bdevs.iter().map(|b| b.info().clone()).collect();
         let ids = crate::identity::resolve(cfg)?;
         let target = Target::with_identities(cfg, &infos, &ids);
@@ -192,6 +197,7 @@ impl Daemon {
             live,
             rpc: None,
             metrics: None,
+            placements: Arc::new(placements),
         })
     }
 
@@ -213,6 +219,11 @@ impl Daemon {
         let bound = m.addr;
         self.metrics = Some(m);
         Ok(bound)
+    }
+
+    /// The start-up placement decisions, one per (transport, namespace).
+    pub fn placements(&self) -> &Arc<Vec<nvmfd_p2p::placement::PlacementDecision>> {
+        &self.placements
     }
 
     /// The running state and the way to change it (RPC methods, SIGHUP).

@@ -30,6 +30,7 @@ use nvmfd_nvme::cmd::{nvm, Cqe, Sqe, Status};
 use nvmfd_nvme::prp::Segment;
 use nvmfd_nvme::{Controller, DmaRegion, IoQpair, NsInfo, OpenOptions};
 use nvmfd_p2p::mem::{Domain, SharedPool};
+use nvmfd_p2p::placement::{CmbFacts, DeviceMemory};
 
 use crate::{Bdev, BdevChannel, BdevInfo, Completion, DsmRange, Io, IoError, Op};
 
@@ -137,6 +138,25 @@ impl Bdev for Nvme {
 
     fn nvme_controller(&self) -> Option<&Arc<Controller>> {
         Some(&self.ctrl)
+    }
+
+    fn device_memory(&self) -> DeviceMemory {
+        let pci = self.ctrl.bdf().to_owned();
+        match self.ctrl.cmb() {
+            Some(c) => DeviceMemory::Cmb(CmbFacts {
+                pci,
+                domain: c.domain(),
+                bytes: c.len() as u64,
+                rds: c.layout.sz.rds(),
+                wds: c.layout.sz.wds(),
+            }),
+            None if self.ctrl.cap().cmbs() => DeviceMemory::CmbUnusable { pci },
+            None => DeviceMemory::NoCmb { pci },
+        }
+    }
+
+    fn cmb_domain_pool(&self) -> Option<Arc<SharedPool>> {
+        self.cmb_pool().cloned()
     }
 
     fn channel(&self) -> io::Result<Box<dyn BdevChannel>> {

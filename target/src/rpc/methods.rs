@@ -1039,12 +1039,16 @@ fn nvmf_subsystem_add_ns(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcErro
                 q.nqn
             )));
         }
+        // Inherits the subsystem's placement; the P2P decision is made at start-up only, so a
+        // namespace added at run time is served from host memory until a restart (docs/p2p.md).
+        let p2p = s.p2p;
         s.namespaces.push(nvmfd_config::NamespaceConfig {
             nsid,
             bdev: n.bdev_name.clone(),
             uuid,
             nguid,
             eui64,
+            p2p,
         });
         Ok(())
     })?;

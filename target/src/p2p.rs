@@ -1,0 +1,115 @@
+//! Peer-to-peer placement at start-up: one [`PlacementDecision`] per (transport, namespace) of
+//! every subsystem with a listener of that transport, from the namespace's `p2p:` setting and
+//! what its bdev offers ([`nvmfd_bdev::Bdev::device_memory`]). Each is logged with its reasons;
+//! a `required` namespace whose decision is host memory stops the start with the decision in
+//! the error. The data path then takes buffers for a namespace's writes from the domain its
+//! decision chose (`nvmfd_transport::staging`); namespaces added at run time use host memory.
+
+use nvmfd_bdev::Bdev;
+use nvmfd_config::{Config, P2pMode, TransportKind};
+use nvmfd_p2p::mem::SharedPool;
+use nvmfd_p2p::placement::{self, Mode, PlacementDecision, Reason};
+use std::sync::Arc;
+use tracing::{info, warn};
+
+/// The config's `p2p:` as the placement decision takes it.
+pub fn mode(m: P2pMode) -> Mode {
+    match m {
+        P2pMode::Auto => Mode::Auto,
+        P2pMode::Off => Mode::Off,
+        P2pMode::Required => Mode::Required,
+    }
+}
+
+/// Every decision of a configuration, in config order (subsystem, namespace, transport).
+/// `bdevs` are the open bdevs, one per `cfg.bdevs` entry.
+pub fn decide(cfg: &Config, bdevs: &[Arc<dyn Bdev>]) -> Vec<PlacementDecision> {
+    let mut out = Vec::new();
+    for s in &cfg.subsystems {
+        let has = |k: TransportKind| s.listeners.iter().any(|l| l.transport == k);
+        for n in &s.namespaces {
+            let Some(b) = cfg.bdevs.iter().position(|b| b.name == n.bdev) else {
+                continue;
+            };
+            let memory = bdevs[b].device_memory();
+            if has(TransportKind::Tcp) {
+                out.push(placement::decide_tcp(
+                    &s.nqn,
+                    n.nsid,
+                    &n.bdev,
+                    mode(n.p2p),
+                    &memory,
+                ));
+            }
+            if has(TransportKind::Rdma) {
+                // RDMA staging needs the CMB registered with the NIC (VFIO dma-buf export and
+                // ibv_reg_dmabuf_mr) and the topology's consent; until that chain is plugged in
+                // here, RDMA data stays in host memory and says why.
+                let mut d =
+                    placement::decide_tcp(&s.nqn, n.nsid, &n.bdev, mode(n.p2p), &memory);
+                d.transport = "rdma";
+                d.reasons
+                    .retain(|r| !matches!(r, Reason::CpuStaging { .. } | Reason::TcpReadsInHost));
+                if d.uses_cmb() {
+                    d.refuse(Reason::Registration {
+                        step: "rdma_cmb_registration",
+                        error: "this build does not register the CMB with RDMA devices".into(),
+                    });
+                }
+                out.push(d);
+            }
+        }
+    }
+    out
+}
+
+/// Log every decision; an error naming each `required` namespace that cannot have its CMB.
+pub fn check(decisions: &[PlacementDecision]) -> anyhow::Result<()> {
+    let mut refused = Vec::new();
+    for d in decisions {
+        let blocking: Vec<&str> = d.blocking().map(|r| r.rule()).collect();
+        if d.uses_cmb() {
+            info!(subsystem = %d.subsystem, nsid = d.nsid, bdev = %d.bdev, transport = d.transport,
+                writes = d.writes.label(), reads = d.reads.label(), "p2p: {}", d.summary());
+        } else if d.refuses_start() {
+            refused.push(d.summary());
+        } else if d.mode == Mode::Auto {
+            // `auto` that ends in host memory is worth a look; `off` is what was asked.
+            warn!(subsystem = %d.subsystem, nsid = d.nsid, bdev = %d.bdev, transport = d.transport,
+                reasons = ?blocking, "p2p: {}", d.summary());
+        } else {
+            info!(subsystem = %d.subsystem, nsid = d.nsid, bdev = %d.bdev, transport = d.transport,
+                "p2p: {}", d.summary());
+        }
+    }
+    if !refused.is_empty() {
+        anyhow::bail!(
+            "p2p: required cannot be met, not starting: {}",
+            refused.join(" | ")
+        );
+    }
+    Ok(())
+}
+
+/// For each bdev (by index), the CMB pool its namespace's TCP writes are staged in, when its
+/// decision says so.
+pub fn tcp_staging(
+    cfg: &Config,
+    bdevs: &[Arc<dyn Bdev>],
+    decisions: &[PlacementDecision],
+) -> Vec<Option<Arc<SharedPool>>> {
+    cfg.bdevs
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let staged = decisions
+                .iter()
+                .any(|d| d.transport == "tcp" && d.bdev == b.name && d.writes.is_cmb());
+            if staged {
+                bdevs[i].cmb_domain_pool()
+            } else {
+                None
+            }
+        })
+        .collect()
+}

@@ -15,10 +15,15 @@
 //! a BAR mmap and the kernel's `p2pmem/allocate` mappings are not registrable upstream
 //! (EFAULT): they are named in the reason, never tried.
 
+use nvmfd_bdev::Bdev;
+use nvmfd_config::{Config, P2pMode, TransportKind};
 use nvmfd_nvme::{Controller, DmaBuf, MakePool};
+use nvmfd_p2p::placement::{DeviceMemory, PlacementDecision, Reason};
+use nvmfd_p2p::topology::{decide_rdma, Bdf, Severity, Sources, Topology};
 use nvmfd_transport::rdma::cmb::{CmbMr, CmbPool, DevicePd};
 use nvmfd_transport::rdma::verbs::Devices;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -237,6 +242,149 @@ fn register_one(
             exported,
             result: Err(vec![f]),
         });
+    }
+}
+
+/// The chain for a configuration: every namespace with `p2p` other than `off`, served by an
+/// RDMA listener, whose bdev is an `nvme` SSD with a CMB, wants its CMB registered with the RDMA
+/// devices of its subsystem's RDMA listeners (every device for a wildcard address). A config
+/// with no RDMA listener never loads rdma-core.
+pub fn for_config(cfg: &Config, bdevs: &[Arc<dyn Bdev>]) -> Chain {
+    let mut all_devices: Option<Vec<String>> = None;
+    let mut wants: Vec<Want<'_>> = Vec::new();
+    for s in &cfg.subsystems {
+        let rdma: Vec<_> = s
+            .listeners
+            .iter()
+            .filter(|l| l.transport == TransportKind::Rdma)
+            .collect();
+        if rdma.is_empty() {
+            continue;
+        }
+        for n in s.namespaces.iter().filter(|n| n.p2p != P2pMode::Off) {
+            let Some(b) = cfg.bdevs.iter().position(|b| b.name == n.bdev) else {
+                continue;
+            };
+            let Some(ctrl) = bdevs[b].nvme_controller() else {
+                continue;
+            };
+            if ctrl.cmb().is_none() {
+                continue;
+            }
+            let mut devices = Vec::new();
+            for l in &rdma {
+                // A listener whose address no device has fails the start later, with its own
+                // message; it serves nothing here.
+                match nvmfd_transport::rdma::check_listen_address(SocketAddr::new(
+                    l.address, l.port,
+                )) {
+                    Ok(Some(d)) => devices.push(d),
+                    Ok(None) => devices.extend(
+                        all_devices
+                            .get_or_insert_with(|| {
+                                Devices::open()
+                                    .map(|d| {
+                                        (0..d.len())
+                                            .filter_map(|i| d.get(i))
+                                            .map(|c| c.name())
+                                            .collect()
+                                    })
+                                    .unwrap_or_default()
+                            })
+                            .iter()
+                            .cloned(),
+                    ),
+                    Err(_) => {}
+                }
+            }
+            devices.sort();
+            devices.dedup();
+            match wants.iter_mut().find(|w| w.bdev == n.bdev) {
+                Some(w) => {
+                    w.devices.extend(devices);
+                    w.devices.sort();
+                    w.devices.dedup();
+                }
+                None => wants.push(Want {
+                    bdev: &n.bdev,
+                    ctrl,
+                    devices,
+                }),
+            }
+        }
+    }
+    register(&wants)
+}
+
+/// Finish an RDMA placement decision that the rest permitted (`d.uses_cmb()`): the PCIe
+/// topology must let every serving device reach the CMB, and the chain must have registered the
+/// CMB with each of them; every refusal is added as a reason (so `auto` falls back to host
+/// memory naming all of them, and `required` refuses to start naming all of them). When all is
+/// well, reads go through the CMB too if the controller takes read data there (CMBSZ.RDS).
+pub fn settle(d: &mut PlacementDecision, chain: &Chain, bdev: &dyn Bdev) {
+    let tried: Vec<&Outcome> = chain.outcomes.iter().filter(|o| o.bdev == d.bdev).collect();
+    if tried.is_empty() {
+        d.refuse(Reason::Registration {
+            step: "rdma_devices",
+            error: "no RDMA device serves this namespace (no listener address an RDMA device \
+                    owns)"
+                .into(),
+        });
+        return;
+    }
+    let mut refusals = Vec::new();
+    let topo = Topology::load(&Sources::new(
+        std::path::Path::new("/sys"),
+        std::path::Path::new("/proc"),
+    ));
+    let provider = bdev
+        .nvme_controller()
+        .and_then(|c| c.bdf().parse::<Bdf>().ok());
+    for o in &tried {
+        match (&topo, provider) {
+            (Ok(topo), Some(p)) => {
+                let t = decide_rdma(topo, p, &o.device);
+                if !t.permitted {
+                    let rules: Vec<&'static str> = t
+                        .findings
+                        .iter()
+                        .filter(|f| f.severity == Severity::Block)
+                        .map(|f| f.rule)
+                        .collect();
+                    if d.topology.is_none() {
+                        d.topology = Some(t);
+                    }
+                    refusals.push(Reason::TopologyRefused { rules });
+                }
+            }
+            (Err(e), _) => refusals.push(Reason::Registration {
+                step: "topology",
+                error: format!("cannot read the PCI tree under /sys: {e}"),
+            }),
+            (_, None) => refusals.push(Reason::Registration {
+                step: "topology",
+                error: "the SSD's PCI address is not known".into(),
+            }),
+        }
+        if let Err(fs) = &o.result {
+            for f in fs {
+                refusals.push(Reason::Registration {
+                    step: f.step,
+                    error: format!("[{}] {}", f.code, f.error),
+                });
+            }
+        }
+    }
+    if refusals.is_empty() {
+        if let DeviceMemory::Cmb(c) = bdev.device_memory() {
+            if c.rds {
+                d.reads = d.writes;
+            }
+        }
+        return;
+    }
+    for r in refusals.into_iter().rev() {
+        d.refuse(r);
     }
 }
 

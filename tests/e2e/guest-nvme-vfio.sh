@@ -328,6 +328,7 @@ if [[ -n $DPID ]]; then
     fi
     run_step "nvmfd stops cleanly (CC.SHN, SHST)" stop_daemon
 fi
+. "$HERE/guest-p2p-rdma.sh" # P2P over RDMA: the CMB dma-buf export, ibv_reg_dmabuf_mr, fallback
 run_step "nvmfd setup --reset: the kernel driver reads the same pattern" reset_to_kernel
 [[ -n $DPID ]] && kill -9 "$DPID" 2>/dev/null
 cp /tmp/nvmfd.log "${RIG_OUT:-/tmp}/nvmfd.log" 2>/dev/null

@@ -5,6 +5,8 @@
 #
 #   tests/e2e/nvme-vfio.sh            (builds nothing: uses build/debug or $NVMFD_BIN_DIR)
 #
+# The guest runs the newest kernel the rig set up (deploy/rig/setup.sh label "newest", Linux 7.2
+# when written): VFIO dma-buf export of the CMB (tests/e2e/guest-p2p-rdma.sh) needs Linux 6.19.
 # The guest's kernel command line gets intel_iommu=on (through RIG_APPEND) and no_timer_check
 # (a loaded host once made the TCG guest panic with "IO-APIC + timer doesn't work").
 # Environment: NVMFD_BIN_DIR (default build/debug), E2E_WORK (default build/e2e-nvme),
@@ -44,7 +46,7 @@ CONF
 export RIG_APPEND="intel_iommu=on no_timer_check"
 export RIG_CACHE=${RIG_CACHE:-$REPO/deploy/rig/.cache}
 # shellcheck source=/dev/null
-. "$RIG_CACHE/rig.env"   # KVER: the guest loads ext4 from this kernel's module tree
+. "$RIG_CACHE/rig-newest.env"   # KVER: the guest loads ext4 from this kernel's module tree
 export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device ioh3420,id=rp1,chassis=1,slot=1 -device x3130-upstream,id=up1,bus=rp1
  -device xio3130-downstream,id=dn1,bus=up1,chassis=2,slot=0
@@ -55,7 +57,7 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device nvme-ns,drive=d1,bus=nvme0,nsid=2"
 start=$(date +%s)
 rc=0
-"$REPO/deploy/rig/run-guest.sh" --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
+"$REPO/deploy/rig/run-guest.sh" --kernel newest --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
     -e "E2E_KDIR=$RIG_CACHE/kernel/$KVER" \
     "$REPO/tests/e2e/guest-nvme-vfio.sh" || rc=$?
 echo "nvme-vfio: guest exited $rc after $(($(date +%s) - start)) s"

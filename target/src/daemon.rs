@@ -136,6 +136,7 @@ impl Daemon {
             },
             info: nvmfd_transport::tcp::transport_info(tcp),
             buffer_pool_size: tcp.buffer_pool_size,
+            staging: crate::p2p::tcp_staging(cfg, &bdevs, &placements),
         };
         let mut groups = vec![AnyGroupConfig::Tcp(tcp_group)];
         if rdma_listeners.is_some() {
@@ -238,6 +239,7 @@ impl Daemon {
         use crate::rpc::methods::{Context, ReactorInfo};
         self.live.set_rpc_socket(socket);
         Context {
+            placements: self.placements.clone(),
             live: self.live.clone(),
             reactors: (self.cfg.reactors.cores.iter().enumerate())
                 .map(|(id, &core)| ReactorInfo { id, core })
@@ -250,6 +252,10 @@ impl Daemon {
         if let Some(r) = self.rpc.take() {
             r.stop();
         }
+        // The P2P counters, while the reactors still answer.
+        let reports = self.live.reports();
+        let target = self.live.view().target;
+        crate::p2p::log_counters(&crate::p2p::namespace_counters(&target, &reports));
         self.metrics = None;
         self.stop.store(true, Ordering::SeqCst);
         if let Some(a) = self.acceptor.take() {

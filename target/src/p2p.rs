@@ -7,7 +7,9 @@
 
 use nvmfd_bdev::Bdev;
 use nvmfd_config::{Config, P2pMode, TransportKind};
-use nvmfd_p2p::mem::SharedPool;
+use crate::core::Target;
+use crate::reactor::ReactorReport;
+use nvmfd_transport::staging::{P2pCounters, StagingSource};
 use nvmfd_p2p::placement::{self, Mode, PlacementDecision, Reason};
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -93,25 +95,86 @@ pub fn check(decisions: &[PlacementDecision]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// For each bdev (by index), the CMB pool its namespace's TCP writes are staged in, when its
+/// For each bdev (by index), the CMB its namespace's TCP write data is staged in, when its
 /// decision says so.
 pub fn tcp_staging(
     cfg: &Config,
     bdevs: &[Arc<dyn Bdev>],
     decisions: &[PlacementDecision],
-) -> Vec<Option<Arc<SharedPool>>> {
+) -> Vec<Option<StagingSource>> {
     cfg.bdevs
         .iter()
         .enumerate()
         .map(|(i, b)| {
-            let staged = decisions
+            let d = decisions
                 .iter()
-                .any(|d| d.transport == "tcp" && d.bdev == b.name && d.writes.is_cmb());
-            if staged {
-                bdevs[i].cmb_domain_pool()
-            } else {
-                None
-            }
+                .find(|d| d.transport == "tcp" && d.bdev == b.name && d.writes.is_cmb())?;
+            let pool = bdevs[i].cmb_domain_pool()?;
+            Some(StagingSource::new(
+                pool,
+                &format!("{} nsid {}", d.subsystem, d.nsid),
+            ))
         })
         .collect()
+}
+
+/// One namespace's P2P counters summed over the reactors.
+#[derive(Debug, Clone)]
+pub struct NamespaceCounters {
+    pub subsystem: String,
+    pub nsid: u32,
+    pub bdev: String,
+    pub counters: P2pCounters,
+}
+
+/// The counters of every namespace of `target`, from the reactors' `reports` (each counts per
+/// bdev slot, and a bdev backs one namespace).
+pub fn namespace_counters(target: &Target, reports: &[ReactorReport]) -> Vec<NamespaceCounters> {
+    let mut out = Vec::new();
+    for s in target.subsystems.iter().filter(|s| s.live) {
+        for n in &s.namespaces {
+            let mut c = P2pCounters::default();
+            for r in reports {
+                if let Some(x) = r.p2p_bdevs.get(n.bdev) {
+                    c.add(x);
+                }
+            }
+            out.push(NamespaceCounters {
+                subsystem: s.nqn.clone(),
+                nsid: n.nsid,
+                bdev: n.info.name.clone(),
+                counters: c,
+            });
+        }
+    }
+    out
+}
+
+/// Counters as JSON (RPC `nvmfd_get_p2p`).
+pub fn counters_json(c: &P2pCounters) -> serde_json::Value {
+    let fallbacks: serde_json::Map<String, serde_json::Value> = c
+        .fallbacks()
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+        .collect();
+    serde_json::json!({
+        "cmb_bytes": c.cmb_bytes,
+        "host_bytes": c.host_bytes,
+        "fallbacks": fallbacks,
+    })
+}
+
+/// The shutdown summary: one line per namespace that moved data.
+pub fn log_counters(counters: &[NamespaceCounters]) {
+    for n in counters {
+        let c = &n.counters;
+        if c.cmb_bytes == 0 && c.host_bytes == 0 {
+            continue;
+        }
+        info!(subsystem = %n.subsystem, nsid = n.nsid, bdev = %n.bdev,
+            cmb_bytes = c.cmb_bytes, host_bytes = c.host_bytes,
+            fallback_cmb_pool_exhausted = c.fallback_exhausted,
+            fallback_larger_than_cmb_buffer = c.fallback_too_large,
+            "p2p counters at shutdown");
+    }
 }

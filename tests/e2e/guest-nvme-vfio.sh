@@ -13,7 +13,8 @@
 #      guest runs fio verify=crc32c (4 KiB random, 128 KiB and 1 MiB sequential); a pattern
 #      survives a daemon restart; a namespace the SSD lacks stops start-up with a clear error;
 #      namespace 2 fails some I/O (blkdebug): the SSD's statuses reach the host, the rest serves;
-#   4. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern.
+#   4. P2P placement over NVMe/TCP (tests/e2e/guest-p2p.sh);
+#   5. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
@@ -328,6 +329,7 @@ if [[ -n $DPID ]]; then
     fi
     run_step "nvmfd stops cleanly (CC.SHN, SHST)" stop_daemon
 fi
+. "$HERE/guest-p2p.sh"   # P2P placement over TCP (CMB staging, counters, `required` refused)
 . "$HERE/guest-p2p-rdma.sh" # P2P over RDMA: the CMB dma-buf export, ibv_reg_dmabuf_mr, fallback
 run_step "nvmfd setup --reset: the kernel driver reads the same pattern" reset_to_kernel
 [[ -n $DPID ]] && kill -9 "$DPID" 2>/dev/null

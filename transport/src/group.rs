@@ -57,6 +57,7 @@
 
 use crate::proto::nvme::{Direction, Sqe};
 use crate::proto::status::Status;
+use crate::staging::P2pCounters;
 use crate::{Capsule, Response};
 use nvmfd_config::TransportKind;
 use nvmfd_p2p::mem::IoBuf;
@@ -263,6 +264,15 @@ pub trait PollGroup {
 
     /// A data buffer of a command whose connection is gone, back to the pool it came from.
     fn recycle(&mut self, buf: IoBuf);
+
+    /// Connection `conn`'s P2P counters (`crate::staging`); zero for a group that stages
+    /// nothing.
+    fn p2p_conn(&self, _conn: ConnId) -> P2pCounters {
+        P2pCounters::default()
+    }
+
+    /// Add this group's P2P counters per block device (by index) into `out` (grown as needed).
+    fn p2p_bdevs(&self, _out: &mut Vec<P2pCounters>) {}
 }
 
 /// Every kind of poll group this build has, as one type: what a reactor is instantiated with
@@ -379,5 +389,13 @@ impl PollGroup for AnyGroup {
 
     fn recycle(&mut self, buf: IoBuf) {
         each!(self, g => g.recycle(buf))
+    }
+
+    fn p2p_conn(&self, conn: ConnId) -> P2pCounters {
+        each!(self, g => g.p2p_conn(conn))
+    }
+
+    fn p2p_bdevs(&self, out: &mut Vec<P2pCounters>) {
+        each!(self, g => g.p2p_bdevs(out))
     }
 }

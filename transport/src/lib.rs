@@ -6,6 +6,7 @@ pub mod logsafe;
 mod piece;
 pub mod proto;
 pub mod rdma;
+pub mod staging;
 pub mod tcp;
 
 pub use capsule::{Capsule, Response};

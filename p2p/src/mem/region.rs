@@ -129,6 +129,14 @@ impl Region {
         Ok(Region::mapped(base, len, Pages::Normal))
     }
 
+    /// Anonymous host pages labelled as memory of `domain`: a stand-in for device memory (a
+    /// CMB) in tests and benchmarks that have no device. Nothing reaches it but the CPU.
+    pub fn stand_in(len: usize, domain: Domain) -> io::Result<Region> {
+        let mut r = Region::anonymous(len)?;
+        r.domain = domain;
+        Ok(r)
+    }
+
     fn mapped(base: NonNull<u8>, len: usize, pages: Pages) -> Region {
         Region {
             base,

@@ -7,6 +7,7 @@ use crate::core::{SubsysRef, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io, IoError, Op};
 use nvmfd_transport::group::{ConnId, PollGroup};
+use nvmfd_transport::staging::P2pCounters;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,8 @@ pub struct QpairReport {
     pub hostnqn: String,
     pub local: Option<std::net::SocketAddr>,
     pub peer: std::net::SocketAddr,
+    /// Bytes through the CMB and host memory, fallbacks (`nvmfd_transport::staging`).
+    pub p2p: P2pCounters,
 }
 
 /// What one reactor reports.
@@ -51,6 +54,8 @@ pub struct ReactorReport {
     /// Block-device I/Os completed since start.
     pub completed_io: u64,
     pub qpairs: Vec<QpairReport>,
+    /// P2P counters per block device (by index; a bdev backs one namespace) on this reactor.
+    pub p2p_bdevs: Vec<P2pCounters>,
 }
 
 /// The control thread's end of one reactor's message queue. Messages are numbered; a reactor
@@ -173,10 +178,14 @@ impl<G: PollGroup> Reactor<G> {
     }
 
     fn report(&self) -> ReactorReport {
-        let qpairs: Vec<QpairReport> = (self.sides.iter().flat_map(|s| s.conns.iter().flatten()))
-            .filter_map(|c| {
+        let qpairs: Vec<QpairReport> = (self.sides.iter())
+            .flat_map(|s| {
+                (s.conns.iter().enumerate()).filter_map(move |(i, c)| Some((s, i, c.as_ref()?)))
+            })
+            .filter_map(|(side, i, c)| {
                 let ctrl = c.qp.controller()?;
                 Some(QpairReport {
+                    p2p: side.group.p2p_conn(i as ConnId),
                     subsys: ctrl.subsys,
                     cntlid: ctrl.cntlid,
                     qid: c.qp.qid(),
@@ -187,7 +196,12 @@ impl<G: PollGroup> Reactor<G> {
             })
             .collect();
         let admin = qpairs.iter().filter(|q| q.qid == 0).count() as u64;
+        let mut p2p_bdevs = Vec::new();
+        for s in &self.sides {
+            s.group.p2p_bdevs(&mut p2p_bdevs);
+        }
         ReactorReport {
+            p2p_bdevs,
             reactor: self.id,
             admin_qpairs: admin,
             io_qpairs: qpairs.len() as u64 - admin,

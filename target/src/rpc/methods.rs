@@ -28,6 +28,8 @@ pub struct ReactorInfo {
 pub struct Context {
     pub live: Arc<crate::live::Live>,
     pub reactors: Vec<ReactorInfo>,
+    /// The start-up P2P placement decisions (`crate::p2p`).
+    pub placements: Arc<Vec<nvmfd_p2p::placement::PlacementDecision>>,
 }
 
 /// What one call sees: a consistent picture of the running state taken when it started.
@@ -39,6 +41,7 @@ pub struct Call<'a> {
     pub bdevs: Vec<(usize, BdevConfig, BdevInfo)>,
     pub reactors: &'a [ReactorInfo],
     pub live: &'a crate::live::Live,
+    pub placements: &'a [nvmfd_p2p::placement::PlacementDecision],
 }
 
 type Handler = fn(&Call, Option<&Value>) -> Result<Value, RpcError>;
@@ -57,6 +60,7 @@ const METHODS: &[(&str, Handler)] = &[
     ),
     ("nvmf_subsystem_get_qpairs", nvmf_subsystem_get_qpairs),
     ("nvmf_get_stats", nvmf_get_stats),
+    ("nvmfd_get_p2p", nvmfd_get_p2p),
     ("save_config", save_config),
     ("framework_get_subsystems", framework_get_subsystems),
     ("framework_get_config", framework_get_config),
@@ -93,6 +97,7 @@ impl Dispatch for Context {
                 bdevs: v.bdevs,
                 reactors: &self.reactors,
                 live: &self.live,
+                placements: &self.placements,
             };
             return h(&call, p);
         }
@@ -493,6 +498,50 @@ fn nvmf_get_stats(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
             "completed_nvme_io": r.completed_io,
             "transports": [{"trtype": "TCP"}],
         })).collect::<Vec<_>>(),
+    }))
+}
+
+/// nvmfd's own (SPDK has no P2P placement): the start-up placement decision of every
+/// (transport, namespace) with its reasons, and the P2P counters per namespace (summed over the
+/// reactors) and per connected queue pair: bytes staged in the CMB, bytes in host memory,
+/// fallbacks by reason (docs/p2p.md).
+fn nvmfd_get_p2p(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
+    let q: TgtOnly = params(p)?;
+    check_tgt(&q.tgt_name)?;
+    let mut reports = ctx.live.reports();
+    reports.sort_by_key(|r| r.reactor);
+    let namespaces: Vec<Value> = crate::p2p::namespace_counters(&ctx.target, &reports)
+        .iter()
+        .map(|n| {
+            let mut v = crate::p2p::counters_json(&n.counters);
+            v["nqn"] = json!(n.subsystem);
+            v["nsid"] = json!(n.nsid);
+            v["bdev_name"] = json!(n.bdev);
+            v
+        })
+        .collect();
+    let mut qpairs = Vec::new();
+    for r in &reports {
+        for qp in &r.qpairs {
+            let SubsysRef::Nvm(i) = qp.subsys else {
+                continue;
+            };
+            let Some(s) = ctx.target.subsystems.get(i) else {
+                continue;
+            };
+            let mut v = crate::p2p::counters_json(&qp.p2p);
+            v["nqn"] = json!(s.nqn);
+            v["cntlid"] = json!(qp.cntlid);
+            v["qid"] = json!(qp.qid);
+            v["thread"] = json!(poll_group(r.reactor));
+            qpairs.push(((i, qp.cntlid, qp.qid), v));
+        }
+    }
+    qpairs.sort_by_key(|(k, _)| *k);
+    Ok(json!({
+        "decisions": ctx.placements,
+        "namespaces": namespaces,
+        "qpairs": qpairs.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
     }))
 }
 

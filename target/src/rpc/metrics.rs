@@ -81,7 +81,37 @@ pub fn render(ctx: &Context) -> String {
         "nvmfd_reactor_pending_io",
         "Block-device I/Os in flight on each reactor",
     );
-    for r in ctx.live.reports() {
+    let reports = ctx.live.reports();
+    // P2P: data bytes staged in a CMB or in host memory per namespace (summed over reactors).
+    let cmb = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    reg.register(
+        "nvmfd_p2p_cmb_bytes",
+        "Data bytes of commands whose buffer was in the SSD's CMB, per namespace",
+        cmb.clone(),
+    );
+    let host = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    reg.register(
+        "nvmfd_p2p_host_bytes",
+        "Data bytes of commands whose buffer was in host memory, per namespace",
+        host.clone(),
+    );
+    let fallbacks = Family::<Labels, Counter<u64, AtomicU64>>::default();
+    reg.register(
+        "nvmfd_p2p_fallbacks",
+        "Commands of a CMB-staged namespace that took host memory, by reason",
+        fallbacks.clone(),
+    );
+    for n in crate::p2p::namespace_counters(&view.target, &reports) {
+        let nsid = n.nsid.to_string();
+        let labels = l(&[("subsystem", &n.subsystem), ("nsid", &nsid)]);
+        cmb.get_or_create(&labels).inc_by(n.counters.cmb_bytes);
+        host.get_or_create(&labels).inc_by(n.counters.host_bytes);
+        for (reason, v) in n.counters.fallbacks() {
+            let labels = l(&[("subsystem", &n.subsystem), ("nsid", &nsid), ("reason", reason)]);
+            fallbacks.get_or_create(&labels).inc_by(v);
+        }
+    }
+    for r in reports {
         let id = r.reactor.to_string();
         completed
             .get_or_create(&l(&[("reactor", &id)]))

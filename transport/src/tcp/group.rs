@@ -7,6 +7,7 @@
 
 use super::{ConnEvent, Socket, TcpConn, TcpParams};
 use crate::group::{ConnId, DataNeed, Event, PollGroup, TransportInfo};
+use crate::staging::{P2pCounters, Staging, StagingSource};
 use crate::{Capsule, Response};
 use nvmfd_p2p::mem::{BufPool, IoBuf, Pages};
 use std::cell::RefCell;
@@ -36,12 +37,15 @@ pub struct TcpIncoming {
 }
 
 /// What a reactor needs to build its NVMe/TCP group.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TcpGroupConfig {
     pub params: TcpParams,
     pub info: TransportInfo,
     /// Bytes of large data buffers the group may hold (`transports.tcp.buffer_pool_size`).
     pub buffer_pool_size: u64,
+    /// Per block device (by index), the CMB its namespace's write data is staged in, when the
+    /// start-up decision says so (`crate::staging`); shorter than the bdev table is fine.
+    pub staging: Vec<Option<StagingSource>>,
 }
 
 struct Entry {
@@ -56,6 +60,7 @@ pub struct TcpGroup {
     cfg: TcpGroupConfig,
     reactor: usize,
     pool: Rc<RefCell<BufPool>>,
+    staging: Rc<RefCell<Staging>>,
     conns: Vec<Option<Entry>>,
     free: Vec<ConnId>,
     /// Connections that joined, for [`Event::Connected`].
@@ -122,9 +127,10 @@ impl PollGroup for TcpGroup {
             "poll group ready"
         );
         Ok(TcpGroup {
-            cfg: *cfg,
+            cfg: cfg.clone(),
             reactor,
             pool: Rc::new(RefCell::new(pool)),
+            staging: Rc::new(RefCell::new(Staging::new(&cfg.staging))),
             conns: Vec::new(),
             free: Vec::new(),
             joined: VecDeque::new(),
@@ -160,7 +166,12 @@ impl PollGroup for TcpGroup {
         };
         debug!(reactor = self.reactor, peer = %nc.peer, conn = idx, "connection accepted");
         self.conns[idx] = Some(Entry {
-            tcp: TcpConn::new(Socket::new(nc.stream), self.cfg.params, self.pool.clone()),
+            tcp: TcpConn::with_staging(
+                Socket::new(nc.stream),
+                self.cfg.params,
+                self.pool.clone(),
+                self.staging.clone(),
+            ),
             idle_polls: 0,
             peer: nc.peer,
         });
@@ -301,6 +312,26 @@ impl PollGroup for TcpGroup {
     }
 
     fn recycle(&mut self, buf: IoBuf) {
-        self.pool.borrow_mut().put(buf);
+        if let Some(buf) = self.staging.borrow_mut().put(buf) {
+            self.pool.borrow_mut().put(buf);
+        }
+    }
+
+    fn p2p_conn(&self, conn: ConnId) -> P2pCounters {
+        self.conns
+            .get(conn as usize)
+            .and_then(|e| e.as_ref())
+            .map_or_else(P2pCounters::default, |e| e.tcp.p2p_counters())
+    }
+
+    fn p2p_bdevs(&self, out: &mut Vec<P2pCounters>) {
+        let st = self.staging.borrow();
+        let c = st.counters();
+        if out.len() < c.len() {
+            out.resize(c.len(), P2pCounters::default());
+        }
+        for (o, c) in out.iter_mut().zip(c) {
+            o.add(c);
+        }
     }
 }

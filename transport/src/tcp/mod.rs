@@ -20,7 +20,8 @@ use crate::proto::tcp::{
 };
 use crate::{Capsule, DataDesc, DataNeed, Piece, Response, Transmit};
 use nvmfd_config::DigestMode;
-use nvmfd_p2p::mem::BufPool;
+use crate::staging::{P2pCounters, Staging};
+use nvmfd_p2p::mem::{BufPool, IoBuf};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
@@ -209,6 +210,11 @@ enum Phase {
 struct Inner {
     params: TcpParams,
     pool: Rc<RefCell<BufPool>>,
+    /// The reactor's CMB staging table: write data of staged namespaces takes its buffers
+    /// there (`crate::staging`).
+    staging: Rc<RefCell<Staging>>,
+    /// This queue pair's P2P counters.
+    p2p: P2pCounters,
     phase: Phase,
     digests: Digests,
     /// C2H data alignment the host asked for ((HPDA + 1) * 4 bytes).
@@ -293,8 +299,19 @@ pub struct ConnStats {
 }
 
 impl<S: Read + Transmit> TcpConn<S> {
-    /// Wrap an accepted, non-blocking stream; data buffers come from `pool` (the reactor's).
+    /// Wrap an accepted, non-blocking stream; data buffers come from `pool` (the reactor's);
+    /// no namespace's data is staged in a CMB.
     pub fn new(stream: S, params: TcpParams, pool: Rc<RefCell<BufPool>>) -> Self {
+        Self::with_staging(stream, params, pool, Rc::new(RefCell::new(Staging::new(&[]))))
+    }
+
+    /// [`TcpConn::new`], write data of the namespaces `staging` stages going to their CMB.
+    pub fn with_staging(
+        stream: S,
+        params: TcpParams,
+        pool: Rc<RefCell<BufPool>>,
+        staging: Rc<RefCell<Staging>>,
+    ) -> Self {
         // Slots: the largest queue a host may connect. Once it has, the host may use as many
         // as its queue has entries; the admin queue's held async event requests count among
         // them, as they do on the host's side.
@@ -329,6 +346,8 @@ impl<S: Read + Transmit> TcpConn<S> {
             inner: Inner {
                 params,
                 pool,
+                staging,
+                p2p: P2pCounters::default(),
                 phase: Phase::AwaitIcReq,
                 digests: Digests::default(),
                 c2h_align: 4,
@@ -610,6 +629,11 @@ impl<S: Read + Transmit> TcpConn<S> {
 
     /// Whether read data may come lent from a block device (sent as it is, never read here):
     /// not when data digests are on, since computing one reads the data.
+    /// This queue pair's P2P counters (bytes through the CMB and host memory, fallbacks).
+    pub fn p2p_counters(&self) -> P2pCounters {
+        self.inner.p2p
+    }
+
     pub fn takes_lent_data(&self) -> bool {
         !self.inner.digests.data
     }
@@ -739,11 +763,12 @@ impl<S> Drop for TcpConn<S> {
             );
         }
         let mut pool = self.inner.pool.borrow_mut();
+        let mut staging = self.inner.staging.borrow_mut();
         if self.inner.pool_queued {
             pool.forget(self.inner.waiter_id);
         }
         for s in &mut self.inner.slots {
-            if let Some(b) = s.capsule.buf.take() {
+            if let Some(b) = s.capsule.buf.take().and_then(|b| staging.put(b)) {
                 pool.put(b);
             }
         }
@@ -800,17 +825,24 @@ impl Inner {
         }
     }
 
+    /// A buffer back to the pool it came from: a CMB cache or the reactor's host pool.
+    fn put_buf(&mut self, buf: IoBuf) {
+        if let Some(buf) = self.staging.borrow_mut().put(buf) {
+            self.pool.borrow_mut().put(buf);
+        }
+    }
+
     /// The command in `slot` is over: its buffer goes back to the pool, the slot to the free list.
     fn release(&mut self, slot: u16) {
         let s = &mut self.slots[slot as usize];
         if std::mem::take(&mut s.large) {
             self.large_held -= 1;
         }
-        if let Some(buf) = s.capsule.buf.take() {
-            self.pool.borrow_mut().put(buf);
-        }
         s.capsule.lent = None;
         s.state = SlotState::Free;
+        if let Some(buf) = s.capsule.buf.take() {
+            self.put_buf(buf);
+        }
         self.free.push(slot);
     }
 
@@ -1008,9 +1040,23 @@ impl Inner {
                 self.complete(slot, error_response(&sqe, Status::DATA_SGL_LENGTH_INVALID));
                 return;
             }
+            self.stage_in_capsule(slot, need);
             return self.make_ready(slot);
         }
         s.capsule.data_len = need.len;
+        // Write data of a namespace staged in its SSD's CMB is received straight into a CMB
+        // buffer (the whole transfer: one buffer per command, so its data is wholly in the CMB).
+        // Without a free one it takes host memory below, at once (crate::staging says why).
+        let len = need.len as usize;
+        if need.dir == Direction::HostToController {
+            let cmb = (self.staging.borrow_mut()).take_write(need.bdev, len, &mut self.p2p);
+            if let Some(buf) = cmb {
+                self.slots[slot as usize].capsule.buf = Some(buf);
+                self.start(slot);
+                return;
+            }
+        }
+        (self.staging.borrow_mut()).count_host(need.bdev, len, &mut self.p2p);
         // The buffer comes from the reactor's pool and goes back when the command completes.
         // A command needing a large one waits while the pool has none or this connection holds
         // its share; connections take turns for them (see `serve_waiting`). An R2T (for a
@@ -1026,6 +1072,31 @@ impl Inner {
             self.waiting.push_back(slot);
             self.serve_waiting();
         }
+    }
+
+    /// In-capsule write data came with the capsule, before admission named its namespace, so it
+    /// is in host memory: a staged namespace's moves into a CMB buffer now (the copy the SSD's
+    /// bounce would otherwise make), else it is counted as host memory.
+    fn stage_in_capsule(&mut self, slot: u16, need: DataNeed) {
+        let len = self.slots[slot as usize].capsule.data_len as usize;
+        if need.dir != Direction::HostToController {
+            return;
+        }
+        let cmb = (self.staging.borrow_mut()).take_write(need.bdev, len, &mut self.p2p);
+        let Some(mut cmb) = cmb else {
+            (self.staging.borrow_mut()).count_host(need.bdev, len, &mut self.p2p);
+            return;
+        };
+        let s = &mut self.slots[slot as usize];
+        let Some(host) = s.capsule.buf.take() else {
+            return;
+        };
+        cmb.as_mut_slice()[..len].copy_from_slice(&host.as_slice()[..len]);
+        s.capsule.buf = Some(cmb);
+        if std::mem::take(&mut s.large) {
+            self.large_held -= 1;
+        }
+        self.put_buf(host);
     }
 
     /// Give large buffers to waiting commands, oldest first, while this connection is under its

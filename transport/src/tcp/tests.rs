@@ -1138,3 +1138,141 @@ fn partial_writes_and_eagain_mid_writev_send_the_same_bytes() {
     );
     assert_eq!(types[0], pdu_type::R2T);
 }
+
+/// A connected connection whose writes for bdev 0 are staged in `staging`.
+fn conn_staged(
+    pool: &Rc<RefCell<BufPool>>,
+    staging: &Rc<RefCell<Staging>>,
+) -> TcpConn<MemStream> {
+    let mut c = TcpConn::with_staging(
+        MemStream::default(),
+        params(),
+        pool.clone(),
+        staging.clone(),
+    );
+    let mut ic = Vec::new();
+    IcReq {
+        pfv: 0,
+        hpda: 0,
+        digests: Digests::default(),
+        maxr2t: 0,
+    }
+    .encode(&mut ic);
+    c.stream.input.extend(ic);
+    c.poll_recv().unwrap();
+    flush(&mut c);
+    c.stream.output.clear();
+    c.set_queue(1, 32);
+    c
+}
+
+/// Admit every new command as the core would for namespace-on-bdev-0 I/O (so the staging
+/// table is asked); returns the slots whose data is in place.
+fn admit_for_bdev0(c: &mut TcpConn<MemStream>) -> Vec<u16> {
+    let mut ready = Vec::new();
+    while let Some(ev) = c.next_event() {
+        match ev {
+            ConnEvent::Command { slot, sqe, desc } => {
+                let len = match desc {
+                    DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. } => len,
+                    _ => panic!("unexpected descriptor {desc:?}"),
+                };
+                let need = DataNeed {
+                    len,
+                    dir: sqe.data_direction(),
+                    bdev: Some(0),
+                };
+                c.fetch(slot, need);
+            }
+            ConnEvent::DataReady { slot } => ready.push(slot),
+        }
+    }
+    ready
+}
+
+#[test]
+fn staged_write_data_lands_in_the_cmb_and_takes_host_memory_once_the_pool_is_empty() {
+    use crate::staging::StagingSource;
+    use nvmfd_p2p::mem::{Domain, Region, SharedPool};
+    let cmb_domain = Domain::Cmb { device: 9 };
+    // A stand-in CMB of two 128 KiB buffers.
+    let region = Region::stand_in(2 * LARGE, cmb_domain).unwrap();
+    let cmb = SharedPool::new(vec![region], LARGE, &[]).unwrap();
+    let src = StagingSource::new(cmb.clone(), "nqn.test nsid 1");
+    let staging = Rc::new(RefCell::new(Staging::new(&[Some(src.clone())])));
+    let pool = Rc::new(RefCell::new(BufPool::new(8192, 0, LARGE, 0, 8)));
+    let mut c = conn_staged(&pool, &staging);
+
+    // Three 128 KiB writes: two get the CMB's buffers, the third host memory at once (an R2T
+    // for each: nobody waits for the CMB).
+    for cid in 1..=3 {
+        send_cmd(&mut c, opcode::NVM_WRITE, cid, LARGE as u32);
+    }
+    c.poll_recv().unwrap();
+    assert!(admit_for_bdev0(&mut c).is_empty());
+    assert_eq!(sent_types(&mut c), [0x09, 0x09, 0x09], "three R2Ts");
+    let data = |cid: u16| -> Vec<u8> { (0..LARGE).map(|i| (i / 3) as u8 ^ cid as u8).collect() };
+    for cid in 1..=3 {
+        let h2c = h2c_for(&c, cid, &data(cid));
+        c.stream.input.extend(h2c);
+    }
+    while c.poll_recv().unwrap() {}
+    let ready = admit_for_bdev0(&mut c);
+    assert_eq!(ready.len(), 3);
+    for &s in &ready {
+        let cap = c.capsule_mut(s);
+        let cid = cap.sqe.cid;
+        let buf = cap.buf.as_ref().unwrap();
+        let want = if cid < 3 { cmb_domain } else { Domain::HostMemory };
+        assert_eq!(buf.domain(), want, "write {cid}'s buffer");
+        assert!(buf.as_slice()[..LARGE] == data(cid)[..], "write {cid}'s data");
+    }
+    let qp = c.p2p_counters();
+    assert_eq!(qp.cmb_bytes, 2 * LARGE as u64);
+    assert_eq!(qp.host_bytes, LARGE as u64);
+    assert_eq!(qp.fallback_exhausted, 1);
+    assert_eq!(staging.borrow().counters()[0], qp, "the namespace counts the same");
+    assert!(src.warned.load(std::sync::atomic::Ordering::Relaxed), "logged once");
+    for s in ready {
+        let cid = c.capsule_mut(s).sqe.cid;
+        c.complete(s, ok(cid, 0));
+    }
+    flush(&mut c);
+    c.stream.output.clear();
+
+    // The CMB buffers came back to the CMB (not the host pool): an in-capsule 4 KiB write is
+    // moved into one of them; a read stays in host memory.
+    let payload: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
+    let sqe = sgl_cmd(
+        opcode::NVM_WRITE,
+        7,
+        1,
+        SglDescriptor::in_capsule(0, 4096),
+    );
+    send_sqe(&mut c, &sqe, Some(&payload));
+    send_cmd(&mut c, opcode::NVM_READ, 8, 4096);
+    c.poll_recv().unwrap();
+    let ready = admit_for_bdev0(&mut c);
+    assert_eq!(ready.len(), 2);
+    for s in ready {
+        let cap = c.capsule_mut(s);
+        let buf = cap.buf.as_ref().unwrap();
+        if cap.sqe.cid == 7 {
+            assert_eq!(buf.domain(), cmb_domain, "in-capsule write data in the CMB");
+            assert!(buf.as_slice()[..4096] == payload[..]);
+        } else {
+            assert_eq!(buf.domain(), Domain::HostMemory, "reads stay in host memory");
+        }
+        let cid = cap.sqe.cid;
+        c.complete(s, ok(cid, 0));
+    }
+    let qp = c.p2p_counters();
+    assert_eq!(qp.cmb_bytes, 2 * LARGE as u64 + 4096);
+    assert_eq!(qp.host_bytes, LARGE as u64 + 4096);
+    assert_eq!(qp.fallback_exhausted, 1, "no new fallback");
+    flush(&mut c);
+    drop(c);
+    // Every CMB buffer is back in its pool (the cache gives them back when dropped).
+    drop(staging);
+    assert_eq!(cmb.free_shared(), 2);
+}

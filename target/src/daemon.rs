@@ -151,6 +151,7 @@ impl Daemon {
                     },
                     info: nvmfd_transport::rdma::transport_info(r),
                     cmb: Arc::from(rdma_chain.pools.clone()),
+                    staged: Arc::from(crate::p2p_rdma::staging(cfg, &placements)),
                 },
             ));
         }

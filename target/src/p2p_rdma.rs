@@ -18,9 +18,10 @@
 use nvmfd_bdev::Bdev;
 use nvmfd_config::{Config, P2pMode, TransportKind};
 use nvmfd_nvme::{Controller, DmaBuf, MakePool};
-use nvmfd_p2p::placement::{DeviceMemory, PlacementDecision, Reason};
+use nvmfd_p2p::placement::{DeviceMemory, PlacementDecision, Reason, Where};
 use nvmfd_p2p::topology::{decide_rdma, Bdf, Severity, Sources, Topology};
 use nvmfd_transport::rdma::cmb::{CmbMr, CmbPool, DevicePd};
+use nvmfd_transport::rdma::RdmaStaging;
 use nvmfd_transport::rdma::verbs::Devices;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -386,6 +387,23 @@ pub fn settle(d: &mut PlacementDecision, chain: &Chain, bdev: &dyn Bdev) {
     for r in refusals.into_iter().rev() {
         d.refuse(r);
     }
+}
+
+/// Per bdev (by index): the domains its namespace's RDMA decision placed its data in.
+pub fn staging(cfg: &Config, decisions: &[PlacementDecision]) -> Vec<RdmaStaging> {
+    cfg.bdevs
+        .iter()
+        .map(|b| {
+            let d = decisions
+                .iter()
+                .find(|d| d.transport == "rdma" && d.bdev == b.name);
+            let pick = |w: Where| w.is_cmb().then(|| w.domain());
+            RdmaStaging {
+                writes: d.and_then(|d| pick(d.writes)),
+                reads: d.and_then(|d| pick(d.reads)),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

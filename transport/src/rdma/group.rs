@@ -82,6 +82,19 @@ pub struct RdmaGroupConfig {
     /// CMBs registered at start-up with RDMA devices (peer-to-peer; empty when none is, the
     /// usual case: every buffer is then host memory).
     pub cmb: Arc<[CmbPool]>,
+    /// Per block device (by index, the key `DataNeed::bdev` gives): the domains the start-up
+    /// decision placed its RDMA data in. Devices past the end, and admin commands, use host
+    /// memory.
+    pub staged: Arc<[RdmaStaging]>,
+}
+
+/// Where one block device's data goes over RDMA (from its namespace's placement decision).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RdmaStaging {
+    /// Host-to-controller data (writes): pulled by RDMA READ into this domain.
+    pub writes: Option<Domain>,
+    /// Controller-to-host data (reads): written there by the SSD, sent by RDMA WRITE.
+    pub reads: Option<Domain>,
 }
 
 /// One RDMA device's data buffer pools: host memory, and the CMBs registered with its PD. A
@@ -886,7 +899,7 @@ impl RdmaGroup {
                 } else {
                     0
                 };
-                sl.domain = need_domain(&need);
+                sl.domain = need_domain(&self.cfg.staged, &need);
                 match dev.pools.try_get(sl.domain, need.len as usize) {
                     Some(b) => {
                         sl.cap.buf = Some(b);
@@ -1175,11 +1188,19 @@ fn cmb_for_device<'a>(
     (pools, shared)
 }
 
-/// The memory domain the core chose for a command's data.
-fn need_domain(_need: &DataNeed) -> Domain {
-    // The core's per-I/O choice (a CMB domain for a namespace whose P2P decision allowed it)
-    // is not in `DataNeed` yet: host memory until it is.
-    Domain::HostMemory
+/// The memory domain a command's data is placed in: its namespace's decision for the
+/// direction (a CMB only where the start-up chain registered it and the topology allowed it),
+/// else host memory. A table lookup: no allocation, no lock.
+fn need_domain(staged: &[RdmaStaging], need: &DataNeed) -> Domain {
+    let Some(s) = need.bdev.and_then(|b| staged.get(b)) else {
+        return Domain::HostMemory;
+    };
+    let d = match need.dir {
+        Direction::HostToController => s.writes,
+        Direction::ControllerToHost => s.reads,
+        _ => None,
+    };
+    d.unwrap_or(Domain::HostMemory)
 }
 
 /// Data buffer in place: reads go straight to the core, writes queue their RDMA READs.
@@ -1344,7 +1365,6 @@ mod cmb_tests {
     //! PD. What is checked is the transport's side: which pool a command's buffer comes from,
     //! which lkey its SGEs carry, and where it goes back.
     use super::*;
-    use crate::proto::nvme::Direction;
     use nvmfd_p2p::mem::SharedPool;
     use std::ptr::NonNull;
 
@@ -1453,11 +1473,32 @@ mod cmb_tests {
         assert!(pd.is_none(), "the fake has no verbs PD");
         let (none, _) = cmb_for_device(&list, "rxe0", |_| true);
         assert!(none.is_empty());
-        let need = DataNeed {
+    }
+
+    #[test]
+    fn the_domain_follows_the_namespace_decision_per_direction() {
+        let staged = [
+            RdmaStaging::default(),
+            RdmaStaging {
+                writes: Some(CMB),
+                reads: None,
+            },
+            RdmaStaging {
+                writes: Some(CMB),
+                reads: Some(CMB),
+            },
+        ];
+        let need = |bdev, dir| DataNeed {
             len: 4096,
-            dir: Direction::HostToController,
-            bdev: Some(0),
+            dir,
+            bdev,
         };
-        assert_eq!(need_domain(&need), Domain::HostMemory);
+        let (w, r) = (Direction::HostToController, Direction::ControllerToHost);
+        assert_eq!(need_domain(&staged, &need(Some(0), w)), Domain::HostMemory);
+        assert_eq!(need_domain(&staged, &need(Some(1), w)), CMB);
+        assert_eq!(need_domain(&staged, &need(Some(1), r)), Domain::HostMemory);
+        assert_eq!(need_domain(&staged, &need(Some(2), r)), CMB);
+        assert_eq!(need_domain(&staged, &need(None, w)), Domain::HostMemory, "admin");
+        assert_eq!(need_domain(&staged, &need(Some(9), w)), Domain::HostMemory);
     }
 }

@@ -9,7 +9,7 @@ mod listener;
 mod sched;
 pub mod verbs;
 
-pub use group::{RdmaGroup, RdmaGroupConfig, RdmaParams, MAX_INITIATOR_DEPTH};
+pub use group::{RdmaGroup, RdmaGroupConfig, RdmaParams, RdmaStaging, MAX_INITIATOR_DEPTH};
 pub use listener::{Incoming, Listeners};
 
 use std::net::SocketAddr;

@@ -21,8 +21,8 @@ use nvmfd_nvme::{Controller, DmaBuf, MakePool};
 use nvmfd_p2p::placement::{DeviceMemory, PlacementDecision, Reason, Where};
 use nvmfd_p2p::topology::{decide_rdma, Bdf, Severity, Sources, Topology};
 use nvmfd_transport::rdma::cmb::{CmbMr, CmbPool, DevicePd};
-use nvmfd_transport::rdma::RdmaStaging;
 use nvmfd_transport::rdma::verbs::Devices;
+use nvmfd_transport::rdma::RdmaStaging;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
@@ -144,13 +144,26 @@ fn register_one(
     let (bar, offset, len) = (cmb.layout.bar, cmb.layout.offset, cmb.len() as u64);
     let buf = match DmaBuf::export(w.ctrl.vfio_device(), bar, offset, len) {
         Ok(b) => {
-            info!(bdev = w.bdev, pci = w.ctrl.bdf(), bar, offset, len,
-                "p2p: CMB exported as a dma-buf (VFIO_DEVICE_FEATURE_DMA_BUF)");
+            info!(
+                bdev = w.bdev,
+                pci = w.ctrl.bdf(),
+                bar,
+                offset,
+                len,
+                "p2p: CMB exported as a dma-buf (VFIO_DEVICE_FEATURE_DMA_BUF)"
+            );
             b
         }
         Err(e) => {
-            warn!(bdev = w.bdev, pci = w.ctrl.bdf(), bar, offset, len, reason = e.code(),
-                "p2p: VFIO dma-buf export of the CMB failed: {e}");
+            warn!(
+                bdev = w.bdev,
+                pci = w.ctrl.bdf(),
+                bar,
+                offset,
+                len,
+                reason = e.code(),
+                "p2p: VFIO dma-buf export of the CMB failed: {e}"
+            );
             let f = Failure {
                 step: "vfio_dma_buf_export",
                 code: e.code(),
@@ -200,8 +213,10 @@ fn register_one(
     // The MRs hold their own reference to the dma-buf.
     drop(buf);
     if !regs.is_empty() {
-        let registrars: Vec<&dyn nvmfd_p2p::mem::Registrar> =
-            regs.iter().map(|r| r as &dyn nvmfd_p2p::mem::Registrar).collect();
+        let registrars: Vec<&dyn nvmfd_p2p::mem::Registrar> = regs
+            .iter()
+            .map(|r| r as &dyn nvmfd_p2p::mem::Registrar)
+            .collect();
         match cmb.make_pool(cmb.buf_size(), &registrars) {
             Ok(pool) => {
                 for r in &regs {
@@ -415,6 +430,125 @@ mod tests {
         let c = register(&[]);
         assert!(c.pools.is_empty() && c.outcomes.is_empty());
         assert!(c.failures("ssd0", "rxe0").is_none());
+    }
+
+    struct FakeSsd(nvmfd_bdev::BdevInfo);
+    impl Bdev for FakeSsd {
+        fn info(&self) -> &nvmfd_bdev::BdevInfo {
+            &self.0
+        }
+        fn channel(&self) -> std::io::Result<Box<dyn nvmfd_bdev::BdevChannel>> {
+            Err(std::io::Error::other("not for I/O"))
+        }
+    }
+
+    fn ssd() -> FakeSsd {
+        FakeSsd(nvmfd_bdev::BdevInfo {
+            name: "ssd0".into(),
+            kind: "nvme",
+            block_size: 512,
+            num_blocks: 1 << 20,
+            deallocate_zeroes: true,
+            volatile_cache: false,
+        })
+    }
+
+    /// An RDMA decision the rest permitted (writes in the CMB), as `p2p::decide` hands it over.
+    fn permitted(mode: nvmfd_p2p::placement::Mode) -> PlacementDecision {
+        let mem = DeviceMemory::Cmb(nvmfd_p2p::placement::CmbFacts {
+            pci: "0000:03:00.0".into(),
+            domain: nvmfd_p2p::mem::Domain::Cmb { device: 0 },
+            bytes: 64 << 20,
+            rds: true,
+            wds: true,
+        });
+        let mut d = nvmfd_p2p::placement::decide_tcp("nqn.a", 1, "ssd0", mode, &mem);
+        d.transport = "rdma";
+        d.reasons.clear();
+        assert!(d.uses_cmb());
+        d
+    }
+
+    fn refused_chain() -> Chain {
+        Chain {
+            pools: Vec::new(),
+            outcomes: vec![Outcome {
+                bdev: "ssd0".into(),
+                device: "rxe0".into(),
+                exported: Some((2, 0, 64 << 20)),
+                result: Err(vec![Failure {
+                    step: "ibv_reg_dmabuf_mr",
+                    code: "dmabuf_mr_unsupported",
+                    error: "RDMA device rxe0: ibv_reg_dmabuf_mr of the CMB refused (EOPNOTSUPP)"
+                        .into(),
+                }]),
+            }],
+        }
+    }
+
+    #[test]
+    fn a_refused_registration_keeps_rdma_data_in_host_memory_and_names_every_step() {
+        use nvmfd_p2p::placement::Mode;
+        let mut d = permitted(Mode::Auto);
+        settle(&mut d, &refused_chain(), &ssd());
+        assert!(!d.uses_cmb() && !d.refuses_start());
+        let s = d.summary();
+        assert!(
+            s.contains("writes in host memory, reads in host memory (p2p: auto)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("failed at ibv_reg_dmabuf_mr: [dmabuf_mr_unsupported]"),
+            "{s}"
+        );
+        assert!(s.contains("EOPNOTSUPP"), "{s}");
+        // This fake SSD has no PCI address: the topology step says so instead of passing.
+        assert!(s.contains("failed at topology"), "{s}");
+        let mut r = permitted(Mode::Required);
+        settle(&mut r, &refused_chain(), &ssd());
+        assert!(r.refuses_start());
+        let err = crate::p2p::check(&[r]).unwrap_err().to_string();
+        assert!(
+            err.contains("required cannot be met") && err.contains("ibv_reg_dmabuf_mr"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_namespace_no_rdma_device_serves_falls_back_saying_so() {
+        let mut d = permitted(nvmfd_p2p::placement::Mode::Auto);
+        settle(&mut d, &Chain::default(), &ssd());
+        assert!(!d.uses_cmb());
+        assert!(
+            d.summary().contains("failed at rdma_devices"),
+            "{}",
+            d.summary()
+        );
+    }
+
+    #[test]
+    fn staging_follows_the_rdma_decisions_only() {
+        let yaml = "bdevs:\n  - { name: ssd0, malloc: { size: 1MiB } }\n  - { name: ram1, malloc: { size: 1MiB } }\n";
+        let cfg = nvmfd_config::parse_str(yaml, "test.yaml").unwrap();
+        let mut rdma = permitted(nvmfd_p2p::placement::Mode::Auto);
+        rdma.reads = rdma.writes;
+        let mut tcp = permitted(nvmfd_p2p::placement::Mode::Auto);
+        tcp.transport = "tcp";
+        tcp.bdev = "ram1".into();
+        let st = staging(&cfg, &[rdma, tcp]);
+        let cmb = Some(nvmfd_p2p::mem::Domain::Cmb { device: 0 });
+        assert_eq!(
+            st[0],
+            RdmaStaging {
+                writes: cmb,
+                reads: cmb
+            }
+        );
+        assert_eq!(
+            st[1],
+            RdmaStaging::default(),
+            "a TCP decision stages nothing over RDMA"
+        );
     }
 
     #[test]

@@ -160,18 +160,19 @@ impl DevicePd {
         domain: Domain,
     ) -> Result<CmbMr, RegError> {
         let device = || self.device.clone();
-        let mr = Mr::register_dmabuf(&self.pd, fd, 0, len, cpu_addr, Access::ALL).map_err(
-            |e| match e {
-                Error::Os { source, .. } => RegError::Refused {
-                    device: device(),
-                    errno: source.raw_os_error().unwrap_or(0),
+        let mr =
+            Mr::register_dmabuf(&self.pd, fd, 0, len, cpu_addr, Access::ALL).map_err(
+                |e| match e {
+                    Error::Os { source, .. } => RegError::Refused {
+                        device: device(),
+                        errno: source.raw_os_error().unwrap_or(0),
+                    },
+                    e => RegError::NoDevice {
+                        device: device(),
+                        detail: e.to_string(),
+                    },
                 },
-                e => RegError::NoDevice {
-                    device: device(),
-                    detail: e.to_string(),
-                },
-            },
-        )?;
+            )?;
         Ok(CmbMr {
             pd: self.clone(),
             domain,
@@ -304,7 +305,13 @@ mod tests {
         assert_eq!(e.code(), "dmabuf_mr_unsupported");
         assert_eq!(e.device(), "rxe0");
         let s = e.to_string();
-        for want in ["rxe0", "ibv_reg_dmabuf_mr", "EOPNOTSUPP", "not tried", "p2pmem"] {
+        for want in [
+            "rxe0",
+            "ibv_reg_dmabuf_mr",
+            "EOPNOTSUPP",
+            "not tried",
+            "p2pmem",
+        ] {
             assert!(s.contains(want), "{want:?} missing from {s}");
         }
         let f = RegError::Refused {

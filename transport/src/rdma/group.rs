@@ -19,6 +19,7 @@
 //! and its id is free again. Other queue pairs are not touched.
 
 use super::admit::{self, Admitted, DataPlan, SglLimits, MAX_KEYED};
+use super::cmb::CmbPool;
 use super::listener::Incoming;
 use super::sched::{cut, Kind, Piece, Reads, WrId};
 use super::verbs::{
@@ -29,7 +30,6 @@ use crate::group::{ConnId, DataDesc, DataNeed, Event, PollGroup, TransportInfo};
 use crate::proto::nvme::{Cqe, Direction, Sqe};
 use crate::proto::rdma::{CmAccept, CmReject, RejectStatus, RECFMT_1_0};
 use crate::{Capsule, Response};
-use super::cmb::CmbPool;
 use nvmfd_p2p::mem::{BufPool, Domain, IoBuf, Keys, PdId, PoolCache, Region, Registrar};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -1178,7 +1178,10 @@ fn cmb_for_device<'a>(
         .filter(|pd| usable(pd))
         .map(|pd| (Arc::clone(pd), first.pd_id));
     if first.pd.is_some() && shared.is_none() {
-        warn!(device = name, "CMB registered on another context of this RDMA device; its buffers are not used here");
+        warn!(
+            device = name,
+            "CMB registered on another context of this RDMA device; its buffers are not used here"
+        );
         return (Vec::new(), None);
     }
     let pd_id = first.pd_id;
@@ -1418,12 +1421,21 @@ mod cmb_tests {
         assert_eq!(b.keys(PD), Some(CMB_KEYS));
         let base = cmb.regions().next().unwrap().as_ptr() as usize;
         let at = b.as_ptr() as usize;
-        assert!(at >= base && at + b.capacity() <= base + 4 * 16384, "inside the CMB region");
+        assert!(
+            at >= base && at + b.capacity() <= base + 4 * 16384,
+            "inside the CMB region"
+        );
         // The MR is registered at the mapping's CPU address: the SGE address is the buffer's.
         let (addr, lkey) = buf_sge(&b, PD, 512, 1024).unwrap();
         assert_eq!((addr, lkey), (at as u64 + 512, CMB_KEYS.lkey));
-        assert!(buf_sge(&b, PD, 16384 - 100, 200).is_err(), "beyond the buffer");
-        assert!(buf_sge(&b, PdId(8), 0, 8).is_err(), "another PD has no keys for it");
+        assert!(
+            buf_sge(&b, PD, 16384 - 100, 200).is_err(),
+            "beyond the buffer"
+        );
+        assert!(
+            buf_sge(&b, PdId(8), 0, 8).is_err(),
+            "another PD has no keys for it"
+        );
         // Host memory commands keep host buffers and host keys.
         let h = p.try_get(Domain::HostMemory, 4096).unwrap();
         assert_eq!(h.domain(), Domain::HostMemory);
@@ -1452,12 +1464,20 @@ mod cmb_tests {
         let b = p.try_get(CMB, 4096).unwrap();
         assert_eq!((a.domain(), b.domain()), (CMB, CMB));
         let c = p.try_get(CMB, 4096).unwrap();
-        assert_eq!(c.domain(), Domain::HostMemory, "fallback, never a failed I/O");
+        assert_eq!(
+            c.domain(),
+            Domain::HostMemory,
+            "fallback, never a failed I/O"
+        );
         assert!(cmb.exhausted() > 0);
         for x in [other, big, a, b, c] {
             p.put(x);
         }
-        assert_eq!(p.cmb[0].cached() + cmb.free_shared(), 2, "both CMB buffers back");
+        assert_eq!(
+            p.cmb[0].cached() + cmb.free_shared(),
+            2,
+            "both CMB buffers back"
+        );
     }
 
     #[test]
@@ -1498,7 +1518,11 @@ mod cmb_tests {
         assert_eq!(need_domain(&staged, &need(Some(1), w)), CMB);
         assert_eq!(need_domain(&staged, &need(Some(1), r)), Domain::HostMemory);
         assert_eq!(need_domain(&staged, &need(Some(2), r)), CMB);
-        assert_eq!(need_domain(&staged, &need(None, w)), Domain::HostMemory, "admin");
+        assert_eq!(
+            need_domain(&staged, &need(None, w)),
+            Domain::HostMemory,
+            "admin"
+        );
         assert_eq!(need_domain(&staged, &need(Some(9), w)), Domain::HostMemory);
     }
 }

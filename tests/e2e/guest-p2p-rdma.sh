@@ -85,8 +85,8 @@ rp2p_fio() {
     wait_for 20 has_nsdev $RP2P_NQN || { why "no namespace device"; nvme disconnect -n $RP2P_NQN >/dev/null; return 1; }
     dev=$(nsdev_for $RP2P_NQN)
     timeout 300 fio --name=p2p-rdma --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite \
-        --bs=4k --offset=300M --size=4M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
-        --verify_state_save=0 --eta=never --output=/tmp/fio-p2p-rdma.log ||
+        --bs=4k --offset=300M --size=2M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --verify_state_save=0 --allow_file_create=0 --eta=never --output=/tmp/fio-p2p-rdma.log ||
         { why "fio over NVMe/RDMA failed"; cat /tmp/fio-p2p-rdma.log; rc=1; }
     grep -E '^ *(read|write):' /tmp/fio-p2p-rdma.log
     grep -q 'err= 0' /tmp/fio-p2p-rdma.log || { why "fio reported errors"; rc=1; }

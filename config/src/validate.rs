@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use crate::de::NodeDe;
 use crate::path::FieldPath;
 use crate::raw::{
-    RawBdev, RawConfig, RawDigest, RawP2p, RawListener, RawMemBdev, RawMetrics, RawNamespace, RawNvme,
-    RawRdma, RawReactors, RawRpc, RawSubsystem, RawTcp, RawTransportKind, RawUring,
+    RawBdev, RawConfig, RawDigest, RawListener, RawMemBdev, RawMetrics, RawNamespace, RawNvme,
+    RawP2p, RawRdma, RawReactors, RawRpc, RawSubsystem, RawTcp, RawTransportKind, RawUring,
 };
 use crate::size::Size;
 use crate::yaml::{self, Node, Pos};

@@ -142,7 +142,11 @@ metrics: { listen: "[::1]:9477" }
     assert_eq!(a.namespaces[1].p2p, nvmfd_config::P2pMode::Required);
     assert_eq!(c.subsystems[1].p2p, nvmfd_config::P2pMode::Auto);
     assert_eq!(round_trip(&c), c);
-    assert!(to_yaml(&c).contains("    p2p: required\n"), "{}", to_yaml(&c));
+    assert!(
+        to_yaml(&c).contains("    p2p: required\n"),
+        "{}",
+        to_yaml(&c)
+    );
     // And it is stable: saving the reloaded config writes the same text.
     assert_eq!(to_yaml(&round_trip(&c)), to_yaml(&c));
 }

@@ -5,8 +5,8 @@ mod common;
 use common::{ok, BASE};
 use nvmfd_config::{
     load_file, parse_str, BdevConfig, BdevKind, Config, ConfigError, DigestMode, Discovery,
-    ListenerConfig, NamespaceConfig, P2pMode, Reactors, SubsystemConfig, TcpTransport, TransportKind,
-    Transports, EMBEDDED_DEFAULT_YAML,
+    ListenerConfig, NamespaceConfig, P2pMode, Reactors, SubsystemConfig, TcpTransport,
+    TransportKind, Transports, EMBEDDED_DEFAULT_YAML,
 };
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
@@ -431,8 +431,10 @@ fn p2p_modes_and_inheritance() {
     assert_eq!(s.namespaces[0].p2p, P2pMode::Off);
     assert_eq!(s.namespaces[1].p2p, P2pMode::Required);
     // The settled example in config.yaml: subsystem auto, namespace off.
-    let text = BASE.replace("    namespaces:\n      - bdev: ram0\n",
-        "    p2p: auto\n    namespaces:\n      - bdev: ram0\n        p2p: off\n");
+    let text = BASE.replace(
+        "    namespaces:\n      - bdev: ram0\n",
+        "    p2p: auto\n    namespaces:\n      - bdev: ram0\n        p2p: off\n",
+    );
     let c = ok(&text);
     assert_eq!(c.subsystems[0].p2p, P2pMode::Auto);
     assert_eq!(c.subsystems[0].namespaces[0].p2p, P2pMode::Off);

@@ -389,7 +389,10 @@ mod tests {
         assert_eq!(rules(&d), ["tcp_cpu_staging", "tcp_reads_in_host"]);
         assert_eq!(d.blocking().count(), 0);
         let s = d.summary();
-        assert!(s.contains("writes in CMB, reads in host memory (p2p: auto)"), "{s}");
+        assert!(
+            s.contains("writes in CMB, reads in host memory (p2p: auto)"),
+            "{s}"
+        );
         assert!(s.contains("no NIC DMA"), "{s}");
     }
 

@@ -383,6 +383,20 @@ impl Live {
                         s.nqn
                     )));
                 }
+                // Placement is decided at start-up (crate::p2p): a change needs a restart.
+                let kept = s.namespaces.iter().filter_map(|n| {
+                    let on = o
+                        .namespaces
+                        .iter()
+                        .find(|x| x.nsid == n.nsid && x.bdev == n.bdev)?;
+                    (on.p2p != n.p2p).then_some(n.nsid)
+                });
+                if let Some(nsid) = kept.into_iter().next() {
+                    return Err(Refused(format!(
+                        "subsystem {:?} namespace {nsid}: p2p is decided at start-up and cannot change while nvmfd runs (restart it for that)",
+                        s.nqn
+                    )));
+                }
             }
         }
         let ids = crate::identity::resolve(&cand).map_err(|e| Refused(format!("{e:#}")))?;

@@ -5,12 +5,12 @@
 //! the error. The data path then takes buffers for a namespace's writes from the domain its
 //! decision chose (`nvmfd_transport::staging`); namespaces added at run time use host memory.
 
-use nvmfd_bdev::Bdev;
-use nvmfd_config::{Config, P2pMode, TransportKind};
 use crate::core::Target;
 use crate::reactor::ReactorReport;
-use nvmfd_transport::staging::{P2pCounters, StagingSource};
+use nvmfd_bdev::Bdev;
+use nvmfd_config::{Config, P2pMode, TransportKind};
 use nvmfd_p2p::placement::{self, Mode, PlacementDecision, Reason};
+use nvmfd_transport::staging::{P2pCounters, StagingSource};
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -52,8 +52,7 @@ pub fn decide(
                 // RDMA staging needs the CMB registered with the NIC (VFIO dma-buf export and
                 // ibv_reg_dmabuf_mr) and the topology's consent: `p2p_rdma::settle` checks both
                 // for every RDMA device that serves the namespace.
-                let mut d =
-                    placement::decide_tcp(&s.nqn, n.nsid, &n.bdev, mode(n.p2p), &memory);
+                let mut d = placement::decide_tcp(&s.nqn, n.nsid, &n.bdev, mode(n.p2p), &memory);
                 d.transport = "rdma";
                 d.reasons
                     .retain(|r| !matches!(r, Reason::CpuStaging { .. } | Reason::TcpReadsInHost));

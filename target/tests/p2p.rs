@@ -72,7 +72,10 @@ fn required_on_a_bdev_without_a_cmb_refuses_to_start_with_the_decision() {
         e.contains("namespace 1 of nqn.2026-11.io.nvmfd:p2p-it (bdev ram0) over tcp"),
         "{e}"
     );
-    assert!(e.contains("[bdev_not_nvme] bdev is not an nvme bdev (malloc)"), "{e}");
+    assert!(
+        e.contains("[bdev_not_nvme] bdev is not an nvme bdev (malloc)"),
+        "{e}"
+    );
     assert!(e.contains("(fix: "), "{e}");
     // Namespace 2 (`off`) is not what refused.
     assert!(!e.contains("namespace 2"), "{e}");
@@ -99,7 +102,10 @@ fn auto_without_a_cmb_serves_from_host_memory_and_counts_it() {
     let mut q = c.connect_io(1, 32).expect("io connect");
     let data = vec![0x5au8; 64 * 1024];
     assert_eq!(q.write(1, 0, &data, 4096).unwrap(), Status::SUCCESS);
-    assert_eq!(q.write(1, 16, &data[..4096], 4096).unwrap(), Status::SUCCESS);
+    assert_eq!(
+        q.write(1, 16, &data[..4096], 4096).unwrap(),
+        Status::SUCCESS
+    );
     let (st, back) = q.read(1, 0, 16, 4096).unwrap();
     assert_eq!((st, back == data), (Status::SUCCESS, true));
     assert_eq!(q.write(2, 0, &data[..8192], 4096).unwrap(), Status::SUCCESS);
@@ -134,6 +140,15 @@ fn auto_without_a_cmb_serves_from_host_memory_and_counts_it() {
         .unwrap()
         .unwrap_err();
     assert_eq!(e.code, -32602);
+    // Placement is decided at start-up: a reload that changes it is refused, nothing changes.
+    let mut next = cfg.clone();
+    next.subsystems[0].namespaces[0].p2p = nvmfd_config::P2pMode::Off;
+    let e = d.live().reload(next, "test").unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("namespace 1: p2p is decided at start-up"),
+        "{e}"
+    );
     drop(q);
     drop(c);
     d.shutdown();

@@ -173,7 +173,12 @@ impl Staging {
         if d == Domain::HostMemory {
             return Some(buf);
         }
-        match self.staged.iter_mut().flatten().find(|s| s.cache.domain() == d) {
+        match self
+            .staged
+            .iter_mut()
+            .flatten()
+            .find(|s| s.cache.domain() == d)
+        {
             Some(s) => {
                 s.cache.put(buf);
                 None
@@ -240,6 +245,9 @@ mod tests {
         assert!(st.put(a).is_none());
         assert!(st.put(b).is_none());
         assert!(st.put(IoBuf::new(4096)).is_some());
-        assert!(st.take_write(Some(1), 4096, &mut qp).is_some(), "back in the cache");
+        assert!(
+            st.take_write(Some(1), 4096, &mut qp).is_some(),
+            "back in the cache"
+        );
     }
 }

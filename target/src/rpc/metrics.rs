@@ -107,7 +107,11 @@ pub fn render(ctx: &Context) -> String {
         cmb.get_or_create(&labels).inc_by(n.counters.cmb_bytes);
         host.get_or_create(&labels).inc_by(n.counters.host_bytes);
         for (reason, v) in n.counters.fallbacks() {
-            let labels = l(&[("subsystem", &n.subsystem), ("nsid", &nsid), ("reason", reason)]);
+            let labels = l(&[
+                ("subsystem", &n.subsystem),
+                ("nsid", &nsid),
+                ("reason", reason),
+            ]);
             fallbacks.get_or_create(&labels).inc_by(v);
         }
     }

@@ -18,9 +18,9 @@ use crate::proto::tcp::{
     encode_capsule_resp, encode_term_req, fes, flags, parse_header, DataHeader, Digests,
     FatalError, Header, IcResp, R2t, COMMON_HEADER_SIZE,
 };
+use crate::staging::{P2pCounters, Staging};
 use crate::{Capsule, DataDesc, DataNeed, Piece, Response, Transmit};
 use nvmfd_config::DigestMode;
-use crate::staging::{P2pCounters, Staging};
 use nvmfd_p2p::mem::{BufPool, IoBuf};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -302,7 +302,12 @@ impl<S: Read + Transmit> TcpConn<S> {
     /// Wrap an accepted, non-blocking stream; data buffers come from `pool` (the reactor's);
     /// no namespace's data is staged in a CMB.
     pub fn new(stream: S, params: TcpParams, pool: Rc<RefCell<BufPool>>) -> Self {
-        Self::with_staging(stream, params, pool, Rc::new(RefCell::new(Staging::new(&[]))))
+        Self::with_staging(
+            stream,
+            params,
+            pool,
+            Rc::new(RefCell::new(Staging::new(&[]))),
+        )
     }
 
     /// [`TcpConn::new`], write data of the namespaces `staging` stages going to their CMB.

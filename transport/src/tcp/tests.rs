@@ -1140,10 +1140,7 @@ fn partial_writes_and_eagain_mid_writev_send_the_same_bytes() {
 }
 
 /// A connected connection whose writes for bdev 0 are staged in `staging`.
-fn conn_staged(
-    pool: &Rc<RefCell<BufPool>>,
-    staging: &Rc<RefCell<Staging>>,
-) -> TcpConn<MemStream> {
+fn conn_staged(pool: &Rc<RefCell<BufPool>>, staging: &Rc<RefCell<Staging>>) -> TcpConn<MemStream> {
     let mut c = TcpConn::with_staging(
         MemStream::default(),
         params(),
@@ -1223,16 +1220,30 @@ fn staged_write_data_lands_in_the_cmb_and_takes_host_memory_once_the_pool_is_emp
         let cap = c.capsule_mut(s);
         let cid = cap.sqe.cid;
         let buf = cap.buf.as_ref().unwrap();
-        let want = if cid < 3 { cmb_domain } else { Domain::HostMemory };
+        let want = if cid < 3 {
+            cmb_domain
+        } else {
+            Domain::HostMemory
+        };
         assert_eq!(buf.domain(), want, "write {cid}'s buffer");
-        assert!(buf.as_slice()[..LARGE] == data(cid)[..], "write {cid}'s data");
+        assert!(
+            buf.as_slice()[..LARGE] == data(cid)[..],
+            "write {cid}'s data"
+        );
     }
     let qp = c.p2p_counters();
     assert_eq!(qp.cmb_bytes, 2 * LARGE as u64);
     assert_eq!(qp.host_bytes, LARGE as u64);
     assert_eq!(qp.fallback_exhausted, 1);
-    assert_eq!(staging.borrow().counters()[0], qp, "the namespace counts the same");
-    assert!(src.warned.load(std::sync::atomic::Ordering::Relaxed), "logged once");
+    assert_eq!(
+        staging.borrow().counters()[0],
+        qp,
+        "the namespace counts the same"
+    );
+    assert!(
+        src.warned.load(std::sync::atomic::Ordering::Relaxed),
+        "logged once"
+    );
     for s in ready {
         let cid = c.capsule_mut(s).sqe.cid;
         c.complete(s, ok(cid, 0));
@@ -1243,12 +1254,7 @@ fn staged_write_data_lands_in_the_cmb_and_takes_host_memory_once_the_pool_is_emp
     // The CMB buffers came back to the CMB (not the host pool): an in-capsule 4 KiB write is
     // moved into one of them; a read stays in host memory.
     let payload: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
-    let sqe = sgl_cmd(
-        opcode::NVM_WRITE,
-        7,
-        1,
-        SglDescriptor::in_capsule(0, 4096),
-    );
+    let sqe = sgl_cmd(opcode::NVM_WRITE, 7, 1, SglDescriptor::in_capsule(0, 4096));
     send_sqe(&mut c, &sqe, Some(&payload));
     send_cmd(&mut c, opcode::NVM_READ, 8, 4096);
     c.poll_recv().unwrap();
@@ -1261,7 +1267,11 @@ fn staged_write_data_lands_in_the_cmb_and_takes_host_memory_once_the_pool_is_emp
             assert_eq!(buf.domain(), cmb_domain, "in-capsule write data in the CMB");
             assert!(buf.as_slice()[..4096] == payload[..]);
         } else {
-            assert_eq!(buf.domain(), Domain::HostMemory, "reads stay in host memory");
+            assert_eq!(
+                buf.domain(),
+                Domain::HostMemory,
+                "reads stay in host memory"
+            );
         }
         let cid = cap.sqe.cid;
         c.complete(s, ok(cid, 0));

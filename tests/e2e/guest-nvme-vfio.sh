@@ -114,7 +114,8 @@ YAML
     wait_for 20 has_nsdev $PT_NQN 2 || { why "no namespace devices"; rc=1; }
     if ((rc == 0)); then
         pdev=$(nsdev_for $PT_NQN 1)
-        timeout 300 fio --name=pt --filename="$pdev" --direct=1 --ioengine=libaio --rw=randwrite \
+        timeout 300 fio --name=pt --filename="$pdev" --allow_file_create=0 \
+            --direct=1 --ioengine=libaio --rw=randwrite \
             --bs=4k --size=8M --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
             --verify_state_save=0 --eta=never --output=/tmp/fio-pt.log ||
             { why "fio through passthrough failed"; cat /tmp/fio-pt.log; rc=1; }
@@ -238,7 +239,8 @@ disconnect() {
 
 fio_verify() {
     local name=$1 log=/tmp/fio-$1.log
-    timeout 600 fio --name="$name" --filename="$DEV" --direct=1 --ioengine=libaio \
+    timeout 600 fio --name="$name" --filename="$DEV" --allow_file_create=0 \
+        --direct=1 --ioengine=libaio \
         --rw="$2" --bs="$3" --offset="$4" --size="$5" --iodepth="$6" \
         --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
         --eta=never --output="$log" ||

@@ -120,7 +120,14 @@ connect() {
     out=$(timeout 120 nvme connect -t "$1" -a "$ADDR" -s "$PORT" -n "$NQN" -i "$2" \
         --ctrl-loss-tmo=10 --reconnect-delay=2 2>&1) ||
         { why "nvme connect -t $1 -i $2 failed: $out"; kmsg_tail; log_tail; return 1; }
-    wait_for 20 has_nsdev "$NQN" || { why "no namespace block device after connect"; kmsg_tail; return 1; }
+    # A bound, not a timing assertion: on a loaded machine the emulated guest's connect alone
+    # has taken 18 s.
+    wait_for 60 has_nsdev "$NQN" || {
+        why "no namespace block device 60 s after connect"
+        printf "    %s\n" /sys/class/nvme-subsystem/*/nvme* /dev/nvme*
+        kmsg_tail
+        return 1
+    }
     DEV=$(nsdev_for "$NQN")
     CTRL=$(ctrls_for "$NQN" "$HOST1NQN" | head -n 1)
     local tr qc
@@ -140,7 +147,10 @@ disconnect() {
 
 fio_verify() {
     local name=$1 log=$WORK/fio-$1.log
-    timeout 600 fio --name="$name" --filename="$DEV" --direct=1 --ioengine=libaio \
+    # fio would create a regular file of that name, and later steps would test that file.
+    [[ -b $DEV ]] || { why "$DEV is not a block device"; return 1; }
+    timeout 600 fio --name="$name" --filename="$DEV" --allow_file_create=0 \
+        --direct=1 --ioengine=libaio \
         --rw="$2" --bs="$3" --offset="$4" --size="$5" --iodepth="$6" \
         --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
         --eta=never --output="$log" ||
@@ -151,7 +161,8 @@ fio_verify() {
 
 # Disconnect while fio writes; the target keeps serving: reconnect and verify a fresh region.
 disconnect_mid_fio() {
-    timeout 120 fio --name=mid --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite \
+    timeout 120 fio --name=mid --filename="$DEV" --allow_file_create=0 \
+        --direct=1 --ioengine=libaio --rw=randwrite \
         --bs=4k --offset=0 --size=16M --iodepth=16 --time_based --runtime=30 --eta=never \
         --output="$WORK/fio-mid.log" >/dev/null 2>&1 &
     local fpid=$!
@@ -159,6 +170,10 @@ disconnect_mid_fio() {
     kill -0 "$fpid" 2>/dev/null || { why "fio ended before the disconnect"; cat "$WORK/fio-mid.log"; return 1; }
     timeout 120 nvme disconnect -n "$NQN" >/dev/null || { why "nvme disconnect (mid-fio) failed"; return 1; }
     wait "$fpid" 2>/dev/null || true
+    # The disconnect removes the device node while fio runs; a time_based job that reopened its
+    # file used to create a regular file of that name (now refused by allow_file_create=0),
+    # which then hid the reconnected namespace's node.
+    [[ ! -e $DEV || -b $DEV ]] || { why "$DEV became a regular file during the disconnect"; return 1; }
     wait_for 20 no_ctrls "$NQN" || { why "controllers still present after the mid-fio disconnect"; return 1; }
     kill -0 "$PID" 2>/dev/null || { why "nvmfd died"; log_tail; return 1; }
     connect rdma 2 || return 1
@@ -213,7 +228,8 @@ cross_transport() {
 # verifies: each answered with its reject status, and the I/O unharmed.
 bad_connects() {
     [[ -x $PROBE ]] || { why "$PROBE not built (cargo build --release -p nvmfd-bench --example rdma_bad_connect)"; return 1; }
-    timeout 300 fio --name=busy --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite \
+    timeout 300 fio --name=busy --filename="$DEV" --allow_file_create=0 \
+        --direct=1 --ioengine=libaio --rw=randwrite \
         --bs=4k --offset=48M --size=4M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
         --verify_state_save=0 --eta=never --output="$WORK/fio-busy.log" >/dev/null 2>&1 &
     local fpid=$! out rc=0 frc=0 line fails=0

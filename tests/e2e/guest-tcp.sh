@@ -233,7 +233,8 @@ id_ns() {
 # fio_verify NAME RW BS OFFSET SIZE IODEPTH [DEVICE]: write, then read back and check crc32c.
 fio_verify() {
     local name=$1 log=/tmp/fio-$1.log
-    timeout 600 fio --name="$name" --filename="${7:-$DEV}" --direct=1 --ioengine=libaio \
+    timeout 600 fio --name="$name" --filename="${7:-$DEV}" --allow_file_create=0 \
+        --direct=1 --ioengine=libaio \
         --rw="$2" --bs="$3" --offset="$4" --size="$5" --iodepth="$6" \
         --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
         --eta=never --output="$log" ||
@@ -525,7 +526,8 @@ live_namespace() {
     (
         n=0
         while [[ ! -e /tmp/live-stop ]]; do
-            if ! timeout 300 fio --name=live-ns1 --filename="$DEV" --direct=1 --ioengine=libaio \
+            if ! timeout 300 fio --name=live-ns1 --filename="$DEV" --allow_file_create=0 \
+                --direct=1 --ioengine=libaio \
                 --rw=randwrite --bs=4k --offset=0 --size=2M --iodepth=16 --verify=crc32c \
                 --do_verify=1 --verify_fatal=1 --verify_state_save=0 --eta=never \
                 --output=/tmp/fio-live-ns1.log || ! grep -q 'err= 0' /tmp/fio-live-ns1.log; then

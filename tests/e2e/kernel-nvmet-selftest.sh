@@ -49,7 +49,8 @@ list() {
 }
 
 fio_verify() {
-    fio --name=selftest --filename="$DEV" --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
+    fio --name=selftest --filename="$DEV" --allow_file_create=0 \
+        --direct=1 --ioengine=libaio --rw=randwrite --bs=4k \
         --size=16M --iodepth=16 --verify=crc32c --do_verify=1 --verify_fatal=1 \
         --verify_state_save=0 --eta=never --output=/tmp/fio-selftest.log ||
         { why "fio failed"; cat /tmp/fio-selftest.log; return 1; }

@@ -80,13 +80,16 @@ ctrls_for() {
 
 # nsdev_for NQN [NSID]: the block device of namespace NSID (default 1) of subsystem NQN. With
 # native multipath (the Debian kernel's default) that is the subsystem's head node nvmeXnY; with
-# multipath off it is the first controller's namespace.
+# multipath off it is the first controller's namespace. Only a head whose /dev node is a block
+# device counts: after a disconnect while I/O was running, the old subsystem (and its head in
+# sysfs, node already gone) can outlive its controllers for a while, beside the new one that a
+# reconnect creates; taking the stale one made fio create a regular file of that name in /dev.
 nsdev_for() {
     local nqn=$1 nsid=${2:-1} s d c
     for s in /sys/class/nvme-subsystem/nvme-subsys*; do
         [[ -e $s/subsysnqn && $(cat "$s/subsysnqn") == "$nqn" ]] || continue
         for d in "$s"/nvme*n*; do
-            [[ -e $d/nsid && $(basename "$d") != *c* ]] || continue
+            [[ -e $d/nsid && $(basename "$d") != *c* && -b /dev/$(basename "$d") ]] || continue
             [[ $(cat "$d/nsid") == "$nsid" ]] || continue
             echo "/dev/$(basename "$d")"
             return 0

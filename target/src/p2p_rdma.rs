@@ -528,7 +528,11 @@ mod tests {
 
     #[test]
     fn staging_follows_the_rdma_decisions_only() {
-        let yaml = "bdevs:\n  - { name: ssd0, malloc: { size: 1MiB } }\n  - { name: ram1, malloc: { size: 1MiB } }\n";
+        let yaml = concat!(
+            "bdevs:\n",
+            "  - { name: ssd0, malloc: { size: 1MiB } }\n",
+            "  - { name: ram1, malloc: { size: 1MiB } }\n"
+        );
         let cfg = nvmfd_config::parse_str(yaml, "test.yaml").unwrap();
         let mut rdma = permitted(nvmfd_p2p::placement::Mode::Auto);
         rdma.reads = rdma.writes;

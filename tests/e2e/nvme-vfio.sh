@@ -10,7 +10,8 @@
 # The guest's kernel command line gets intel_iommu=on (through RIG_APPEND) and no_timer_check
 # (a loaded host once made the TCG guest panic with "IO-APIC + timer doesn't work").
 # Environment: NVMFD_BIN_DIR (default build/debug), E2E_WORK (default build/e2e-nvme),
-#   E2E_TIMEOUT (default 900).
+#   E2E_TIMEOUT (default 1150: under the 1200 s step limit of deploy/test.sh; the boot now also
+#   runs the P2P checks over TCP and RDMA).
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=$(realpath "${NVMFD_BIN_DIR:-$REPO/build/debug}")
@@ -57,7 +58,7 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device nvme-ns,drive=d1,bus=nvme0,nsid=2"
 start=$(date +%s)
 rc=0
-"$REPO/deploy/rig/run-guest.sh" --kernel newest --timeout "${E2E_TIMEOUT:-900}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
+"$REPO/deploy/rig/run-guest.sh" --kernel newest --timeout "${E2E_TIMEOUT:-1150}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
     -e "E2E_KDIR=$RIG_CACHE/kernel/$KVER" \
     "$REPO/tests/e2e/guest-nvme-vfio.sh" || rc=$?
 echo "nvme-vfio: guest exited $rc after $(($(date +%s) - start)) s"

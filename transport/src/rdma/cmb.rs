@@ -2,10 +2,11 @@
 //! (docs/p2p.md, "RDMA").
 //!
 //! At start-up, for every RDMA device that serves a namespace whose SSD has a CMB, the daemon
-//! hands [`DevicePd::register_cmb`] a dma-buf of the CMB (exported by VFIO) and the CPU address of its
-//! BAR mapping; the result is one memory region per device (`ibv_reg_dmabuf_mr`), on the
-//! device's protection domain made for it ([`DevicePd`]) and shared by every reactor's queue pairs on that device
-//! (librdmacm opens each device once per process, so every reactor's context is the same one).
+//! hands [`DevicePd::register_cmb`] a dma-buf of the CMB (exported by VFIO) and the CPU address
+//! of its BAR mapping; the result is one memory region per device (`ibv_reg_dmabuf_mr`), on the
+//! device's protection domain ([`DevicePd`]), shared by every reactor's queue pairs on that
+//! device (librdmacm opens each device once per process, so every reactor's context is the same
+//! one).
 //! The MR is registered at the CPU address of the mapping (the `iova` argument): a CMB buffer's
 //! SGE address is then its CPU address, like a host buffer's, and nothing guesses an address.
 //!
@@ -271,8 +272,8 @@ impl CmbPool {
     }
     /// A pool registered by hand (no verbs): for tests of the buffer and key choice, since
     /// soft-RoCE refuses dma-buf MRs and no real registration can be made on the rig.
-    #[doc(hidden)]
-    pub fn fake(device: &str, pd_id: PdId, pool: Arc<SharedPool>) -> CmbPool {
+    #[cfg(test)]
+    pub(crate) fn fake(device: &str, pd_id: PdId, pool: Arc<SharedPool>) -> CmbPool {
         CmbPool {
             device: device.to_string(),
             pd: None,

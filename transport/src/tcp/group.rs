@@ -57,7 +57,8 @@ struct Entry {
 
 /// Every NVMe/TCP connection of one reactor.
 pub struct TcpGroup {
-    cfg: TcpGroupConfig,
+    params: TcpParams,
+    info: TransportInfo,
     reactor: usize,
     pool: Rc<RefCell<BufPool>>,
     staging: Rc<RefCell<Staging>>,
@@ -127,7 +128,8 @@ impl PollGroup for TcpGroup {
             "poll group ready"
         );
         Ok(TcpGroup {
-            cfg: cfg.clone(),
+            params: cfg.params,
+            info: cfg.info,
             reactor,
             pool: Rc::new(RefCell::new(pool)),
             staging: Rc::new(RefCell::new(Staging::new(&cfg.staging))),
@@ -140,7 +142,7 @@ impl PollGroup for TcpGroup {
     }
 
     fn info(&self) -> &TransportInfo {
-        &self.cfg.info
+        &self.info
     }
 
     fn add(&mut self, nc: TcpIncoming) {
@@ -168,7 +170,7 @@ impl PollGroup for TcpGroup {
         self.conns[idx] = Some(Entry {
             tcp: TcpConn::with_staging(
                 Socket::new(nc.stream),
-                self.cfg.params,
+                self.params,
                 self.pool.clone(),
                 self.staging.clone(),
             ),

@@ -135,6 +135,11 @@ pub trait Bdev: Send + Sync {
     fn reaches(&self, domain: nvmfd_p2p::mem::Domain) -> bool {
         domain == nvmfd_p2p::mem::Domain::HostMemory
     }
+    /// The NVMe controller behind an `nvme` bdev (its CMB, its VFIO device for a dma-buf
+    /// export): for the start-up RDMA registration of the CMB. None for every other backend.
+    fn nvme_controller(&self) -> Option<&Arc<nvmfd_nvme::Controller>> {
+        None
+    }
     /// What the device offers for peer-to-peer placement (the start-up decision,
     /// `nvmfd_p2p::placement`): only `nvme` has device memory (its SSD's CMB).
     fn device_memory(&self) -> nvmfd_p2p::placement::DeviceMemory {

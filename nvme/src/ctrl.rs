@@ -204,6 +204,9 @@ pub struct Cmb {
     /// CBA at the CMB's BAR bus address).
     pub ctrl_addr: u64,
     len: usize,
+    /// CPU address of the CMB's mapping (what an RDMA dma-buf registration is made at, so a
+    /// buffer's SGE address is its CPU address).
+    cpu_addr: usize,
     domain: Domain,
     buf_size: usize,
     /// The region over the mapped BAR slice until the pool takes it.
@@ -272,6 +275,17 @@ impl Cmb {
     /// The domain the CMB's buffers are in.
     pub fn domain(&self) -> Domain {
         self.domain
+    }
+
+    /// CPU address of the CMB's first byte in this process (its BAR mapping). An address only:
+    /// the bytes are reached through the pool's buffers.
+    pub fn cpu_addr(&self) -> u64 {
+        self.cpu_addr as u64
+    }
+
+    /// The size of the pool's buffers ([`OpenOptions::cmb_buf_size`]).
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
     }
 }
 
@@ -1020,6 +1034,7 @@ fn enable_cmb(
         layout,
         ctrl_addr: cba,
         len,
+        cpu_addr: base.as_ptr() as usize,
         domain,
         buf_size,
         region: Mutex::new(Some(region)),

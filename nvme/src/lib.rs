@@ -14,9 +14,11 @@ pub mod sysfs;
 mod bar;
 pub mod ctrl;
 pub mod dma;
+pub mod dmabuf;
 pub mod vfio;
 
 pub use ctrl::{
     Cmb, Controller, CtrlInfo, Error, IoQpair, MakePool, NsInfo, OpenOptions, SubmitError,
 };
 pub use dma::DmaRegion;
+pub use dmabuf::{DmaBuf, ExportError};

@@ -59,7 +59,10 @@ impl Daemon {
             );
         }
         // Where each namespace's data lives, decided once, before anything is served.
-        let placements = crate::p2p::decide(cfg, &bdevs);
+        // The CMB registrations with RDMA devices first: the CMB pool is made with them, before
+        // anything else (TCP staging, a bdev channel) makes it without.
+        let rdma_chain = crate::p2p_rdma::for_config(cfg, &bdevs);
+        let placements = crate::p2p::decide(cfg, &bdevs, &rdma_chain);
         crate::p2p::check(&placements)?;
         let infos: Vec<_> = bdevs.iter().map(|b| b.info().clone()).collect();
         let ids = crate::identity::resolve(cfg)?;
@@ -147,6 +150,8 @@ impl Daemon {
                         buffer_pool_size: r.buffer_pool_size,
                     },
                     info: nvmfd_transport::rdma::transport_info(r),
+                    cmb: Arc::from(rdma_chain.pools.clone()),
+                    staged: Arc::from(crate::p2p_rdma::staging(cfg, &placements)),
                 },
             ));
         }

@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod identity;
 pub mod live;
 pub mod p2p;
+pub mod p2p_rdma;
 mod poll;
 pub mod reactor;
 pub mod rpc;

@@ -24,8 +24,13 @@ pub fn mode(m: P2pMode) -> Mode {
 }
 
 /// Every decision of a configuration, in config order (subsystem, namespace, transport).
-/// `bdevs` are the open bdevs, one per `cfg.bdevs` entry.
-pub fn decide(cfg: &Config, bdevs: &[Arc<dyn Bdev>]) -> Vec<PlacementDecision> {
+/// `bdevs` are the open bdevs, one per `cfg.bdevs` entry; `rdma` is what the start-up
+/// registration chain achieved ([`crate::p2p_rdma::for_config`]).
+pub fn decide(
+    cfg: &Config,
+    bdevs: &[Arc<dyn Bdev>],
+    rdma: &crate::p2p_rdma::Chain,
+) -> Vec<PlacementDecision> {
     let mut out = Vec::new();
     for s in &cfg.subsystems {
         let has = |k: TransportKind| s.listeners.iter().any(|l| l.transport == k);
@@ -45,17 +50,14 @@ pub fn decide(cfg: &Config, bdevs: &[Arc<dyn Bdev>]) -> Vec<PlacementDecision> {
             }
             if has(TransportKind::Rdma) {
                 // RDMA staging needs the CMB registered with the NIC (VFIO dma-buf export and
-                // ibv_reg_dmabuf_mr) and the topology's consent; until that chain is plugged in
-                // here, RDMA data stays in host memory and says why.
+                // ibv_reg_dmabuf_mr) and the topology's consent: `p2p_rdma::settle` checks both
+                // for every RDMA device that serves the namespace.
                 let mut d = placement::decide_tcp(&s.nqn, n.nsid, &n.bdev, mode(n.p2p), &memory);
                 d.transport = "rdma";
                 d.reasons
                     .retain(|r| !matches!(r, Reason::CpuStaging { .. } | Reason::TcpReadsInHost));
                 if d.uses_cmb() {
-                    d.refuse(Reason::Registration {
-                        step: "rdma_cmb_registration",
-                        error: "this build does not register the CMB with RDMA devices".into(),
-                    });
+                    crate::p2p_rdma::settle(&mut d, rdma, bdevs[b].as_ref());
                 }
                 out.push(d);
             }

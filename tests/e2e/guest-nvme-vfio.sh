@@ -412,6 +412,7 @@ if [[ -n $DPID ]]; then
     run_step "I/O timeout: Abort, controller reset, retryable status, the rest serves" timeout_abort_reset
 fi
 . "$HERE/guest-p2p.sh"   # P2P placement over TCP (CMB staging, counters, `required` refused)
+. "$HERE/guest-p2p-rdma.sh" # P2P over RDMA: the CMB dma-buf export, ibv_reg_dmabuf_mr, fallback
 run_step "nvmfd setup --reset: the kernel driver reads the same pattern" reset_to_kernel
 [[ -n $DPID ]] && kill -9 "$DPID" 2>/dev/null
 cp /tmp/nvmfd.log "${RIG_OUT:-/tmp}/nvmfd.log" 2>/dev/null

@@ -159,6 +159,10 @@ impl Bdev for Nvme {
         domain == Domain::HostMemory || self.ctrl.cmb().is_some_and(|c| c.domain() == domain)
     }
 
+    fn nvme_controller(&self) -> Option<&Arc<Controller>> {
+        Some(&self.ctrl)
+    }
+
     fn device_memory(&self) -> DeviceMemory {
         let pci = self.ctrl.bdf().to_owned();
         match self.ctrl.cmb() {

@@ -19,6 +19,7 @@
 //! and its id is free again. Other queue pairs are not touched.
 
 use super::admit::{self, Admitted, DataPlan, SglLimits, MAX_KEYED};
+use super::cmb::CmbPool;
 use super::listener::Incoming;
 use super::sched::{cut, Kind, Piece, Reads, WrId};
 use super::verbs::{
@@ -29,7 +30,7 @@ use crate::group::{ConnId, DataDesc, DataNeed, Event, PollGroup, TransportInfo};
 use crate::proto::nvme::{Cqe, Direction, Sqe};
 use crate::proto::rdma::{CmAccept, CmReject, RejectStatus, RECFMT_1_0};
 use crate::{Capsule, Response};
-use nvmfd_p2p::mem::{BufPool, IoBuf, Keys, PdId, Region, Registrar};
+use nvmfd_p2p::mem::{BufPool, Domain, IoBuf, Keys, PdId, PoolCache, Region, Registrar};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -56,6 +57,14 @@ pub const MAX_INITIATOR_DEPTH: u8 = 16;
 
 static NEXT_PD_ID: AtomicU32 = AtomicU32::new(1 << 16);
 
+/// A fresh protection domain number (keys are looked up by it).
+pub(crate) fn next_pd_id() -> PdId {
+    PdId(NEXT_PD_ID.fetch_add(1, Ordering::Relaxed))
+}
+
+/// CMB buffers a reactor takes from (and gives back to) the shared pool at a time.
+const CMB_BATCH: usize = 8;
+
 /// Settings of the group (from `transports.rdma`).
 #[derive(Debug, Clone, Copy)]
 pub struct RdmaParams {
@@ -66,10 +75,70 @@ pub struct RdmaParams {
 }
 
 /// What a reactor needs to build its NVMe/RDMA group.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct RdmaGroupConfig {
     pub params: RdmaParams,
     pub info: TransportInfo,
+    /// CMBs registered at start-up with RDMA devices (peer-to-peer; empty when none is, the
+    /// usual case: every buffer is then host memory).
+    pub cmb: Arc<[CmbPool]>,
+    /// Per block device (by index, the key `DataNeed::bdev` gives): the domains the start-up
+    /// decision placed its RDMA data in. Devices past the end, and admin commands, use host
+    /// memory.
+    pub staged: Arc<[RdmaStaging]>,
+}
+
+/// Where one block device's data goes over RDMA (from its namespace's placement decision).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RdmaStaging {
+    /// Host-to-controller data (writes): pulled by RDMA READ into this domain.
+    pub writes: Option<Domain>,
+    /// Controller-to-host data (reads): written there by the SSD, sent by RDMA WRITE.
+    pub reads: Option<Domain>,
+}
+
+/// One RDMA device's data buffer pools: host memory, and the CMBs registered with its PD. A
+/// buffer goes back to the pool of its own domain.
+pub(crate) struct Pools {
+    host: BufPool,
+    cmb: Vec<PoolCache>,
+}
+
+impl Pools {
+    pub(crate) fn new(host: BufPool, cmb: Vec<PoolCache>) -> Pools {
+        Pools { host, cmb }
+    }
+
+    /// A buffer of `len` bytes in `domain` when this device has that CMB registered and a
+    /// buffer is free in it; else host memory (the fallback never fails an I/O: every block
+    /// device reaches host memory). `None` only when host memory is exhausted too.
+    pub(crate) fn try_get(&mut self, domain: Domain, len: usize) -> Option<IoBuf> {
+        if domain != Domain::HostMemory {
+            if let Some(c) = self.cmb.iter_mut().find(|c| c.domain() == domain) {
+                // None when `len` is larger than the CMB's buffers or none is free.
+                if let Some(b) = c.try_get(len) {
+                    return Some(b);
+                }
+            }
+        }
+        self.host.try_get(len)
+    }
+
+    /// A host buffer of `len` bytes (small and control buffers: in-capsule data).
+    pub(crate) fn get(&mut self, len: usize) -> IoBuf {
+        self.host.get(len)
+    }
+
+    pub(crate) fn put(&mut self, buf: IoBuf) {
+        match buf.domain() {
+            Domain::HostMemory => self.host.put(buf),
+            d => match self.cmb.iter_mut().find(|c| c.domain() == d) {
+                Some(c) => c.put(buf),
+                // Not ours (cannot happen: only this device's pools hand out buffers).
+                None => drop(buf),
+            },
+        }
+    }
 }
 
 /// Registers a pool's regions with one protection domain.
@@ -111,7 +180,7 @@ struct Device {
     recv_wrs: Box<[RecvWr]>,
     /// Receive buffers consumed in this poll, re-posted at its end.
     repost: Vec<u32>,
-    pool: BufPool,
+    pools: Pools,
     /// Queue pairs on this device.
     conns: usize,
     /// Commands the queue pairs on this device may have outstanding (sum of their sizes).
@@ -142,6 +211,8 @@ struct Slot {
     reads_total: u8,
     reads_done: u8,
     reads_failed: bool,
+    /// The memory domain the core chose for the command's data buffer.
+    domain: Domain,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,7 +276,7 @@ pub struct RdmaGroup {
 impl RdmaGroup {
     fn build(cfg: &RdmaGroupConfig, reactor: usize) -> super::verbs::Result<RdmaGroup> {
         Ok(RdmaGroup {
-            cfg: *cfg,
+            cfg: cfg.clone(),
             params: cfg.params,
             reactor,
             channel: EventChannel::new()?,
@@ -231,7 +302,15 @@ impl RdmaGroup {
             return Ok(i);
         }
         let p = self.params;
-        let pd = Pd::new(ctx)?;
+        // A device with CMBs registered at start-up uses the PD they were registered on (their
+        // keys are valid there only); any other device gets a PD of this reactor's own.
+        let (cmb, shared_pd) = cmb_for_device(&self.cfg.cmb, &ctx.name(), |pd| {
+            pd.context().as_ptr() == ctx.as_ptr()
+        });
+        let (pd, pd_id) = match shared_pd {
+            Some(x) => x,
+            None => (Pd::new(ctx)?, next_pd_id()),
+        };
         let depth = p.srq_depth.max(16);
         let cq = Arc::new(Cq::new(ctx, (depth * 3).clamp(1024, 32767))?);
         let srq = Arc::new(Srq::new(&pd, depth, 1)?);
@@ -266,7 +345,6 @@ impl RdmaGroup {
             op: "ibv_post_srq_recv",
             source: e.source,
         })?;
-        let pd_id = PdId(NEXT_PD_ID.fetch_add(1, Ordering::Relaxed));
         let large = (p.max_io_size as usize).max(SMALL_BUF);
         let large_limit = usize::try_from(p.buffer_pool_size / large as u64)
             .unwrap_or(usize::MAX)
@@ -283,7 +361,9 @@ impl RdmaGroup {
                 id: pd_id,
             })],
         );
-        info!(reactor = self.reactor, device = %ctx.name(), srq_depth = depth, recv_size, "RDMA device ready");
+        let cmb: Vec<PoolCache> = cmb.iter().map(|c| c.pool.cache(CMB_BATCH)).collect();
+        info!(reactor = self.reactor, device = %ctx.name(), srq_depth = depth, recv_size,
+            cmb_domains = cmb.len(), "RDMA device ready");
         self.devs.push(Device {
             ctx: ctx.clone(),
             pd,
@@ -295,7 +375,7 @@ impl RdmaGroup {
             _recv_sges: sges,
             recv_wrs: wrs,
             repost: Vec::with_capacity(depth as usize),
-            pool,
+            pools: Pools::new(pool, cmb),
             conns: 0,
             commands: 0,
             gone: false,
@@ -359,6 +439,7 @@ impl RdmaGroup {
                         reads_total: 0,
                         reads_done: 0,
                         reads_failed: false,
+                        domain: Domain::HostMemory,
                     })
                     .collect();
                 info!(peer = ?peer, qid = admitted.qid, entries = n, initiator_depth = admitted.initiator_depth,
@@ -615,7 +696,7 @@ impl RdmaGroup {
                 s.reads_failed |= !ok;
                 if s.reads_done == s.reads_total && s.state == SlotState::Reading {
                     if s.reads_failed || c.state == ConnState::Closing {
-                        free_slot(c, &mut self.devs[d].pool, slot);
+                        free_slot(c, &mut self.devs[d].pools, slot);
                     } else {
                         s.state = SlotState::Core;
                         self.events.push_back(Event::DataReady {
@@ -628,7 +709,7 @@ impl RdmaGroup {
             Kind::Send => {
                 c.signaled = c.signaled.saturating_sub(1);
                 c.sending = c.sending.saturating_sub(1);
-                free_slot(c, &mut self.devs[d].pool, slot);
+                free_slot(c, &mut self.devs[d].pools, slot);
             }
             // Unsignaled WRITEs complete only in error (flushed): the SEND after them tells.
             Kind::Write | Kind::Recv => {}
@@ -685,12 +766,12 @@ impl RdmaGroup {
         let icd = len - Sqe::SIZE;
         let mut icd_buf = None;
         if icd > 0 {
-            let mut buf = dev.pool.get(icd);
+            let mut buf = dev.pools.get(icd);
             if mem
                 .read_at(base + Sqe::SIZE, &mut buf.as_mut_slice()[..icd])
                 .is_err()
             {
-                dev.pool.put(buf);
+                dev.pools.put(buf);
                 c.free_slots.push(slot);
                 return;
             }
@@ -719,7 +800,7 @@ impl RdmaGroup {
         // The descriptor list is parsed: its bytes are not needed any more.
         if matches!(plan, DataPlan::Keyed { .. }) {
             if let Some(b) = icd_buf.take() {
-                dev.pool.put(b);
+                dev.pools.put(b);
             }
         }
         let sl = &mut c.slots[s];
@@ -752,7 +833,7 @@ impl RdmaGroup {
         let dev = &mut self.devs[c.dev];
         while let Some(&slot) = c.buf_wait.front() {
             let need = c.slots[slot as usize].cap.data_len as usize;
-            let Some(b) = dev.pool.try_get(need) else {
+            let Some(b) = dev.pools.try_get(c.slots[slot as usize].domain, need) else {
                 break;
             };
             c.buf_wait.pop_front();
@@ -818,7 +899,8 @@ impl RdmaGroup {
                 } else {
                     0
                 };
-                match dev.pool.try_get(need.len as usize) {
+                sl.domain = need_domain(&self.cfg.staged, &need);
+                match dev.pools.try_get(sl.domain, need.len as usize) {
                     Some(b) => {
                         sl.cap.buf = Some(b);
                         start_data(c, slot, &mut self.events, idx);
@@ -833,7 +915,7 @@ impl RdmaGroup {
                 // Admission asked for data the descriptors do not name: a buffer all the same
                 // (the core decides what to do with it).
                 let sl = &mut c.slots[s];
-                sl.cap.buf = Some(dev.pool.get(need.len as usize));
+                sl.cap.buf = Some(dev.pools.get(need.len as usize));
                 sl.cap.data_len = need.len;
                 self.events.push_back(Event::DataReady {
                     conn: idx as ConnId,
@@ -854,15 +936,15 @@ impl RdmaGroup {
         }
         let dev = &mut self.devs[c.dev];
         if let Some(b) = c.slots[s].icd.take() {
-            dev.pool.put(b);
+            dev.pools.put(b);
         }
         if c.state == ConnState::Closing {
-            free_slot(c, &mut dev.pool, s);
+            free_slot(c, &mut dev.pools, s);
             return;
         }
         if let Err(e) = post_response(c, dev.pd_id, slot, resp) {
             warn!(peer = ?c.peer, qid = c.qid, error = %e, "posting a response failed; closing the queue pair");
-            free_slot(c, &mut dev.pool, s);
+            free_slot(c, &mut dev.pools, s);
             self.end(idx, "posting a response failed");
             return;
         }
@@ -896,7 +978,7 @@ impl RdmaGroup {
         if let Err(e) = c.id.disconnect() {
             debug!(peer = ?c.peer, error = %e, "rdma_disconnect");
         }
-        let pool = &mut self.devs[c.dev].pool;
+        let pool = &mut self.devs[c.dev].pools;
         while let Some(slot) = c.buf_wait.pop_front() {
             free_slot(c, pool, slot as usize);
         }
@@ -945,10 +1027,10 @@ impl RdmaGroup {
             let dev = &mut self.devs[c.dev];
             for s in 0..c.slots.len() {
                 if let Some(b) = c.slots[s].cap.buf.take() {
-                    dev.pool.put(b);
+                    dev.pools.put(b);
                 }
                 if let Some(b) = c.slots[s].icd.take() {
-                    dev.pool.put(b);
+                    dev.pools.put(b);
                 }
             }
             dev.conns -= 1;
@@ -1072,7 +1154,7 @@ impl PollGroup for RdmaGroup {
 
     fn recycle(&mut self, buf: IoBuf) {
         match self.devs.iter_mut().find(|d| buf.keys(d.pd_id).is_some()) {
-            Some(d) => d.pool.put(buf),
+            Some(d) => d.pools.put(buf),
             None => drop(buf),
         }
     }
@@ -1086,6 +1168,52 @@ impl PollGroup for RdmaGroup {
                 .sum(),
         }
     }
+}
+
+/// The CMB pools registered with RDMA device `name`, and the PD they share, when `usable` (the
+/// PD is on this reactor's context for the device). Pools on another PD than the first one's are
+/// left out (the daemon registers every CMB of a device on one PD).
+fn cmb_for_device<'a>(
+    cmb: &'a [CmbPool],
+    name: &str,
+    usable: impl Fn(&Pd) -> bool,
+) -> (Vec<&'a CmbPool>, Option<(Arc<Pd>, PdId)>) {
+    let mut mine = cmb.iter().filter(|c| c.device == name);
+    let Some(first) = mine.next() else {
+        return (Vec::new(), None);
+    };
+    let shared = first
+        .pd
+        .as_ref()
+        .filter(|pd| usable(pd))
+        .map(|pd| (Arc::clone(pd), first.pd_id));
+    if first.pd.is_some() && shared.is_none() {
+        warn!(
+            device = name,
+            "CMB registered on another context of this RDMA device; its buffers are not used here"
+        );
+        return (Vec::new(), None);
+    }
+    let pd_id = first.pd_id;
+    let pools = std::iter::once(first)
+        .chain(mine.filter(|c| c.pd_id == pd_id))
+        .collect();
+    (pools, shared)
+}
+
+/// The memory domain a command's data is placed in: its namespace's decision for the
+/// direction (a CMB only where the start-up chain registered it and the topology allowed it),
+/// else host memory. A table lookup: no allocation, no lock.
+fn need_domain(staged: &[RdmaStaging], need: &DataNeed) -> Domain {
+    let Some(s) = need.bdev.and_then(|b| staged.get(b)) else {
+        return Domain::HostMemory;
+    };
+    let d = match need.dir {
+        Direction::HostToController => s.writes,
+        Direction::ControllerToHost => s.reads,
+        _ => None,
+    };
+    d.unwrap_or(Domain::HostMemory)
 }
 
 /// Data buffer in place: reads go straight to the core, writes queue their RDMA READs.
@@ -1103,7 +1231,7 @@ fn start_data(c: &mut Conn, slot: u16, events: &mut VecDeque<Event>, idx: usize)
     }
 }
 
-fn free_slot(c: &mut Conn, pool: &mut BufPool, s: usize) {
+fn free_slot(c: &mut Conn, pool: &mut Pools, s: usize) {
     let sl = &mut c.slots[s];
     if sl.state == SlotState::Free {
         return;
@@ -1239,4 +1367,172 @@ fn post_response(c: &mut Conn, pd: PdId, slot: u16, resp: Response) -> Result<()
     // data buffer (registered with this PD, checked by buf_sge), which stays in the slot until
     // the SEND after them completes (RC executes a QP's WRs in order).
     unsafe { qp.post_send_slots(&mut c.wrs, &chain[..n]) }.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod cmb_tests {
+    //! The CMB data path's buffer and key choice. A mock stands in for the dma-buf MR: soft-RoCE
+    //! (the only RDMA device on the test rig) refuses `ibv_reg_dmabuf_mr` (EOPNOTSUPP), so no
+    //! real CMB registration can be made there. The mock is what a successful registration
+    //! leaves behind: a `Domain::Cmb` region whose table holds the MR's keys for the device's
+    //! PD. What is checked is the transport's side: which pool a command's buffer comes from,
+    //! which lkey its SGEs carry, and where it goes back.
+    use super::*;
+    use nvmfd_p2p::mem::SharedPool;
+    use std::ptr::NonNull;
+
+    const PD: PdId = PdId(7);
+    const HOST_KEYS: Keys = Keys {
+        lkey: 0x1111,
+        rkey: 0x2222,
+    };
+    /// What `ibv_reg_dmabuf_mr` would have returned for the CMB.
+    const CMB_KEYS: Keys = Keys {
+        lkey: 0xc3b0,
+        rkey: 0xc3b1,
+    };
+    const CMB: Domain = Domain::Cmb { device: 5 };
+
+    struct FakeRegistration(Keys);
+    impl Registrar for FakeRegistration {
+        fn register(&self, region: &mut Region) {
+            region.register(PD, self.0, None);
+        }
+    }
+
+    /// A "CMB": anonymous memory as a `Domain::Cmb` region, `n` buffers of 16 KiB.
+    fn fake_cmb(n: usize) -> Arc<SharedPool> {
+        let mem = Region::anonymous(n * 16384).unwrap();
+        let (base, len) = (NonNull::new(mem.as_ptr()).unwrap(), mem.len());
+        // SAFETY: the anonymous mapping lives as long as `mem`, handed to the region as its
+        // owner; nothing else touches it.
+        let region = unsafe { Region::external(base, len, CMB, Box::new(mem)) };
+        SharedPool::new(vec![region], 16384, &[&FakeRegistration(CMB_KEYS)]).unwrap()
+    }
+
+    fn pools(cmb: &Arc<SharedPool>) -> Pools {
+        let host = BufPool::with_registrars(
+            8192,
+            4,
+            65536,
+            2,
+            4,
+            vec![Box::new(FakeRegistration(HOST_KEYS))],
+        );
+        Pools::new(host, vec![cmb.cache(2)])
+    }
+
+    #[test]
+    fn a_cmb_command_gets_a_cmb_buffer_whose_sges_carry_the_dmabuf_mr_lkey() {
+        let cmb = fake_cmb(4);
+        let mut p = pools(&cmb);
+        let b = p.try_get(CMB, 4096).expect("a CMB buffer");
+        assert_eq!(b.domain(), CMB);
+        assert_eq!(b.keys(PD), Some(CMB_KEYS));
+        let base = cmb.regions().next().unwrap().as_ptr() as usize;
+        let at = b.as_ptr() as usize;
+        assert!(
+            at >= base && at + b.capacity() <= base + 4 * 16384,
+            "inside the CMB region"
+        );
+        // The MR is registered at the mapping's CPU address: the SGE address is the buffer's.
+        let (addr, lkey) = buf_sge(&b, PD, 512, 1024).unwrap();
+        assert_eq!((addr, lkey), (at as u64 + 512, CMB_KEYS.lkey));
+        assert!(
+            buf_sge(&b, PD, 16384 - 100, 200).is_err(),
+            "beyond the buffer"
+        );
+        assert!(
+            buf_sge(&b, PdId(8), 0, 8).is_err(),
+            "another PD has no keys for it"
+        );
+        // Host memory commands keep host buffers and host keys.
+        let h = p.try_get(Domain::HostMemory, 4096).unwrap();
+        assert_eq!(h.domain(), Domain::HostMemory);
+        assert_eq!(buf_sge(&h, PD, 0, 8).unwrap().1, HOST_KEYS.lkey);
+        // Buffers go back to their own pool.
+        let cached = p.cmb[0].cached();
+        p.put(b);
+        assert_eq!(p.cmb[0].cached(), cached + 1);
+        p.put(h);
+        assert_eq!(p.cmb[0].cached(), cached + 1);
+    }
+
+    #[test]
+    fn without_a_registered_cmb_or_with_it_exhausted_commands_fall_back_to_host_memory() {
+        let cmb = fake_cmb(2);
+        let mut p = pools(&cmb);
+        // Another SSD's CMB, not registered with this device.
+        let other = p.try_get(Domain::Cmb { device: 6 }, 4096).unwrap();
+        assert_eq!(other.domain(), Domain::HostMemory);
+        assert_eq!(other.keys(PD), Some(HOST_KEYS));
+        // Larger than a CMB buffer.
+        let big = p.try_get(CMB, 65536).unwrap();
+        assert_eq!(big.domain(), Domain::HostMemory);
+        // Exhausted.
+        let a = p.try_get(CMB, 4096).unwrap();
+        let b = p.try_get(CMB, 4096).unwrap();
+        assert_eq!((a.domain(), b.domain()), (CMB, CMB));
+        let c = p.try_get(CMB, 4096).unwrap();
+        assert_eq!(
+            c.domain(),
+            Domain::HostMemory,
+            "fallback, never a failed I/O"
+        );
+        assert!(cmb.exhausted() > 0);
+        for x in [other, big, a, b, c] {
+            p.put(x);
+        }
+        assert_eq!(
+            p.cmb[0].cached() + cmb.free_shared(),
+            2,
+            "both CMB buffers back"
+        );
+    }
+
+    #[test]
+    fn a_device_uses_the_cmb_pools_registered_with_it_and_their_shared_pd() {
+        let cmb = fake_cmb(1);
+        let list = [
+            CmbPool::fake("mlx5_0", PD, cmb.clone()),
+            CmbPool::fake("mlx5_1", PdId(9), cmb.clone()),
+        ];
+        let (mine, pd) = cmb_for_device(&list, "mlx5_0", |_| true);
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].pd_id, PD);
+        assert!(pd.is_none(), "the fake has no verbs PD");
+        let (none, _) = cmb_for_device(&list, "rxe0", |_| true);
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn the_domain_follows_the_namespace_decision_per_direction() {
+        let staged = [
+            RdmaStaging::default(),
+            RdmaStaging {
+                writes: Some(CMB),
+                reads: None,
+            },
+            RdmaStaging {
+                writes: Some(CMB),
+                reads: Some(CMB),
+            },
+        ];
+        let need = |bdev, dir| DataNeed {
+            len: 4096,
+            dir,
+            bdev,
+        };
+        let (w, r) = (Direction::HostToController, Direction::ControllerToHost);
+        assert_eq!(need_domain(&staged, &need(Some(0), w)), Domain::HostMemory);
+        assert_eq!(need_domain(&staged, &need(Some(1), w)), CMB);
+        assert_eq!(need_domain(&staged, &need(Some(1), r)), Domain::HostMemory);
+        assert_eq!(need_domain(&staged, &need(Some(2), r)), CMB);
+        assert_eq!(
+            need_domain(&staged, &need(None, w)),
+            Domain::HostMemory,
+            "admin"
+        );
+        assert_eq!(need_domain(&staged, &need(Some(9), w)), Domain::HostMemory);
+    }
 }

@@ -3,12 +3,13 @@
 //! check of an RDMA listener's address ([`check_listen_address`]).
 
 pub mod admit;
+pub mod cmb;
 mod group;
 mod listener;
 mod sched;
 pub mod verbs;
 
-pub use group::{RdmaGroup, RdmaGroupConfig, RdmaParams, MAX_INITIATOR_DEPTH};
+pub use group::{RdmaGroup, RdmaGroupConfig, RdmaParams, RdmaStaging, MAX_INITIATOR_DEPTH};
 pub use listener::{Incoming, Listeners};
 
 use std::net::SocketAddr;

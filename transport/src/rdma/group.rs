@@ -124,6 +124,12 @@ impl Pools {
         self.host.try_get(len)
     }
 
+    /// Host-memory buffers handed out and not yet back (the metrics' buffer pool in use; CMB
+    /// buffers are counted by the P2P counters).
+    pub(crate) fn in_use(&self) -> usize {
+        self.host.in_use()
+    }
+
     /// A host buffer of `len` bytes (small and control buffers: in-capsule data).
     pub(crate) fn get(&mut self, len: usize) -> IoBuf {
         self.host.get(len)
@@ -1161,7 +1167,7 @@ impl PollGroup for RdmaGroup {
 
     fn pool_stats(&self) -> crate::group::PoolStats {
         crate::group::PoolStats {
-            in_use: self.devs.iter().map(|d| d.pool.in_use() as u64).sum(),
+            in_use: self.devs.iter().map(|d| d.pools.in_use() as u64).sum(),
             // Commands wait per queue pair here (in arrival order on each), not in the pool.
             waiters: (self.conns.iter().flatten())
                 .map(|c| c.buf_wait.len() as u64)

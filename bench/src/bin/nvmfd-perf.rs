@@ -15,7 +15,10 @@ use nvmfd_bench::perf::{self, PerfConfig, Workload};
 use nvmfd_bench::HostOptions;
 
 #[derive(Parser, Debug)]
-#[command(name = "nvmfd-perf", about = "NVMe-oF perf initiator (NVMe/TCP, NVMe/RDMA)")]
+#[command(
+    name = "nvmfd-perf",
+    about = "NVMe-oF perf initiator (NVMe/TCP, NVMe/RDMA)"
+)]
 struct Args {
     /// Target address.
     #[arg(long, default_value = "127.0.0.1:4420")]

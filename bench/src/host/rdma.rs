@@ -719,11 +719,7 @@ impl RdmaQueue {
 
     /// Completions: waits until at least one command completes when `wait` (and any is in
     /// flight), up to the I/O timeout.
-    pub fn reap_with(
-        &mut self,
-        wait: bool,
-        f: &mut OnDone<'_>,
-    ) -> HResult<usize> {
+    pub fn reap_with(&mut self, wait: bool, f: &mut OnDone<'_>) -> HResult<usize> {
         self.send_queued()?;
         let deadline = Instant::now() + self.io_timeout;
         let mut idle = 0u32;

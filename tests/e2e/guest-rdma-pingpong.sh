@@ -35,6 +35,7 @@ setup_rxe() {
     ibv_devices | grep -q rxe0 || { why "libibverbs does not see rxe0 (ibverbs-providers?)"; return 1; }
     ADDR=$(ip -4 -o addr show dev eth0 | awk '{split($4, a, "/"); print a[1]; exit}')
     [[ -n $ADDR ]] || { why "eth0 has no IPv4 address"; return 1; }
+    wait_for 30 rxe_ready rxe0 "$ADDR" || { why "rxe0 port not ACTIVE with the GID of $ADDR after 30 s"; return 1; }
     note "rxe0 on eth0, $ADDR"
 }
 

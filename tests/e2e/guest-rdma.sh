@@ -7,12 +7,16 @@
 # 1 MiB sequential writes), a disconnect in the middle of fio then reconnect and verify, two hosts
 # at once, data written over RDMA read back over TCP and the other way, and SIGTERM exiting 0.
 #
-#   deploy/rig/run-guest.sh [--kernel stable|newest] tests/e2e/guest-rdma.sh [NVMFD_BIN [PROBE_BIN]]
+#   deploy/rig/run-guest.sh [--kernel stable|newest] tests/e2e/guest-rdma.sh [NVMFD_BIN [PROBE_BIN [PERF_BIN]]]
 #
 # PROBE_BIN (bench's rdma_bad_connect example: cargo build --release -p nvmfd-bench --example
 # rdma_bad_connect) is the userspace host that sends bad connect requests (unknown QID, bad
 # RECFMT, oversize queues, short (CM-padded) private data, IRD 0), each of which must be rejected with its
-# NVMe/RDMA status while the kernel host's queue pair keeps doing verified I/O.
+# NVMe/RDMA status, then bad commands on its own controller's queue pairs (bad rkeys, SGL
+# lengths past MDTS or the capsule, foreign descriptor types, LBAs out of range), each answered
+# with its NVMe status (a bad rkey: the queue pair ends, see the example), while the kernel
+# host's queue pair keeps doing verified I/O. PERF_BIN (nvmfd-perf) then runs a short verified
+# mix over NVMe/RDMA.
 #
 # When $RDMA_SKIP_RXE is 1 the rxe device is expected to exist already (guest-rdma-pingpong.sh
 # ran first in the same boot). Prints "PASS: step" / "FAIL: step - reason", ends with
@@ -28,6 +32,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 NVMFD=${1:-$REPO/build/release/nvmfd}
 PROBE=${2:-$REPO/build/release/examples/rdma_bad_connect}
+PERF=${3:-$REPO/build/release/nvmfd-perf}
 NQN=nqn.2026-12.io.nvmfd:rdma
 PORT=4420
 ADDR=
@@ -62,6 +67,7 @@ setup_rxe() {
     [[ -e /dev/infiniband/rdma_cm ]] || { why "no /dev/infiniband/rdma_cm (rdma_ucm loaded?)"; return 1; }
     ADDR=$(ip -4 -o addr show dev eth0 | awk '{split($4, a, "/"); print a[1]; exit}')
     [[ -n $ADDR ]] || { why "eth0 has no IPv4 address"; return 1; }
+    wait_for 30 rxe_ready rxe0 "$ADDR" || { why "rxe0 port not ACTIVE with the GID of $ADDR after 30 s"; return 1; }
     modprobe nvme-rdma 2>/dev/null || true
     [[ -e /dev/nvme-fabrics ]] || { why "no /dev/nvme-fabrics (nvme-fabrics loaded?)"; return 1; }
     note "rxe0 on eth0, $ADDR"
@@ -192,6 +198,17 @@ check_pattern() {
     cmp -s "$WORK/pattern$1" "$WORK/readback" || { why "data read back differs from what was written"; return 1; }
 }
 
+# path_ready CTRL NSID: CTRL's path device to namespace NSID exists and, where the kernel shows
+# an ANA state, it is optimized.
+path_ready() {
+    local d
+    for d in /sys/class/nvme/"$1"/nvme*n*; do
+        [[ -e $d/nsid && $(cat "$d/nsid") == "$2" ]] || continue
+        [[ ! -e $d/ana_state || $(cat "$d/ana_state") == optimized ]] && return 0
+    done
+    return 1
+}
+
 # Host 2 (its own host NQN) connects over RDMA as well; I/O runs through both controllers.
 two_hosts() {
     local answer ctrl2 a1 b1 pol
@@ -200,6 +217,10 @@ two_hosts() {
     note "kernel: $answer"
     ctrl2=$(ctrls_for "$NQN" "$HOST2NQN" | head -n 1)
     [[ -n $ctrl2 ]] || { why "no controller with host NQN $HOST2NQN"; return 1; }
+    # The connect returns before the kernel has scanned the new controller's namespaces: until
+    # its path to namespace 1 exists the multipath head sends nothing through it, and a fio run
+    # that ends first would see no I/O on host 2 (a slow machine can take that long).
+    wait_for 30 path_ready "$ctrl2" 1 || { why "no live path to namespace 1 through $ctrl2 after 30 s"; kmsg_tail; return 1; }
     pol=$(subsys_dir "$NQN")/iopolicy
     echo round-robin >"$pol" 2>/dev/null || true
     a1=$(path_ios "$CTRL" 1)
@@ -224,16 +245,28 @@ cross_transport() {
     note "4 MiB written over RDMA read back over TCP, and 4 MiB the other way"
 }
 
-# The userspace host's bad connect requests, while the kernel host's queue pair writes and
-# verifies: each answered with its reject status, and the I/O unharmed.
+# The userspace host's bad connect requests, then its bad commands on queue pairs of a
+# controller of its own (bad rkeys, SGL lengths past MDTS and past the capsule, descriptor types
+# NVMe/RDMA does not take, LBAs out of range), while the kernel host's queue pair writes and
+# verifies without a break (fio runs again and again until the probe is done): each answered
+# with its reject or NVMe status, and the I/O unharmed.
 bad_connects() {
     [[ -x $PROBE ]] || { why "$PROBE not built (cargo build --release -p nvmfd-bench --example rdma_bad_connect)"; return 1; }
-    timeout 300 fio --name=busy --filename="$DEV" --allow_file_create=0 \
-        --direct=1 --ioengine=libaio --rw=randwrite \
-        --bs=4k --offset=48M --size=4M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
-        --verify_state_save=0 --eta=never --output="$WORK/fio-busy.log" >/dev/null 2>&1 &
+    rm -f "$WORK/probe.done" "$WORK/fio-busy.runs"
+    (
+        n=0
+        while [[ ! -e $WORK/probe.done ]]; do
+            timeout 300 fio --name=busy --filename="$DEV" --allow_file_create=0 --direct=1 --ioengine=libaio --rw=randwrite \
+                --bs=4k --offset=48M --size=4M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+                --verify_state_save=0 --eta=never --output="$WORK/fio-busy.log" >/dev/null 2>&1 || exit 1
+            grep -q 'err= 0' "$WORK/fio-busy.log" || exit 1
+            n=$((n + 1))
+            echo "$n" >"$WORK/fio-busy.runs"
+        done
+    ) &
     local fpid=$! out rc=0 frc=0 line fails=0
-    out=$(timeout 240 "$PROBE" "$ADDR:$PORT" 16 2>&1) || rc=$?
+    out=$(timeout 240 "$PROBE" "$ADDR:$PORT" 16 "$NQN" 192 2>&1) || rc=$?
+    touch "$WORK/probe.done"
     while IFS= read -r line; do
         case $line in
         PASS\ *) note "$line"; E2E_PASSED=$((E2E_PASSED + 1)); record "PASS rdma_bad_connect: ${line#PASS }" ;;
@@ -242,10 +275,25 @@ bad_connects() {
         esac
     done <<<"$out"
     wait "$fpid" || frc=$?
-    ((frc == 0)) || { why "the kernel host's fio failed (rc $frc) during the bad connects"; cat "$WORK/fio-busy.log"; return 1; }
-    grep -q 'err= 0' "$WORK/fio-busy.log" || { why "fio reported errors"; return 1; }
-    ((rc == 0)) || { why "rdma_bad_connect exited $rc ($fails case(s) failed)"; return 1; }
-    note "kernel host's fio verify passed alongside"
+    ((frc == 0)) || { why "the kernel host's fio failed (rc $frc) during the bad requests"; cat "$WORK/fio-busy.log"; kmsg_tail; return 1; }
+    ((rc == 0)) || { why "rdma_bad_connect exited $rc ($fails case(s) failed)"; log_tail; return 1; }
+    note "kernel host's fio verify passed alongside ($(cat "$WORK/fio-busy.runs" 2>/dev/null || echo 0) runs of 4 MiB)"
+}
+
+# nvmfd-perf over NVMe/RDMA (the userspace host's keyed SGLs, RDMA READ/WRITE by the target):
+# a short mixed run whose every read is checked and whose writes are read back at the end.
+perf_rdma() {
+    [[ -x $PERF ]] || { why "$PERF not built (cargo build --release --workspace)"; return 1; }
+    local out rc=0
+    out=$(timeout 120 "$PERF" --addr "$ADDR:$PORT" --nqn "$NQN" --transport rdma --workload randrw \
+        --io-size 4096 --queue-depth 16 --time 3 --span-mib 16 --verify --no-progress 2>&1) || rc=$?
+    echo "$out" | sed 's/^/    /' | tail -n 12
+    ((rc == 0)) || { why "nvmfd-perf --transport rdma exited $rc"; log_tail; return 1; }
+    local checked
+    checked=$(sed -n 's/^verify: \([0-9]*\) blocks checked, 0 mismatches$/\1/p' <<<"$out")
+    [[ -n $checked ]] || { why "no 'verify: N blocks checked, 0 mismatches' line"; return 1; }
+    ((checked > 0)) || { why "nothing was verified"; return 1; }
+    note "$checked blocks verified"
 }
 
 sigterm() {
@@ -280,7 +328,8 @@ if [[ -n $PID ]]; then
         run_step "disconnect in the middle of fio, reconnect, verify" disconnect_mid_fio
         run_step "two hosts over RDMA at once" two_hosts
         run_step "same subsystem over RDMA and TCP: written through one, read through the other" cross_transport
-        run_step "userspace host: bad connect requests rejected while the kernel host does I/O" bad_connects
+        run_step "userspace host: bad connect requests and bad commands answered while the kernel host does I/O" bad_connects
+        run_step "nvmfd-perf --transport rdma: 3 s of 4k randrw QD 16, verified" perf_rdma
     fi
     run_step "SIGTERM: nvmfd exits 0" sigterm
 fi

@@ -15,7 +15,10 @@ use nvmfd_bench::perf::{self, PerfConfig, Workload};
 use nvmfd_bench::HostOptions;
 
 #[derive(Parser, Debug)]
-#[command(name = "nvmfd-perf", about = "NVMe-oF perf initiator (NVMe/TCP)")]
+#[command(
+    name = "nvmfd-perf",
+    about = "NVMe-oF perf initiator (NVMe/TCP, NVMe/RDMA)"
+)]
 struct Args {
     /// Target address.
     #[arg(long, default_value = "127.0.0.1:4420")]
@@ -23,7 +26,7 @@ struct Args {
     /// Subsystem NQN.
     #[arg(long)]
     nqn: String,
-    /// Fabric: tcp (rdma is not built yet).
+    /// Fabric: tcp or rdma (NVMe/RDMA: keyed SGLs to registered buffers, RDMA READ/WRITE by the target).
     #[arg(long, default_value = "tcp", value_parser = parse_fabric)]
     transport: Fabric,
     /// randread, randwrite, read, write, randrw or rw.

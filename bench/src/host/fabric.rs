@@ -3,7 +3,8 @@
 //! connect I/O queues) hands out [`FabricQueue`]s (one connection each) that queue commands,
 //! send them in batches and hand completions to a callback without allocating.
 //!
-//! NVMe/TCP implements both here on top of [`Controller`] and [`IoQueue`].
+//! NVMe/TCP implements both here on top of [`Controller`] and [`IoQueue`]; NVMe/RDMA in
+//! [`super::rdma`] ([`super::rdma::RdmaController`], [`super::rdma::RdmaQueue`]).
 
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -95,9 +96,7 @@ pub fn connect(
 ) -> Result<Box<dyn FabricController>> {
     match fabric {
         Fabric::Tcp => Ok(Box::new(Host::connect_admin(addr, opts)?)),
-        Fabric::Rdma => Err(HostError::InvalidArgument(
-            "this build has no NVMe/RDMA host yet (only --transport tcp)".into(),
-        )),
+        Fabric::Rdma => Ok(Box::new(super::rdma::RdmaController::connect(addr, opts)?)),
     }
 }
 
@@ -125,7 +124,7 @@ impl FabricController for Controller {
     }
 }
 
-fn blocks_of(len: usize, block_size: usize) -> Result<u32> {
+pub(super) fn blocks_of(len: usize, block_size: usize) -> Result<u32> {
     if block_size == 0 || len == 0 || !len.is_multiple_of(block_size) {
         return Err(HostError::InvalidArgument(format!(
             "{len} bytes is not a whole number of {block_size}-byte blocks"

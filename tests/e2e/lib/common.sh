@@ -152,3 +152,19 @@ fabrics_connect() {
 }
 
 new_uuid() { cat /proc/sys/kernel/random/uuid; }
+
+# rxe_ready DEV IPV4: true once RDMA device DEV's port 1 is ACTIVE and its GID table holds the
+# RoCE v2 GID of IPV4 (::ffff:a.b.c.d). `rdma link add` returns before the kernel's RoCE GID
+# work (a workqueue reacting to the netdev) has filled the table: until then rdma_bind_addr
+# and rdma_resolve_addr on that address fail (EADDRNOTAVAIL / ADDR_ERROR), which a fast
+# machine never shows and a slow one may.
+rxe_ready() {
+    local port=/sys/class/infiniband/$1/ports/1 a b c d want g
+    [[ $(cat "$port/state" 2>/dev/null) == *ACTIVE* ]] || return 1
+    IFS=. read -r a b c d <<<"$2"
+    want=$(printf '0000:0000:0000:0000:0000:ffff:%02x%02x:%02x%02x' "$a" "$b" "$c" "$d")
+    for g in "$port"/gids/*; do
+        [[ $(cat "$g" 2>/dev/null) == "$want" ]] && return 0
+    done
+    return 1
+}

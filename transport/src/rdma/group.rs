@@ -44,6 +44,18 @@ const CQ_BATCH: usize = 32;
 const WC_FLUSH: u32 = 5;
 /// WRs per slot: the response SEND and one RDMA READ or WRITE per descriptor.
 const WRS_PER_SLOT: usize = 1 + MAX_KEYED;
+
+/// Command slots of a queue pair of `entries` entries: twice as many. A slot holds its response
+/// until the SEND's completion is polled, but the host may reuse the command's place as soon as
+/// the response has arrived, and its next command can arrive before that completion is polled
+/// (the acknowledgement is the host's RDMA stack's, not ordered with its next SEND on our CQ;
+/// soft-RoCE coalesces them). So a queue the host keeps full needs up to `entries` slots still
+/// sending beside `entries` in use; queue-size violations are counted on the latter
+/// (`Conn::active`). Linux nvmet-rdma allocates twice its receive queue size in responses for
+/// the same reason (nvmet_rdma_alloc_rsps).
+fn slots_for(entries: u16) -> usize {
+    2 * usize::from(entries)
+}
 /// How long a closing queue pair waits for its flushed completions before it is destroyed
 /// anyway.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -246,6 +258,10 @@ struct Conn {
     peer: Option<SocketAddr>,
     slots: Box<[Slot]>,
     free_slots: Vec<u16>,
+    /// The queue's entries (HSQSIZE + 1): commands the host may have outstanding.
+    entries: u16,
+    /// Slots holding a command the host still waits for (not free, not sending its response).
+    active: u16,
     rsp_mr: Mr,
     /// Kept for the send WRs, which point into it.
     sges: Box<[Sge]>,
@@ -412,7 +428,7 @@ impl RdmaGroup {
                 self.generation = self.generation.wrapping_add(1);
                 let (dev, rsp_mr, sges, wrs, sgl) = parts;
                 let generation = self.generation;
-                let n = admitted.sq_entries as usize;
+                let n = slots_for(admitted.sq_entries);
                 let mut wrs = wrs;
                 for (i, w) in wrs.iter_mut().enumerate() {
                     let slot = (i / WRS_PER_SLOT) as u16;
@@ -463,6 +479,8 @@ impl RdmaGroup {
                     peer,
                     slots,
                     free_slots: (0..n as u16).rev().collect(),
+                    entries: admitted.sq_entries,
+                    active: 0,
                     rsp_mr,
                     sges,
                     wrs,
@@ -510,6 +528,7 @@ impl RdmaGroup {
                 self.params.srq_depth
             )));
         }
+        let n = slots_for(admitted.sq_entries);
         let caps = QpCaps {
             max_send_wr: (n * WRS_PER_SLOT).min(16000) as u32,
             max_recv_wr: 0,
@@ -761,11 +780,17 @@ impl RdmaGroup {
         let sqe = Sqe::decode(&raw);
         // NVMe-oF 1.1, submission queue flow control: the host never has more commands
         // outstanding than CRQSIZE; one that does breaks the protocol.
-        let Some(slot) = c.free_slots.pop() else {
+        if c.active >= c.entries {
             warn!(peer = ?c.peer, qid = c.qid, "host exceeded its queue size; closing the queue pair");
             self.end(idx, "host exceeded its queue size");
             return;
+        }
+        let Some(slot) = c.free_slots.pop() else {
+            warn!(peer = ?c.peer, qid = c.qid, "no command slot free (responses not yet acknowledged); closing the queue pair");
+            self.end(idx, "no command slot free");
+            return;
         };
+        c.active += 1;
         let s = slot as usize;
         // In-capsule data (or a descriptor list) lands in a small buffer, copied out of the
         // receive buffer so that one is re-posted at once.
@@ -779,6 +804,7 @@ impl RdmaGroup {
             {
                 dev.pools.put(buf);
                 c.free_slots.push(slot);
+                c.active -= 1;
                 return;
             }
             icd_buf = Some(buf);
@@ -955,6 +981,7 @@ impl RdmaGroup {
             return;
         }
         c.slots[s].state = SlotState::Sending;
+        c.active = c.active.saturating_sub(1);
         c.signaled += 1;
         c.sending += 1;
     }
@@ -1040,7 +1067,7 @@ impl RdmaGroup {
                 }
             }
             dev.conns -= 1;
-            dev.commands -= c.slots.len() as u32;
+            dev.commands -= u32::from(c.entries);
             if let Some(q) = c.id.qp() {
                 self.by_qp.remove(&q.qp_num());
             }
@@ -1108,8 +1135,8 @@ impl PollGroup for RdmaGroup {
         // The queue's size was fixed by the connect request (HSQSIZE); the Connect command
         // repeats it (NVMe/RDMA 1.0, 3.3: HSQSIZE is the SQSIZE of the Connect command).
         if let Some(c) = self.conns.get(conn as usize).and_then(|c| c.as_ref()) {
-            if c.qid != qid || c.slots.len() != usize::from(entries) {
-                debug!(peer = ?c.peer, cm_qid = c.qid, qid, cm_entries = c.slots.len(), entries,
+            if c.qid != qid || c.entries != entries {
+                debug!(peer = ?c.peer, cm_qid = c.qid, qid, cm_entries = c.entries, entries,
                     "Connect disagrees with the RDMA connect request's QID or HSQSIZE");
             }
         }
@@ -1241,6 +1268,9 @@ fn free_slot(c: &mut Conn, pool: &mut Pools, s: usize) {
     let sl = &mut c.slots[s];
     if sl.state == SlotState::Free {
         return;
+    }
+    if sl.state != SlotState::Sending {
+        c.active = c.active.saturating_sub(1);
     }
     if let Some(b) = sl.cap.buf.take() {
         pool.put(b);

@@ -255,7 +255,7 @@ scrape_sum() {
         index($0, p) == 1 && index($0, op) { s += $NF } END { printf "%.0f\n", s }' "$1"
 }
 # within_pct A B PCT: |A - B| <= PCT % of B (and B > 0).
-within_pct() { (($2 > 0)) && (((($1 > $2 ? $1 - $2 : $2 - $1)) * 100 <= $3 * $2)); }
+within_pct() { (($2 > 0)) && ((($1 > $2 ? $1 - $2 : $2 - $1) * 100 <= $3 * $2)); }
 # A fio job between two scrapes of nvmfd's /metrics: the counters' growth must match fio's own
 # totals (ios and bytes, reads and writes) within 3 % (the kernel may add a few I/Os of its own).
 metrics_match_fio() {

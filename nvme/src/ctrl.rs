@@ -1366,11 +1366,13 @@ fn health_check(
     if csts.is_all_ones() {
         return Health::Gone;
     }
-    if csts.cfs() {
-        return Health::Fatal;
-    }
+    // A reset already on its way also answers CFS: reporting it again would log and request
+    // the reset on every check until the reset clears it.
     if failed {
         return Health::Fine;
+    }
+    if csts.cfs() {
+        return Health::Fatal;
     }
     match timeout_scan(cids, now, timeout) {
         TimeoutAction::Nothing => Health::Fine,
@@ -1420,10 +1422,11 @@ mod tests {
         let ready = Csts(1);
         let cfs = Csts(1 | 1 << 1);
         let gone = Csts(u32::MAX);
-        // Removal wins over everything, even with a reset pending; CFS over timeouts.
+        // Removal wins over everything, even with a reset pending; CFS over timeouts, and once
+        // a reset is pending CFS is not reported again.
         assert_eq!(health_check(gone, true, &cids, start, t), Health::Gone);
         assert_eq!(health_check(cfs, false, &cids, start, t), Health::Fatal);
-        assert_eq!(health_check(cfs, true, &cids, start, t), Health::Fatal);
+        assert_eq!(health_check(cfs, true, &cids, start, t), Health::Fine);
         assert_eq!(health_check(ready, false, &cids, start, t), Health::Fine);
         let late = start + Duration::from_millis(1500);
         assert_eq!(

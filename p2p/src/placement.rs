@@ -65,6 +65,10 @@ pub struct CmbFacts {
     pub rds: bool,
     /// CMBSZ.WDS: the controller takes data of host-to-controller commands (writes) in the CMB.
     pub wds: bool,
+    /// CMBLOC.CDPMLS: a command's PRP list may be in host memory while its data is in the CMB.
+    /// The driver keeps PRP lists in host memory, and a CMB buffer larger than two pages needs
+    /// one, so without it the SSD would answer 12h (Invalid Use of Controller Memory Buffer).
+    pub mixed_lists: bool,
 }
 
 /// One reason of a decision. Each has a stable rule name ([`Reason::rule`], documented in
@@ -82,6 +86,8 @@ pub enum Reason {
     CmbUnusable { pci: String },
     /// The CMB does not take write data (CMBSZ.WDS clear).
     CmbLacksWds { pci: String },
+    /// CMBLOC.CDPMLS clear: PRP lists in host memory for data in the CMB are refused.
+    CmbNoMixedLists { pci: String },
     /// The CMB does not take read data (CMBSZ.RDS clear).
     CmbLacksRds { pci: String },
     /// NVMe/TCP write data is staged by the CPU: received from the socket into the BAR mapping.
@@ -104,6 +110,7 @@ impl Reason {
             Reason::NoCmb { .. } => "no_cmb",
             Reason::CmbUnusable { .. } => "cmb_unusable",
             Reason::CmbLacksWds { .. } => "cmb_lacks_wds",
+            Reason::CmbNoMixedLists { .. } => "cmb_no_mixed_lists",
             Reason::CmbLacksRds { .. } => "cmb_lacks_rds",
             Reason::CpuStaging { .. } => "tcp_cpu_staging",
             Reason::TcpReadsInHost => "tcp_reads_in_host",
@@ -134,6 +141,10 @@ impl Reason {
             Reason::CmbLacksWds { pci } => {
                 format!("CMB lacks WDS ({pci}: CMBSZ.WDS clear, no write data in the CMB)")
             }
+            Reason::CmbNoMixedLists { pci } => format!(
+                "CMB of {pci} does not take data whose PRP list is in host memory \
+                 (CMBLOC.CDPMLS clear; NVMe base 2.x: such a command fails with status 12h)"
+            ),
             Reason::CmbLacksRds { pci } => {
                 format!("CMB lacks RDS ({pci}: CMBSZ.RDS clear, no read data in the CMB)")
             }
@@ -168,6 +179,9 @@ impl Reason {
             }
             Reason::CmbLacksWds { .. } | Reason::CmbLacksRds { .. } => {
                 "use an SSD whose CMB supports read and write data (CMBSZ.RDS and WDS)".into()
+            }
+            Reason::CmbNoMixedLists { .. } => {
+                "use an SSD whose CMB allows mixed data pointer locations (CMBLOC.CDPMLS)".into()
             }
             Reason::TopologyRefused { .. } => {
                 "see `nvmfd topology` for the pair: each blocking rule says what to change".into()
@@ -346,6 +360,9 @@ pub fn decide_tcp(
         DeviceMemory::Cmb(c) if !c.wds => {
             d.reasons.push(Reason::CmbLacksWds { pci: c.pci.clone() })
         }
+        DeviceMemory::Cmb(c) if !c.mixed_lists => d
+            .reasons
+            .push(Reason::CmbNoMixedLists { pci: c.pci.clone() }),
         DeviceMemory::Cmb(c) => {
             let Domain::Cmb { device } = c.domain else {
                 // A CMB's facts always carry a CMB domain; anything else is not one.
@@ -372,6 +389,7 @@ mod tests {
             bytes: 64 << 20,
             rds: true,
             wds,
+            mixed_lists: true,
         })
     }
 
@@ -427,6 +445,17 @@ mod tests {
                 "could not be enabled",
             ),
             (cmb(false), "cmb_lacks_wds", "CMB lacks WDS"),
+            (
+                match cmb(true) {
+                    DeviceMemory::Cmb(c) => DeviceMemory::Cmb(CmbFacts {
+                        mixed_lists: false,
+                        ..c
+                    }),
+                    m => m,
+                },
+                "cmb_no_mixed_lists",
+                "CDPMLS clear",
+            ),
         ];
         for (mem, rule, text) in cases {
             for mode in [Mode::Auto, Mode::Required] {

@@ -461,6 +461,7 @@ mod tests {
             bytes: 64 << 20,
             rds: true,
             wds: true,
+            mixed_lists: true,
         });
         let mut d = nvmfd_p2p::placement::decide_tcp("nqn.a", 1, "ssd0", mode, &mem);
         d.transport = "rdma";

@@ -448,7 +448,7 @@ impl<G: PollGroup> Reactor<G> {
                         in_flight: 0,
                         held: Vec::new(),
                         queue_set: false,
-                        track: vec![Track::IDLE; info.max_queue_depth as usize],
+                        track: vec![Track::IDLE; info.max_slots()],
                     });
                 }
                 Event::Command {

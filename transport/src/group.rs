@@ -19,7 +19,7 @@
 //! # Connections and slots
 //! A group owns its connections; each has a [`ConnId`] (an index the group hands out, dense, so a
 //! reactor can keep its per-connection state in a `Vec`) and per connection up to
-//! [`TransportInfo::max_queue_depth`] command slots (`u16`, below 0x8000: a reactor may use the
+//! [`TransportInfo::max_slots`] command slots (`u16`, below 0x8000: a reactor may use the
 //! top bit for its own tags). A `ConnId` is not reused until the reactor has seen the connection
 //! end: either it called [`PollGroup::close`], or it took [`Event::Closed`] from
 //! [`PollGroup::next_event`].
@@ -110,6 +110,13 @@ impl TransportInfo {
     /// what the discovery log reports as ASQSZ).
     pub fn max_admin_queue_entries(&self) -> u16 {
         self.max_queue_depth
+    }
+
+    /// Command slots one connection may use: twice its queue's entries at most (NVMe/RDMA keeps
+    /// a slot until its response's SEND completion is polled, which can come after the host's
+    /// next command; see rdma::group). Per-connection tables indexed by slot take this size.
+    pub fn max_slots(&self) -> usize {
+        2 * usize::from(self.max_queue_depth)
     }
 }
 

@@ -172,6 +172,7 @@ impl Bdev for Nvme {
                 bytes: c.len() as u64,
                 rds: c.layout.sz.rds(),
                 wds: c.layout.sz.wds(),
+                mixed_lists: c.layout.loc.cdpmls(),
             }),
             None if self.ctrl.cap().cmbs() => DeviceMemory::CmbUnusable { pci },
             None => DeviceMemory::NoCmb { pci },

@@ -151,8 +151,9 @@ impl DevicePd {
     }
 
     /// Register `len` bytes of dma-buf `fd` (a CMB exported by VFIO, from its offset 0) on this
-    /// PD, at address `cpu_addr` (the CMB's BAR mapping), for local write and remote read and
-    /// write. Control plane, at start-up.
+    /// PD, at address `cpu_addr` (the CMB's BAR mapping), for local access only (as the host
+    /// pool: the target issues the RDMA READs and WRITEs, no host gets its rkey). Control
+    /// plane, at start-up.
     pub fn register_cmb(
         &self,
         fd: BorrowedFd<'_>,
@@ -161,19 +162,18 @@ impl DevicePd {
         domain: Domain,
     ) -> Result<CmbMr, RegError> {
         let device = || self.device.clone();
-        let mr =
-            Mr::register_dmabuf(&self.pd, fd, 0, len, cpu_addr, Access::ALL).map_err(
-                |e| match e {
-                    Error::Os { source, .. } => RegError::Refused {
-                        device: device(),
-                        errno: source.raw_os_error().unwrap_or(0),
-                    },
-                    e => RegError::NoDevice {
-                        device: device(),
-                        detail: e.to_string(),
-                    },
+        let mr = Mr::register_dmabuf(&self.pd, fd, 0, len, cpu_addr, Access::LOCAL_WRITE).map_err(
+            |e| match e {
+                Error::Os { source, .. } => RegError::Refused {
+                    device: device(),
+                    errno: source.raw_os_error().unwrap_or(0),
                 },
-            )?;
+                e => RegError::NoDevice {
+                    device: device(),
+                    detail: e.to_string(),
+                },
+            },
+        )?;
         Ok(CmbMr {
             pd: self.clone(),
             domain,

@@ -170,7 +170,13 @@ impl Registrar for PdRegistrar {
         // SAFETY: the region's mapping lives until the region drops, and it drops the handle
         // (this Mr) before unmapping; the CPU reaches the memory only through the IoBufs carved
         // from it, each owning its slice, and never while a WR naming that slice is posted.
-        match unsafe { Mr::register_raw(&self.pd, region.as_ptr(), region.len(), Access::ALL) } {
+        // Local access only: the target moves data itself (RDMA READ into these buffers, RDMA
+        // WRITE and SEND out of them) and never gives their rkey to a host; remote access on a
+        // PD every host's queue pair shares would let a peer that guesses the key reach other
+        // hosts' data.
+        match unsafe {
+            Mr::register_raw(&self.pd, region.as_ptr(), region.len(), Access::LOCAL_WRITE)
+        } {
             Ok(mr) => {
                 let keys = Keys {
                     lkey: mr.lkey(),

@@ -632,13 +632,13 @@ impl<S: Read + Transmit> TcpConn<S> {
         Ok(progress)
     }
 
-    /// Whether read data may come lent from a block device (sent as it is, never read here):
-    /// not when data digests are on, since computing one reads the data.
     /// This queue pair's P2P counters (bytes through the CMB and host memory, fallbacks).
     pub fn p2p_counters(&self) -> P2pCounters {
         self.inner.p2p
     }
 
+    /// Whether read data may come lent from a block device (sent as it is, never read here):
+    /// not when data digests are on, since computing one reads the data.
     pub fn takes_lent_data(&self) -> bool {
         !self.inner.digests.data
     }
@@ -1052,8 +1052,10 @@ impl Inner {
         // Write data of a namespace staged in its SSD's CMB is received straight into a CMB
         // buffer (the whole transfer: one buffer per command, so its data is wholly in the CMB).
         // Without a free one it takes host memory below, at once (crate::staging says why).
+        // Not with data digests: the digest is computed over the received data, and reading a
+        // BAR back across PCIe costs far more than the copy staging saves.
         let len = need.len as usize;
-        if need.dir == Direction::HostToController {
+        if need.dir == Direction::HostToController && !self.digests.data {
             let cmb = (self.staging.borrow_mut()).take_write(need.bdev, len, &mut self.p2p);
             if let Some(buf) = cmb {
                 self.slots[slot as usize].capsule.buf = Some(buf);
@@ -1084,7 +1086,10 @@ impl Inner {
     /// bounce would otherwise make), else it is counted as host memory.
     fn stage_in_capsule(&mut self, slot: u16, need: DataNeed) {
         let len = self.slots[slot as usize].capsule.data_len as usize;
-        if need.dir != Direction::HostToController {
+        // No host buffer: nothing to move (and a CMB buffer taken now would be lost).
+        if need.dir != Direction::HostToController
+            || self.slots[slot as usize].capsule.buf.is_none()
+        {
             return;
         }
         let cmb = (self.staging.borrow_mut()).take_write(need.bdev, len, &mut self.p2p);
@@ -1093,9 +1098,7 @@ impl Inner {
             return;
         };
         let s = &mut self.slots[slot as usize];
-        let Some(host) = s.capsule.buf.take() else {
-            return;
-        };
+        let host = s.capsule.buf.take().expect("checked above");
         cmb.as_mut_slice()[..len].copy_from_slice(&host.as_slice()[..len]);
         s.capsule.buf = Some(cmb);
         if std::mem::take(&mut s.large) {

@@ -44,6 +44,7 @@ step() {
     local name=$1 limit=$2 start rc=0 cmd
     shift 2
     cmd=$*
+    cmd=${cmd//$'\n'/ }
     ((${#cmd} <= 70)) || cmd="${cmd:0:67}..."
     if [[ $SKIP == *" $name "* || $SKIP == *" ${name%%-*} "* ]]; then
         results+=("$(printf '%-12s %-5s %5s  %s' "$name" SKIP - "$cmd")")

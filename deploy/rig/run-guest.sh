@@ -166,30 +166,45 @@ if [[ -n ${RIG_QEMU_EXTRA:-} ]]; then
     qemu+=($RIG_QEMU_EXTRA)
 fi
 
-log "booting $KVER: $script${*:+ $*} (timeout ${timeout_s}s, log $console_log)"
-start=$(date +%s)
-# QEMU runs in the background so that a signal to this script reaches it: stopping the test
-# must not leave a guest running until its time limit. (Not `>/dev/stdout`: that reopens and
-# truncates a log file that stdout may be.)
-if ((quiet)); then
-    timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null >/dev/null &
-else
-    timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null &
-fi
-qpid=$!
-signalled=
-trap 'signalled=1; kill -TERM "$qpid" 2>/dev/null || true' TERM INT HUP
-while :; do
-    qrc=0
-    wait "$qpid" || qrc=$?
-    # A trapped signal interrupts `wait` while QEMU still runs: wait again until it has exited.
-    kill -0 "$qpid" 2>/dev/null || break
-done
-trap - TERM INT HUP
-elapsed=$(($(date +%s) - start))
-if [[ -n $signalled ]]; then
-    log "ERROR: interrupted by a signal after ${elapsed}s; guest stopped"
-    exit 125
+# One boot; sets qrc (QEMU's exit code) and elapsed. Exits 125 when a signal stopped it.
+boot() {
+    log "booting $KVER: $script${*:+ $*} (timeout ${timeout_s}s, log $console_log)"
+    start=$(date +%s)
+    # QEMU runs in the background so that a signal to this script reaches it: stopping the
+    # test must not leave a guest running until its time limit. (Not `>/dev/stdout`: that
+    # reopens and truncates a log file that stdout may be.)
+    if ((quiet)); then
+        timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null >/dev/null &
+    else
+        timeout -k 10 "$timeout_s" "${qemu[@]}" </dev/null &
+    fi
+    qpid=$!
+    signalled=
+    trap 'signalled=1; kill -TERM "$qpid" 2>/dev/null || true' TERM INT HUP
+    while :; do
+        qrc=0
+        wait "$qpid" || qrc=$?
+        # A trapped signal interrupts `wait` while QEMU still runs: wait again until it exits.
+        kill -0 "$qpid" 2>/dev/null || break
+    done
+    trap - TERM INT HUP
+    elapsed=$(($(date +%s) - start))
+    if [[ -n $signalled ]]; then
+        log "ERROR: interrupted by a signal after ${elapsed}s; guest stopped"
+        exit 125
+    fi
+}
+
+boot "$@"
+# The guest kernel itself can die while booting under TCG, before /init runs anything of ours
+# (seen once with 7.2: "Oops: int3" in sched_clock_cpu during an initcall, multi-threaded TCG
+# patching kernel text). The script never ran, so one more boot hides no test result; a kernel
+# that dies twice fails the step.
+if ! grep -aq 'rig-init:' "$console_log" && ! grep -aq 'NVMFD-GUEST-EXIT=' "$console_log"; then
+    log "the guest kernel died before /init ran (QEMU exit $qrc after ${elapsed}s; console kept in $console_log.boot1); booting again"
+    tail -n 5 "$console_log" | tr -d '\r' | sed 's/^/  | /' >&2
+    mv "$console_log" "$console_log.boot1"
+    boot "$@"
 fi
 
 # The last marker wins: /init prints it after the script has ended.

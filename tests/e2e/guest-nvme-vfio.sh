@@ -38,10 +38,15 @@ kmsg_tail() { dmesg | tail -n 20; }
 
 pci_driver() { basename "$(readlink "/sys/bus/pci/devices/$1/driver" 2>/dev/null)" 2>/dev/null || echo none; }
 
+# kernel_nsdev [NSID]: the kernel driver's block device for namespace NSID (default 1) of the
+# SSD, found by its nsid attribute: the name's nY is the order the scan finished in, not the
+# NSID (Linux 7.2 scans namespaces in parallel; namespace 2 once became nvme0n1).
 kernel_nsdev() {
-    local d
-    for d in /sys/bus/pci/devices/"$BDF"/nvme/nvme*/nvme*n1; do
-        [[ -e $d ]] && { echo "/dev/$(basename "$d")"; return 0; }
+    local d nsid=${1:-1}
+    for d in /sys/bus/pci/devices/"$BDF"/nvme/nvme*/nvme*n*; do
+        [[ -e $d/nsid && $(cat "$d/nsid") == "$nsid" && $(basename "$d") != *c* ]] || continue
+        echo "/dev/$(basename "$d")"
+        return 0
     done
     return 1
 }
@@ -87,9 +92,12 @@ refuse_mounted() {
 PT_NQN=nqn.2026-11.io.nvmfd:passthrough
 passthrough() {
     local dev ng log=/tmp/nvmfd-pt.log pid rc=0 before new pdev
-    dev=$(kernel_nsdev) || { why "no kernel block device for $BDF"; return 1; }
+    local dev2 ng2
+    dev=$(kernel_nsdev 1) || { why "no kernel block device for $BDF"; return 1; }
+    dev2=$(kernel_nsdev 2) || { why "no kernel block device for namespace 2 of $BDF"; return 1; }
     ng=${dev/\/dev\/nvme//dev/ng}
-    [[ -c $ng && -c ${ng%1}2 ]] || { why "no generic devices $ng ${ng%1}2"; return 1; }
+    ng2=${dev2/\/dev\/nvme//dev/ng}
+    [[ -c $ng && -c $ng2 ]] || { why "no generic devices $ng $ng2"; return 1; }
     cat >/tmp/nvmfd-pt.yaml <<YAML
 reactors: { count: 1 }
 state_dir: /tmp/nvmfd-pt-state
@@ -98,7 +106,7 @@ bdevs:
   - name: pt1
     uring: { path: $ng, passthrough: true }
   - name: pt2
-    uring: { path: ${ng%1}2, passthrough: true }
+    uring: { path: $ng2, passthrough: true }
 subsystems:
   - nqn: $PT_NQN
     allow_any_host: true

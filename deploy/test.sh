@@ -125,8 +125,8 @@ if ((failed)); then
         echo "=== [$name] failed; its failing lines (whole output: build/test-logs/$name.log):"
         # Lines that report a failure, minus those of negative tests that expect one; the log's
         # last lines when none does.
-        lines=$(grep -aE 'FAIL|[Ee]rror|panicked|timed out' "$LOGS/$name.log" |
-            grep -avE '\(expected\)|PASS' | tail -n 25 || true)
+        lines=$(grep -aE 'FAIL|ERROR|^error|panicked|timed out' "$LOGS/$name.log" |
+            grep -avE '\(expected\)|PASS|^ *\|' | tail -n 25 || true)
         [[ -n $lines ]] || lines=$(tail -n 15 "$LOGS/$name.log")
         while IFS= read -r l; do echo "    $l"; done <<<"$lines"
     done

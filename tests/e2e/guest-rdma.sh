@@ -74,6 +74,9 @@ setup_rxe() {
 }
 
 tcp_listening() { [[ -n $(ss -Hltn "sport = :$PORT") ]]; }
+# nvmfd logs through a writer thread of its own, so its "listening" line for RDMA can reach the
+# file after the TCP socket (bound later in the same loop) is visible: wait for the line too.
+rdma_logged() { grep -q 'listening transport="rdma"' "$WORK/nvmfd.log"; }
 
 start_nvmfd() {
     [[ -x $NVMFD ]] || { why "$NVMFD not built"; return 1; }
@@ -103,7 +106,7 @@ YAML
     NO_COLOR=1 RUST_LOG=${E2E_RUST_LOG:-info} "$NVMFD" --config "$WORK/nvmfd.yaml" >"$WORK/nvmfd.log" 2>&1 &
     PID=$!
     wait_for 30 tcp_listening || { why "nvmfd did not start listening"; log_tail; return 1; }
-    grep -q 'rdma' "$WORK/nvmfd.log" || { why "no RDMA listener in nvmfd's log"; log_tail; return 1; }
+    wait_for 10 rdma_logged || { why "no RDMA listener in nvmfd's log after 10 s"; log_tail; return 1; }
     note "nvmfd pid $PID on $ADDR:$PORT (rdma + tcp)"
 }
 

@@ -134,10 +134,12 @@ env_get() { if [[ -f $1 ]]; then sed -n "s/^$2=//p" "$1" | tail -n 1; fi; }
 # Modules the guest loads, in this order (dependencies are expanded below). Order matters:
 #  - virtio_pci first: without it there is no virtio NIC and no 9p channel;
 #  - crc32_generic (and crc32c) before rdma_rxe, else "failed to init crc32 algorithm err:-2".
+# dummy gives the rdma step a second netdev for a second soft-RoCE device (see device_removal
+# in tests/e2e/guest-rdma.sh).
 # A leading "?" marks a module some kernels do not have (7.2 builds CRC32 into the kernel and
 # has no crc32_generic); a module that is built in is skipped either way.
 MODULES=(
-    virtio_pci virtio_net virtio_rng 9pnet_virtio 9p
+    virtio_pci virtio_net virtio_rng 9pnet_virtio 9p dummy
     configfs crc32c ?crc32_generic
     null_blk
     nvme-core nvme nvme-fabrics nvme-tcp

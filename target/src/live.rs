@@ -712,6 +712,9 @@ pub(crate) fn acceptor_loop(
             link.applied.store(seq, Ordering::Release);
         }
         let mut any = false;
+        if let Some(rl) = rdma.as_mut() {
+            rl.relisten(std::time::Instant::now());
+        }
         // RDMA connect requests: admitted or rejected by the listener, then round-robin to the
         // reactors, where the queue pair lives.
         while let Some(rl) = rdma.as_mut() {

@@ -299,6 +299,62 @@ perf_rdma() {
     note "$checked blocks verified"
 }
 
+# The RDMA device goes away under connected hosts (`rdma link delete`: as a NIC's hot-unplug,
+# driver unbind or firmware reset), then comes back. rxe cannot tear a process's verbs objects
+# away (no ucontext disassociation), so the removal finishes only once nvmfd has destroyed
+# everything it made on the device: its queue pairs, CQ, SRQ, memory regions, PD and the
+# listener's id. Meanwhile the TCP listener serves; once rxe0 is back, nvmfd listens on it again.
+# A second soft-RoCE device (rxe1, on a dummy netdev) stays: librdmacm refreshes its device
+# list only while at least one device exists (rdma-core's sync_devices_list returns early on an
+# empty list), so the last device's context is never closed before the process exits, whatever
+# the process released. With rxe1 present, the removal completing proves nvmfd let go of rxe0.
+rxe_gone() { [[ ! -e /sys/class/infiniband/rxe0 ]]; }
+second_rxe() {
+    [[ -e /sys/class/infiniband/rxe1 ]] && return 0
+    modprobe dummy 2>/dev/null || true
+    if ! { ip link add nvmfd-dummy0 type dummy && ip addr add 192.0.2.77/24 dev nvmfd-dummy0 &&
+        ip link set nvmfd-dummy0 up && rdma link add rxe1 type rxe netdev nvmfd-dummy0; }; then
+        why "cannot add a second soft-RoCE device (rxe1 on a dummy netdev)"
+        return 1
+    fi
+    wait_for 30 rxe_ready rxe1 192.0.2.77 || { why "rxe1 not ready after 30 s"; return 1; }
+}
+log_has() { grep -q "$1" "$WORK/nvmfd.log"; }
+device_removal() {
+    nvme disconnect-all >/dev/null 2>&1 || true
+    wait_for 20 no_ctrls "$NQN" || { why "controllers left from earlier steps"; return 1; }
+    second_rxe || return 1
+    connect rdma 2 || return 1
+    write_pattern rm 200 || return 1
+    local del rc=0
+    timeout 120 rdma link delete rxe0 &
+    del=$!
+    if ! wait_for 90 rxe_gone; then
+        why "rxe0 still present 90 s after 'rdma link delete': its removal waits for a process holding it"
+        find "/proc/$PID/fd" -lname '*infiniband*' -printf '    nvmfd fd %f -> %l\n' 2>/dev/null
+        log_tail
+        return 1
+    fi
+    wait "$del" || rc=$?
+    ((rc == 0)) || { why "rdma link delete rxe0 exited $rc"; return 1; }
+    kill -0 "$PID" || { why "nvmfd died"; log_tail; return 1; }
+    wait_for 30 log_has "RDMA listener lost its device" ||
+        { why "nvmfd did not log that its listener lost the device"; log_tail; return 1; }
+    # The kernel host deletes controllers on a removed device; its data is still on the target.
+    wait_for 60 no_ctrls "$NQN" || { why "the RDMA controller outlived its device at the host"; return 1; }
+    connect tcp 1 || return 1
+    check_pattern rm 200 || return 1
+    fio_verify rm-tcp randwrite 4k 32M 8M 16 || return 1
+    disconnect || return 1
+    rdma link add rxe0 type rxe netdev eth0 || { why "rdma link add rxe0 failed"; return 1; }
+    wait_for 30 rxe_ready rxe0 "$ADDR" || { why "rxe0 not ready again after 30 s"; return 1; }
+    wait_for 30 log_has "listening again" ||
+        { why "nvmfd did not listen on $ADDR again within 30 s of rxe0's return"; log_tail; return 1; }
+    connect rdma 2 || return 1
+    check_pattern rm 200 || return 1
+    fio_verify rm-rdma randwrite 4k 48M 8M 16
+}
+
 sigterm() {
     disconnect || return 1
     kill -TERM "$PID" || { why "cannot signal nvmfd"; return 1; }
@@ -333,6 +389,7 @@ if [[ -n $PID ]]; then
         run_step "same subsystem over RDMA and TCP: written through one, read through the other" cross_transport
         run_step "userspace host: bad connect requests and bad commands answered while the kernel host does I/O" bad_connects
         run_step "nvmfd-perf --transport rdma: 3 s of 4k randrw QD 16, verified" perf_rdma
+        run_step "RDMA device removed under a connected host and added again: released, TCP served meanwhile, listening again" device_removal
     fi
     run_step "SIGTERM: nvmfd exits 0" sigterm
 fi

@@ -64,6 +64,15 @@ const SMALL_BUF: usize = 8192;
 /// The rdma_cm event channel (a system call per look) is read every this many polls; the CQs
 /// (shared memory) every poll.
 const EVENTS_EVERY: u32 = 64;
+/// A device with no queue pair (and none of its buffers out) for this long is released: its
+/// CQ, SRQ, memory regions and PD destroyed and the reactor's hold on librdmacm's device list
+/// dropped. A device being removed (`rdma link delete`, a PCI hot-unplug, a driver unbind)
+/// cannot finish while a process holds objects on it (a driver without ucontext
+/// disassociation, such as rxe, waits for them; mlx5 tears them away), and the last queue pair
+/// on it often ends with a plain DISCONNECTED before any DEVICE_REMOVAL reaches this reactor,
+/// so an idle device is never kept. The next connection makes them again (a control-path cost
+/// of a few milliseconds).
+const DEVICE_IDLE_RELEASE: Duration = Duration::from_secs(2);
 /// RDMA READs we let one queue pair have outstanding at most, whatever the host offers.
 pub const MAX_INITIATOR_DEPTH: u8 = 16;
 
@@ -209,7 +218,10 @@ struct Device {
     conns: usize,
     /// Commands the queue pairs on this device may have outstanding (sum of their sizes).
     commands: u32,
+    /// The device is being removed (DEVICE_REMOVAL): no new queue pairs, released once idle.
     gone: bool,
+    /// Since when the device has had no queue pairs (None while it has some).
+    idle_since: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,8 +302,11 @@ pub struct RdmaGroup {
     params: RdmaParams,
     reactor: usize,
     channel: EventChannel,
-    devices: Arc<Devices>,
-    devs: Vec<Device>,
+    /// librdmacm's device list, opened when a queue pair comes and dropped when this reactor
+    /// releases its last device (see `DEVICE_IDLE_RELEASE`): holding it pins every device.
+    devices: Option<Arc<Devices>>,
+    /// Indexed by `Conn::dev`; a released device leaves a `None` that a later one reuses.
+    devs: Vec<Option<Device>>,
     free: Vec<usize>,
     by_qp: HashMap<u32, usize>,
     by_id: HashMap<IdHandle, usize>,
@@ -308,7 +323,7 @@ impl RdmaGroup {
             params: cfg.params,
             reactor,
             channel: EventChannel::new()?,
-            devices: Devices::open()?,
+            devices: None,
             devs: Vec::new(),
             conns: Vec::new(),
             free: Vec::new(),
@@ -321,11 +336,63 @@ impl RdmaGroup {
         })
     }
 
+    /// The device context of a connecting id, from librdmacm's device list: opened here if this
+    /// reactor holds none, and opened afresh when the id's device came after the list was made
+    /// (a device added, or removed and added again, since).
+    fn context_of(&mut self, id: &CmId) -> super::verbs::Result<Context> {
+        if let Some(list) = &self.devices {
+            if let Ok(ctx) = id.context(list) {
+                return Ok(ctx);
+            }
+        }
+        let list = Devices::open()?;
+        let ctx = id.context(&list)?;
+        self.devices = Some(list);
+        Ok(ctx)
+    }
+
+    /// Release every device that is idle: being removed with no queue pair left, or without
+    /// a queue pair for `DEVICE_IDLE_RELEASE`, and with none of its buffers out (with the core
+    /// or a block device: they come back through `recycle`). Dropping a `Device` destroys its
+    /// SRQ, CQ, memory regions and (unless CMBs registered at start-up share it) its PD; with
+    /// no device left, the device list goes too, so librdmacm can close a removed device.
+    fn release_idle_devices(&mut self, now: Instant) {
+        let mut released = false;
+        for slot in self.devs.iter_mut() {
+            let Some(d) = slot.as_ref() else {
+                continue;
+            };
+            if d.conns == 0 && d.pools.in_use() > 0 {
+                debug!(reactor = self.reactor, device = %d.ctx.name(), in_use = d.pools.in_use(),
+                    "RDMA device without queue pairs still has buffers out");
+            }
+            let idle = d.conns == 0
+                && d.pools.in_use() == 0
+                && (d.gone
+                    || d.idle_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= DEVICE_IDLE_RELEASE));
+            if !idle {
+                continue;
+            }
+            if let Some(d) = slot.take() {
+                if d.gone {
+                    warn!(reactor = self.reactor, device = %d.ctx.name(), "removed RDMA device released");
+                } else {
+                    info!(reactor = self.reactor, device = %d.ctx.name(), "RDMA device released (no queue pairs on it for 2 s)");
+                }
+                released = true;
+            }
+        }
+        if released && self.devs.iter().all(Option::is_none) {
+            self.devices = None;
+        }
+    }
+
     fn device_for(&mut self, ctx: &Context) -> super::verbs::Result<usize> {
         if let Some(i) = self
             .devs
             .iter()
-            .position(|d| !d.gone && d.ctx.as_ptr() == ctx.as_ptr())
+            .position(|d| d.as_ref().is_some_and(|d| !d.gone && d.ctx.as_ptr() == ctx.as_ptr()))
         {
             return Ok(i);
         }
@@ -392,7 +459,7 @@ impl RdmaGroup {
         let cmb: Vec<PoolCache> = cmb.iter().map(|c| c.pool.cache(CMB_BATCH)).collect();
         info!(reactor = self.reactor, device = %ctx.name(), srq_depth = depth, recv_size,
             cmb_domains = cmb.len(), "RDMA device ready");
-        self.devs.push(Device {
+        let device = Device {
             ctx: ctx.clone(),
             pd,
             pd_id,
@@ -407,8 +474,18 @@ impl RdmaGroup {
             conns: 0,
             commands: 0,
             gone: false,
-        });
-        Ok(self.devs.len() - 1)
+            idle_since: None,
+        };
+        match self.devs.iter().position(Option::is_none) {
+            Some(i) => {
+                self.devs[i] = Some(device);
+                Ok(i)
+            }
+            None => {
+                self.devs.push(Some(device));
+                Ok(self.devs.len() - 1)
+            }
+        }
     }
 
     /// Take a connection admitted by the listener: move its cm_id to this group's channel, make
@@ -451,8 +528,10 @@ impl RdmaGroup {
                 let qp_num = id.qp().map(|q| q.qp_num()).unwrap_or(0);
                 self.by_qp.insert(qp_num, idx);
                 self.by_id.insert(id.handle(), idx);
-                self.devs[dev].conns += 1;
-                self.devs[dev].commands += u32::from(admitted.sq_entries);
+                let d = dev_mut(&mut self.devs, dev);
+                d.conns += 1;
+                d.commands += u32::from(admitted.sq_entries);
+                d.idle_since = None;
                 let slots: Box<[Slot]> = (0..n)
                     .map(|_| Slot {
                         state: SlotState::Free,
@@ -522,12 +601,10 @@ impl RdmaGroup {
         }
         id.migrate(&self.channel)
             .map_err(|e| nores(e.to_string()))?;
-        let ctx = id
-            .context(&self.devices)
-            .map_err(|e| nores(e.to_string()))?;
+        let ctx = self.context_of(id).map_err(|e| nores(e.to_string()))?;
         let dev = self.device_for(&ctx).map_err(|e| nores(e.to_string()))?;
         let n = admitted.sq_entries as usize;
-        let d = &self.devs[dev];
+        let d = dev_mut(&mut self.devs, dev);
         if d.commands + n as u32 > self.params.srq_depth {
             return Err(nores(format!(
                 "the reactor's shared receive queue ({} entries) is taken by queues already connected",
@@ -600,7 +677,9 @@ impl RdmaGroup {
         self.polls = self.polls.wrapping_add(1);
         let mut work = self.polls.is_multiple_of(EVENTS_EVERY) && self.poll_events();
         for d in 0..self.devs.len() {
-            work |= self.poll_cq(d);
+            if self.devs[d].is_some() {
+                work |= self.poll_cq(d);
+            }
         }
         for c in 0..self.conns.len() {
             self.pump(c);
@@ -640,7 +719,12 @@ impl RdmaGroup {
                     let dev = self.conns[idx].as_ref().map(|c| c.dev);
                     self.end(idx, "RDMA device removed");
                     if let Some(dev) = dev {
-                        self.devs[dev].gone = true;
+                        let d = dev_mut(&mut self.devs, dev);
+                        if !d.gone {
+                            warn!(reactor = self.reactor, device = %d.ctx.name(),
+                                "RDMA device is being removed: its queue pairs end, and its resources are released once they are gone");
+                        }
+                        d.gone = true;
                         for i in 0..self.conns.len() {
                             if self.conns[i].as_ref().is_some_and(|c| c.dev == dev) {
                                 self.end(i, "RDMA device removed");
@@ -661,7 +745,7 @@ impl RdmaGroup {
     fn poll_cq(&mut self, d: usize) -> bool {
         let mut any = false;
         for _ in 0..8 {
-            let n = match self.devs[d].cq.poll(&mut self.wcs) {
+            let n = match dev_mut(&mut self.devs, d).cq.poll(&mut self.wcs) {
                 Ok(n) => n,
                 Err(e) => {
                     warn!(error = %e, "ibv_poll_cq");
@@ -681,7 +765,7 @@ impl RdmaGroup {
             }
         }
         // Re-post the receive buffers this poll consumed, in one call.
-        let dev = &mut self.devs[d];
+        let dev = dev_mut(&mut self.devs, d);
         if !dev.repost.is_empty() && !dev.gone {
             // SAFETY: as in device_for: each WR names its own registered receive slice, whose
             // contents were copied out before it was queued for re-posting.
@@ -727,7 +811,7 @@ impl RdmaGroup {
                 s.reads_failed |= !ok;
                 if s.reads_done == s.reads_total && s.state == SlotState::Reading {
                     if s.reads_failed || c.state == ConnState::Closing {
-                        free_slot(c, &mut self.devs[d].pools, slot);
+                        free_slot(c, &mut dev_mut(&mut self.devs, d).pools, slot);
                     } else {
                         s.state = SlotState::Core;
                         self.events.push_back(Event::DataReady {
@@ -740,7 +824,7 @@ impl RdmaGroup {
             Kind::Send => {
                 c.signaled = c.signaled.saturating_sub(1);
                 c.sending = c.sending.saturating_sub(1);
-                free_slot(c, &mut self.devs[d].pools, slot);
+                free_slot(c, &mut dev_mut(&mut self.devs, d).pools, slot);
             }
             // Unsignaled WRITEs complete only in error (flushed): the SEND after them tells.
             Kind::Write | Kind::Recv => {}
@@ -752,7 +836,7 @@ impl RdmaGroup {
 
     /// A capsule arrived in receive buffer `r` of device `d`.
     fn received(&mut self, d: usize, r: u16, wc: &Wc) {
-        let dev = &mut self.devs[d];
+        let dev = dev_mut(&mut self.devs, d);
         dev.repost.push(u32::from(r));
         if !wc.is_ok() {
             if wc.status() != WC_FLUSH {
@@ -868,7 +952,7 @@ impl RdmaGroup {
         if c.state == ConnState::Closing {
             return;
         }
-        let dev = &mut self.devs[c.dev];
+        let dev = dev_mut(&mut self.devs, c.dev);
         while let Some(&slot) = c.buf_wait.front() {
             let need = c.slots[slot as usize].cap.data_len as usize;
             let Some(b) = dev.pools.try_get(c.slots[slot as usize].domain, need) else {
@@ -909,7 +993,7 @@ impl RdmaGroup {
         if c.state == ConnState::Closing || c.slots[s].state != SlotState::Core {
             return;
         }
-        let dev = &mut self.devs[c.dev];
+        let dev = dev_mut(&mut self.devs, c.dev);
         let plan = c.slots[s].plan;
         match plan {
             DataPlan::InCapsule { offset, len } => {
@@ -972,7 +1056,7 @@ impl RdmaGroup {
         if c.slots[s].state != SlotState::Core {
             return;
         }
-        let dev = &mut self.devs[c.dev];
+        let dev = dev_mut(&mut self.devs, c.dev);
         if let Some(b) = c.slots[s].icd.take() {
             dev.pools.put(b);
         }
@@ -1017,7 +1101,7 @@ impl RdmaGroup {
         if let Err(e) = c.id.disconnect() {
             debug!(peer = ?c.peer, error = %e, "rdma_disconnect");
         }
-        let pool = &mut self.devs[c.dev].pools;
+        let pool = &mut dev_mut(&mut self.devs, c.dev).pools;
         while let Some(slot) = c.buf_wait.pop_front() {
             free_slot(c, pool, slot as usize);
         }
@@ -1063,7 +1147,7 @@ impl RdmaGroup {
             let Some(mut c) = self.conns[idx].take() else {
                 continue;
             };
-            let dev = &mut self.devs[c.dev];
+            let dev = dev_mut(&mut self.devs, c.dev);
             for s in 0..c.slots.len() {
                 if let Some(b) = c.slots[s].cap.buf.take() {
                     dev.pools.put(b);
@@ -1074,6 +1158,9 @@ impl RdmaGroup {
             }
             dev.conns -= 1;
             dev.commands -= u32::from(c.entries);
+            if dev.conns == 0 {
+                dev.idle_since = Some(Instant::now());
+            }
             if let Some(q) = c.id.qp() {
                 self.by_qp.remove(&q.qp_num());
             }
@@ -1171,8 +1258,9 @@ impl PollGroup for RdmaGroup {
         false
     }
 
-    fn poll_timers(&mut self, _now: Instant) {
+    fn poll_timers(&mut self, now: Instant) {
         self.reap();
+        self.release_idle_devices(now);
     }
 
     fn conn_has_unsent(&self, conn: ConnId) -> bool {
@@ -1192,7 +1280,7 @@ impl PollGroup for RdmaGroup {
     }
 
     fn recycle(&mut self, buf: IoBuf) {
-        match self.devs.iter_mut().find(|d| buf.keys(d.pd_id).is_some()) {
+        match (self.devs.iter_mut().flatten()).find(|d| buf.keys(d.pd_id).is_some()) {
             Some(d) => d.pools.put(buf),
             None => drop(buf),
         }
@@ -1200,13 +1288,23 @@ impl PollGroup for RdmaGroup {
 
     fn pool_stats(&self) -> crate::group::PoolStats {
         crate::group::PoolStats {
-            in_use: self.devs.iter().map(|d| d.pools.in_use() as u64).sum(),
+            in_use: (self.devs.iter().flatten())
+                .map(|d| d.pools.in_use() as u64)
+                .sum(),
             // Commands wait per queue pair here (in arrival order on each), not in the pool.
             waiters: (self.conns.iter().flatten())
                 .map(|c| c.buf_wait.len() as u64)
                 .sum(),
         }
     }
+}
+
+/// Device `d` of a group: a queue pair's device is never released while the queue pair exists
+/// (see `release_idle_devices`), and completions come only from devices that are present.
+fn dev_mut(devs: &mut [Option<Device>], d: usize) -> &mut Device {
+    devs[d]
+        .as_mut()
+        .expect("an RDMA device in use was released")
 }
 
 /// The CMB pools registered with RDMA device `name`, and the PD they share, when `usable` (the

@@ -4,10 +4,14 @@
 //! why, or handed on to a reactor ([`Incoming`]), which makes the queue pair and accepts.
 
 use super::admit::{admit_connect, Admitted, ConnLimits};
-use super::verbs::{CmId, EventChannel, EventKind, Result};
+use super::verbs::{CmId, Devices, EventChannel, EventKind, Result};
 use crate::proto::rdma::CmReject;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+/// How often a listener that lost its device tries to listen again.
+const RELISTEN_EVERY: Duration = Duration::from_secs(2);
 use tracing::{debug, info, warn};
 
 /// A connect request that passed admission, for a reactor to accept.
@@ -24,6 +28,9 @@ pub struct Incoming {
 pub struct Listeners {
     channel: EventChannel,
     ids: Vec<(CmId, SocketAddr)>,
+    /// Addresses whose listen id went with its device (DEVICE_REMOVAL) or address
+    /// (ADDR_CHANGE), and when to try listening on each again.
+    lost: Vec<(SocketAddr, Instant)>,
     limits: ConnLimits,
 }
 
@@ -32,6 +39,7 @@ impl Listeners {
         Ok(Listeners {
             channel: EventChannel::new()?,
             ids: Vec::new(),
+            lost: Vec::new(),
             limits,
         })
     }
@@ -43,6 +51,36 @@ impl Listeners {
         id.listen(128)?;
         self.ids.push((id, addr));
         Ok(())
+    }
+
+    /// Try again, when due, to listen on every address that lost its device. librdmacm's
+    /// device list is refreshed first (`rdma_get_devices`), so a removed device is marked
+    /// dead there (and closed once nothing holds it, which the kernel waits for before it
+    /// can finish removing it) and one added since is found.
+    pub fn relisten(&mut self, now: Instant) {
+        if !self.lost.iter().any(|(_, due)| *due <= now) {
+            return;
+        }
+        drop(Devices::open());
+        let mut i = 0;
+        while i < self.lost.len() {
+            let (addr, due) = self.lost[i];
+            if due > now {
+                i += 1;
+                continue;
+            }
+            match self.listen(addr) {
+                Ok(()) => {
+                    info!(transport = "rdma", address = %addr, "listening again: an RDMA device has the address");
+                    self.lost.swap_remove(i);
+                }
+                Err(e) => {
+                    debug!(address = %addr, error = %e, "RDMA listener: still no device with the address");
+                    self.lost[i].1 = now + RELISTEN_EVERY;
+                    i += 1;
+                }
+            }
+        }
     }
 
     /// The event channel's descriptor (readable when an event waits).
@@ -98,8 +136,19 @@ impl Listeners {
                 }
             }
             Some(EventKind::DeviceRemoval) | Some(EventKind::AddrChange) => {
-                warn!(listener = ?listen, event = %ev.name(),
-                    "RDMA listener's device or address changed; it may no longer receive connections");
+                // The id is bound to a device that is going (or no longer has the address):
+                // it must be destroyed, or the device's removal waits for this process
+                // (librdmacm's rdma_cm_event(3): destroy the id on DEVICE_REMOVAL). Listen
+                // again once a device has the address.
+                if let Some(i) = self.ids.iter().position(|(id, _)| id.handle() == ev.id) {
+                    let (id, addr) = self.ids.remove(i);
+                    drop(id);
+                    warn!(transport = "rdma", address = %addr, event = %ev.name(),
+                        "RDMA listener lost its device: not listening on this address until a device has it again (retried every 2 s)");
+                    self.lost.push((addr, Instant::now() + RELISTEN_EVERY));
+                } else {
+                    warn!(listener = ?listen, event = %ev.name(), "RDMA device or address event on a listener");
+                }
                 Ok((true, None))
             }
             _ => {

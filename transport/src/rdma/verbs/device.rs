@@ -71,6 +71,7 @@ impl Drop for Devices {
         // SAFETY: list came from rdma_get_devices and is freed once, here; every Context holds
         // an Arc of self, so none is used after this.
         unsafe { (self.lib.rdma_free_devices)(self.list.as_ptr()) }
+        tracing::debug!(devices = self.len, "librdmacm device list freed");
     }
 }
 

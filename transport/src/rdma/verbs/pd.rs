@@ -45,5 +45,6 @@ impl Drop for Pd {
         if rc != 0 {
             tracing::warn!(rc, "ibv_dealloc_pd failed");
         }
+        tracing::debug!(device = %self.ctx.name(), "protection domain deallocated");
     }
 }

@@ -407,6 +407,11 @@ pub enum BdevKind {
 /// The highest controller ID (0xFFF0..=0xFFFF are reserved; 0xFFFF asks for a dynamic controller).
 pub const MAX_CNTLID: u16 = 0xFFEF;
 
+/// `max_namespaces` when the YAML gives none (SPDK's `nvmf_create_subsystem` default too).
+pub const DEFAULT_MAX_NAMESPACES: u32 = 32;
+/// The highest NSID (0xFFFFFFFF is the broadcast value; NVMe base 2.0, 3.2.1.2).
+pub const MAX_NSID: u32 = 0xFFFF_FFFE;
+
 /// An NVMe subsystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubsystemConfig {
@@ -434,6 +439,11 @@ pub struct SubsystemConfig {
     pub cntlid_min: u16,
     /// The highest controller ID this subsystem hands out. Default 0xFFEF (65519).
     pub cntlid_max: u16,
+    /// The highest NSID a namespace of this subsystem may have, reported to hosts as Identify
+    /// Controller NN (NVMe base 2.x: "the maximum value of a valid NSID for the NVM subsystem"),
+    /// fixed for the subsystem's life so namespaces added while running may take any NSID up to
+    /// it. Within 1..=0xFFFFFFFE. Default [`DEFAULT_MAX_NAMESPACES`] (32, as SPDK).
+    pub max_namespaces: u32,
     /// Data placement its namespaces inherit (YAML `p2p`). Default [`P2pMode::Auto`].
     pub p2p: P2pMode,
     /// Namespaces, in file order.

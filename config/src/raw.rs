@@ -145,6 +145,8 @@ pub(crate) struct RawSubsystem {
     #[serde(default)]
     pub cntlid_max: Option<u64>,
     #[serde(default)]
+    pub max_namespaces: Option<u64>,
+    #[serde(default)]
     pub p2p: Option<RawP2p>,
     #[serde(default)]
     pub namespaces: Vec<RawNamespace>,

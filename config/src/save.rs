@@ -133,6 +133,7 @@ pub fn to_yaml(cfg: &Config) -> String {
         }
         w!("    cntlid_min: {}", s.cntlid_min);
         w!("    cntlid_max: {}", s.cntlid_max);
+        w!("    max_namespaces: {}", s.max_namespaces);
         w!("    p2p: {}", s.p2p);
         if s.namespaces.is_empty() {
             w!("    namespaces: []");

@@ -21,7 +21,7 @@ use crate::{
     TransportKind, Transports, DISCOVERY_NQN,
 };
 
-use crate::MAX_CNTLID;
+use crate::{DEFAULT_MAX_NAMESPACES, MAX_CNTLID, MAX_NSID};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -917,6 +917,18 @@ impl Validator<'_> {
             Some(x) => x,
         };
         let (cntlid_min, cntlid_max) = self.cntlid_range(p, s.cntlid_min, s.cntlid_max);
+        let max_namespaces = match s.max_namespaces {
+            None => DEFAULT_MAX_NAMESPACES,
+            Some(m) if (1..=u64::from(MAX_NSID)).contains(&m) => m as u32,
+            Some(m) => {
+                self.report(
+                    &p.key("max_namespaces"),
+                    At::Value,
+                    format!("max_namespaces must be between 1 and {MAX_NSID} (got {m})"),
+                );
+                MAX_NSID
+            }
+        };
         // Namespaces inherit the subsystem's placement unless they give their own.
         let p2p = s.p2p.map_or(P2pMode::Auto, p2p_mode);
 
@@ -935,6 +947,27 @@ impl Validator<'_> {
                 );
                 0
             };
+            if nsid > max_namespaces {
+                let note = if n.nsid.is_none() {
+                    " (the default, position + 1)"
+                } else {
+                    ""
+                };
+                let default = if s.max_namespaces.is_none() {
+                    " (the default)"
+                } else {
+                    ""
+                };
+                self.report(
+                    &nsid_path,
+                    At::Value,
+                    format!(
+                        "nsid {nsid}{note} exceeds the subsystem's max_namespaces \
+                         {max_namespaces}{default}, the highest NSID it reports to hosts \
+                         (Identify Controller NN); raise max_namespaces"
+                    ),
+                );
+            }
             if nsid != 0 {
                 if let Some(first) = namespaces.iter().position(|x| x.nsid == nsid) {
                     let note = if n.nsid.is_none() {
@@ -1010,6 +1043,7 @@ impl Validator<'_> {
             hosts: s.hosts,
             cntlid_min,
             cntlid_max,
+            max_namespaces,
             p2p,
             namespaces,
             listeners,

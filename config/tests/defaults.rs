@@ -289,6 +289,7 @@ fn embedded_default_matches_spec() {
             hosts: vec![],
             cntlid_min: 1,
             cntlid_max: 0xFFEF,
+            max_namespaces: 32,
             p2p: P2pMode::Auto,
             namespaces: vec![NamespaceConfig {
                 nsid: 1,

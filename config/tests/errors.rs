@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{diags, err1, BASE};
+use common::{diags, err1, ok, BASE};
 
 // ---------------------------------------------------------------- syntax and shape
 
@@ -763,6 +763,46 @@ fn nsid_rules() {
         9,
         "subsystems[0].namespaces[1].nsid",
         "nsid 2 (the default, position + 1) is already used by namespaces[0]",
+    );
+}
+
+/// `max_namespaces` is the highest NSID a subsystem reports (Identify Controller NN): a
+/// namespace above it is refused, pointing at its nsid.
+#[test]
+fn nsid_within_max_namespaces() {
+    let base = NS2.replace("nvme9", "ram1");
+    assert_eq!(ok(&base).subsystems[0].max_namespaces, 32);
+    err1(
+        &base.replace("nsid: 2", "nsid: 33"),
+        11,
+        15,
+        "subsystems[0].namespaces[1].nsid",
+        "nsid 33 exceeds the subsystem's max_namespaces 32 (the default)",
+    );
+    let raised = base.replace("nsid: 2", "nsid: 33").replace(
+        "    namespaces:\n",
+        "    max_namespaces: 1024\n    namespaces:\n",
+    );
+    assert_eq!(ok(&raised).subsystems[0].max_namespaces, 1024);
+    err1(
+        &base.replace(
+            "    namespaces:\n",
+            "    max_namespaces: 1\n    namespaces:\n",
+        ),
+        12,
+        15,
+        "subsystems[0].namespaces[1].nsid",
+        "nsid 2 exceeds the subsystem's max_namespaces 1,",
+    );
+    err1(
+        &base.replace(
+            "    namespaces:\n",
+            "    max_namespaces: 0\n    namespaces:\n",
+        ),
+        8,
+        21,
+        "subsystems[0].max_namespaces",
+        "max_namespaces must be between 1 and 4294967294 (got 0)",
     );
 }
 

@@ -629,3 +629,96 @@ fn metrics_endpoint() {
     drop(host);
     d.shutdown();
 }
+
+/// Identify Controller NN is the subsystem's `max_namespaces` (SPDK's `nvmf_create_subsystem`
+/// parameter), fixed for its life: a namespace added later may take any NSID up to it, and none
+/// above it (by RPC or by a reloaded file), and a reload may not change it.
+#[test]
+fn max_namespaces_is_nn_and_the_nsid_limit() {
+    const SMALL: &str = "nqn.2026-11.io.nvmfd:rpc-small";
+    let dir = tmp("maxns");
+    let (d, sock, cfg) = start(&dir);
+    let mut c = Client::connect(&sock).unwrap();
+    let port = d.listen_addrs[0].port().to_string();
+    call(
+        &mut c,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": SMALL, "allow_any_host": true, "max_namespaces": 4})),
+    );
+    call(
+        &mut c,
+        "nvmf_subsystem_add_listener",
+        Some(
+            json!({"nqn": SMALL, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": port}}),
+        ),
+    );
+    let ns = |bdev: &str, nsid: u32| {
+        Some(json!({"nqn": SMALL, "namespace": {"bdev_name": bdev, "nsid": nsid}}))
+    };
+    let (code, msg) = err(&mut c, "nvmf_subsystem_add_ns", ns("spare", 5));
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("NSID 5 is above max_namespaces 4"), "{msg}");
+    assert_eq!(
+        call(&mut c, "nvmf_subsystem_add_ns", ns("spare", 4)),
+        json!(4)
+    );
+    let s = call(&mut c, "nvmf_get_subsystems", Some(json!({"nqn": SMALL})));
+    assert_eq!(s[0]["max_namespaces"], 4, "{s}");
+
+    // A host sees NN 4 with the only namespace at NSID 4 (not NN = highest NSID in use).
+    let mut o = HostOptions::new(SMALL);
+    o.io_timeout = Duration::from_secs(20);
+    let mut h = Host::connect_admin(d.listen_addrs[0], &o).expect("admin connect");
+    assert_eq!(h.controller_info().unwrap().nn, 4);
+    assert_eq!(h.active_namespaces().unwrap(), vec![4]);
+    drop(h);
+
+    // Every NSID up to 4 taken: an automatic NSID is refused, not picked above NN.
+    for (i, nsid) in [1, 2, 3].into_iter().enumerate() {
+        let b = format!("extra{i}");
+        call(
+            &mut c,
+            "bdev_null_create",
+            Some(json!({"name": b, "num_blocks": 16, "block_size": 4096})),
+        );
+        assert_eq!(
+            call(
+                &mut c,
+                "nvmf_subsystem_add_ns",
+                Some(json!({"nqn": SMALL, "namespace": {"bdev_name": b}}))
+            ),
+            json!(nsid)
+        );
+    }
+    call(
+        &mut c,
+        "bdev_null_create",
+        Some(json!({"name": "extra3", "num_blocks": 16, "block_size": 4096})),
+    );
+    let (code, msg) = err(
+        &mut c,
+        "nvmf_subsystem_add_ns",
+        Some(json!({"nqn": SMALL, "namespace": {"bdev_name": "extra3"}})),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("no free NSID"), "{msg}");
+
+    // A reloaded file: an NSID above the default 32 is refused with the rule; so is a change
+    // of max_namespaces of a subsystem that stays.
+    let mut file = cfg.clone();
+    file.subsystems[0].namespaces[0].nsid = 40;
+    let e = d.live().reload(file, "test").unwrap_err().to_string();
+    assert!(
+        e.contains("nsid 40 exceeds the subsystem's max_namespaces 32"),
+        "{e}"
+    );
+    let mut file = cfg.clone();
+    file.subsystems[0].max_namespaces = 64;
+    let e = d.live().reload(file, "test").unwrap_err().to_string();
+    assert!(e.contains("max_namespaces cannot change"), "{e}");
+    let s = call(&mut c, "nvmf_get_subsystems", Some(json!({"nqn": NQN})));
+    assert_eq!(s[0]["max_namespaces"], 32, "{s}");
+    assert_eq!(s[0]["namespaces"][0]["nsid"], 3, "{s}");
+    drop(c);
+    d.shutdown();
+}

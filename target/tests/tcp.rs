@@ -90,7 +90,8 @@ fn identify_and_discovery() {
         ),
         ("IT0001", "nvmfd", NQN)
     );
-    assert_eq!((info.mdts, info.nn, info.cntrltype), (5, 1, 1));
+    // NN: max_namespaces (default 32), not the highest NSID in use (1).
+    assert_eq!((info.mdts, info.nn, info.cntrltype), (5, 32, 1));
     let ns = c.namespace_info(1).unwrap();
     assert_eq!((ns.nsze, ns.block_size), (64 * 1024 * 1024 / 4096, 4096));
     assert_eq!(c.active_namespaces().unwrap(), vec![1]);

@@ -343,6 +343,7 @@ fn subsystem_json(ctx: &Call, i: usize) -> Value {
         "model_number": s.model,
         "min_cntlid": s.cntlid_range.0,
         "max_cntlid": s.cntlid_range.1,
+        "max_namespaces": s.max_namespaces,
         "namespaces": s.namespaces.iter().map(|n| {
             let mut v = json!({
                 "nsid": n.nsid,
@@ -619,7 +620,8 @@ fn framework_get_config(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError
                     "nvmf_create_subsystem",
                     json!({"nqn": s.nqn, "serial_number": s.serial, "model_number": s.model,
                            "allow_any_host": s.allow_any_host,
-                           "min_cntlid": s.cntlid_range.0, "max_cntlid": s.cntlid_range.1}),
+                           "min_cntlid": s.cntlid_range.0, "max_cntlid": s.cntlid_range.1,
+                           "max_namespaces": s.max_namespaces}),
                 );
                 for h in &s.hosts {
                     call("nvmf_subsystem_add_host", json!({"nqn": s.nqn, "host": h}));
@@ -945,6 +947,17 @@ fn nvmf_create_subsystem(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcErro
     sc.allow_any_host = q.allow_any_host.unwrap_or(false);
     sc.cntlid_min = q.min_cntlid.unwrap_or(sc.cntlid_min);
     sc.cntlid_max = q.max_cntlid.unwrap_or(sc.cntlid_max);
+    // SPDK's client sends 0 for "not given": the default (32, SPDK's too).
+    match q.max_namespaces {
+        None | Some(0) => {}
+        Some(m) if m <= nvmfd_config::MAX_NSID => sc.max_namespaces = m,
+        Some(m) => {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: max_namespaces {m} is above the highest NSID {}",
+                nvmfd_config::MAX_NSID
+            )))
+        }
+    }
     change(ctx, "nvmf_create_subsystem", |c| {
         c.subsystems.push(sc);
         Ok(())
@@ -1078,10 +1091,23 @@ fn nvmf_subsystem_add_ns(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcErro
             }
         }
         let s = subsys_cfg(c, &q.nqn)?;
+        let max = s.max_namespaces;
         if nsid == 0 {
-            nsid = (1..)
+            nsid = (1..=max)
                 .find(|i| !s.namespaces.iter().any(|x| x.nsid == *i))
-                .unwrap_or(1);
+                .ok_or_else(|| {
+                    RpcError::invalid_params(format!(
+                        "Invalid parameters: {} has no free NSID: all {max} (max_namespaces) are in use",
+                        q.nqn
+                    ))
+                })?;
+        } else if nsid > max {
+            // NN is fixed for the subsystem's life (hosts sized their view by it): a namespace
+            // above it could never be seen.
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: NSID {nsid} is above max_namespaces {max} of {} (Identify Controller NN)",
+                q.nqn
+            )));
         } else if s.namespaces.iter().any(|x| x.nsid == nsid) {
             return Err(RpcError::invalid_params(format!(
                 "Invalid parameters: NSID {nsid} is already in use in {}",

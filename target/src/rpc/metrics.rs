@@ -688,18 +688,20 @@ async fn scrape(
     let (status, ctype, body) = match (method, path) {
         // Rendering blocks up to 2 s on the reactors' answers: on the blocking pool, so the
         // accept loop and other requests on this single-threaded runtime go on meanwhile.
-        (b"GET", b"/metrics") => match tokio::task::spawn_blocking(move || render(&ctx, &cache)).await {
-            Ok(text) => (
-                "200 OK",
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                text,
-            ),
-            Err(_) => (
-                "500 Internal Server Error",
-                "text/plain",
-                "metrics rendering failed\n".to_string(),
-            ),
-        },
+        (b"GET", b"/metrics") => {
+            match tokio::task::spawn_blocking(move || render(&ctx, &cache)).await {
+                Ok(text) => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    "metrics rendering failed\n".to_string(),
+                ),
+            }
+        }
         (b"GET", _) => ("404 Not Found", "text/plain", "see /metrics\n".to_string()),
         _ => (
             "405 Method Not Allowed",
@@ -947,7 +949,10 @@ mod tests {
         let cache = ReportCache::default();
         let ns = format!("subsystem=\"{NQN}\",nsid=\"5\",transport=\"tcp\"");
         let reads = format!("nvmfd_commands_total{{{ns},opcode=\"read\"}}");
-        let t1 = scrape_text(&cache, vec![report(0, 3, 5000, keys()), report(1, 2, 3000, keys())]);
+        let t1 = scrape_text(
+            &cache,
+            vec![report(0, 3, 5000, keys()), report(1, 2, 3000, keys())],
+        );
         has(&t1, &format!("{reads} 5"));
         has(&t1, "nvmfd_reactor_report_stale{reactor=\"1\"} 0");
         // Reactor 1 does not answer; reactor 0 counted 4 more reads.
@@ -956,7 +961,10 @@ mod tests {
         let t2 = scrape_text(&cache, vec![r0]);
         has(&t2, &format!("{reads} 9"));
         has(&t2, "nvmfd_reactor_completed_io_total{reactor=\"1\"} 2");
-        has(&t2, "nvmfd_reactor_polls_total{reactor=\"1\",result=\"idle\"} 100");
+        has(
+            &t2,
+            "nvmfd_reactor_polls_total{reactor=\"1\",result=\"idle\"} 100",
+        );
         has(&t2, "nvmfd_reactor_report_stale{reactor=\"1\"} 1");
         has(&t2, "nvmfd_reactor_report_stale{reactor=\"0\"} 0");
         has(&t2, "nvmfd_reactor_report_misses_total{reactor=\"1\"} 1");
@@ -969,11 +977,17 @@ mod tests {
             "nvmfd_reactor_polls_total",
             "nvmfd_command_latency_seconds_count",
         ] {
-            assert!(total(&t2, metric) >= total(&t1, metric), "{metric} went down:\n{t1}\n{t2}");
+            assert!(
+                total(&t2, metric) >= total(&t1, metric),
+                "{metric} went down:\n{t1}\n{t2}"
+            );
         }
         // Reactor 1 answers again (and an older answer of reactor 0, arriving after a newer
         // one from a concurrent scrape, does not take the newer one's place).
-        let t3 = scrape_text(&cache, vec![report(0, 3, 5000, keys()), report(1, 2, 3000, keys())]);
+        let t3 = scrape_text(
+            &cache,
+            vec![report(0, 3, 5000, keys()), report(1, 2, 3000, keys())],
+        );
         has(&t3, &format!("{reads} 9"));
         has(&t3, "nvmfd_reactor_report_stale{reactor=\"1\"} 0");
         has(&t3, "nvmfd_reactor_report_misses_total{reactor=\"1\"} 1");

@@ -420,8 +420,9 @@ pub struct SubsystemConfig {
     pub nqn: String,
     /// Serial number, at most 20 printable ASCII bytes. Default `NVMFD0001` for the first
     /// subsystem, `NVMFD0002` for the second, and so on; the daemon replaces a default serial
-    /// with one derived from its install identity (see [`Config::state_dir`] and
-    /// `serial_is_default`), so two machines never report the same one.
+    /// with one derived from its install identity and the subsystem's NQN (see
+    /// [`Config::state_dir`] and `serial_is_default`), so two machines never report the same
+    /// one and a subsystem keeps its serial when the file is reordered.
     pub serial: String,
     /// True when the YAML gave no `serial` (`serial` then holds the positional default).
     pub serial_is_default: bool,

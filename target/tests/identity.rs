@@ -288,3 +288,47 @@ fn unwritable_state_dir_is_a_clear_error() {
     let msg = format!("{e:#}");
     assert!(msg.contains("install-id"), "{msg}");
 }
+
+/// Default serials follow the subsystem (its NQN), not its place in the file: reordering the
+/// subsystems, or adding one in front, changes no serial across a restart with the same state
+/// directory; each subsystem still has its own.
+#[test]
+fn default_serials_survive_reordering_the_file() {
+    const A: &str = "nqn.2026-11.io.nvmfd:serial-a";
+    const B: &str = "nqn.2026-11.io.nvmfd:serial-b";
+    const C: &str = "nqn.2026-11.io.nvmfd:serial-c";
+    let state = TempDir::new("serials");
+    let config = |order: &[&str]| {
+        let port = free_port();
+        let mut y = format!(
+            "state_dir: {}\nreactors: {{ cores: [0], idle_sleep_us: 20 }}\nbdevs:\n",
+            state.0.display()
+        );
+        for i in 0..order.len() {
+            y += &format!("  - {{ name: r{i}, malloc: {{ size: 1MiB }} }}\n");
+        }
+        y += "subsystems:\n";
+        for (i, nqn) in order.iter().enumerate() {
+            y += &format!(
+                "  - nqn: {nqn}\n    namespaces: [ {{ nsid: 1, bdev: r{i} }} ]\n    listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]\n"
+            );
+        }
+        nvmfd_config::parse_str(&y, "serials.yaml").expect("valid test config")
+    };
+    let serials = |order: &[&str]| {
+        let d = Daemon::start(&config(order)).expect("start");
+        let s: Vec<String> = [A, B]
+            .iter()
+            .map(|nqn| look(d.listen_addrs[0], nqn, 1).serial)
+            .collect();
+        d.shutdown();
+        s
+    };
+    let first = serials(&[A, B]);
+    assert_ne!(first[0], first[1], "each subsystem has its own serial");
+    for s in &first {
+        assert_eq!(s.len(), 20, "{s}");
+    }
+    assert_eq!(serials(&[B, A]), first, "reordered");
+    assert_eq!(serials(&[C, B, A]), first, "another subsystem in front");
+}

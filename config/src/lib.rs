@@ -359,6 +359,10 @@ impl fmt::Display for P2pMode {
 pub struct BdevConfig {
     /// Unique name, `[A-Za-z0-9_.-]+`; namespaces refer to it.
     pub name: String,
+    /// The bdev's own UUID (YAML `uuid`, optional; SPDK's `bdev_*_create` `uuid`): the UUID of
+    /// the namespace it backs when the namespace gives none (as in SPDK, where a namespace's
+    /// UUID defaults to its bdev's). Unique among bdevs, never all zero.
+    pub uuid: Option<[u8; 16]>,
     /// The backend and its settings.
     pub kind: BdevKind,
 }

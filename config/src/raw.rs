@@ -91,6 +91,8 @@ pub(crate) enum RawP2p {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBdev {
     pub name: String,
+    #[serde(default)]
+    pub uuid: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub malloc: Option<RawMemBdev>,
     #[serde(default, deserialize_with = "present")]

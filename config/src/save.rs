@@ -87,6 +87,9 @@ pub fn to_yaml(cfg: &Config) -> String {
     }
     for b in &cfg.bdevs {
         w!("  - name: {}", q(&b.name));
+        if let Some(u) = &b.uuid {
+            w!("    uuid: {}", uuid_text(u));
+        }
         match &b.kind {
             BdevKind::Malloc { size, block_size } => {
                 w!("    malloc: {{ size: {size}, block_size: {block_size} }}");

@@ -269,10 +269,11 @@ impl Validator<'_> {
             raw.transports.rdma.unwrap_or_default(),
         );
         let mut bdev_index = HashMap::new();
+        let mut bdev_uuids = HashMap::new();
         let mut bdevs = Vec::new();
         for (i, b) in raw.bdevs.into_iter().enumerate() {
             let path = root.key("bdevs").index(i);
-            if let Some(b) = self.bdev(&path, i, b, &mut bdev_index) {
+            if let Some(b) = self.bdev(&path, i, b, &mut bdev_index, &mut bdev_uuids) {
                 bdevs.push(b);
             }
         }
@@ -777,7 +778,32 @@ impl Validator<'_> {
         i: usize,
         b: RawBdev,
         names: &mut HashMap<String, usize>,
+        uuids: &mut HashMap<Vec<u8>, usize>,
     ) -> Option<BdevConfig> {
+        let mut uuid = None;
+        if let Some(text) = &b.uuid {
+            let up = p.key("uuid");
+            match uuid_bytes(text) {
+                Err(e) => self.report(&up, At::Value, e),
+                Ok(u) if u.iter().all(|&x| x == 0) => self.report(
+                    &up,
+                    At::Value,
+                    "an all-zero uuid means \"no uuid\" to a host; leave the field out",
+                ),
+                Ok(u) => {
+                    if let Some(first) = uuids.get(&u) {
+                        self.report(
+                            &up,
+                            At::Value,
+                            format!("uuid {text} is already used by bdevs[{first}]"),
+                        );
+                    } else {
+                        uuids.insert(u.clone(), i);
+                    }
+                    uuid = <[u8; 16]>::try_from(u.as_slice()).ok();
+                }
+            }
+        }
         let name_path = p.key("name");
         if b.name.is_empty() {
             self.report(&name_path, At::Value, "bdev name must not be empty");
@@ -844,7 +870,11 @@ impl Validator<'_> {
             let u = b.uring?;
             self.uring_bdev(&p.key("uring"), u)
         };
-        Some(BdevConfig { name: b.name, kind })
+        Some(BdevConfig {
+            name: b.name,
+            uuid,
+            kind,
+        })
     }
 
     fn subsystem(

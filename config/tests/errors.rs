@@ -1242,3 +1242,39 @@ fn cntlid_range_errors() {
         "cntlid_max must be between 1",
     );
 }
+
+/// A bdev's own `uuid`: well-formed, not all zero, unique among bdevs; saved and read back.
+#[test]
+fn bdev_uuid_rules() {
+    const U: &str = "7d1e0c6a-5b4f-4e3a-8c2d-1f0e9d8c7b6a";
+    let two = |a: &str, b: &str| {
+        format!(
+            "bdevs:\n  - name: m0\n    uuid: {a}\n    malloc: {{ size: 1MiB }}\n  - name: m1\n    uuid: {b}\n    malloc: {{ size: 1MiB }}\n"
+        )
+    };
+    let c = ok(&two(U, "0a1b2c3d-4e5f-4a6b-8c7d-8e9fa0b1c2d3"));
+    assert_eq!(
+        c.bdevs[0]
+            .uuid
+            .map(|u| nvmfd_config::uuid_text(&u))
+            .as_deref(),
+        Some(U)
+    );
+    let back = nvmfd_config::parse_str(&nvmfd_config::to_yaml(&c), "saved.yaml").unwrap();
+    assert_eq!(back.bdevs, c.bdevs);
+    err1(
+        &two(U, U),
+        6,
+        11,
+        "bdevs[1].uuid",
+        "is already used by bdevs[0]",
+    );
+    err1(
+        &two(U, "00000000-0000-0000-0000-000000000000"),
+        6,
+        11,
+        "bdevs[1].uuid",
+        "all-zero",
+    );
+    err1(&two("nope", U), 3, 11, "bdevs[0].uuid", "");
+}

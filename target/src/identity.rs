@@ -5,7 +5,9 @@
 //! reports the same NGUID/UUID (under one subsystem NQN) into one, and would spread writes over
 //! two different disks if two nodes reported equal ones for different data. So each is, in order:
 //! 1. the value the YAML gives (`uuid`, `nguid`, `eui64`), used as is: giving two nodes the same
-//!    value for the same data is how an administrator builds a real multipath pair;
+//!    value for the same data is how an administrator builds a real multipath pair; for the UUID,
+//!    the namespace's own `uuid`, else its bdev's (`bdevs[].uuid`, SPDK's `bdev_*_create uuid`:
+//!    in SPDK a namespace's UUID defaults to its bdev's);
 //! 2. for a namespace on a persistent bdev (`uring`: a file or a block device; `nvme`: an SSD,
 //!    keyed `nvme://PCI/NSID`), the value stored
 //!    in `<state_dir>/namespaces` by an earlier start, if it was made for the same backing path;
@@ -301,11 +303,15 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
             _ => None,
         })
     };
+    // The UUID the configuration gives a namespace: its own, else its bdev's.
+    let given_uuid = |n: &nvmfd_config::NamespaceConfig| {
+        n.uuid.or_else(|| cfg.bdev(&n.bdev).and_then(|b| b.uuid))
+    };
     let needs_install_id = cfg.subsystems.iter().any(|s| s.serial_is_default);
     let needs_records = cfg.subsystems.iter().any(|s| {
-        s.namespaces
-            .iter()
-            .any(|n| persistent(&n.bdev).is_some() && (n.uuid.is_none() || n.nguid.is_none()))
+        s.namespaces.iter().any(|n| {
+            persistent(&n.bdev).is_some() && (given_uuid(n).is_none() || n.nguid.is_none())
+        })
     });
     let install = if needs_install_id {
         Some(install_id(dir)?)
@@ -336,9 +342,10 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
         };
         let mut namespaces = Vec::with_capacity(s.namespaces.len());
         for n in &s.namespaces {
+            let given = given_uuid(n);
             let ids = match persistent(&n.bdev) {
                 None => NamespaceIds {
-                    uuid: n.uuid.map_or_else(random_uuid, Ok)?,
+                    uuid: given.map_or_else(random_uuid, Ok)?,
                     nguid: n.nguid.map_or_else(random_nguid, Ok)?,
                     eui64: n.eui64.unwrap_or_default(),
                 },
@@ -356,7 +363,7 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
                         }
                         None => None,
                     };
-                    let uuid = match (n.uuid, &stored) {
+                    let uuid = match (given, &stored) {
                         (Some(u), _) => u,
                         (None, Some(st)) => st.uuid,
                         (None, None) => random_uuid()?,
@@ -366,7 +373,7 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
                         (None, Some(st)) => st.nguid,
                         (None, None) => random_nguid()?,
                     };
-                    if n.uuid.is_none() || n.nguid.is_none() {
+                    if given.is_none() || n.nguid.is_none() {
                         records.insert(key, Stored { path, uuid, nguid });
                     }
                     NamespaceIds {

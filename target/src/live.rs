@@ -313,6 +313,14 @@ impl Live {
     pub fn reload(&self, mut file: Config, why: &str) -> Result<Applied, Refused> {
         let mut st = self.lock();
         file.rpc = st.config.rpc.clone();
+        // A bdev's own UUID (given by RPC, say) is kept for the same bdev when the file has none.
+        for b in &mut file.bdevs {
+            if let Some(r) = st.config.bdev(&b.name) {
+                if b.uuid.is_none() && r.kind == b.kind {
+                    b.uuid = r.uuid;
+                }
+            }
+        }
         for sc in &mut file.subsystems {
             let Some(run) = st.config.subsystems.iter().find(|r| r.nqn == sc.nqn) else {
                 continue;

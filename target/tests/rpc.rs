@@ -722,3 +722,146 @@ fn max_namespaces_is_nn_and_the_nsid_limit() {
     drop(c);
     d.shutdown();
 }
+
+/// Identities made by RPC survive save_config and a restart from the saved file: a bdev's own
+/// `uuid` (bdev_malloc_create) is kept, becomes the UUID of the namespace it then backs (as in
+/// SPDK), and a namespace added without any UUID keeps the one generated for it.
+#[test]
+fn rpc_made_identities_survive_save_config_and_restart() {
+    const BDEV_UUID: &str = "7d1e0c6a-5b4f-4e3a-8c2d-1f0e9d8c7b6a";
+    const SPARE_UUID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-8e9fa0b1c2d3";
+    let dir = tmp("rpcids");
+    let (d, sock, _) = start(&dir);
+    let mut c = Client::connect(&sock).unwrap();
+    let malloc = |name: &str, uuid: &str| {
+        Some(json!({"name": name, "num_blocks": 64, "block_size": 4096, "uuid": uuid}))
+    };
+    call(&mut c, "bdev_malloc_create", malloc("withid", BDEV_UUID));
+    call(&mut c, "bdev_malloc_create", malloc("unused", SPARE_UUID));
+    call(
+        &mut c,
+        "bdev_malloc_create",
+        Some(json!({"name": "noid", "num_blocks": 64, "block_size": 4096})),
+    );
+    // A bad or all-zero UUID is refused.
+    for bad in ["not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
+        let (code, _) = err(&mut c, "bdev_malloc_create", malloc("bad", bad));
+        assert_eq!(code, -32602);
+    }
+    let bdev = |c: &mut Client, name: &str| {
+        call(c, "bdev_get_bdevs", Some(json!({"name": name})))[0].clone()
+    };
+    assert_eq!(
+        bdev(&mut c, "unused")["uuid"],
+        SPARE_UUID,
+        "an unclaimed bdev shows its own"
+    );
+    assert!(bdev(&mut c, "noid").get("uuid").is_none());
+    let add = |c: &mut Client, b: &str| {
+        call(
+            c,
+            "nvmf_subsystem_add_ns",
+            Some(json!({"nqn": NQN, "namespace": {"bdev_name": b}})),
+        )
+    };
+    let nsid_with = add(&mut c, "withid");
+    let nsid_no = add(&mut c, "noid");
+    let ns_uuid = |c: &mut Client, nsid: &Value| -> String {
+        let s = call(c, "nvmf_get_subsystems", Some(json!({"nqn": NQN})));
+        let ns = s[0]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| &n["nsid"] == nsid);
+        ns.unwrap_or_else(|| panic!("no nsid {nsid} in {s}"))["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        ns_uuid(&mut c, &nsid_with),
+        BDEV_UUID,
+        "the namespace takes its bdev's UUID"
+    );
+    let generated = ns_uuid(&mut c, &nsid_no);
+    assert_ne!(generated, "00000000-0000-0000-0000-000000000000");
+
+    // What a host reads (Namespace Identification Descriptor list, NIDT 3: UUID).
+    let host_uuid = |addr, nsid: u32| {
+        let mut o = HostOptions::new(NQN);
+        o.io_timeout = Duration::from_secs(20);
+        let mut h = Host::connect_admin(addr, &o).expect("admin connect");
+        let page = h
+            .identify(
+                nvmfd_transport::proto::nvme::cns::NAMESPACE_DESCRIPTORS,
+                nsid,
+            )
+            .expect("descriptors");
+        let mut i = 0;
+        while i + 4 <= page.len() && page[i] != 0 {
+            let len = page[i + 1] as usize;
+            if page[i] == 3 {
+                return page[i + 4..i + 4 + len].to_vec();
+            }
+            i += 4 + len;
+        }
+        panic!("no UUID descriptor for nsid {nsid}");
+    };
+    let nsid_with = nsid_with.as_u64().unwrap() as u32;
+    let nsid_no = nsid_no.as_u64().unwrap() as u32;
+    let seen_with = host_uuid(d.listen_addrs[0], nsid_with);
+    let seen_no = host_uuid(d.listen_addrs[0], nsid_no);
+
+    let saved = call(&mut c, "save_config", None);
+    let text = saved.as_str().unwrap().to_string();
+    assert!(
+        text.contains(SPARE_UUID),
+        "the unclaimed bdev's UUID is saved:\n{text}"
+    );
+    drop(c);
+    d.shutdown();
+
+    let cfg2 =
+        nvmfd_config::parse_str(&text, "saved.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let mut d2 = Daemon::start(&cfg2).expect("restart from the saved config");
+    d2.serve_rpc(&sock).unwrap();
+    let mut c = Client::connect(&sock).unwrap();
+    assert_eq!(ns_uuid(&mut c, &json!(nsid_with)), BDEV_UUID);
+    assert_eq!(ns_uuid(&mut c, &json!(nsid_no)), generated);
+    assert_eq!(bdev(&mut c, "unused")["uuid"], SPARE_UUID);
+    assert_eq!(bdev(&mut c, "withid")["uuid"], BDEV_UUID);
+    assert_eq!(host_uuid(d2.listen_addrs[0], nsid_with), seen_with);
+    assert_eq!(host_uuid(d2.listen_addrs[0], nsid_no), seen_no);
+    // SPDK's JSON config (framework_get_config) carries the bdevs' UUIDs too.
+    let calls = call(
+        &mut c,
+        "framework_get_config",
+        Some(json!({"name": "bdev"})),
+    );
+    let created: Vec<(&str, Option<&str>)> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["params"]["name"].as_str().unwrap(),
+                x["params"]["uuid"].as_str(),
+            )
+        })
+        .collect();
+    assert!(
+        created.contains(&("unused", Some(SPARE_UUID))),
+        "{created:?}"
+    );
+    assert!(
+        created.contains(&("withid", Some(BDEV_UUID))),
+        "{created:?}"
+    );
+    assert_eq!(
+        call(&mut c, "save_config", None),
+        saved,
+        "saving again: the same text"
+    );
+    drop(c);
+    d2.shutdown();
+}

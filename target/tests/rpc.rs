@@ -1,6 +1,9 @@
 //! The JSON-RPC control plane against a real daemon: the socket, framing, errors, and the
 //! content of every read-only method (checked against the config and a connected host).
 
+mod common;
+
+use common::{body_of, call, config, err, free_port, http_get, TempDir};
 use nvmfd_bench::{Host, HostOptions};
 use nvmfd_target::daemon::Daemon;
 use nvmfd_target::rpc::client::Client;
@@ -14,20 +17,6 @@ const NQN: &str = "nqn.2026-11.io.nvmfd:rpc";
 const LOCKED: &str = "nqn.2026-11.io.nvmfd:rpc-locked";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0a0a0a0a-0000-4000-8000-00000000000a";
 const UUID: &str = "3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10";
-
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tmp(tag: &str) -> Dir {
-    let d = std::env::temp_dir().join(format!("nvmfd-rpc-it-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Dir(d)
-}
 
 fn yaml(port: u16, state: &std::path::Path) -> String {
     format!(
@@ -57,36 +46,18 @@ state_dir: {}
     )
 }
 
-fn start(dir: &Dir) -> (Daemon, PathBuf, nvmfd_config::Config) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = nvmfd_config::parse_str(&yaml(port, &dir.0.join("state")), "rpc.yaml").unwrap();
+fn start(dir: &TempDir) -> (Daemon, PathBuf, nvmfd_config::Config) {
+    let port = free_port();
+    let cfg = config(&yaml(port, &dir.0.join("state")), "rpc.yaml");
     let mut d = Daemon::start(&cfg).expect("daemon starts");
     let sock = dir.0.join("nvmfd.sock");
     d.serve_rpc(&sock).expect("rpc starts");
     (d, sock, cfg)
 }
 
-fn call(c: &mut Client, m: &str, p: Option<Value>) -> Value {
-    match c.call(m, p).unwrap() {
-        Ok(v) => v,
-        Err(e) => panic!("{m}: error {e:?}"),
-    }
-}
-
-fn err(c: &mut Client, m: &str, p: Option<Value>) -> (i32, String) {
-    match c.call(m, p).unwrap() {
-        Ok(v) => panic!("{m}: expected an error, got {v}"),
-        Err(e) => (e.code, e.message),
-    }
-}
-
 #[test]
 fn socket_mode_and_removal() {
-    let dir = tmp("sock");
+    let dir = TempDir::new("rpc-it-sock");
     let (d, sock, _) = start(&dir);
     let m = std::fs::symlink_metadata(&sock).unwrap();
     assert!(m.file_type().is_socket());
@@ -97,7 +68,7 @@ fn socket_mode_and_removal() {
 
 #[test]
 fn read_only_methods() {
-    let dir = tmp("ro");
+    let dir = TempDir::new("rpc-it-ro");
     let (d, sock, _cfg) = start(&dir);
     let mut c = Client::connect(&sock).unwrap();
 
@@ -309,7 +280,7 @@ fn read_only_methods() {
 
 #[test]
 fn errors_and_framing() {
-    let dir = tmp("err");
+    let dir = TempDir::new("rpc-it-err");
     let (d, sock, _) = start(&dir);
     let mut c = Client::connect(&sock).unwrap();
     let (code, msg) = err(&mut c, "no_such_method", None);
@@ -532,7 +503,7 @@ fn errors_and_framing() {
 /// save_config → check-config → start from it: the same target (subsystems, identities).
 #[test]
 fn save_config_round_trip() {
-    let dir = tmp("save");
+    let dir = TempDir::new("rpc-it-save");
     let (d, sock, _) = start(&dir);
     let mut c = Client::connect(&sock).unwrap();
     let saved = call(&mut c, "save_config", None);
@@ -542,8 +513,7 @@ fn save_config_round_trip() {
     drop(c);
     d.shutdown();
 
-    let cfg2 =
-        nvmfd_config::parse_str(text, "saved.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let cfg2 = config(text, "saved.yaml");
     assert_eq!(cfg2.rpc.socket, sock);
     let mut d2 = Daemon::start(&cfg2).expect("restart from the saved config");
     d2.serve_rpc(&sock).unwrap();
@@ -555,24 +525,13 @@ fn save_config_round_trip() {
     d2.shutdown();
 }
 
-fn body_of(m: &str) -> &str {
-    &m[m.find("\r\n\r\n").map_or(0, |i| i + 4)..]
-}
-
 /// `/metrics`: the text format, with the live controllers and bdevs in it.
 #[test]
 fn metrics_endpoint() {
-    use std::io::Write;
-    let dir = tmp("metrics");
+    let dir = TempDir::new("rpc-it-metrics");
     let (mut d, _sock, _) = start(&dir);
     let addr = d.serve_metrics("127.0.0.1:0".parse().unwrap()).unwrap();
-    let get = |path: &str| {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let get = |path: &str| http_get(addr, path);
     let mut o = HostOptions::new(LOCKED);
     o.hostnqn = HOST.into();
     o.io_timeout = Duration::from_secs(20);
@@ -636,7 +595,7 @@ fn metrics_endpoint() {
 #[test]
 fn max_namespaces_is_nn_and_the_nsid_limit() {
     const SMALL: &str = "nqn.2026-11.io.nvmfd:rpc-small";
-    let dir = tmp("maxns");
+    let dir = TempDir::new("rpc-it-maxns");
     let (d, sock, cfg) = start(&dir);
     let mut c = Client::connect(&sock).unwrap();
     let port = d.listen_addrs[0].port().to_string();
@@ -730,7 +689,7 @@ fn max_namespaces_is_nn_and_the_nsid_limit() {
 fn rpc_made_identities_survive_save_config_and_restart() {
     const BDEV_UUID: &str = "7d1e0c6a-5b4f-4e3a-8c2d-1f0e9d8c7b6a";
     const SPARE_UUID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-8e9fa0b1c2d3";
-    let dir = tmp("rpcids");
+    let dir = TempDir::new("rpc-it-rpcids");
     let (d, sock, _) = start(&dir);
     let mut c = Client::connect(&sock).unwrap();
     let malloc = |name: &str, uuid: &str| {
@@ -821,8 +780,7 @@ fn rpc_made_identities_survive_save_config_and_restart() {
     drop(c);
     d.shutdown();
 
-    let cfg2 =
-        nvmfd_config::parse_str(&text, "saved.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let cfg2 = config(&text, "saved.yaml");
     let mut d2 = Daemon::start(&cfg2).expect("restart from the saved config");
     d2.serve_rpc(&sock).unwrap();
     let mut c = Client::connect(&sock).unwrap();

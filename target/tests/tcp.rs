@@ -2,6 +2,9 @@
 //! the in-repo userspace host (`nvmfd-bench`), since this machine's kernel has no nvme-tcp. The
 //! kernel initiator is exercised by tests/e2e in a QEMU guest.
 
+mod common;
+
+use common::{free_port, start_yaml};
 use nvmfd_bench::host::{read_sqe, write_sqe};
 use nvmfd_bench::{Host, HostError, HostOptions, IoQueue, RawConnection, RawEvent};
 use nvmfd_target::daemon::Daemon;
@@ -16,14 +19,6 @@ const NQN: &str = "nqn.2026-11.io.nvmfd:it";
 const LOCKED: &str = "nqn.2026-11.io.nvmfd:locked";
 const ALLOWED_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0a0a0a0a-0000-4000-8000-000000000001";
 const BS: usize = 4096;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Start a daemon with two subsystems (one open, one with an allow-list) on a free port.
 fn start(extra_tcp: &str) -> (Daemon, SocketAddr) {
@@ -47,8 +42,7 @@ subsystems:
     listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]
 "#
     );
-    let cfg = nvmfd_config::parse_str(&yaml, "it.yaml").expect("valid test config");
-    let d = Daemon::start(&cfg).expect("daemon starts");
+    let d = start_yaml(&yaml, "it.yaml");
     let addr = d.listen_addrs[0];
     (d, addr)
 }

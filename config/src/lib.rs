@@ -405,8 +405,20 @@ pub enum BdevKind {
         pci: String,
         /// The SSD's namespace to expose (default 1, at least 1).
         namespace: u32,
+        /// I/O command time limit in milliseconds (`io_timeout_ms`, default
+        /// [`DEFAULT_NVME_IO_TIMEOUT_MS`], 1..=[`MAX_NVME_IO_TIMEOUT_MS`]; 0 is refused: a command
+        /// the SSD never answers must not hang its host forever). A command older than this is
+        /// aborted, and the controller reset when it is still outstanding after twice that.
+        /// Per controller: the bdevs of one SSD's namespaces share its queues, and each channel
+        /// applies the value of its own bdev to its queue pair.
+        io_timeout_ms: u64,
     },
 }
+
+/// Default `nvme.io_timeout_ms`: 30 s (Linux's nvme_core.io_timeout default).
+pub const DEFAULT_NVME_IO_TIMEOUT_MS: u64 = 30_000;
+/// Largest `nvme.io_timeout_ms`: one hour.
+pub const MAX_NVME_IO_TIMEOUT_MS: u64 = 3_600_000;
 
 /// The highest controller ID (0xFFF0..=0xFFFF are reserved; 0xFFFF asks for a dynamic controller).
 pub const MAX_CNTLID: u16 = 0xFFEF;

@@ -118,6 +118,8 @@ pub(crate) struct RawNvme {
     pub pci: String,
     #[serde(default)]
     pub namespace: Option<u32>,
+    #[serde(default)]
+    pub io_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

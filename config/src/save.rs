@@ -111,8 +111,15 @@ pub fn to_yaml(cfg: &Config) -> String {
                     w!("      passthrough: true");
                 }
             }
-            BdevKind::Nvme { pci, namespace } => {
-                w!("    nvme: {{ pci: {}, namespace: {namespace} }}", q(pci));
+            BdevKind::Nvme {
+                pci,
+                namespace,
+                io_timeout_ms,
+            } => {
+                w!(
+                    "    nvme: {{ pci: {}, namespace: {namespace}, io_timeout_ms: {io_timeout_ms} }}",
+                    q(pci)
+                );
             }
         }
     }

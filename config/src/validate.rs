@@ -750,7 +750,23 @@ impl Validator<'_> {
                 format!("namespace {namespace} is not a valid NSID (1..=4294967294)"),
             );
         }
-        BdevKind::Nvme { pci, namespace }
+        let io_timeout_ms = n.io_timeout_ms.unwrap_or(crate::DEFAULT_NVME_IO_TIMEOUT_MS);
+        if !(1..=crate::MAX_NVME_IO_TIMEOUT_MS).contains(&io_timeout_ms) {
+            self.report(
+                &p.key("io_timeout_ms"),
+                At::Value,
+                format!(
+                    "io_timeout_ms {io_timeout_ms} is out of range (1..={} ms; there is no \
+                     \"off\": a command the SSD never answers would hang its host)",
+                    crate::MAX_NVME_IO_TIMEOUT_MS
+                ),
+            );
+        }
+        BdevKind::Nvme {
+            pci,
+            namespace,
+            io_timeout_ms,
+        }
     }
 
     fn uring_bdev(&mut self, p: &FieldPath, u: RawUring) -> BdevKind {

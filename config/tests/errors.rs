@@ -313,7 +313,7 @@ fn rdma_transport_fields_and_listeners() {
 #[test]
 fn nvme_bdev_fields() {
     let cfg = nvmfd_config::parse_str(
-        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"03:00.0\" }\n  - name: ssd1\n    nvme: { pci: \"0000:AB:1F.7\", namespace: 3 }\n",
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"03:00.0\" }\n  - name: ssd1\n    nvme: { pci: \"0000:AB:1F.7\", namespace: 3, io_timeout_ms: 1500 }\n",
         "t.yaml",
     )
     .unwrap();
@@ -321,16 +321,32 @@ fn nvme_bdev_fields() {
         cfg.bdevs[0].kind,
         nvmfd_config::BdevKind::Nvme {
             pci: "0000:03:00.0".into(),
-            namespace: 1
+            namespace: 1,
+            io_timeout_ms: 30_000,
         }
     );
     assert_eq!(
         cfg.bdevs[1].kind,
         nvmfd_config::BdevKind::Nvme {
             pci: "0000:ab:1f.7".into(),
-            namespace: 3
+            namespace: 3,
+            io_timeout_ms: 1500,
         }
     );
+}
+
+/// `io_timeout_ms` survives `to_yaml` (the live configuration save), default and set.
+#[test]
+fn nvme_io_timeout_round_trips() {
+    let text = "bdevs:\n  - name: ssd0\n    nvme: { pci: \"03:00.0\" }\n  - name: ssd1\n    nvme: { pci: \"03:00.0\", namespace: 2, io_timeout_ms: 250 }\n";
+    let cfg = nvmfd_config::parse_str(text, "t.yaml").unwrap();
+    let saved = nvmfd_config::to_yaml(&cfg);
+    assert!(saved.contains("io_timeout_ms: 30000"), "{saved}");
+    assert!(saved.contains("io_timeout_ms: 250"), "{saved}");
+    let again = nvmfd_config::parse_str(&saved, "t.yaml").unwrap();
+    let kinds =
+        |c: &nvmfd_config::Config| c.bdevs.iter().map(|b| b.kind.clone()).collect::<Vec<_>>();
+    assert_eq!(kinds(&again), kinds(&cfg));
 }
 
 #[test]
@@ -362,6 +378,28 @@ fn nvme_bdev_bad_values() {
         11,
         "bdevs[0].nvme.pci",
         "missing required field `pci`",
+    );
+    // io_timeout_ms: 0 is refused (no "off"), so is more than an hour, and a non-number.
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme:\n      pci: \"0000:03:00.0\"\n      io_timeout_ms: 0\n",
+        5,
+        22,
+        "bdevs[0].nvme.io_timeout_ms",
+        "io_timeout_ms 0 is out of range (1..=3600000 ms",
+    );
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:00.0\", io_timeout_ms: 3600001 }\n",
+        3,
+        49,
+        "bdevs[0].nvme.io_timeout_ms",
+        "io_timeout_ms 3600001 is out of range",
+    );
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:00.0\", io_timeout_ms: 1s }\n",
+        3,
+        49,
+        "bdevs[0].nvme.io_timeout_ms",
+        "expected an integer",
     );
 }
 

@@ -14,8 +14,8 @@ use crate::bar::Bar;
 use crate::cmd::{admin, feature, Cqe, Sqe, Status};
 use crate::dma::DmaRegion;
 use crate::prp::{self, ListSpace, Segment};
-use crate::quiesce::{self, DmaStop};
 use crate::queue::{timeout_scan, CidTable, CqRing, Inflight, QueueMem, SqRing, TimeoutAction};
+use crate::quiesce::{self, DmaStop};
 use crate::regs::{cmbmsc, off, Cap, Cc, CmbLayout, Cmbloc, Cmbsz, Csts};
 use crate::sysfs;
 use crate::vfio::{self, Container, Device, Group};
@@ -463,8 +463,8 @@ fn parse_fault(spec: &str, bdf: &str) -> std::result::Result<TestFault, String> 
             Some((a, m)) if m.chars().all(|c| c.is_ascii_alphabetic() || c == '-') => (a, Some(m)),
             _ => (entry, None),
         };
-        let addr = sysfs::parse_bdf(addr)
-            .map_err(|e| format!("{RESET_FAULT_ENV}: {entry:?}: {e}"))?;
+        let addr =
+            sysfs::parse_bdf(addr).map_err(|e| format!("{RESET_FAULT_ENV}: {entry:?}: {e}"))?;
         let no_dma_stop = match mode {
             None => false,
             Some("no-dma-stop") => true,
@@ -1391,8 +1391,7 @@ impl IoQpair {
     /// (`fate`: whether the command's buffers may be reused); one CQ doorbell write per call.
     /// Never blocks (but for re-creating the queues once after a controller reset).
     pub fn poll(&mut self, done: &mut dyn FnMut(u64, Cqe, BufferFate)) -> usize {
-        if self.generation != self.ctrl.generation.load(Ordering::Acquire) || self.ctrl.is_dead()
-        {
+        if self.generation != self.ctrl.generation.load(Ordering::Acquire) || self.ctrl.is_dead() {
             return self.recover(done);
         }
         self.ring();
@@ -1734,14 +1733,25 @@ mod tests {
         };
         assert_eq!(parse_fault("", bdf), Ok(none));
         assert_eq!(parse_fault("0000:03:00.0", bdf), Ok(fails));
-        assert_eq!(parse_fault("03:00.0", bdf), Ok(fails), "domain 0000 implied");
-        assert_eq!(parse_fault("0000:04:00.0", bdf), Ok(none), "another controller");
+        assert_eq!(
+            parse_fault("03:00.0", bdf),
+            Ok(fails),
+            "domain 0000 implied"
+        );
+        assert_eq!(
+            parse_fault("0000:04:00.0", bdf),
+            Ok(none),
+            "another controller"
+        );
         assert_eq!(
             parse_fault("0000:04:00.0, 0000:03:00.0:no-dma-stop", bdf),
             Ok(leaks)
         );
         let e = parse_fault("0000:03:00.0:bogus", bdf).unwrap_err();
-        assert!(e.contains("unknown mode") && e.contains(RESET_FAULT_ENV), "{e}");
+        assert!(
+            e.contains("unknown mode") && e.contains(RESET_FAULT_ENV),
+            "{e}"
+        );
         assert!(parse_fault("nonsense", bdf).is_err());
     }
 

@@ -58,16 +58,22 @@ pub struct Refusing;
 
 impl DmaStopper for Refusing {
     fn clear_bus_master(&self) -> io::Result<()> {
-        Err(io::Error::other("clearing bus master refused (test-only fault injection)"))
+        Err(io::Error::other(
+            "clearing bus master refused (test-only fault injection)",
+        ))
     }
     fn pci_command(&self) -> io::Result<u16> {
-        Err(io::Error::other("config read refused (test-only fault injection)"))
+        Err(io::Error::other(
+            "config read refused (test-only fault injection)",
+        ))
     }
     fn can_reset(&self) -> bool {
         false
     }
     fn reset(&self) -> io::Result<()> {
-        Err(io::Error::other("device reset refused (test-only fault injection)"))
+        Err(io::Error::other(
+            "device reset refused (test-only fault injection)",
+        ))
     }
 }
 
@@ -207,7 +213,11 @@ mod tests {
         let r = stop_dma(false, &f);
         assert_eq!(r, DmaStop::BusMasterOff);
         assert!(r.stopped());
-        assert_eq!(f.calls(), ["clear", "read"], "no reset once BME reads back 0");
+        assert_eq!(
+            f.calls(),
+            ["clear", "read"],
+            "no reset once BME reads back 0"
+        );
         assert_eq!(f.cmd.get(), 0x0402, "only bit 2 cleared");
     }
 
@@ -246,7 +256,9 @@ mod tests {
             ..Fake::new()
         };
         let r = stop_dma(false, &f);
-        let DmaStop::Failed(why) = &r else { panic!("{r:?}") };
+        let DmaStop::Failed(why) = &r else {
+            panic!("{r:?}")
+        };
         assert!(why.contains("Input/output error"), "{why}");
     }
 
@@ -259,7 +271,9 @@ mod tests {
             ..Fake::new()
         };
         let r = stop_dma(false, &f);
-        let DmaStop::Failed(why) = &r else { panic!("{r:?}") };
+        let DmaStop::Failed(why) = &r else {
+            panic!("{r:?}")
+        };
         assert!(why.contains("0xffff"), "{why}");
         assert!(why.contains("reads all ones"), "{why}");
         let f = Fake {
@@ -274,7 +288,9 @@ mod tests {
     #[test]
     fn the_refusing_stopper_leaks() {
         let r = stop_dma(false, &Refusing);
-        let DmaStop::Failed(why) = &r else { panic!("{r:?}") };
+        let DmaStop::Failed(why) = &r else {
+            panic!("{r:?}")
+        };
         assert!(why.contains("test-only"), "{why}");
         // A controller that was disabled is safe whatever the stopper.
         assert_eq!(stop_dma(true, &Refusing), DmaStop::Disabled);

@@ -331,8 +331,7 @@ impl Device {
     /// Whether the kernel can reset this device (VFIO_DEVICE_FLAGS_RESET: a function-level,
     /// slot or bus reset vfio-pci found at probe).
     pub fn can_reset(&self) -> bool {
-        self.flags()
-            .is_ok_and(|f| f & VFIO_DEVICE_FLAGS_RESET != 0)
+        self.flags().is_ok_and(|f| f & VFIO_DEVICE_FLAGS_RESET != 0)
     }
 
     /// The PCI Command register, read through the config region.

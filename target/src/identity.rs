@@ -297,7 +297,7 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
             BdevKind::Uring { path, .. } => Some(path.clone()),
             // An SSD's data survives a restart as a file's does; its record is keyed by the
             // PCI address and namespace (a key, never opened as a path).
-            BdevKind::Nvme { pci, namespace } => Some(std::path::PathBuf::from(format!(
+            BdevKind::Nvme { pci, namespace, .. } => Some(std::path::PathBuf::from(format!(
                 "nvme://{pci}/{namespace}"
             ))),
             _ => None,

@@ -74,19 +74,6 @@ struct DataPath {
     bounced: AtomicU64,
 }
 
-/// Environment variable overriding the driver's I/O command timeout ([`nvmfd_nvme::ctrl::IO_TIMEOUT`],
-/// 30 s), in milliseconds: a command older than this is aborted, and the controller reset when
-/// it is still outstanding after twice that. For tests that delay an SSD's I/O on purpose.
-pub const IO_TIMEOUT_ENV: &str = "NVMFD_NVME_IO_TIMEOUT_MS";
-
-fn io_timeout() -> Duration {
-    std::env::var(IO_TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map_or(nvmfd_nvme::ctrl::IO_TIMEOUT, Duration::from_millis)
-}
-
 pub struct Nvme {
     info: BdevInfo,
     timeout: Duration,
@@ -97,8 +84,21 @@ pub struct Nvme {
 
 impl Nvme {
     /// Bring the controller at `pci` up and open namespace `nsid`. `channels` is how many
-    /// reactors will open a channel (one I/O queue pair each).
-    pub fn open(name: String, pci: &str, nsid: u32, channels: u16) -> io::Result<Nvme> {
+    /// reactors will open a channel (one I/O queue pair each). `timeout`: the I/O command time
+    /// limit of this bdev's queue pairs (the config's `io_timeout_ms`; a command older than this
+    /// is aborted, and the controller reset when it is still outstanding after twice that).
+    pub fn open(
+        name: String,
+        pci: &str,
+        nsid: u32,
+        channels: u16,
+        timeout: Duration,
+    ) -> io::Result<Nvme> {
+        if timeout.is_zero() {
+            return Err(io::Error::other(format!(
+                "bdev {name}: an I/O timeout of 0 would fail every command"
+            )));
+        }
         let opts = OpenOptions {
             cmb: true,
             io_queues: channels.max(1),
@@ -117,9 +117,8 @@ impl Nvme {
             deallocate_zeroes: false,
             volatile_cache: ctrl.info().vwc,
         };
-        let timeout = io_timeout();
         if timeout != nvmfd_nvme::ctrl::IO_TIMEOUT {
-            tracing::info!(bdev = %info.name, timeout_ms = timeout.as_millis() as u64, "I/O command timeout set by {IO_TIMEOUT_ENV}");
+            tracing::info!(bdev = %info.name, timeout_ms = timeout.as_millis() as u64, "I/O command timeout set by io_timeout_ms");
         }
         Ok(Nvme {
             info,
@@ -537,17 +536,33 @@ mod tests {
         let mut small = pool.get(4096);
         let addr = small.as_ptr() as usize;
         assert_eq!(leak_buffer(&mut small), 8192);
-        assert_ne!(small.as_ptr() as usize, addr, "the completion carries another buffer");
+        assert_ne!(
+            small.as_ptr() as usize,
+            addr,
+            "the completion carries another buffer"
+        );
         assert_eq!(small.capacity(), ALIGN);
         pool.put(small);
-        assert_eq!(pool.in_use(), 1, "the leaked buffer still counts as out of the pool");
+        assert_eq!(
+            pool.in_use(),
+            1,
+            "the leaked buffer still counts as out of the pool"
+        );
         let next = pool.get(4096);
-        assert_ne!(next.as_ptr() as usize, addr, "the leaked slice is not handed out again");
+        assert_ne!(
+            next.as_ptr() as usize,
+            addr,
+            "the leaked slice is not handed out again"
+        );
 
         let mut large = pool.get(65536);
         assert_eq!(leak_buffer(&mut large), 65536);
         pool.put(large);
-        assert_eq!(pool.large_made(), 1, "the leaked large buffer keeps its place under the cap");
+        assert_eq!(
+            pool.large_made(),
+            1,
+            "the leaked large buffer keeps its place under the cap"
+        );
         assert!(pool.try_get(65536).is_none(), "and is not lent again");
     }
 }

@@ -238,7 +238,7 @@ fn bdev_json(ctx: &Call, k: usize) -> Value {
             "URING bdev",
             json!({"uring": {"filename": path.to_string_lossy()}}),
         ),
-        BdevKind::Nvme { pci, namespace } => (
+        BdevKind::Nvme { pci, namespace, .. } => (
             "NVMe disk",
             json!({"nvme": [{"pci_address": pci, "trid": {"trtype": "PCIe", "traddr": pci}, "ns_data": {"id": namespace}}]}),
         ),
@@ -611,7 +611,7 @@ fn framework_get_config(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError
                     }
                     // SPDK attaches a whole controller and names its bdevs NAMEnN; nvmfd's bdev
                     // is one namespace, so the namespace goes along as a parameter of our own.
-                    BdevKind::Nvme { pci, namespace } => call(
+                    BdevKind::Nvme { pci, namespace, .. } => call(
                         "bdev_nvme_attach_controller",
                         json!({"name": b.name, "trtype": "PCIe", "traddr": pci, "namespace": namespace}),
                     ),

@@ -37,7 +37,7 @@ pub use iova::{DmaMapper, IovaSpace};
 pub use lent::Lent;
 pub use pool::{BufPool, Registrar};
 pub use region::{Handle, Pages, Region};
-pub use shared::{PoolCache, SharedPool};
+pub use shared::{PoolCache, SharedPool, CACHE_BATCH, CACHE_KEEP, IDLE_RELEASE};
 
 /// A kind of memory with its own allocator (design.md, "Memory"). A pool serves one domain; a
 /// block device and a transport each say which domains they can reach.

@@ -118,7 +118,7 @@ rp2p_fio() {
         log=/tmp/fio-p2p-rdma-$bs.json
         timeout 300 fio --name=p2p-rdma --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite \
             --bs=$bs --offset=300M --size=2M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
-            --verify_state_save=0 --allow_file_create=0 --output-format=json --output="$log" ||
+            --verify_state_save=0 --allow_file_create=0 --eta=never --output-format=json --output="$log" ||
             { why "fio ($bs) over NVMe/RDMA failed"; cat "$log"; rc=1; continue; }
         jq -r --arg bs "$bs" '.jobs[0] | "fio \($bs): error \(.error), wrote \(.write.io_bytes) B, read (verify) \(.read.io_bytes) B"' "$log"
         [[ $(jq '.jobs[0].error' "$log") == 0 ]] || { why "fio ($bs) reported errors"; rc=1; }

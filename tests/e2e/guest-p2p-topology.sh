@@ -204,7 +204,14 @@ topo_across_switch() {
 topo_root_complex() {
     # The NIC on the root bus: eth0's function (virtio-net), else the first network-class one.
     local nic=""
-    [[ -z $TOPO_ROOT && -e /sys/class/net/eth0/device ]] && nic=$(basename "$(readlink -f /sys/class/net/eth0/device)")
+    # eth0's device is the virtio device (virtioN); its PCI function is the directory above.
+    if [[ -z $TOPO_ROOT && -e /sys/class/net/eth0/device ]]; then
+        local d
+        d=$(readlink -f /sys/class/net/eth0/device)
+        [[ $(basename "$d") == virtio* ]] && d=$(dirname "$d")
+        nic=$(basename "$d")
+        [[ $nic =~ ^[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]$ ]] || nic=""
+    fi
     [[ -n $nic ]] || nic=$(jq -r '[.topology.functions[] | select((.class | startswith("0x02")) and .parent == null) | .bdf][0] // ""' "$TOPO_JSON")
     [[ -n $nic ]] || { why "no network function on the root bus"; return 1; }
     [[ $(jq -r --arg b "$nic" '.topology.functions[$b].parent // "none"' "$TOPO_JSON") == none ]] ||

@@ -49,6 +49,7 @@ fn opens_every_kind() {
     for (kind, want_kind, want_blocks) in cases {
         let cfg = BdevConfig {
             name: format!("b-{want_kind}"),
+            uuid: None,
             kind,
         };
         let b = nvmfd_bdev::open(&cfg).expect("open");
@@ -68,6 +69,7 @@ fn opens_every_kind() {
 fn reports_bad_entries() {
     let bad = BdevConfig {
         name: "m".into(),
+        uuid: None,
         kind: BdevKind::Malloc {
             size: 1000,
             block_size: 512,
@@ -78,6 +80,7 @@ fn reports_bad_entries() {
     let f = TempFile::new("open-odd", 6144);
     let bad = BdevConfig {
         name: "u".into(),
+        uuid: None,
         kind: BdevKind::Uring {
             path: f.0.clone(),
             block_size: None,

@@ -2,6 +2,11 @@
 //! 127.0.0.1: short runs that assert data correctness, counts and how connections spread over
 //! threads. Never speed.
 
+// nvmfd-target's shared test helpers, by path: no crate dependency on another crate's tests.
+#[path = "../../target/tests/common/mod.rs"]
+mod common;
+
+use common::{free_port, start_yaml};
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -11,14 +16,6 @@ use nvmfd_target::daemon::Daemon;
 
 const NQN: &str = "nqn.2026-12.io.nvmfd:perf";
 const NQN512: &str = "nqn.2026-12.io.nvmfd:perf512";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start() -> (Daemon, SocketAddr) {
     let port = free_port();
@@ -40,8 +37,7 @@ subsystems:
     listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]
 "#
     );
-    let cfg = nvmfd_config::parse_str(&yaml, "perf.yaml").expect("valid test config");
-    let d = Daemon::start(&cfg).expect("daemon starts");
+    let d = start_yaml(&yaml, "perf.yaml");
     let addr = d.listen_addrs[0];
     (d, addr)
 }

@@ -359,6 +359,10 @@ impl fmt::Display for P2pMode {
 pub struct BdevConfig {
     /// Unique name, `[A-Za-z0-9_.-]+`; namespaces refer to it.
     pub name: String,
+    /// The bdev's own UUID (YAML `uuid`, optional; SPDK's `bdev_*_create` `uuid`): the UUID of
+    /// the namespace it backs when the namespace gives none (as in SPDK, where a namespace's
+    /// UUID defaults to its bdev's). Unique among bdevs, never all zero.
+    pub uuid: Option<[u8; 16]>,
     /// The backend and its settings.
     pub kind: BdevKind,
 }
@@ -401,11 +405,28 @@ pub enum BdevKind {
         pci: String,
         /// The SSD's namespace to expose (default 1, at least 1).
         namespace: u32,
+        /// I/O command time limit in milliseconds (`io_timeout_ms`, default
+        /// [`DEFAULT_NVME_IO_TIMEOUT_MS`], 1..=[`MAX_NVME_IO_TIMEOUT_MS`]; 0 is refused: a command
+        /// the SSD never answers must not hang its host forever). A command older than this is
+        /// aborted, and the controller reset when it is still outstanding after twice that.
+        /// Per controller: the bdevs of one SSD's namespaces share its queues, and each channel
+        /// applies the value of its own bdev to its queue pair.
+        io_timeout_ms: u64,
     },
 }
 
+/// Default `nvme.io_timeout_ms`: 30 s (Linux's nvme_core.io_timeout default).
+pub const DEFAULT_NVME_IO_TIMEOUT_MS: u64 = 30_000;
+/// Largest `nvme.io_timeout_ms`: one hour.
+pub const MAX_NVME_IO_TIMEOUT_MS: u64 = 3_600_000;
+
 /// The highest controller ID (0xFFF0..=0xFFFF are reserved; 0xFFFF asks for a dynamic controller).
 pub const MAX_CNTLID: u16 = 0xFFEF;
+
+/// `max_namespaces` when the YAML gives none (SPDK's `nvmf_create_subsystem` default too).
+pub const DEFAULT_MAX_NAMESPACES: u32 = 32;
+/// The highest NSID (0xFFFFFFFF is the broadcast value; NVMe base 2.0, 3.2.1.2).
+pub const MAX_NSID: u32 = 0xFFFF_FFFE;
 
 /// An NVMe subsystem.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -415,8 +436,9 @@ pub struct SubsystemConfig {
     pub nqn: String,
     /// Serial number, at most 20 printable ASCII bytes. Default `NVMFD0001` for the first
     /// subsystem, `NVMFD0002` for the second, and so on; the daemon replaces a default serial
-    /// with one derived from its install identity (see [`Config::state_dir`] and
-    /// `serial_is_default`), so two machines never report the same one.
+    /// with one derived from its install identity and the subsystem's NQN (see
+    /// [`Config::state_dir`] and `serial_is_default`), so two machines never report the same
+    /// one and a subsystem keeps its serial when the file is reordered.
     pub serial: String,
     /// True when the YAML gave no `serial` (`serial` then holds the positional default).
     pub serial_is_default: bool,
@@ -434,6 +456,11 @@ pub struct SubsystemConfig {
     pub cntlid_min: u16,
     /// The highest controller ID this subsystem hands out. Default 0xFFEF (65519).
     pub cntlid_max: u16,
+    /// The highest NSID a namespace of this subsystem may have, reported to hosts as Identify
+    /// Controller NN (NVMe base 2.x: "the maximum value of a valid NSID for the NVM subsystem"),
+    /// fixed for the subsystem's life so namespaces added while running may take any NSID up to
+    /// it. Within 1..=0xFFFFFFFE. Default [`DEFAULT_MAX_NAMESPACES`] (32, as SPDK).
+    pub max_namespaces: u32,
     /// Data placement its namespaces inherit (YAML `p2p`). Default [`P2pMode::Auto`].
     pub p2p: P2pMode,
     /// Namespaces, in file order.

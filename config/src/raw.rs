@@ -91,6 +91,8 @@ pub(crate) enum RawP2p {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawBdev {
     pub name: String,
+    #[serde(default)]
+    pub uuid: Option<String>,
     #[serde(default, deserialize_with = "present")]
     pub malloc: Option<RawMemBdev>,
     #[serde(default, deserialize_with = "present")]
@@ -116,6 +118,8 @@ pub(crate) struct RawNvme {
     pub pci: String,
     #[serde(default)]
     pub namespace: Option<u32>,
+    #[serde(default)]
+    pub io_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,6 +148,8 @@ pub(crate) struct RawSubsystem {
     pub cntlid_min: Option<u64>,
     #[serde(default)]
     pub cntlid_max: Option<u64>,
+    #[serde(default)]
+    pub max_namespaces: Option<u64>,
     #[serde(default)]
     pub p2p: Option<RawP2p>,
     #[serde(default)]

@@ -87,6 +87,9 @@ pub fn to_yaml(cfg: &Config) -> String {
     }
     for b in &cfg.bdevs {
         w!("  - name: {}", q(&b.name));
+        if let Some(u) = &b.uuid {
+            w!("    uuid: {}", uuid_text(u));
+        }
         match &b.kind {
             BdevKind::Malloc { size, block_size } => {
                 w!("    malloc: {{ size: {size}, block_size: {block_size} }}");
@@ -108,8 +111,15 @@ pub fn to_yaml(cfg: &Config) -> String {
                     w!("      passthrough: true");
                 }
             }
-            BdevKind::Nvme { pci, namespace } => {
-                w!("    nvme: {{ pci: {}, namespace: {namespace} }}", q(pci));
+            BdevKind::Nvme {
+                pci,
+                namespace,
+                io_timeout_ms,
+            } => {
+                w!(
+                    "    nvme: {{ pci: {}, namespace: {namespace}, io_timeout_ms: {io_timeout_ms} }}",
+                    q(pci)
+                );
             }
         }
     }
@@ -133,6 +143,7 @@ pub fn to_yaml(cfg: &Config) -> String {
         }
         w!("    cntlid_min: {}", s.cntlid_min);
         w!("    cntlid_max: {}", s.cntlid_max);
+        w!("    max_namespaces: {}", s.max_namespaces);
         w!("    p2p: {}", s.p2p);
         if s.namespaces.is_empty() {
             w!("    namespaces: []");

@@ -21,7 +21,7 @@ use crate::{
     TransportKind, Transports, DISCOVERY_NQN,
 };
 
-use crate::MAX_CNTLID;
+use crate::{DEFAULT_MAX_NAMESPACES, MAX_CNTLID, MAX_NSID};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * 1024;
@@ -269,10 +269,11 @@ impl Validator<'_> {
             raw.transports.rdma.unwrap_or_default(),
         );
         let mut bdev_index = HashMap::new();
+        let mut bdev_uuids = HashMap::new();
         let mut bdevs = Vec::new();
         for (i, b) in raw.bdevs.into_iter().enumerate() {
             let path = root.key("bdevs").index(i);
-            if let Some(b) = self.bdev(&path, i, b, &mut bdev_index) {
+            if let Some(b) = self.bdev(&path, i, b, &mut bdev_index, &mut bdev_uuids) {
                 bdevs.push(b);
             }
         }
@@ -749,7 +750,23 @@ impl Validator<'_> {
                 format!("namespace {namespace} is not a valid NSID (1..=4294967294)"),
             );
         }
-        BdevKind::Nvme { pci, namespace }
+        let io_timeout_ms = n.io_timeout_ms.unwrap_or(crate::DEFAULT_NVME_IO_TIMEOUT_MS);
+        if !(1..=crate::MAX_NVME_IO_TIMEOUT_MS).contains(&io_timeout_ms) {
+            self.report(
+                &p.key("io_timeout_ms"),
+                At::Value,
+                format!(
+                    "io_timeout_ms {io_timeout_ms} is out of range (1..={} ms; there is no \
+                     \"off\": a command the SSD never answers would hang its host)",
+                    crate::MAX_NVME_IO_TIMEOUT_MS
+                ),
+            );
+        }
+        BdevKind::Nvme {
+            pci,
+            namespace,
+            io_timeout_ms,
+        }
     }
 
     fn uring_bdev(&mut self, p: &FieldPath, u: RawUring) -> BdevKind {
@@ -777,7 +794,32 @@ impl Validator<'_> {
         i: usize,
         b: RawBdev,
         names: &mut HashMap<String, usize>,
+        uuids: &mut HashMap<Vec<u8>, usize>,
     ) -> Option<BdevConfig> {
+        let mut uuid = None;
+        if let Some(text) = &b.uuid {
+            let up = p.key("uuid");
+            match uuid_bytes(text) {
+                Err(e) => self.report(&up, At::Value, e),
+                Ok(u) if u.iter().all(|&x| x == 0) => self.report(
+                    &up,
+                    At::Value,
+                    "an all-zero uuid means \"no uuid\" to a host; leave the field out",
+                ),
+                Ok(u) => {
+                    if let Some(first) = uuids.get(&u) {
+                        self.report(
+                            &up,
+                            At::Value,
+                            format!("uuid {text} is already used by bdevs[{first}]"),
+                        );
+                    } else {
+                        uuids.insert(u.clone(), i);
+                    }
+                    uuid = <[u8; 16]>::try_from(u.as_slice()).ok();
+                }
+            }
+        }
         let name_path = p.key("name");
         if b.name.is_empty() {
             self.report(&name_path, At::Value, "bdev name must not be empty");
@@ -844,7 +886,11 @@ impl Validator<'_> {
             let u = b.uring?;
             self.uring_bdev(&p.key("uring"), u)
         };
-        Some(BdevConfig { name: b.name, kind })
+        Some(BdevConfig {
+            name: b.name,
+            uuid,
+            kind,
+        })
     }
 
     fn subsystem(
@@ -917,6 +963,18 @@ impl Validator<'_> {
             Some(x) => x,
         };
         let (cntlid_min, cntlid_max) = self.cntlid_range(p, s.cntlid_min, s.cntlid_max);
+        let max_namespaces = match s.max_namespaces {
+            None => DEFAULT_MAX_NAMESPACES,
+            Some(m) if (1..=u64::from(MAX_NSID)).contains(&m) => m as u32,
+            Some(m) => {
+                self.report(
+                    &p.key("max_namespaces"),
+                    At::Value,
+                    format!("max_namespaces must be between 1 and {MAX_NSID} (got {m})"),
+                );
+                MAX_NSID
+            }
+        };
         // Namespaces inherit the subsystem's placement unless they give their own.
         let p2p = s.p2p.map_or(P2pMode::Auto, p2p_mode);
 
@@ -935,6 +993,27 @@ impl Validator<'_> {
                 );
                 0
             };
+            if nsid > max_namespaces {
+                let note = if n.nsid.is_none() {
+                    " (the default, position + 1)"
+                } else {
+                    ""
+                };
+                let default = if s.max_namespaces.is_none() {
+                    " (the default)"
+                } else {
+                    ""
+                };
+                self.report(
+                    &nsid_path,
+                    At::Value,
+                    format!(
+                        "nsid {nsid}{note} exceeds the subsystem's max_namespaces \
+                         {max_namespaces}{default}, the highest NSID it reports to hosts \
+                         (Identify Controller NN); raise max_namespaces"
+                    ),
+                );
+            }
             if nsid != 0 {
                 if let Some(first) = namespaces.iter().position(|x| x.nsid == nsid) {
                     let note = if n.nsid.is_none() {
@@ -1010,6 +1089,7 @@ impl Validator<'_> {
             hosts: s.hosts,
             cntlid_min,
             cntlid_max,
+            max_namespaces,
             p2p,
             namespaces,
             listeners,

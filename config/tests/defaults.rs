@@ -123,6 +123,7 @@ bdevs:
         vec![
             BdevConfig {
                 name: "m".into(),
+                uuid: None,
                 kind: BdevKind::Malloc {
                     size: 64 << 20,
                     block_size: 4096
@@ -130,6 +131,7 @@ bdevs:
             },
             BdevConfig {
                 name: "z".into(),
+                uuid: None,
                 kind: BdevKind::Null {
                     size: 1 << 40,
                     block_size: 512
@@ -137,6 +139,7 @@ bdevs:
             },
             BdevConfig {
                 name: "f".into(),
+                uuid: None,
                 kind: BdevKind::Uring {
                     path: PathBuf::from("/var/lib/nvmfd/disk0.img"),
                     block_size: None,
@@ -145,6 +148,7 @@ bdevs:
             },
             BdevConfig {
                 name: "g".into(),
+                uuid: None,
                 kind: BdevKind::Uring {
                     path: PathBuf::from("/dev/nvme0n1"),
                     block_size: Some(4096),
@@ -275,6 +279,7 @@ fn embedded_default_matches_spec() {
         },
         bdevs: vec![BdevConfig {
             name: "ram0".into(),
+            uuid: None,
             kind: BdevKind::Malloc {
                 size: 1 << 30,
                 block_size: 4096,
@@ -289,6 +294,7 @@ fn embedded_default_matches_spec() {
             hosts: vec![],
             cntlid_min: 1,
             cntlid_max: 0xFFEF,
+            max_namespaces: 32,
             p2p: P2pMode::Auto,
             namespaces: vec![NamespaceConfig {
                 nsid: 1,

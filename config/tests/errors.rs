@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{diags, err1, BASE};
+use common::{diags, err1, ok, BASE};
 
 // ---------------------------------------------------------------- syntax and shape
 
@@ -313,7 +313,7 @@ fn rdma_transport_fields_and_listeners() {
 #[test]
 fn nvme_bdev_fields() {
     let cfg = nvmfd_config::parse_str(
-        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"03:00.0\" }\n  - name: ssd1\n    nvme: { pci: \"0000:AB:1F.7\", namespace: 3 }\n",
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"03:00.0\" }\n  - name: ssd1\n    nvme: { pci: \"0000:AB:1F.7\", namespace: 3, io_timeout_ms: 1500 }\n",
         "t.yaml",
     )
     .unwrap();
@@ -321,16 +321,32 @@ fn nvme_bdev_fields() {
         cfg.bdevs[0].kind,
         nvmfd_config::BdevKind::Nvme {
             pci: "0000:03:00.0".into(),
-            namespace: 1
+            namespace: 1,
+            io_timeout_ms: 30_000,
         }
     );
     assert_eq!(
         cfg.bdevs[1].kind,
         nvmfd_config::BdevKind::Nvme {
             pci: "0000:ab:1f.7".into(),
-            namespace: 3
+            namespace: 3,
+            io_timeout_ms: 1500,
         }
     );
+}
+
+/// `io_timeout_ms` survives `to_yaml` (the live configuration save), default and set.
+#[test]
+fn nvme_io_timeout_round_trips() {
+    let text = "bdevs:\n  - name: ssd0\n    nvme: { pci: \"03:00.0\" }\n  - name: ssd1\n    nvme: { pci: \"03:00.0\", namespace: 2, io_timeout_ms: 250 }\n";
+    let cfg = nvmfd_config::parse_str(text, "t.yaml").unwrap();
+    let saved = nvmfd_config::to_yaml(&cfg);
+    assert!(saved.contains("io_timeout_ms: 30000"), "{saved}");
+    assert!(saved.contains("io_timeout_ms: 250"), "{saved}");
+    let again = nvmfd_config::parse_str(&saved, "t.yaml").unwrap();
+    let kinds =
+        |c: &nvmfd_config::Config| c.bdevs.iter().map(|b| b.kind.clone()).collect::<Vec<_>>();
+    assert_eq!(kinds(&again), kinds(&cfg));
 }
 
 #[test]
@@ -362,6 +378,28 @@ fn nvme_bdev_bad_values() {
         11,
         "bdevs[0].nvme.pci",
         "missing required field `pci`",
+    );
+    // io_timeout_ms: 0 is refused (no "off"), so is more than an hour, and a non-number.
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme:\n      pci: \"0000:03:00.0\"\n      io_timeout_ms: 0\n",
+        5,
+        22,
+        "bdevs[0].nvme.io_timeout_ms",
+        "io_timeout_ms 0 is out of range (1..=3600000 ms",
+    );
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:00.0\", io_timeout_ms: 3600001 }\n",
+        3,
+        49,
+        "bdevs[0].nvme.io_timeout_ms",
+        "io_timeout_ms 3600001 is out of range",
+    );
+    err1(
+        "bdevs:\n  - name: ssd0\n    nvme: { pci: \"0000:03:00.0\", io_timeout_ms: 1s }\n",
+        3,
+        49,
+        "bdevs[0].nvme.io_timeout_ms",
+        "expected an integer",
     );
 }
 
@@ -763,6 +801,46 @@ fn nsid_rules() {
         9,
         "subsystems[0].namespaces[1].nsid",
         "nsid 2 (the default, position + 1) is already used by namespaces[0]",
+    );
+}
+
+/// `max_namespaces` is the highest NSID a subsystem reports (Identify Controller NN): a
+/// namespace above it is refused, pointing at its nsid.
+#[test]
+fn nsid_within_max_namespaces() {
+    let base = NS2.replace("nvme9", "ram1");
+    assert_eq!(ok(&base).subsystems[0].max_namespaces, 32);
+    err1(
+        &base.replace("nsid: 2", "nsid: 33"),
+        11,
+        15,
+        "subsystems[0].namespaces[1].nsid",
+        "nsid 33 exceeds the subsystem's max_namespaces 32 (the default)",
+    );
+    let raised = base.replace("nsid: 2", "nsid: 33").replace(
+        "    namespaces:\n",
+        "    max_namespaces: 1024\n    namespaces:\n",
+    );
+    assert_eq!(ok(&raised).subsystems[0].max_namespaces, 1024);
+    err1(
+        &base.replace(
+            "    namespaces:\n",
+            "    max_namespaces: 1\n    namespaces:\n",
+        ),
+        12,
+        15,
+        "subsystems[0].namespaces[1].nsid",
+        "nsid 2 exceeds the subsystem's max_namespaces 1,",
+    );
+    err1(
+        &base.replace(
+            "    namespaces:\n",
+            "    max_namespaces: 0\n    namespaces:\n",
+        ),
+        8,
+        21,
+        "subsystems[0].max_namespaces",
+        "max_namespaces must be between 1 and 4294967294 (got 0)",
     );
 }
 
@@ -1201,4 +1279,40 @@ fn cntlid_range_errors() {
         "subsystems[0].cntlid_max",
         "cntlid_max must be between 1",
     );
+}
+
+/// A bdev's own `uuid`: well-formed, not all zero, unique among bdevs; saved and read back.
+#[test]
+fn bdev_uuid_rules() {
+    const U: &str = "7d1e0c6a-5b4f-4e3a-8c2d-1f0e9d8c7b6a";
+    let two = |a: &str, b: &str| {
+        format!(
+            "bdevs:\n  - name: m0\n    uuid: {a}\n    malloc: {{ size: 1MiB }}\n  - name: m1\n    uuid: {b}\n    malloc: {{ size: 1MiB }}\n"
+        )
+    };
+    let c = ok(&two(U, "0a1b2c3d-4e5f-4a6b-8c7d-8e9fa0b1c2d3"));
+    assert_eq!(
+        c.bdevs[0]
+            .uuid
+            .map(|u| nvmfd_config::uuid_text(&u))
+            .as_deref(),
+        Some(U)
+    );
+    let back = nvmfd_config::parse_str(&nvmfd_config::to_yaml(&c), "saved.yaml").unwrap();
+    assert_eq!(back.bdevs, c.bdevs);
+    err1(
+        &two(U, U),
+        6,
+        11,
+        "bdevs[1].uuid",
+        "is already used by bdevs[0]",
+    );
+    err1(
+        &two(U, "00000000-0000-0000-0000-000000000000"),
+        6,
+        11,
+        "bdevs[1].uuid",
+        "all-zero",
+    );
+    err1(&two("nope", U), 3, 11, "bdevs[0].uuid", "");
 }

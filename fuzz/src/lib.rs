@@ -886,6 +886,7 @@ pub fn discovery(data: &[u8]) {
             serial_is_default: false,
             cntlid_min: 1,
             cntlid_max: 0xffef,
+            max_namespaces: nvmfd_config::MAX_NSID,
             p2p: Default::default(),
             model: "nvmfd".into(),
             allow_any_host: f & 1 != 0,

@@ -2,7 +2,7 @@
 //! admin queue, Identify, I/O queue pairs, the CMB, and shutdown.
 
 use std::io;
-use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use crate::cmd::{admin, feature, Cqe, Sqe, Status};
 use crate::dma::DmaRegion;
 use crate::prp::{self, ListSpace, Segment};
 use crate::queue::{timeout_scan, CidTable, CqRing, Inflight, QueueMem, SqRing, TimeoutAction};
+use crate::quiesce::{self, DmaStop};
 use crate::regs::{cmbmsc, off, Cap, Cc, CmbLayout, Cmbloc, Cmbsz, Csts};
 use crate::sysfs;
 use crate::vfio::{self, Container, Device, Group};
@@ -331,8 +332,18 @@ pub struct Controller {
     /// A reset is running (one at a time, on its own thread).
     resetting: AtomicBool,
     /// The controller is gone (all-ones reads) or a reset failed: no more resets, every queue
-    /// answers [`DEVICE_GONE`].
+    /// answers [`DEVICE_GONE`]. Set only after `dma_stop`.
     dead: AtomicBool,
+    /// How the DMA of a dead controller was stopped (or why it could not be): decides whether
+    /// the buffers of the commands it had in flight may be reused ([`BufferFate`]).
+    dma_stop: OnceLock<DmaStop>,
+    /// Buffers (and their bytes) of in-flight commands leaked because the DMA could not be
+    /// stopped ([`Controller::record_leak`]); whether that was logged.
+    leaked_buffers: AtomicU64,
+    leaked_bytes: AtomicU64,
+    leak_logged: AtomicBool,
+    /// Test-only fault injection ([`RESET_FAULT_ENV`]).
+    fault: TestFault,
     /// Drop order: mappings before the device, the device before the group, the group before
     /// the container.
     device: Device,
@@ -424,6 +435,53 @@ fn join_container(group_id: u32, bdf: &str) -> Result<(Member, Arc<Container>)> 
     Ok((Member { group: Some(group) }, container))
 }
 
+/// **Test only**: makes the controller reset of the listed controllers fail, so the paths that
+/// give a controller up run against a real (emulated) device. A comma-separated list of PCI
+/// addresses, each optionally followed by `:no-dma-stop`:
+/// - `BDF`: every reset of that controller fails at once, as if CSTS.RDY stayed 1 (the
+///   controller is left enabled and may still move data), so the DMA is stopped by clearing Bus
+///   Master Enable (or a device reset) before the in-flight I/O fails;
+/// - `BDF:no-dma-stop`: the same, and every way of stopping the DMA is reported as failed
+///   without touching the device, so the buffers of the in-flight I/O are leaked.
+///
+/// Never set it in production: it turns a controller reset into the loss of the controller.
+pub const RESET_FAULT_ENV: &str = "NVMFD_TEST_ONLY_NVME_RESET_FAIL";
+
+/// What [`RESET_FAULT_ENV`] asks for one controller.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct TestFault {
+    reset_fails: bool,
+    no_dma_stop: bool,
+}
+
+/// Parse [`RESET_FAULT_ENV`]'s value for controller `bdf` (normalised); a malformed entry is an
+/// error, so a test that means to inject a fault cannot silently run without it.
+fn parse_fault(spec: &str, bdf: &str) -> std::result::Result<TestFault, String> {
+    let mut f = TestFault::default();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (addr, mode) = match entry.rsplit_once(':') {
+            Some((a, m)) if m.chars().all(|c| c.is_ascii_alphabetic() || c == '-') => (a, Some(m)),
+            _ => (entry, None),
+        };
+        let addr =
+            sysfs::parse_bdf(addr).map_err(|e| format!("{RESET_FAULT_ENV}: {entry:?}: {e}"))?;
+        let no_dma_stop = match mode {
+            None => false,
+            Some("no-dma-stop") => true,
+            Some(m) => {
+                return Err(format!(
+                    "{RESET_FAULT_ENV}: {entry:?}: unknown mode {m:?} (only `no-dma-stop`)"
+                ))
+            }
+        };
+        if addr == bdf {
+            f.reset_fails = true;
+            f.no_dma_stop |= no_dma_stop;
+        }
+    }
+    Ok(f)
+}
+
 /// Options for [`Controller::open`].
 #[derive(Debug, Clone)]
 pub struct OpenOptions {
@@ -452,6 +510,13 @@ impl Default for OpenOptions {
 impl Controller {
     pub fn open(bdf: &str, opts: &OpenOptions) -> Result<Arc<Controller>> {
         let bdf = sysfs::parse_bdf(bdf).map_err(Error::Invalid)?;
+        let fault = match std::env::var(RESET_FAULT_ENV) {
+            Ok(v) => parse_fault(&v, &bdf).map_err(Error::Invalid)?,
+            Err(_) => TestFault::default(),
+        };
+        if fault.reset_fails {
+            warn!(%bdf, no_dma_stop = fault.no_dma_stop, "TEST-ONLY fault injection ({RESET_FAULT_ENV}): every reset of this controller fails and gives it up");
+        }
         let group_id = sysfs::preflight(&bdf)?;
         let (limit, cap_ipc_lock) = sysfs::memlock();
         // The reactors' buffer regions are pinned too (mapped once for every controller).
@@ -571,6 +636,11 @@ impl Controller {
             generation: AtomicU32::new(0),
             resetting: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            dma_stop: OnceLock::new(),
+            leaked_buffers: AtomicU64::new(0),
+            leaked_bytes: AtomicU64::new(0),
+            leak_logged: AtomicBool::new(false),
+            fault,
             device,
             _group: group,
             container,
@@ -709,6 +779,40 @@ impl Controller {
         }
     }
 
+    /// Queue an admin command without waiting for its completion: the Abort a reactor sends for
+    /// a timed-out command, which must not wait for the admin queue (a reset or a queue creation
+    /// from another thread may hold it for seconds) nor for the answer. `Ok(false)` when the
+    /// admin queue is busy: nothing was sent, the caller tries again at its next check.
+    /// Completions already posted are reaped first, so the queue never fills with them; this
+    /// command's own completion is reaped (and ignored: an Abort's result is informational,
+    /// the aborted command completes on its own queue) by the next admin command.
+    fn admin_post(&self, mut sqe: Sqe, what: &'static str) -> Result<bool> {
+        let mut a = match self.admin.try_lock() {
+            Ok(a) => a,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        let a = &mut *a;
+        let cid = a.next_cid;
+        a.next_cid = a.next_cid.wrapping_add(1);
+        sqe.set_cid(cid);
+        while let Some(c) = a.cq.pop(&a.rings) {
+            a.sq.update_head(c.sq_head);
+            debug!(cid = c.cid, status = %c.status(), "earlier admin completion reaped");
+        }
+        if let Some(h) = a.cq.take_doorbell() {
+            self.bar0.write32(a.cq_db, u32::from(h));
+        }
+        if a.sq.push(&mut a.rings, &sqe).is_none() {
+            return Err(Error::Invalid(format!("{what}: admin queue full")));
+        }
+        fence(Ordering::SeqCst);
+        if let Some(t) = a.sq.take_doorbell() {
+            self.bar0.write32(a.sq_db, u32::from(t));
+        }
+        Ok(true)
+    }
+
     /// Identify with CNS `cns` for `nsid`, returning the 4 KiB page.
     pub fn identify(&self, cns: u8, nsid: u32) -> Result<Box<[u8; 4096]>> {
         let buf = self.dma_region(PAGE)?;
@@ -791,23 +895,38 @@ impl Controller {
     /// Number of Queues. Queue pairs notice the new generation on their next poll, fail what
     /// they had in flight with a retryable status and re-create their queues. Control plane: it
     /// waits (up to CAP.TO twice).
+    ///
+    /// A reset that fails gives the controller up ([`Controller::give_up`]): its DMA is stopped
+    /// if it can be, then it is dead.
     pub fn reset(&self) -> Result<()> {
         let mut a = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        let r = self.reset_locked(&mut a);
+        let mut disabled = false;
+        let r = self.reset_locked(&mut a, &mut disabled);
+        drop(a);
         match &r {
             Ok(()) => {
                 let g = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
                 info!(bdf = %self.bdf, generation = g, "controller reset done");
             }
             Err(e) => {
-                self.dead.store(true, Ordering::Release);
-                tracing::error!(bdf = %self.bdf, error = %e, "controller reset failed; its I/O fails from now on");
+                tracing::error!(bdf = %self.bdf, error = %e, disabled, "controller reset failed; its I/O fails from now on");
+                self.give_up(disabled);
             }
         }
         r
     }
 
-    fn reset_locked(&self, a: &mut AdminQueue) -> Result<()> {
+    /// `disabled` is set once CC.EN = 0 took effect (CSTS.RDY = 0): from then on the controller
+    /// has no I/O queue left and moves no data for the commands it had (NVMe Base 2.0, 3.7.2).
+    fn reset_locked(&self, a: &mut AdminQueue, disabled: &mut bool) -> Result<()> {
+        if self.fault.reset_fails {
+            // Test only: fail before CC.EN is touched, the controller left running, as when
+            // CSTS.RDY stays 1.
+            return Err(Error::Timeout {
+                what: "disable (CSTS.RDY = 0) [TEST-ONLY fault injection: the controller is left enabled]",
+                ms: 0,
+            });
+        }
         let cc = Cc(self.bar0.read32(off::CC));
         if cc.0 == u32::MAX {
             return Err(Error::Removed {
@@ -816,6 +935,7 @@ impl Controller {
         }
         self.bar0.write32(off::CC, cc.0 & !Cc::EN);
         wait_ready(&self.bar0, &self.bdf, self.cap, false)?;
+        *disabled = true;
         // The admin queue starts empty again: zeroed entries (the phase tag restarts at 1).
         a.rings.sq.fill(0, a.rings.sq.len(), 0);
         a.rings.cq.fill(0, a.rings.cq.len(), 0);
@@ -865,11 +985,79 @@ impl Controller {
                 c.resetting.store(false, Ordering::Release);
             });
         if let Err(e) = spawned {
-            // Without a reset its queues' commands would never complete: give the controller up.
-            self.dead.store(true, Ordering::Release);
-            self.resetting.store(false, Ordering::Release);
+            // Without a reset its queues' commands would never complete: give the controller up,
+            // here on the caller's thread (a reactor: config-space accesses and perhaps a device
+            // reset, once in the controller's life), since no thread could be made for it.
             tracing::error!(bdf = %self.bdf, error = %e, "cannot start the controller reset thread; the controller is given up");
+            self.give_up(false);
+            self.resetting.store(false, Ordering::Release);
         }
+    }
+
+    /// Give the controller up after a failed (or impossible) reset: stop its DMA if it can be
+    /// done ([`quiesce::stop_dma`]: it was disabled, Bus Master Enable cleared and read back
+    /// clear, or the device reset), record how, then mark it dead. Queue pairs that see it dead
+    /// fail their in-flight commands with a retryable status, handing their buffers back only
+    /// if the DMA was stopped ([`BufferFate`]). Control plane (the reset thread), except when no
+    /// thread could be started.
+    fn give_up(&self, disabled: bool) {
+        let stop = if self.fault.no_dma_stop {
+            quiesce::stop_dma(disabled, &quiesce::Refusing)
+        } else {
+            quiesce::stop_dma(disabled, &self.device)
+        };
+        match &stop {
+            DmaStop::Disabled => {
+                tracing::error!(bdf = %self.bdf, "controller given up after it was disabled (CSTS.RDY = 0): its in-flight I/O fails with a retryable status and its buffers are reused")
+            }
+            DmaStop::BusMasterOff => {
+                tracing::error!(bdf = %self.bdf, "controller given up with bus mastering off (PCI Command BME cleared, read back 0): its in-flight I/O fails with a retryable status and its buffers are reused")
+            }
+            DmaStop::DeviceReset => {
+                tracing::error!(bdf = %self.bdf, "controller given up after a device reset (VFIO_DEVICE_RESET): its in-flight I/O fails with a retryable status and its buffers are reused")
+            }
+            DmaStop::Failed(why) => {
+                tracing::error!(bdf = %self.bdf, why = %why, "controller given up and its DMA could not be stopped: the buffers of its in-flight I/O are leaked, never reused; that I/O fails with a retryable status")
+            }
+        }
+        // The outcome before `dead` (release): a queue pair that sees `dead` sees the outcome.
+        let _ = self.dma_stop.set(stop);
+        self.dead.store(true, Ordering::Release);
+    }
+
+    /// What becomes of the buffers of commands failed because the controller is dead: reused
+    /// only if its DMA was stopped. Read after [`Controller::is_dead`] said true.
+    pub fn buffer_fate(&self) -> BufferFate {
+        fate_of(self.dma_stop.get())
+    }
+
+    /// How the DMA of the dead controller was stopped, if it is dead.
+    pub fn dma_stop(&self) -> Option<&DmaStop> {
+        self.dma_stop.get()
+    }
+
+    /// The owner of the data buffers of commands completed with [`BufferFate::Leak`] reports
+    /// what it leaked: counted, and logged at error level once per controller (later reports, one
+    /// per queue pair, at warn level with the totals).
+    pub fn record_leak(&self, buffers: u64, bytes: u64) {
+        if buffers == 0 {
+            return;
+        }
+        let total_buffers = self.leaked_buffers.fetch_add(buffers, Ordering::Relaxed) + buffers;
+        let total_bytes = self.leaked_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if !self.leak_logged.swap(true, Ordering::Relaxed) {
+            tracing::error!(bdf = %self.bdf, buffers, bytes, "DMA of a dead controller could not be stopped: leaked the data buffers of its in-flight I/O (never reused; the memory stays allocated and mapped until the process exits)");
+        } else {
+            warn!(bdf = %self.bdf, buffers, bytes, total_buffers, total_bytes, "more buffers of a dead controller's in-flight I/O leaked");
+        }
+    }
+
+    /// Buffers and bytes leaked so far ([`Controller::record_leak`]).
+    pub fn leaked(&self) -> (u64, u64) {
+        (
+            self.leaked_buffers.load(Ordering::Relaxed),
+            self.leaked_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Create (or, after a reset, re-create) I/O queue `qid` over `rings`.
@@ -1064,6 +1252,19 @@ pub const RETRYABLE_ABORT: Status = Status(0x08);
 /// Status once the device is gone (all-ones reads): Internal Error (0x06) with DNR.
 pub const DEVICE_GONE: Status = Status(0x06 | 1 << 14);
 
+/// Whether the data buffers of a completed command may be reused ([`IoQpair::poll`] says it for
+/// every completion).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BufferFate {
+    /// The SSD is done with them: a real completion, or a command failed after the controller
+    /// was disabled or its DMA stopped.
+    Reusable,
+    /// The command was failed on a dead controller whose DMA could not be stopped: the SSD may
+    /// still write into (or read from) its buffers. Their owner must never reuse them: leak
+    /// them and report it ([`Controller::record_leak`]).
+    Leak,
+}
+
 /// One I/O queue pair, owned by one reactor. Not `Sync`; `Send` so it can be made on the
 /// control thread and moved to its reactor.
 pub struct IoQpair {
@@ -1120,6 +1321,10 @@ impl IoQpair {
         let len: usize = data.iter().map(|s| s.len).sum();
         if let Some(st) = self.failed {
             return Err(SubmitError::Failed(st));
+        }
+        if self.ctrl.is_dead() {
+            // Given up on another queue's behalf; this one notices at its next poll.
+            return Err(SubmitError::Failed(DEVICE_GONE));
         }
         if self.generation != self.ctrl.generation.load(Ordering::Acquire) {
             // The controller was reset under this queue: it no longer exists there until the
@@ -1182,12 +1387,11 @@ impl IoQpair {
         }
     }
 
-    /// Ring the SQ doorbell, then reap completions, calling `done(tag, cqe)` for each; one CQ
-    /// doorbell write per call. Never blocks.
-    pub fn poll(&mut self, done: &mut dyn FnMut(u64, Cqe)) -> usize {
-        if self.generation != self.ctrl.generation.load(Ordering::Acquire)
-            || (self.failed.is_some() && self.ctrl.is_dead())
-        {
+    /// Ring the SQ doorbell, then reap completions, calling `done(tag, cqe, fate)` for each
+    /// (`fate`: whether the command's buffers may be reused); one CQ doorbell write per call.
+    /// Never blocks (but for re-creating the queues once after a controller reset).
+    pub fn poll(&mut self, done: &mut dyn FnMut(u64, Cqe, BufferFate)) -> usize {
+        if self.generation != self.ctrl.generation.load(Ordering::Acquire) || self.ctrl.is_dead() {
             return self.recover(done);
         }
         self.ring();
@@ -1196,7 +1400,7 @@ impl IoQpair {
             self.sq.update_head(c.sq_head);
             match self.cids.release(c.cid) {
                 Some(f) => {
-                    done(f.tag, c);
+                    done(f.tag, c, BufferFate::Reusable);
                     n += 1;
                 }
                 None => warn!(
@@ -1211,8 +1415,13 @@ impl IoQpair {
         }
         if self.cids.in_flight() > 0 {
             self.polls = self.polls.wrapping_add(1);
-            if self.polls.is_multiple_of(HEALTH_EVERY) {
-                self.health(done);
+            // No health check while a reset runs (from any queue's request): the registers say
+            // what the reset is doing, the commands in flight wait for it, and an Abort now
+            // would only queue behind it.
+            if self.polls.is_multiple_of(HEALTH_EVERY)
+                && !self.ctrl.resetting.load(Ordering::Acquire)
+            {
+                self.health();
             }
         }
         n
@@ -1227,15 +1436,21 @@ impl IoQpair {
     /// reset under it and the next poll has not re-created it yet.
     pub fn failed(&self) -> Option<Status> {
         self.failed.or_else(|| {
-            (self.generation != self.ctrl.generation.load(Ordering::Acquire))
-                .then_some(RETRYABLE_ABORT)
+            if self.ctrl.is_dead() {
+                Some(DEVICE_GONE)
+            } else {
+                (self.generation != self.ctrl.generation.load(Ordering::Acquire))
+                    .then_some(RETRYABLE_ABORT)
+            }
         })
     }
 
     /// Health check while commands are in flight: a removed device (all ones), a fatal
-    /// controller status, and command timeouts (Abort first, then give up on the queue). A
-    /// failed queue completes everything in flight at once, so nothing hangs.
-    fn health(&mut self, done: &mut dyn FnMut(u64, Cqe)) {
+    /// controller status, and command timeouts (Abort first, then a controller reset). Nothing
+    /// in flight completes here: only once the reset disabled the controller, or the controller
+    /// was given up ([`IoQpair::recover`]), so no buffer goes back while the SSD may use it.
+    /// Never blocks: the Abort is queued without waiting for the admin queue or its answer.
+    fn health(&mut self) {
         let csts = Csts(self.ctrl.bar0.read32(off::CSTS));
         match health_check(
             csts,
@@ -1246,24 +1461,41 @@ impl IoQpair {
         ) {
             Health::Fine => {}
             Health::Gone => {
-                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, in_flight = self.cids.in_flight(), "NVMe device removed (registers read all ones); failing in-flight I/O");
-                self.ctrl.dead.store(true, Ordering::Release);
-                self.fail(DEVICE_GONE, done);
+                // The reset finds CC all ones and gives the controller up, stopping its DMA if
+                // it still can (a link that is down may come back up with the SSD mid-command).
+                if self.failed.is_none() {
+                    tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, in_flight = self.cids.in_flight(), "NVMe device removed (registers read all ones); giving the controller up, in-flight I/O fails once its DMA is stopped or its buffers are leaked");
+                }
+                self.failed = Some(DEVICE_GONE);
+                self.ctrl.request_reset();
             }
             Health::Fatal => {
                 tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, in_flight = self.cids.in_flight(), "NVMe controller fatal status (CSTS.CFS); resetting the controller, in-flight I/O fails with a retryable status once it is disabled");
                 self.fail_after_reset();
             }
             Health::Abort(cid) => {
-                warn!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "I/O command timed out; sending Abort");
-                if let Some(f) = self.cids.get_mut(cid) {
-                    f.aborted = true;
-                }
-                // Abort: CDW10 = CID << 16 | SQID. Control-plane path, taken only on a timeout.
+                // Abort: CDW10 = CID << 16 | SQID (NVMe Base 2.0, 5.1). Queued, not waited for;
+                // best effort anyway (the controller may complete the command instead): the
+                // command counts as aborted once the Abort is queued, and twice the timeout
+                // after its submission the controller is reset.
                 let mut s = Sqe::new(admin::ABORT, 0);
                 s.dw[10] = u32::from(cid) << 16 | u32::from(self.qid);
-                if let Err(e) = self.ctrl.admin_cmd(s, "Abort") {
-                    warn!(bdf = %self.ctrl.bdf, error = %e, "Abort failed");
+                let sent = match self.ctrl.admin_post(s, "Abort") {
+                    Ok(true) => {
+                        warn!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "I/O command timed out; sending Abort");
+                        true
+                    }
+                    Ok(false) => {
+                        debug!(bdf = %self.ctrl.bdf, qid = self.qid, cid, "I/O command timed out; admin queue busy, the Abort goes at the next check");
+                        false
+                    }
+                    Err(e) => {
+                        warn!(bdf = %self.ctrl.bdf, qid = self.qid, cid, error = %e, "I/O command timed out and the Abort could not be queued");
+                        true
+                    }
+                };
+                if let Some(f) = self.cids.get_mut(cid).filter(|_| sent) {
+                    f.aborted = true;
                 }
             }
             Health::Reset(cid) => {
@@ -1277,13 +1509,23 @@ impl IoQpair {
     /// fails with a retryable status; then the queues are made again in the new generation
     /// (admin commands: this waits, but only once per reset). A dead controller fails the
     /// queue for good with [`DEVICE_GONE`].
-    fn recover(&mut self, done: &mut dyn FnMut(u64, Cqe)) -> usize {
+    ///
+    /// A dead controller's commands fail with [`RETRYABLE_ABORT`] (another path may serve
+    /// them) and [`BufferFate::Leak`] unless its DMA was stopped ([`Controller::buffer_fate`]);
+    /// new ones get [`DEVICE_GONE`].
+    fn recover(&mut self, done: &mut dyn FnMut(u64, Cqe, BufferFate)) -> usize {
         let n = self.cids.in_flight();
         if self.ctrl.is_dead() {
-            self.fail(DEVICE_GONE, done);
+            self.failed = Some(DEVICE_GONE);
+            if n > 0 {
+                let fate = self.ctrl.buffer_fate();
+                tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, in_flight = n, buffers = ?fate, "controller dead: in-flight I/O fails with a retryable status");
+                self.fail_all(RETRYABLE_ABORT, fate, done);
+            }
             return n;
         }
-        self.fail_all(RETRYABLE_ABORT, done);
+        // The reset disabled the controller: its queues and their commands are gone.
+        self.fail_all(RETRYABLE_ABORT, BufferFate::Reusable, done);
         let generation = self.ctrl.generation();
         self.generation = generation;
         self.rings.sq.fill(0, self.rings.sq.len(), 0);
@@ -1318,14 +1560,14 @@ impl IoQpair {
         self.ctrl.request_reset();
     }
 
-    fn fail(&mut self, status: Status, done: &mut dyn FnMut(u64, Cqe)) {
-        self.failed = Some(status);
-        self.fail_all(status, done);
-    }
-
     /// Fail every command in flight with `status` (after a controller failure), handing their
-    /// tags to `done`.
-    pub fn fail_all(&mut self, status: Status, done: &mut dyn FnMut(u64, Cqe)) {
+    /// tags to `done` with `fate`.
+    fn fail_all(
+        &mut self,
+        status: Status,
+        fate: BufferFate,
+        done: &mut dyn FnMut(u64, Cqe, BufferFate),
+    ) {
         for (cid, f) in self.cids.drain() {
             done(
                 f.tag,
@@ -1334,8 +1576,18 @@ impl IoQpair {
                     status_phase: status.0 << 1,
                     ..Cqe::default()
                 },
+                fate,
             );
         }
+    }
+}
+
+/// The fate of a dead controller's in-flight buffers from how its DMA was stopped: reusable only
+/// after a recorded, successful stop (no record at all is treated as a failure).
+fn fate_of(stop: Option<&DmaStop>) -> BufferFate {
+    match stop {
+        Some(s) if s.stopped() => BufferFate::Reusable,
+        _ => BufferFate::Leak,
     }
 }
 
@@ -1442,6 +1694,65 @@ mod tests {
         );
         // Once the queue waits for its reset, timeouts ask for nothing more.
         assert_eq!(health_check(ready, true, &cids, later, t), Health::Fine);
+    }
+
+    /// Which buffers go back for which outcome of stopping a dead controller's DMA.
+    #[test]
+    fn buffer_fate_follows_the_dma_stop() {
+        assert_eq!(fate_of(Some(&DmaStop::Disabled)), BufferFate::Reusable);
+        assert_eq!(fate_of(Some(&DmaStop::BusMasterOff)), BufferFate::Reusable);
+        assert_eq!(fate_of(Some(&DmaStop::DeviceReset)), BufferFate::Reusable);
+        assert_eq!(
+            fate_of(Some(&DmaStop::Failed("no reset".into()))),
+            BufferFate::Leak
+        );
+        assert_eq!(fate_of(None), BufferFate::Leak, "unknown is unsafe");
+        // End to end through the decision with a stopper that refuses everything and one
+        // that never gets asked (the controller was disabled).
+        assert_eq!(
+            fate_of(Some(&quiesce::stop_dma(false, &quiesce::Refusing))),
+            BufferFate::Leak
+        );
+        assert_eq!(
+            fate_of(Some(&quiesce::stop_dma(true, &quiesce::Refusing))),
+            BufferFate::Reusable
+        );
+    }
+
+    #[test]
+    fn test_only_reset_fault_spec() {
+        let bdf = "0000:03:00.0";
+        let none = TestFault::default();
+        let fails = TestFault {
+            reset_fails: true,
+            no_dma_stop: false,
+        };
+        let leaks = TestFault {
+            reset_fails: true,
+            no_dma_stop: true,
+        };
+        assert_eq!(parse_fault("", bdf), Ok(none));
+        assert_eq!(parse_fault("0000:03:00.0", bdf), Ok(fails));
+        assert_eq!(
+            parse_fault("03:00.0", bdf),
+            Ok(fails),
+            "domain 0000 implied"
+        );
+        assert_eq!(
+            parse_fault("0000:04:00.0", bdf),
+            Ok(none),
+            "another controller"
+        );
+        assert_eq!(
+            parse_fault("0000:04:00.0, 0000:03:00.0:no-dma-stop", bdf),
+            Ok(leaks)
+        );
+        let e = parse_fault("0000:03:00.0:bogus", bdf).unwrap_err();
+        assert!(
+            e.contains("unknown mode") && e.contains(RESET_FAULT_ENV),
+            "{e}"
+        );
+        assert!(parse_fault("nonsense", bdf).is_err());
     }
 
     #[test]

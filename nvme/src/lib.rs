@@ -15,10 +15,12 @@ mod bar;
 pub mod ctrl;
 pub mod dma;
 pub mod dmabuf;
+pub mod quiesce;
 pub mod vfio;
 
 pub use ctrl::{
-    Cmb, Controller, CtrlInfo, Error, IoQpair, MakePool, NsInfo, OpenOptions, SubmitError,
+    BufferFate, Cmb, Controller, CtrlInfo, Error, IoQpair, MakePool, NsInfo, OpenOptions,
+    SubmitError,
 };
 pub use dma::DmaRegion;
 pub use dmabuf::{DmaBuf, ExportError};

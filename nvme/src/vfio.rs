@@ -18,6 +18,7 @@ const VFIO_SET_IOMMU: u64 = io(2);
 const VFIO_GROUP_GET_STATUS: u64 = io(3);
 const VFIO_GROUP_SET_CONTAINER: u64 = io(4);
 const VFIO_GROUP_GET_DEVICE_FD: u64 = io(6);
+const VFIO_DEVICE_GET_INFO: u64 = io(7);
 const VFIO_DEVICE_GET_REGION_INFO: u64 = io(8);
 const VFIO_DEVICE_RESET: u64 = io(11);
 const VFIO_IOMMU_MAP_DMA: u64 = io(13);
@@ -33,6 +34,24 @@ const VFIO_DMA_MAP_FLAG_WRITE: u32 = 2;
 pub const VFIO_REGION_INFO_FLAG_MMAP: u32 = 4;
 /// Region index of PCI config space (VFIO_PCI_CONFIG_REGION_INDEX).
 pub const CONFIG_REGION: u32 = 7;
+/// The device supports VFIO_DEVICE_RESET (`vfio_device_info.flags`).
+const VFIO_DEVICE_FLAGS_RESET: u32 = 1;
+/// PCI Command register (PCI Local Bus 3.0, 6.2.2): offset in config space, and its Bus Master
+/// Enable bit (clear: the function issues no memory or I/O requests, so no DMA).
+pub const PCI_COMMAND: u64 = 4;
+pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+
+#[repr(C)]
+#[derive(Default)]
+struct DeviceInfo {
+    argsz: u32,
+    flags: u32,
+    num_regions: u32,
+    num_irqs: u32,
+    cap_offset: u32,
+    pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<DeviceInfo>() == 24);
 
 #[repr(C)]
 struct GroupStatus {
@@ -292,6 +311,45 @@ impl Device {
             return Err(last_err(&format!("VFIO_DEVICE_GET_REGION_INFO {index}")));
         }
         Ok(ri)
+    }
+
+    /// `vfio_device_info.flags` (VFIO_DEVICE_GET_INFO).
+    fn flags(&self) -> io::Result<u32> {
+        let mut di = DeviceInfo {
+            argsz: std::mem::size_of::<DeviceInfo>() as u32,
+            ..DeviceInfo::default()
+        };
+        // SAFETY: `di` is a properly sized vfio_device_info the kernel fills in (it writes at
+        // most `argsz` bytes); it outlives the call.
+        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), VFIO_DEVICE_GET_INFO as _, &mut di) };
+        if r < 0 {
+            return Err(last_err("VFIO_DEVICE_GET_INFO"));
+        }
+        Ok(di.flags)
+    }
+
+    /// Whether the kernel can reset this device (VFIO_DEVICE_FLAGS_RESET: a function-level,
+    /// slot or bus reset vfio-pci found at probe).
+    pub fn can_reset(&self) -> bool {
+        self.flags().is_ok_and(|f| f & VFIO_DEVICE_FLAGS_RESET != 0)
+    }
+
+    /// The PCI Command register, read through the config region.
+    pub fn pci_command(&self) -> io::Result<u16> {
+        let cfg = self.region_info(CONFIG_REGION)?;
+        let mut b = [0u8; 2];
+        self.config_read(&cfg, PCI_COMMAND, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    /// Clear Bus Master Enable (read-modify-write of the 16-bit Command register; the other bits
+    /// are kept). The caller reads the register again to know whether the device took it.
+    pub fn clear_bus_master(&self) -> io::Result<()> {
+        let cfg = self.region_info(CONFIG_REGION)?;
+        let mut b = [0u8; 2];
+        self.config_read(&cfg, PCI_COMMAND, &mut b)?;
+        let v = u16::from_le_bytes(b) & !PCI_COMMAND_MASTER;
+        self.config_write(&cfg, PCI_COMMAND, &v.to_le_bytes())
     }
 
     /// Function-level reset where the device supports one; errors are informational.

@@ -5,7 +5,9 @@
 //! reports the same NGUID/UUID (under one subsystem NQN) into one, and would spread writes over
 //! two different disks if two nodes reported equal ones for different data. So each is, in order:
 //! 1. the value the YAML gives (`uuid`, `nguid`, `eui64`), used as is: giving two nodes the same
-//!    value for the same data is how an administrator builds a real multipath pair;
+//!    value for the same data is how an administrator builds a real multipath pair; for the UUID,
+//!    the namespace's own `uuid`, else its bdev's (`bdevs[].uuid`, SPDK's `bdev_*_create uuid`:
+//!    in SPDK a namespace's UUID defaults to its bdev's);
 //! 2. for a namespace on a persistent bdev (`uring`: a file or a block device; `nvme`: an SSD,
 //!    keyed `nvme://PCI/NSID`), the value stored
 //!    in `<state_dir>/namespaces` by an earlier start, if it was made for the same backing path;
@@ -18,8 +20,11 @@
 //! there, which the specification reads as "not reported".
 //!
 //! The install identity (`<state_dir>/install-id`, a random UUID made on first start) plays the
-//! part of a host ID for the target: default serial numbers are derived from it, so two machines
-//! running the embedded default report different serials.
+//! part of a host ID for the target: default serial numbers are derived from it and from the
+//! subsystem's NQN, so two machines running the embedded default report different serials, and
+//! one subsystem keeps its serial whatever its place in the file (reordering the file, or
+//! adding and removing other subsystems, changes no serial: hosts and udev rules key devices on
+//! it, and Linux multipath checks that paths to one subsystem agree on it).
 //!
 //! Files are written to a temporary name, synced and renamed, so a crash leaves the old or the
 //! new content, never half of one.
@@ -260,10 +265,27 @@ fn install_id(dir: &Path) -> anyhow::Result<[u8; 16]> {
     })
 }
 
-/// The serial of subsystem `index` (0-based) derived from the install identity: `NV`, 14 hex
-/// digits of the identity, the 1-based index in 4 digits (20 bytes, Identify Controller SN).
-pub fn derived_serial(install: &[u8; 16], index: usize) -> String {
-    format!("NV{}{:04}", &hex(install)[..14], (index + 1) % 10000)
+/// 128-bit FNV-1a (a fixed, documented hash: the serial must be the same on every build).
+fn fnv1a128(parts: &[&[u8]]) -> u128 {
+    const OFFSET: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    const PRIME: u128 = 0x0000_0000_0100_0000_0000_0000_0000_013b;
+    let mut h = OFFSET;
+    for p in parts {
+        for &b in *p {
+            h ^= u128::from(b);
+            h = h.wrapping_mul(PRIME);
+        }
+    }
+    h
+}
+
+/// The default serial of subsystem `nqn`, derived from the install identity and the NQN (never
+/// from the subsystem's position in the file): `NV` and 18 hex digits of a hash of both, 20
+/// bytes (Identify Controller SN).
+pub fn derived_serial(install: &[u8; 16], nqn: &str) -> String {
+    // The NUL keeps (identity, NQN) pairs apart whatever bytes the NQN holds.
+    let h = fnv1a128(&[install, b"\0", nqn.as_bytes()]);
+    format!("NV{}", &format!("{h:032x}")[..18])
 }
 
 /// Resolve every identity the config leaves open (see the module docs), reading and writing
@@ -275,17 +297,21 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
             BdevKind::Uring { path, .. } => Some(path.clone()),
             // An SSD's data survives a restart as a file's does; its record is keyed by the
             // PCI address and namespace (a key, never opened as a path).
-            BdevKind::Nvme { pci, namespace } => Some(std::path::PathBuf::from(format!(
+            BdevKind::Nvme { pci, namespace, .. } => Some(std::path::PathBuf::from(format!(
                 "nvme://{pci}/{namespace}"
             ))),
             _ => None,
         })
     };
+    // The UUID the configuration gives a namespace: its own, else its bdev's.
+    let given_uuid = |n: &nvmfd_config::NamespaceConfig| {
+        n.uuid.or_else(|| cfg.bdev(&n.bdev).and_then(|b| b.uuid))
+    };
     let needs_install_id = cfg.subsystems.iter().any(|s| s.serial_is_default);
     let needs_records = cfg.subsystems.iter().any(|s| {
-        s.namespaces
-            .iter()
-            .any(|n| persistent(&n.bdev).is_some() && (n.uuid.is_none() || n.nguid.is_none()))
+        s.namespaces.iter().any(|n| {
+            persistent(&n.bdev).is_some() && (given_uuid(n).is_none() || n.nguid.is_none())
+        })
     });
     let install = if needs_install_id {
         Some(install_id(dir)?)
@@ -309,16 +335,17 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
     let mut out = Identities {
         subsystems: Vec::with_capacity(cfg.subsystems.len()),
     };
-    for (i, s) in cfg.subsystems.iter().enumerate() {
+    for s in &cfg.subsystems {
         let serial = match (&install, s.serial_is_default) {
-            (Some(id), true) => derived_serial(id, i),
+            (Some(id), true) => derived_serial(id, &s.nqn),
             _ => s.serial.clone(),
         };
         let mut namespaces = Vec::with_capacity(s.namespaces.len());
         for n in &s.namespaces {
+            let given = given_uuid(n);
             let ids = match persistent(&n.bdev) {
                 None => NamespaceIds {
-                    uuid: n.uuid.map_or_else(random_uuid, Ok)?,
+                    uuid: given.map_or_else(random_uuid, Ok)?,
                     nguid: n.nguid.map_or_else(random_nguid, Ok)?,
                     eui64: n.eui64.unwrap_or_default(),
                 },
@@ -336,7 +363,7 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
                         }
                         None => None,
                     };
-                    let uuid = match (n.uuid, &stored) {
+                    let uuid = match (given, &stored) {
                         (Some(u), _) => u,
                         (None, Some(st)) => st.uuid,
                         (None, None) => random_uuid()?,
@@ -346,7 +373,7 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
                         (None, Some(st)) => st.nguid,
                         (None, None) => random_nguid()?,
                     };
-                    if n.uuid.is_none() || n.nguid.is_none() {
+                    if given.is_none() || n.nguid.is_none() {
                         records.insert(key, Stored { path, uuid, nguid });
                     }
                     NamespaceIds {
@@ -428,9 +455,29 @@ mod tests {
         assert_eq!(a[8] >> 6, 2);
         assert_eq!(parse_uuid(&uuid_text(&a)), Some(a));
         assert_ne!(random_nguid().unwrap(), random_nguid().unwrap());
-        let s = derived_serial(&a, 0);
+        let s = derived_serial(&a, "nqn.2026-11.io.nvmfd:a");
         assert_eq!(s.len(), 20);
-        assert!(s.ends_with("0001"));
-        assert_ne!(s, derived_serial(&b, 0));
+        assert_ne!(s, derived_serial(&b, "nqn.2026-11.io.nvmfd:a"));
+    }
+
+    /// A default serial depends on the install identity and the NQN only: the same for the
+    /// same pair (the subsystem's place in the file is no input), different for another.
+    #[test]
+    fn derived_serials_are_stable_per_nqn() {
+        let id = [0x5a; 16];
+        let s = derived_serial(&id, "nqn.2026-11.io.nvmfd:a");
+        assert_eq!(s.len(), 20);
+        assert!(
+            s.starts_with("NV") && s[2..].bytes().all(|b| b.is_ascii_hexdigit()),
+            "{s}"
+        );
+        // Fixed values: the derivation must not change between builds or releases (the FNV
+        // value is the published 128-bit FNV-1a test vector of "a").
+        assert_eq!(s, "NVecc8f3ae6810560299");
+        assert_eq!(fnv1a128(&[b"a"]), 0xd228_cb69_6f1a_8caf_7891_2b70_4e4a_8964);
+        assert_ne!(s, derived_serial(&id, "nqn.2026-11.io.nvmfd:b"));
+        let mut other = id;
+        other[15] ^= 1;
+        assert_ne!(s, derived_serial(&other, "nqn.2026-11.io.nvmfd:a"));
     }
 }

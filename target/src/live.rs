@@ -177,6 +177,7 @@ fn subsystem(
         allow_any_host: sc.allow_any_host,
         hosts: sc.hosts.clone(),
         cntlid_range: (sc.cntlid_min, sc.cntlid_max),
+        max_namespaces: sc.max_namespaces,
         namespaces,
         listeners: listeners(sc),
     }
@@ -312,6 +313,14 @@ impl Live {
     pub fn reload(&self, mut file: Config, why: &str) -> Result<Applied, Refused> {
         let mut st = self.lock();
         file.rpc = st.config.rpc.clone();
+        // A bdev's own UUID (given by RPC, say) is kept for the same bdev when the file has none.
+        for b in &mut file.bdevs {
+            if let Some(r) = st.config.bdev(&b.name) {
+                if b.uuid.is_none() && r.kind == b.kind {
+                    b.uuid = r.uuid;
+                }
+            }
+        }
         for sc in &mut file.subsystems {
             let Some(run) = st.config.subsystems.iter().find(|r| r.nqn == sc.nqn) else {
                 continue;
@@ -376,10 +385,18 @@ impl Live {
         }
         for s in &cand.subsystems {
             if let Some(o) = old.subsystems.iter().find(|o| o.nqn == s.nqn) {
-                let fixed = |c: &SubsystemConfig| (c.model.clone(), c.cntlid_min, c.cntlid_max);
+                // NN (max_namespaces) too: hosts size their namespace view by it at connect.
+                let fixed = |c: &SubsystemConfig| {
+                    (
+                        c.model.clone(),
+                        c.cntlid_min,
+                        c.cntlid_max,
+                        c.max_namespaces,
+                    )
+                };
                 if fixed(o) != fixed(s) || (!s.serial_is_default && s.serial != o.serial) {
                     return Err(Refused(format!(
-                        "subsystem {:?}: serial, model and controller ID range cannot change while it exists; delete it and create it again",
+                        "subsystem {:?}: serial, model, controller ID range and max_namespaces cannot change while it exists; delete it and create it again",
                         s.nqn
                     )));
                 }

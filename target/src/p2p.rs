@@ -109,6 +109,8 @@ pub fn tcp_staging(
                 .iter()
                 .find(|d| d.transport == "tcp" && d.bdev == b.name && d.writes.is_cmb())?;
             let pool = bdevs[i].cmb_domain_pool()?;
+            // Each reactor's TCP group makes one cache of it (sized by how many share it).
+            pool.share_among(cfg.reactors.cores.len());
             Some(StagingSource::new(
                 pool,
                 &format!("{} nsid {}", d.subsystem, d.nsid),
@@ -174,6 +176,7 @@ pub fn log_counters(counters: &[NamespaceCounters]) {
             cmb_bytes = c.cmb_bytes, host_bytes = c.host_bytes,
             fallback_cmb_pool_exhausted = c.fallback_exhausted,
             fallback_larger_than_cmb_buffer = c.fallback_too_large,
+            fallback_cmb_not_registered = c.fallback_unregistered,
             "p2p counters at shutdown");
     }
 }

@@ -329,7 +329,13 @@ pub fn for_config(cfg: &Config, bdevs: &[Arc<dyn Bdev>]) -> Chain {
             }
         }
     }
-    register(&wants)
+    let chain = register(&wants);
+    // Every reactor makes one cache of each (CMB, device) pool it serves: the caches' sizes
+    // follow from how many share a CMB (a small CMB must not end up in one reactor's cache).
+    for p in &chain.pools {
+        p.shared_pool().share_among(cfg.reactors.cores.len());
+    }
+    chain
 }
 
 /// Finish an RDMA placement decision that the rest permitted (`d.uses_cmb()`): the PCIe
@@ -413,10 +419,12 @@ pub fn staging(cfg: &Config, decisions: &[PlacementDecision]) -> Vec<RdmaStaging
                 .iter()
                 .find(|d| d.transport == "rdma" && d.bdev == b.name);
             let pick = |w: Where| w.is_cmb().then(|| w.domain());
-            RdmaStaging {
-                writes: d.and_then(|d| pick(d.writes)),
-                reads: d.and_then(|d| pick(d.reads)),
-            }
+            let label = d.map_or_else(String::new, |d| format!("{} nsid {}", d.subsystem, d.nsid));
+            RdmaStaging::new(
+                d.and_then(|d| pick(d.writes)),
+                d.and_then(|d| pick(d.reads)),
+                &label,
+            )
         })
         .collect()
 }
@@ -542,13 +550,7 @@ mod tests {
         tcp.bdev = "ram1".into();
         let st = staging(&cfg, &[rdma, tcp]);
         let cmb = Some(nvmfd_p2p::mem::Domain::Cmb { device: 0 });
-        assert_eq!(
-            st[0],
-            RdmaStaging {
-                writes: cmb,
-                reads: cmb
-            }
-        );
+        assert_eq!(st[0], RdmaStaging::new(cmb, cmb, "nqn.a nsid 1"));
         assert_eq!(
             st[1],
             RdmaStaging::default(),

@@ -3,6 +3,9 @@
 //! `target/src/core/tests.rs`; these tests prove the reactor carries the core's outputs out
 //! (shutdown flushes, queue teardown, held-command completions) and that the wire shows it.
 
+mod common;
+
+use common::{free_port, start_yaml};
 use nvmfd_bench::host::read_sqe;
 use nvmfd_bench::{Controller, Host, HostOptions};
 use nvmfd_target::daemon::Daemon;
@@ -16,14 +19,6 @@ const NQN: &str = "nqn.2026-11.io.nvmfd:conf";
 const BS: usize = 4096;
 /// CC: EN = 1, IOSQES = 6, IOCQES = 4.
 const CC_ENABLE: u64 = 1 | (6 << 16) | (4 << 20);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A daemon with one subsystem listening on `address` (a free port); returns the daemon and the
 /// loopback address to connect to.
@@ -41,8 +36,7 @@ subsystems:
     listeners: [ {{ transport: tcp, address: "{address}", port: {port} }} ]
 "#
     );
-    let cfg = nvmfd_config::parse_str(&yaml, "conf.yaml").expect("valid test config");
-    let d = Daemon::start(&cfg).expect("daemon starts");
+    let d = start_yaml(&yaml, "conf.yaml");
     (d, SocketAddr::from(([127, 0, 0, 1], port)))
 }
 

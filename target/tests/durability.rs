@@ -4,6 +4,9 @@
 //! its completion. A `uring` file namespace shows that a FUA write is in the file for another
 //! process reading with O_DIRECT as soon as the host has the completion.
 
+mod common;
+
+use common::{free_port, TempDir};
 use nvmfd_bdev::testing::{Event, Recorder};
 use nvmfd_bdev::{Bdev, Op};
 use nvmfd_bench::host::{write_sqe, write_zeroes_sqe};
@@ -13,7 +16,6 @@ use nvmfd_transport::proto::nvme::{feature, Sqe};
 use nvmfd_transport::proto::status::Status;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,39 +24,9 @@ const BS: usize = 4096;
 /// CDW12 bit 30 of Write / Write Zeroes.
 const FUA: u32 = 1 << 30;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A temporary state directory for one daemon, removed on drop.
-struct StateDir(PathBuf);
-
-impl StateDir {
-    fn new() -> StateDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "nvmfd-durability-state-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).expect("state dir");
-        StateDir(p)
-    }
-}
-
-impl Drop for StateDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn config(bdev: &str) -> (nvmfd_config::Config, StateDir) {
+fn config(bdev: &str) -> (nvmfd_config::Config, TempDir) {
     let port = free_port();
-    let state = StateDir::new();
+    let state = TempDir::new("durability-state");
     let yaml = format!(
         r#"
 state_dir: {}
@@ -69,12 +41,12 @@ subsystems:
 "#,
         state.0.display()
     );
-    let cfg = nvmfd_config::parse_str(&yaml, "durability.yaml").expect("valid test config");
+    let cfg = common::config(&yaml, "durability.yaml");
     (cfg, state)
 }
 
 /// A daemon whose only bdev (a RAM disk) is wrapped in a Recorder.
-fn start_recorded() -> (Daemon, SocketAddr, Arc<Recorder>, StateDir) {
+fn start_recorded() -> (Daemon, SocketAddr, Arc<Recorder>, TempDir) {
     let (cfg, state) = config("malloc: { size: 4MiB }");
     let inner = nvmfd_bdev::open(&cfg.bdevs[0]).expect("open malloc");
     let rec = Arc::new(Recorder::new(inner));

@@ -3,46 +3,18 @@
 //! 119:104, EUI64 bytes 127:120), the Namespace Identification Descriptor list (CNS 03h) and
 //! Identify Controller (serial, bytes 23:4). Every daemon gets its own temporary state directory.
 
+mod common;
+
+use common::{free_port, TempDir};
 use nvmfd_bench::{Host, HostOptions};
 use nvmfd_config::Config;
 use nvmfd_target::daemon::Daemon;
 use nvmfd_transport::proto::nvme::cns;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 const NQN: &str = "nqn.2026-11.io.nvmfd:ident";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "nvmfd-identity-{}-{tag}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// What a host learns about a controller and one namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +97,7 @@ const DEFAULT_NQN: &str = "nqn.2026-11.io.nvmfd:default";
 /// identifiers, since its data did not survive.
 #[test]
 fn two_embedded_defaults_differ() {
-    let (sa, sb) = (TempDir::new("a"), TempDir::new("b"));
+    let (sa, sb) = (TempDir::new("identity-a"), TempDir::new("identity-b"));
     let a = Daemon::start(&embedded_default(&sa.0)).expect("daemon a");
     let b = Daemon::start(&embedded_default(&sb.0)).expect("daemon b");
     let seen_a = look(a.listen_addrs[0], DEFAULT_NQN, 1);
@@ -175,7 +147,7 @@ subsystems:
         state.display(),
         image.display()
     );
-    nvmfd_config::parse_str(&yaml, "identity.yaml").expect("valid test config")
+    common::config(&yaml, "identity.yaml")
 }
 
 fn image(dir: &Path, name: &str) -> PathBuf {
@@ -191,8 +163,8 @@ fn image(dir: &Path, name: &str) -> PathBuf {
 /// (another machine) gives others again.
 #[test]
 fn file_namespace_keeps_its_identifiers() {
-    let state = TempDir::new("state");
-    let data = TempDir::new("data");
+    let state = TempDir::new("identity-state");
+    let data = TempDir::new("identity-data");
     let img = image(&data.0, "disk0.img");
 
     let d = Daemon::start(&file_config(&state.0, &img, "")).expect("start");
@@ -225,7 +197,7 @@ fn file_namespace_keeps_its_identifiers() {
     assert_ne!(moved.uuid(), first.uuid());
 
     // The same file behind another machine's state: other identifiers.
-    let state2 = TempDir::new("state2");
+    let state2 = TempDir::new("identity-state2");
     let d = Daemon::start(&file_config(&state2.0, &img, "")).expect("second machine");
     let elsewhere = look(d.listen_addrs[0], NQN, 1);
     d.shutdown();
@@ -236,8 +208,8 @@ fn file_namespace_keeps_its_identifiers() {
 /// Identifiers the YAML gives are reported exactly, in the byte order they are written in.
 #[test]
 fn configured_identifiers_are_reported_as_written() {
-    let state = TempDir::new("cfg");
-    let data = TempDir::new("cfgdata");
+    let state = TempDir::new("identity-cfg");
+    let data = TempDir::new("identity-cfgdata");
     let img = image(&data.0, "disk.img");
     let extra = ", uuid: 3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10, nguid: 0c6a1e5d4e2f7a4e9a1b0c0ffee00002, eui64: 0026b7680000f00d";
     let d = Daemon::start(&file_config(&state.0, &img, extra)).expect("start");
@@ -268,7 +240,7 @@ fn configured_identifiers_are_reported_as_written() {
 /// A state directory that cannot be written stops the start with an error naming it.
 #[test]
 fn unwritable_state_dir_is_a_clear_error() {
-    let tmp = TempDir::new("bad");
+    let tmp = TempDir::new("identity-bad");
     let blocker = tmp.0.join("a-file");
     std::fs::write(&blocker, b"x").unwrap();
     let bad = blocker.join("state");
@@ -280,11 +252,55 @@ fn unwritable_state_dir_is_a_clear_error() {
     assert!(msg.contains("state directory"), "{msg}");
 
     // A corrupt install identity is refused too, naming the file.
-    let st = TempDir::new("corrupt");
+    let st = TempDir::new("identity-corrupt");
     std::fs::write(st.0.join("install-id"), b"not a uuid\n").unwrap();
     let e = Daemon::start(&embedded_default(&st.0))
         .err()
         .expect("start must fail");
     let msg = format!("{e:#}");
     assert!(msg.contains("install-id"), "{msg}");
+}
+
+/// Default serials follow the subsystem (its NQN), not its place in the file: reordering the
+/// subsystems, or adding one in front, changes no serial across a restart with the same state
+/// directory; each subsystem still has its own.
+#[test]
+fn default_serials_survive_reordering_the_file() {
+    const A: &str = "nqn.2026-11.io.nvmfd:serial-a";
+    const B: &str = "nqn.2026-11.io.nvmfd:serial-b";
+    const C: &str = "nqn.2026-11.io.nvmfd:serial-c";
+    let state = TempDir::new("identity-serials");
+    let config = |order: &[&str]| {
+        let port = free_port();
+        let mut y = format!(
+            "state_dir: {}\nreactors: {{ cores: [0], idle_sleep_us: 20 }}\nbdevs:\n",
+            state.0.display()
+        );
+        for i in 0..order.len() {
+            y += &format!("  - {{ name: r{i}, malloc: {{ size: 1MiB }} }}\n");
+        }
+        y += "subsystems:\n";
+        for (i, nqn) in order.iter().enumerate() {
+            y += &format!(
+                "  - nqn: {nqn}\n    namespaces: [ {{ nsid: 1, bdev: r{i} }} ]\n    listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]\n"
+            );
+        }
+        common::config(&y, "serials.yaml")
+    };
+    let serials = |order: &[&str]| {
+        let d = Daemon::start(&config(order)).expect("start");
+        let s: Vec<String> = [A, B]
+            .iter()
+            .map(|nqn| look(d.listen_addrs[0], nqn, 1).serial)
+            .collect();
+        d.shutdown();
+        s
+    };
+    let first = serials(&[A, B]);
+    assert_ne!(first[0], first[1], "each subsystem has its own serial");
+    for s in &first {
+        assert_eq!(s.len(), 20, "{s}");
+    }
+    assert_eq!(serials(&[B, A]), first, "reordered");
+    assert_eq!(serials(&[C, B, A]), first, "another subsystem in front");
 }

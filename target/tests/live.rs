@@ -3,14 +3,15 @@
 //! asynchronous events, a removed host is disconnected and refused, a removed listener stops
 //! accepting, and `nvmf_get_subsystems` / `save_config` follow every change.
 
+mod common;
+
+use common::{call, err, free_port, start_yaml, TempDir};
 use nvmfd_bench::{Controller, Host, HostOptions};
-use nvmfd_target::daemon::Daemon;
 use nvmfd_target::rpc::client::Client;
 use nvmfd_transport::proto::fabrics::DISCOVERY_NQN;
 use nvmfd_transport::proto::nvme::{feature, log_page, opcode, Sqe};
 use nvmfd_transport::proto::status::Status;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,35 +19,6 @@ use std::time::Duration;
 const NQN: &str = "nqn.2026-11.io.nvmfd:live";
 const NEW: &str = "nqn.2026-11.io.nvmfd:live-new";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0b0b0b0b-0000-4000-8000-00000000000b";
-
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn call(c: &mut Client, m: &str, p: Value) -> Value {
-    match c.call(m, Some(p)).unwrap() {
-        Ok(v) => v,
-        Err(e) => panic!("{m}: error {e:?}"),
-    }
-}
-
-fn err(c: &mut Client, m: &str, p: Value) -> (i32, String) {
-    match c.call(m, Some(p)).unwrap() {
-        Ok(v) => panic!("{m}: expected an error, got {v}"),
-        Err(e) => (e.code, e.message),
-    }
-}
 
 fn opts(nqn: &str, host: &str) -> HostOptions {
     let mut o = HostOptions::new(nqn);
@@ -92,9 +64,7 @@ fn subsystem(c: &mut Client, nqn: &str) -> Value {
 
 #[test]
 fn live_reconfiguration_with_io_running() {
-    let dir = Dir(std::env::temp_dir().join(format!("nvmfd-live-it-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
-    std::fs::create_dir_all(&dir.0).unwrap();
+    let dir = TempDir::new("live-it");
     let port = free_port();
     let yaml = format!(
         r#"
@@ -109,8 +79,7 @@ state_dir: {}
 "#,
         dir.0.join("state").display()
     );
-    let cfg = nvmfd_config::parse_str(&yaml, "live.yaml").unwrap();
-    let mut d = Daemon::start(&cfg).expect("daemon starts");
+    let mut d = start_yaml(&yaml, "live.yaml");
     let sock = dir.0.join("nvmfd.sock");
     d.serve_rpc(&sock).unwrap();
     let addr = d.listen_addrs[0];

@@ -1,31 +1,14 @@
 //! `/metrics` against a real daemon: a host from bench/ does writes and reads of known sizes
 //! (verified), plus a few refused commands, and the scrape must give exactly those numbers.
 
+mod common;
+
+use common::{config, free_port, scrape, start_yaml};
 use nvmfd_bench::{pattern, Host, HostOptions};
-use nvmfd_target::daemon::Daemon;
 use nvmfd_transport::proto::status::Status;
-use std::io::{Read, Write};
-use std::net::SocketAddr;
 use std::time::Duration;
 
 const NQN: &str = "nqn.2026-11.io.nvmfd:metrics";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn scrape(addr: SocketAddr) -> String {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200 OK\r\n"), "{out}");
-    out[out.find("\r\n\r\n").unwrap() + 4..].to_string()
-}
 
 /// The value of the one series `name{labels}` (labels as written, in order), if present.
 fn value(text: &str, series: &str) -> Option<f64> {
@@ -69,8 +52,7 @@ state_dir: {}
 "#,
         dir.join("state").display()
     );
-    let cfg = nvmfd_config::parse_str(&yaml, "metrics.yaml").unwrap();
-    let mut d = Daemon::start(&cfg).expect("daemon starts");
+    let mut d = start_yaml(&yaml, "metrics.yaml");
     let maddr = d
         .serve_metrics("127.0.0.1:0".parse().unwrap())
         .expect("metrics");
@@ -284,7 +266,7 @@ fn counting_cost_per_command() {
     use std::time::Instant;
     let yaml = "bdevs: [ { name: a, malloc: { size: 1MiB } }, { name: b, malloc: { size: 1MiB } }, { name: c, malloc: { size: 1MiB } } ]\n\
                 subsystems: [ { nqn: nqn.2026-11.io.nvmfd:cost, namespaces: [ { nsid: 1, bdev: a }, { nsid: 2, bdev: b }, { nsid: 3, bdev: c } ] } ]\n";
-    let cfg = nvmfd_config::parse_str(yaml, "cost.yaml").unwrap();
+    let cfg = config(yaml, "cost.yaml");
     let info = |n: &str| nvmfd_bdev::BdevInfo {
         name: n.into(),
         kind: "test",
@@ -337,4 +319,87 @@ fn counting_cost_per_command() {
          {batched:.1} ns with one per batch of 32 (best of 7 x {N})"
     );
     assert!(best < 2000.0, "{best} ns per command");
+}
+
+/// A reactor that misses a scrape's 2 s deadline (it sleeps 4 s between polls when idle) is
+/// shown with its last report, flagged stale: its series never vanish or go down (Prometheus
+/// would read that as a counter reset). And the scrape waiting for it does not hold up the
+/// endpoint: another request is answered meanwhile.
+#[test]
+fn a_late_reactor_keeps_its_counters() {
+    let dir = common::TempDir::new("metrics-late");
+    let port = free_port();
+    let yaml = format!(
+        r#"
+reactors: {{ cores: [0], idle_sleep_us: 4000000 }}
+bdevs: [ {{ name: r0, malloc: {{ size: 1MiB }} }} ]
+subsystems:
+  - nqn: {NQN}
+    namespaces: [ {{ nsid: 1, bdev: r0 }} ]
+    listeners: [ {{ address: 127.0.0.1, port: {port} }} ]
+state_dir: {}
+"#,
+        dir.path().join("state").display()
+    );
+    let mut d = start_yaml(&yaml, "late.yaml");
+    let maddr = d
+        .serve_metrics("127.0.0.1:0".parse().unwrap())
+        .expect("metrics");
+    let polls = |t: &str| {
+        let busy = value(
+            t,
+            "nvmfd_reactor_polls_total{reactor=\"0\",result=\"busy\"}",
+        );
+        let idle = value(
+            t,
+            "nvmfd_reactor_polls_total{reactor=\"0\",result=\"idle\"}",
+        );
+        busy.zip(idle).map(|(b, i)| b + i)
+    };
+    let (mut last, mut fresh_seen, mut stale_seen, mut other_answered_early) =
+        (None::<f64>, false, false, false);
+    // Each scrape waits up to 2 s; the reactor answers within 2 s of a scrape about half the
+    // time. Stop once a fresh report was followed by a stale one.
+    for _ in 0..30 {
+        let started = std::time::Instant::now();
+        let scraper = std::thread::spawn(move || (scrape(maddr), std::time::Instant::now()));
+        std::thread::sleep(Duration::from_millis(200));
+        let other = common::http_get(maddr, "/other");
+        let other_done = std::time::Instant::now();
+        assert!(other.starts_with("HTTP/1.1 404"), "{other}");
+        let (t, done) = scraper.join().unwrap();
+        let stale = value(&t, "nvmfd_reactor_report_stale{reactor=\"0\"}");
+        match (stale, polls(&t)) {
+            // Never heard from yet: nothing to show, and nothing shown before either.
+            (None, None) => assert!(last.is_none(), "reactor 0's series vanished:\n{t}"),
+            (Some(s), Some(p)) => {
+                if let Some(l) = last {
+                    assert!(p >= l, "polls went down from {l} to {p}:\n{t}");
+                }
+                last = Some(p);
+                if s == 0.0 {
+                    fresh_seen = true;
+                } else if fresh_seen {
+                    stale_seen = true;
+                    assert!(get(&t, "nvmfd_reactor_report_misses_total{reactor=\"0\"}") >= 1);
+                    // This scrape waited its full 2 s: the 404 came back while it waited.
+                    assert!(done - started >= Duration::from_secs(2));
+                    other_answered_early |= other_done < done;
+                }
+            }
+            (s, p) => panic!("stale flag {s:?} and polls {p:?} disagree:\n{t}"),
+        }
+        if stale_seen && other_answered_early {
+            break;
+        }
+    }
+    assert!(
+        fresh_seen && stale_seen,
+        "fresh {fresh_seen}, stale {stale_seen}"
+    );
+    assert!(
+        other_answered_early,
+        "a request waited for a scrape's reports"
+    );
+    d.shutdown();
 }

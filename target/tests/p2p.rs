@@ -4,35 +4,19 @@
 //! (The CMB path itself: transport/src/tcp/tests.rs with a stand-in CMB pool, and the guest's
 //! emulated SSD in tests/e2e/guest-p2p.sh.)
 
+mod common;
+
+use common::{free_port, TempDir};
 use nvmfd_bench::{Host, HostOptions};
 use nvmfd_target::daemon::Daemon;
 use nvmfd_target::rpc::client::Client;
 use nvmfd_transport::proto::status::Status;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 
 const NQN: &str = "nqn.2026-11.io.nvmfd:p2p-it";
 
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tmp(tag: &str) -> Dir {
-    let d = std::env::temp_dir().join(format!("nvmfd-p2p-it-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Dir(d)
-}
-
-fn config(dir: &Dir, subsystem_p2p: &str, ns_p2p: &str) -> nvmfd_config::Config {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+fn config(dir: &TempDir, subsystem_p2p: &str, ns_p2p: &str) -> nvmfd_config::Config {
+    let port = free_port();
     let ns_p2p = if ns_p2p.is_empty() {
         String::new()
     } else {
@@ -55,12 +39,12 @@ state_dir: {}
 "#,
         dir.0.join("state").display()
     );
-    nvmfd_config::parse_str(&text, "p2p.yaml").unwrap()
+    common::config(&text, "p2p.yaml")
 }
 
 #[test]
 fn required_on_a_bdev_without_a_cmb_refuses_to_start_with_the_decision() {
-    let dir = tmp("req");
+    let dir = TempDir::new("p2p-it-req");
     // The namespace inherits `required` from its subsystem.
     let cfg = config(&dir, "required", "");
     let e = match Daemon::start(&cfg) {
@@ -86,7 +70,7 @@ fn required_on_a_bdev_without_a_cmb_refuses_to_start_with_the_decision() {
 
 #[test]
 fn auto_without_a_cmb_serves_from_host_memory_and_counts_it() {
-    let dir = tmp("auto");
+    let dir = TempDir::new("p2p-it-auto");
     let cfg = config(&dir, "auto", "");
     let mut d = Daemon::start(&cfg).expect("starts");
     let sock = dir.0.join("rpc.sock");

@@ -1,6 +1,9 @@
 //! The JSON-RPC control plane against a real daemon: the socket, framing, errors, and the
 //! content of every read-only method (checked against the config and a connected host).
 
+mod common;
+
+use common::{body_of, call, config, err, free_port, http_get, TempDir};
 use nvmfd_bench::{Host, HostOptions};
 use nvmfd_target::daemon::Daemon;
 use nvmfd_target::rpc::client::Client;
@@ -14,20 +17,6 @@ const NQN: &str = "nqn.2026-11.io.nvmfd:rpc";
 const LOCKED: &str = "nqn.2026-11.io.nvmfd:rpc-locked";
 const HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0a0a0a0a-0000-4000-8000-00000000000a";
 const UUID: &str = "3b1f2c4e-8d7a-4f7e-9a51-6c2d0e9b7a10";
-
-struct Dir(PathBuf);
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tmp(tag: &str) -> Dir {
-    let d = std::env::temp_dir().join(format!("nvmfd-rpc-it-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    Dir(d)
-}
 
 fn yaml(port: u16, state: &std::path::Path) -> String {
     format!(
@@ -57,36 +46,18 @@ state_dir: {}
     )
 }
 
-fn start(dir: &Dir) -> (Daemon, PathBuf, nvmfd_config::Config) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = nvmfd_config::parse_str(&yaml(port, &dir.0.join("state")), "rpc.yaml").unwrap();
+fn start(dir: &TempDir) -> (Daemon, PathBuf, nvmfd_config::Config) {
+    let port = free_port();
+    let cfg = config(&yaml(port, &dir.0.join("state")), "rpc.yaml");
     let mut d = Daemon::start(&cfg).expect("daemon starts");
     let sock = dir.0.join("nvmfd.sock");
     d.serve_rpc(&sock).expect("rpc starts");
     (d, sock, cfg)
 }
 
-fn call(c: &mut Client, m: &str, p: Option<Value>) -> Value {
-    match c.call(m, p).unwrap() {
-        Ok(v) => v,
-        Err(e) => panic!("{m}: error {e:?}"),
-    }
-}
-
-fn err(c: &mut Client, m: &str, p: Option<Value>) -> (i32, String) {
-    match c.call(m, p).unwrap() {
-        Ok(v) => panic!("{m}: expected an error, got {v}"),
-        Err(e) => (e.code, e.message),
-    }
-}
-
 #[test]
 fn socket_mode_and_removal() {
-    let dir = tmp("sock");
+    let dir = TempDir::new("rpc-it-sock");
     let (d, sock, _) = start(&dir);
     let m = std::fs::symlink_metadata(&sock).unwrap();
     assert!(m.file_type().is_socket());
@@ -97,7 +68,7 @@ fn socket_mode_and_removal() {
 
 #[test]
 fn read_only_methods() {
-    let dir = tmp("ro");
+    let dir = TempDir::new("rpc-it-ro");
     let (d, sock, _cfg) = start(&dir);
     let mut c = Client::connect(&sock).unwrap();
 
@@ -309,7 +280,7 @@ fn read_only_methods() {
 
 #[test]
 fn errors_and_framing() {
-    let dir = tmp("err");
+    let dir = TempDir::new("rpc-it-err");
     let (d, sock, _) = start(&dir);
     let mut c = Client::connect(&sock).unwrap();
     let (code, msg) = err(&mut c, "no_such_method", None);
@@ -532,7 +503,7 @@ fn errors_and_framing() {
 /// save_config → check-config → start from it: the same target (subsystems, identities).
 #[test]
 fn save_config_round_trip() {
-    let dir = tmp("save");
+    let dir = TempDir::new("rpc-it-save");
     let (d, sock, _) = start(&dir);
     let mut c = Client::connect(&sock).unwrap();
     let saved = call(&mut c, "save_config", None);
@@ -542,8 +513,7 @@ fn save_config_round_trip() {
     drop(c);
     d.shutdown();
 
-    let cfg2 =
-        nvmfd_config::parse_str(text, "saved.yaml").unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let cfg2 = config(text, "saved.yaml");
     assert_eq!(cfg2.rpc.socket, sock);
     let mut d2 = Daemon::start(&cfg2).expect("restart from the saved config");
     d2.serve_rpc(&sock).unwrap();
@@ -555,24 +525,13 @@ fn save_config_round_trip() {
     d2.shutdown();
 }
 
-fn body_of(m: &str) -> &str {
-    &m[m.find("\r\n\r\n").map_or(0, |i| i + 4)..]
-}
-
 /// `/metrics`: the text format, with the live controllers and bdevs in it.
 #[test]
 fn metrics_endpoint() {
-    use std::io::Write;
-    let dir = tmp("metrics");
+    let dir = TempDir::new("rpc-it-metrics");
     let (mut d, _sock, _) = start(&dir);
     let addr = d.serve_metrics("127.0.0.1:0".parse().unwrap()).unwrap();
-    let get = |path: &str| {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        out
-    };
+    let get = |path: &str| http_get(addr, path);
     let mut o = HostOptions::new(LOCKED);
     o.hostnqn = HOST.into();
     o.io_timeout = Duration::from_secs(20);
@@ -628,4 +587,239 @@ fn metrics_endpoint() {
     drop(q);
     drop(host);
     d.shutdown();
+}
+
+/// Identify Controller NN is the subsystem's `max_namespaces` (SPDK's `nvmf_create_subsystem`
+/// parameter), fixed for its life: a namespace added later may take any NSID up to it, and none
+/// above it (by RPC or by a reloaded file), and a reload may not change it.
+#[test]
+fn max_namespaces_is_nn_and_the_nsid_limit() {
+    const SMALL: &str = "nqn.2026-11.io.nvmfd:rpc-small";
+    let dir = TempDir::new("rpc-it-maxns");
+    let (d, sock, cfg) = start(&dir);
+    let mut c = Client::connect(&sock).unwrap();
+    let port = d.listen_addrs[0].port().to_string();
+    call(
+        &mut c,
+        "nvmf_create_subsystem",
+        Some(json!({"nqn": SMALL, "allow_any_host": true, "max_namespaces": 4})),
+    );
+    call(
+        &mut c,
+        "nvmf_subsystem_add_listener",
+        Some(
+            json!({"nqn": SMALL, "listen_address": {"trtype": "tcp", "traddr": "127.0.0.1", "trsvcid": port}}),
+        ),
+    );
+    let ns = |bdev: &str, nsid: u32| {
+        Some(json!({"nqn": SMALL, "namespace": {"bdev_name": bdev, "nsid": nsid}}))
+    };
+    let (code, msg) = err(&mut c, "nvmf_subsystem_add_ns", ns("spare", 5));
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("NSID 5 is above max_namespaces 4"), "{msg}");
+    assert_eq!(
+        call(&mut c, "nvmf_subsystem_add_ns", ns("spare", 4)),
+        json!(4)
+    );
+    let s = call(&mut c, "nvmf_get_subsystems", Some(json!({"nqn": SMALL})));
+    assert_eq!(s[0]["max_namespaces"], 4, "{s}");
+
+    // A host sees NN 4 with the only namespace at NSID 4 (not NN = highest NSID in use).
+    let mut o = HostOptions::new(SMALL);
+    o.io_timeout = Duration::from_secs(20);
+    let mut h = Host::connect_admin(d.listen_addrs[0], &o).expect("admin connect");
+    assert_eq!(h.controller_info().unwrap().nn, 4);
+    assert_eq!(h.active_namespaces().unwrap(), vec![4]);
+    drop(h);
+
+    // Every NSID up to 4 taken: an automatic NSID is refused, not picked above NN.
+    for (i, nsid) in [1, 2, 3].into_iter().enumerate() {
+        let b = format!("extra{i}");
+        call(
+            &mut c,
+            "bdev_null_create",
+            Some(json!({"name": b, "num_blocks": 16, "block_size": 4096})),
+        );
+        assert_eq!(
+            call(
+                &mut c,
+                "nvmf_subsystem_add_ns",
+                Some(json!({"nqn": SMALL, "namespace": {"bdev_name": b}}))
+            ),
+            json!(nsid)
+        );
+    }
+    call(
+        &mut c,
+        "bdev_null_create",
+        Some(json!({"name": "extra3", "num_blocks": 16, "block_size": 4096})),
+    );
+    let (code, msg) = err(
+        &mut c,
+        "nvmf_subsystem_add_ns",
+        Some(json!({"nqn": SMALL, "namespace": {"bdev_name": "extra3"}})),
+    );
+    assert_eq!(code, -32602, "{msg}");
+    assert!(msg.contains("no free NSID"), "{msg}");
+
+    // A reloaded file: an NSID above the default 32 is refused with the rule; so is a change
+    // of max_namespaces of a subsystem that stays.
+    let mut file = cfg.clone();
+    file.subsystems[0].namespaces[0].nsid = 40;
+    let e = d.live().reload(file, "test").unwrap_err().to_string();
+    assert!(
+        e.contains("nsid 40 exceeds the subsystem's max_namespaces 32"),
+        "{e}"
+    );
+    let mut file = cfg.clone();
+    file.subsystems[0].max_namespaces = 64;
+    let e = d.live().reload(file, "test").unwrap_err().to_string();
+    assert!(e.contains("max_namespaces cannot change"), "{e}");
+    let s = call(&mut c, "nvmf_get_subsystems", Some(json!({"nqn": NQN})));
+    assert_eq!(s[0]["max_namespaces"], 32, "{s}");
+    assert_eq!(s[0]["namespaces"][0]["nsid"], 3, "{s}");
+    drop(c);
+    d.shutdown();
+}
+
+/// Identities made by RPC survive save_config and a restart from the saved file: a bdev's own
+/// `uuid` (bdev_malloc_create) is kept, becomes the UUID of the namespace it then backs (as in
+/// SPDK), and a namespace added without any UUID keeps the one generated for it.
+#[test]
+fn rpc_made_identities_survive_save_config_and_restart() {
+    const BDEV_UUID: &str = "7d1e0c6a-5b4f-4e3a-8c2d-1f0e9d8c7b6a";
+    const SPARE_UUID: &str = "0a1b2c3d-4e5f-4a6b-8c7d-8e9fa0b1c2d3";
+    let dir = TempDir::new("rpc-it-rpcids");
+    let (d, sock, _) = start(&dir);
+    let mut c = Client::connect(&sock).unwrap();
+    let malloc = |name: &str, uuid: &str| {
+        Some(json!({"name": name, "num_blocks": 64, "block_size": 4096, "uuid": uuid}))
+    };
+    call(&mut c, "bdev_malloc_create", malloc("withid", BDEV_UUID));
+    call(&mut c, "bdev_malloc_create", malloc("unused", SPARE_UUID));
+    call(
+        &mut c,
+        "bdev_malloc_create",
+        Some(json!({"name": "noid", "num_blocks": 64, "block_size": 4096})),
+    );
+    // A bad or all-zero UUID is refused.
+    for bad in ["not-a-uuid", "00000000-0000-0000-0000-000000000000"] {
+        let (code, _) = err(&mut c, "bdev_malloc_create", malloc("bad", bad));
+        assert_eq!(code, -32602);
+    }
+    let bdev = |c: &mut Client, name: &str| {
+        call(c, "bdev_get_bdevs", Some(json!({"name": name})))[0].clone()
+    };
+    assert_eq!(
+        bdev(&mut c, "unused")["uuid"],
+        SPARE_UUID,
+        "an unclaimed bdev shows its own"
+    );
+    assert!(bdev(&mut c, "noid").get("uuid").is_none());
+    let add = |c: &mut Client, b: &str| {
+        call(
+            c,
+            "nvmf_subsystem_add_ns",
+            Some(json!({"nqn": NQN, "namespace": {"bdev_name": b}})),
+        )
+    };
+    let nsid_with = add(&mut c, "withid");
+    let nsid_no = add(&mut c, "noid");
+    let ns_uuid = |c: &mut Client, nsid: &Value| -> String {
+        let s = call(c, "nvmf_get_subsystems", Some(json!({"nqn": NQN})));
+        let ns = s[0]["namespaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| &n["nsid"] == nsid);
+        ns.unwrap_or_else(|| panic!("no nsid {nsid} in {s}"))["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(
+        ns_uuid(&mut c, &nsid_with),
+        BDEV_UUID,
+        "the namespace takes its bdev's UUID"
+    );
+    let generated = ns_uuid(&mut c, &nsid_no);
+    assert_ne!(generated, "00000000-0000-0000-0000-000000000000");
+
+    // What a host reads (Namespace Identification Descriptor list, NIDT 3: UUID).
+    let host_uuid = |addr, nsid: u32| {
+        let mut o = HostOptions::new(NQN);
+        o.io_timeout = Duration::from_secs(20);
+        let mut h = Host::connect_admin(addr, &o).expect("admin connect");
+        let page = h
+            .identify(
+                nvmfd_transport::proto::nvme::cns::NAMESPACE_DESCRIPTORS,
+                nsid,
+            )
+            .expect("descriptors");
+        let mut i = 0;
+        while i + 4 <= page.len() && page[i] != 0 {
+            let len = page[i + 1] as usize;
+            if page[i] == 3 {
+                return page[i + 4..i + 4 + len].to_vec();
+            }
+            i += 4 + len;
+        }
+        panic!("no UUID descriptor for nsid {nsid}");
+    };
+    let nsid_with = nsid_with.as_u64().unwrap() as u32;
+    let nsid_no = nsid_no.as_u64().unwrap() as u32;
+    let seen_with = host_uuid(d.listen_addrs[0], nsid_with);
+    let seen_no = host_uuid(d.listen_addrs[0], nsid_no);
+
+    let saved = call(&mut c, "save_config", None);
+    let text = saved.as_str().unwrap().to_string();
+    assert!(
+        text.contains(SPARE_UUID),
+        "the unclaimed bdev's UUID is saved:\n{text}"
+    );
+    drop(c);
+    d.shutdown();
+
+    let cfg2 = config(&text, "saved.yaml");
+    let mut d2 = Daemon::start(&cfg2).expect("restart from the saved config");
+    d2.serve_rpc(&sock).unwrap();
+    let mut c = Client::connect(&sock).unwrap();
+    assert_eq!(ns_uuid(&mut c, &json!(nsid_with)), BDEV_UUID);
+    assert_eq!(ns_uuid(&mut c, &json!(nsid_no)), generated);
+    assert_eq!(bdev(&mut c, "unused")["uuid"], SPARE_UUID);
+    assert_eq!(bdev(&mut c, "withid")["uuid"], BDEV_UUID);
+    assert_eq!(host_uuid(d2.listen_addrs[0], nsid_with), seen_with);
+    assert_eq!(host_uuid(d2.listen_addrs[0], nsid_no), seen_no);
+    // SPDK's JSON config (framework_get_config) carries the bdevs' UUIDs too.
+    let calls = call(
+        &mut c,
+        "framework_get_config",
+        Some(json!({"name": "bdev"})),
+    );
+    let created: Vec<(&str, Option<&str>)> = calls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["params"]["name"].as_str().unwrap(),
+                x["params"]["uuid"].as_str(),
+            )
+        })
+        .collect();
+    assert!(
+        created.contains(&("unused", Some(SPARE_UUID))),
+        "{created:?}"
+    );
+    assert!(
+        created.contains(&("withid", Some(BDEV_UUID))),
+        "{created:?}"
+    );
+    assert_eq!(
+        call(&mut c, "save_config", None),
+        saved,
+        "saving again: the same text"
+    );
+    drop(c);
+    d2.shutdown();
 }

@@ -2,6 +2,9 @@
 //! the in-repo userspace host (`nvmfd-bench`), since this machine's kernel has no nvme-tcp. The
 //! kernel initiator is exercised by tests/e2e in a QEMU guest.
 
+mod common;
+
+use common::{free_port, start_yaml};
 use nvmfd_bench::host::{read_sqe, write_sqe};
 use nvmfd_bench::{Host, HostError, HostOptions, IoQueue, RawConnection, RawEvent};
 use nvmfd_target::daemon::Daemon;
@@ -16,14 +19,6 @@ const NQN: &str = "nqn.2026-11.io.nvmfd:it";
 const LOCKED: &str = "nqn.2026-11.io.nvmfd:locked";
 const ALLOWED_HOST: &str = "nqn.2014-08.org.nvmexpress:uuid:0a0a0a0a-0000-4000-8000-000000000001";
 const BS: usize = 4096;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Start a daemon with two subsystems (one open, one with an allow-list) on a free port.
 fn start(extra_tcp: &str) -> (Daemon, SocketAddr) {
@@ -47,8 +42,7 @@ subsystems:
     listeners: [ {{ transport: tcp, address: 127.0.0.1, port: {port} }} ]
 "#
     );
-    let cfg = nvmfd_config::parse_str(&yaml, "it.yaml").expect("valid test config");
-    let d = Daemon::start(&cfg).expect("daemon starts");
+    let d = start_yaml(&yaml, "it.yaml");
     let addr = d.listen_addrs[0];
     (d, addr)
 }
@@ -90,7 +84,8 @@ fn identify_and_discovery() {
         ),
         ("IT0001", "nvmfd", NQN)
     );
-    assert_eq!((info.mdts, info.nn, info.cntrltype), (5, 1, 1));
+    // NN: max_namespaces (default 32), not the highest NSID in use (1).
+    assert_eq!((info.mdts, info.nn, info.cntrltype), (5, 32, 1));
     let ns = c.namespace_info(1).unwrap();
     assert_eq!((ns.nsze, ns.block_size), (64 * 1024 * 1024 / 4096, 4096));
     assert_eq!(c.active_namespaces().unwrap(), vec![1]);

@@ -1,32 +1,12 @@
 //! `nvmfd topology` on fixture trees: the human report and the JSON document.
 
+mod common;
+
+use common::TempDir;
 use nvmfd_p2p::topology::fixture::{rig_guest, Fixture, Func};
 use nvmfd_p2p::topology::ACS_RR;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "nvmfd-topology-cli-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn nvmfd(fx: &Fixture, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_nvmfd"));
@@ -58,7 +38,7 @@ fn rig_with_nic(dir: &Path) -> Fixture {
 
 #[test]
 fn human_report_shows_the_tree_and_every_rdma_device_by_ssd() {
-    let t = TempDir::new();
+    let t = TempDir::new("topology-cli");
     let fx = rig_with_nic(&t.0);
     let o = nvmfd(&fx, &[]);
     assert!(o.status.success(), "{o:?}");
@@ -103,7 +83,7 @@ fn human_report_shows_the_tree_and_every_rdma_device_by_ssd() {
 
 #[test]
 fn json_report_has_the_documented_keys() {
-    let t = TempDir::new();
+    let t = TempDir::new("topology-cli");
     let fx = rig_with_nic(&t.0);
     let o = nvmfd(&fx, &["--json"]);
     assert!(o.status.success(), "{o:?}");
@@ -157,7 +137,7 @@ fn json_report_has_the_documented_keys() {
 
 #[test]
 fn pair_decides_one_pair_and_its_exit_status_says_the_verdict() {
-    let t = TempDir::new();
+    let t = TempDir::new("topology-cli");
     let mut fx = rig_guest(&t.0).unwrap();
     // A third downstream port with ACS redirect and an endpoint below it.
     fx.add(Func::downstream("0000:02:02.0", "0000:01:00.0").acs(ACS_RR))
@@ -214,7 +194,7 @@ fn pair_decides_one_pair_and_its_exit_status_says_the_verdict() {
 
 #[test]
 fn config_mode_lists_every_listener_by_namespace() {
-    let t = TempDir::new();
+    let t = TempDir::new("topology-cli");
     let fx = rig_with_nic(&t.0);
     let cfg = t.0.join("c.yaml");
     std::fs::write(
@@ -250,7 +230,7 @@ fn config_mode_lists_every_listener_by_namespace() {
 
 #[test]
 fn a_missing_sysfs_tree_is_an_error() {
-    let t = TempDir::new();
+    let t = TempDir::new("topology-cli");
     let o = Command::new(env!("CARGO_BIN_EXE_nvmfd"))
         .args(["topology", "--sysfs-root"])
         .arg(t.0.join("nope"))

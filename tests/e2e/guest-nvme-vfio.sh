@@ -14,7 +14,9 @@
 #      survives a daemon restart; a namespace the SSD lacks stops start-up with a clear error;
 #      namespace 2 fails some I/O (blkdebug): the SSD's statuses reach the host, the rest serves;
 #      host buffers go to the SSD by IOVA (nothing bounced); an I/O that times out is aborted,
-#      the controller reset, the rest keeps serving (namespace 3 answers after 3 s);
+#      the controller reset, the rest keeps serving (namespace 3 answers after 3 s); a reset that
+#      fails (test-only injection) stops the SSD's DMA (Bus Master Enable off, read back) before
+#      buffers go back, or leaks them when that fails too (injected);
 #   4. P2P placement over NVMe/TCP (tests/e2e/guest-p2p.sh);
 #   5. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern.
 set -uo pipefail
@@ -331,9 +333,9 @@ state_dir: /tmp/nvmfd-slow-state
 rpc: { socket: /tmp/nvmfd-slow.sock }
 bdevs:
   - name: ssd0
-    nvme: { pci: "$BDF", namespace: 1 }
+    nvme: { pci: "$BDF", namespace: 1, io_timeout_ms: 1000 }
   - name: slow0
-    nvme: { pci: "$BDF", namespace: 3 }
+    nvme: { pci: "$BDF", namespace: 3, io_timeout_ms: 1000 }
 subsystems:
   - nqn: $SLOW_NQN
     allow_any_host: true
@@ -343,10 +345,10 @@ subsystems:
     listeners:
       - { transport: tcp, address: 127.0.0.1, port: 4422 }
 YAML
-    NVMFD_NVME_IO_TIMEOUT_MS=1000 "$NVMFD" --config /tmp/nvmfd-slow.yaml >"$log" 2>&1 &
+    "$NVMFD" --config /tmp/nvmfd-slow.yaml >"$log" 2>&1 &
     pid=$!
     wait_for 60 grep -q "nvmfd started" "$log" || { why "nvmfd (slow) did not start"; cat "$log"; kill "$pid"; return 1; }
-    grep -q "timeout_ms=1000" "$log" || { why "the I/O timeout override was not taken"; rc=1; }
+    wait_for 10 grep -q "timeout_ms=1000" "$log" || { why "io_timeout_ms: 1000 was not taken"; rc=1; }
     t0=$(date +%s)
     out=$(timeout 120 "$BIN/nvmfd-perf" --addr 127.0.0.1:4422 --nqn $SLOW_NQN --nsid 3 \
         --workload randread --queue-depth 4 --ios 4 --span-mib 1 --json 2>&1)
@@ -374,6 +376,99 @@ YAML
     kill -TERM "$pid"
     wait "$pid" || { why "nvmfd (slow) exited $?"; tail -n 20 "$log"; rc=1; }
     cp "$log" "${RIG_OUT:-/tmp}/nvmfd-slow.log" 2>/dev/null
+    return "$rc"
+}
+
+# --- s17: a controller whose reset fails must not hand back buffers the SSD may still write into
+# (issue 10) ---
+# The test-only NVMFD_TEST_ONLY_NVME_RESET_FAIL makes every reset of the SSD fail at once with the
+# controller left enabled (as when CSTS.RDY stays 1). Namespace 3's reads (answered after 3 s)
+# time out at 1 s and the reset at 2 s fails, with the reads still inside the SSD:
+# - `bme`: the driver clears Bus Master Enable and reads it back before the reads fail: the
+#   kernel's view of the PCI Command register (sysfs config) must show bit 2 clear;
+# - `leak`: with `:no-dma-stop` every way of stopping the DMA fails (injected, the device is not
+#   touched: bit 2 stays set), so the read buffers are leaked, logged at error level with the
+#   BDF and the bytes.
+# Both: the reads fail with 0x08 without DNR (retryable), namespace 1 of the dead SSD fails at
+# once with Internal Error + DNR (never hangs), the RAM namespace of the same subsystem keeps
+# serving, no panic, a clean exit.
+GONE_NQN=nqn.2026-11.io.nvmfd:gone
+# The PCI Command register of $1 as the kernel reads it from config space (4 hex digits).
+pci_command() { od -An -tx2 -j4 -N2 "/sys/bus/pci/devices/$1/config" | tr -d ' \n'; }
+reset_fails() {
+    local mode=$1 log=/tmp/nvmfd-gone-$1.log pid rc=0 out errs first cmd fault=$BDF line
+    [[ $mode == leak ]] && fault=$BDF:no-dma-stop
+    cat >/tmp/nvmfd-gone.yaml <<YAML
+reactors: { count: 1 }
+state_dir: /tmp/nvmfd-gone-state
+rpc: { socket: /tmp/nvmfd-gone.sock }
+bdevs:
+  - name: ssd0
+    nvme: { pci: "$BDF", namespace: 1, io_timeout_ms: 1000 }
+  - name: slow0
+    nvme: { pci: "$BDF", namespace: 3, io_timeout_ms: 1000 }
+  - name: ram0
+    malloc: { size: 16MiB }
+subsystems:
+  - nqn: $GONE_NQN
+    allow_any_host: true
+    namespaces:
+      - { nsid: 1, bdev: ssd0 }
+      - { nsid: 2, bdev: ram0 }
+      - { nsid: 3, bdev: slow0 }
+    listeners:
+      - { transport: tcp, address: 127.0.0.1, port: 4423 }
+YAML
+    NVMFD_TEST_ONLY_NVME_RESET_FAIL=$fault "$NVMFD" --config /tmp/nvmfd-gone.yaml >"$log" 2>&1 &
+    pid=$!
+    wait_for 60 grep -q "nvmfd started" "$log" || { why "nvmfd ($mode) did not start"; cat "$log"; kill "$pid"; return 1; }
+    wait_for 10 grep -q "TEST-ONLY fault injection" "$log" || { why "the fault injection is not armed"; rc=1; }
+    cmd=$(pci_command $BDF)
+    note "PCI Command $cmd before"
+    ((0x$cmd & 4)) || { why "bus mastering is off before the reset: $cmd"; rc=1; }
+    out=$(timeout 120 "$BIN/nvmfd-perf" --addr 127.0.0.1:4423 --nqn $GONE_NQN --nsid 3 \
+        --workload randread --queue-depth 4 --ios 4 --span-mib 1 --json 2>&1)
+    errs=$(grep -o '"errors": *[0-9]*' <<<"$out" | grep -o '[0-9]*$')
+    first=$(grep -o '"first_error": *"[^"]*"' <<<"$out")
+    note "4 reads of namespace 3: ${errs:-?} failed; $first"
+    [[ ${errs:-0} -ge 1 ]] || { why "no read failed: $out"; rc=1; }
+    grep -q "sc 0x08)" <<<"$first" || { why "not Command Aborted due to SQ Deletion without DNR: $first"; rc=1; }
+    wait_for 30 grep -q "controller given up" "$log" || { why "the controller was not given up"; tail -n 20 "$log"; rc=1; }
+    grep -q "controller reset failed" "$log" || { why "no failed reset logged"; rc=1; }
+    grep -m3 -E "reset failed|given up|leaked" "$log"
+    cmd=$(pci_command $BDF)
+    note "PCI Command $cmd after"
+    if [[ $mode == bme ]]; then
+        grep -q "controller given up with bus mastering off" "$log" || { why "bus mastering not reported off"; rc=1; }
+        ((0x$cmd & 4)) && { why "Bus Master Enable still set: PCI Command $cmd"; rc=1; }
+        grep -q "leaked" "$log" && { why "buffers leaked though the DMA was stopped"; rc=1; }
+    else
+        grep -q "DMA could not be stopped" "$log" || { why "no failed DMA stop reported"; rc=1; }
+        ((0x$cmd & 4)) || { why "Bus Master Enable was cleared though every stop was to fail: $cmd"; rc=1; }
+        wait_for 10 grep -q "leaked the data buffers" "$log" || { why "no leak logged"; rc=1; }
+        line=$(grep -m1 "leaked the data buffers" "$log")
+        grep -q "$BDF" <<<"$line" || { why "the leak line lacks the BDF: $line"; rc=1; }
+        grep -Eq 'bytes=[1-9][0-9]*' <<<"$line" || { why "the leak line lacks the bytes: $line"; rc=1; }
+        (($(grep -c "leaked the data buffers" "$log") == 1)) || { why "the leak was logged more than once at error level"; rc=1; }
+    fi
+    # The dead SSD's other namespace answers at once, with a status the host does not retry.
+    out=$(timeout 60 "$BIN/nvmfd-perf" --addr 127.0.0.1:4423 --nqn $GONE_NQN --nsid 1 \
+        --workload randread --queue-depth 4 --ios 8 --span-mib 1 --json 2>&1)
+    errs=$(grep -o '"errors": *[0-9]*' <<<"$out" | grep -o '[0-9]*$')
+    first=$(grep -o '"first_error": *"[^"]*"' <<<"$out")
+    [[ ${errs:-0} == 8 ]] || { why "namespace 1 of the dead SSD: ${errs:-?} of 8 reads failed: $out"; rc=1; }
+    grep -q "sc 0x06, dnr" <<<"$first" || { why "namespace 1 not Internal Error with DNR: $first"; rc=1; }
+    # The RAM namespace of the same subsystem keeps serving: written, read back, checked.
+    out=$(timeout 120 "$BIN/nvmfd-perf" --addr 127.0.0.1:4423 --nqn $GONE_NQN --nsid 2 \
+        --workload randwrite --queue-depth 8 --ios 256 --span-mib 8 --verify --json 2>&1) ||
+        { why "the RAM namespace next to the dead SSD: $out"; rc=1; }
+    errs=$(grep -o '"errors": *[0-9]*' <<<"$out" | grep -o '[0-9]*$')
+    [[ ${errs:-x} == 0 ]] || { why "RAM namespace errors next to the dead SSD: $out"; rc=1; }
+    kill -0 "$pid" || { why "nvmfd died"; rc=1; }
+    grep -q "panicked" "$log" && { why "nvmfd logged a panic"; rc=1; }
+    kill -TERM "$pid"
+    wait "$pid" || { why "nvmfd ($mode) exited $?"; tail -n 20 "$log"; rc=1; }
+    cp "$log" "${RIG_OUT:-/tmp}/nvmfd-gone-$mode.log" 2>/dev/null
     return "$rc"
 }
 
@@ -418,6 +513,8 @@ if [[ -n $DPID ]]; then
     fi
     run_step "nvmfd stops cleanly (CC.SHN, SHST)" stop_daemon
     run_step "I/O timeout: Abort, controller reset, retryable status, the rest serves" timeout_abort_reset
+    run_step "reset fails: bus mastering off (read back in config space) before buffers go back" reset_fails bme
+    run_step "reset fails, DMA not stoppable (injected): buffers leaked and logged, the rest serves" reset_fails leak
 fi
 . "$HERE/guest-p2p.sh"   # P2P placement over TCP (CMB staging, counters, `required` refused)
 . "$HERE/guest-p2p-rdma.sh" # P2P over RDMA: the CMB dma-buf export, ibv_reg_dmabuf_mr, fallback

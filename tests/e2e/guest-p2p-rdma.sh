@@ -6,7 +6,10 @@
 #   2. nvmfd with the nvme bdev (VFIO, 64 MiB CMB) and an RDMA listener on rxe0's address,
 #      `p2p: auto`: the VFIO dma-buf export of the CMB succeeds, ibv_reg_dmabuf_mr on rxe0 is
 #      refused (EOPNOTSUPP), the topology refuses a software RDMA device, and the namespace falls
-#      back to host memory naming both reasons; the kernel's nvme-rdma runs fio verify=crc32c;
+#      back to host memory naming both reasons; the kernel's nvme-rdma runs fio verify=crc32c,
+#      and the RDMA P2P counters (nvmfd_get_p2p per namespace and per queue pair, Prometheus
+#      nvmfd_p2p_host_bytes_total) grow by exactly fio's bytes, all host memory (rxe cannot
+#      import the CMB's dma-buf), no CMB bytes and no fallback (host memory was the decision);
 #   3. the same with `p2p: required`: nvmfd refuses to start, both reasons in its message.
 # Uses from the caller: NVMFD, BDF, run_step/why/note/wait_for and the nsdev helpers.
 
@@ -15,6 +18,8 @@ RP2P_PORT=4430
 RP2P_LOG=/tmp/nvmfd-p2p-rdma.log
 RP2P_ADDR=
 RP2P_PID=
+RP2P_SOCK=/tmp/nvmfd-p2p-rdma.sock
+RP2P_METRICS=127.0.0.1:9479
 
 rp2p_setup_rxe() {
     if ! rdma link show 2>/dev/null | grep -q rxe0; then
@@ -32,7 +37,8 @@ rp2p_config() {
     cat >/tmp/nvmfd-p2p-rdma.yaml <<YAML
 reactors: { count: 1 }
 state_dir: /tmp/nvmfd-p2p-rdma-state
-rpc: { socket: /tmp/nvmfd-p2p-rdma.sock }
+rpc: { socket: $RP2P_SOCK }
+metrics: { listen: "$RP2P_METRICS" }
 bdevs:
   - name: ssd0
     nvme: { pci: "$BDF", namespace: 1 }
@@ -75,6 +81,24 @@ rp2p_auto() {
     rp2p_reasons "$fallback" || return 1
 }
 
+# rp2p_get JQ: apply JQ to the nvmfd_get_p2p answer.
+rp2p_get() {
+    timeout 30 "$NVMFD" rpc --rpc-socket "$RP2P_SOCK" -o json nvmfd_get_p2p | jq -r "$1"
+}
+
+# The namespace's counters as one line: "host_bytes cmb_bytes fallbacks qpairs_host qpairs_cmb".
+rp2p_counters() {
+    rp2p_get '(.namespaces[0] | "\(.host_bytes) \(.cmb_bytes) \([.fallbacks[]] | add)") +
+        " \([.qpairs[] | .host_bytes] | add // 0) \([.qpairs[] | .cmb_bytes] | add // 0)"'
+}
+
+# Two looks a second apart that agree: nothing else (the kernel's partition scan of the new
+# namespace) is moving data.
+rp2p_settled() {
+    local a b
+    a=$(rp2p_counters) && sleep 1 && b=$(rp2p_counters) && [[ -n $a && $a == "$b" ]]
+}
+
 rp2p_fio() {
     local i dev rc=0
     for i in 1 2 3; do
@@ -84,12 +108,35 @@ rp2p_fio() {
     done
     wait_for 20 has_nsdev $RP2P_NQN || { why "no namespace device"; nvme disconnect -n $RP2P_NQN >/dev/null; return 1; }
     dev=$(nsdev_for $RP2P_NQN)
-    timeout 300 fio --name=p2p-rdma --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite \
-        --bs=4k --offset=300M --size=2M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
-        --verify_state_save=0 --allow_file_create=0 --eta=never --output=/tmp/fio-p2p-rdma.log ||
-        { why "fio over NVMe/RDMA failed"; cat /tmp/fio-p2p-rdma.log; rc=1; }
-    grep -E '^ *(read|write):' /tmp/fio-p2p-rdma.log
-    grep -q 'err= 0' /tmp/fio-p2p-rdma.log || { why "fio reported errors"; rc=1; }
+    wait_for 30 rp2p_settled || { why "the P2P counters keep moving before fio: $(rp2p_counters)"; rc=1; }
+    local before after
+    before=$(rp2p_counters)
+    # 4 KiB and 128 KiB writes: in-capsule data (up to in_capsule_data_size) and keyed SGLs the
+    # target pulls by RDMA READ; the verify reads go out by RDMA WRITE.
+    local bs log io=0
+    for bs in 4k 128k; do
+        log=/tmp/fio-p2p-rdma-$bs.json
+        timeout 300 fio --name=p2p-rdma --filename="$dev" --direct=1 --ioengine=libaio --rw=randwrite \
+            --bs=$bs --offset=300M --size=2M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+            --verify_state_save=0 --allow_file_create=0 --eta=never --output-format=json --output="$log" ||
+            { why "fio ($bs) over NVMe/RDMA failed"; cat "$log"; rc=1; continue; }
+        jq -r --arg bs "$bs" '.jobs[0] | "fio \($bs): error \(.error), wrote \(.write.io_bytes) B, read (verify) \(.read.io_bytes) B"' "$log"
+        [[ $(jq '.jobs[0].error' "$log") == 0 ]] || { why "fio ($bs) reported errors"; rc=1; }
+        io=$((io + $(jq '.jobs[0].write.io_bytes + .jobs[0].read.io_bytes' "$log")))
+    done
+    after=$(rp2p_counters)
+    note "counters (host cmb fallbacks qpair-host qpair-cmb) before fio: $before, after: $after; fio moved $io bytes"
+    local -a b a
+    read -ra b <<<"$before"
+    read -ra a <<<"$after"
+    ((io >= 8 * MIB)) || { why "fio moved only $io bytes"; rc=1; }
+    ((a[0] - b[0] == io)) || { why "host_bytes grew by $((a[0] - b[0])), fio moved $io"; rc=1; }
+    ((a[1] == 0 && a[2] == 0)) || { why "cmb_bytes ${a[1]}, fallbacks ${a[2]}: rxe cannot reach the CMB, the decision was host memory"; rc=1; }
+    ((a[3] - b[3] == io && a[4] == 0)) || { why "the queue pairs count ${a[3]} host bytes (${b[3]} before), ${a[4]} CMB bytes"; rc=1; }
+    local m
+    m=$(curl -s "http://$RP2P_METRICS/metrics" | grep '^nvmfd_p2p_host_bytes_total{')
+    note "$m"
+    [[ ${m##* } == "${a[0]}" ]] || { why "metrics say '${m##* }', the RPC ${a[0]}"; rc=1; }
     nvme disconnect -n $RP2P_NQN >/dev/null || { why "disconnect failed"; rc=1; }
     wait_for 20 no_ctrls $RP2P_NQN || { why "controllers left"; rc=1; }
     return "$rc"
@@ -127,3 +174,6 @@ if [[ -n $RP2P_ADDR ]]; then
     run_step "p2p/rdma required: nvmfd refuses to start, naming both reasons" rp2p_required
     cp "$RP2P_LOG" "${RIG_OUT:-/tmp}/nvmfd-p2p-rdma.log" 2>/dev/null
 fi
+# The topology check against this guest's emulated PCIe hierarchy (no daemon needed).
+# shellcheck source=tests/e2e/guest-p2p-topology.sh
+. "$HERE/guest-p2p-topology.sh"

@@ -87,7 +87,7 @@ p2p_fio() {
     timeout 600 fio --name="p2p-$1" --filename="$P2P_DEV" --direct=1 --ioengine=libaio \
         --rw=randwrite --bs="$2" --size="$3" --iodepth=8 \
         --verify=crc32c --do_verify=1 --verify_fatal=1 --verify_state_save=0 \
-        --eta=never --output="$log" ||
+        --allow_file_create=0 --eta=never --output="$log" ||
         { why "fio ($1) failed"; cat "$log"; return 1; }
     grep -q 'err= 0' "$log" || { why "fio ($1) reported errors"; cat "$log"; return 1; }
     grep -E '^ *(read|write):' "$log"

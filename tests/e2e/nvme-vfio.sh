@@ -58,7 +58,8 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -device nvme,id=nvme0,serial=cmb0,cmb_size_mb=64,drive=d0,bus=dn1
  -device nvme-ns,drive=d1,bus=nvme0,nsid=2"
 # s16 (issue 10, error handling): namespace 3 answers every I/O after 3 s (null-co latency), so
-# with NVMFD_NVME_IO_TIMEOUT_MS=1000 the driver aborts and then resets the controller.
+# with io_timeout_ms: 1000 the driver aborts and then resets the controller (or, with the test-only
+# NVMFD_TEST_ONLY_NVME_RESET_FAIL, fails to reset it and gives it up).
 RIG_QEMU_EXTRA+="
  -blockdev driver=null-co,node-name=slow0,size=67108864,latency-ns=3000000000
  -device nvme-ns,drive=slow0,bus=nvme0,nsid=3"

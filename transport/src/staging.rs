@@ -21,9 +21,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tracing::warn;
 
-/// Buffers a reactor's cache takes from (and gives back to) a shared CMB pool at a time.
-const CACHE_BATCH: usize = 8;
-
 /// The P2P counters of a namespace (on one reactor) or of a queue pair. Plain integers: one
 /// owner (the reactor), read through its reports.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +35,9 @@ pub struct P2pCounters {
     /// Commands of a staged namespace that took host memory because their data is larger than
     /// a CMB buffer.
     pub fallback_too_large: u64,
+    /// RDMA: commands of a CMB-placed namespace that took host memory because the RDMA device
+    /// serving their queue pair has no registration of the CMB.
+    pub fallback_unregistered: u64,
 }
 
 impl P2pCounters {
@@ -47,13 +47,15 @@ impl P2pCounters {
         self.host_bytes += o.host_bytes;
         self.fallback_exhausted += o.fallback_exhausted;
         self.fallback_too_large += o.fallback_too_large;
+        self.fallback_unregistered += o.fallback_unregistered;
     }
 
     /// Fallbacks by reason, with their stable names (RPC, metrics, docs/p2p.md).
-    pub fn fallbacks(&self) -> [(&'static str, u64); 2] {
+    pub fn fallbacks(&self) -> [(&'static str, u64); 3] {
         [
             ("cmb_pool_exhausted", self.fallback_exhausted),
             ("larger_than_cmb_buffer", self.fallback_too_large),
+            ("cmb_not_registered", self.fallback_unregistered),
         ]
     }
 }
@@ -101,7 +103,7 @@ impl Staging {
                 .iter()
                 .map(|s| {
                     s.as_ref().map(|s| Staged {
-                        cache: s.pool.cache(CACHE_BATCH),
+                        cache: s.pool.reactor_cache(),
                         label: s.label.clone(),
                         warned: s.warned.clone(),
                         seen_exhausted: false,
@@ -189,6 +191,15 @@ impl Staging {
         }
     }
 
+    /// The reactor's timer pass: a CMB cache that handed out nothing for a while gives what it
+    /// keeps back to its pool ([`PoolCache::idle_tick`]), so an idle reactor holds none of a
+    /// small CMB that other reactors need.
+    pub fn idle_tick(&mut self, now: std::time::Instant) {
+        for s in self.staged.iter_mut().flatten() {
+            s.cache.idle_tick(now);
+        }
+    }
+
     /// Counters per block device (by index) on this reactor.
     pub fn counters(&self) -> &[P2pCounters] {
         &self.counters
@@ -249,5 +260,38 @@ mod tests {
             st.take_write(Some(1), 4096, &mut qp).is_some(),
             "back in the cache"
         );
+    }
+
+    #[test]
+    fn a_small_cmb_is_not_stranded_in_one_reactors_cache() {
+        // 8 buffers, 2 reactors: each keeps at most 8 / 4 = 2, and an idle one gives them back.
+        let pool = fake_cmb(8);
+        pool.share_among(2);
+        let src = StagingSource::new(pool.clone(), "nqn.a nsid 1");
+        let mut a = Staging::new(&[Some(src.clone())]);
+        let mut b = Staging::new(&[Some(src)]);
+        let mut qp = P2pCounters::default();
+        let held: Vec<IoBuf> = (0..8)
+            .map(|_| a.take_write(Some(0), 4096, &mut qp).expect("a CMB buffer"))
+            .collect();
+        assert!(b.take_write(Some(0), 4096, &mut qp).is_none(), "all lent");
+        for buf in held {
+            assert!(a.put(buf).is_none());
+        }
+        assert!(pool.free_shared() >= 6, "reactor a keeps at most 2");
+        let got: Vec<IoBuf> = (0..6)
+            .map(|_| {
+                b.take_write(Some(0), 4096, &mut qp)
+                    .expect("reactor b gets the rest")
+            })
+            .collect();
+        // Reactor a goes idle: its two come back to the pool for b.
+        let t = std::time::Instant::now();
+        a.idle_tick(t);
+        a.idle_tick(t + nvmfd_p2p::mem::IDLE_RELEASE);
+        a.idle_tick(t + 2 * nvmfd_p2p::mem::IDLE_RELEASE);
+        assert_eq!(pool.free_shared(), 2);
+        assert!(b.take_write(Some(0), 4096, &mut qp).is_some());
+        drop(got);
     }
 }

@@ -33,11 +33,16 @@ pub(crate) fn open(cfg: &nvmfd_config::BdevConfig) -> io::Result<Arc<dyn Bdev>> 
         BdevKind::Uring {
             path, block_size, ..
         } => Arc::new(uring::Uring::open(name, path, *block_size)?),
-        BdevKind::Nvme { pci, namespace } => Arc::new(nvme::Nvme::open(
+        BdevKind::Nvme {
+            pci,
+            namespace,
+            io_timeout_ms,
+        } => Arc::new(nvme::Nvme::open(
             name,
             pci,
             *namespace,
             nvmfd_nvme::ctrl::MAX_IO_QUEUES,
+            std::time::Duration::from_millis(*io_timeout_ms),
         )?),
     };
     let info = bdev.info();

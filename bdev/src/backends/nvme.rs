@@ -31,8 +31,8 @@ use std::time::Duration;
 
 use nvmfd_nvme::cmd::{Cqe, Sqe, Status};
 use nvmfd_nvme::prp::Segment;
-use nvmfd_nvme::{Controller, DmaRegion, IoQpair, NsInfo, OpenOptions};
-use nvmfd_p2p::mem::{Domain, SharedPool};
+use nvmfd_nvme::{BufferFate, Controller, DmaRegion, IoQpair, NsInfo, OpenOptions};
+use nvmfd_p2p::mem::{Domain, IoBuf, SharedPool, ALIGN};
 use nvmfd_p2p::placement::{CmbFacts, DeviceMemory};
 
 use crate::{Bdev, BdevChannel, BdevInfo, Completion, DsmRange, Io, IoError, Op};
@@ -74,19 +74,6 @@ struct DataPath {
     bounced: AtomicU64,
 }
 
-/// Environment variable overriding the driver's I/O command timeout ([`nvmfd_nvme::ctrl::IO_TIMEOUT`],
-/// 30 s), in milliseconds: a command older than this is aborted, and the controller reset when
-/// it is still outstanding after twice that. For tests that delay an SSD's I/O on purpose.
-pub const IO_TIMEOUT_ENV: &str = "NVMFD_NVME_IO_TIMEOUT_MS";
-
-fn io_timeout() -> Duration {
-    std::env::var(IO_TIMEOUT_ENV)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .filter(|ms| *ms > 0)
-        .map_or(nvmfd_nvme::ctrl::IO_TIMEOUT, Duration::from_millis)
-}
-
 pub struct Nvme {
     info: BdevInfo,
     timeout: Duration,
@@ -97,8 +84,21 @@ pub struct Nvme {
 
 impl Nvme {
     /// Bring the controller at `pci` up and open namespace `nsid`. `channels` is how many
-    /// reactors will open a channel (one I/O queue pair each).
-    pub fn open(name: String, pci: &str, nsid: u32, channels: u16) -> io::Result<Nvme> {
+    /// reactors will open a channel (one I/O queue pair each). `timeout`: the I/O command time
+    /// limit of this bdev's queue pairs (the config's `io_timeout_ms`; a command older than this
+    /// is aborted, and the controller reset when it is still outstanding after twice that).
+    pub fn open(
+        name: String,
+        pci: &str,
+        nsid: u32,
+        channels: u16,
+        timeout: Duration,
+    ) -> io::Result<Nvme> {
+        if timeout.is_zero() {
+            return Err(io::Error::other(format!(
+                "bdev {name}: an I/O timeout of 0 would fail every command"
+            )));
+        }
         let opts = OpenOptions {
             cmb: true,
             io_queues: channels.max(1),
@@ -117,9 +117,8 @@ impl Nvme {
             deallocate_zeroes: false,
             volatile_cache: ctrl.info().vwc,
         };
-        let timeout = io_timeout();
         if timeout != nvmfd_nvme::ctrl::IO_TIMEOUT {
-            tracing::info!(bdev = %info.name, timeout_ms = timeout.as_millis() as u64, "I/O command timeout set by {IO_TIMEOUT_ENV}");
+            tracing::info!(bdev = %info.name, timeout_ms = timeout.as_millis() as u64, "I/O command timeout set by io_timeout_ms");
         }
         Ok(Nvme {
             info,
@@ -223,6 +222,24 @@ struct Request {
     status: Option<Status>,
     /// Bytes to copy back into the IoBuf when a read completes (0 for data in the CMB).
     read_len: usize,
+    /// The SSD reaches the IoBuf itself (its IOVA or CMB address is in the PRPs) for this many
+    /// bytes; 0 when the data is bounced or there is none.
+    dma_len: usize,
+    /// A part was failed on a dead controller whose DMA could not be stopped
+    /// ([`BufferFate::Leak`]): the IoBuf must never be reused.
+    leak: bool,
+}
+
+/// Take a request's buffer out of circulation for good (the SSD may still write into it): it is
+/// forgotten, so its region stays allocated and mapped and its slice is never carved again, and
+/// the completion carries a one-page buffer of its own in its place (no pool keeps a buffer of a
+/// size it does not hand out; the failed command moves no data, so nothing reads it). Only on a
+/// dead controller, once per command it had in flight; returns the bytes leaked.
+fn leak_buffer(buf: &mut IoBuf) -> usize {
+    let old = std::mem::replace(buf, IoBuf::new(ALIGN));
+    let n = old.capacity();
+    std::mem::forget(old);
+    n
 }
 
 struct NvmeChannel {
@@ -413,6 +430,8 @@ impl BdevChannel for NvmeChannel {
             parts_left: parts,
             status: None,
             read_len: if direct.is_some() { 0 } else { read_len },
+            dma_len: if direct.is_some() { len } else { 0 },
+            leak: false,
         });
         self.in_flight += 1;
         self.issue(slot, op, base);
@@ -444,7 +463,8 @@ impl BdevChannel for NvmeChannel {
         let bounce = &self.bounce;
         let free = &mut self.free;
         let in_flight = &mut self.in_flight;
-        self.qp.poll(&mut |tag, cqe: Cqe| {
+        let (mut leaked, mut leaked_bytes) = (0u64, 0u64);
+        self.qp.poll(&mut |tag, cqe: Cqe, fate| {
             let slot = tag as usize;
             let Some(r) = reqs.get_mut(slot).and_then(|r| r.as_mut()) else {
                 return;
@@ -453,11 +473,19 @@ impl BdevChannel for NvmeChannel {
             if !st.is_success() {
                 r.status.get_or_insert(st);
             }
+            r.leak |= fate == BufferFate::Leak;
             r.parts_left -= 1;
             if r.parts_left > 0 {
                 return;
             }
             let mut r = reqs[slot].take().expect("slot in use");
+            // Bounced data never exposed the IoBuf to the SSD (the bounce slot is never used
+            // again: the dead controller's queue refuses every new command before it reaches
+            // a slot); a buffer the SSD reaches by address is leaked.
+            if r.leak && r.dma_len > 0 {
+                leaked += 1;
+                leaked_bytes += leak_buffer(&mut r.io.buf) as u64;
+            }
             free.push(slot);
             *in_flight -= 1;
             let result = match r.status {
@@ -484,10 +512,57 @@ impl BdevChannel for NvmeChannel {
             });
             n += 1;
         });
+        if leaked > 0 {
+            self.qp.controller().record_leak(leaked, leaked_bytes);
+        }
         n
     }
 
     fn in_flight(&self) -> usize {
         self.in_flight + self.finished.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nvmfd_p2p::mem::BufPool;
+
+    /// A leaked buffer never comes back to its pool: the completion carries a stand-in the pool
+    /// does not keep, and the pool's next buffer is another slice.
+    #[test]
+    fn a_leaked_buffer_is_never_reused() {
+        let mut pool = BufPool::new(8192, 1, 65536, 1, 1);
+        let mut small = pool.get(4096);
+        let addr = small.as_ptr() as usize;
+        assert_eq!(leak_buffer(&mut small), 8192);
+        assert_ne!(
+            small.as_ptr() as usize,
+            addr,
+            "the completion carries another buffer"
+        );
+        assert_eq!(small.capacity(), ALIGN);
+        pool.put(small);
+        assert_eq!(
+            pool.in_use(),
+            1,
+            "the leaked buffer still counts as out of the pool"
+        );
+        let next = pool.get(4096);
+        assert_ne!(
+            next.as_ptr() as usize,
+            addr,
+            "the leaked slice is not handed out again"
+        );
+
+        let mut large = pool.get(65536);
+        assert_eq!(leak_buffer(&mut large), 65536);
+        pool.put(large);
+        assert_eq!(
+            pool.large_made(),
+            1,
+            "the leaked large buffer keeps its place under the cap"
+        );
+        assert!(pool.try_get(65536).is_none(), "and is not lent again");
     }
 }

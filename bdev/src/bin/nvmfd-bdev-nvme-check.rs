@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     // A reactor's host pool made before any controller (its region gets an IOVA now and is
     // mapped when the first controller comes up) and one made after (mapped as it is made).
     let mut early = BufPool::new(4096, 0, 128 << 10, 1, 2);
-    let bdev = match Nvme::open("check".into(), &pci, nsid, 1) {
+    let bdev = match Nvme::open("check".into(), &pci, nsid, 1, nvmfd_nvme::ctrl::IO_TIMEOUT) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("{e}");

@@ -34,7 +34,7 @@ fn run(q: &mut IoQpair, sqe: Sqe, segs: &[Segment]) -> Result<Cqe, String> {
     let start = Instant::now();
     loop {
         let mut got = None;
-        q.poll(&mut |_, c| got = Some(c));
+        q.poll(&mut |_, c, _| got = Some(c));
         if let Some(c) = got {
             return Ok(c);
         }
@@ -502,7 +502,7 @@ fn reset_checks(
     q.ring();
     let reset = ctrl.reset();
     let mut got: Vec<(u64, Status)> = Vec::new();
-    q.poll(&mut |tag, c| got.push((tag, c.status())));
+    q.poll(&mut |tag, c, _| got.push((tag, c.status())));
     got.sort_by_key(|g| g.0);
     let tags: Vec<u64> = got.iter().map(|g| g.0).collect();
     t.check(

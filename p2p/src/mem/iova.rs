@@ -17,9 +17,20 @@
 //!
 //! The space also hands out IOVA ranges for memory the driver maps itself (queue rings, PRP
 //! lists: [`IovaSpace::alloc`]); ranges are never reused while the process lives.
+//!
+//! Mapping a region (VFIO_IOMMU_MAP_DMA: the kernel pins and maps every page) takes the space's
+//! lock and can take milliseconds for a large region, so a pool that grows on a reactor does not
+//! do it there when it can help it: [`IovaSpace::make_ahead`] hands the making and mapping of
+//! the pool's next region to the space's own thread (started by [`IovaSpace::attach`], on the
+//! control thread that brings the first controller up), and the pool takes the finished region
+//! from a lock-free queue when it runs out (`BufPool`).
 
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use crossbeam_queue::ArrayQueue;
 
 use super::{Domain, Region};
 
@@ -56,6 +67,19 @@ struct State {
 /// their own.
 pub struct IovaSpace {
     state: Mutex<State>,
+    /// Whether a mapper is attached, readable without the lock (a pool asks on its growth
+    /// path whether making a region ahead is worth it).
+    attached: AtomicBool,
+    /// The thread that makes and maps regions ahead of need ([`IovaSpace::make_ahead`]); None
+    /// until the first attach, or if it could not be started.
+    ahead: OnceLock<Option<Sender<Ahead>>>,
+}
+
+/// A request for a host region of `len` bytes, made and registered (mapped) off the caller's
+/// thread, delivered into `out`.
+struct Ahead {
+    len: usize,
+    out: Arc<ArrayQueue<Region>>,
 }
 
 /// Kept by a region as its device-address handle: dropping it removes the mapping.
@@ -79,6 +103,8 @@ impl IovaSpace {
                 mapper: None,
                 failed: 0,
             }),
+            attached: AtomicBool::new(false),
+            ahead: OnceLock::new(),
         })
     }
 
@@ -157,8 +183,10 @@ impl IovaSpace {
 
     /// Attach `mapper` and map every registered region with it. All or nothing: on a failure the
     /// regions mapped so far are unmapped again and the mapper is not attached. Refused while
-    /// another mapper is attached.
-    pub fn attach(&self, mapper: Arc<dyn DmaMapper>) -> io::Result<()> {
+    /// another mapper is attached. The first attach also starts the space's map-ahead thread
+    /// ([`IovaSpace::make_ahead`]).
+    pub fn attach(self: &Arc<Self>, mapper: Arc<dyn DmaMapper>) -> io::Result<()> {
+        self.ahead.get_or_init(|| self.start_ahead());
         let mut st = self.lock();
         if st.mapper.is_some() {
             return Err(io::Error::other("a DMA mapper is attached already"));
@@ -187,7 +215,56 @@ impl IovaSpace {
             e.mapped = true;
         }
         st.mapper = Some(mapper);
+        self.attached.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// The map-ahead thread: it holds only a weak reference, so a space that is dropped (a
+    /// test's) ends it when its sender goes.
+    fn start_ahead(self: &Arc<Self>) -> Option<Sender<Ahead>> {
+        let (tx, rx) = mpsc::channel::<Ahead>();
+        let space = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("nvmfd-map-ahead".into())
+            .spawn(move || {
+                for job in rx {
+                    let Some(space) = space.upgrade() else { return };
+                    // A region that cannot be made is not delivered: the pool grows on its own
+                    // thread instead, and reports the failure there.
+                    let Ok(mut region) = Region::host(job.len) else {
+                        continue;
+                    };
+                    space.register(&mut region);
+                    // The pool asks for one region at a time; a full queue cannot happen.
+                    let _ = job.out.push(region);
+                }
+            });
+        match spawned {
+            Ok(_) => Some(tx),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the buffer map-ahead thread; pools that grow map their new regions on their own thread");
+                None
+            }
+        }
+    }
+
+    /// Ask for a host region of `len` bytes to be made and registered (given its IOVA and, with
+    /// a mapper attached, mapped) on the space's own thread, delivered into `out` (a queue of
+    /// one). `false` when there is no such thread or no mapper is attached (registering is then
+    /// only bookkeeping and the caller does it itself, at no cost). Called when a pool is about
+    /// to run out, not per I/O; it takes no lock (a channel send).
+    pub fn make_ahead(&self, len: usize, out: &Arc<ArrayQueue<Region>>) -> bool {
+        if !self.attached.load(Ordering::Acquire) {
+            return false;
+        }
+        let Some(Some(tx)) = self.ahead.get() else {
+            return false;
+        };
+        tx.send(Ahead {
+            len,
+            out: out.clone(),
+        })
+        .is_ok()
     }
 
     /// Unmap every region and detach the mapper (the last device left the container). Regions
@@ -197,6 +274,7 @@ impl IovaSpace {
         let Some(m) = st.mapper.take() else {
             return;
         };
+        self.attached.store(false, Ordering::Release);
         for e in &mut st.entries {
             if e.mapped {
                 let _ = m.unmap(e.iova, e.len);
@@ -206,7 +284,7 @@ impl IovaSpace {
     }
 
     pub fn attached(&self) -> bool {
-        self.lock().mapper.is_some()
+        self.attached.load(Ordering::Acquire)
     }
 
     /// Registered regions, the bytes they cover and regions that could not be mapped.

@@ -21,7 +21,9 @@
 //! RDMA and VFIO plug in through [`Registrar`]: given to a pool when it is made, it registers
 //! every region the pool makes before a buffer is carved from it. Every host region a pool makes
 //! also gets its device address (IOVA) from the process's [`IovaSpace`], mapped for the NVMe
-//! SSDs once per region, never per I/O.
+//! SSDs once per region, never per I/O; a pool that grows while the SSDs are up has its next
+//! region made and mapped ahead on the space's own thread ([`IovaSpace::make_ahead`]), not on
+//! the reactor.
 
 mod buffer;
 pub mod iova;
@@ -35,7 +37,7 @@ pub use iova::{DmaMapper, IovaSpace};
 pub use lent::Lent;
 pub use pool::{BufPool, Registrar};
 pub use region::{Handle, Pages, Region};
-pub use shared::{PoolCache, SharedPool};
+pub use shared::{PoolCache, SharedPool, CACHE_BATCH, CACHE_KEEP, IDLE_RELEASE};
 
 /// A kind of memory with its own allocator (design.md, "Memory"). A pool serves one domain; a
 /// block device and a transport each say which domains they can reach.

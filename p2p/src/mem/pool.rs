@@ -2,7 +2,8 @@
 //! recycled, capped, and handed to waiting commands in arrival order.
 
 use super::region::Carver;
-use super::{Domain, IoBuf, Region, ALIGN};
+use super::{Domain, IoBuf, IovaSpace, Region, ALIGN};
+use crossbeam_queue::ArrayQueue;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +38,10 @@ struct Class {
     /// Buffers carved so far, from every region.
     carved: usize,
     regions: Vec<Arc<Region>>,
+    /// The next region, made and mapped ahead of need by the IOVA space's thread
+    /// ([`IovaSpace::make_ahead`]), and whether one was asked for and not taken yet.
+    ready: Arc<ArrayQueue<Region>>,
+    pending: bool,
 }
 
 impl Class {
@@ -46,6 +51,22 @@ impl Class {
             carver: None,
             carved: 0,
             regions: Vec::new(),
+            ready: Arc::new(ArrayQueue::new(1)),
+            pending: false,
+        }
+    }
+
+    /// Buffers the next region holds: as many again as there are, within the bounds (and, for
+    /// large ones, the cap `limit`: 0 at the cap).
+    fn next_count(&self, limit: Option<usize>) -> usize {
+        let count = self
+            .carved
+            .max(GROW_MIN_BYTES / self.size)
+            .min(GROW_MAX_BYTES / self.size)
+            .max(1);
+        match limit {
+            Some(l) => count.min(l.saturating_sub(self.carved)),
+            None => count,
         }
     }
 }
@@ -87,7 +108,13 @@ pub struct BufPool {
     next_waiter: u32,
     /// Buffers created because the free list was empty (after the preallocated ones).
     grown: u64,
+    /// Regions the pool grew by that were made and mapped ahead, off its thread, and those it
+    /// had to make itself when it ran out first.
+    grown_ahead: u64,
+    grown_inline: u64,
     registrars: Vec<Box<dyn Registrar>>,
+    /// The IOVA space host regions are registered in (the process's; a test's own).
+    space: Arc<IovaSpace>,
 }
 
 impl BufPool {
@@ -138,7 +165,10 @@ impl BufPool {
             waiters: VecDeque::new(),
             next_waiter: 0,
             grown: 0,
+            grown_ahead: 0,
+            grown_inline: 0,
             registrars,
+            space: IovaSpace::host().clone(),
         };
         // The preallocated buffers: one region each for the small and the large ones.
         if small > 0 {
@@ -168,7 +198,13 @@ impl BufPool {
         let len = count.max(1) * class.size;
         let mut region = Region::host(len).unwrap_or_else(|_| alloc_failed(len));
         // Its IOVA first (mapped now if the NVMe driver's container is up, else when it is).
-        super::IovaSpace::host().register(&mut region);
+        self.space.register(&mut region);
+        self.adopt(large, region);
+    }
+
+    /// Register a region that has its IOVA already with the pool's registrars and start carving
+    /// it for a class.
+    fn adopt(&mut self, large: bool, mut region: Region) {
         for r in &self.registrars {
             r.register(&mut region);
         }
@@ -194,18 +230,19 @@ impl BufPool {
             class.carved += 1;
             return b;
         }
-        // Grow by as much again as there is, within the bounds (and, for large ones, the cap:
-        // carving happens only below it).
-        let size = class.size;
-        let mut count = class
-            .carved
-            .max(GROW_MIN_BYTES / size)
-            .min(GROW_MAX_BYTES / size)
-            .max(1);
-        if large {
-            count = count.min(self.large_limit.saturating_sub(class.carved).max(1));
+        // The region made and mapped ahead, if it is there; else grow here by as much again as
+        // there is, within the bounds (and, for large ones, the cap: carving happens only below
+        // it).
+        if let Some(region) = class.ready.pop() {
+            class.pending = false;
+            self.grown_ahead += 1;
+            self.adopt(large, region);
+        } else {
+            let limit = large.then_some(self.large_limit);
+            let count = class.next_count(limit).max(1);
+            self.grown_inline += 1;
+            self.add_region(large, count);
         }
-        self.add_region(large, count);
         let class = if large {
             &mut self.large_class
         } else {
@@ -217,6 +254,35 @@ impl BufPool {
             .as_mut()
             .and_then(Carver::carve)
             .expect("a new region holds a buffer")
+    }
+
+    /// When a class is down to its last quarter (free buffers plus what its region still holds)
+    /// and may grow, have its next region made and mapped for DMA ahead of need, on the IOVA
+    /// space's thread: mapping pins every page under the space's process-wide lock, which a
+    /// reactor must not wait for. Two comparisons on the way to a buffer, a channel send once
+    /// per region; nothing when no DMA mapper is attached (no NVMe SSD: registering is then only
+    /// bookkeeping, done when the region is made).
+    fn ask_ahead(&mut self, large: bool) {
+        let (class, free, limit) = if large {
+            (
+                &mut self.large_class,
+                self.large.len(),
+                Some(self.large_limit),
+            )
+        } else {
+            (&mut self.small_class, self.small.len(), None)
+        };
+        if class.pending || self.domain != Domain::HostMemory {
+            return;
+        }
+        let left = class.carver.as_ref().map_or(0, Carver::left);
+        if free + left > class.carved / 4 {
+            return;
+        }
+        let count = class.next_count(limit);
+        if count > 0 && self.space.make_ahead(count * class.size, &class.ready) {
+            class.pending = true;
+        }
     }
 
     /// A large buffer past the cap: a region of its own, unmapped when it comes back. It is not
@@ -252,6 +318,7 @@ impl BufPool {
     /// large one and all `large_limit` are lent or commands are queued for them.
     pub fn try_get(&mut self, len: usize) -> Option<IoBuf> {
         if self.is_small(len) {
+            self.ask_ahead(false);
             if let Some(b) = self.small.pop() {
                 return Some(b);
             }
@@ -265,6 +332,7 @@ impl BufPool {
     }
 
     fn free_large(&mut self) -> Option<IoBuf> {
+        self.ask_ahead(true);
         if let Some(b) = self.large.pop() {
             return Some(b);
         }
@@ -344,6 +412,18 @@ impl BufPool {
     /// Buffers made on demand since the pool was created.
     pub fn grown(&self) -> u64 {
         self.grown
+    }
+
+    /// Regions the pool grew by: made and mapped ahead off its thread, and made on its own
+    /// thread because it ran out before one was ready (or no DMA mapper is attached).
+    pub fn regions_grown(&self) -> (u64, u64) {
+        (self.grown_ahead, self.grown_inline)
+    }
+
+    /// Register this pool's future regions in `space` instead of the process's (tests).
+    #[cfg(test)]
+    fn use_space(&mut self, space: Arc<IovaSpace>) {
+        self.space = space;
     }
 
     /// Large buffers alive now (free or lent).
@@ -593,5 +673,99 @@ mod tests {
         assert_eq!(calls.get(), grown);
         p.put(past);
         p.put(held);
+    }
+
+    /// Records which thread maps each region (a VFIO container stands behind this in nvmfd).
+    #[derive(Default)]
+    struct ThreadMapper {
+        maps: std::sync::Mutex<Vec<(usize, std::thread::ThreadId)>>,
+    }
+
+    impl crate::mem::DmaMapper for ThreadMapper {
+        fn map(&self, _vaddr: usize, _iova: u64, len: usize) -> std::io::Result<()> {
+            let me = std::thread::current().id();
+            self.maps.lock().unwrap().push((len, me));
+            Ok(())
+        }
+        fn unmap(&self, _iova: u64, _len: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// With a DMA mapper attached, a pool that runs low has its next region made and mapped on
+    /// the IOVA space's thread, never on the pool's own; it takes that region when it runs out,
+    /// and only grows on its own thread when it outruns the helper.
+    #[test]
+    fn a_growing_pool_maps_its_next_region_off_its_thread() {
+        let space = IovaSpace::new();
+        let m = Arc::new(ThreadMapper::default());
+        space.attach(m.clone()).unwrap();
+        let mut p = BufPool::new(ALIGN, 0, 2 * ALIGN, 0, 4);
+        p.use_space(space.clone());
+        let me = std::thread::current().id();
+        let on_me = |m: &ThreadMapper| m.maps.lock().unwrap().iter().filter(|x| x.1 == me).count();
+        // The first buffer: nothing carved yet, so the pool asks for a region ahead at once; it
+        // grows by it if the helper was quick enough, else here.
+        let mut held = vec![p.get(ALIGN)];
+        let (ahead, inline) = p.regions_grown();
+        assert_eq!(ahead + inline, 1);
+        assert_eq!(
+            on_me(&m) as u64,
+            inline,
+            "only a region grown here is mapped here"
+        );
+        // Use the pool up to its last quarter: the next region is asked for (or was) and made
+        // ahead; wait for it (bounded), then use the current region up.
+        let per_region = p.small_class.carved + p.small_class.carver.as_ref().unwrap().left();
+        while p.small_class.carved < per_region {
+            held.push(p.get(ALIGN));
+        }
+        let t0 = std::time::Instant::now();
+        while p.small_class.ready.is_empty() {
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(60),
+                "no region made ahead"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        assert_eq!(
+            p.regions_grown(),
+            (ahead, inline),
+            "nothing grown while the region lasted"
+        );
+        held.push(p.get(ALIGN));
+        assert_eq!(
+            p.regions_grown(),
+            (ahead + 1, inline),
+            "grown by the region made ahead"
+        );
+        assert_eq!(
+            on_me(&m) as u64,
+            inline,
+            "which was mapped on another thread"
+        );
+        assert_eq!(m.maps.lock().unwrap().len() as u64, ahead + 1 + inline);
+        assert!(
+            held.iter().all(|b| b.device_addr().is_some()),
+            "every buffer has its IOVA"
+        );
+        // The large class is capped at 4: it never asks beyond the cap.
+        let large: Vec<_> = (0..4).map(|_| p.try_get(2 * ALIGN).unwrap()).collect();
+        assert!(p.try_get(2 * ALIGN).is_none());
+        assert_eq!(p.large_class.carved, 4);
+        drop(large);
+        drop(held);
+    }
+
+    /// Without a mapper (no NVMe SSD) nothing is asked ahead: growth stays as it was.
+    #[test]
+    fn no_mapper_no_region_ahead() {
+        let space = IovaSpace::new();
+        let mut p = BufPool::new(ALIGN, 0, 2 * ALIGN, 0, 4);
+        p.use_space(space);
+        let held: Vec<_> = (0..10).map(|_| p.get(ALIGN)).collect();
+        assert!(!p.small_class.pending);
+        assert_eq!(p.regions_grown().0, 0);
+        drop(held);
     }
 }

@@ -90,6 +90,8 @@ pub struct Subsystem {
     pub hosts: Vec<String>,
     /// Controller IDs this subsystem hands out (inclusive).
     pub cntlid_range: (u16, u16),
+    /// The highest NSID a namespace may have (`max_namespaces`; Identify Controller NN).
+    pub max_namespaces: u32,
     /// Sorted by NSID.
     pub namespaces: Vec<Namespace>,
     pub listeners: Vec<Listener>,
@@ -107,9 +109,12 @@ impl Subsystem {
             .map(|i| &self.namespaces[i])
     }
 
-    /// Highest NSID (Identify Controller NN).
+    /// Identify Controller NN: NVMe base 2.x defines it as "the maximum value of a valid NSID
+    /// for the NVM subsystem", a fixed limit and not the highest NSID in use, so a host that
+    /// sized its view by NN at connect sees a namespace added later at any NSID up to it.
+    /// Every NSID in 1..=NN is valid; those without a namespace are inactive.
     pub fn max_nsid(&self) -> u32 {
-        self.namespaces.last().map_or(0, |n| n.nsid)
+        self.max_namespaces
     }
 
     /// Whether any namespace's device has a volatile write cache.
@@ -236,6 +241,7 @@ impl Target {
                     allow_any_host: s.allow_any_host,
                     hosts: s.hosts.clone(),
                     cntlid_range: (s.cntlid_min, s.cntlid_max),
+                    max_namespaces: s.max_namespaces,
                     namespaces,
                     listeners: s
                         .listeners

@@ -485,9 +485,10 @@ fn identify_controller_and_namespace() {
     assert_eq!(id[77], 5, "MDTS: 128 KiB / 4 KiB = 2^5");
     assert_eq!(u16::from_le_bytes([id[78], id[79]]), cntlid);
     assert_eq!(id[111], 1, "I/O controller");
+    // NN is the subsystem's max_namespaces (default 32), not its highest NSID (1).
     assert_eq!(
         u32::from_le_bytes(id[516..520].try_into().unwrap()),
-        1,
+        32,
         "NN"
     );
     assert_eq!(&id[768..768 + NQN.len()], NQN.as_bytes());
@@ -501,8 +502,13 @@ fn identify_controller_and_namespace() {
     assert_eq!(s, Status::SUCCESS);
     assert_eq!(u64::from_le_bytes(ns[0..8].try_into().unwrap()), 256);
     assert_eq!(ns[130], 12, "LBADS = log2(4096)");
+    // NSID 2 is valid (<= NN) but inactive: a zero-filled structure (NVMe base 2.x, Identify
+    // CNS 00h); above NN it is an invalid NSID.
+    let (s, inactive) = identify(&mut aq, cns::NAMESPACE, 2);
+    assert_eq!(s, Status::SUCCESS);
+    assert!(inactive.iter().all(|&b| b == 0));
     assert_eq!(
-        identify(&mut aq, cns::NAMESPACE, 2).0,
+        identify(&mut aq, cns::NAMESPACE, 33).0,
         Status::INVALID_NAMESPACE
     );
 

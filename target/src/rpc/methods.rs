@@ -222,6 +222,12 @@ struct GetBdevs {
     timeout: Option<u64>,
 }
 
+/// The UUID a bdev shows: that of the namespace it backs (its own, unless the namespace was given
+/// another: SPDK's namespace UUID defaults to its bdev's, so both agree there), else its own.
+fn bdev_uuid_shown(ctx: &Call, slot: usize, cfg: &BdevConfig) -> Option<[u8; 16]> {
+    bdev_user(ctx, slot).map(|(_, ns)| ns.uuid).or(cfg.uuid)
+}
+
 /// The `k`-th bdev of the call's list.
 fn bdev_json(ctx: &Call, k: usize) -> Value {
     let (slot, cfg, info) = &ctx.bdevs[k];
@@ -232,7 +238,7 @@ fn bdev_json(ctx: &Call, k: usize) -> Value {
             "URING bdev",
             json!({"uring": {"filename": path.to_string_lossy()}}),
         ),
-        BdevKind::Nvme { pci, namespace } => (
+        BdevKind::Nvme { pci, namespace, .. } => (
             "NVMe disk",
             json!({"nvme": [{"pci_address": pci, "trid": {"trtype": "PCIe", "traddr": pci}, "ns_data": {"id": namespace}}]}),
         ),
@@ -252,10 +258,10 @@ fn bdev_json(ctx: &Call, k: usize) -> Value {
         },
         "driver_specific": specific,
     });
+    if let Some(u) = bdev_uuid_shown(ctx, *slot, cfg) {
+        v["uuid"] = json!(uuid_text(&u));
+    }
     if let Some((nqn, ns)) = user {
-        // nvmfd's bdevs have no identity of their own: the UUID shown is that of the namespace
-        // the bdev backs (SPDK's namespace UUID defaults to its bdev's, so both agree there).
-        v["uuid"] = json!(uuid_text(&ns.uuid));
         v["claim_type"] = json!("exclusive_write");
         v["nvmfd"] = json!({"subsystem": nqn, "nsid": ns.nsid, "kind": info.kind});
     } else {
@@ -343,6 +349,7 @@ fn subsystem_json(ctx: &Call, i: usize) -> Value {
         "model_number": s.model,
         "min_cntlid": s.cntlid_range.0,
         "max_cntlid": s.cntlid_range.1,
+        "max_namespaces": s.max_namespaces,
         "namespaces": s.namespaces.iter().map(|n| {
             let mut v = json!({
                 "nsid": n.nsid,
@@ -583,22 +590,28 @@ fn framework_get_config(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError
                 match &b.kind {
                     BdevKind::Malloc { .. } => {
                         let mut p = json!({"name": b.name, "num_blocks": info.num_blocks, "block_size": info.block_size});
-                        if let Some((_, ns)) = bdev_user(ctx, *slot) {
-                            p["uuid"] = json!(uuid_text(&ns.uuid));
+                        if let Some(u) = bdev_uuid_shown(ctx, *slot, b) {
+                            p["uuid"] = json!(uuid_text(&u));
                         }
                         call("bdev_malloc_create", p);
                     }
-                    BdevKind::Null { .. } => call(
-                        "bdev_null_create",
-                        json!({"name": b.name, "num_blocks": info.num_blocks, "block_size": info.block_size}),
-                    ),
-                    BdevKind::Uring { path, .. } => call(
-                        "bdev_uring_create",
-                        json!({"name": b.name, "filename": path.to_string_lossy(), "block_size": info.block_size}),
-                    ),
+                    BdevKind::Null { .. } => {
+                        let mut p = json!({"name": b.name, "num_blocks": info.num_blocks, "block_size": info.block_size});
+                        if let Some(u) = bdev_uuid_shown(ctx, *slot, b) {
+                            p["uuid"] = json!(uuid_text(&u));
+                        }
+                        call("bdev_null_create", p);
+                    }
+                    BdevKind::Uring { path, .. } => {
+                        let mut p = json!({"name": b.name, "filename": path.to_string_lossy(), "block_size": info.block_size});
+                        if let Some(u) = bdev_uuid_shown(ctx, *slot, b) {
+                            p["uuid"] = json!(uuid_text(&u));
+                        }
+                        call("bdev_uring_create", p);
+                    }
                     // SPDK attaches a whole controller and names its bdevs NAMEnN; nvmfd's bdev
                     // is one namespace, so the namespace goes along as a parameter of our own.
-                    BdevKind::Nvme { pci, namespace } => call(
+                    BdevKind::Nvme { pci, namespace, .. } => call(
                         "bdev_nvme_attach_controller",
                         json!({"name": b.name, "trtype": "PCIe", "traddr": pci, "namespace": namespace}),
                     ),
@@ -619,7 +632,8 @@ fn framework_get_config(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError
                     "nvmf_create_subsystem",
                     json!({"nqn": s.nqn, "serial_number": s.serial, "model_number": s.model,
                            "allow_any_host": s.allow_any_host,
-                           "min_cntlid": s.cntlid_range.0, "max_cntlid": s.cntlid_range.1}),
+                           "min_cntlid": s.cntlid_range.0, "max_cntlid": s.cntlid_range.1,
+                           "max_namespaces": s.max_namespaces}),
                 );
                 for h in &s.hosts {
                     call("nvmf_subsystem_add_host", json!({"nqn": s.nqn, "host": h}));
@@ -689,8 +703,8 @@ struct MemCreate {
     name: Option<String>,
     num_blocks: u64,
     block_size: u32,
-    /// nvmfd's bdevs have no identity of their own (see `bdev_get_bdevs`): give the UUID to
-    /// `nvmf_subsystem_add_ns` instead. Accepted here for SPDK's scripts, and checked.
+    /// The bdev's own UUID, kept (`save_config`) and given to the namespace it backs unless
+    /// `nvmf_subsystem_add_ns` gives that one its own.
     #[serde(default)]
     uuid: Option<String>,
     #[serde(default)]
@@ -705,6 +719,18 @@ struct MemCreate {
     dif_type: Option<u32>,
     #[serde(default)]
     dif_is_head_of_md: Option<bool>,
+}
+
+/// A bdev's `uuid` parameter: kept as the bdev's own (`BdevConfig::uuid`), the UUID of the
+/// namespace it will back unless that namespace is given one, as in SPDK.
+fn bdev_uuid(u: &Option<String>) -> Result<Option<[u8; 16]>, RpcError> {
+    let Some(u) = u else { return Ok(None) };
+    match crate::identity::parse_uuid(u) {
+        Some(b) if b != [0; 16] => Ok(Some(b)),
+        _ => Err(RpcError::invalid_params(format!(
+            "Invalid parameters: bad uuid {u:?}"
+        ))),
+    }
 }
 
 fn check_mem(m: &MemCreate) -> Result<(), RpcError> {
@@ -724,11 +750,7 @@ fn check_mem(m: &MemCreate) -> Result<(), RpcError> {
             "Invalid parameters: metadata and protection information are not supported",
         ));
     }
-    if let Some(u) = &m.uuid {
-        crate::identity::parse_uuid(u).ok_or_else(|| {
-            RpcError::invalid_params(format!("Invalid parameters: bad uuid {u:?}"))
-        })?;
-    }
+    bdev_uuid(&m.uuid)?;
     Ok(())
 }
 
@@ -770,7 +792,8 @@ fn bdev_malloc_create(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> 
         size,
         block_size: m.block_size,
     };
-    create_bdev(ctx, "bdev_malloc_create", BdevConfig { name, kind })
+    let uuid = bdev_uuid(&m.uuid)?;
+    create_bdev(ctx, "bdev_malloc_create", BdevConfig { name, uuid, kind })
 }
 
 fn bdev_null_create(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
@@ -791,7 +814,8 @@ fn bdev_null_create(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
         size,
         block_size: m.block_size,
     };
-    create_bdev(ctx, "bdev_null_create", BdevConfig { name, kind })
+    let uuid = bdev_uuid(&m.uuid)?;
+    create_bdev(ctx, "bdev_null_create", BdevConfig { name, uuid, kind })
 }
 
 #[derive(Deserialize)]
@@ -807,18 +831,22 @@ struct UringCreate {
 
 fn bdev_uring_create(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: UringCreate = params(p)?;
-    if let Some(u) = &q.uuid {
-        crate::identity::parse_uuid(u).ok_or_else(|| {
-            RpcError::invalid_params(format!("Invalid parameters: bad uuid {u:?}"))
-        })?;
-    }
+    let uuid = bdev_uuid(&q.uuid)?;
     let kind = BdevKind::Uring {
         path: q.filename.into(),
         block_size: q.block_size,
         // SPDK's bdev_uring_create has no passthrough mode.
         passthrough: false,
     };
-    create_bdev(ctx, "bdev_uring_create", BdevConfig { name: q.name, kind })
+    create_bdev(
+        ctx,
+        "bdev_uring_create",
+        BdevConfig {
+            name: q.name,
+            uuid,
+            kind,
+        },
+    )
 }
 
 #[derive(Deserialize)]
@@ -945,6 +973,17 @@ fn nvmf_create_subsystem(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcErro
     sc.allow_any_host = q.allow_any_host.unwrap_or(false);
     sc.cntlid_min = q.min_cntlid.unwrap_or(sc.cntlid_min);
     sc.cntlid_max = q.max_cntlid.unwrap_or(sc.cntlid_max);
+    // SPDK's client sends 0 for "not given": the default (32, SPDK's too).
+    match q.max_namespaces {
+        None | Some(0) => {}
+        Some(m) if m <= nvmfd_config::MAX_NSID => sc.max_namespaces = m,
+        Some(m) => {
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: max_namespaces {m} is above the highest NSID {}",
+                nvmfd_config::MAX_NSID
+            )))
+        }
+    }
     change(ctx, "nvmf_create_subsystem", |c| {
         c.subsystems.push(sc);
         Ok(())
@@ -1078,10 +1117,23 @@ fn nvmf_subsystem_add_ns(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcErro
             }
         }
         let s = subsys_cfg(c, &q.nqn)?;
+        let max = s.max_namespaces;
         if nsid == 0 {
-            nsid = (1..)
+            nsid = (1..=max)
                 .find(|i| !s.namespaces.iter().any(|x| x.nsid == *i))
-                .unwrap_or(1);
+                .ok_or_else(|| {
+                    RpcError::invalid_params(format!(
+                        "Invalid parameters: {} has no free NSID: all {max} (max_namespaces) are in use",
+                        q.nqn
+                    ))
+                })?;
+        } else if nsid > max {
+            // NN is fixed for the subsystem's life (hosts sized their view by it): a namespace
+            // above it could never be seen.
+            return Err(RpcError::invalid_params(format!(
+                "Invalid parameters: NSID {nsid} is above max_namespaces {max} of {} (Identify Controller NN)",
+                q.nqn
+            )));
         } else if s.namespaces.iter().any(|x| x.nsid == nsid) {
             return Err(RpcError::invalid_params(format!(
                 "Invalid parameters: NSID {nsid} is already in use in {}",

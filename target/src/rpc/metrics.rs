@@ -24,8 +24,8 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -77,10 +77,131 @@ impl EncodeMetric for Histograms {
     }
 }
 
-/// The metrics text for one scrape.
-pub fn render(ctx: &Context) -> String {
+/// The last report each reactor gave a scrape, kept so that a reactor missing the next
+/// scrape's deadline (`Live::reports` waits 2 s) shows its last numbers instead of none: a
+/// counter series that drops (or vanishes and comes back lower) is read by Prometheus as a
+/// counter reset, and `rate()` would count the whole total again.
+#[derive(Debug, Default)]
+pub struct ReportCache {
+    last: Mutex<BTreeMap<usize, Kept>>,
+}
+
+#[derive(Debug)]
+struct Kept {
+    report: ReactorReport,
+    /// When `report` came in.
+    at: Instant,
+    /// Scrapes this reactor did not answer in time, since start.
+    misses: u64,
+}
+
+/// How fresh one reactor's numbers in a scrape are.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Freshness {
+    pub reactor: usize,
+    /// The numbers are the reactor's last report, not an answer to this scrape.
+    pub stale: bool,
+    /// Age of the numbers shown (0 for a fresh report).
+    pub age: Duration,
+    /// Scrapes the reactor did not answer in time, since start.
+    pub misses: u64,
+}
+
+/// A report's own clock: poll loop iterations only grow, so of two reports of one reactor the
+/// one with more is the newer (two scrapes at once may get their answers in either order).
+fn polls(r: &ReactorReport) -> u64 {
+    r.polls_busy.saturating_add(r.polls_idle)
+}
+
+impl ReportCache {
+    /// The reports one scrape shows: `fresh` (the answers in time) and, for every reactor of
+    /// `expected` that did not answer, its last report (a reactor never heard from is left
+    /// out: it has nothing to show yet). Sorted by reactor.
+    pub fn merge(
+        &self,
+        fresh: Vec<ReactorReport>,
+        expected: &[usize],
+    ) -> (Vec<ReactorReport>, Vec<Freshness>) {
+        let now = Instant::now();
+        // A poisoned lock only means another scrape panicked mid-merge; the map is still whole.
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let mut answered = Vec::with_capacity(fresh.len());
+        for r in fresh {
+            answered.push(r.reactor);
+            match last.get_mut(&r.reactor) {
+                Some(k) if polls(&k.report) > polls(&r) => {}
+                Some(k) => {
+                    k.report = r;
+                    k.at = now;
+                }
+                None => {
+                    last.insert(
+                        r.reactor,
+                        Kept {
+                            report: r,
+                            at: now,
+                            misses: 0,
+                        },
+                    );
+                }
+            }
+        }
+        let mut reports = Vec::with_capacity(expected.len());
+        let mut fresh = Vec::with_capacity(expected.len());
+        let mut ids: Vec<usize> = expected.iter().chain(&answered).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            let Some(k) = last.get_mut(&id) else {
+                continue;
+            };
+            let stale = !answered.contains(&id);
+            if stale {
+                k.misses += 1;
+            }
+            reports.push(k.report.clone());
+            fresh.push(Freshness {
+                reactor: id,
+                stale,
+                age: if stale { now - k.at } else { Duration::ZERO },
+                misses: k.misses,
+            });
+        }
+        (reports, fresh)
+    }
+}
+
+/// Register how fresh each reactor's numbers are (see [`ReportCache`]).
+fn freshness_metrics(reg: &mut Registry, fresh: &[Freshness]) {
+    let stale = gauge_family(
+        reg,
+        "nvmfd_reactor_report_stale",
+        "1 when this scrape shows a reactor's last report because it did not answer within 2 s",
+    );
+    let age = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+    reg.register(
+        "nvmfd_reactor_report_age_seconds",
+        "Age of the reactor numbers this scrape shows (0: answered this scrape)",
+        age.clone(),
+    );
+    let misses = counter_family(
+        reg,
+        "nvmfd_reactor_report_misses",
+        "Scrapes a reactor did not answer within 2 s (its last report was shown instead)",
+    );
+    for f in fresh {
+        let labels = l(&[("reactor", &f.reactor.to_string())]);
+        stale.get_or_create(&labels).set(i64::from(f.stale));
+        age.get_or_create(&labels).set(f.age.as_secs_f64());
+        misses.get_or_create(&labels).inc_by(f.misses);
+    }
+}
+
+/// The metrics text for one scrape. Blocks up to 2 s (waiting for the reactors' reports).
+pub fn render(ctx: &Context, cache: &ReportCache) -> String {
     let view = ctx.live.view();
-    let reports = ctx.live.reports();
+    let ids: Vec<usize> = ctx.reactors.iter().map(|r| r.id).collect();
+    let (reports, fresh) = cache.merge(ctx.live.reports(), &ids);
     let mut reg = Registry::default();
     reg.register(
         "nvmfd_build",
@@ -181,6 +302,7 @@ pub fn render(ctx: &Context) -> String {
         })
         .collect();
     io_metrics(&mut reg, &reports, &shown, &nqn_of);
+    freshness_metrics(&mut reg, &fresh);
     p2p_metrics(&mut reg, &view.target, &reports);
     process_metrics(&mut reg);
     let mut out = String::new();
@@ -505,6 +627,7 @@ pub fn start(addr: SocketAddr, ctx: Arc<Context>) -> anyhow::Result<MetricsServe
         .enable_time()
         .build()?;
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let cache = Arc::new(ReportCache::default());
     let thread = std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -520,15 +643,17 @@ pub fn start(addr: SocketAddr, ctx: Arc<Context>) -> anyhow::Result<MetricsServe
                         a = listener.accept() => {
                             let Ok((s, _)) = a else { continue };
                             let Ok(permit) = busy.clone().try_acquire_owned() else { continue };
-                            let ctx = ctx.clone();
+                            let (ctx, cache) = (ctx.clone(), cache.clone());
                             tokio::spawn(async move {
-                                let _ = tokio::time::timeout(Duration::from_secs(10), scrape(s, &ctx)).await;
+                                let _ = tokio::time::timeout(Duration::from_secs(10), scrape(s, ctx, cache)).await;
                                 drop(permit);
                             });
                         }
                     }
                 }
-            })
+            });
+            // A render still waiting for reports ends within its 2 s deadline.
+            rt.shutdown_timeout(Duration::from_secs(3));
         })?;
     info!(address = %bound, "metrics on /metrics");
     Ok(MetricsServer {
@@ -539,7 +664,11 @@ pub fn start(addr: SocketAddr, ctx: Arc<Context>) -> anyhow::Result<MetricsServe
 }
 
 /// One HTTP/1.x exchange: `GET /metrics` → 200, another path → 404, another method → 405.
-async fn scrape(mut s: tokio::net::TcpStream, ctx: &Context) -> std::io::Result<()> {
+async fn scrape(
+    mut s: tokio::net::TcpStream,
+    ctx: Arc<Context>,
+    cache: Arc<ReportCache>,
+) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -557,11 +686,22 @@ async fn scrape(mut s: tokio::net::TcpStream, ctx: &Context) -> std::io::Result<
     );
     let path = path.split(|&b| b == b'?').next().unwrap_or_default();
     let (status, ctype, body) = match (method, path) {
-        (b"GET", b"/metrics") => (
-            "200 OK",
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            render(ctx),
-        ),
+        // Rendering blocks up to 2 s on the reactors' answers: on the blocking pool, so the
+        // accept loop and other requests on this single-threaded runtime go on meanwhile.
+        (b"GET", b"/metrics") => {
+            match tokio::task::spawn_blocking(move || render(&ctx, &cache)).await {
+                Ok(text) => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    text,
+                ),
+                Err(_) => (
+                    "500 Internal Server Error",
+                    "text/plain",
+                    "metrics rendering failed\n".to_string(),
+                ),
+            }
+        }
         (b"GET", _) => ("404 Not Found", "text/plain", "see /metrics\n".to_string()),
         _ => (
             "405 Method Not Allowed",
@@ -783,6 +923,80 @@ mod tests {
         has(&t, "nvmfd_reactor_completed_io_total{reactor=\"1\"} 2");
         has(&t, "# TYPE nvmfd_command_latency_seconds histogram");
         has(&t, "# TYPE nvmfd_commands counter");
+    }
+
+    /// The sum of every sample of `metric` (all label sets) in `t`.
+    fn total(t: &str, metric: &str) -> f64 {
+        t.lines()
+            .filter(|x| x.starts_with(&format!("{metric}{{")))
+            .map(|x| x.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    }
+
+    fn scrape_text(cache: &ReportCache, fresh: Vec<ReactorReport>) -> String {
+        let (reports, freshness) = cache.merge(fresh, &[0, 1]);
+        let mut t = text(&reports);
+        let mut reg = Registry::default();
+        freshness_metrics(&mut reg, &freshness);
+        encode(&mut t, &reg).unwrap();
+        t
+    }
+
+    /// A reactor that misses a scrape's deadline keeps its last numbers in the sums: counters
+    /// never go down (Prometheus would read a drop as a reset), and the scrape says so.
+    #[test]
+    fn a_late_reactor_keeps_its_last_numbers() {
+        let cache = ReportCache::default();
+        let ns = format!("subsystem=\"{NQN}\",nsid=\"5\",transport=\"tcp\"");
+        let reads = format!("nvmfd_commands_total{{{ns},opcode=\"read\"}}");
+        let t1 = scrape_text(
+            &cache,
+            vec![report(0, 3, 5000, keys()), report(1, 2, 3000, keys())],
+        );
+        has(&t1, &format!("{reads} 5"));
+        has(&t1, "nvmfd_reactor_report_stale{reactor=\"1\"} 0");
+        // Reactor 1 does not answer; reactor 0 counted 4 more reads.
+        let mut r0 = report(0, 7, 5000, keys());
+        r0.polls_busy += 1;
+        let t2 = scrape_text(&cache, vec![r0]);
+        has(&t2, &format!("{reads} 9"));
+        has(&t2, "nvmfd_reactor_completed_io_total{reactor=\"1\"} 2");
+        has(
+            &t2,
+            "nvmfd_reactor_polls_total{reactor=\"1\",result=\"idle\"} 100",
+        );
+        has(&t2, "nvmfd_reactor_report_stale{reactor=\"1\"} 1");
+        has(&t2, "nvmfd_reactor_report_stale{reactor=\"0\"} 0");
+        has(&t2, "nvmfd_reactor_report_misses_total{reactor=\"1\"} 1");
+        has(&t2, "nvmfd_reactor_report_age_seconds{reactor=\"0\"} 0.0");
+        for metric in [
+            "nvmfd_commands_total",
+            "nvmfd_bytes_total",
+            "nvmfd_command_errors_total",
+            "nvmfd_reactor_completed_io_total",
+            "nvmfd_reactor_polls_total",
+            "nvmfd_command_latency_seconds_count",
+        ] {
+            assert!(
+                total(&t2, metric) >= total(&t1, metric),
+                "{metric} went down:\n{t1}\n{t2}"
+            );
+        }
+        // Reactor 1 answers again (and an older answer of reactor 0, arriving after a newer
+        // one from a concurrent scrape, does not take the newer one's place).
+        let t3 = scrape_text(
+            &cache,
+            vec![report(0, 3, 5000, keys()), report(1, 2, 3000, keys())],
+        );
+        has(&t3, &format!("{reads} 9"));
+        has(&t3, "nvmfd_reactor_report_stale{reactor=\"1\"} 0");
+        has(&t3, "nvmfd_reactor_report_misses_total{reactor=\"1\"} 1");
+        // A reactor never heard from has nothing to show.
+        let fresh = ReportCache::default();
+        let (reports, f) = fresh.merge(vec![report(0, 1, 1000, keys())], &[0, 1]);
+        assert_eq!(reports.len(), 1);
+        assert_eq!(f.len(), 1);
+        assert!(!f[0].stale);
     }
 
     #[test]

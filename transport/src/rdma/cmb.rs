@@ -270,6 +270,10 @@ impl CmbPool {
     pub fn domain(&self) -> Domain {
         self.pool.domain()
     }
+    /// The CMB's pool (registered with this device).
+    pub fn shared_pool(&self) -> &Arc<SharedPool> {
+        &self.pool
+    }
     /// A pool registered by hand (no verbs): for tests of the buffer and key choice, since
     /// soft-RoCE refuses dma-buf MRs and no real registration can be made on the rig.
     #[cfg(test)]

@@ -21,6 +21,7 @@
 use super::admit::{self, Admitted, DataPlan, SglLimits, MAX_KEYED};
 use super::cmb::CmbPool;
 use super::listener::Incoming;
+use super::p2p::{Fallback, Got, P2pTable};
 use super::sched::{cut, Kind, Piece, Reads, WrId};
 use super::verbs::{
     Access, CmId, ConnParam, Context, Cq, Devices, EventChannel, EventKind, HostMem, IdHandle, Mr,
@@ -29,11 +30,12 @@ use super::verbs::{
 use crate::group::{ConnId, DataDesc, DataNeed, Event, PollGroup, TransportInfo};
 use crate::proto::nvme::{Cqe, Direction, Sqe};
 use crate::proto::rdma::{CmAccept, CmReject, RejectStatus, RECFMT_1_0};
+use crate::staging::P2pCounters;
 use crate::{Capsule, Response};
 use nvmfd_p2p::mem::{BufPool, Domain, IoBuf, Keys, PdId, PoolCache, Region, Registrar};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
@@ -83,9 +85,6 @@ pub(crate) fn next_pd_id() -> PdId {
     PdId(NEXT_PD_ID.fetch_add(1, Ordering::Relaxed))
 }
 
-/// CMB buffers a reactor takes from (and gives back to) the shared pool at a time.
-const CMB_BATCH: usize = 8;
-
 /// Settings of the group (from `transports.rdma`).
 #[derive(Debug, Clone, Copy)]
 pub struct RdmaParams {
@@ -110,12 +109,35 @@ pub struct RdmaGroupConfig {
 }
 
 /// Where one block device's data goes over RDMA (from its namespace's placement decision).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct RdmaStaging {
     /// Host-to-controller data (writes): pulled by RDMA READ into this domain.
     pub writes: Option<Domain>,
     /// Controller-to-host data (reads): written there by the SSD, sent by RDMA WRITE.
     pub reads: Option<Domain>,
+    /// For the fallback log line: which namespace this is (`nqn nsid N`).
+    pub label: Arc<str>,
+    /// Fallback reasons already logged for this namespace by some reactor (bits, see
+    /// `super::p2p::Fallback`): each is logged once for the whole daemon, not per I/O.
+    pub warned: Arc<AtomicU8>,
+}
+
+impl RdmaStaging {
+    pub fn new(writes: Option<Domain>, reads: Option<Domain>, label: &str) -> RdmaStaging {
+        RdmaStaging {
+            writes,
+            reads,
+            label: label.into(),
+            warned: Arc::default(),
+        }
+    }
+}
+
+/// The placement and the label; not the flags of what was logged.
+impl PartialEq for RdmaStaging {
+    fn eq(&self, o: &RdmaStaging) -> bool {
+        (self.writes, self.reads, &*self.label) == (o.writes, o.reads, &*o.label)
+    }
 }
 
 /// One RDMA device's data buffer pools: host memory, and the CMBs registered with its PD. A
@@ -132,17 +154,27 @@ impl Pools {
 
     /// A buffer of `len` bytes in `domain` when this device has that CMB registered and a
     /// buffer is free in it; else host memory (the fallback never fails an I/O: every block
-    /// device reaches host memory). `None` only when host memory is exhausted too.
-    pub(crate) fn try_get(&mut self, domain: Domain, len: usize) -> Option<IoBuf> {
+    /// device reaches host memory), with the reason when `domain` was a CMB. `None` only when
+    /// host memory is exhausted too (nothing to count then: the command waits and asks again).
+    pub(crate) fn try_get(&mut self, domain: Domain, len: usize) -> Option<Got> {
+        let mut fallback = None;
         if domain != Domain::HostMemory {
-            if let Some(c) = self.cmb.iter_mut().find(|c| c.domain() == domain) {
-                // None when `len` is larger than the CMB's buffers or none is free.
-                if let Some(b) = c.try_get(len) {
-                    return Some(b);
-                }
-            }
+            fallback = Some(match self.cmb.iter_mut().find(|c| c.domain() == domain) {
+                None => Fallback::Unregistered,
+                Some(c) if len > c.pool().buf_size() => Fallback::TooLarge,
+                Some(c) => match c.try_get(len) {
+                    Some(buf) => {
+                        return Some(Got {
+                            buf,
+                            fallback: None,
+                        })
+                    }
+                    None => Fallback::Exhausted,
+                },
+            });
         }
-        self.host.try_get(len)
+        let buf = self.host.try_get(len)?;
+        Some(Got { buf, fallback })
     }
 
     /// Host-memory buffers handed out and not yet back (the metrics' buffer pool in use; CMB
@@ -154,6 +186,13 @@ impl Pools {
     /// A host buffer of `len` bytes (small and control buffers: in-capsule data).
     pub(crate) fn get(&mut self, len: usize) -> IoBuf {
         self.host.get(len)
+    }
+
+    /// The reactor's timer pass: idle CMB caches give their buffers back to their pools.
+    pub(crate) fn idle_tick(&mut self, now: Instant) {
+        for c in &mut self.cmb {
+            c.idle_tick(now);
+        }
     }
 
     pub(crate) fn put(&mut self, buf: IoBuf) {
@@ -249,6 +288,8 @@ struct Slot {
     reads_failed: bool,
     /// The memory domain the core chose for the command's data buffer.
     domain: Domain,
+    /// The command's block device (by index; P2P counters), None for admin commands.
+    bdev: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -291,6 +332,8 @@ struct Conn {
     /// SENDs posted and not yet completed (responses not yet on the wire).
     sending: u32,
     sgl: SglLimits,
+    /// This queue pair's P2P counters (bytes by memory domain, fallbacks).
+    p2p: P2pCounters,
 }
 
 /// One reactor's RDMA poll group.
@@ -314,6 +357,8 @@ pub struct RdmaGroup {
     generation: u16,
     wcs: Box<[Wc]>,
     polls: u32,
+    /// P2P counters per block device and the fallbacks this reactor logged.
+    p2p: P2pTable,
 }
 
 impl RdmaGroup {
@@ -333,6 +378,7 @@ impl RdmaGroup {
             generation: 0,
             polls: 0,
             wcs: vec![Wc::default(); CQ_BATCH].into_boxed_slice(),
+            p2p: P2pTable::new(cfg.staged.clone()),
         })
     }
 
@@ -456,7 +502,7 @@ impl RdmaGroup {
                 id: pd_id,
             })],
         );
-        let cmb: Vec<PoolCache> = cmb.iter().map(|c| c.pool.cache(CMB_BATCH)).collect();
+        let cmb: Vec<PoolCache> = cmb.iter().map(|c| c.pool.reactor_cache()).collect();
         info!(reactor = self.reactor, device = %ctx.name(), srq_depth = depth, recv_size,
             cmb_domains = cmb.len(), "RDMA device ready");
         let device = Device {
@@ -547,6 +593,7 @@ impl RdmaGroup {
                         reads_done: 0,
                         reads_failed: false,
                         domain: Domain::HostMemory,
+                        bdev: None,
                     })
                     .collect();
                 info!(peer = ?peer, qid = admitted.qid, entries = n, initiator_depth = admitted.initiator_depth,
@@ -574,6 +621,7 @@ impl RdmaGroup {
                     signaled: 0,
                     sending: 0,
                     sgl,
+                    p2p: P2pCounters::default(),
                 });
                 self.events.push_back(Event::Connected {
                     conn: idx as ConnId,
@@ -954,12 +1002,14 @@ impl RdmaGroup {
         }
         let dev = dev_mut(&mut self.devs, c.dev);
         while let Some(&slot) = c.buf_wait.front() {
-            let need = c.slots[slot as usize].cap.data_len as usize;
-            let Some(b) = dev.pools.try_get(c.slots[slot as usize].domain, need) else {
+            let sl = &c.slots[slot as usize];
+            let (need, domain, bdev) = (sl.cap.data_len, sl.domain, sl.bdev);
+            let Some(got) = dev.pools.try_get(domain, need as usize) else {
                 break;
             };
             c.buf_wait.pop_front();
-            c.slots[slot as usize].cap.buf = Some(b);
+            (self.p2p).count(bdev, need, got.buf.domain(), got.fallback, &mut c.p2p);
+            c.slots[slot as usize].cap.buf = Some(got.buf);
             start_data(c, slot, &mut self.events, idx);
         }
         let mut failed = false;
@@ -1008,6 +1058,9 @@ impl RdmaGroup {
                 }
                 sl.cap.buf = Some(buf);
                 sl.cap.data_len = len;
+                // In-capsule data came in a host receive buffer, before the command's
+                // namespace was known: host memory, whatever the namespace's placement.
+                (self.p2p).count(need.bdev, len, Domain::HostMemory, None, &mut c.p2p);
                 self.events.push_back(Event::DataReady {
                     conn: idx as ConnId,
                     slot,
@@ -1022,9 +1075,12 @@ impl RdmaGroup {
                     0
                 };
                 sl.domain = need_domain(&self.cfg.staged, &need);
+                sl.bdev = need.bdev;
                 match dev.pools.try_get(sl.domain, need.len as usize) {
-                    Some(b) => {
-                        sl.cap.buf = Some(b);
+                    Some(got) => {
+                        let d = got.buf.domain();
+                        (self.p2p).count(need.bdev, need.len, d, got.fallback, &mut c.p2p);
+                        sl.cap.buf = Some(got.buf);
                         start_data(c, slot, &mut self.events, idx);
                     }
                     None => {
@@ -1039,6 +1095,7 @@ impl RdmaGroup {
                 let sl = &mut c.slots[s];
                 sl.cap.buf = Some(dev.pools.get(need.len as usize));
                 sl.cap.data_len = need.len;
+                (self.p2p).count(need.bdev, need.len, Domain::HostMemory, None, &mut c.p2p);
                 self.events.push_back(Event::DataReady {
                     conn: idx as ConnId,
                     slot,
@@ -1260,6 +1317,9 @@ impl PollGroup for RdmaGroup {
 
     fn poll_timers(&mut self, now: Instant) {
         self.reap();
+        for d in self.devs.iter_mut().flatten() {
+            d.pools.idle_tick(now);
+        }
         self.release_idle_devices(now);
     }
 
@@ -1283,6 +1343,22 @@ impl PollGroup for RdmaGroup {
         match (self.devs.iter_mut().flatten()).find(|d| buf.keys(d.pd_id).is_some()) {
             Some(d) => d.pools.put(buf),
             None => drop(buf),
+        }
+    }
+
+    fn p2p_conn(&self, conn: ConnId) -> P2pCounters {
+        (self.conns.get(conn as usize))
+            .and_then(|c| c.as_ref())
+            .map_or_else(P2pCounters::default, |c| c.p2p)
+    }
+
+    fn p2p_bdevs(&self, out: &mut Vec<P2pCounters>) {
+        let c = self.p2p.counters();
+        if out.len() < c.len() {
+            out.resize(c.len(), P2pCounters::default());
+        }
+        for (o, c) in out.iter_mut().zip(c) {
+            o.add(c);
         }
     }
 
@@ -1559,14 +1635,16 @@ mod cmb_tests {
             4,
             vec![Box::new(FakeRegistration(HOST_KEYS))],
         );
-        Pools::new(host, vec![cmb.cache(2)])
+        Pools::new(host, vec![cmb.cache_with(2, 4)])
     }
 
     #[test]
     fn a_cmb_command_gets_a_cmb_buffer_whose_sges_carry_the_dmabuf_mr_lkey() {
         let cmb = fake_cmb(4);
         let mut p = pools(&cmb);
-        let b = p.try_get(CMB, 4096).expect("a CMB buffer");
+        let got = p.try_get(CMB, 4096).expect("a CMB buffer");
+        assert_eq!(got.fallback, None);
+        let b = got.buf;
         assert_eq!(b.domain(), CMB);
         assert_eq!(b.keys(PD), Some(CMB_KEYS));
         let base = cmb.regions().next().unwrap().as_ptr() as usize;
@@ -1587,7 +1665,9 @@ mod cmb_tests {
             "another PD has no keys for it"
         );
         // Host memory commands keep host buffers and host keys.
-        let h = p.try_get(Domain::HostMemory, 4096).unwrap();
+        let got = p.try_get(Domain::HostMemory, 4096).unwrap();
+        assert_eq!(got.fallback, None, "host memory as placed is no fallback");
+        let h = got.buf;
         assert_eq!(h.domain(), Domain::HostMemory);
         assert_eq!(buf_sge(&h, PD, 0, 8).unwrap().1, HOST_KEYS.lkey);
         // Buffers go back to their own pool.
@@ -1603,17 +1683,25 @@ mod cmb_tests {
         let cmb = fake_cmb(2);
         let mut p = pools(&cmb);
         // Another SSD's CMB, not registered with this device.
-        let other = p.try_get(Domain::Cmb { device: 6 }, 4096).unwrap();
+        let got = p.try_get(Domain::Cmb { device: 6 }, 4096).unwrap();
+        assert_eq!(got.fallback, Some(Fallback::Unregistered));
+        let other = got.buf;
         assert_eq!(other.domain(), Domain::HostMemory);
         assert_eq!(other.keys(PD), Some(HOST_KEYS));
         // Larger than a CMB buffer.
-        let big = p.try_get(CMB, 65536).unwrap();
+        let got = p.try_get(CMB, 65536).unwrap();
+        assert_eq!(got.fallback, Some(Fallback::TooLarge));
+        let big = got.buf;
         assert_eq!(big.domain(), Domain::HostMemory);
         // Exhausted.
         let a = p.try_get(CMB, 4096).unwrap();
         let b = p.try_get(CMB, 4096).unwrap();
+        assert_eq!((a.fallback, b.fallback), (None, None));
+        let (a, b) = (a.buf, b.buf);
         assert_eq!((a.domain(), b.domain()), (CMB, CMB));
-        let c = p.try_get(CMB, 4096).unwrap();
+        let got = p.try_get(CMB, 4096).unwrap();
+        assert_eq!(got.fallback, Some(Fallback::Exhausted));
+        let c = got.buf;
         assert_eq!(
             c.domain(),
             Domain::HostMemory,
@@ -1649,14 +1737,8 @@ mod cmb_tests {
     fn the_domain_follows_the_namespace_decision_per_direction() {
         let staged = [
             RdmaStaging::default(),
-            RdmaStaging {
-                writes: Some(CMB),
-                reads: None,
-            },
-            RdmaStaging {
-                writes: Some(CMB),
-                reads: Some(CMB),
-            },
+            RdmaStaging::new(Some(CMB), None, "a"),
+            RdmaStaging::new(Some(CMB), Some(CMB), "b"),
         ];
         let need = |bdev, dir| DataNeed {
             len: 4096,

@@ -6,6 +6,7 @@ pub mod admit;
 pub mod cmb;
 mod group;
 mod listener;
+mod p2p;
 mod sched;
 pub mod verbs;
 

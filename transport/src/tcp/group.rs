@@ -283,6 +283,7 @@ impl PollGroup for TcpGroup {
     }
 
     fn poll_timers(&mut self, now: Instant) {
+        self.staging.borrow_mut().idle_tick(now);
         for i in 0..self.conns.len() {
             let why = match self.conns[i].as_mut() {
                 Some(e) => e.tcp.poll_timers(now),

@@ -79,11 +79,12 @@ step clippy 1800 cargo clippy --all-targets -- -D warnings || true
 if ((build_ok)); then
     # shellcheck disable=SC2016  # $k and $rc belong to the inner shell
     # The examples are built for the whole workspace (as cargo test built them): per-package
-    # builds resolve features differently and rebuild much of the tree.
-    step rdma 1500 bash -c 'cargo build --release --workspace --examples || exit 1
+    # builds resolve features differently and rebuild much of the tree. `--examples` alone
+    # builds no binary: `--bins` too, so the guest never runs a stale nvmfd.
+    step rdma 1800 bash -c 'cargo build --release --workspace --bins --examples || exit 1
         rc=0
         for k in stable newest; do
-            deploy/rig/run-guest.sh --kernel "$k" --timeout 700 tests/e2e/guest-rdma-all.sh || rc=1
+            deploy/rig/run-guest.sh --kernel "$k" --timeout 900 tests/e2e/guest-rdma-all.sh || rc=1
         done
         exit "$rc"' || true
 else

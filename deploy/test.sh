@@ -81,7 +81,7 @@ if ((build_ok)); then
     # The examples are built for the whole workspace (as cargo test built them): per-package
     # builds resolve features differently and rebuild much of the tree. `--examples` alone
     # builds no binary: `--bins` too, so the guest never runs a stale nvmfd.
-    step rdma 1800 bash -c 'cargo build --release --workspace --bins --examples || exit 1
+    step rdma 2400 bash -c 'cargo build --release --workspace --bins --examples || exit 1
         rc=0
         for k in stable newest; do
             deploy/rig/run-guest.sh --kernel "$k" --timeout 900 tests/e2e/guest-rdma-all.sh || rc=1

@@ -291,6 +291,7 @@ impl Validator<'_> {
             };
             subsystems.push(self.subsystem(&path, i, s, taken));
         }
+        self.effective_uuids(&root, &bdevs, &subsystems);
         let state_dir = match raw.state_dir {
             None => crate::default_state_dir(),
             Some(d) => {
@@ -323,6 +324,53 @@ impl Validator<'_> {
     /// Parse a namespace's `uuid`, `nguid` and `eui64` (kept as text in `raw_ids` until here) and
     /// refuse values that are all zero (NVMe: a zero identifier means "none") or already used by
     /// another namespace: equal identifiers tell a host's multipath that two namespaces are one.
+    /// A namespace without a uuid of its own takes its bdev's: two namespaces must not end up
+    /// with one UUID that way either (a host's multipath would take them for paths to one
+    /// namespace). Two explicit namespace uuids that clash are reported by `namespace_ids`.
+    fn effective_uuids(
+        &mut self,
+        root: &FieldPath,
+        bdevs: &[BdevConfig],
+        subsystems: &[SubsystemConfig],
+    ) {
+        let of_bdev: HashMap<&str, [u8; 16]> = bdevs
+            .iter()
+            .filter_map(|b| b.uuid.map(|u| (b.name.as_str(), u)))
+            .collect();
+        let mut first: HashMap<[u8; 16], (String, bool)> = HashMap::new();
+        for (i, s) in subsystems.iter().enumerate() {
+            for (k, n) in s.namespaces.iter().enumerate() {
+                let (u, own) = match (n.uuid, of_bdev.get(n.bdev.as_str())) {
+                    (Some(u), _) => (u, true),
+                    (None, Some(u)) => (*u, false),
+                    (None, None) => continue,
+                };
+                let np = root.key("subsystems").index(i).key("namespaces").index(k);
+                match first.get(&u) {
+                    Some((_, true)) if own => {}
+                    Some((other, _)) => {
+                        let (field, whose) = if own {
+                            ("uuid", "its own")
+                        } else {
+                            ("bdev", "its bdev's")
+                        };
+                        self.report(
+                            &np.key(field),
+                            At::Value,
+                            format!(
+                                "namespace UUID {} ({whose}) is already the UUID of {other}",
+                                crate::save::uuid_text(&u)
+                            ),
+                        );
+                    }
+                    None => {
+                        first.insert(u, (np.to_string(), own));
+                    }
+                }
+            }
+        }
+    }
+
     fn namespace_ids(
         &mut self,
         np: &FieldPath,

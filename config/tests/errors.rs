@@ -1315,4 +1315,15 @@ fn bdev_uuid_rules() {
         "all-zero",
     );
     err1(&two("nope", U), 3, 11, "bdevs[0].uuid", "");
+    // A namespace takes its bdev's uuid when it has none: no other namespace may have it.
+    let clash = format!(
+        "bdevs:\n  - name: m0\n    uuid: {U}\n    malloc: {{ size: 1MiB }}\n  - name: m1\n    malloc: {{ size: 1MiB }}\nsubsystems:\n  - nqn: nqn.2026-12.io.nvmfd:u\n    namespaces:\n      - {{ nsid: 1, bdev: m0 }}\n      - {{ nsid: 2, bdev: m1, uuid: {U} }}\n"
+    );
+    err1(
+        &clash,
+        11,
+        36,
+        "subsystems[0].namespaces[1].uuid",
+        "(its own) is already the UUID of subsystems[0].namespaces[0]",
+    );
 }

@@ -181,6 +181,16 @@ impl SharedPool {
         }
     }
 
+    /// Give a buffer straight back to the shared queue, without a reactor cache (its cache
+    /// is gone: the RDMA device it was taken for was released while the buffer was out).
+    /// A buffer of another pool comes back as the error.
+    pub fn put_back(&self, buf: IoBuf) -> Result<(), IoBuf> {
+        if !self.owns(&buf) {
+            return Err(buf);
+        }
+        self.free.push(buf)
+    }
+
     fn owns(&self, buf: &IoBuf) -> bool {
         buf.region().carved_by() == self.id && buf.capacity() == self.size
     }
@@ -397,6 +407,25 @@ mod tests {
             c.put(b);
         }
         assert!(c.try_get(ALIGN).is_some());
+    }
+
+    #[test]
+    fn a_buffer_whose_cache_is_gone_goes_straight_back() {
+        let p = SharedPool::new(vec![device_like(4 * ALIGN, 5)], ALIGN, &[]).unwrap();
+        let other = SharedPool::new(vec![device_like(4 * ALIGN, 6)], ALIGN, &[]).unwrap();
+        let mut c = p.cache_with(4, 4);
+        let b = c.try_get(ALIGN).unwrap();
+        drop(c);
+        assert_eq!(
+            p.free_shared(),
+            3,
+            "the cache's other buffers went back when it dropped"
+        );
+        let b = other
+            .put_back(b)
+            .expect_err("another pool's buffer is refused");
+        p.put_back(b).unwrap();
+        assert_eq!(p.free_shared(), 4);
     }
 
     #[test]

@@ -351,7 +351,9 @@ pub struct RdmaGroup {
     /// Indexed by `Conn::dev`; a released device leaves a `None` that a later one reuses.
     devs: Vec<Option<Device>>,
     free: Vec<usize>,
-    by_qp: HashMap<u32, usize>,
+    /// (device, QP number) → queue pair: QP numbers are per device (two devices hand out the
+    /// same ones).
+    by_qp: HashMap<(usize, u32), usize>,
     by_id: HashMap<IdHandle, usize>,
     events: VecDeque<Event>,
     generation: u16,
@@ -408,10 +410,6 @@ impl RdmaGroup {
             let Some(d) = slot.as_ref() else {
                 continue;
             };
-            if d.conns == 0 && d.pools.in_use() > 0 {
-                debug!(reactor = self.reactor, device = %d.ctx.name(), in_use = d.pools.in_use(),
-                    "RDMA device without queue pairs still has buffers out");
-            }
             let idle = d.conns == 0
                 && d.pools.in_use() == 0
                 && (d.gone
@@ -435,11 +433,10 @@ impl RdmaGroup {
     }
 
     fn device_for(&mut self, ctx: &Context) -> super::verbs::Result<usize> {
-        if let Some(i) = self
-            .devs
-            .iter()
-            .position(|d| d.as_ref().is_some_and(|d| !d.gone && d.ctx.as_ptr() == ctx.as_ptr()))
-        {
+        if let Some(i) = self.devs.iter().position(|d| {
+            d.as_ref()
+                .is_some_and(|d| !d.gone && d.ctx.as_ptr() == ctx.as_ptr())
+        }) {
             return Ok(i);
         }
         let p = self.params;
@@ -520,7 +517,9 @@ impl RdmaGroup {
             conns: 0,
             commands: 0,
             gone: false,
-            idle_since: None,
+            // Idle from the start: if the accept that made it fails, nothing else would ever
+            // start the clock, and the device would be held for good.
+            idle_since: Some(Instant::now()),
         };
         match self.devs.iter().position(Option::is_none) {
             Some(i) => {
@@ -572,7 +571,7 @@ impl RdmaGroup {
                     w.set_wr_id(id.encode());
                 }
                 let qp_num = id.qp().map(|q| q.qp_num()).unwrap_or(0);
-                self.by_qp.insert(qp_num, idx);
+                self.by_qp.insert((dev, qp_num), idx);
                 self.by_id.insert(id.handle(), idx);
                 let d = dev_mut(&mut self.devs, dev);
                 d.conns += 1;
@@ -892,7 +891,7 @@ impl RdmaGroup {
             }
             return;
         }
-        let Some(&idx) = self.by_qp.get(&wc.qp_num()) else {
+        let Some(&idx) = self.by_qp.get(&(d, wc.qp_num())) else {
             return;
         };
         let Some(c) = self.conns[idx].as_mut() else {
@@ -1219,7 +1218,7 @@ impl RdmaGroup {
                 dev.idle_since = Some(Instant::now());
             }
             if let Some(q) = c.id.qp() {
-                self.by_qp.remove(&q.qp_num());
+                self.by_qp.remove(&(c.dev, q.qp_num()));
             }
             self.by_id.remove(&c.id.handle());
             self.free.push(idx);
@@ -1342,7 +1341,17 @@ impl PollGroup for RdmaGroup {
     fn recycle(&mut self, buf: IoBuf) {
         match (self.devs.iter_mut().flatten()).find(|d| buf.keys(d.pd_id).is_some()) {
             Some(d) => d.pools.put(buf),
-            None => drop(buf),
+            // Its device was released while the buffer was out (host buffers hold a device's
+            // release back; CMB buffers do not): a CMB buffer goes back to its shared pool, or
+            // the CMB would shrink for good. A host buffer of a released pool just drops.
+            None => {
+                let d = buf.domain();
+                if let Some(c) = self.cfg.cmb.iter().find(|c| c.pool.domain() == d) {
+                    if c.pool.put_back(buf).is_err() {
+                        debug_assert!(false, "a CMB buffer not of its domain's pool");
+                    }
+                }
+            }
         }
     }
 

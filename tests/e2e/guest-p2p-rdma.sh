@@ -134,7 +134,7 @@ rp2p_fio() {
     ((a[1] == 0 && a[2] == 0)) || { why "cmb_bytes ${a[1]}, fallbacks ${a[2]}: rxe cannot reach the CMB, the decision was host memory"; rc=1; }
     ((a[3] - b[3] == io && a[4] == 0)) || { why "the queue pairs count ${a[3]} host bytes (${b[3]} before), ${a[4]} CMB bytes"; rc=1; }
     local m
-    m=$(curl -s "http://$RP2P_METRICS/metrics" | grep '^nvmfd_p2p_host_bytes_total{')
+    m=$(curl -s --max-time 30 "http://$RP2P_METRICS/metrics" | grep '^nvmfd_p2p_host_bytes_total{')
     note "$m"
     [[ ${m##* } == "${a[0]}" ]] || { why "metrics say '${m##* }', the RPC ${a[0]}"; rc=1; }
     nvme disconnect -n $RP2P_NQN >/dev/null || { why "disconnect failed"; rc=1; }

@@ -117,7 +117,7 @@ p2p_auto() {
     ((host >= 10 * MIB)) || { why "reads ($host bytes) should be in host memory"; return 1; }
     ((qp == cmb)) || { why "queue pairs count $qp CMB bytes, the namespace $cmb"; return 1; }
     local m
-    m=$(curl -s "http://$P2P_METRICS/metrics" | grep '^nvmfd_p2p_cmb_bytes_total{')
+    m=$(curl -s --max-time 30 "http://$P2P_METRICS/metrics" | grep '^nvmfd_p2p_cmb_bytes_total{')
     note "$m"
     [[ ${m##* } == "$cmb" ]] || { why "metrics say '${m##* }', the RPC $cmb"; return 1; }
     p2p_disconnect && p2p_stop

@@ -59,6 +59,17 @@ trap cleanup EXIT
 kmsg_tail() { dmesg | tail -n 8 | sed 's/^/    dmesg: /'; }
 log_tail() { tail -n 15 "$WORK/nvmfd.log" | sed 's/^/    nvmfd: /'; }
 
+second_rxe() {
+    [[ -e /sys/class/infiniband/rxe1 ]] && return 0
+    modprobe dummy 2>/dev/null || true
+    if ! { ip link add nvmfd-dummy0 type dummy && ip addr add 192.0.2.77/24 dev nvmfd-dummy0 &&
+        ip link set nvmfd-dummy0 up && rdma link add rxe1 type rxe netdev nvmfd-dummy0; }; then
+        why "cannot add a second soft-RoCE device (rxe1 on a dummy netdev)"
+        return 1
+    fi
+    wait_for 30 rxe_ready rxe1 192.0.2.77 || { why "rxe1 not ready after 30 s"; return 1; }
+}
+
 setup_rxe() {
     if [[ ${RDMA_SKIP_RXE:-0} != 1 ]]; then
         rdma link add rxe0 type rxe netdev eth0 || { why "rdma link add rxe0 failed (rdma_rxe loaded?)"; return 1; }
@@ -70,7 +81,11 @@ setup_rxe() {
     wait_for 30 rxe_ready rxe0 "$ADDR" || { why "rxe0 port not ACTIVE with the GID of $ADDR after 30 s"; return 1; }
     modprobe nvme-rdma 2>/dev/null || true
     [[ -e /dev/nvme-fabrics ]] || { why "no /dev/nvme-fabrics (nvme-fabrics loaded?)"; return 1; }
-    note "rxe0 on eth0, $ADDR"
+    # The second device of device_removal, made before nvmfd starts: a device added while
+    # nvmfd runs once made librdmacm replace rxe0's entry in its device list under a connect
+    # request, which was then refused (see device_removal).
+    second_rxe || return 1
+    note "rxe0 on eth0, $ADDR; rxe1 on a dummy netdev"
 }
 
 tcp_listening() { [[ -n $(ss -Hltn "sport = :$PORT") ]]; }
@@ -308,17 +323,12 @@ perf_rdma() {
 # list only while at least one device exists (rdma-core's sync_devices_list returns early on an
 # empty list), so the last device's context is never closed before the process exits, whatever
 # the process released. With rxe1 present, the removal completing proves nvmfd let go of rxe0.
+# rxe1 is made by setup_rxe, before nvmfd starts: when it was added here, with nvmfd running,
+# the next connect request was refused once ("cm_id's device is not in the device list": the
+# fresh librdmacm list no longer held the context the request's id was bound to), which a
+# kernel host's reconnect would ride out but a single `nvme connect` does not. Not understood
+# yet; see the session note.
 rxe_gone() { [[ ! -e /sys/class/infiniband/rxe0 ]]; }
-second_rxe() {
-    [[ -e /sys/class/infiniband/rxe1 ]] && return 0
-    modprobe dummy 2>/dev/null || true
-    if ! { ip link add nvmfd-dummy0 type dummy && ip addr add 192.0.2.77/24 dev nvmfd-dummy0 &&
-        ip link set nvmfd-dummy0 up && rdma link add rxe1 type rxe netdev nvmfd-dummy0; }; then
-        why "cannot add a second soft-RoCE device (rxe1 on a dummy netdev)"
-        return 1
-    fi
-    wait_for 30 rxe_ready rxe1 192.0.2.77 || { why "rxe1 not ready after 30 s"; return 1; }
-}
 log_has() { grep -q "$1" "$WORK/nvmfd.log"; }
 device_removal() {
     nvme disconnect-all >/dev/null 2>&1 || true

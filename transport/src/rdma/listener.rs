@@ -31,6 +31,8 @@ pub struct Listeners {
     /// Addresses whose listen id went with its device (DEVICE_REMOVAL) or address
     /// (ADDR_CHANGE), and when to try listening on each again.
     lost: Vec<(SocketAddr, Instant)>,
+    /// When to check next that every listening id's device is still there.
+    next_check: Instant,
     limits: ConnLimits,
 }
 
@@ -40,6 +42,7 @@ impl Listeners {
             channel: EventChannel::new()?,
             ids: Vec::new(),
             lost: Vec::new(),
+            next_check: Instant::now(),
             limits,
         })
     }
@@ -58,6 +61,10 @@ impl Listeners {
     /// dead there (and closed once nothing holds it, which the kernel waits for before it
     /// can finish removing it) and one added since is found.
     pub fn relisten(&mut self, now: Instant) {
+        if now >= self.next_check {
+            self.next_check = now + RELISTEN_EVERY;
+            self.check_devices(now);
+        }
         if !self.lost.iter().any(|(_, due)| *due <= now) {
             return;
         }
@@ -80,6 +87,35 @@ impl Listeners {
                     i += 1;
                 }
             }
+        }
+    }
+
+    /// A listening id whose device has left librdmacm's (refreshed) device list is destroyed
+    /// and its address listened on again later, as on DEVICE_REMOVAL. Needed because that
+    /// event may never come: Linux 7.2 removes the uverbs client of a device (which, for a
+    /// driver without ucontext disassociation such as rxe, waits for this process to close
+    /// the device) before the rdma_cm client that would tell the listener, so the listener's
+    /// hold on the device would block its removal for good. With no device left at all,
+    /// librdmacm returns no list (see `relisten`) and nothing is learnt here.
+    fn check_devices(&mut self, now: Instant) {
+        if !self.ids.iter().any(|(id, _)| id.has_device()) {
+            return;
+        }
+        let Ok(list) = Devices::open() else {
+            return;
+        };
+        let mut i = 0;
+        while i < self.ids.len() {
+            let (id, _) = &self.ids[i];
+            if !id.has_device() || id.context(&list).is_ok() {
+                i += 1;
+                continue;
+            }
+            let (id, addr) = self.ids.remove(i);
+            drop(id);
+            warn!(transport = "rdma", address = %addr,
+                "RDMA listener lost its device (no longer among the RDMA devices): not listening on this address until a device has it again (retried every 2 s)");
+            self.lost.push((addr, now + RELISTEN_EVERY));
         }
     }
 

@@ -465,6 +465,12 @@ impl CmId {
         self.check("rdma_resolve_route", rc)
     }
 
+    /// Whether the id is bound to a device (a listener on a wildcard address is not).
+    pub fn has_device(&self) -> bool {
+        // SAFETY: raw is a live id; verbs is set by librdmacm once the id has a device.
+        !unsafe { (*self.raw.as_ptr()).verbs }.is_null()
+    }
+
     /// The device context this id is bound to (after bind to a device address, address
     /// resolution, or on a connect request's id), from `devices`.
     pub fn context(&self, devices: &Arc<Devices>) -> Result<Context> {

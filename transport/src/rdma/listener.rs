@@ -9,10 +9,11 @@ use crate::proto::rdma::CmReject;
 use std::net::SocketAddr;
 use std::os::fd::RawFd;
 use std::time::{Duration, Instant};
-
-/// How often a listener that lost its device tries to listen again.
-const RELISTEN_EVERY: Duration = Duration::from_secs(2);
 use tracing::{debug, info, warn};
+
+/// How often a listener that lost its device tries to listen again (and how often every
+/// listening id's device is checked).
+const RELISTEN_EVERY: Duration = Duration::from_secs(2);
 
 /// A connect request that passed admission, for a reactor to accept.
 pub struct Incoming {
@@ -56,7 +57,9 @@ impl Listeners {
         Ok(())
     }
 
-    /// Try again, when due, to listen on every address that lost its device. librdmacm's
+    /// Every `RELISTEN_EVERY`, check that each listening id's device is still there
+    /// (`check_devices`). Then try again, when due, to listen on every address that lost its
+    /// device. librdmacm's
     /// device list is refreshed first (`rdma_get_devices`), so a removed device is marked
     /// dead there (and closed once nothing holds it, which the kernel waits for before it
     /// can finish removing it) and one added since is found.
@@ -111,12 +114,19 @@ impl Listeners {
                 i += 1;
                 continue;
             }
-            let (id, addr) = self.ids.remove(i);
-            drop(id);
-            warn!(transport = "rdma", address = %addr,
-                "RDMA listener lost its device (no longer among the RDMA devices): not listening on this address until a device has it again (retried every 2 s)");
-            self.lost.push((addr, now + RELISTEN_EVERY));
+            self.lose(i, "no longer among the RDMA devices", now);
         }
+    }
+
+    /// Listening id `i` lost its device: destroy it (else the device's removal waits for
+    /// this process; rdma_cm_event(3): destroy the id on DEVICE_REMOVAL) and listen on its
+    /// address again once a device has it.
+    fn lose(&mut self, i: usize, why: &str, now: Instant) {
+        let (id, addr) = self.ids.remove(i);
+        drop(id);
+        warn!(transport = "rdma", address = %addr, why,
+            "RDMA listener lost its device: not listening on this address until a device has it again (retried every 2 s)");
+        self.lost.push((addr, now + RELISTEN_EVERY));
     }
 
     /// The event channel's descriptor (readable when an event waits).
@@ -172,16 +182,9 @@ impl Listeners {
                 }
             }
             Some(EventKind::DeviceRemoval) | Some(EventKind::AddrChange) => {
-                // The id is bound to a device that is going (or no longer has the address):
-                // it must be destroyed, or the device's removal waits for this process
-                // (librdmacm's rdma_cm_event(3): destroy the id on DEVICE_REMOVAL). Listen
-                // again once a device has the address.
+                // The id is bound to a device that is going (or no longer has the address).
                 if let Some(i) = self.ids.iter().position(|(id, _)| id.handle() == ev.id) {
-                    let (id, addr) = self.ids.remove(i);
-                    drop(id);
-                    warn!(transport = "rdma", address = %addr, event = %ev.name(),
-                        "RDMA listener lost its device: not listening on this address until a device has it again (retried every 2 s)");
-                    self.lost.push((addr, Instant::now() + RELISTEN_EVERY));
+                    self.lose(i, &ev.name(), Instant::now());
                 } else {
                     warn!(listener = ?listen, event = %ev.name(), "RDMA device or address event on a listener");
                 }

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::vfio::{Device, RegionInfo, VFIO_REGION_INFO_FLAG_MMAP};
 
@@ -11,6 +12,8 @@ use crate::vfio::{Device, RegionInfo, VFIO_REGION_INFO_FLAG_MMAP};
 pub struct Bar {
     ptr: NonNull<u8>,
     len: usize,
+    /// The device mapping was replaced by anonymous memory ([`Bar::revoke`]).
+    revoked: AtomicBool,
 }
 
 // SAFETY: the mapping is device memory shared with the device; every access goes through
@@ -35,29 +38,70 @@ impl Bar {
                 ri.index, ri.size
             )));
         }
-        // SAFETY: a fresh shared mapping of the device fd at a region offset the kernel gave us;
-        // no Rust object aliases it.
+        let p = dev.with_fd(|fd| {
+            // SAFETY: a fresh shared mapping of the device fd at a region offset the kernel
+            // gave us; no Rust object aliases it.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    (ri.offset + offset) as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                let e = io::Error::last_os_error();
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("mmap BAR {}: {e}", ri.index),
+                ));
+            }
+            Ok(p)
+        })?;
+        Ok(Bar {
+            ptr: NonNull::new(p.cast()).expect("mmap returned NULL"),
+            len,
+            revoked: AtomicBool::new(false),
+        })
+    }
+
+    /// Replace the device mapping, in place and at once, by anonymous memory that reads all
+    /// ones (what a removed PCI device answers): the mapping holds a reference to the VFIO
+    /// device file, which the kernel's removal of the device waits for, while reactors may
+    /// still read registers or ring doorbells through this address. No access ever finds the
+    /// range unmapped: the replacement is prepared elsewhere, filled with 0xff, and moved over
+    /// the BAR with `mremap(MREMAP_FIXED)`, which unmaps the old pages and maps the new ones
+    /// under one lock of the address space (the same trick DPDK's hot-unplug handler plays with
+    /// `MAP_FIXED`). Writes land in the anonymous pages, reaching no device: a doorbell rung
+    /// late is lost, and the status registers, which the driver only reads, keep reading all
+    /// ones. Idempotent.
+    pub fn revoke(&self) -> io::Result<()> {
+        if self.revoked.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let tmp = anon_all_ones(self.len)?;
+        // SAFETY: moves our own fresh anonymous mapping `tmp` (exactly `len` bytes) over the
+        // `len` bytes this Bar owns, replacing them atomically; no Rust reference points into
+        // either (the BAR is only reached through volatile accesses of raw pointers).
         let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                dev.raw_fd(),
-                (ri.offset + offset) as libc::off_t,
+            libc::mremap(
+                tmp.as_ptr().cast(),
+                self.len,
+                self.len,
+                libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+                self.ptr.as_ptr().cast::<libc::c_void>(),
             )
         };
         if p == libc::MAP_FAILED {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(
-                e.kind(),
-                format!("mmap BAR {}: {e}", ri.index),
-            ));
+            // SAFETY: unmapping the temporary mapping made above, which nothing else uses.
+            unsafe { libc::munmap(tmp.as_ptr().cast(), self.len) };
+            return Err(io::Error::new(e.kind(), format!("mremap over the BAR: {e}")));
         }
-        Ok(Bar {
-            ptr: NonNull::new(p.cast()).expect("mmap returned NULL"),
-            len,
-        })
+        self.revoked.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -103,9 +147,32 @@ impl Bar {
 
 impl Drop for Bar {
     fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping made in `map`, once.
+        // SAFETY: unmapping exactly the range mapped in `map` (or its anonymous replacement
+        // from `revoke`, same address and length), once.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
     }
+}
+
+/// A fresh private anonymous mapping of `len` bytes, every byte 0xff.
+fn anon_all_ones(len: usize) -> io::Result<NonNull<u8>> {
+    // SAFETY: a fresh anonymous mapping; nothing aliases it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("mmap {len} bytes: {e}")));
+    }
+    // SAFETY: the `len` bytes just mapped, writable, owned by nobody else yet.
+    unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0xff, len) };
+    Ok(NonNull::new(p.cast()).expect("mmap returned NULL"))
 }
 
 /// A read-only look at the first page of BAR0 through sysfs (`resourceN`), whichever driver
@@ -169,5 +236,68 @@ impl Drop for SysfsBar {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly the mapping made in `open`, once.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    /// A Bar over ordinary anonymous memory standing in for a BAR mapping.
+    fn fake_bar(len: usize) -> Bar {
+        let p = anon_all_ones(len).unwrap();
+        // SAFETY: the fresh mapping made above, owned by nobody else.
+        unsafe { std::ptr::write_bytes(p.as_ptr(), 0, len) };
+        Bar {
+            ptr: p,
+            len,
+            revoked: AtomicBool::new(false),
+        }
+    }
+
+    /// Revoking swaps the memory under concurrent readers and writers: every read sees either a
+    /// value written before or all ones, never a fault; afterwards everything reads all ones and
+    /// writes vanish.
+    #[test]
+    fn revoke_replaces_the_mapping_with_all_ones_under_live_accesses() {
+        let bar = Arc::new(fake_bar(2 * 4096));
+        bar.write32(0x14, 0x0046_0001);
+        bar.write64(0x1000, 0x1122_3344_5566_7788);
+        let stop = Arc::new(AtomicBool::new(false));
+        let seen_ones = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                let (bar, stop, seen) = (bar.clone(), stop.clone(), seen_ones.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let v = bar.read32(0x14);
+                        assert!(v == 0x0046_0001 || v == u32::MAX, "read {v:#x}");
+                        if v == u32::MAX {
+                            seen.fetch_add(1, Ordering::Relaxed);
+                        }
+                        bar.write32(0x1008, 7); // a doorbell write
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        bar.revoke().unwrap();
+        assert!(bar.revoked.load(Ordering::Acquire));
+        bar.revoke().unwrap(); // idempotent
+        while seen_ones.load(Ordering::Relaxed) == 0 {
+            std::thread::yield_now();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert_eq!(bar.read32(0x14), u32::MAX);
+        assert_eq!(bar.read64(0x1000), u64::MAX);
+        // A late doorbell write lands in the anonymous page: no fault, and the status
+        // registers next to it still read all ones.
+        bar.write32(0x1000, 0);
+        assert_eq!(bar.read32(0x1c), u32::MAX);
     }
 }

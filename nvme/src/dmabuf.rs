@@ -180,14 +180,25 @@ impl DmaBuf {
             offset,
             length: len,
         };
-        // SAFETY: `arg` is a vfio_device_feature header followed by a
-        // vfio_device_feature_dma_buf with exactly nr_ranges = 1 range, argsz covering all of
-        // it; it outlives the call and the kernel only reads it. The device fd is ours.
-        let r = unsafe { libc::ioctl(dev.raw_fd(), VFIO_DEVICE_FEATURE as _, &mut arg) };
-        if r < 0 {
-            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            return Err(ExportError::from_errno(errno));
-        }
+        let r = dev.with_fd(|fd| {
+            // SAFETY: `arg` is a vfio_device_feature header followed by a
+            // vfio_device_feature_dma_buf with exactly nr_ranges = 1 range, argsz covering all
+            // of it; it outlives the call and the kernel only reads it. The device fd is ours
+            // and stays open for the call.
+            let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_FEATURE as _, &mut arg) };
+            if r < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(r)
+        });
+        let r = match r {
+            Ok(r) => r,
+            // The device was released (handed back to the kernel): as ENODEV, "going away".
+            Err(e) if e.raw_os_error().is_none() => {
+                return Err(ExportError::NoDevice)
+            }
+            Err(e) => return Err(ExportError::from_errno(e.raw_os_error().unwrap_or(0))),
+        };
         // SAFETY: on success the ioctl returns a new dma-buf fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(r) };
         Ok(DmaBuf {

@@ -5,8 +5,10 @@
 use std::ffi::CString;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLock;
 
 const VFIO_TYPE: u64 = b';' as u64;
 const fn io(nr: u64) -> u64 {
@@ -20,6 +22,8 @@ const VFIO_GROUP_SET_CONTAINER: u64 = io(4);
 const VFIO_GROUP_GET_DEVICE_FD: u64 = io(6);
 const VFIO_DEVICE_GET_INFO: u64 = io(7);
 const VFIO_DEVICE_GET_REGION_INFO: u64 = io(8);
+const VFIO_DEVICE_GET_IRQ_INFO: u64 = io(9);
+const VFIO_DEVICE_SET_IRQS: u64 = io(10);
 const VFIO_DEVICE_RESET: u64 = io(11);
 const VFIO_IOMMU_MAP_DMA: u64 = io(13);
 const VFIO_IOMMU_UNMAP_DMA: u64 = io(14);
@@ -40,6 +44,16 @@ const VFIO_DEVICE_FLAGS_RESET: u32 = 1;
 /// Enable bit (clear: the function issues no memory or I/O requests, so no DMA).
 pub const PCI_COMMAND: u64 = 4;
 pub const PCI_COMMAND_MASTER: u16 = 1 << 2;
+/// Memory Space Enable (the BARs answer) and Interrupt Disable (no INTx: the driver polls).
+pub const PCI_COMMAND_MEMORY: u16 = 1 << 1;
+pub const PCI_COMMAND_INTX_DISABLE: u16 = 1 << 10;
+/// IRQ index of the device request (VFIO_PCI_REQ_IRQ_INDEX): vfio-pci signals it when the
+/// kernel wants the device back (hot-removal, unbind, sysfs `remove`) and waits until the
+/// device fd is closed.
+const VFIO_PCI_REQ_IRQ_INDEX: u32 = 4;
+const VFIO_IRQ_INFO_EVENTFD: u32 = 1;
+const VFIO_IRQ_SET_DATA_EVENTFD: u32 = 1 << 2;
+const VFIO_IRQ_SET_ACTION_TRIGGER: u32 = 1 << 5;
 
 #[repr(C)]
 #[derive(Default)]
@@ -52,6 +66,29 @@ struct DeviceInfo {
     pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<DeviceInfo>() == 24);
+
+/// `struct vfio_irq_info`.
+#[repr(C)]
+#[derive(Default)]
+struct IrqInfo {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    count: u32,
+}
+const _: () = assert!(std::mem::size_of::<IrqInfo>() == 16);
+
+/// `struct vfio_irq_set` with one eventfd as its data.
+#[repr(C)]
+struct IrqSetOneFd {
+    argsz: u32,
+    flags: u32,
+    index: u32,
+    start: u32,
+    count: u32,
+    fd: i32,
+}
+const _: () = assert!(std::mem::size_of::<IrqSetOneFd>() == 24);
 
 #[repr(C)]
 struct GroupStatus {
@@ -104,6 +141,10 @@ fn last_err(what: &str) -> io::Error {
 #[derive(Debug)]
 pub struct Container {
     file: File,
+    /// Its last group left: the kernel dropped the IOMMU context with every mapping in it
+    /// (VFIO releases a container's IOMMU driver when its last group detaches), so unmapping
+    /// is a no-op from now on.
+    gone: AtomicBool,
 }
 
 impl Container {
@@ -128,7 +169,15 @@ impl Container {
                 "VFIO API version {v}, this driver speaks {VFIO_API_VERSION}"
             )));
         }
-        Ok(Container { file })
+        Ok(Container {
+            file,
+            gone: AtomicBool::new(false),
+        })
+    }
+
+    /// Record that the container's last group left (its mappings went with it).
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Release);
     }
 
     pub fn has_extension(&self, ext: u64) -> bool {
@@ -189,6 +238,9 @@ impl Container {
     }
 
     pub fn unmap_dma(&self, iova: u64, size: u64) -> io::Result<()> {
+        if self.gone.load(Ordering::Acquire) {
+            return Ok(());
+        }
         let m = DmaUnmap {
             argsz: std::mem::size_of::<DmaUnmap>() as u32,
             flags: 0,
@@ -282,34 +334,63 @@ impl Group {
         }
         // SAFETY: the kernel just returned this fd to us; nothing else owns it.
         let file = unsafe { File::from_raw_fd(fd) };
-        Ok(Device { file })
+        Ok(Device {
+            file: RwLock::new(Some(file)),
+        })
     }
 }
 
-/// A VFIO device fd: regions (BARs, config space), reset.
+/// A VFIO device fd: regions (BARs, config space), reset, the device request IRQ. The fd can be
+/// closed early ([`Device::release`], when the kernel asks for the device back); every method
+/// after that fails with [`io::ErrorKind::NotConnected`]. The lock is only ever taken by control
+/// threads (bring-up, reset, giving up, dma-buf export), never per I/O: it makes sure no ioctl
+/// runs on a closed (and perhaps reused) fd number.
 #[derive(Debug)]
 pub struct Device {
-    file: File,
+    file: RwLock<Option<File>>,
 }
 
 impl Device {
+    /// Run `f` on the open device file.
+    pub fn with_file<T>(&self, f: impl FnOnce(&File) -> io::Result<T>) -> io::Result<T> {
+        let g = self.file.read().unwrap_or_else(|p| p.into_inner());
+        match g.as_ref() {
+            Some(file) => f(file),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "VFIO device released (the kernel asked for it back)",
+            )),
+        }
+    }
+
+    /// Run `f` with the open device fd (ioctl, mmap); the fd stays open until `f` returns.
+    pub fn with_fd<T>(&self, f: impl FnOnce(RawFd) -> io::Result<T>) -> io::Result<T> {
+        self.with_file(|file| f(file.as_raw_fd()))
+    }
+
+    /// Close the device fd now (waiting for any call running on it). The kernel's removal of
+    /// the device, which waits for its last user, can then go on once nothing else holds the
+    /// file (BAR mappings and dma-bufs do: they must be gone first). `false` if it was closed
+    /// already.
+    pub fn release(&self) -> bool {
+        let mut g = self.file.write().unwrap_or_else(|p| p.into_inner());
+        g.take().is_some()
+    }
+
     pub fn region_info(&self, index: u32) -> io::Result<RegionInfo> {
         let mut ri = RegionInfo {
             argsz: std::mem::size_of::<RegionInfo>() as u32,
             index,
             ..RegionInfo::default()
         };
-        // SAFETY: `ri` is a properly sized vfio_region_info the kernel fills in.
-        let r = unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                VFIO_DEVICE_GET_REGION_INFO as _,
-                &mut ri,
-            )
-        };
-        if r < 0 {
-            return Err(last_err(&format!("VFIO_DEVICE_GET_REGION_INFO {index}")));
-        }
+        self.with_fd(|fd| {
+            // SAFETY: `ri` is a properly sized vfio_region_info the kernel fills in.
+            let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_REGION_INFO as _, &mut ri) };
+            if r < 0 {
+                return Err(last_err(&format!("VFIO_DEVICE_GET_REGION_INFO {index}")));
+            }
+            Ok(())
+        })?;
         Ok(ri)
     }
 
@@ -319,12 +400,15 @@ impl Device {
             argsz: std::mem::size_of::<DeviceInfo>() as u32,
             ..DeviceInfo::default()
         };
-        // SAFETY: `di` is a properly sized vfio_device_info the kernel fills in (it writes at
-        // most `argsz` bytes); it outlives the call.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), VFIO_DEVICE_GET_INFO as _, &mut di) };
-        if r < 0 {
-            return Err(last_err("VFIO_DEVICE_GET_INFO"));
-        }
+        self.with_fd(|fd| {
+            // SAFETY: `di` is a properly sized vfio_device_info the kernel fills in (it writes
+            // at most `argsz` bytes); it outlives the call.
+            let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_INFO as _, &mut di) };
+            if r < 0 {
+                return Err(last_err("VFIO_DEVICE_GET_INFO"));
+            }
+            Ok(())
+        })?;
         Ok(di.flags)
     }
 
@@ -332,6 +416,50 @@ impl Device {
     /// slot or bus reset vfio-pci found at probe).
     pub fn can_reset(&self) -> bool {
         self.flags().is_ok_and(|f| f & VFIO_DEVICE_FLAGS_RESET != 0)
+    }
+
+    /// Whether the device offers the request IRQ as an eventfd (VFIO_DEVICE_GET_IRQ_INFO on
+    /// VFIO_PCI_REQ_IRQ_INDEX: one IRQ with VFIO_IRQ_INFO_EVENTFD). Not every kernel or VFIO
+    /// driver has it.
+    pub fn has_request_irq(&self) -> io::Result<bool> {
+        let mut ii = IrqInfo {
+            argsz: std::mem::size_of::<IrqInfo>() as u32,
+            index: VFIO_PCI_REQ_IRQ_INDEX,
+            ..IrqInfo::default()
+        };
+        self.with_fd(|fd| {
+            // SAFETY: `ii` is a properly sized vfio_irq_info the kernel fills in; it outlives
+            // the call.
+            let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_GET_IRQ_INFO as _, &mut ii) };
+            if r < 0 {
+                return Err(last_err("VFIO_DEVICE_GET_IRQ_INFO (request)"));
+            }
+            Ok(())
+        })?;
+        Ok(ii.count >= 1 && ii.flags & VFIO_IRQ_INFO_EVENTFD != 0)
+    }
+
+    /// Have the kernel signal `ev` when it wants the device back (VFIO_DEVICE_SET_IRQS,
+    /// DATA_EVENTFD | ACTION_TRIGGER on the request index). vfio-pci signals it again every
+    /// 10 s until the device fd is closed, and drops its reference to `ev` at that close.
+    pub fn set_request_irq(&self, ev: &EventFd) -> io::Result<()> {
+        let set = IrqSetOneFd {
+            argsz: std::mem::size_of::<IrqSetOneFd>() as u32,
+            flags: VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            index: VFIO_PCI_REQ_IRQ_INDEX,
+            start: 0,
+            count: 1,
+            fd: ev.fd.as_raw_fd(),
+        };
+        self.with_fd(|fd| {
+            // SAFETY: `set` is a vfio_irq_set whose data is one s32 eventfd (argsz covers it);
+            // it outlives the call, and the eventfd is open (the kernel takes its own ref).
+            let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_SET_IRQS as _, &set) };
+            if r < 0 {
+                return Err(last_err("VFIO_DEVICE_SET_IRQS (request eventfd)"));
+            }
+            Ok(())
+        })
     }
 
     /// The PCI Command register, read through the config region.
@@ -342,35 +470,130 @@ impl Device {
         Ok(u16::from_le_bytes(b))
     }
 
+    /// Write the PCI Command register.
+    pub fn set_pci_command(&self, v: u16) -> io::Result<()> {
+        let cfg = self.region_info(CONFIG_REGION)?;
+        self.config_write(&cfg, PCI_COMMAND, &v.to_le_bytes())
+    }
+
     /// Clear Bus Master Enable (read-modify-write of the 16-bit Command register; the other bits
     /// are kept). The caller reads the register again to know whether the device took it.
     pub fn clear_bus_master(&self) -> io::Result<()> {
-        let cfg = self.region_info(CONFIG_REGION)?;
-        let mut b = [0u8; 2];
-        self.config_read(&cfg, PCI_COMMAND, &mut b)?;
-        let v = u16::from_le_bytes(b) & !PCI_COMMAND_MASTER;
-        self.config_write(&cfg, PCI_COMMAND, &v.to_le_bytes())
+        let v = self.pci_command()? & !PCI_COMMAND_MASTER;
+        self.set_pci_command(v)
     }
 
     /// Function-level reset where the device supports one; errors are informational.
     pub fn reset(&self) -> io::Result<()> {
-        // SAFETY: VFIO_DEVICE_RESET takes no argument.
-        let r = unsafe { libc::ioctl(self.file.as_raw_fd(), VFIO_DEVICE_RESET as _) };
-        if r < 0 {
-            return Err(last_err("VFIO_DEVICE_RESET"));
+        self.with_fd(|fd| {
+            // SAFETY: VFIO_DEVICE_RESET takes no argument.
+            let r = unsafe { libc::ioctl(fd, VFIO_DEVICE_RESET as _) };
+            if r < 0 {
+                return Err(last_err("VFIO_DEVICE_RESET"));
+            }
+            Ok(())
+        })
+    }
+
+    pub fn config_read(&self, cfg: &RegionInfo, off: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.with_file(|f| f.read_exact_at(buf, cfg.offset + off))
+    }
+
+    pub fn config_write(&self, cfg: &RegionInfo, off: u64, buf: &[u8]) -> io::Result<()> {
+        self.with_file(|f| f.write_all_at(buf, cfg.offset + off))
+    }
+}
+
+/// An eventfd (the device request IRQ, and the wake-up that stops its watcher).
+#[derive(Debug)]
+pub struct EventFd {
+    fd: OwnedFd,
+}
+
+impl EventFd {
+    pub fn new() -> io::Result<EventFd> {
+        // SAFETY: eventfd(2) with no pointer arguments; a new fd or -1.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(last_err("eventfd"));
+        }
+        // SAFETY: the kernel just returned this fd to us; nothing else owns it.
+        Ok(EventFd {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Add one to the counter (wakes a [`wait_any`] on it).
+    pub fn signal(&self) -> io::Result<()> {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: an 8-byte write from a live buffer to an eventfd we own.
+        let r = unsafe { libc::write(self.fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+        if r != 8 {
+            return Err(last_err("eventfd write"));
         }
         Ok(())
     }
 
-    pub fn config_read(&self, cfg: &RegionInfo, off: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.file.read_exact_at(buf, cfg.offset + off)
+    /// Read and reset the counter (0 when nothing was signalled: the fd is non-blocking).
+    pub fn take(&self) -> u64 {
+        let mut b = [0u8; 8];
+        // SAFETY: an 8-byte read into a live buffer from an eventfd we own.
+        let r = unsafe { libc::read(self.fd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+        if r == 8 {
+            u64::from_ne_bytes(b)
+        } else {
+            0
+        }
     }
+}
 
-    pub fn config_write(&self, cfg: &RegionInfo, off: u64, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(buf, cfg.offset + off)
+/// Block until one of `evs` is signalled; its index. Retries on EINTR.
+pub fn wait_any(evs: &[&EventFd]) -> io::Result<usize> {
+    let mut pfds: Vec<libc::pollfd> = evs
+        .iter()
+        .map(|e| libc::pollfd {
+            fd: e.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    loop {
+        // SAFETY: `pfds` is a live array of `pfds.len()` pollfds over fds we own.
+        let r = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, -1) };
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(io::Error::new(e.kind(), format!("poll: {e}")));
+        }
+        if let Some(i) = pfds.iter().position(|p| p.revents != 0) {
+            return Ok(i);
+        }
     }
+}
 
-    pub fn raw_fd(&self) -> i32 {
-        self.file.as_raw_fd()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    #[test]
+    fn eventfd_wakes_the_waiter_with_its_index() {
+        let a = Arc::new(EventFd::new().unwrap());
+        let b = Arc::new(EventFd::new().unwrap());
+        assert_eq!(a.take(), 0, "nothing signalled yet");
+        let (a2, b2) = (a.clone(), b.clone());
+        let t = std::thread::spawn(move || wait_any(&[&a2, &b2]).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t.is_finished(), "the waiter blocks until a signal");
+        b.signal().unwrap();
+        assert_eq!(t.join().unwrap(), 1);
+        b.signal().unwrap();
+        assert_eq!(b.take(), 2, "the counter adds signals up");
+        assert_eq!(b.take(), 0, "and take resets it");
+        a.signal().unwrap();
+        assert_eq!(wait_any(&[&a, &b]).unwrap(), 0);
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::atomic::{fence, AtomicBool, AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
@@ -18,7 +18,7 @@ use crate::queue::{timeout_scan, CidTable, CqRing, Inflight, QueueMem, SqRing, T
 use crate::quiesce::{self, DmaStop};
 use crate::regs::{cmbmsc, off, Cap, Cc, CmbLayout, Cmbloc, Cmbsz, Csts};
 use crate::sysfs;
-use crate::vfio::{self, Container, Device, Group};
+use crate::vfio::{self, Container, Device, EventFd, Group};
 
 /// Memory page size the driver configures (CC.MPS = 0).
 pub const PAGE: usize = 4096;
@@ -213,6 +213,9 @@ pub struct Cmb {
     /// The region over the mapped BAR slice until the pool takes it.
     region: Mutex<Option<Region>>,
     pool: OnceLock<Arc<SharedPool>>,
+    /// The BAR slice's mapping (also the region's owner): revoked when the device goes back to
+    /// the kernel ([`Controller::release_to_kernel`]).
+    bar: Arc<Bar>,
 }
 
 impl Cmb {
@@ -344,11 +347,34 @@ pub struct Controller {
     leak_logged: AtomicBool,
     /// Test-only fault injection ([`RESET_FAULT_ENV`]).
     fault: TestFault,
+    /// The kernel asked for the device back: no more resets ([`Controller::release_to_kernel`]).
+    releasing: AtomicBool,
+    /// Its VFIO resources are released (BARs revoked, device fd closed, group left): nothing
+    /// is left to shut down.
+    released: AtomicBool,
+    /// The thread waiting for the kernel's device request, stopped when the controller drops.
+    watch: OnceLock<Arc<RequestWatch>>,
     /// Drop order: mappings before the device, the device before the group, the group before
     /// the container.
     device: Device,
-    _group: Member,
+    group: Member,
     container: Arc<Container>,
+}
+
+/// The device request eventfd (signalled by vfio-pci when the kernel wants the device back) and
+/// the one that stops its watcher thread.
+struct RequestWatch {
+    request: EventFd,
+    stop: EventFd,
+}
+
+/// Why a controller is given up ([`Controller::give_up`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GiveUp {
+    /// A controller reset failed (or could not be started).
+    ResetFailed,
+    /// The kernel asked for the device back (VFIO device request).
+    Released,
 }
 
 /// The process's one VFIO container: every controller's group joins it, so a host buffer region
@@ -368,30 +394,52 @@ static SHARED: Mutex<Shared> = Mutex::new(Shared {
 /// regions first: the kernel drops a container's IOMMU context (and its mappings) with its last
 /// group, and the next controller starts a new container that maps them again.
 struct Member {
-    group: Option<Group>,
+    group: Mutex<Option<Group>>,
 }
 
 impl Member {
+    fn new(group: Group) -> Member {
+        Member {
+            group: Mutex::new(Some(group)),
+        }
+    }
+
     fn device(&self, bdf: &str) -> io::Result<Device> {
         self.group
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .as_ref()
-            .expect("group held until drop")
+            .ok_or_else(|| io::Error::other("the IOMMU group was left"))?
             .device(bdf)
     }
-}
 
-impl Drop for Member {
-    fn drop(&mut self) {
+    /// Close the group (once; its device fd must be closed first). The last group of the
+    /// shared container unmaps the host buffer regions and retires the container: the kernel
+    /// drops a container's IOMMU context with its last group, and a later controller starts a
+    /// new container. `true` if this was the container's last group.
+    fn leave(&self) -> bool {
         let mut s = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(group) = self.group.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return false;
+        };
         s.groups = s.groups.saturating_sub(1);
         let last = s.groups == 0;
         if last {
             IovaSpace::host().detach();
         }
-        drop(self.group.take());
+        drop(group);
         if last {
-            s.container = None;
+            if let Some(c) = s.container.take() {
+                c.mark_gone();
+            }
         }
+        last
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -405,7 +453,7 @@ fn join_container(group_id: u32, bdf: &str) -> Result<(Member, Arc<Container>)> 
         // the existing mappings into it).
         group.set_container(&c)?;
         s.groups += 1;
-        return Ok((Member { group: Some(group) }, c));
+        return Ok((Member::new(group), c));
     }
     let container = Arc::new(Container::open()?);
     let model = if container.has_extension(vfio::VFIO_TYPE1V2_IOMMU) {
@@ -432,7 +480,7 @@ fn join_container(group_id: u32, bdf: &str) -> Result<(Member, Arc<Container>)> 
     info!(%bdf, regions, bytes, "VFIO container up; host buffer regions mapped for DMA");
     s.container = Some(container.clone());
     s.groups = 1;
-    Ok((Member { group: Some(group) }, container))
+    Ok((Member::new(group), container))
 }
 
 /// **Test only**: makes the controller reset of the listed controllers fail, so the paths that
@@ -534,12 +582,10 @@ impl Controller {
         let (group, container) = join_container(group_id, &bdf)?;
         let device = group.device(&bdf)?;
 
-        // PCI command register: memory space, bus master, INTx off (we poll).
+        // PCI command register: memory space on, INTx off (we poll), bus mastering off until
+        // the controller is disabled (`disable_then_master`).
         let cfg = device.region_info(vfio::CONFIG_REGION)?;
-        let mut cmdreg = [0u8; 2];
-        device.config_read(&cfg, 4, &mut cmdreg)?;
-        let v = u16::from_le_bytes(cmdreg) | 1 << 1 | 1 << 2 | 1 << 10;
-        device.config_write(&cfg, 4, &v.to_le_bytes())?;
+        enable_memory(&device)?;
 
         let r0 = device.region_info(0)?;
         // Registers and doorbells only: QEMU and many SSDs put the MSI-X table later in BAR0,
@@ -568,12 +614,8 @@ impl Controller {
         let vs = bar0.read32(off::VS);
         info!(%bdf, cap = format_args!("{:#x}", cap.0), vs = format_args!("{vs:#x}"), "NVMe controller found");
 
-        // 1. Disable and wait for CSTS.RDY = 0 (within CAP.TO).
-        let cc = Cc(bar0.read32(off::CC));
-        if cc.en() {
-            bar0.write32(off::CC, cc.0 & !Cc::EN);
-        }
-        wait_ready(&bar0, &bdf, cap, false)?;
+        // 1. Disable and wait for CSTS.RDY = 0 (within CAP.TO); only then bus mastering on.
+        disable_then_master(&device, &*bar0, &bdf, cap)?;
 
         // 2. Admin queues.
         let rings = Rings {
@@ -602,7 +644,7 @@ impl Controller {
 
         // 4. Enable and wait for RDY = 1.
         bar0.write32(off::CC, Cc::enabled(PAGE).0);
-        wait_ready(&bar0, &bdf, cap, true)?;
+        wait_ready(&*bar0, &bdf, cap, true)?;
 
         let admin = AdminQueue {
             rings,
@@ -641,8 +683,11 @@ impl Controller {
             leaked_bytes: AtomicU64::new(0),
             leak_logged: AtomicBool::new(false),
             fault,
+            releasing: AtomicBool::new(false),
+            released: AtomicBool::new(false),
+            watch: OnceLock::new(),
             device,
-            _group: group,
+            group,
             container,
         };
         // 5. Identify Controller.
@@ -668,7 +713,118 @@ impl Controller {
             cmb_bytes = ctrl.cmb.as_ref().map_or(0, |c| c.len()),
             "NVMe controller ready"
         );
-        Ok(Arc::new(ctrl))
+        let ctrl = Arc::new(ctrl);
+        ctrl.watch_requests();
+        Ok(ctrl)
+    }
+
+    /// Register the device request eventfd and start the thread that waits on it: when the
+    /// kernel wants the device back (hot-removal, driver unbind, sysfs `remove`), vfio-pci
+    /// signals it and waits until the device fd is closed ("Relaying device request to user"),
+    /// re-signalling every 10 s. The thread then gives the controller up and releases it
+    /// ([`Controller::release_to_kernel`]). Without the IRQ (an older kernel, another VFIO
+    /// driver) removal is only noticed by all-ones register reads, and the kernel's removal
+    /// waits until nvmfd exits: logged.
+    fn watch_requests(self: &Arc<Self>) {
+        let bdf = &self.bdf;
+        let none = |why: String| {
+            warn!(%bdf, why = %why, "no device request IRQ: a hot-removal or unbind is noticed only when the registers read all ones, and the kernel's removal of the device waits until nvmfd exits");
+        };
+        match self.device.has_request_irq() {
+            Ok(true) => {}
+            Ok(false) => return none("VFIO_PCI_REQ_IRQ_INDEX not offered".into()),
+            Err(e) => return none(e.to_string()),
+        }
+        let watch = match EventFd::new().and_then(|request| {
+            Ok(RequestWatch {
+                request,
+                stop: EventFd::new()?,
+            })
+        }) {
+            Ok(w) => Arc::new(w),
+            Err(e) => return none(e.to_string()),
+        };
+        if let Err(e) = self.device.set_request_irq(&watch.request) {
+            return none(e.to_string());
+        }
+        let weak = Arc::downgrade(self);
+        let w = watch.clone();
+        let spawned = std::thread::Builder::new()
+            .name("nvme-request".into())
+            .spawn(move || request_watcher(&w, &weak));
+        match spawned {
+            Ok(_) => {
+                let _ = self.watch.set(watch);
+                info!(%bdf, "device request IRQ registered: a hot-removal or unbind releases the device");
+            }
+            Err(e) => none(format!("cannot start its thread: {e}")),
+        }
+    }
+
+    /// The kernel wants the device back: give the controller up as a failed reset does (its
+    /// DMA stopped first: shut down and disabled if it answers, else Bus Master Enable off or a
+    /// device reset; in-flight I/O then fails with a retryable status, new I/O with Internal
+    /// Error + DNR), then release every VFIO resource of the device so the kernel's removal can
+    /// complete: the BAR mappings (replaced by all-ones anonymous memory, so reactors still
+    /// touching them read "removed"), the device fd, and the IOMMU group (with the container's
+    /// mappings if it was the last group). Control plane (the request watcher thread).
+    ///
+    /// The shutdown comes first because a removal may be followed by power-off of the slot:
+    /// NVMe Base 2.0, 3.6.1 (CC.SHN = 01b, then CSTS.SHST = 10b) lets the controller make its
+    /// volatile write cache durable; then CC.EN = 0 and CSTS.RDY = 0 (3.7.2, a Controller Level
+    /// Reset) deletes its queues and ends all command processing, so the buffers of the commands
+    /// it had are safe to reuse.
+    pub fn release_to_kernel(&self) {
+        let bdf = &self.bdf;
+        warn!(%bdf, "the kernel asks for the NVMe device back (VFIO device request: hot-removal, driver unbind or sysfs remove); giving the controller up and releasing it");
+        self.releasing.store(true, Ordering::Release);
+        {
+            // Waits for a reset that is running; none starts after `releasing`.
+            let _admin = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+            if !self.is_dead() {
+                let disabled = self.stop_for_release();
+                self.give_up(disabled, GiveUp::Released);
+            }
+            if let Err(e) = self.bar0.revoke() {
+                tracing::error!(%bdf, error = %e, "cannot revoke the BAR 0 mapping: the kernel's removal of the device waits until nvmfd exits");
+            }
+            if let Some(c) = &self.cmb {
+                if let Err(e) = c.bar.revoke() {
+                    tracing::error!(%bdf, error = %e, "cannot revoke the CMB mapping: the kernel's removal of the device waits until nvmfd exits");
+                }
+            }
+        }
+        self.device.release();
+        let last = self.group.leave();
+        self.released.store(true, Ordering::Release);
+        warn!(%bdf, dma_stop = ?self.dma_stop(), last_group = last, "NVMe device released to the kernel (BARs unmapped, device and group closed): its namespaces fail I/O with Internal Error (DNR) from now on, other bdevs keep serving");
+    }
+
+    /// Shut the controller down and disable it before it is released; `true` once CSTS.RDY
+    /// reads 0 (its DMA is over). Each step waits at most CAP.TO.
+    fn stop_for_release(&self) -> bool {
+        let bdf = &self.bdf;
+        if let Err(e) = self.shutdown() {
+            warn!(%bdf, error = %e, "shutdown before the release failed; disabling the controller");
+        }
+        let cc = self.bar0.read32(off::CC);
+        if cc == u32::MAX {
+            return false;
+        }
+        // CC.EN = 0 (and SHN cleared: the next owner starts from a clean CC).
+        self.bar0.write32(off::CC, 0);
+        match wait_ready(&*self.bar0, bdf, self.cap, false) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(%bdf, error = %e, "controller not disabled before the release; stopping its DMA otherwise");
+                false
+            }
+        }
+    }
+
+    /// Whether the device went back to the kernel ([`Controller::release_to_kernel`]).
+    pub fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire)
     }
 
     pub fn bdf(&self) -> &str {
@@ -900,6 +1056,13 @@ impl Controller {
     /// if it can be, then it is dead.
     pub fn reset(&self) -> Result<()> {
         let mut a = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_dead() || self.releasing.load(Ordering::Acquire) {
+            // Given up (or going back to the kernel) while this reset waited for the admin
+            // queue: nothing to reset, and giving it up again would touch a released device.
+            return Err(Error::Removed {
+                bdf: self.bdf.clone(),
+            });
+        }
         let mut disabled = false;
         let r = self.reset_locked(&mut a, &mut disabled);
         drop(a);
@@ -910,7 +1073,7 @@ impl Controller {
             }
             Err(e) => {
                 tracing::error!(bdf = %self.bdf, error = %e, disabled, "controller reset failed; its I/O fails from now on");
-                self.give_up(disabled);
+                self.give_up(disabled, GiveUp::ResetFailed);
             }
         }
         r
@@ -934,7 +1097,7 @@ impl Controller {
             });
         }
         self.bar0.write32(off::CC, cc.0 & !Cc::EN);
-        wait_ready(&self.bar0, &self.bdf, self.cap, false)?;
+        wait_ready(&*self.bar0, &self.bdf, self.cap, false)?;
         *disabled = true;
         // The admin queue starts empty again: zeroed entries (the phase tag restarts at 1).
         a.rings.sq.fill(0, a.rings.sq.len(), 0);
@@ -954,7 +1117,7 @@ impl Controller {
             self.bar0.write32(off::CMBMSC, v as u32);
         }
         self.bar0.write32(off::CC, Cc::enabled(PAGE).0);
-        wait_ready(&self.bar0, &self.bdf, self.cap, true)?;
+        wait_ready(&*self.bar0, &self.bdf, self.cap, true)?;
         // Number of Queues again (it must be set before any I/O queue is created after a reset).
         let n = self.io_queues.max(1);
         let mut s = Sqe::new(admin::SET_FEATURES, 0);
@@ -974,7 +1137,10 @@ impl Controller {
     /// Ask for a reset on a thread of its own (a reactor that saw the failure must not wait
     /// for it); a no-op while one runs or once the controller is dead.
     pub fn request_reset(self: &Arc<Self>) {
-        if self.is_dead() || self.resetting.swap(true, Ordering::AcqRel) {
+        if self.is_dead()
+            || self.releasing.load(Ordering::Acquire)
+            || self.resetting.swap(true, Ordering::AcqRel)
+        {
             return;
         }
         let c = self.clone();
@@ -989,7 +1155,7 @@ impl Controller {
             // here on the caller's thread (a reactor: config-space accesses and perhaps a device
             // reset, once in the controller's life), since no thread could be made for it.
             tracing::error!(bdf = %self.bdf, error = %e, "cannot start the controller reset thread; the controller is given up");
-            self.give_up(false);
+            self.give_up(false, GiveUp::ResetFailed);
             self.resetting.store(false, Ordering::Release);
         }
     }
@@ -1000,25 +1166,32 @@ impl Controller {
     /// fail their in-flight commands with a retryable status, handing their buffers back only
     /// if the DMA was stopped ([`BufferFate`]). Control plane (the reset thread), except when no
     /// thread could be started.
-    fn give_up(&self, disabled: bool) {
-        let stop = if self.fault.no_dma_stop {
+    fn give_up(&self, disabled: bool, cause: GiveUp) {
+        let stop = if self.fault.no_dma_stop && cause == GiveUp::ResetFailed {
             quiesce::stop_dma(disabled, &quiesce::Refusing)
         } else {
             quiesce::stop_dma(disabled, &self.device)
         };
-        match &stop {
-            DmaStop::Disabled => {
-                tracing::error!(bdf = %self.bdf, "controller given up after it was disabled (CSTS.RDY = 0): its in-flight I/O fails with a retryable status and its buffers are reused")
-            }
-            DmaStop::BusMasterOff => {
-                tracing::error!(bdf = %self.bdf, "controller given up with bus mastering off (PCI Command BME cleared, read back 0): its in-flight I/O fails with a retryable status and its buffers are reused")
-            }
-            DmaStop::DeviceReset => {
-                tracing::error!(bdf = %self.bdf, "controller given up after a device reset (VFIO_DEVICE_RESET): its in-flight I/O fails with a retryable status and its buffers are reused")
-            }
-            DmaStop::Failed(why) => {
-                tracing::error!(bdf = %self.bdf, why = %why, "controller given up and its DMA could not be stopped: the buffers of its in-flight I/O are leaked, never reused; that I/O fails with a retryable status")
-            }
+        let msg = match &stop {
+            DmaStop::Disabled => "controller given up after it was disabled (CSTS.RDY = 0): its in-flight I/O fails with a retryable status and its buffers are reused",
+            DmaStop::BusMasterOff => "controller given up with bus mastering off (PCI Command BME cleared, read back 0): its in-flight I/O fails with a retryable status and its buffers are reused",
+            DmaStop::DeviceReset => "controller given up after a device reset (VFIO_DEVICE_RESET): its in-flight I/O fails with a retryable status and its buffers are reused",
+            DmaStop::Failed(_) => "controller given up and its DMA could not be stopped: the buffers of its in-flight I/O are leaked, never reused; that I/O fails with a retryable status",
+        };
+        let why = match &stop {
+            DmaStop::Failed(w) => w.as_str(),
+            _ => "",
+        };
+        let cause_name = match cause {
+            GiveUp::ResetFailed => "reset failed",
+            GiveUp::Released => "device requested back by the kernel",
+        };
+        // A release the kernel asked for is an orderly event (warn) once the DMA is stopped; a
+        // failed reset, or buffers leaked, are errors.
+        if cause == GiveUp::Released && stop.stopped() {
+            warn!(bdf = %self.bdf, cause = cause_name, "{msg}");
+        } else {
+            tracing::error!(bdf = %self.bdf, cause = cause_name, why = %why, "{msg}");
         }
         // The outcome before `dead` (release): a queue pair that sees `dead` sees the outcome.
         let _ = self.dma_stop.set(stop);
@@ -1107,6 +1280,13 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
+        if let Some(w) = self.watch.get() {
+            let _ = w.stop.signal();
+        }
+        if self.is_released() {
+            debug!(bdf = %self.bdf, "controller was released to the kernel: nothing to shut down");
+            return;
+        }
         if self.csts().is_err() {
             warn!(bdf = %self.bdf, "controller gone: no shutdown");
             return;
@@ -1120,7 +1300,81 @@ impl Drop for Controller {
     }
 }
 
-fn wait_ready(bar0: &Bar, bdf: &str, cap: Cap, want: bool) -> Result<()> {
+/// 32-bit controller register access: the BAR, or a fake in tests.
+trait Regs {
+    fn read32(&self, off: usize) -> u32;
+    fn write32(&self, off: usize, v: u32);
+}
+
+impl Regs for Bar {
+    fn read32(&self, off: usize) -> u32 {
+        Bar::read32(self, off)
+    }
+    fn write32(&self, off: usize, v: u32) {
+        Bar::write32(self, off, v)
+    }
+}
+
+/// The PCI Command register: the VFIO device's config space, or a fake in tests.
+trait CommandReg {
+    fn command(&self) -> io::Result<u16>;
+    fn set_command(&self, v: u16) -> io::Result<()>;
+}
+
+impl CommandReg for Device {
+    fn command(&self) -> io::Result<u16> {
+        self.pci_command()
+    }
+    fn set_command(&self, v: u16) -> io::Result<()> {
+        self.set_pci_command(v)
+    }
+}
+
+/// First bring-up step: Memory Space Enable on (the BAR must answer), INTx off (the driver
+/// polls), and Bus Master Enable **off**: the controller may still be enabled with queues from
+/// an earlier owner (a controller given up earlier in this process with only its bus mastering
+/// cleared, or one left running), and must not reach memory before it is disabled.
+fn enable_memory(cmd: &dyn CommandReg) -> io::Result<()> {
+    let v = cmd.command()?;
+    cmd.set_command(
+        (v | vfio::PCI_COMMAND_MEMORY | vfio::PCI_COMMAND_INTX_DISABLE) & !vfio::PCI_COMMAND_MASTER,
+    )
+}
+
+/// Disable the controller (CC.EN = 0), wait for CSTS.RDY = 0 within CAP.TO, and only then turn
+/// Bus Master Enable on. NVMe Base 2.0, 3.5.1 (initialization starts from CC.EN = 0 and
+/// CSTS.RDY = 0) and 3.7.2 (CC.EN 1 -> 0 is a Controller Level Reset: every I/O queue deleted,
+/// command processing stopped once RDY reads 0): a controller whose RDY does not drop may still
+/// be processing an old owner's queues, so it never gets bus mastering back (an error instead).
+fn disable_then_master(cmd: &dyn CommandReg, regs: &dyn Regs, bdf: &str, cap: Cap) -> Result<()> {
+    let cc = Cc(regs.read32(off::CC));
+    if cc.en() {
+        regs.write32(off::CC, cc.0 & !Cc::EN);
+    }
+    wait_ready(regs, bdf, cap, false)?;
+    let v = cmd.command()?;
+    cmd.set_command(v | vfio::PCI_COMMAND_MASTER)?;
+    Ok(())
+}
+
+/// The device request watcher: waits for the kernel's request (or the stop signal of a
+/// controller being dropped), then releases the controller. Holds only a weak reference, so it
+/// never keeps a controller alive.
+fn request_watcher(w: &RequestWatch, ctrl: &Weak<Controller>) {
+    match vfio::wait_any(&[&w.request, &w.stop]) {
+        Ok(0) => {
+            let n = w.request.take();
+            if let Some(c) = ctrl.upgrade() {
+                debug!(bdf = %c.bdf, signals = n, "device request IRQ");
+                c.release_to_kernel();
+            }
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "device request watcher failed: a hot-removal is noticed only by all-ones register reads"),
+    }
+}
+
+fn wait_ready(bar0: &dyn Regs, bdf: &str, cap: Cap, want: bool) -> Result<()> {
     let limit = Duration::from_millis(cap.timeout_ms());
     let start = Instant::now();
     loop {
@@ -1195,7 +1449,7 @@ fn enable_cmb(
             "{bdf}: controller rejected CMB base address {cba:#x} (CMBSTS.CBAI)"
         )));
     }
-    let map = Bar::map(dev, &ri, layout.offset, layout.size as usize)?;
+    let map = Arc::new(Bar::map(dev, &ri, layout.offset, layout.size as usize)?);
     info!(
         %bdf,
         bar = layout.bar,
@@ -1210,9 +1464,11 @@ fn enable_cmb(
     let base = map.as_ptr();
     let domain = Domain::Cmb { device: id };
     // SAFETY: the mapping lives as long as the `Bar` that owns it, which the region keeps as its
-    // owner; the Bar is handed over here and nothing else reaches the CMB's bytes (Cmb gives no
-    // access of its own; only the pool's buffers and the controller, for commands given them).
-    let region = unsafe { Region::external(base, len, domain, Box::new(map)) };
+    // owner (one of two `Arc`s: the other, in Cmb, only revokes it, replacing the device pages
+    // by anonymous ones at the same address, never unmapping it); nothing else reaches the
+    // CMB's bytes (Cmb gives no access of its own; only the pool's buffers and the controller,
+    // for commands given them).
+    let region = unsafe { Region::external(base, len, domain, Box::new(map.clone())) };
     if buf_size == 0 || !buf_size.is_multiple_of(PAGE) || buf_size > len {
         return Err(Error::Invalid(format!(
             "{bdf}: CMB buffer size {buf_size} is not a multiple of 4 KiB within the CMB's {len} bytes"
@@ -1227,6 +1483,7 @@ fn enable_cmb(
         buf_size,
         region: Mutex::new(Some(region)),
         pool: OnceLock::new(),
+        bar: map,
     })
 }
 
@@ -1463,7 +1720,9 @@ impl IoQpair {
             Health::Gone => {
                 // The reset finds CC all ones and gives the controller up, stopping its DMA if
                 // it still can (a link that is down may come back up with the SSD mid-command).
-                if self.failed.is_none() {
+                // Not logged when the controller is dead already (released to the kernel: its
+                // BARs read all ones by design): the next poll fails the queue.
+                if self.failed.is_none() && !self.ctrl.is_dead() {
                     tracing::error!(bdf = %self.ctrl.bdf, qid = self.qid, in_flight = self.cids.in_flight(), "NVMe device removed (registers read all ones); giving the controller up, in-flight I/O fails once its DMA is stopped or its buffers are leaked");
                 }
                 self.failed = Some(DEVICE_GONE);
@@ -1717,6 +1976,130 @@ mod tests {
             fate_of(Some(&quiesce::stop_dma(true, &quiesce::Refusing))),
             BufferFate::Reusable
         );
+    }
+
+    /// A fake PCI function with an NVMe controller behind it: the Command register, CC and
+    /// CSTS. CSTS.RDY follows CC.EN after `lag` CSTS reads (never when `stuck`); registers read
+    /// all ones while Memory Space Enable is off, as on a real function. Records every access.
+    struct FakeFn {
+        cmd: std::cell::Cell<u16>,
+        cc: std::cell::Cell<u32>,
+        rdy: std::cell::Cell<bool>,
+        lag: std::cell::Cell<u32>,
+        stuck: bool,
+        log: std::cell::RefCell<Vec<String>>,
+    }
+
+    impl FakeFn {
+        fn new(cmd: u16, enabled: bool) -> FakeFn {
+            FakeFn {
+                cmd: std::cell::Cell::new(cmd),
+                cc: std::cell::Cell::new(if enabled { Cc::enabled(PAGE).0 } else { 0 }),
+                rdy: std::cell::Cell::new(enabled),
+                lag: std::cell::Cell::new(3),
+                stuck: false,
+                log: std::cell::RefCell::new(Vec::new()),
+            }
+        }
+        fn log(&self) -> Vec<String> {
+            self.log.borrow().clone()
+        }
+    }
+
+    impl Regs for FakeFn {
+        fn read32(&self, o: usize) -> u32 {
+            if self.cmd.get() & vfio::PCI_COMMAND_MEMORY == 0 {
+                self.log.borrow_mut().push(format!("read {o:#x} with memory off"));
+                return u32::MAX;
+            }
+            match o {
+                off::CC => self.cc.get(),
+                off::CSTS => {
+                    let en = self.cc.get() & Cc::EN != 0;
+                    if self.rdy.get() != en && !self.stuck {
+                        if self.lag.get() == 0 {
+                            self.rdy.set(en);
+                        } else {
+                            self.lag.set(self.lag.get() - 1);
+                        }
+                    }
+                    self.log
+                        .borrow_mut()
+                        .push(format!("csts rdy={}", u8::from(self.rdy.get())));
+                    u32::from(self.rdy.get())
+                }
+                _ => 0,
+            }
+        }
+        fn write32(&self, o: usize, v: u32) {
+            self.log.borrow_mut().push(format!("write {o:#x}={v:#x}"));
+            if o == off::CC {
+                self.cc.set(v);
+            }
+        }
+    }
+
+    impl CommandReg for FakeFn {
+        fn command(&self) -> io::Result<u16> {
+            Ok(self.cmd.get())
+        }
+        fn set_command(&self, v: u16) -> io::Result<()> {
+            self.log.borrow_mut().push(format!("command={v:#06x}"));
+            self.cmd.set(v);
+            Ok(())
+        }
+    }
+
+    /// Bus Master Enable goes on only once the controller reads disabled (CSTS.RDY = 0): a
+    /// controller left enabled with bus mastering on (an earlier owner, or one given up in this
+    /// process with only BME cleared) gets it cleared first and back only after the reset.
+    #[test]
+    fn bus_mastering_only_after_the_controller_is_disabled() {
+        let cap = Cap(0x0f << 24);
+        let f = FakeFn::new(0x0006, true); // memory + bus master on, controller enabled
+        enable_memory(&f).unwrap();
+        assert_eq!(f.cmd.get(), 0x0402, "memory on, INTx off, bus mastering off");
+        disable_then_master(&f, &f, "0000:03:00.0", cap).unwrap();
+        let log = f.log();
+        assert_eq!(log[0], "command=0x0402", "{log:?}");
+        assert_eq!(
+            log[1],
+            format!("write {:#x}={:#x}", off::CC, Cc::enabled(PAGE).0 & !Cc::EN),
+            "CC.EN cleared, the rest kept: {log:?}"
+        );
+        let rdy0 = log.iter().position(|l| l == "csts rdy=0").expect("RDY seen 0");
+        let master = log
+            .iter()
+            .position(|l| l == "command=0x0406")
+            .expect("bus mastering on at the end");
+        assert!(master > rdy0, "BME set before CSTS.RDY read 0: {log:?}");
+        assert_eq!(master, log.len() - 1, "{log:?}");
+        assert!(
+            log[..master].iter().all(|l| !l.starts_with("command=")
+                || u16::from_str_radix(&l[10..], 16).unwrap() & vfio::PCI_COMMAND_MASTER == 0),
+            "no earlier command write enabled bus mastering: {log:?}"
+        );
+        assert!(!log.iter().any(|l| l.contains("memory off")), "{log:?}");
+
+        // Already disabled: nothing written to CC, bus mastering after the RDY check.
+        let f = FakeFn::new(0x0000, false);
+        enable_memory(&f).unwrap();
+        disable_then_master(&f, &f, "0000:03:00.0", cap).unwrap();
+        assert_eq!(f.log(), ["command=0x0402", "csts rdy=0", "command=0x0406"]);
+    }
+
+    /// A controller whose CSTS.RDY never drops is refused, and never gets bus mastering.
+    #[test]
+    fn a_controller_that_stays_ready_never_gets_bus_mastering() {
+        let f = FakeFn {
+            stuck: true,
+            ..FakeFn::new(0x0006, true)
+        };
+        enable_memory(&f).unwrap();
+        let e = disable_then_master(&f, &f, "0000:03:00.0", Cap(1 << 24)).unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        assert_eq!(f.cmd.get() & vfio::PCI_COMMAND_MASTER, 0);
+        assert!(!f.log().iter().any(|l| l == "command=0x0406"));
     }
 
     #[test]

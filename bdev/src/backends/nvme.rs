@@ -54,10 +54,13 @@ fn controller(pci: &str, opts: &OpenOptions) -> nvmfd_nvme::ctrl::Result<Arc<Con
     let bdf = nvmfd_nvme::sysfs::parse_bdf(pci).map_err(nvmfd_nvme::Error::Invalid)?;
     let mut open = CONTROLLERS.lock().unwrap_or_else(|p| p.into_inner());
     open.retain(|(_, w)| w.strong_count() > 0);
+    // A dead controller (given up, or released to the kernel after a hot-removal) is not
+    // shared: a bdev made now (the device rescanned and bound again) opens the SSD anew.
     if let Some(c) = open
         .iter()
-        .find(|(b, _)| *b == bdf)
-        .and_then(|(_, w)| w.upgrade())
+        .filter(|(b, _)| *b == bdf)
+        .filter_map(|(_, w)| w.upgrade())
+        .find(|c| !c.is_dead())
     {
         return Ok(c);
     }

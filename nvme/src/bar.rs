@@ -77,11 +77,15 @@ impl Bar {
     /// `MAP_FIXED`). Writes land in the anonymous pages, reaching no device: a doorbell rung
     /// late is lost, and the status registers, which the driver only reads, keep reading all
     /// ones. Idempotent.
-    pub fn revoke(&self) -> io::Result<()> {
+    ///
+    /// `ones: false` leaves the replacement zero-filled on demand, for a mapping of data (a
+    /// CMB) rather than registers: nothing decides on its contents, and filling 64 MiB costs
+    /// seconds under emulation.
+    pub fn revoke(&self, ones: bool) -> io::Result<()> {
         if self.revoked.load(Ordering::Acquire) {
             return Ok(());
         }
-        let tmp = anon_all_ones(self.len)?;
+        let tmp = anon(self.len, ones)?;
         // SAFETY: moves our own fresh anonymous mapping `tmp` (exactly `len` bytes) over the
         // `len` bytes this Bar owns, replacing them atomically; no Rust reference points into
         // either (the BAR is only reached through volatile accesses of raw pointers).
@@ -98,7 +102,10 @@ impl Bar {
             let e = io::Error::last_os_error();
             // SAFETY: unmapping the temporary mapping made above, which nothing else uses.
             unsafe { libc::munmap(tmp.as_ptr().cast(), self.len) };
-            return Err(io::Error::new(e.kind(), format!("mremap over the BAR: {e}")));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("mremap over the BAR: {e}"),
+            ));
         }
         self.revoked.store(true, Ordering::Release);
         Ok(())
@@ -153,8 +160,8 @@ impl Drop for Bar {
     }
 }
 
-/// A fresh private anonymous mapping of `len` bytes, every byte 0xff.
-fn anon_all_ones(len: usize) -> io::Result<NonNull<u8>> {
+/// A fresh private anonymous mapping of `len` bytes, every byte 0xff if `ones` (else zero).
+fn anon(len: usize, ones: bool) -> io::Result<NonNull<u8>> {
     // SAFETY: a fresh anonymous mapping; nothing aliases it.
     let p = unsafe {
         libc::mmap(
@@ -170,8 +177,10 @@ fn anon_all_ones(len: usize) -> io::Result<NonNull<u8>> {
         let e = io::Error::last_os_error();
         return Err(io::Error::new(e.kind(), format!("mmap {len} bytes: {e}")));
     }
-    // SAFETY: the `len` bytes just mapped, writable, owned by nobody else yet.
-    unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0xff, len) };
+    if ones {
+        // SAFETY: the `len` bytes just mapped, writable, owned by nobody else yet.
+        unsafe { std::ptr::write_bytes(p.cast::<u8>(), 0xff, len) };
+    }
     Ok(NonNull::new(p.cast()).expect("mmap returned NULL"))
 }
 
@@ -247,9 +256,7 @@ mod tests {
 
     /// A Bar over ordinary anonymous memory standing in for a BAR mapping.
     fn fake_bar(len: usize) -> Bar {
-        let p = anon_all_ones(len).unwrap();
-        // SAFETY: the fresh mapping made above, owned by nobody else.
-        unsafe { std::ptr::write_bytes(p.as_ptr(), 0, len) };
+        let p = anon(len, false).unwrap();
         Bar {
             ptr: p,
             len,
@@ -283,9 +290,9 @@ mod tests {
             })
             .collect();
         std::thread::sleep(std::time::Duration::from_millis(20));
-        bar.revoke().unwrap();
+        bar.revoke(true).unwrap();
         assert!(bar.revoked.load(Ordering::Acquire));
-        bar.revoke().unwrap(); // idempotent
+        bar.revoke(true).unwrap(); // idempotent
         while seen_ones.load(Ordering::Relaxed) == 0 {
             std::thread::yield_now();
         }
@@ -299,5 +306,23 @@ mod tests {
         // registers next to it still read all ones.
         bar.write32(0x1000, 0);
         assert_eq!(bar.read32(0x1c), u32::MAX);
+    }
+}
+
+#[cfg(test)]
+mod data_tests {
+    use super::*;
+
+    #[test]
+    fn a_revoked_data_mapping_reads_zero() {
+        let p = anon(4096, true).unwrap();
+        let bar = Bar {
+            ptr: p,
+            len: 4096,
+            revoked: AtomicBool::new(false),
+        };
+        assert_eq!(bar.read32(0), u32::MAX);
+        bar.revoke(false).unwrap();
+        assert_eq!(bar.read32(0), 0, "a fresh zero page, not the old contents");
     }
 }

@@ -785,11 +785,11 @@ impl Controller {
                 let disabled = self.stop_for_release();
                 self.give_up(disabled, GiveUp::Released);
             }
-            if let Err(e) = self.bar0.revoke() {
+            if let Err(e) = self.bar0.revoke(true) {
                 tracing::error!(%bdf, error = %e, "cannot revoke the BAR 0 mapping: the kernel's removal of the device waits until nvmfd exits");
             }
             if let Some(c) = &self.cmb {
-                if let Err(e) = c.bar.revoke() {
+                if let Err(e) = c.bar.revoke(false) {
                     tracing::error!(%bdf, error = %e, "cannot revoke the CMB mapping: the kernel's removal of the device waits until nvmfd exits");
                 }
             }
@@ -1370,7 +1370,9 @@ fn request_watcher(w: &RequestWatch, ctrl: &Weak<Controller>) {
             }
         }
         Ok(_) => {}
-        Err(e) => warn!(error = %e, "device request watcher failed: a hot-removal is noticed only by all-ones register reads"),
+        Err(e) => {
+            warn!(error = %e, "device request watcher failed: a hot-removal is noticed only by all-ones register reads")
+        }
     }
 }
 
@@ -2009,7 +2011,9 @@ mod tests {
     impl Regs for FakeFn {
         fn read32(&self, o: usize) -> u32 {
             if self.cmd.get() & vfio::PCI_COMMAND_MEMORY == 0 {
-                self.log.borrow_mut().push(format!("read {o:#x} with memory off"));
+                self.log
+                    .borrow_mut()
+                    .push(format!("read {o:#x} with memory off"));
                 return u32::MAX;
             }
             match o {
@@ -2058,7 +2062,11 @@ mod tests {
         let cap = Cap(0x0f << 24);
         let f = FakeFn::new(0x0006, true); // memory + bus master on, controller enabled
         enable_memory(&f).unwrap();
-        assert_eq!(f.cmd.get(), 0x0402, "memory on, INTx off, bus mastering off");
+        assert_eq!(
+            f.cmd.get(),
+            0x0402,
+            "memory on, INTx off, bus mastering off"
+        );
         disable_then_master(&f, &f, "0000:03:00.0", cap).unwrap();
         let log = f.log();
         assert_eq!(log[0], "command=0x0402", "{log:?}");
@@ -2067,7 +2075,10 @@ mod tests {
             format!("write {:#x}={:#x}", off::CC, Cc::enabled(PAGE).0 & !Cc::EN),
             "CC.EN cleared, the rest kept: {log:?}"
         );
-        let rdy0 = log.iter().position(|l| l == "csts rdy=0").expect("RDY seen 0");
+        let rdy0 = log
+            .iter()
+            .position(|l| l == "csts rdy=0")
+            .expect("RDY seen 0");
         let master = log
             .iter()
             .position(|l| l == "command=0x0406")

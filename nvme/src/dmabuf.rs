@@ -194,9 +194,7 @@ impl DmaBuf {
         let r = match r {
             Ok(r) => r,
             // The device was released (handed back to the kernel): as ENODEV, "going away".
-            Err(e) if e.raw_os_error().is_none() => {
-                return Err(ExportError::NoDevice)
-            }
+            Err(e) if e.raw_os_error().is_none() => return Err(ExportError::NoDevice),
             Err(e) => return Err(ExportError::from_errno(e.raw_os_error().unwrap_or(0))),
         };
         // SAFETY: on success the ioctl returns a new dma-buf fd that nothing else owns.

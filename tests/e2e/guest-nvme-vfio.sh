@@ -14,11 +14,13 @@
 #      survives a daemon restart; a namespace the SSD lacks stops start-up with a clear error;
 #      namespace 2 fails some I/O (blkdebug): the SSD's statuses reach the host, the rest serves;
 #      host buffers go to the SSD by IOVA (nothing bounced); an I/O that times out is aborted,
-#      the controller reset, the rest keeps serving (namespace 3 answers after 3 s); a reset that
+#      the controller reset, the rest keeps serving (namespace 3 answers after 7 s); a reset that
 #      fails (test-only injection) stops the SSD's DMA (Bus Master Enable off, read back) before
 #      buffers go back, or leaks them when that fails too (injected);
 #   4. P2P placement over NVMe/TCP (tests/e2e/guest-p2p.sh);
-#   5. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern.
+#   5. `nvmfd setup --reset` gives the SSD back; the kernel's nvme driver reads the same pattern;
+#   6. hot-removal (sysfs `remove`) of the SSD under I/O: nvmfd releases it (VFIO device request),
+#      the RAM namespace keeps serving; a rescan brings it back.
 set -uo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib/common.sh
@@ -317,9 +319,10 @@ no_bounce() {
 }
 
 # --- s16: an SSD that does not answer in time: Abort, then a controller reset (issue 10) ---
-# Namespace 3 answers each I/O after 3 s (null-co latency-ns, see nvme-vfio.sh); a daemon with a
-# 1 s I/O timeout must send an Abort (QEMU's does not abort: NVMe Base 2.0, 5.1, Abort is best
-# effort), reset the controller when the command is still outstanding at 2 s, re-create its
+# Namespace 3 answers each I/O after 7 s (null-co latency-ns, see nvme-vfio.sh); a daemon with a
+# 250 ms I/O timeout on it must send an Abort (QEMU's does not abort: NVMe Base 2.0, 5.1, Abort
+# is best effort), reset the controller when the command is still outstanding at 0.5 s (6.5 s of
+# margin: a reactor stalled 5 s under load still resets before the SSD answers), re-create its
 # queues, and fail the stuck I/O with Command Aborted due to SQ Deletion without DNR (a status
 # the host retries) within seconds, never hang; namespace 1 of the same SSD keeps serving. The
 # host is nvmfd-perf (userspace NVMe/TCP): the kernel's would scan namespace 3's partition
@@ -333,9 +336,9 @@ state_dir: /tmp/nvmfd-slow-state
 rpc: { socket: /tmp/nvmfd-slow.sock }
 bdevs:
   - name: ssd0
-    nvme: { pci: "$BDF", namespace: 1, io_timeout_ms: 1000 }
+    nvme: { pci: "$BDF", namespace: 1 }
   - name: slow0
-    nvme: { pci: "$BDF", namespace: 3, io_timeout_ms: 1000 }
+    nvme: { pci: "$BDF", namespace: 3, io_timeout_ms: 250 }
 subsystems:
   - nqn: $SLOW_NQN
     allow_any_host: true
@@ -348,10 +351,12 @@ YAML
     "$NVMFD" --config /tmp/nvmfd-slow.yaml >"$log" 2>&1 &
     pid=$!
     wait_for 60 grep -q "nvmfd started" "$log" || { why "nvmfd (slow) did not start"; cat "$log"; kill "$pid"; return 1; }
-    wait_for 10 grep -q "timeout_ms=1000" "$log" || { why "io_timeout_ms: 1000 was not taken"; rc=1; }
+    wait_for 10 grep -q "timeout_ms=250" "$log" || { why "io_timeout_ms: 250 was not taken"; rc=1; }
     t0=$(date +%s)
+    # The reset waits for QEMU to drain the slow reads (up to twice their 7 s): the host waits
+    # a minute for an answer instead of nvmfd-perf's default 10 s.
     out=$(timeout 120 "$BIN/nvmfd-perf" --addr 127.0.0.1:4422 --nqn $SLOW_NQN --nsid 3 \
-        --workload randread --queue-depth 4 --ios 4 --span-mib 1 --json 2>&1)
+        --workload randread --queue-depth 4 --ios 4 --span-mib 1 --io-timeout-ms 60000 --json 2>&1)
     took=$(($(date +%s) - t0))
     errs=$(grep -o '"errors": *[0-9]*' <<<"$out" | grep -o '[0-9]*$')
     first=$(grep -o '"first_error": *"[^"]*"' <<<"$out")
@@ -382,8 +387,8 @@ YAML
 # --- s17: a controller whose reset fails must not hand back buffers the SSD may still write into
 # (issue 10) ---
 # The test-only NVMFD_TEST_ONLY_NVME_RESET_FAIL makes every reset of the SSD fail at once with the
-# controller left enabled (as when CSTS.RDY stays 1). Namespace 3's reads (answered after 3 s)
-# time out at 1 s and the reset at 2 s fails, with the reads still inside the SSD:
+# controller left enabled (as when CSTS.RDY stays 1). Namespace 3's reads (answered after 7 s)
+# time out at 0.25 s and the reset at 0.5 s fails, with the reads still inside the SSD:
 # - `bme`: the driver clears Bus Master Enable and reads it back before the reads fail: the
 #   kernel's view of the PCI Command register (sysfs config) must show bit 2 clear;
 # - `leak`: with `:no-dma-stop` every way of stopping the DMA fails (injected, the device is not
@@ -404,9 +409,9 @@ state_dir: /tmp/nvmfd-gone-state
 rpc: { socket: /tmp/nvmfd-gone.sock }
 bdevs:
   - name: ssd0
-    nvme: { pci: "$BDF", namespace: 1, io_timeout_ms: 1000 }
+    nvme: { pci: "$BDF", namespace: 1 }
   - name: slow0
-    nvme: { pci: "$BDF", namespace: 3, io_timeout_ms: 1000 }
+    nvme: { pci: "$BDF", namespace: 3, io_timeout_ms: 250 }
   - name: ram0
     malloc: { size: 16MiB }
 subsystems:
@@ -486,6 +491,136 @@ reset_to_kernel() {
     check_pattern "$dev"
 }
 
+# --- s18: hot-removal (issue 10): the kernel asks for the SSD back ---
+# `echo 1 > /sys/bus/pci/devices/BDF/remove` (like a driver unbind or QEMU's device_del) makes
+# vfio-pci signal the device request IRQ and wait until nvmfd closes the device. With a kernel
+# host connected over TCP running fio on the SSD's namespace and a verifying fio on a RAM
+# namespace of the same subsystem: the removal completes (bounded), nvmfd logs it with the BDF,
+# the SSD's fio fails (I/O errors, no hang), the RAM namespace verifies during and after, nvmfd
+# still answers RPCs and exits 0 on SIGTERM; a PCI rescan brings the SSD back and
+# `nvmfd setup --pci` binds it again. Without the request IRQ the removal blocks until nvmfd
+# exits (seen once: the `remove` write never returned within the bound).
+RM_NQN=nqn.2026-11.io.nvmfd:remove
+RM_SOCK=/tmp/nvmfd-remove.sock
+# io_count DEV: reads + writes completed on block device DEV (its sysfs stat).
+io_count() { awk '{ print $1 + $5 }' "/sys/block/$(basename "$1")/stat" 2>/dev/null || echo 0; }
+io_flowing() { (($(io_count "$1") > $2)); }
+gone() { ! kill -0 "$1" 2>/dev/null; }
+hot_removal() {
+    local log=/tmp/nvmfd-remove.log pid rc=0 dev1 dev2 fssd fram wpid t0 took base out i fr
+    [[ $(pci_driver $BDF) == vfio-pci ]] || "$NVMFD" setup --pci $BDF || { why "setup --pci failed"; return 1; }
+    cat >/tmp/nvmfd-remove.yaml <<YAML
+reactors: { count: 1 }
+state_dir: /tmp/nvmfd-remove-state
+rpc: { socket: $RM_SOCK }
+bdevs:
+  - name: ssd0
+    nvme: { pci: "$BDF", namespace: 1 }
+  - name: ram0
+    malloc: { size: 64MiB }
+subsystems:
+  - nqn: $RM_NQN
+    allow_any_host: true
+    namespaces:
+      - { nsid: 1, bdev: ssd0 }
+      - { nsid: 2, bdev: ram0 }
+    listeners:
+      - { transport: tcp, address: 127.0.0.1, port: 4424 }
+YAML
+    "$NVMFD" --config /tmp/nvmfd-remove.yaml >"$log" 2>&1 &
+    pid=$!
+    wait_for 60 grep -q "nvmfd started" "$log" || { why "nvmfd (remove) did not start"; cat "$log"; kill "$pid"; return 1; }
+    wait_for 10 grep -q "device request IRQ registered" "$log" || { why "no device request IRQ registered"; grep -m1 "no device request IRQ" "$log"; rc=1; }
+    for i in 1 2 3; do
+        nvme connect -t tcp -a 127.0.0.1 -s 4424 -n $RM_NQN >/dev/null && break
+        ((i < 3)) || { why "nvme connect failed 3 times"; kill "$pid"; return 1; }
+        sleep 2
+    done
+    { wait_for 30 has_nsdev $RM_NQN 2 && wait_for 30 has_nsdev $RM_NQN 1; } || { why "no namespace devices"; kill "$pid"; return 1; }
+    dev1=$(nsdev_for $RM_NQN 1)
+    dev2=$(nsdev_for $RM_NQN 2)
+    note "SSD namespace $dev1, RAM namespace $dev2"
+    base=$(io_count "$dev1")
+    timeout 600 fio --name=ssd --filename="$dev1" --allow_file_create=0 --direct=1 --ioengine=libaio \
+        --rw=randrw --bs=4k --size=64M --iodepth=8 --time_based --runtime=500 --eta=never \
+        --output=/tmp/fio-remove-ssd.log &
+    fssd=$!
+    timeout 600 fio --name=ram --filename="$dev2" --allow_file_create=0 --direct=1 --ioengine=libaio \
+        --rw=randwrite --bs=4k --size=16M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --verify_state_save=0 --eta=never --output=/tmp/fio-remove-ram.log &
+    fram=$!
+    # Removal under load: wait until the SSD's fio has I/O done (the head's I/O accounting; if
+    # the kernel counts none, fio still issues I/O after the removal, which is what must fail).
+    wait_for 120 io_flowing "$dev1" $((base + 64)) || note "no I/O counted on $dev1 yet; removing anyway"
+    t0=$(date +%s)
+    sh -c "echo 1 > /sys/bus/pci/devices/$BDF/remove" &
+    wpid=$!
+    if wait_for 60 gone "$wpid"; then
+        took=$(($(date +%s) - t0))
+        note "the removal of $BDF completed after ${took} s"
+        [[ ! -e /sys/bus/pci/devices/$BDF ]] || { why "$BDF still present after its removal"; rc=1; }
+    else
+        why "the removal of $BDF did not complete within 60 s (nvmfd held the device)"
+        dmesg | grep -m3 "Relaying device request\|blocked until\|in use" >&2
+        rc=1
+        kill -9 "$pid" 2>/dev/null # releases the device: the removal goes on
+        wait_for 60 gone "$wpid"
+    fi
+    if ((rc == 0)); then
+        wait_for 30 grep -q "NVMe device released to the kernel" "$log" || { why "no release logged"; tail -n 20 "$log"; rc=1; }
+        grep -m3 -E "asks for the NVMe device back|given up|released to the kernel" "$log"
+        out=$(grep -m1 "NVMe device released to the kernel" "$log")
+        grep -q "$BDF" <<<"$out" || { why "the release line lacks the BDF: $out"; rc=1; }
+        grep "asks for the NVMe device back" "$log" | grep -q "WARN" || { why "the request is not logged at warn level"; rc=1; }
+    fi
+    # The SSD's fio fails (errors, not a hang) once the device is gone.
+    if wait_for 180 gone "$fssd"; then
+        wait "$fssd"
+        fr=$?
+        note "fio on the removed SSD exited $fr: $(grep -m1 -o 'err=[^)]*' /tmp/fio-remove-ssd.log)"
+        { ((fr != 0)) && grep -Eq 'err= *[1-9]' /tmp/fio-remove-ssd.log; } ||
+            { why "fio on the removed SSD saw no error (exit $fr)"; cat /tmp/fio-remove-ssd.log; rc=1; }
+    else
+        why "fio on the removed SSD still runs 180 s after the removal (hang)"
+        kill -9 "$fssd"
+        rc=1
+    fi
+    # The RAM namespace verified through it, and verifies again after it.
+    if wait_for 300 gone "$fram"; then
+        wait "$fram" || { why "fio verify on the RAM namespace failed across the removal"; cat /tmp/fio-remove-ram.log; rc=1; }
+    else
+        why "fio on the RAM namespace did not finish"
+        kill -9 "$fram"
+        rc=1
+    fi
+    if ((rc == 0)); then
+        timeout 300 fio --name=ram2 --filename="$dev2" --allow_file_create=0 --direct=1 --ioengine=libaio \
+            --rw=randwrite --bs=4k --size=8M --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+            --verify_state_save=0 --eta=never --output=/tmp/fio-remove-ram2.log ||
+            { why "fio verify on the RAM namespace after the removal failed"; cat /tmp/fio-remove-ram2.log; rc=1; }
+    fi
+    if kill -0 "$pid" 2>/dev/null; then
+        out=$(timeout 60 "$NVMFD" --rpc-socket $RM_SOCK rpc -o json bdev_get_bdevs 2>&1) || { why "nvmfd does not answer bdev_get_bdevs: $out"; rc=1; }
+        { grep -Eq '"name": *"ssd0"' <<<"$out" && grep -Eq '"name": *"ram0"' <<<"$out"; } || { why "bdev_get_bdevs lacks a bdev: $out"; rc=1; }
+        grep -q "panicked" "$log" && { why "nvmfd logged a panic"; rc=1; }
+        # nvmfd goes first: a host's disconnect (CC.SHN) flushes every namespace, the dead SSD's
+        # flush fails, nvmfd then reports CSTS.CFS instead of a finished shutdown, and the
+        # kernel waits out its shutdown and admin timeouts (a minute) before it lets go.
+        kill -TERM "$pid"
+        wait "$pid" || { why "nvmfd (remove) exited $?"; tail -n 20 "$log"; rc=1; }
+    fi
+    nvme disconnect -n $RM_NQN >/dev/null 2>&1
+    wait_for 60 no_ctrls $RM_NQN || { why "controllers left"; rc=1; }
+    cp "$log" "${RIG_OUT:-/tmp}/nvmfd-remove.log" 2>/dev/null
+    # A rescan brings the SSD back (on the kernel's nvme driver); setup binds it to vfio-pci again.
+    echo 1 >/sys/bus/pci/rescan
+    wait_for 60 test -e /sys/bus/pci/devices/$BDF/driver || { why "$BDF not back after a rescan"; return 1; }
+    note "$BDF back after the rescan, driver $(pci_driver $BDF)"
+    "$NVMFD" setup --pci $BDF || { why "setup --pci after the rescan failed"; return 1; }
+    [[ $(pci_driver $BDF) == vfio-pci ]] || { why "driver after the rescan is $(pci_driver $BDF)"; return 1; }
+    return "$rc"
+}
+
 echo 1 >/sys/module/vfio_iommu_type1/parameters/allow_unsafe_interrupts
 run_step "IOMMU on (groups exist)" test -d /sys/kernel/iommu_groups/0
 run_step "refused: a BDF that does not exist" refuse_unknown_bdf
@@ -519,6 +654,7 @@ fi
 . "$HERE/guest-p2p.sh"   # P2P placement over TCP (CMB staging, counters, `required` refused)
 . "$HERE/guest-p2p-rdma.sh" # P2P over RDMA: the CMB dma-buf export, ibv_reg_dmabuf_mr, fallback
 run_step "nvmfd setup --reset: the kernel driver reads the same pattern" reset_to_kernel
+run_step "hot-removal: the kernel gets the SSD back from a busy nvmfd, the RAM namespace serves" hot_removal
 [[ -n $DPID ]] && kill -9 "$DPID" 2>/dev/null
 cp /tmp/nvmfd.log "${RIG_OUT:-/tmp}/nvmfd.log" 2>/dev/null
 summary guest-nvme-vfio

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # tests/e2e/nvme-vfio.sh - boot the rig's guest with an emulated NVMe SSD (64 MiB CMB, behind an
 # emulated PCIe switch, intel-iommu; namespace 2 on a blkdebug image that fails some I/O,
-# namespace 3 answering after 3 s) and run tests/e2e/guest-nvme-vfio.sh in it: the userspace
+# namespace 3 answering after 7 s) and run tests/e2e/guest-nvme-vfio.sh in it: the userspace
 # VFIO driver end to end.
 #
 #   tests/e2e/nvme-vfio.sh            (builds nothing: uses build/debug or $NVMFD_BIN_DIR)
@@ -57,11 +57,16 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -drive if=none,id=d1,file=blkdebug:$WORK/blkdebug.conf:$bad,format=raw
  -device nvme,id=nvme0,serial=cmb0,cmb_size_mb=64,drive=d0,bus=dn1
  -device nvme-ns,drive=d1,bus=nvme0,nsid=2"
-# s16 (issue 10, error handling): namespace 3 answers every I/O after 3 s (null-co latency), so
-# with io_timeout_ms: 1000 the driver aborts and then resets the controller (or, with the test-only
-# NVMFD_TEST_ONLY_NVME_RESET_FAIL, fails to reset it and gives it up).
+# s16 (issue 10, error handling): namespace 3 answers every I/O after 7 s (null-co latency), so
+# with io_timeout_ms: 250 the driver aborts (0.25 s) and then resets the controller (0.5 s), or,
+# with the test-only NVMFD_TEST_ONLY_NVME_RESET_FAIL, fails to reset it and gives it up; 6.5 s
+# before the SSD answers, so a reactor (or guest) stalled 5 s on a loaded machine still sees the
+# command outstanding. The latency cannot be made longer for free: QEMU drains a namespace's
+# in-flight I/O when CC.EN is cleared (nvme_ctrl_reset), inside the MMIO write, so a successful
+# reset waits for the rest of it (seen taking 13 s in all from the reset at 0.5 s: the host side
+# of that check waits up to a minute).
 RIG_QEMU_EXTRA+="
- -blockdev driver=null-co,node-name=slow0,size=67108864,latency-ns=3000000000
+ -blockdev driver=null-co,node-name=slow0,size=67108864,latency-ns=7000000000
  -device nvme-ns,drive=slow0,bus=nvme0,nsid=3"
 start=$(date +%s)
 rc=0

@@ -86,6 +86,10 @@ struct Args {
     /// Keep-alive timeout in ms (keep alives are sent every third of it).
     #[arg(long, default_value_t = 30_000)]
     kato_ms: u32,
+    /// How long a blocking receive waits for the target, in ms (a test against an SSD whose
+    /// controller reset takes long raises it).
+    #[arg(long, default_value_t = 10_000)]
+    io_timeout_ms: u64,
     /// Seed of the random offsets.
     #[arg(long, default_value_t = 0x5eed)]
     seed: u64,
@@ -134,6 +138,7 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     host.header_digest = args.hdgst;
     host.data_digest = args.ddgst;
     host.kato_ms = args.kato_ms;
+    host.io_timeout = Duration::from_millis(args.io_timeout_ms.max(1));
     if let Some(n) = &args.hostnqn {
         host.hostnqn = n.clone();
     }

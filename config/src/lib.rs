@@ -142,7 +142,8 @@ pub struct Config {
     /// The discovery service.
     pub discovery: Discovery,
     /// Directory for state that must survive restarts: the install identity (`install-id`,
-    /// from which default serial numbers are derived) and the generated identifiers of
+    /// from which default serial numbers are derived), the default serial given to each NQN
+    /// (`serials`, kept from then on), and the generated identifiers of
     /// namespaces on persistent bdevs (`namespaces`), so a host sees the same NGUID and UUID
     /// after a restart. Created at start-up when needed; failing to write it stops the start.
     /// YAML: `state_dir: /path` at the top level. Default [`default_state_dir`]; an absolute path.

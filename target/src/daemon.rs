@@ -256,7 +256,7 @@ impl Daemon {
             r.stop();
         }
         // The P2P counters, while the reactors still answer.
-        let reports = self.live.reports();
+        let reports = crate::rpc::reports::reports(&self.live.collect());
         let target = self.live.view().target;
         crate::p2p::log_counters(&crate::p2p::namespace_counters(&target, &reports));
         self.metrics = None;

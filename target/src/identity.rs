@@ -26,6 +26,19 @@
 //! adding and removing other subsystems, changes no serial: hosts and udev rules key devices on
 //! it, and Linux multipath checks that paths to one subsystem agree on it).
 //!
+//! Every default serial given out is recorded per NQN in `<state_dir>/serials` and used from
+//! there on later starts, so no later change of the derivation can change a serial a host has
+//! seen. An nvmfd before this file existed derived default serials from the subsystem's place
+//! in the file instead ([`positional_serial`]: `NV`, 14 hex digits of the install identity,
+//! the 1-based place in 4 digits). When the install identity is there already but the serials
+//! file is not, the state directory was written by such an nvmfd: each subsystem with a default
+//! serial then keeps the serial that nvmfd gave it (its place in the file as now given) and it
+//! is recorded; from then on only new NQNs get derived serials. A fresh state directory gives
+//! derived serials only. (The state directory cannot tell that older nvmfd from a development
+//! build between commit eed418c and this one, which already derived serials from the NQN but did
+//! not record them: such an install gets the positional serials back; see the README's upgrade
+//! notes.)
+//!
 //! Files are written to a temporary name, synced and renamed, so a crash leaves the old or the
 //! new content, never half of one.
 
@@ -43,6 +56,8 @@ use tracing::{info, warn};
 pub const INSTALL_ID_FILE: &str = "install-id";
 /// File (under `state_dir`) holding the generated identifiers of persistent namespaces.
 pub const NAMESPACES_FILE: &str = "namespaces";
+/// File (under `state_dir`) holding the default serial given to each subsystem NQN.
+pub const SERIALS_FILE: &str = "serials";
 
 /// Fill `buf` with random bytes from the kernel's CSPRNG. Called at start-up only.
 pub fn fill_random(buf: &mut [u8]) -> std::io::Result<()> {
@@ -288,6 +303,75 @@ pub fn derived_serial(install: &[u8; 16], nqn: &str) -> String {
     format!("NV{}", &format!("{h:032x}")[..18])
 }
 
+/// The default serial an nvmfd before the serials file gave the subsystem at `index` (0-based,
+/// its place among all subsystems of the file): `NV`, the first 14 hex digits of the install
+/// identity and the 1-based place in 4 digits, 20 bytes. Only for subsystems that were there
+/// when such an nvmfd last ran (see the module docs).
+pub fn positional_serial(install: &[u8; 16], index: usize) -> String {
+    format!("NV{}{:04}", &hex(install)[..14], (index + 1) % 10000)
+}
+
+/// NQN → default serial given to it.
+type Serials = BTreeMap<String, String>;
+
+/// A serial as Identify Controller's SN field takes it: 1 to 20 bytes of printable ASCII (NVMe
+/// Base 2.0, Figure 276: SN is 20 bytes of ASCII, padded with spaces, so no other byte fits).
+fn serial_ok(s: &[u8]) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.iter().all(|b| (0x20..=0x7e).contains(b))
+}
+
+fn parse_serials(text: &str, file: &Path) -> anyhow::Result<Serials> {
+    let mut out = Serials::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let bad = |what: &str| {
+            anyhow::anyhow!(
+                "{}:{}: {what} (each line is: NQN SERIAL; remove the file and nvmfd derives \
+                 default serials afresh, which changes them)",
+                file.display(),
+                n + 1
+            )
+        };
+        let f: Vec<&str> = line.split(' ').collect();
+        let [nqn, serial] = f[..] else {
+            return Err(bad("not a serial record"));
+        };
+        let nqn = unescape(nqn)
+            .and_then(|b| String::from_utf8(b).ok())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| bad("not a serial record"))?;
+        let serial = unescape(serial)
+            .filter(|b| serial_ok(b))
+            .ok_or_else(|| bad("not a serial of 1 to 20 printable ASCII bytes"))?;
+        // serial_ok admits ASCII only, so this is valid UTF-8.
+        let serial = String::from_utf8(serial).map_err(|_| bad("not a serial record"))?;
+        if out.insert(nqn, serial).is_some() {
+            return Err(bad("a second serial for the same NQN"));
+        }
+    }
+    Ok(out)
+}
+
+fn format_serials(r: &Serials) -> String {
+    let mut s = String::from(
+        "# nvmfd: the default serial number given to each subsystem NQN (hosts, udev rules and\n\
+         # multipath key devices on it). Kept with the install identity; never copy it to\n\
+         # another machine. Fields: subsystem NQN, serial.\n",
+    );
+    for (nqn, serial) in r {
+        let _ = writeln!(
+            s,
+            "{} {}",
+            escape(nqn.as_bytes()),
+            escape(serial.as_bytes())
+        );
+    }
+    s
+}
+
 /// Resolve every identity the config leaves open (see the module docs), reading and writing
 /// `cfg.state_dir` as needed. Errors name the file or directory that failed.
 pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
@@ -313,11 +397,37 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
             persistent(&n.bdev).is_some() && (given_uuid(n).is_none() || n.nguid.is_none())
         })
     });
+    let serials_path = dir.join(SERIALS_FILE);
+    let write_serials = |s: &Serials| {
+        write_atomic(&serials_path, format_serials(s).as_bytes())
+            .with_context(|| format!("cannot write default serials to {}", serials_path.display()))
+    };
     let install = if needs_install_id {
+        ensure_dir(dir)?;
+        // A fresh state directory gets its (empty) serials file before its install identity,
+        // so an install identity without a serials file is always one an nvmfd that kept no
+        // serials made, whatever failed or crashed in between.
+        if !dir.join(INSTALL_ID_FILE).exists() && !serials_path.exists() {
+            write_serials(&Serials::new())?;
+        }
         Some(install_id(dir)?)
     } else {
         None
     };
+    // The serials given before, and whether this state directory was written by an nvmfd that
+    // kept none (the install identity is there, the serials file is not: see the module docs).
+    let mut serials = Serials::new();
+    let mut positional = false;
+    if install.is_some() {
+        match std::fs::read_to_string(&serials_path) {
+            Ok(text) => serials = parse_serials(&text, &serials_path)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => positional = true,
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", serials_path.display()))
+            }
+        }
+    }
+    let serials_before = serials.clone();
     let records_path = dir.join(NAMESPACES_FILE);
     let mut records = Records::new();
     if needs_records {
@@ -335,9 +445,23 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
     let mut out = Identities {
         subsystems: Vec::with_capacity(cfg.subsystems.len()),
     };
-    for s in &cfg.subsystems {
+    for (index, s) in cfg.subsystems.iter().enumerate() {
         let serial = match (&install, s.serial_is_default) {
-            (Some(id), true) => derived_serial(id, &s.nqn),
+            (Some(id), true) => match serials.get(&s.nqn) {
+                Some(kept) => kept.clone(),
+                None => {
+                    let serial = if positional {
+                        let serial = positional_serial(id, index);
+                        info!(nqn = %s.nqn, serial, file = %serials_path.display(),
+                            "default serial kept as the earlier nvmfd gave it (by the subsystem's place in the file), recorded per NQN from now on");
+                        serial
+                    } else {
+                        derived_serial(id, &s.nqn)
+                    };
+                    serials.insert(s.nqn.clone(), serial.clone());
+                    serial
+                }
+            },
             _ => s.serial.clone(),
         };
         let mut namespaces = Vec::with_capacity(s.namespaces.len());
@@ -397,6 +521,9 @@ pub fn resolve(cfg: &Config) -> anyhow::Result<Identities> {
                 records_path.display()
             )
         })?;
+    }
+    if serials != serials_before {
+        write_serials(&serials)?;
     }
     check_unique(&out)?;
     Ok(out)
@@ -458,6 +585,172 @@ mod tests {
         let s = derived_serial(&a, "nqn.2026-11.io.nvmfd:a");
         assert_eq!(s.len(), 20);
         assert_ne!(s, derived_serial(&b, "nqn.2026-11.io.nvmfd:a"));
+    }
+
+    /// A state directory of its own under the system's temporary directory, removed on drop.
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(name: &str) -> Dir {
+            static N: AtomicU32 = AtomicU32::new(0);
+            let d = std::env::temp_dir().join(format!(
+                "nvmfd-identity-{name}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = std::fs::remove_dir_all(&d);
+            Dir(d)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    const A: &str = "nqn.2026-12.io.nvmfd:serial-a";
+    const B: &str = "nqn.2026-12.io.nvmfd:serial-b";
+    const C: &str = "nqn.2026-12.io.nvmfd:serial-c";
+
+    /// A configuration with one subsystem per NQN, in this order; `serial` gives the last one
+    /// an explicit serial.
+    fn config(state: &Path, nqns: &[&str], serial: Option<&str>) -> Config {
+        let mut y = format!("state_dir: {}\nbdevs:\n", state.display());
+        for i in 0..nqns.len() {
+            y += &format!("  - {{ name: r{i}, malloc: {{ size: 1MiB }} }}\n");
+        }
+        y += "subsystems:\n";
+        for (i, nqn) in nqns.iter().enumerate() {
+            y += &format!(
+                "  - nqn: {nqn}\n    namespaces: [ {{ nsid: 1, bdev: r{i} }} ]\n    listeners: [ {{ transport: tcp, address: 127.0.0.1, port: 4420 }} ]\n"
+            );
+            if let (Some(sn), true) = (serial, i + 1 == nqns.len()) {
+                y += &format!("    serial: {sn}\n");
+            }
+        }
+        nvmfd_config::parse_str(&y, "serials.yaml").expect("test configuration")
+    }
+
+    /// The serial each NQN of `nqns` gets from `resolve` (in that order).
+    fn serials_of(state: &Path, nqns: &[&str], serial: Option<&str>) -> BTreeMap<String, String> {
+        let ids = resolve(&config(state, nqns, serial)).expect("resolve");
+        nqns.iter()
+            .map(|n| n.to_string())
+            .zip(ids.subsystems.into_iter().map(|s| s.serial))
+            .collect()
+    }
+
+    fn stored(state: &Path) -> Serials {
+        let path = state.join(SERIALS_FILE);
+        parse_serials(
+            &std::fs::read_to_string(&path).expect("serials file"),
+            &path,
+        )
+        .unwrap()
+    }
+
+    fn no_temp_files(state: &Path) {
+        for e in std::fs::read_dir(state).unwrap() {
+            let name = e.unwrap().file_name();
+            assert!(
+                !name.to_string_lossy().contains(".tmp."),
+                "left over: {name:?}"
+            );
+        }
+    }
+
+    fn read_install_id(state: &Path) -> [u8; 16] {
+        let t = std::fs::read_to_string(state.join(INSTALL_ID_FILE)).unwrap();
+        parse_uuid(t.trim()).unwrap()
+    }
+
+    /// A fresh state directory: every default serial is derived from the install identity and
+    /// the NQN, recorded per NQN, and kept when the file is reordered or grows; a configured
+    /// serial is used as written and not recorded.
+    #[test]
+    fn fresh_install_derives_and_records_serials() {
+        let st = Dir::new("fresh");
+        let first = serials_of(&st.0, &[A, B], None);
+        let id = read_install_id(&st.0);
+        assert_eq!(first[A], derived_serial(&id, A));
+        assert_eq!(first[B], derived_serial(&id, B));
+        assert_ne!(first[A], first[B]);
+        assert_eq!(stored(&st.0), first);
+        no_temp_files(&st.0);
+        let again = serials_of(&st.0, &[C, B, A], None);
+        assert_eq!((&again[A], &again[B]), (&first[A], &first[B]));
+        assert_eq!(again[C], derived_serial(&id, C));
+        let rec = stored(&st.0);
+        assert_eq!(rec.len(), 3, "{rec:?}");
+        // The last subsystem (C) with a serial of its own: used as written, not recorded.
+        let again = serials_of(&st.0, &[B, A, C], Some("SN-GIVEN-1"));
+        assert_eq!(again[C], "SN-GIVEN-1");
+        assert_eq!((&again[A], &again[B]), (&first[A], &first[B]));
+        assert_eq!(stored(&st.0), rec, "a configured serial is not recorded");
+    }
+
+    /// A state directory an earlier nvmfd wrote (an install identity, no serials file): each
+    /// subsystem keeps the serial that nvmfd gave it by its place in the file, recorded per NQN,
+    /// so reordering the file afterwards changes none; an NQN added later gets a derived one.
+    #[test]
+    fn upgrade_keeps_the_earlier_positional_serials() {
+        let st = Dir::new("upgrade");
+        std::fs::create_dir_all(&st.0).unwrap();
+        let id = [0x5a; 16];
+        std::fs::write(st.0.join(INSTALL_ID_FILE), format!("{}\n", uuid_text(&id))).unwrap();
+        let first = serials_of(&st.0, &[A, B], None);
+        // What the earlier nvmfd reported (its derived_serial(install, index)).
+        assert_eq!(first[A], "NV5a5a5a5a5a5a5a0001");
+        assert_eq!(first[B], "NV5a5a5a5a5a5a5a0002");
+        assert_eq!(positional_serial(&id, 1), first[B]);
+        assert_eq!(stored(&st.0), first);
+        no_temp_files(&st.0);
+        let again = serials_of(&st.0, &[C, B, A], None);
+        assert_eq!((&again[A], &again[B]), (&first[A], &first[B]));
+        assert_eq!(again[C], derived_serial(&id, C), "a new NQN: derived");
+        for s in again.values() {
+            assert!(serial_ok(s.as_bytes()) && s.len() == 20, "{s}");
+        }
+    }
+
+    /// A serials file that cannot be read as one stops the start with the file and line named,
+    /// and is left as it was.
+    #[test]
+    fn corrupt_serials_file_is_a_clear_error() {
+        for (text, why) in [
+            ("nqn.2026-12.io.nvmfd:serial-a\n", "not a serial record"),
+            (
+                "# ok\nnqn.2026-12.io.nvmfd:serial-a NV123456789012345678901\n",
+                "not a serial of 1 to 20 printable ASCII bytes",
+            ),
+            ("nqn.x AB\nnqn.x CD\n", "a second serial for the same NQN"),
+            ("nqn.x A%1\n", "not a serial of 1 to 20"),
+        ] {
+            let st = Dir::new("corrupt");
+            std::fs::create_dir_all(&st.0).unwrap();
+            std::fs::write(
+                st.0.join(INSTALL_ID_FILE),
+                format!("{}\n", uuid_text(&[1; 16])),
+            )
+            .unwrap();
+            let path = st.0.join(SERIALS_FILE);
+            std::fs::write(&path, text).unwrap();
+            let e = resolve(&config(&st.0, &[A], None)).unwrap_err();
+            let msg = format!("{e:#}");
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            assert!(msg.contains(why), "{msg}");
+            assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        }
+    }
+
+    /// A serial with bytes the file format escapes comes back the same.
+    #[test]
+    fn serials_round_trip() {
+        let mut r = Serials::new();
+        r.insert("nqn.2026-12.io.nvmfd:a b%".into(), "SN 1%2".into());
+        let text = format_serials(&r);
+        assert_eq!(parse_serials(&text, Path::new("f")).unwrap(), r);
     }
 
     /// A default serial depends on the install identity and the NQN only: the same for the

@@ -101,6 +101,8 @@ pub struct Live {
     state: Mutex<State>,
     reactors: Vec<ControlLink>,
     acceptor: AcceptorLink,
+    /// Each reactor's last report, for every reader of them (`collect`).
+    reports: crate::rpc::reports::ReportCache,
 }
 
 /// Why a change was refused (nothing changed).
@@ -262,6 +264,7 @@ impl Live {
             }),
             reactors,
             acceptor,
+            reports: Default::default(),
         }
     }
 
@@ -614,9 +617,17 @@ impl Live {
         Ok(applied)
     }
 
-    /// Every reactor's report (queue pairs and counters), asked by message; a reactor that does
-    /// not answer within 2 s is left out.
-    pub fn reports(&self) -> Vec<crate::reactor::ReactorReport> {
+    /// Every reactor (by id) with its report (queue pairs and counters), asked by message: a
+    /// reactor that does not answer within 2 s is shown with its last report, flagged stale
+    /// (see `crate::rpc::reports`). The one path by which the RPC methods and `/metrics` read
+    /// the reactors.
+    pub fn collect(&self) -> Vec<crate::rpc::reports::Seen> {
+        let ids: Vec<usize> = (0..self.reactors.len()).collect();
+        self.reports.merge(self.ask_reactors(), &ids)
+    }
+
+    /// Every reactor's answer within 2 s (a reactor that does not answer is left out).
+    fn ask_reactors(&self) -> Vec<crate::reactor::ReactorReport> {
         let mut waiting = Vec::new();
         for r in &self.reactors {
             if r.stopped.load(Ordering::Acquire) {

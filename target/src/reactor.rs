@@ -682,6 +682,9 @@ fn teardown(mut c: Conn, stats: &mut IoStats, why: &str) {
         debug!(peer = %c.peer, reason = why, "connection closed before connect");
     }
     let was_admin = c.qp.qid() == 0 && c.qp.is_connected();
+    if c.qp.is_connected() {
+        stats.qpairs_ended[usize::from(!was_admin)] += 1;
+    }
     c.qp.teardown();
     if was_admin {
         info!(peer = %c.peer, "controller destroyed");

@@ -59,14 +59,18 @@ trap cleanup EXIT
 kmsg_tail() { dmesg | tail -n 8 | sed 's/^/    dmesg: /'; }
 log_tail() { tail -n 15 "$WORK/nvmfd.log" | sed 's/^/    nvmfd: /'; }
 
-second_rxe() {
-    [[ -e /sys/class/infiniband/rxe1 ]] && return 0
+# add_rxe1: a second soft-RoCE device, rxe1 on a dummy netdev (added, not waited for).
+add_rxe1() {
     modprobe dummy 2>/dev/null || true
     if ! { ip link add nvmfd-dummy0 type dummy && ip addr add 192.0.2.77/24 dev nvmfd-dummy0 &&
         ip link set nvmfd-dummy0 up && rdma link add rxe1 type rxe netdev nvmfd-dummy0; }; then
         why "cannot add a second soft-RoCE device (rxe1 on a dummy netdev)"
         return 1
     fi
+}
+
+second_rxe() {
+    [[ -e /sys/class/infiniband/rxe1 ]] || add_rxe1 || return 1
     wait_for 30 rxe_ready rxe1 192.0.2.77 || { why "rxe1 not ready after 30 s"; return 1; }
 }
 
@@ -81,11 +85,7 @@ setup_rxe() {
     wait_for 30 rxe_ready rxe0 "$ADDR" || { why "rxe0 port not ACTIVE with the GID of $ADDR after 30 s"; return 1; }
     modprobe nvme-rdma 2>/dev/null || true
     [[ -e /dev/nvme-fabrics ]] || { why "no /dev/nvme-fabrics (nvme-fabrics loaded?)"; return 1; }
-    # The second device of device_removal, made before nvmfd starts: a device added while
-    # nvmfd runs once made librdmacm replace rxe0's entry in its device list under a connect
-    # request, which was then refused (see device_removal).
-    second_rxe || return 1
-    note "rxe0 on eth0, $ADDR; rxe1 on a dummy netdev"
+    note "rxe0 on eth0, $ADDR"
 }
 
 tcp_listening() { [[ -n $(ss -Hltn "sport = :$PORT") ]]; }
@@ -314,6 +314,48 @@ perf_rdma() {
     note "$checked blocks verified"
 }
 
+# Another RDMA device is added while nvmfd serves rxe0 (rxe1, on a dummy netdev), and a host
+# connects to rxe0's address at once: accepted, and verified I/O runs. This once refused that
+# connect ("RDMA connect request rejected: no resources ... cm_id's device is not in the device
+# list"): librdmacm of rdma-core v30 to v51 sorts its device array with a comparator that
+# truncates pointer differences to int, so in a multi-threaded process the refresh after the
+# hot-add took rxe0, still there, for removed about half of the time, and opened it again under
+# a new context; the connect request's id still carried the old one, which nvmfd then looked
+# for in a fresh device list (the reactor takes the id's own context now), and the listener's
+# device check took rxe0 for gone and stopped listening for a while (it compares devices, not
+# contexts, now). Set as the bug was seen: a host connected earlier, and the reactor released
+# rxe0 once idle. The listener must not be torn down. Whether librdmacm reopened rxe0 this
+# time (it depends on where malloc put things) is noted, from nvmfd's log.
+released_all() {
+    local ready released
+    ready=$(grep -c 'RDMA device ready' "$WORK/nvmfd.log" || true)
+    released=$(grep -c 'RDMA device released' "$WORK/nvmfd.log" || true)
+    ((ready > 0 && ready == released))
+}
+listener_kept() {
+    ! log_has "RDMA listener lost its device" ||
+        { why "the listener was torn down although rxe0 never left"; log_tail; return 1; }
+}
+hot_add() {
+    nvme disconnect-all >/dev/null 2>&1 || true
+    wait_for 20 no_ctrls "$NQN" || { why "controllers left from earlier steps"; return 1; }
+    [[ ! -e /sys/class/infiniband/rxe1 ]] || { why "rxe1 exists already: nothing would be added"; return 1; }
+    wait_for 30 released_all || { why "the reactor did not release rxe0 within 30 s of the disconnect"; log_tail; return 1; }
+    add_rxe1 || return 1
+    # At once: before the listener's next device check (every 2 s) refreshes librdmacm's list.
+    # (A connect after that refresh is device_removal's first one.)
+    connect rdma 1 || return 1
+    fio_verify hotadd randwrite 4k 56M 4M 16 || return 1
+    listener_kept || return 1
+    wait_for 30 rxe_ready rxe1 192.0.2.77 || { why "rxe1 not ready after 30 s"; return 1; }
+    listener_kept || return 1
+    if log_has "under a new context"; then
+        note "librdmacm opened rxe0 again under a new context on the hot-add (the case that was refused)"
+    else
+        note "librdmacm kept rxe0's context on the hot-add this time"
+    fi
+}
+
 # The RDMA device goes away under connected hosts (`rdma link delete`: as a NIC's hot-unplug,
 # driver unbind or firmware reset), then comes back. rxe cannot tear a process's verbs objects
 # away (no ucontext disassociation), so the removal finishes only once nvmfd has destroyed
@@ -323,11 +365,8 @@ perf_rdma() {
 # list only while at least one device exists (rdma-core's sync_devices_list returns early on an
 # empty list), so the last device's context is never closed before the process exits, whatever
 # the process released. With rxe1 present, the removal completing proves nvmfd let go of rxe0.
-# rxe1 is made by setup_rxe, before nvmfd starts: when it was added here, with nvmfd running,
-# the next connect request was refused once ("cm_id's device is not in the device list": the
-# fresh librdmacm list no longer held the context the request's id was bound to), which a
-# kernel host's reconnect would ride out but a single `nvme connect` does not. Not understood
-# yet; see the session note.
+# rxe1 comes from hot_add (added while nvmfd ran), or is made here if that step did not get to
+# it.
 rxe_gone() { [[ ! -e /sys/class/infiniband/rxe0 ]]; }
 log_has() { grep -q "$1" "$WORK/nvmfd.log"; }
 device_removal() {
@@ -404,6 +443,7 @@ if [[ -n $PID ]]; then
         run_step "same subsystem over RDMA and TCP: written through one, read through the other" cross_transport
         run_step "userspace host: bad connect requests and bad commands answered while the kernel host does I/O" bad_connects
         run_step "nvmfd-perf --transport rdma: 3 s of 4k randrw QD 16, verified" perf_rdma
+        run_step "another RDMA device added while nvmfd runs, then a connect to rxe0 at once: accepted, verified, still listening" hot_add
         run_step "RDMA device removed under a connected host and added again: released, TCP served meanwhile, listening again" device_removal
     fi
     run_step "SIGTERM: nvmfd exits 0" sigterm

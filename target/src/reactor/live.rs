@@ -53,6 +53,9 @@ pub struct ReactorReport {
     /// Connected admin and I/O queues now.
     pub admin_qpairs: u64,
     pub io_qpairs: u64,
+    /// Admin and I/O queues connected since start (those now and those ended).
+    pub admin_qpairs_total: u64,
+    pub io_qpairs_total: u64,
     /// Block-device I/Os submitted and not completed yet.
     pub pending_bdev_io: u64,
     /// Block-device I/Os completed since start.
@@ -224,6 +227,18 @@ impl<G: PollGroup> Reactor<G> {
             reactor: self.id,
             admin_qpairs: admin,
             io_qpairs: qpairs.len() as u64 - admin,
+            admin_qpairs_total: admin
+                + self
+                    .sides
+                    .iter()
+                    .map(|s| s.stats.qpairs_ended[0])
+                    .sum::<u64>(),
+            io_qpairs_total: (qpairs.len() as u64 - admin)
+                + self
+                    .sides
+                    .iter()
+                    .map(|s| s.stats.qpairs_ended[1])
+                    .sum::<u64>(),
             pending_bdev_io: self.channels.iter().map(|c| c.in_flight() as u64).sum(),
             completed_io: self.completed,
             qpairs,

@@ -322,6 +322,9 @@ pub struct IoStats {
     /// Errors by status, at most [`ERR_ENTRIES`] (made with that capacity: no allocation when
     /// one is added).
     pub errors: Vec<ErrEntry>,
+    /// Connected queue pairs that have ended since start: admin, I/O (counted whether `on` or
+    /// not; `nvmf_get_stats` adds the current ones for SPDK's `admin_qpairs`/`io_qpairs`).
+    pub qpairs_ended: [u64; 2],
 }
 
 /// A command being counted, per transport slot of a connection.
@@ -356,6 +359,7 @@ impl IoStats {
             on: false,
             ns: Vec::new(),
             errors: Vec::with_capacity(ERR_ENTRIES),
+            qpairs_ended: [0; 2],
         }
     }
 

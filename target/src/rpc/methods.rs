@@ -5,6 +5,7 @@
 //! go through `crate::live` (validated like a configuration file, applied without stopping I/O).
 
 use super::jsonrpc::{params, Dispatch, RpcError, ENODEV, INTERNAL_ERROR, METHOD_NOT_FOUND};
+use super::reports::{self, Seen};
 use crate::core::{SubsysRef, Target};
 use nvmfd_bdev::BdevInfo;
 use nvmfd_config::{uuid_text, BdevConfig, BdevKind, Config, TransportKind};
@@ -456,13 +457,33 @@ fn poll_group(id: usize) -> String {
     format!("nvmf_tgt_poll_group_{id:03}")
 }
 
-/// The connected queue pairs of a subsystem, each reported by the reactor it lives on.
+/// Add `seen`'s freshness members to `v` when its report is not an answer to this call (SPDK's
+/// members stay as they are; nothing is added for a fresh report).
+fn mark_stale(v: &mut Value, seen: &Seen) {
+    if let (true, Some(o)) = (seen.stale, v.as_object_mut()) {
+        o.extend(reports::freshness_json(seen));
+    }
+}
+
+/// The connected queue pairs of a subsystem, each reported by the reactor it lives on. A
+/// reactor that did not answer in time shows the queue pairs of its last report, each marked
+/// `"stale": true` with `age_ms`; one never heard from is one entry of its own, with its
+/// `thread` and `"reported": false` (its queue pairs are unknown, not absent).
 fn nvmf_subsystem_get_qpairs(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: SubsysQuery = params(p)?;
     check_tgt(&q.tgt_name)?;
     let sref = find_subsys(ctx, &q.nqn)?;
     let mut out = Vec::new();
-    for r in ctx.live.reports() {
+    let mut unknown = Vec::new();
+    for seen in ctx.live.collect() {
+        let Some(r) = &seen.report else {
+            let mut v = json!({"thread": poll_group(seen.reactor)});
+            if let Some(o) = v.as_object_mut() {
+                o.extend(reports::freshness_json(&seen));
+            }
+            unknown.push(v);
+            continue;
+        };
         for qp in r.qpairs.iter().filter(|x| x.subsys == sref) {
             let mut v = json!({
                 "cntlid": qp.cntlid,
@@ -475,11 +496,14 @@ fn nvmf_subsystem_get_qpairs(ctx: &Call, p: Option<&Value>) -> Result<Value, Rpc
             if let Some(l) = qp.local {
                 v["listen_address"] = address_json(l);
             }
+            mark_stale(&mut v, &seen);
             out.push(((qp.cntlid, qp.qid), v));
         }
     }
     out.sort_by_key(|(k, _)| *k);
-    Ok(Value::Array(out.into_iter().map(|(_, v)| v).collect()))
+    Ok(Value::Array(
+        out.into_iter().map(|(_, v)| v).chain(unknown).collect(),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -489,34 +513,63 @@ struct TgtOnly {
     tgt_name: Option<String>,
 }
 
+/// SPDK's `tick_rate` (its TSC frequency): nvmfd reports no time in ticks, and says its clock is
+/// in nanoseconds for clients that read the member.
+const TICK_RATE: u64 = 1_000_000_000;
+
 /// Each reactor's counters, asked of the reactor itself (nothing shared is counted on the I/O
-/// path), in SPDK's shape: one poll group per reactor.
+/// path), in SPDK's shape: `tick_rate`, and one poll group per reactor with `admin_qpairs` and
+/// `io_qpairs` (connected since start), `current_admin_qpairs`, `current_io_qpairs`,
+/// `pending_bdev_io`, `completed_nvme_io` and `transports` (one `{"trtype": ...}` per transport
+/// served). Every reactor is listed: one that did not answer in time with its last report,
+/// marked `"stale": true` with `age_ms` and `misses`; one never heard from with only its name
+/// and `"stale": true, "reported": false`.
 fn nvmf_get_stats(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: TgtOnly = params(p)?;
     check_tgt(&q.tgt_name)?;
-    let mut reports = ctx.live.reports();
-    reports.sort_by_key(|r| r.reactor);
-    Ok(json!({
-        "poll_groups": reports.iter().map(|r| json!({
-            "name": poll_group(r.reactor),
-            "current_admin_qpairs": r.admin_qpairs,
-            "current_io_qpairs": r.io_qpairs,
-            "pending_bdev_io": r.pending_bdev_io,
-            "completed_nvme_io": r.completed_io,
-            "transports": [{"trtype": "TCP"}],
-        })).collect::<Vec<_>>(),
-    }))
+    let groups: Vec<Value> = (ctx.live.collect().iter())
+        .map(|seen| {
+            let mut v = match &seen.report {
+                Some(r) => json!({
+                    "name": poll_group(r.reactor),
+                    "admin_qpairs": r.admin_qpairs_total,
+                    "io_qpairs": r.io_qpairs_total,
+                    "current_admin_qpairs": r.admin_qpairs,
+                    "current_io_qpairs": r.io_qpairs,
+                    "pending_bdev_io": r.pending_bdev_io,
+                    "completed_nvme_io": r.completed_io,
+                    // The reactor's poll groups, one per transport (as SPDK's transport
+                    // poll groups of the poll group).
+                    "transports": (r.io.iter()).map(|(k, _)| json!({"trtype": match k {
+                        TransportKind::Tcp => "TCP",
+                        TransportKind::Rdma => "RDMA",
+                    }})).collect::<Vec<_>>(),
+                }),
+                None => json!({"name": poll_group(seen.reactor)}),
+            };
+            if let Some(o) = v.as_object_mut() {
+                o.extend(reports::freshness_json(seen));
+            }
+            v
+        })
+        .collect();
+    Ok(json!({"tick_rate": TICK_RATE, "poll_groups": groups}))
 }
 
 /// nvmfd's own (SPDK has no P2P placement): the start-up placement decision of every
 /// (transport, namespace) with its reasons, and the P2P counters per namespace (summed over the
 /// reactors) and per connected queue pair: bytes staged in the CMB, bytes in host memory,
 /// fallbacks by reason (docs/p2p.md).
+///
+/// Counters of a reactor that did not answer in time come from its last report (they never go
+/// down); its queue pairs are marked `"stale": true` with `age_ms`, and `reactors` lists every
+/// reactor's freshness (`thread`, `stale`, `age_ms`, `misses`, `reported: false` when never
+/// heard from).
 fn nvmfd_get_p2p(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: TgtOnly = params(p)?;
     check_tgt(&q.tgt_name)?;
-    let mut reports = ctx.live.reports();
-    reports.sort_by_key(|r| r.reactor);
+    let seen = ctx.live.collect();
+    let reports = reports::reports(&seen);
     let namespaces: Vec<Value> = crate::p2p::namespace_counters(&ctx.target, &reports)
         .iter()
         .map(|n| {
@@ -528,7 +581,10 @@ fn nvmfd_get_p2p(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
         })
         .collect();
     let mut qpairs = Vec::new();
-    for r in &reports {
+    for sn in &seen {
+        let Some(r) = &sn.report else {
+            continue;
+        };
         for qp in &r.qpairs {
             let SubsysRef::Nvm(i) = qp.subsys else {
                 continue;
@@ -541,14 +597,25 @@ fn nvmfd_get_p2p(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
             v["cntlid"] = json!(qp.cntlid);
             v["qid"] = json!(qp.qid);
             v["thread"] = json!(poll_group(r.reactor));
+            mark_stale(&mut v, sn);
             qpairs.push(((i, qp.cntlid, qp.qid), v));
         }
     }
     qpairs.sort_by_key(|(k, _)| *k);
+    let reactors: Vec<Value> = (seen.iter())
+        .map(|s| {
+            let mut v = json!({"thread": poll_group(s.reactor)});
+            if let Some(o) = v.as_object_mut() {
+                o.extend(reports::freshness_json(s));
+            }
+            v
+        })
+        .collect();
     Ok(json!({
         "decisions": ctx.placements,
         "namespaces": namespaces,
         "qpairs": qpairs.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+        "reactors": reactors,
     }))
 }
 

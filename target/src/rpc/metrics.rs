@@ -4,11 +4,13 @@
 //! Every scrape builds the numbers afresh: from the control plane's view (the controller
 //! registry, the bdevs, each reactor thread's CPU time from `/proc`, the process's memory and
 //! age) and from every reactor's own counters, asked for by message and summed here
-//! (`crate::reactor::stats` explains why on request and not published). Nothing on the I/O path
+//! (`crate::reactor::stats` explains why on request and not published), through the one
+//! collection path the RPC methods use too (`super::reports`: a late reactor's last report). Nothing on the I/O path
 //! takes a lock or touches an atomic another reactor writes. The metric names and labels are
 //! listed in docs/metrics.md.
 
 use super::methods::Context;
+use super::reports::Seen;
 use crate::core::SubsysRef;
 use crate::reactor::stats::{Hist, OpClass, StatSubsys, BUCKETS, CLASSES, LATENCY_CLASSES};
 use crate::reactor::ReactorReport;
@@ -24,8 +26,8 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tracing::{info, warn};
 
@@ -77,102 +79,9 @@ impl EncodeMetric for Histograms {
     }
 }
 
-/// The last report each reactor gave a scrape, kept so that a reactor missing the next
-/// scrape's deadline (`Live::reports` waits 2 s) shows its last numbers instead of none: a
-/// counter series that drops (or vanishes and comes back lower) is read by Prometheus as a
-/// counter reset, and `rate()` would count the whole total again.
-#[derive(Debug, Default)]
-pub struct ReportCache {
-    last: Mutex<BTreeMap<usize, Kept>>,
-}
-
-#[derive(Debug)]
-struct Kept {
-    report: ReactorReport,
-    /// When `report` came in.
-    at: Instant,
-    /// Scrapes this reactor did not answer in time, since start.
-    misses: u64,
-}
-
-/// How fresh one reactor's numbers in a scrape are.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Freshness {
-    pub reactor: usize,
-    /// The numbers are the reactor's last report, not an answer to this scrape.
-    pub stale: bool,
-    /// Age of the numbers shown (0 for a fresh report).
-    pub age: Duration,
-    /// Scrapes the reactor did not answer in time, since start.
-    pub misses: u64,
-}
-
-/// A report's own clock: poll loop iterations only grow, so of two reports of one reactor the
-/// one with more is the newer (two scrapes at once may get their answers in either order).
-fn polls(r: &ReactorReport) -> u64 {
-    r.polls_busy.saturating_add(r.polls_idle)
-}
-
-impl ReportCache {
-    /// The reports one scrape shows: `fresh` (the answers in time) and, for every reactor of
-    /// `expected` that did not answer, its last report (a reactor never heard from is left
-    /// out: it has nothing to show yet). Sorted by reactor.
-    pub fn merge(
-        &self,
-        fresh: Vec<ReactorReport>,
-        expected: &[usize],
-    ) -> (Vec<ReactorReport>, Vec<Freshness>) {
-        let now = Instant::now();
-        // A poisoned lock only means another scrape panicked mid-merge; the map is still whole.
-        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
-        let mut answered = Vec::with_capacity(fresh.len());
-        for r in fresh {
-            answered.push(r.reactor);
-            match last.get_mut(&r.reactor) {
-                Some(k) if polls(&k.report) > polls(&r) => {}
-                Some(k) => {
-                    k.report = r;
-                    k.at = now;
-                }
-                None => {
-                    last.insert(
-                        r.reactor,
-                        Kept {
-                            report: r,
-                            at: now,
-                            misses: 0,
-                        },
-                    );
-                }
-            }
-        }
-        let mut reports = Vec::with_capacity(expected.len());
-        let mut fresh = Vec::with_capacity(expected.len());
-        let mut ids: Vec<usize> = expected.iter().chain(&answered).copied().collect();
-        ids.sort_unstable();
-        ids.dedup();
-        for id in ids {
-            let Some(k) = last.get_mut(&id) else {
-                continue;
-            };
-            let stale = !answered.contains(&id);
-            if stale {
-                k.misses += 1;
-            }
-            reports.push(k.report.clone());
-            fresh.push(Freshness {
-                reactor: id,
-                stale,
-                age: if stale { now - k.at } else { Duration::ZERO },
-                misses: k.misses,
-            });
-        }
-        (reports, fresh)
-    }
-}
-
-/// Register how fresh each reactor's numbers are (see [`ReportCache`]).
-fn freshness_metrics(reg: &mut Registry, fresh: &[Freshness]) {
+/// Register how fresh each reactor's numbers are (see [`super::reports`]); a reactor never heard
+/// from has no series yet.
+fn freshness_metrics(reg: &mut Registry, seen: &[Seen]) {
     let stale = gauge_family(
         reg,
         "nvmfd_reactor_report_stale",
@@ -187,9 +96,9 @@ fn freshness_metrics(reg: &mut Registry, fresh: &[Freshness]) {
     let misses = counter_family(
         reg,
         "nvmfd_reactor_report_misses",
-        "Scrapes a reactor did not answer within 2 s (its last report was shown instead)",
+        "Collections of the reactors' reports (scrapes, and RPC calls that show them) a reactor did not answer within 2 s (its last report was shown instead)",
     );
-    for f in fresh {
+    for f in seen.iter().filter(|s| s.report.is_some()) {
         let labels = l(&[("reactor", &f.reactor.to_string())]);
         stale.get_or_create(&labels).set(i64::from(f.stale));
         age.get_or_create(&labels).set(f.age.as_secs_f64());
@@ -198,10 +107,10 @@ fn freshness_metrics(reg: &mut Registry, fresh: &[Freshness]) {
 }
 
 /// The metrics text for one scrape. Blocks up to 2 s (waiting for the reactors' reports).
-pub fn render(ctx: &Context, cache: &ReportCache) -> String {
+pub fn render(ctx: &Context) -> String {
     let view = ctx.live.view();
-    let ids: Vec<usize> = ctx.reactors.iter().map(|r| r.id).collect();
-    let (reports, fresh) = cache.merge(ctx.live.reports(), &ids);
+    let seen = ctx.live.collect();
+    let reports = super::reports::reports(&seen);
     let mut reg = Registry::default();
     reg.register(
         "nvmfd_build",
@@ -302,7 +211,7 @@ pub fn render(ctx: &Context, cache: &ReportCache) -> String {
         })
         .collect();
     io_metrics(&mut reg, &reports, &shown, &nqn_of);
-    freshness_metrics(&mut reg, &fresh);
+    freshness_metrics(&mut reg, &seen);
     p2p_metrics(&mut reg, &view.target, &reports);
     process_metrics(&mut reg);
     let mut out = String::new();
@@ -627,7 +536,6 @@ pub fn start(addr: SocketAddr, ctx: Arc<Context>) -> anyhow::Result<MetricsServe
         .enable_time()
         .build()?;
     let (tx, mut rx) = tokio::sync::oneshot::channel::<()>();
-    let cache = Arc::new(ReportCache::default());
     let thread = std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
@@ -643,9 +551,9 @@ pub fn start(addr: SocketAddr, ctx: Arc<Context>) -> anyhow::Result<MetricsServe
                         a = listener.accept() => {
                             let Ok((s, _)) = a else { continue };
                             let Ok(permit) = busy.clone().try_acquire_owned() else { continue };
-                            let (ctx, cache) = (ctx.clone(), cache.clone());
+                            let ctx = ctx.clone();
                             tokio::spawn(async move {
-                                let _ = tokio::time::timeout(Duration::from_secs(10), scrape(s, ctx, cache)).await;
+                                let _ = tokio::time::timeout(Duration::from_secs(10), scrape(s, ctx)).await;
                                 drop(permit);
                             });
                         }
@@ -664,11 +572,7 @@ pub fn start(addr: SocketAddr, ctx: Arc<Context>) -> anyhow::Result<MetricsServe
 }
 
 /// One HTTP/1.x exchange: `GET /metrics` → 200, another path → 404, another method → 405.
-async fn scrape(
-    mut s: tokio::net::TcpStream,
-    ctx: Arc<Context>,
-    cache: Arc<ReportCache>,
-) -> std::io::Result<()> {
+async fn scrape(mut s: tokio::net::TcpStream, ctx: Arc<Context>) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -688,20 +592,18 @@ async fn scrape(
     let (status, ctype, body) = match (method, path) {
         // Rendering blocks up to 2 s on the reactors' answers: on the blocking pool, so the
         // accept loop and other requests on this single-threaded runtime go on meanwhile.
-        (b"GET", b"/metrics") => {
-            match tokio::task::spawn_blocking(move || render(&ctx, &cache)).await {
-                Ok(text) => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    text,
-                ),
-                Err(_) => (
-                    "500 Internal Server Error",
-                    "text/plain",
-                    "metrics rendering failed\n".to_string(),
-                ),
-            }
-        }
+        (b"GET", b"/metrics") => match tokio::task::spawn_blocking(move || render(&ctx)).await {
+            Ok(text) => (
+                "200 OK",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                text,
+            ),
+            Err(_) => (
+                "500 Internal Server Error",
+                "text/plain",
+                "metrics rendering failed\n".to_string(),
+            ),
+        },
         (b"GET", _) => ("404 Not Found", "text/plain", "see /metrics\n".to_string()),
         _ => (
             "405 Method Not Allowed",
@@ -722,6 +624,7 @@ mod tests {
     use super::*;
     use crate::reactor::stats::{ErrEntry, IoStats, NsStats, PoolStats, StatKey};
     use crate::reactor::QpairReport;
+    use crate::rpc::reports::ReportCache;
     use nvmfd_config::TransportKind;
 
     const NQN: &str = "nqn.2026-11.io.nvmfd:m";
@@ -763,6 +666,8 @@ mod tests {
             reactor,
             admin_qpairs: 1,
             io_qpairs: 1,
+            admin_qpairs_total: 1,
+            io_qpairs_total: 1,
             pending_bdev_io: 0,
             completed_io: reads,
             qpairs: vec![0u16, 1]
@@ -934,10 +839,10 @@ mod tests {
     }
 
     fn scrape_text(cache: &ReportCache, fresh: Vec<ReactorReport>) -> String {
-        let (reports, freshness) = cache.merge(fresh, &[0, 1]);
-        let mut t = text(&reports);
+        let seen = cache.merge(fresh, &[0, 1]);
+        let mut t = text(&crate::rpc::reports::reports(&seen));
         let mut reg = Registry::default();
-        freshness_metrics(&mut reg, &freshness);
+        freshness_metrics(&mut reg, &seen);
         encode(&mut t, &reg).unwrap();
         t
     }
@@ -991,12 +896,11 @@ mod tests {
         has(&t3, &format!("{reads} 9"));
         has(&t3, "nvmfd_reactor_report_stale{reactor=\"1\"} 0");
         has(&t3, "nvmfd_reactor_report_misses_total{reactor=\"1\"} 1");
-        // A reactor never heard from has nothing to show.
+        // A reactor never heard from has no series.
         let fresh = ReportCache::default();
-        let (reports, f) = fresh.merge(vec![report(0, 1, 1000, keys())], &[0, 1]);
-        assert_eq!(reports.len(), 1);
-        assert_eq!(f.len(), 1);
-        assert!(!f[0].stale);
+        let t = scrape_text(&fresh, vec![report(0, 1, 1000, keys())]);
+        has(&t, "nvmfd_reactor_report_stale{reactor=\"0\"} 0");
+        assert!(!t.contains("reactor=\"1\""), "{t}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod client;
 pub mod jsonrpc;
 pub mod methods;
 pub mod metrics;
+pub mod reports;
 mod socket;
 
 use anyhow::Context as _;

@@ -24,8 +24,8 @@ use super::listener::Incoming;
 use super::p2p::{Fallback, Got, P2pTable};
 use super::sched::{cut, Kind, Piece, Reads, WrId};
 use super::verbs::{
-    Access, CmId, ConnParam, Context, Cq, Devices, EventChannel, EventKind, HostMem, IdHandle, Mr,
-    Pd, QpCaps, RecvWr, SendWr, Sge, Srq, Wc,
+    Access, CmId, ConnParam, Context, Cq, EventChannel, EventKind, HostMem, IdHandle, Mr, Pd,
+    QpCaps, RecvWr, SendWr, Sge, Srq, Wc,
 };
 use crate::group::{ConnId, DataDesc, DataNeed, Event, PollGroup, TransportInfo};
 use crate::proto::nvme::{Cqe, Direction, Sqe};
@@ -67,8 +67,8 @@ const SMALL_BUF: usize = 8192;
 /// (shared memory) every poll.
 const EVENTS_EVERY: u32 = 64;
 /// A device with no queue pair (and none of its buffers out) for this long is released: its
-/// CQ, SRQ, memory regions and PD destroyed and the reactor's hold on librdmacm's device list
-/// dropped. A device being removed (`rdma link delete`, a PCI hot-unplug, a driver unbind)
+/// CQ, SRQ, memory regions and PD destroyed, and the cm_id that held its context open
+/// destroyed with them (see `RdmaGroup::device_for`). A device being removed (`rdma link delete`, a PCI hot-unplug, a driver unbind)
 /// cannot finish while a process holds objects on it (a driver without ucontext
 /// disassociation, such as rxe, waits for them; mlx5 tears them away), and the last queue pair
 /// on it often ends with a plain DISCONNECTED before any DEVICE_REMOVAL reaches this reactor,
@@ -345,9 +345,6 @@ pub struct RdmaGroup {
     params: RdmaParams,
     reactor: usize,
     channel: EventChannel,
-    /// librdmacm's device list, opened when a queue pair comes and dropped when this reactor
-    /// releases its last device (see `DEVICE_IDLE_RELEASE`): holding it pins every device.
-    devices: Option<Arc<Devices>>,
     /// Indexed by `Conn::dev`; a released device leaves a `None` that a later one reuses.
     devs: Vec<Option<Device>>,
     free: Vec<usize>,
@@ -370,7 +367,6 @@ impl RdmaGroup {
             params: cfg.params,
             reactor,
             channel: EventChannel::new()?,
-            devices: None,
             devs: Vec::new(),
             conns: Vec::new(),
             free: Vec::new(),
@@ -384,28 +380,12 @@ impl RdmaGroup {
         })
     }
 
-    /// The device context of a connecting id, from librdmacm's device list: opened here if this
-    /// reactor holds none, and opened afresh when the id's device came after the list was made
-    /// (a device added, or removed and added again, since).
-    fn context_of(&mut self, id: &CmId) -> super::verbs::Result<Context> {
-        if let Some(list) = &self.devices {
-            if let Ok(ctx) = id.context(list) {
-                return Ok(ctx);
-            }
-        }
-        let list = Devices::open()?;
-        let ctx = id.context(&list)?;
-        self.devices = Some(list);
-        Ok(ctx)
-    }
-
     /// Release every device that is idle: being removed with no queue pair left, or without
     /// a queue pair for `DEVICE_IDLE_RELEASE`, and with none of its buffers out (with the core
     /// or a block device: they come back through `recycle`). Dropping a `Device` destroys its
-    /// SRQ, CQ, memory regions and (unless CMBs registered at start-up share it) its PD; with
-    /// no device left, the device list goes too, so librdmacm can close a removed device.
+    /// SRQ, CQ, memory regions and (unless CMBs registered at start-up share it) its PD, then
+    /// the cm_id that held its context, so librdmacm can close a removed device.
     fn release_idle_devices(&mut self, now: Instant) {
-        let mut released = false;
         for slot in self.devs.iter_mut() {
             let Some(d) = slot.as_ref() else {
                 continue;
@@ -424,21 +404,39 @@ impl RdmaGroup {
                 } else {
                     info!(reactor = self.reactor, device = %d.ctx.name(), "RDMA device released (no queue pairs on it for 2 s)");
                 }
-                released = true;
             }
-        }
-        if released && self.devs.iter().all(Option::is_none) {
-            self.devices = None;
         }
     }
 
-    fn device_for(&mut self, ctx: &Context) -> super::verbs::Result<usize> {
+    /// This group's resources on the device of `id` (a connect request's id, on this group's
+    /// channel): found by the id's own context, or made on it. The context comes from the id,
+    /// not from a librdmacm device list: a QP must be made on a PD of exactly the id's context,
+    /// and a fresh list may no longer show that context although it is valid for the id's life
+    /// (see `CmId::own_context`), which once refused the first connect request after another
+    /// device was added. The first id's hold keeps the context open for the `Device`'s life
+    /// (its PD, CQ and buffers hold the context, and the context that id); the hold pins that
+    /// one device only, and goes when the device is released. No device list is read here, so
+    /// a reactor never makes librdmacm rescan the devices (netlink and sysfs reads) either.
+    fn device_for(&mut self, id: &CmId) -> super::verbs::Result<usize> {
+        let ctx = id.own_context()?;
         if let Some(i) = self.devs.iter().position(|d| {
             d.as_ref()
                 .is_some_and(|d| !d.gone && d.ctx.as_ptr() == ctx.as_ptr())
         }) {
             return Ok(i);
         }
+        if let Some(other) = self
+            .devs
+            .iter()
+            .flatten()
+            .find(|d| !d.gone && d.ctx.same_device(&ctx))
+        {
+            // Not an error: the queue pairs on the old context go on, new ones get their own
+            // SRQ, CQ and buffers on the new one; the old set is released once idle.
+            info!(reactor = self.reactor, device = %other.ctx.name(),
+                "RDMA device reached through a second context (librdmacm opened it again when it refreshed its device list): queue pairs on it get resources of their own");
+        }
+        let ctx = &ctx;
         let p = self.params;
         // A device with CMBs registered at start-up uses the PD they were registered on (their
         // keys are valid there only); any other device gets a PD of this reactor's own.
@@ -648,8 +646,7 @@ impl RdmaGroup {
         }
         id.migrate(&self.channel)
             .map_err(|e| nores(e.to_string()))?;
-        let ctx = self.context_of(id).map_err(|e| nores(e.to_string()))?;
-        let dev = self.device_for(&ctx).map_err(|e| nores(e.to_string()))?;
+        let dev = self.device_for(id).map_err(|e| nores(e.to_string()))?;
         let n = admitted.sq_entries as usize;
         let d = dev_mut(&mut self.devs, dev);
         if d.commands + n as u32 > self.params.srq_depth {
@@ -748,7 +745,23 @@ impl RdmaGroup {
             };
             work = true;
             let Some(&idx) = self.by_id.get(&ev.id) else {
-                debug!(event = %ev.name(), "rdma_cm event for no queue pair");
+                // The id of a queue pair that ended but still holds a device's context open
+                // (`device_for`): its device's removal must not wait for the idle release.
+                let holder = self
+                    .devs
+                    .iter_mut()
+                    .flatten()
+                    .find(|d| d.ctx.held_by() == Some(ev.id));
+                match (ev.kind, holder) {
+                    (Some(EventKind::DeviceRemoval), Some(d)) => {
+                        if !d.gone {
+                            warn!(reactor = self.reactor, device = %d.ctx.name(),
+                                "RDMA device is being removed: its resources are released once no queue pair uses them");
+                        }
+                        d.gone = true;
+                    }
+                    _ => debug!(event = %ev.name(), "rdma_cm event for no queue pair"),
+                }
                 continue;
             };
             match ev.kind {

@@ -34,6 +34,9 @@ pub struct Listeners {
     lost: Vec<(SocketAddr, Instant)>,
     /// When to check next that every listening id's device is still there.
     next_check: Instant,
+    /// Listening ids (by address) already logged as bound to a context librdmacm no longer
+    /// lists although their device is there (logged once each).
+    reopened: Vec<SocketAddr>,
     limits: ConnLimits,
 }
 
@@ -44,6 +47,7 @@ impl Listeners {
             ids: Vec::new(),
             lost: Vec::new(),
             next_check: Instant::now(),
+            reopened: Vec::new(),
             limits,
         })
     }
@@ -100,6 +104,11 @@ impl Listeners {
     /// the device) before the rdma_cm client that would tell the listener, so the listener's
     /// hold on the device would block its removal for good. With no device left at all,
     /// librdmacm returns no list (see `relisten`) and nothing is learnt here.
+    ///
+    /// The device is looked for by identity, not by the id's context pointer: after another
+    /// device is added, librdmacm may list a device that is still there under a new context
+    /// (see `CmId::own_context`), and the listener would otherwise be torn down, and connects
+    /// refused until it listens again, for a device that never left.
     fn check_devices(&mut self, now: Instant) {
         if !self.ids.iter().any(|(id, _)| id.has_device()) {
             return;
@@ -109,8 +118,17 @@ impl Listeners {
         };
         let mut i = 0;
         while i < self.ids.len() {
-            let (id, _) = &self.ids[i];
+            let (id, addr) = &self.ids[i];
             if !id.has_device() || id.context(&list).is_ok() {
+                i += 1;
+                continue;
+            }
+            if id.device_listed(&list) {
+                if !self.reopened.contains(addr) {
+                    info!(transport = "rdma", address = %addr,
+                        "librdmacm lists the RDMA listener's device under a new context (it opened the device again when refreshing its device list); still listening");
+                    self.reopened.push(*addr);
+                }
                 i += 1;
                 continue;
             }
@@ -124,6 +142,7 @@ impl Listeners {
     fn lose(&mut self, i: usize, why: &str, now: Instant) {
         let (id, addr) = self.ids.remove(i);
         drop(id);
+        self.reopened.retain(|a| *a != addr);
         warn!(transport = "rdma", address = %addr, why,
             "RDMA listener lost its device: not listening on this address until a device has it again (retried every 2 s)");
         self.lost.push((addr, now + RELISTEN_EVERY));

@@ -7,7 +7,7 @@ use super::pd::Pd;
 use super::qp::{Qp, QpCaps};
 use super::srq::Srq;
 use super::sys::{
-    self, ibv_qp_cap, ibv_qp_init_attr, rdma_cm_event, rdma_cm_id, rdma_conn_param,
+    self, ibv_context, ibv_qp_cap, ibv_qp_init_attr, rdma_cm_event, rdma_cm_id, rdma_conn_param,
     rdma_event_channel, Lib,
 };
 use super::{last_os, Error, Result};
@@ -186,9 +186,11 @@ impl EventChannel {
         if kind == Some(EventKind::ConnectRequest) {
             if let Some(id) = NonNull::new(e.id) {
                 out.new_id = Some(CmId {
-                    raw: id,
+                    core: Arc::new(IdCore {
+                        raw: id,
+                        channel: self.clone(),
+                    }),
                     qp: None,
-                    channel: self.clone(),
                 });
             }
         }
@@ -308,11 +310,43 @@ impl ConnParam {
     }
 }
 
+/// One cm_id, destroyed (`rdma_destroy_id`) when the last holder lets go: its [`CmId`], and
+/// any [`Context`] taken from it with [`CmId::own_context`] (the id keeps its device open).
+pub(crate) struct IdCore {
+    raw: NonNull<rdma_cm_id>,
+    /// The id's event channel: librdmacm destroys the id through it, so it outlives the id.
+    channel: EventChannel,
+}
+
+// SAFETY: a cm_id is librdmacm state it locks itself. Only the CmId calls librdmacm on it
+// (through &self/&mut self); the other holders (contexts taken from it) never touch it but to
+// drop their Arc, and the last one destroys it, after the CmId is gone.
+unsafe impl Send for IdCore {}
+// SAFETY: see Send: nothing is done through a shared &IdCore but reading `raw` for a handle.
+unsafe impl Sync for IdCore {}
+
+impl IdCore {
+    pub(crate) fn handle(&self) -> IdHandle {
+        IdHandle(self.raw.as_ptr() as usize)
+    }
+}
+
+impl Drop for IdCore {
+    fn drop(&mut self) {
+        // SAFETY: raw came from rdma_create_id or a connect request and is destroyed once, here;
+        // its QP (if any) was destroyed by its CmId; every event on it was acknowledged in
+        // EventChannel::poll, so this cannot wait forever.
+        let rc = unsafe { (self.channel.0.lib.rdma_destroy_id)(self.raw.as_ptr()) };
+        if rc != 0 {
+            tracing::warn!(error = %io::Error::last_os_error(), "rdma_destroy_id failed");
+        }
+    }
+}
+
 /// `rdma_create_id` / `rdma_destroy_id` (RDMA_PS_TCP: reliable connections), and the QP made on it.
 pub struct CmId {
-    raw: NonNull<rdma_cm_id>,
+    core: Arc<IdCore>,
     qp: Option<Qp>,
-    channel: EventChannel,
 }
 
 // SAFETY: a cm_id is librdmacm state it locks itself; CmId mutates it only through &mut self
@@ -394,14 +428,20 @@ impl CmId {
             return Err(last_os("rdma_create_id"));
         }
         Ok(CmId {
-            raw: NonNull::new(id).ok_or_else(|| last_os("rdma_create_id"))?,
+            core: Arc::new(IdCore {
+                raw: NonNull::new(id).ok_or_else(|| last_os("rdma_create_id"))?,
+                channel: channel.clone(),
+            }),
             qp: None,
-            channel: channel.clone(),
         })
     }
 
     fn lib(&self) -> &'static Lib {
-        self.channel.0.lib
+        self.core.channel.0.lib
+    }
+
+    fn raw(&self) -> *mut rdma_cm_id {
+        self.core.raw.as_ptr()
     }
 
     fn check(&self, op: &'static str, rc: i32) -> Result<()> {
@@ -412,7 +452,7 @@ impl CmId {
     }
 
     pub fn handle(&self) -> IdHandle {
-        IdHandle(self.raw.as_ptr() as usize)
+        self.core.handle()
     }
 
     /// Binds to a local address; with a specific address this also binds the device.
@@ -420,17 +460,14 @@ impl CmId {
         let mut ss = sockaddr(addr);
         // SAFETY: raw is a live id; ss is a valid sockaddr of addr's family for the call.
         let rc = unsafe {
-            (self.lib().rdma_bind_addr)(
-                self.raw.as_ptr(),
-                (&mut ss as *mut libc::sockaddr_storage).cast(),
-            )
+            (self.lib().rdma_bind_addr)(self.raw(), (&mut ss as *mut libc::sockaddr_storage).cast())
         };
         self.check("rdma_bind_addr", rc)
     }
 
     pub fn listen(&self, backlog: i32) -> Result<()> {
         // SAFETY: raw is a live, bound id.
-        let rc = unsafe { (self.lib().rdma_listen)(self.raw.as_ptr(), backlog) };
+        let rc = unsafe { (self.lib().rdma_listen)(self.raw(), backlog) };
         self.check("rdma_listen", rc)
     }
 
@@ -449,7 +486,7 @@ impl CmId {
         // SAFETY: raw is live; sp is NULL or a valid sockaddr, d a valid sockaddr, for the call.
         let rc = unsafe {
             (self.lib().rdma_resolve_addr)(
-                self.raw.as_ptr(),
+                self.raw(),
                 sp,
                 (&mut d as *mut libc::sockaddr_storage).cast(),
                 timeout_ms,
@@ -461,27 +498,63 @@ impl CmId {
     /// Starts resolving the route (a `RouteResolved` or `RouteError` event follows).
     pub fn resolve_route(&self, timeout_ms: i32) -> Result<()> {
         // SAFETY: raw is a live id with a resolved address.
-        let rc = unsafe { (self.lib().rdma_resolve_route)(self.raw.as_ptr(), timeout_ms) };
+        let rc = unsafe { (self.lib().rdma_resolve_route)(self.raw(), timeout_ms) };
         self.check("rdma_resolve_route", rc)
     }
 
     /// Whether the id is bound to a device (a listener on a wildcard address is not).
     pub fn has_device(&self) -> bool {
         // SAFETY: raw is a live id; verbs is set by librdmacm once the id has a device.
-        !unsafe { (*self.raw.as_ptr()).verbs }.is_null()
+        !unsafe { (*self.raw()).verbs }.is_null()
+    }
+
+    /// The id's `verbs` context, if it has a device yet.
+    fn verbs(&self) -> Result<NonNull<ibv_context>> {
+        // SAFETY: raw is a live id; verbs is set by librdmacm once the id has a device.
+        NonNull::new(unsafe { (*self.raw()).verbs })
+            .ok_or(Error::Invalid("cm_id has no RDMA device yet"))
     }
 
     /// The device context this id is bound to (after bind to a device address, address
-    /// resolution, or on a connect request's id), from `devices`.
+    /// resolution, or on a connect request's id), from `devices`: only when `devices` lists
+    /// that very context (see [`own_context`](Self::own_context) for when it does not).
     pub fn context(&self, devices: &Arc<Devices>) -> Result<Context> {
-        // SAFETY: raw is a live id; verbs is set by librdmacm once the id has a device.
-        let verbs = unsafe { (*self.raw.as_ptr()).verbs };
-        if verbs.is_null() {
-            return Err(Error::Invalid("cm_id has no RDMA device yet"));
-        }
         devices
-            .find(verbs)
+            .find(self.verbs()?.as_ptr())
             .ok_or(Error::Invalid("cm_id's device is not in the device list"))
+    }
+
+    /// The device context this id is bound to, kept open by the id itself (the id is destroyed
+    /// only once this context and every clone of it are gone, as well as the `CmId`). A QP on
+    /// the id must be made on a PD of exactly this context (librdmacm's `rdma_create_qp`
+    /// refuses another: `id->verbs != pd->context`), so this is the one to build on.
+    ///
+    /// Why not take it from a device list: the id's context is the one librdmacm's device
+    /// entry had when the id got its device, and a later `rdma_get_devices` may list another
+    /// context for the same device. librdmacm (rdma-core v30 to v51, cma.c `sync_devices_list`)
+    /// refreshes its list by merging libibverbs' old and new device arrays, both sorted by
+    /// pointer with a comparator that truncated the pointer difference to `int`
+    /// (`dev_cmp`, fixed by rdma-core commit c4a5ac8, "librdmacm: Fix an overflow bug in qsort
+    /// comparison function", v52). In a process with several threads the `ibv_device`s of
+    /// devices found at different times can come from different malloc arenas, far apart, and
+    /// then the sort can be wrong (whether it is depends on the addresses); the merge then
+    /// takes a device that is still there for removed: its entry is marked dead (kept, with its context, while ids hold
+    /// it) and a new entry opens the device again with a fresh context. A connect request
+    /// whose id got the device before that refresh carries the old context, which no list
+    /// shows any more; the context itself stays valid for the id's life.
+    pub fn own_context(&self) -> Result<Context> {
+        Ok(Context::held_by_id(
+            self.verbs()?,
+            Arc::clone(&self.core),
+            self.lib(),
+        ))
+    }
+
+    /// Whether `devices` lists this id's device, under its own context or another one
+    /// ([`Context::same_device`]). False for an id with no device.
+    pub fn device_listed(&self, devices: &Arc<Devices>) -> bool {
+        self.own_context()
+            .is_ok_and(|c| devices.same_device(&c).is_some())
     }
 
     /// Makes this id's RC QP on `pd` (which must be on this id's device), with an SRQ for
@@ -514,10 +587,10 @@ impl CmId {
         };
         // SAFETY: raw is live; pd, CQs and SRQ are live objects (their Arcs go into the Qp,
         // so they outlive it); attr is valid for the call.
-        let rc = unsafe { (self.lib().rdma_create_qp)(self.raw.as_ptr(), pd.as_ptr(), &mut attr) };
+        let rc = unsafe { (self.lib().rdma_create_qp)(self.raw(), pd.as_ptr(), &mut attr) };
         self.check("rdma_create_qp", rc)?;
         // SAFETY: rdma_create_qp succeeded, so id->qp is the new QP.
-        let raw = NonNull::new(unsafe { (*self.raw.as_ptr()).qp })
+        let raw = NonNull::new(unsafe { (*self.raw()).qp })
             .ok_or(Error::Invalid("rdma_create_qp left no QP"))?;
         // SAFETY: raw was made on exactly these objects; CmId::drop destroys it before
         // dropping the Qp (and so its Arcs).
@@ -534,7 +607,7 @@ impl CmId {
             Ok(qp) => Ok(self.qp.insert(qp)),
             Err(e) => {
                 // SAFETY: the QP was just made on this id and is not used elsewhere.
-                unsafe { (self.lib().rdma_destroy_qp)(self.raw.as_ptr()) };
+                unsafe { (self.lib().rdma_destroy_qp)(self.raw()) };
                 Err(e)
             }
         }
@@ -546,25 +619,33 @@ impl CmId {
 
     /// Moves this id (and its future events) to `channel`: a connection accepted on a listener's
     /// channel continues on the channel of the reactor that serves it.
+    /// Only before a context is taken from the id (`own_context`): the channel is the id's, and
+    /// moves with it.
     pub fn migrate(&mut self, channel: &EventChannel) -> Result<()> {
+        let lib = self.lib();
+        let core = Arc::get_mut(&mut self.core).ok_or(Error::Invalid(
+            "cm_id migrated after a context was taken from it",
+        ))?;
         // SAFETY: raw is a live id and channel a live event channel; the id's Arc moves to the
         // new channel below, so the channel outlives the id.
-        let rc = unsafe { (self.lib().rdma_migrate_id)(self.raw.as_ptr(), channel.0.raw.as_ptr()) };
-        self.check("rdma_migrate_id", rc)?;
-        self.channel = channel.clone();
+        let rc = unsafe { (lib.rdma_migrate_id)(core.raw.as_ptr(), channel.0.raw.as_ptr()) };
+        if rc != 0 {
+            return Err(last_os("rdma_migrate_id"));
+        }
+        core.channel = channel.clone();
         Ok(())
     }
 
     /// The local address (`rdma_get_local_addr`), once bound or connected.
     pub fn local_addr(&self) -> Option<SocketAddr> {
         // SAFETY: raw is a live id; librdmacm fills route.addr and keeps it while the id lives.
-        from_sockaddr(unsafe { &(*self.raw.as_ptr()).src_addr })
+        from_sockaddr(unsafe { &(*self.raw()).src_addr })
     }
 
     /// The peer's address (`rdma_get_peer_addr`), for a connected or requesting id.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         // SAFETY: as local_addr.
-        from_sockaddr(unsafe { &(*self.raw.as_ptr()).dst_addr })
+        from_sockaddr(unsafe { &(*self.raw()).dst_addr })
     }
 
     /// Connects (after `RouteResolved`), sending `private` in the request.
@@ -572,7 +653,7 @@ impl CmId {
         let mut p = param.raw(private)?;
         // SAFETY: raw is live; p and the private data it points to are valid for the call
         // (librdmacm copies the private data).
-        let rc = unsafe { (self.lib().rdma_connect)(self.raw.as_ptr(), &mut p) };
+        let rc = unsafe { (self.lib().rdma_connect)(self.raw(), &mut p) };
         self.check("rdma_connect", rc)
     }
 
@@ -580,7 +661,7 @@ impl CmId {
     pub fn accept(&self, param: &ConnParam, private: &[u8]) -> Result<()> {
         let mut p = param.raw(private)?;
         // SAFETY: as connect.
-        let rc = unsafe { (self.lib().rdma_accept)(self.raw.as_ptr(), &mut p) };
+        let rc = unsafe { (self.lib().rdma_accept)(self.raw(), &mut p) };
         self.check("rdma_accept", rc)
     }
 
@@ -594,7 +675,7 @@ impl CmId {
             private.as_ptr().cast()
         };
         // SAFETY: raw is live; ptr/len describe private (copied by librdmacm).
-        let rc = unsafe { (self.lib().rdma_reject)(self.raw.as_ptr(), ptr, len) };
+        let rc = unsafe { (self.lib().rdma_reject)(self.raw(), ptr, len) };
         self.check("rdma_reject", rc)
     }
 
@@ -604,7 +685,7 @@ impl CmId {
     /// WRs complete as flushed.
     pub fn disconnect(&self) -> Result<()> {
         // SAFETY: raw is a live id.
-        let rc = unsafe { (self.lib().rdma_disconnect)(self.raw.as_ptr()) };
+        let rc = unsafe { (self.lib().rdma_disconnect)(self.raw()) };
         self.check("rdma_disconnect", rc)
     }
 }
@@ -613,15 +694,11 @@ impl Drop for CmId {
     fn drop(&mut self) {
         if self.qp.is_some() {
             // SAFETY: the id's QP, destroyed once; the Qp (and its Arcs) drops after.
-            unsafe { (self.lib().rdma_destroy_qp)(self.raw.as_ptr()) };
-        }
-        // SAFETY: raw came from rdma_create_id or a connect request and is destroyed once;
-        // every event on it was acknowledged in EventChannel::poll, so this cannot wait forever.
-        let rc = unsafe { (self.lib().rdma_destroy_id)(self.raw.as_ptr()) };
-        if rc != 0 {
-            tracing::warn!(error = %io::Error::last_os_error(), "rdma_destroy_id failed");
+            unsafe { (self.lib().rdma_destroy_qp)(self.raw()) };
         }
         self.qp = None;
+        // The id itself goes with the last holder of `core` (IdCore::drop): now, unless a
+        // context taken from it is still in use.
     }
 }
 

@@ -1,14 +1,16 @@
 //! The RDMA devices librdmacm has opened ([`Devices`]) and one device's context ([`Context`]).
 
-use super::sys::{self, ibv_context, Lib};
+use super::cm::{IdCore, IdHandle};
+use super::sys::{self, ibv_context, ibv_device, Lib};
 use super::{last_os, Result};
 use std::ffi::CStr;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
 /// `rdma_get_devices()`: every RDMA device, opened by librdmacm, kept open until this list is
-/// dropped (`rdma_free_devices`). A cm_id's `verbs` context is one of these; PDs and CQs made
-/// on it hold the list so the context outlives them.
+/// dropped (`rdma_free_devices`). A cm_id's `verbs` context is usually one of these (not
+/// always: see [`super::CmId::own_context`]); PDs and CQs made on a listed context hold the
+/// list so the context outlives them.
 pub struct Devices {
     list: NonNull<*mut ibv_context>,
     len: usize,
@@ -54,7 +56,8 @@ impl Devices {
     pub fn get(self: &Arc<Self>, i: usize) -> Option<Context> {
         (i < self.len).then(|| Context {
             raw: NonNull::new(self.raw(i)).expect("rdma_get_devices entry is NULL"),
-            devices: Arc::clone(self),
+            keep: Keep::List(Arc::clone(self)),
+            lib: self.lib,
         })
     }
 
@@ -75,34 +78,77 @@ impl Drop for Devices {
     }
 }
 
-/// One opened device (`struct ibv_context`), borrowed from [`Devices`].
+/// What keeps a [`Context`] open.
+#[derive(Clone)]
+enum Keep {
+    /// A device list (`rdma_get_devices` counts a hold on each listed context until
+    /// `rdma_free_devices`). Only held, never read.
+    List(#[allow(dead_code)] Arc<Devices>),
+    /// A cm_id bound to the device: librdmacm holds the id's device (and so its `verbs`
+    /// context) open until the id is destroyed (cma.c: `ucma_get_device` takes a reference that
+    /// `rdma_destroy_id` puts back), whether or not a later device list still shows that context.
+    Id(Arc<IdCore>),
+}
+
+/// One opened device (`struct ibv_context`), borrowed from a [`Devices`] list or from a cm_id
+/// bound to it ([`super::CmId::own_context`]), which stays alive as long as any clone does.
 #[derive(Clone)]
 pub struct Context {
     raw: NonNull<ibv_context>,
-    devices: Arc<Devices>,
+    keep: Keep,
+    lib: &'static Lib,
 }
 
-// SAFETY: a context is a thread-safe libibverbs object; the Arc keeps it open.
+// SAFETY: a context is a thread-safe libibverbs object; what `keep` holds keeps it open, and
+// is itself only dropped through the Arc (see IdCore's Send/Sync).
 unsafe impl Send for Context {}
 // SAFETY: see Send.
 unsafe impl Sync for Context {}
 
 impl Context {
+    /// The context `raw` (a live id's `verbs`), kept open by the id itself.
+    pub(crate) fn held_by_id(
+        raw: NonNull<ibv_context>,
+        id: Arc<IdCore>,
+        lib: &'static Lib,
+    ) -> Self {
+        Context {
+            raw,
+            keep: Keep::Id(id),
+            lib,
+        }
+    }
+
     pub(crate) fn as_ptr(&self) -> *mut ibv_context {
         self.raw.as_ptr()
     }
 
     pub(crate) fn lib(&self) -> &'static Lib {
-        self.devices.lib
+        self.lib
+    }
+
+    /// The cm_id keeping this context open, when a cm_id does (not a device list).
+    pub fn held_by(&self) -> Option<IdHandle> {
+        match &self.keep {
+            Keep::Id(core) => Some(core.handle()),
+            Keep::List(_) => None,
+        }
+    }
+
+    /// libibverbs' device of this context (`ibv_context.device`). libibverbs keeps one
+    /// `ibv_device` per kernel device for as long as that device exists, and every context opened
+    /// on it holds it (`verbs_init_context`), so while this context is open the pointer names
+    /// this device and no other.
+    fn device(&self) -> *mut ibv_device {
+        // SAFETY: raw is an open context (kept open by self.keep); libibverbs sets its device
+        // pointer when opening it and never changes it.
+        unsafe { (*self.raw.as_ptr()).device }
     }
 
     /// The device's name (`rxe0`, `mlx5_0`).
     pub fn name(&self) -> String {
-        // SAFETY: raw is an open context (kept open by self.devices); its device pointer is set
-        // by libibverbs for the context's life.
-        let dev = unsafe { (*self.raw.as_ptr()).device };
-        // SAFETY: dev is the context's device; the name it returns lives as long as the device.
-        let name = unsafe { (self.lib().ibv_get_device_name)(dev) };
+        // SAFETY: the context's device, alive while the context is (see `device`).
+        let name = unsafe { (self.lib.ibv_get_device_name)(self.device()) };
         if name.is_null() {
             return "?".into();
         }
@@ -111,12 +157,47 @@ impl Context {
             .to_string_lossy()
             .into_owned()
     }
+
+    /// The device's node GUID (`ibv_get_device_guid`, in host byte order; 0 when unknown).
+    pub fn guid(&self) -> u64 {
+        // SAFETY: the context's device, alive while the context is (see `device`).
+        u64::from_be(unsafe { (self.lib.ibv_get_device_guid)(self.device()) })
+    }
+
+    /// Whether `other` is on the same RDMA device, maybe through another context: the same
+    /// context; else the same libibverbs device; else the same name and (known) node GUID. Two
+    /// contexts of one device exist when librdmacm, refreshing its device list, took a device
+    /// that is still there for gone and opened it again (rdma-core before v52 can do this when
+    /// another device is added, see [`super::CmId::own_context`]): ids made
+    /// before carry the old context, later ones and later lists the new one. The name and GUID
+    /// also match a device libibverbs dropped and found again under the same name (it keys
+    /// devices by uverbs name and kernel index).
+    pub fn same_device(&self, other: &Context) -> bool {
+        if self.raw == other.raw || self.device() == other.device() {
+            return true;
+        }
+        let g = self.guid();
+        g != 0 && g == other.guid() && self.name() == other.name()
+    }
+}
+
+impl Devices {
+    /// The context in this list for the same device as `ctx` ([`Context::same_device`]).
+    pub fn same_device(self: &Arc<Self>, ctx: &Context) -> Option<Context> {
+        if let Some(c) = self.find(ctx.as_ptr()) {
+            return Some(c);
+        }
+        (0..self.len)
+            .filter_map(|i| self.get(i))
+            .find(|c| c.same_device(ctx))
+    }
 }
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Context")
             .field("name", &self.name())
+            .field("held_by_id", &self.held_by().is_some())
             .finish()
     }
 }

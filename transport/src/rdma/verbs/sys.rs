@@ -383,6 +383,7 @@ macro_rules! library {
 
 library! {
     ibv_get_device_name: ibv = fn(*mut ibv_device) -> *const c_char;
+    ibv_get_device_guid: ibv = fn(*mut ibv_device) -> u64;
     ibv_alloc_pd: ibv = fn(*mut ibv_context) -> *mut ibv_pd;
     ibv_dealloc_pd: ibv = fn(*mut ibv_pd) -> c_int;
     ibv_reg_mr: ibv = fn(*mut ibv_pd, *mut c_void, usize, c_int) -> *mut ibv_mr;

@@ -96,7 +96,7 @@ else
     results+=("$(printf '%-12s %-5s %5s  %s' rpc SKIP - "no binary: the build failed")")
 fi
 if ((build_ok)); then
-    step nvme-vfio 1200 env NVMFD_BIN_DIR=build/release tests/e2e/nvme-vfio.sh || true
+    step nvme-vfio 1650 env NVMFD_BIN_DIR=build/release tests/e2e/nvme-vfio.sh || true
 else
     results+=("$(printf '%-12s %-5s %5s  %s' nvme-vfio SKIP - "no binary: the build failed")")
 fi

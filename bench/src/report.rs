@@ -15,9 +15,10 @@
 //!   side); a P2P byte zero times when NIC and SSD meet below it (a switch), once when their
 //!   common point is the root complex; a TCP-staged byte twice (NIC DMA in, CPU write out).
 //! - Ceiling: the narrowest hop of the path each mode uses, divided by how often a byte crosses
-//!   it, and the DRAM bandwidth (if given) divided by the DRAM passes. Link bandwidth per
-//!   direction = GT/s x width x encoding (8b/10b to 5 GT/s, 128b/130b to 32 GT/s, 242/256
-//!   above) / 8.
+//!   it, and the DRAM bandwidth (if given) divided by the DRAM passes. A link's bandwidth per
+//!   direction is the topology's own `gbps` (Gbit/s after line encoding, computed once by
+//!   `nvmfd topology`, docs/p2p.md "JSON") / 8; a topology recorded without it has no link
+//!   bandwidths (the ceiling then says so).
 //!
 //! It is a model: it does not measure PCIe or DRAM, it multiplies measured bytes by stated
 //! assumptions.
@@ -91,23 +92,18 @@ pub struct Hop {
     /// The function below the link and the one above it.
     pub below: String,
     pub above: String,
+    /// For the label.
     pub speed_gts: Option<f64>,
     pub width: Option<u32>,
+    /// Usable bandwidth per direction in Gbit/s, as `nvmfd topology --json` computed it
+    /// (`current_link.gbps`); `None` when it is unknown or was not recorded.
+    pub gbps: Option<f64>,
 }
 
 impl Hop {
-    /// Usable bandwidth per direction in GB/s.
+    /// Usable bandwidth per direction in GB/s: the topology's `gbps` in bytes.
     pub fn gbytes_per_s(&self) -> Option<f64> {
-        let s = self.speed_gts?;
-        let w = self.width? as f64;
-        let eff = if s <= 5.0 {
-            0.8
-        } else if s < 64.0 {
-            128.0 / 130.0
-        } else {
-            242.0 / 256.0
-        };
-        Some(s * w * eff / 8.0)
+        Some(self.gbps? / 8.0)
     }
 
     pub fn label(&self) -> String {
@@ -174,6 +170,7 @@ pub fn hops_to_root(topo: &Value, bdf: &str) -> Result<Vec<Hop>, String> {
                     .and_then(|l| l.get("width"))
                     .and_then(Value::as_u64)
                     .map(|w| w as u32),
+                gbps: link.and_then(|l| l.get("gbps")).and_then(Value::as_f64),
             });
         }
     }
@@ -256,7 +253,10 @@ fn ceiling_of(path: &[(Hop, u64)], passes: u64, dram_gbs: Option<f64>) -> Ceilin
     }
     Ceiling {
         gbs: best.as_ref().map(|c| c.0),
-        limit: best.map_or("no link speeds recorded".to_string(), |c| c.1),
+        limit: best.map_or(
+            "no link bandwidth recorded (the topology has no `gbps`)".to_string(),
+            |c| c.1,
+        ),
     }
 }
 

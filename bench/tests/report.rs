@@ -107,6 +107,61 @@ fn paths_and_meeting_points() {
     assert!(hops_to_root(&t, "0000:09:00.0").is_err());
 }
 
+/// The fixture's `gbps` values are what `nvmfd topology --json` writes for those links (the
+/// model's one computation), and the report reads them rather than working its own out: a
+/// topology without `gbps` has no link bandwidth at all.
+#[test]
+fn link_bandwidth_comes_from_the_topology() {
+    let t = topo();
+    let funcs = t["topology"]["functions"].as_object().unwrap();
+    let mut links = 0;
+    for f in funcs.values() {
+        for key in ["current_link", "max_link"] {
+            let l = &f[key];
+            let model = nvmfd_p2p::topology::Link {
+                speed_gts: l["speed_gts"].as_f64(),
+                width: l["width"].as_u64().map(|w| w as u32),
+            };
+            let emitted = serde_json::to_value(&model).unwrap();
+            let mut keys: Vec<&String> = emitted.as_object().unwrap().keys().collect();
+            let mut want: Vec<&String> = l.as_object().unwrap().keys().collect();
+            keys.sort();
+            want.sort();
+            assert_eq!(keys, want, "{f}");
+            assert!(
+                close(
+                    emitted["gbps"].as_f64().unwrap(),
+                    l["gbps"].as_f64().unwrap()
+                ),
+                "{f}: nvmfd writes {emitted}"
+            );
+            links += 1;
+        }
+    }
+    assert_eq!(links, 16);
+    // Without the key: no bandwidth, whatever speed and width say.
+    let mut old = t.clone();
+    for f in old["topology"]["functions"]
+        .as_object_mut()
+        .unwrap()
+        .values_mut()
+    {
+        f["current_link"].as_object_mut().unwrap().remove("gbps");
+    }
+    let h = hops_to_root(&old, "0000:03:00.0").unwrap();
+    assert_eq!(h[0].speed_gts, Some(8.0));
+    assert_eq!(h[0].gbytes_per_s(), None);
+    let mut r = results("rdma", "0000:03:00.0");
+    r.dram_gbs = None;
+    let (b, _) = report::ceilings(&r, &old).unwrap();
+    assert_eq!(b.gbs, None);
+    assert!(
+        b.limit.contains("no link bandwidth recorded"),
+        "{}",
+        b.limit
+    );
+}
+
 #[test]
 fn rdma_model_below_a_switch() {
     let m = model(&results("rdma", "0000:03:00.0"), &topo()).unwrap();

@@ -14,6 +14,9 @@
 #                     written), or a version prefix of one of them ("6.1", "7.2", a full KVER);
 #                     default $RIG_KERNEL or stable
 #   --timeout SECS    whole-run limit, boot included (default $RIG_TIMEOUT or 900)
+#   --cpu MODEL       QEMU CPU model (default $RIG_CPU or max; under TCG "max" is an
+#                     AuthenticAMD family 15 CPU), e.g. EPYC (AMD family 0x17) or
+#                     Skylake-Client (GenuineIntel family 6); `qemu-system-x86_64 -cpu help`
 #   --out DIR         host folder mounted writable at the same path in the guest; the script
 #                     finds it in $RIG_OUT (default: a fresh folder under the run folder)
 #   --log FILE        console log (default: RUN_DIR/console.log)
@@ -21,8 +24,9 @@
 #   --hostid UUID     guest's /etc/nvme/hostid (default: unique per run)
 #   -e NAME=VALUE     export NAME=VALUE to SCRIPT (repeatable); E2E_* variables pass through too
 #   -q, --quiet       do not copy the console to stdout (it is still logged)
-# Environment: RIG_MEM (MiB, default 2048), RIG_SMP (default 2), RIG_PRINTK (guest console log
-#   level, default 4), RIG_QEMU_EXTRA (extra QEMU arguments, word-split), RIG_CACHE.
+# Environment: RIG_MEM (MiB, default 2048), RIG_SMP (default 2), RIG_CPU (see --cpu),
+#   RIG_PRINTK (guest console log level, default 4), RIG_QEMU_EXTRA (extra QEMU arguments,
+#   word-split), RIG_CACHE.
 #
 # Exit code: the script's, parsed from the "NVMFD-GUEST-EXIT=<rc>" marker the guest's /init
 # prints; 124 when the time ran out; 125 when the rig itself failed (no marker, no QEMU, ...).
@@ -36,6 +40,7 @@ die() { log "ERROR: $*"; exit 125; }
 usage() { sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0" >&2; exit 125; }
 
 timeout_s=${RIG_TIMEOUT:-900}
+cpu_model=${RIG_CPU:-max}
 kernel_name=${RIG_KERNEL:-stable}
 out_dir="" console_log="" hostnqn=${RIG_HOSTNQN:-} hostid=${RIG_HOSTID:-} quiet=0
 envs=()
@@ -43,6 +48,7 @@ while (($#)); do
     case $1 in
     --kernel) kernel_name=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
+    --cpu) cpu_model=$2; shift 2 ;;
     --out) out_dir=$2; shift 2 ;;
     --log) console_log=$2; shift 2 ;;
     --hostnqn) hostnqn=$2; shift 2 ;;
@@ -144,7 +150,7 @@ append+=" rig.timeout=$guest_timeout rig.printk=${RIG_PRINTK:-4}"
 # shellcheck disable=SC2054  # the commas are QEMU option syntax
 qemu=(
     qemu-system-x86_64
-    -machine q35 -accel tcg,thread=multi -cpu max
+    -machine q35 -accel tcg,thread=multi -cpu "$cpu_model"
     -smp "${RIG_SMP:-2}" -m "${RIG_MEM:-2048}"
     -nographic -no-reboot
     # -nographic alone multiplexes the monitor onto stdio; we want only the serial console
@@ -168,7 +174,7 @@ fi
 
 # One boot; sets qrc (QEMU's exit code) and elapsed. Exits 125 when a signal stopped it.
 boot() {
-    log "booting $KVER: $script${*:+ $*} (timeout ${timeout_s}s, log $console_log)"
+    log "booting $KVER, CPU $cpu_model: $script${*:+ $*} (timeout ${timeout_s}s, log $console_log)"
     start=$(date +%s)
     # QEMU runs in the background so that a signal to this script reaches it: stopping the
     # test must not leave a guest running until its time limit. (Not `>/dev/stdout`: that

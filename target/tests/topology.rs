@@ -99,6 +99,8 @@ fn json_report_has_the_documented_keys() {
     assert_eq!(ssd["bars"][1]["index"], 2);
     assert_eq!(ssd["bars"][1]["bus_address"], "0x104000000");
     assert_eq!(ssd["current_link"]["width"], 1);
+    // 2.5 GT/s x1 with 8b/10b: 2 Gbit/s per direction, the model's own figure.
+    assert_eq!(ssd["current_link"]["gbps"], 2.0);
     let dn = &v["topology"]["functions"]["0000:02:00.0"];
     assert_eq!(dn["port_type"], "switch_downstream");
     assert_eq!(dn["acs"]["state"], "absent");

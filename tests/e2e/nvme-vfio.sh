@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # tests/e2e/nvme-vfio.sh - boot the rig's guest with an emulated NVMe SSD (64 MiB CMB, behind an
 # emulated PCIe switch, intel-iommu; namespace 2 on a blkdebug image that fails some I/O,
-# namespace 3 answering after 7 s) and run tests/e2e/guest-nvme-vfio.sh in it: the userspace
-# VFIO driver end to end.
+# namespace 3 answering after 7 s; an e1000e NIC on the switch's other downstream port) and run
+# tests/e2e/guest-nvme-vfio.sh in it: the userspace VFIO driver end to end, on an Intel-modelled
+# CPU (E2E_CPU, default Skylake-Client: GenuineIntel family 6; its topology check must refuse
+# peer-to-peer through q35's root complex, which is not on Linux's whitelist). Then one short
+# boot per CPU model in E2E_TOPO_CPUS (default EPYC, AuthenticAMD family 0x17, which must flip
+# that verdict), same devices, running only the topology check (tests/e2e/guest-p2p-topology.sh).
+# (Under TCG QEMU's default `-cpu max` is an AuthenticAMD family 15: neither of the two.)
 #
 #   tests/e2e/nvme-vfio.sh            (builds nothing: uses build/debug or $NVMFD_BIN_DIR)
 #
@@ -11,8 +16,12 @@
 # The guest's kernel command line gets intel_iommu=on (through RIG_APPEND) and no_timer_check
 # (a loaded host once made the TCG guest panic with "IO-APIC + timer doesn't work").
 # Environment: NVMFD_BIN_DIR (default build/debug), E2E_WORK (default build/e2e-nvme),
-#   E2E_TIMEOUT (default 1150: under the 1200 s step limit of deploy/test.sh; the boot now also
-#   runs the P2P checks over TCP and RDMA).
+#   E2E_TIMEOUT (default 1150 for the main boot; the boot now also runs the P2P checks over TCP
+#   and RDMA), E2E_CPU (the main boot's CPU model, default Skylake-Client), E2E_TOPO_CPUS
+#   (default "EPYC"; empty: no short boots; "max" runs QEMU's default model without an
+#   expected vendor),
+#   E2E_TOPO_TIMEOUT (default 240, each short boot), E2E_TOPO_ONLY=1 (only the short boots).
+#   deploy/test.sh's step limit covers all of them.
 set -euo pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BIN=$(realpath "${NVMFD_BIN_DIR:-$REPO/build/debug}")
@@ -57,6 +66,13 @@ export RIG_QEMU_EXTRA="-device intel-iommu,intremap=off
  -drive if=none,id=d1,file=blkdebug:$WORK/blkdebug.conf:$bad,format=raw
  -device nvme,id=nvme0,serial=cmb0,cmb_size_mb=64,drive=d0,bus=dn1
  -device nvme-ns,drive=d1,bus=nvme0,nsid=2"
+# Issue 11: a second endpoint on the switch, the peer the topology check decides against the
+# SSD (bus addresses, distance 4). A NIC, as a real P2P client would be, whose driver the rig
+# never loads (e1000e is a module outside its initramfs list): it shares the switch's IOMMU group
+# with the SSD (no ACS on QEMU's switch ports), and a bound driver would make that group
+# unusable for VFIO. No option ROM (SeaBIOS would run it at every boot).
+RIG_QEMU_EXTRA+="
+ -device e1000e,id=nic1,bus=dn2,romfile="
 # s16 (issue 10, error handling): namespace 3 answers every I/O after 7 s (null-co latency), so
 # with io_timeout_ms: 250 the driver aborts (0.25 s) and then resets the controller (0.5 s), or,
 # with the test-only NVMFD_TEST_ONLY_NVME_RESET_FAIL, fails to reset it and gives it up; 6.5 s
@@ -70,8 +86,31 @@ RIG_QEMU_EXTRA+="
  -device nvme-ns,drive=slow0,bus=nvme0,nsid=3"
 start=$(date +%s)
 rc=0
-"$REPO/deploy/rig/run-guest.sh" --kernel newest --timeout "${E2E_TIMEOUT:-1150}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
-    -e "E2E_KDIR=$RIG_CACHE/kernel/$KVER" \
-    "$REPO/tests/e2e/guest-nvme-vfio.sh" || rc=$?
-echo "nvme-vfio: guest exited $rc after $(($(date +%s) - start)) s"
+if [[ ${E2E_TOPO_ONLY:-0} != 1 ]]; then
+    "$REPO/deploy/rig/run-guest.sh" --kernel newest --cpu "${E2E_CPU:-Skylake-Client}" --timeout "${E2E_TIMEOUT:-1150}" -e "NVMFD_BIN_DIR=$WORK/bin" -e "E2E_WORK=$WORK" \
+        -e "E2E_KDIR=$RIG_CACHE/kernel/$KVER" \
+        "$REPO/tests/e2e/guest-nvme-vfio.sh" || rc=$?
+    echo "nvme-vfio: guest exited $rc after $(($(date +%s) - start)) s"
+fi
+# The short boots: the same devices and kernel, only the topology check, with the CPU model's
+# vendor and family expected in /proc/cpuinfo (QEMU's model definitions).
+for cpu in ${E2E_TOPO_CPUS-EPYC}; do
+    case $cpu in
+    EPYC*) want="AuthenticAMD 23" ;;
+    max) want="" ;; # what the main boot runs; QEMU's versions differ in what it models
+    Skylake* | Cascadelake* | Icelake* | Broadwell* | Haswell*) want="GenuineIntel 6" ;;
+    *)
+        echo "nvme-vfio: no expected vendor/family for CPU model $cpu" >&2
+        if ((rc == 0)); then rc=2; fi
+        continue
+        ;;
+    esac
+    start=$(date +%s)
+    trc=0
+    "$REPO/deploy/rig/run-guest.sh" --kernel newest --cpu "$cpu" --timeout "${E2E_TOPO_TIMEOUT:-240}" \
+        -e "NVMFD_BIN_DIR=$WORK/bin" -e "TOPO_WANT_CPU=$want" -e "TOPO_WANT_MODEL=$cpu" \
+        "$REPO/tests/e2e/guest-p2p-topology.sh" || trc=$?
+    echo "nvme-vfio: topology boot with -cpu $cpu exited $trc after $(($(date +%s) - start)) s"
+    if ((rc == 0)); then rc=$trc; fi
+done
 exit "$rc"

@@ -62,8 +62,10 @@ mod hex {
     }
 }
 
-/// A link's speed and width as sysfs reports them.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A link's speed and width as sysfs reports them. In JSON it also carries `gbps`, its
+/// [`Link::gbps`], so readers of `nvmfd topology --json` (the bench report) use this one
+/// computation instead of their own.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Link {
     /// Transfer rate in GT/s (`None` when sysfs says "Unknown").
     pub speed_gts: Option<f64>,
@@ -71,9 +73,21 @@ pub struct Link {
     pub width: Option<u32>,
 }
 
+impl Serialize for Link {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Link", 3)?;
+        st.serialize_field("speed_gts", &self.speed_gts)?;
+        st.serialize_field("width", &self.width)?;
+        st.serialize_field("gbps", &self.gbps())?;
+        st.end()
+    }
+}
+
 impl Link {
-    /// Usable bandwidth in Gbit/s after line encoding (8b/10b up to 5 GT/s, 128b/130b for
-    /// 8–32 GT/s, FLIT mode from 64 GT/s taken as 242/256).
+    /// Usable bandwidth per direction in Gbit/s after line encoding (8b/10b up to 5 GT/s,
+    /// 128b/130b for 8–32 GT/s, FLIT mode from 64 GT/s taken as 242/256); `None` when the speed
+    /// or the width is unknown.
     pub fn gbps(&self) -> Option<f64> {
         let s = self.speed_gts?;
         let w = self.width? as f64;
@@ -721,6 +735,34 @@ mod tests {
         );
         assert_eq!(parse_speed("16.0 GT/s PCIe"), Some(16.0));
         assert_eq!(parse_speed("Unknown"), None);
+    }
+
+    #[test]
+    fn link_json_carries_its_bandwidth() {
+        // 16 GT/s x8, 128b/130b: 16 x 8 x 128 / 130 = 126.0307... Gbit/s.
+        let v = serde_json::to_value(Link {
+            speed_gts: Some(16.0),
+            width: Some(8),
+        })
+        .unwrap();
+        assert_eq!(v["speed_gts"], 16.0);
+        assert_eq!(v["width"], 8);
+        assert!((v["gbps"].as_f64().unwrap() - 16.0 * 8.0 * 128.0 / 130.0).abs() < 1e-9);
+        // 64 GT/s x4 in FLIT mode, 242/256: 242 Gbit/s.
+        let flit = serde_json::to_value(Link {
+            speed_gts: Some(64.0),
+            width: Some(4),
+        })
+        .unwrap();
+        assert!((flit["gbps"].as_f64().unwrap() - 242.0).abs() < 1e-9);
+        // Unknown speed: the key is there, null.
+        let unknown = serde_json::to_value(Link {
+            speed_gts: None,
+            width: Some(4),
+        })
+        .unwrap();
+        assert!(unknown.as_object().unwrap().contains_key("gbps"));
+        assert!(unknown["gbps"].is_null());
     }
 
     #[test]

@@ -196,6 +196,36 @@ struct Reactor<G: PollGroup> {
     polls_idle: u64,
 }
 
+/// The clock of one batch of events or completions: read at most once, when first needed.
+struct BatchClock {
+    epoch: Instant,
+    at: Option<(Instant, u64)>,
+}
+
+impl BatchClock {
+    fn new(epoch: Instant) -> Self {
+        BatchClock { epoch, at: None }
+    }
+
+    fn read(&mut self) -> (Instant, u64) {
+        let epoch = self.epoch;
+        *self.at.get_or_insert_with(|| {
+            let now = Instant::now();
+            (now, stats::ns_since(epoch, now))
+        })
+    }
+
+    /// The time.
+    fn now(&mut self) -> Instant {
+        self.read().0
+    }
+
+    /// The time as the counters keep it: nanoseconds since the reactor's epoch.
+    fn ns(&mut self) -> u64 {
+        self.read().1
+    }
+}
+
 /// What counting a command needs besides its connection: the ids and the snapshot they are for,
 /// and the time (read once per batch).
 struct Count<'a> {
@@ -226,6 +256,9 @@ fn track_start(stats: &mut IoStats, cnt: &Count, c: &mut Conn, slot: u16, sqe: &
 /// Count command `slot` of `c` as answered with `status`.
 #[inline]
 fn track_finish(stats: &mut IoStats, cnt: &Count, c: &mut Conn, slot: u16, status: Status) {
+    if !stats.any_tracked() {
+        return;
+    }
     let Some(t) = c.track.get_mut(slot as usize) else {
         return;
     };
@@ -420,8 +453,10 @@ impl<G: PollGroup> Reactor<G> {
         } = self;
         let side = &mut sides[gi];
         let mut work = false;
-        // The clock is read once per batch of commands, not once per command.
-        let mut now = None;
+        // The clock is read at most once per batch of commands, and only if something needs it:
+        // counting (the metrics endpoint is served), or an admin command or Connect (the
+        // keep-alive timer). I/O commands on their own never read it.
+        let mut clock = BatchClock::new(*epoch);
         let mut cnt = Count {
             ids,
             target,
@@ -460,9 +495,10 @@ impl<G: PollGroup> Reactor<G> {
                     let Some(c) = side.conns[conn as usize].as_mut() else {
                         continue;
                     };
+                    if side.stats.tracking() {
+                        cnt.now_ns = clock.ns();
+                    }
                     if side.stats.on {
-                        let n = *now.get_or_insert_with(Instant::now);
-                        cnt.now_ns = stats::ns_since(*epoch, n);
                         track_start(&mut side.stats, &cnt, c, slot, &sqe);
                     }
                     match c.qp.admit(&sqe, desc) {
@@ -472,16 +508,23 @@ impl<G: PollGroup> Reactor<G> {
                         }
                         Admission::Data(need) => side.group.fetch(conn, slot, need),
                         Admission::Execute => {
-                            let n = *now.get_or_insert_with(Instant::now);
-                            cnt.now_ns = stats::ns_since(*epoch, n);
-                            execute(side, channels, own_pool, deferred, gi, conn, slot, n, &cnt);
+                            if side.stats.tracking() {
+                                cnt.now_ns = clock.ns();
+                            }
+                            execute(
+                                side, channels, own_pool, deferred, gi, conn, slot, &mut clock,
+                                &cnt,
+                            );
                         }
                     }
                 }
                 Event::DataReady { conn, slot } => {
-                    let n = *now.get_or_insert_with(Instant::now);
-                    cnt.now_ns = stats::ns_since(*epoch, n);
-                    execute(side, channels, own_pool, deferred, gi, conn, slot, n, &cnt);
+                    if side.stats.tracking() {
+                        cnt.now_ns = clock.ns();
+                    }
+                    execute(
+                        side, channels, own_pool, deferred, gi, conn, slot, &mut clock, &cnt,
+                    );
                 }
                 Event::Closed { conn, why } => {
                     if let Some(c) = side.conns[conn as usize].take() {
@@ -537,7 +580,7 @@ impl<G: PollGroup> Reactor<G> {
             target: &self.target,
             now_ns: 0,
         };
-        let mut clock_read = !sides.iter().any(|s| s.stats.on);
+        let mut clock_read = !sides.iter().any(|s| s.stats.tracking());
         for ch in self.channels.iter_mut() {
             n += ch.poll(&mut |done: Completion| {
                 if !clock_read {
@@ -623,7 +666,7 @@ fn execute<G: PollGroup>(
     gi: usize,
     conn: ConnId,
     slot: u16,
-    now: Instant,
+    clock: &mut BatchClock,
     cnt: &Count,
 ) {
     let Some(c) = side.conns[conn as usize].as_mut() else {
@@ -631,7 +674,7 @@ fn execute<G: PollGroup>(
     };
     let lend = side.group.takes_lent_data(conn);
     let cap = side.group.capsule_mut(conn, slot);
-    match c.qp.execute(cap, now) {
+    match c.qp.execute_with(cap, || clock.now()) {
         Outcome::Done(resp) => {
             track_finish(&mut side.stats, cnt, c, slot, resp.cqe.status);
             side.group.respond(conn, slot, resp)

@@ -280,13 +280,20 @@ impl QueuePair {
     }
 
     /// Phase two: run an admitted command whose data is in place (host-to-controller data has
-    /// fully arrived; a controller-to-host command has a buffer of the length admitted).
+    /// fully arrived; a controller-to-host command has a buffer of the length admitted). `now`
+    /// is the time, for the commands that need one (see [`Self::execute_with`]).
     pub fn execute(&mut self, cap: &mut Capsule, now: Instant) -> Outcome {
+        self.execute_with(cap, || now)
+    }
+
+    /// [`Self::execute`], the time coming from `clock`, which only admin commands (the
+    /// keep-alive timer) and Connect call: a reactor reads no clock for an I/O command.
+    pub fn execute_with(&mut self, cap: &mut Capsule, clock: impl FnOnce() -> Instant) -> Outcome {
         self.consume_entry();
         let sqe = cap.sqe;
         if sqe.opcode == opcode::FABRICS {
             return match (&self.state, sqe.fctype()) {
-                (State::Unconnected, fctype::CONNECT) => fabrics::connect(self, cap, now),
+                (State::Unconnected, fctype::CONNECT) => fabrics::connect(self, cap, clock()),
                 (_, fctype::CONNECT) => self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0),
                 (State::Unconnected, _) => self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0),
                 (State::Admin(_), fctype::PROPERTY_GET | fctype::PROPERTY_SET) => {
@@ -301,7 +308,7 @@ impl QueuePair {
         }
         match &mut self.state {
             State::Unconnected => self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0),
-            State::Admin(_) => super::admin::execute(self, cap, now),
+            State::Admin(_) => super::admin::execute(self, cap, clock()),
             State::Io {
                 ctrl,
                 subsys,

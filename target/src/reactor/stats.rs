@@ -322,6 +322,9 @@ pub struct IoStats {
     /// Errors by status, at most [`ERR_ENTRIES`] (made with that capacity: no allocation when
     /// one is added).
     pub errors: Vec<ErrEntry>,
+    /// Commands being counted now ([`Track::active`] set): zero once counting is off and the
+    /// last counted command is answered, so the data path then skips its slot lookups.
+    tracked: u64,
 }
 
 /// A command being counted, per transport slot of a connection.
@@ -356,7 +359,21 @@ impl IoStats {
             on: false,
             ns: Vec::new(),
             errors: Vec::with_capacity(ERR_ENTRIES),
+            tracked: 0,
         }
+    }
+
+    /// Whether commands are counted or some still are (counting was on when they were taken):
+    /// when not, taking or answering a command needs no clock.
+    #[inline]
+    pub fn tracking(&self) -> bool {
+        self.on || self.tracked != 0
+    }
+
+    /// Whether some command is being counted: when not, answering one has nothing to count.
+    #[inline]
+    pub fn any_tracked(&self) -> bool {
+        self.tracked != 0
     }
 
     /// Room for `n` ids (the control path, after [`StatIds::update`]).
@@ -378,6 +395,7 @@ impl IoStats {
             return;
         };
         n.in_flight += 1;
+        self.tracked += 1;
         *t = Track {
             start_ns: now_ns,
             id,
@@ -407,6 +425,7 @@ impl IoStats {
             return;
         }
         t.active = false;
+        self.tracked -= 1;
         if !t.held {
             if let Some(n) = self.ns.get_mut(t.id as usize) {
                 n.in_flight -= 1;
@@ -439,6 +458,7 @@ impl IoStats {
                 }
             }
             t.active = false;
+            self.tracked -= 1;
         }
     }
 
@@ -533,6 +553,31 @@ mod tests {
                 ..e
             }]
         );
+    }
+
+    /// Commands counted while counting was on are still tracked once it is off, until they
+    /// are answered or dropped; only then does the data path skip counting altogether.
+    #[test]
+    fn tracking_lasts_until_the_last_counted_command_ends() {
+        let mut s = stats(3);
+        assert!(s.tracking() && !s.any_tracked(), "on, nothing taken yet");
+        let (mut a, mut b, mut c) = (Track::IDLE, Track::IDLE, Track::IDLE);
+        s.start(&mut a, 1, OpClass::Read, 4096, 0);
+        s.start(&mut b, 1, OpClass::Write, 4096, 0);
+        s.start(&mut c, 1, OpClass::Admin, 0, 0);
+        s.hold(&mut c);
+        s.on = false;
+        assert!(s.tracking() && s.any_tracked());
+        s.finish(&mut a, Status::SUCCESS, 10, None);
+        s.drop_track(&mut b);
+        assert!(s.any_tracked(), "the held command is still counted");
+        s.finish(&mut c, Status::SUCCESS, 20, None);
+        assert!(!s.tracking() && !s.any_tracked());
+        // Off, a new command is not counted (and its slot's finish does nothing).
+        s.start(&mut a, 1, OpClass::Read, 4096, 30);
+        assert!(!s.any_tracked() && !a.active);
+        assert_eq!(s.ns[1].commands[OpClass::Read as usize], 1);
+        assert_eq!(s.ns[1].in_flight, 0);
     }
 
     const LBA_OUT_OF_RANGE_ENTRY: ErrEntry = ErrEntry {

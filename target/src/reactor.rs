@@ -462,6 +462,11 @@ impl<G: PollGroup> Reactor<G> {
             target,
             now_ns: 0,
         };
+        let mut dev = Devices {
+            channels,
+            own_pool,
+            deferred,
+        };
         while let Some(ev) = side.group.next_event() {
             work = true;
             match ev {
@@ -501,30 +506,34 @@ impl<G: PollGroup> Reactor<G> {
                     if side.stats.on {
                         track_start(&mut side.stats, &cnt, c, slot, &sqe);
                     }
-                    match c.qp.admit(&sqe, desc) {
+                    let now = match c.qp.admit(&sqe, desc) {
                         Admission::Respond(resp) => {
                             track_finish(&mut side.stats, &cnt, c, slot, resp.cqe.status);
-                            side.group.respond(conn, slot, resp)
+                            side.group.respond(conn, slot, resp);
+                            false
                         }
-                        Admission::Data(need) => side.group.fetch(conn, slot, need),
-                        Admission::Execute => {
-                            if side.stats.tracking() {
-                                cnt.now_ns = clock.ns();
-                            }
-                            execute(
-                                side, channels, own_pool, deferred, gi, conn, slot, &mut clock,
-                                &cnt,
-                            );
+                        // Data in place at once (in-capsule, or a buffer for a read): executed
+                        // now, without the round trip of an Event::DataReady.
+                        Admission::Data(need) => side.group.fetch_ready(conn, slot, need),
+                        Admission::Execute => true,
+                    };
+                    if now {
+                        if side.stats.tracking() {
+                            cnt.now_ns = clock.ns();
                         }
+                        let (group, stats) = (&mut side.group, &mut side.stats);
+                        execute(group, stats, c, &mut dev, gi, conn, slot, &mut clock, &cnt);
                     }
                 }
                 Event::DataReady { conn, slot } => {
+                    let Some(c) = side.conns[conn as usize].as_mut() else {
+                        continue;
+                    };
                     if side.stats.tracking() {
                         cnt.now_ns = clock.ns();
                     }
-                    execute(
-                        side, channels, own_pool, deferred, gi, conn, slot, &mut clock, &cnt,
-                    );
+                    let (group, stats) = (&mut side.group, &mut side.stats);
+                    execute(group, stats, c, &mut dev, gi, conn, slot, &mut clock, &cnt);
                 }
                 Event::Closed { conn, why } => {
                     if let Some(c) = side.conns[conn as usize].take() {
@@ -656,61 +665,66 @@ impl<G: PollGroup> Reactor<G> {
     }
 }
 
-/// Phase two of a command whose data is in place: execute it and carry out the outcome.
+/// What executing a command may need of the reactor's block-device side.
+struct Devices<'a> {
+    channels: &'a mut [Box<dyn BdevChannel>],
+    own_pool: &'a mut BufPool,
+    deferred: &'a mut VecDeque<Deferred>,
+}
+
+/// Phase two of command `slot` of connection `c` (`conn` of group `gi`), its data in place:
+/// execute it and carry out the outcome.
 #[allow(clippy::too_many_arguments)]
 fn execute<G: PollGroup>(
-    side: &mut Side<G>,
-    channels: &mut [Box<dyn BdevChannel>],
-    own_pool: &mut BufPool,
-    deferred: &mut VecDeque<Deferred>,
+    group: &mut G,
+    stats: &mut IoStats,
+    c: &mut Conn,
+    dev: &mut Devices,
     gi: usize,
     conn: ConnId,
     slot: u16,
     clock: &mut BatchClock,
     cnt: &Count,
 ) {
-    let Some(c) = side.conns[conn as usize].as_mut() else {
-        return;
-    };
-    let lend = side.group.takes_lent_data(conn);
-    let cap = side.group.capsule_mut(conn, slot);
+    let cap = group.capsule_mut(conn, slot);
     match c.qp.execute_with(cap, || clock.now()) {
         Outcome::Done(resp) => {
-            track_finish(&mut side.stats, cnt, c, slot, resp.cqe.status);
-            side.group.respond(conn, slot, resp)
+            track_finish(stats, cnt, c, slot, resp.cqe.status);
+            group.respond(conn, slot, resp)
         }
         Outcome::Held => {
             if let Some(t) = c.track.get_mut(slot as usize) {
-                side.stats.hold(t);
+                stats.hold(t);
             }
             c.held.push((cap.sqe.cid, slot))
         }
         Outcome::Io { bdev, mut op } => {
+            let buf = cap.buf.take();
             // Reads go out from a RAM disk's own memory when the connection can send data it
             // never reads (TCP: no data digest): one copy less per byte.
             if let nvmfd_bdev::Op::Read { lba, blocks } = op {
-                if lend {
+                if group.takes_lent_data(conn) {
                     op = nvmfd_bdev::Op::ReadLent { lba, blocks };
                 }
             }
             // A command admitted without data (Flush, Write Zeroes) has no buffer from the
             // group; the I/O carries one of the reactor's own.
             let t = tag(c.generation, gi, conn, slot);
-            let (tag, buf) = match cap.buf.take() {
+            let (tag, buf) = match buf {
                 Some(buf) => (t, buf),
-                None => (t | OWN_BUF, own_pool.get(FLUSH_BUF)),
+                None => (t | OWN_BUF, dev.own_pool.get(FLUSH_BUF)),
             };
             c.in_flight += 1;
             let io = Io { tag, op, buf };
-            if let Err(io) = channels[bdev].submit(io) {
-                deferred.push_back(Deferred { bdev, io });
+            if let Err(io) = dev.channels[bdev].submit(io) {
+                dev.deferred.push_back(Deferred { bdev, io });
             }
         }
     }
     // Once Connect has made this a queue, the transport holds the host to its size.
     if !c.queue_set && c.qp.is_connected() {
         c.queue_set = true;
-        side.group.set_queue(conn, c.qp.qid(), c.qp.sq_entries());
+        group.set_queue(conn, c.qp.qid(), c.qp.sq_entries());
     }
 }
 

@@ -6,7 +6,8 @@
 //!  group.poll_recv()      ─▶ Event::Command { conn, slot, sqe, desc }
 //!  core.admit(sqe, desc)  ─▶ Admission::Respond(resp)  ─▶ group.respond(conn, slot, resp)
 //!                         ─▶ Admission::Execute        ─▶ core.execute(group.capsule_mut(..))
-//!                         ─▶ Admission::Data(need)     ─▶ group.fetch(conn, slot, need)
+//!                         ─▶ Admission::Data(need)     ─▶ group.fetch_ready(conn, slot, need)
+//!     data in place now   ─▶ true                      ─▶ core.execute(group.capsule_mut(..))
 //!  group (data in place)  ─▶ Event::DataReady { conn, slot } ─▶ core.execute(group.capsule_mut(..))
 //!  core.execute / bdev completion ─▶ Response ─▶ group.respond(conn, slot, resp)
 //! ```
@@ -235,6 +236,16 @@ pub trait PollGroup {
     /// (TCP: in-capsule copy or R2T; RDMA: RDMA READ). [`Event::DataReady`] follows.
     fn fetch(&mut self, conn: ConnId, slot: u16, need: DataNeed);
 
+    /// [`PollGroup::fetch`], saying whether the data is in place at once (TCP: in-capsule data,
+    /// or a small buffer for controller-to-host data). `true`: it is, the capsule is the
+    /// reactor's now and no [`Event::DataReady`] follows (the reactor executes the command at
+    /// once, saving the event's round trip). `false`: as after `fetch` (`DataReady` follows, or
+    /// the group answered the command itself). A group that cannot tell keeps this default.
+    fn fetch_ready(&mut self, conn: ConnId, slot: u16, need: DataNeed) -> bool {
+        self.fetch(conn, slot, need);
+        false
+    }
+
     /// The command's capsule: its SQE, data buffer and length (after [`Event::DataReady`], or
     /// after `Admission::Execute` for a command without data).
     fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule;
@@ -368,6 +379,10 @@ impl PollGroup for AnyGroup {
 
     fn fetch(&mut self, conn: ConnId, slot: u16, need: DataNeed) {
         each!(self, g => g.fetch(conn, slot, need))
+    }
+
+    fn fetch_ready(&mut self, conn: ConnId, slot: u16, need: DataNeed) -> bool {
+        each!(self, g => g.fetch_ready(conn, slot, need))
     }
 
     fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule {

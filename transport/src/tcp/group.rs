@@ -243,6 +243,15 @@ impl PollGroup for TcpGroup {
         }
     }
 
+    fn fetch_ready(&mut self, conn: ConnId, slot: u16, need: DataNeed) -> bool {
+        let ready = self.entry(conn).tcp.fetch_ready(slot, need);
+        // Commands that waited for a buffer may have their data in place now (see `fetch`).
+        if (conn as usize) < self.cursor {
+            self.cursor = conn as usize;
+        }
+        ready
+    }
+
     fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule {
         self.entry(conn).tcp.capsule_mut(slot)
     }

@@ -731,7 +731,14 @@ impl<S: Read + Transmit> TcpConn<S> {
     /// an R2T (host-to-controller data not in the capsule), or nothing (controller-to-host).
     /// [`ConnEvent::DataReady`] follows once the data is in place.
     pub fn fetch(&mut self, slot: u16, need: DataNeed) {
-        self.inner.fetch(slot, need);
+        self.inner.fetch(slot, need, false);
+    }
+
+    /// [`Self::fetch`], except that data in place at once (in-capsule data; a small buffer for
+    /// controller-to-host data) is not queued as [`ConnEvent::DataReady`]: it returns true and
+    /// the command is the caller's to execute now, as after `DataReady`.
+    pub fn fetch_ready(&mut self, slot: u16, need: DataNeed) -> bool {
+        self.inner.fetch(slot, need, true)
     }
 
     /// The command's capsule (its SQE, and once its data is in place its buffer).
@@ -1033,8 +1040,9 @@ impl Inner {
         Ok(())
     }
 
-    /// See [`TcpConn::fetch`].
-    fn fetch(&mut self, slot: u16, need: DataNeed) {
+    /// See [`TcpConn::fetch`] and, with `direct`, [`TcpConn::fetch_ready`]: returns whether
+    /// the data is in place and the command the caller's to execute (never without `direct`).
+    fn fetch(&mut self, slot: u16, need: DataNeed, direct: bool) -> bool {
         let s = &mut self.slots[slot as usize];
         debug_assert_eq!(s.state, SlotState::Admitting);
         if let DataDesc::InCapsule { .. } = s.desc {
@@ -1043,10 +1051,10 @@ impl Inner {
                 let sqe = s.capsule.sqe;
                 s.state = SlotState::Executing;
                 self.complete(slot, error_response(&sqe, Status::DATA_SGL_LENGTH_INVALID));
-                return;
+                return false;
             }
             self.stage_in_capsule(slot, need);
-            return self.make_ready(slot);
+            return self.in_place(slot, direct);
         }
         s.capsule.data_len = need.len;
         // Write data of a namespace staged in its SSD's CMB is received straight into a CMB
@@ -1059,8 +1067,7 @@ impl Inner {
             let cmb = (self.staging.borrow_mut()).take_write(need.bdev, len, &mut self.p2p);
             if let Some(buf) = cmb {
                 self.slots[slot as usize].capsule.buf = Some(buf);
-                self.start(slot);
-                return;
+                return self.start(slot, direct);
             }
         }
         (self.staging.borrow_mut()).count_host(need.bdev, len, &mut self.p2p);
@@ -1073,11 +1080,12 @@ impl Inner {
         if self.pool.borrow().is_small(need) {
             let buf = self.pool.borrow_mut().get(need);
             self.slots[slot as usize].capsule.buf = Some(buf);
-            self.start(slot);
+            self.start(slot, direct)
         } else {
             self.slots[slot as usize].state = SlotState::AwaitingBuffer;
             self.waiting.push_back(slot);
             self.serve_waiting();
+            false
         }
     }
 
@@ -1144,18 +1152,19 @@ impl Inner {
             let s = &mut self.slots[slot as usize];
             s.capsule.buf = Some(buf);
             s.large = true;
-            self.start(slot);
+            self.start(slot, false);
             progress = true;
         }
         progress
     }
 
-    /// A command with its buffer: ready to execute, or (a write) waiting for data after an R2T.
-    fn start(&mut self, slot: u16) {
+    /// A command with its buffer: ready to execute (see [`Self::in_place`]), or (a write)
+    /// waiting for data after an R2T.
+    fn start(&mut self, slot: u16, direct: bool) -> bool {
         let s = &mut self.slots[slot as usize];
         let sqe = s.capsule.sqe;
         if sqe.data_direction() != Direction::HostToController || s.capsule.data_len == 0 {
-            return self.make_ready(slot);
+            return self.in_place(slot, direct);
         }
         s.state = SlotState::AwaitingData;
         s.r2t_at = self.clock;
@@ -1167,6 +1176,20 @@ impl Inner {
             length: s.capsule.data_len,
         }
         .encode(&mut self.tx, self.digests);
+        false
+    }
+
+    /// The command's data is in place: with `direct` it goes to the caller at once (true, the
+    /// slot executing, as [`TcpConn::next_event`] leaves it after `DataReady`); otherwise, or
+    /// if its data failed its digest, as [`Self::make_ready`] says (false).
+    fn in_place(&mut self, slot: u16, direct: bool) -> bool {
+        let s = &mut self.slots[slot as usize];
+        if direct && !s.digest_failed {
+            s.state = SlotState::Executing;
+            return true;
+        }
+        self.make_ready(slot);
+        false
     }
 
     /// Check an H2CData header against the transfer its tag names.

@@ -369,26 +369,32 @@ impl PollGroup for AnyGroup {
         }
     }
 
+    #[inline]
     fn poll_recv(&mut self, cold_turn: bool) -> bool {
         each!(self, g => g.poll_recv(cold_turn))
     }
 
+    #[inline]
     fn next_event(&mut self) -> Option<Event> {
         each!(self, g => g.next_event())
     }
 
+    #[inline]
     fn fetch(&mut self, conn: ConnId, slot: u16, need: DataNeed) {
         each!(self, g => g.fetch(conn, slot, need))
     }
 
+    #[inline]
     fn fetch_ready(&mut self, conn: ConnId, slot: u16, need: DataNeed) -> bool {
         each!(self, g => g.fetch_ready(conn, slot, need))
     }
 
+    #[inline]
     fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule {
         each!(self, g => g.capsule_mut(conn, slot))
     }
 
+    #[inline]
     fn respond(&mut self, conn: ConnId, slot: u16, resp: Response) {
         each!(self, g => g.respond(conn, slot, resp))
     }
@@ -401,6 +407,7 @@ impl PollGroup for AnyGroup {
         each!(self, g => g.close(conn))
     }
 
+    #[inline]
     fn poll_send(&mut self) -> bool {
         each!(self, g => g.poll_send())
     }
@@ -409,6 +416,7 @@ impl PollGroup for AnyGroup {
         each!(self, g => g.poll_timers(now))
     }
 
+    #[inline]
     fn conn_has_unsent(&self, conn: ConnId) -> bool {
         each!(self, g => g.conn_has_unsent(conn))
     }
@@ -417,10 +425,12 @@ impl PollGroup for AnyGroup {
         each!(self, g => g.has_unsent())
     }
 
+    #[inline]
     fn takes_lent_data(&self, conn: ConnId) -> bool {
         each!(self, g => g.takes_lent_data(conn))
     }
 
+    #[inline]
     fn recycle(&mut self, buf: IoBuf) {
         each!(self, g => g.recycle(buf))
     }

@@ -21,7 +21,7 @@ use crate::proto::tcp::{
 use crate::staging::{P2pCounters, Staging};
 use crate::{Capsule, DataDesc, DataNeed, Piece, Response, Transmit};
 use nvmfd_config::DigestMode;
-use nvmfd_p2p::mem::{BufPool, IoBuf};
+use nvmfd_p2p::mem::{BufPool, Domain, IoBuf};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
@@ -519,7 +519,7 @@ impl<S: Read + Transmit> TcpConn<S> {
                     // A short read emptied the socket: reading again now would only say EAGAIN.
                     self.drained = n < room;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                Err(e) if would_block(&e) => {
                     self.stats.recv_empty += 1;
                     self.drained = true;
                     break;
@@ -580,7 +580,7 @@ impl<S: Read + Transmit> TcpConn<S> {
                         return Ok(DirectStep::Partial);
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                Err(e) if would_block(&e) => {
                     self.stats.recv_empty += 1;
                     return Ok(DirectStep::Blocked);
                 }
@@ -619,7 +619,7 @@ impl<S: Read + Transmit> TcpConn<S> {
                     inner.advance(n);
                     progress = true;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ConnError::Io(e)),
             }
@@ -639,6 +639,7 @@ impl<S: Read + Transmit> TcpConn<S> {
 
     /// Whether read data may come lent from a block device (sent as it is, never read here):
     /// not when data digests are on, since computing one reads the data.
+    #[inline]
     pub fn takes_lent_data(&self) -> bool {
         !self.inner.digests.data
     }
@@ -742,6 +743,7 @@ impl<S: Read + Transmit> TcpConn<S> {
     }
 
     /// The command's capsule (its SQE, and once its data is in place its buffer).
+    #[inline]
     pub fn capsule_mut(&mut self, slot: u16) -> &mut Capsule {
         &mut self.inner.slots[slot as usize].capsule
     }
@@ -839,7 +841,13 @@ impl Inner {
 
     /// A buffer back to the pool it came from: a CMB cache or the reactor's host pool.
     fn put_buf(&mut self, buf: IoBuf) {
-        if let Some(buf) = self.staging.borrow_mut().put(buf) {
+        // Host memory is the pool's (most buffers: one check, not a look through the table).
+        let buf = if buf.domain() == Domain::HostMemory {
+            Some(buf)
+        } else {
+            self.staging.borrow_mut().put(buf)
+        };
+        if let Some(buf) = buf {
             self.pool.borrow_mut().put(buf);
         }
     }
@@ -1376,6 +1384,16 @@ impl Inner {
         encode_term_req(&mut self.tx, true, e.fes, e.fei, offending);
         self.phase = Phase::Terminating;
         ConnError::Fatal(e)
+    }
+}
+
+/// Whether a socket call found nothing to do (EAGAIN, the usual answer of a polled socket):
+/// the errno itself first, the error kind (other streams) only if there is none.
+#[inline]
+fn would_block(e: &std::io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(code) => code == libc::EAGAIN,
+        None => e.kind() == ErrorKind::WouldBlock,
     }
 }
 

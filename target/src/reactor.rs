@@ -12,7 +12,7 @@
 //! command); block-device completions and the core's own actions (held AERs completed, shutdown
 //! flushes, queue teardown) go back the same way.
 
-use crate::core::{Action, Admission, Outcome, QueuePair, Target};
+use crate::core::{Action, Admission, Admitted, Outcome, QueuePair, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
 use nvmfd_p2p::mem::BufPool;
@@ -82,6 +82,9 @@ struct Conn {
     queue_set: bool,
     /// The commands being counted (`stats`), by transport slot.
     track: Vec<Track>,
+    /// What admission found of each command waiting for its data (by transport slot), for
+    /// its execution ([`QueuePair::execute_with`]).
+    admitted: Vec<Option<Admitted>>,
 }
 
 /// One poll group and the queue pairs of its connections (indexed by [`ConnId`]).
@@ -489,6 +492,7 @@ impl<G: PollGroup> Reactor<G> {
                         held: Vec::new(),
                         queue_set: false,
                         track: vec![Track::IDLE; info.max_slots()],
+                        admitted: vec![None; info.max_slots()],
                     });
                 }
                 Event::Command {
@@ -506,6 +510,7 @@ impl<G: PollGroup> Reactor<G> {
                     if side.stats.on {
                         track_start(&mut side.stats, &cnt, c, slot, &sqe);
                     }
+                    let mut admitted = None;
                     let now = match c.qp.admit(&sqe, desc) {
                         Admission::Respond(resp) => {
                             track_finish(&mut side.stats, &cnt, c, slot, resp.cqe.status);
@@ -514,7 +519,16 @@ impl<G: PollGroup> Reactor<G> {
                         }
                         // Data in place at once (in-capsule, or a buffer for a read): executed
                         // now, without the round trip of an Event::DataReady.
-                        Admission::Data(need) => side.group.fetch_ready(conn, slot, need),
+                        Admission::Data(need) => {
+                            admitted = c.qp.admitted();
+                            let ready = side.group.fetch_ready(conn, slot, need);
+                            if !ready {
+                                if let Some(a) = c.admitted.get_mut(slot as usize) {
+                                    *a = admitted;
+                                }
+                            }
+                            ready
+                        }
                         Admission::Execute => true,
                     };
                     if now {
@@ -522,7 +536,8 @@ impl<G: PollGroup> Reactor<G> {
                             cnt.now_ns = clock.ns();
                         }
                         let (group, stats) = (&mut side.group, &mut side.stats);
-                        execute(group, stats, c, &mut dev, gi, conn, slot, &mut clock, &cnt);
+                        let at = (gi, conn, slot, admitted);
+                        execute(group, stats, c, &mut dev, at, &mut clock, &cnt);
                     }
                 }
                 Event::DataReady { conn, slot } => {
@@ -532,8 +547,10 @@ impl<G: PollGroup> Reactor<G> {
                     if side.stats.tracking() {
                         cnt.now_ns = clock.ns();
                     }
+                    let admitted = c.admitted.get_mut(slot as usize).and_then(Option::take);
                     let (group, stats) = (&mut side.group, &mut side.stats);
-                    execute(group, stats, c, &mut dev, gi, conn, slot, &mut clock, &cnt);
+                    let at = (gi, conn, slot, admitted);
+                    execute(group, stats, c, &mut dev, at, &mut clock, &cnt);
                 }
                 Event::Closed { conn, why } => {
                     if let Some(c) = side.conns[conn as usize].take() {
@@ -673,21 +690,18 @@ struct Devices<'a> {
 }
 
 /// Phase two of command `slot` of connection `c` (`conn` of group `gi`), its data in place:
-/// execute it and carry out the outcome.
-#[allow(clippy::too_many_arguments)]
+/// execute it (with what its admission found, if anything) and carry out the outcome.
 fn execute<G: PollGroup>(
     group: &mut G,
     stats: &mut IoStats,
     c: &mut Conn,
     dev: &mut Devices,
-    gi: usize,
-    conn: ConnId,
-    slot: u16,
+    (gi, conn, slot, admitted): (usize, ConnId, u16, Option<Admitted>),
     clock: &mut BatchClock,
     cnt: &Count,
 ) {
     let cap = group.capsule_mut(conn, slot);
-    match c.qp.execute_with(cap, || clock.now()) {
+    match c.qp.execute_with(cap, || clock.now(), admitted) {
         Outcome::Done(resp) => {
             track_finish(stats, cnt, c, slot, resp.cqe.status);
             group.respond(conn, slot, resp)

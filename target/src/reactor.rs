@@ -12,7 +12,7 @@
 //! command); block-device completions and the core's own actions (held AERs completed, shutdown
 //! flushes, queue teardown) go back the same way.
 
-use crate::core::{Action, Admission, Outcome, QueuePair, Target};
+use crate::core::{Action, Admission, Admitted, Outcome, QueuePair, Target};
 use crossbeam_queue::ArrayQueue;
 use nvmfd_bdev::{Bdev, BdevChannel, Completion, Io};
 use nvmfd_p2p::mem::BufPool;
@@ -82,6 +82,9 @@ struct Conn {
     queue_set: bool,
     /// The commands being counted (`stats`), by transport slot.
     track: Vec<Track>,
+    /// What admission found of each command waiting for its data (by transport slot), for
+    /// its execution ([`QueuePair::execute_with`]).
+    admitted: Vec<Option<Admitted>>,
 }
 
 /// One poll group and the queue pairs of its connections (indexed by [`ConnId`]).
@@ -196,6 +199,36 @@ struct Reactor<G: PollGroup> {
     polls_idle: u64,
 }
 
+/// The clock of one batch of events or completions: read at most once, when first needed.
+struct BatchClock {
+    epoch: Instant,
+    at: Option<(Instant, u64)>,
+}
+
+impl BatchClock {
+    fn new(epoch: Instant) -> Self {
+        BatchClock { epoch, at: None }
+    }
+
+    fn read(&mut self) -> (Instant, u64) {
+        let epoch = self.epoch;
+        *self.at.get_or_insert_with(|| {
+            let now = Instant::now();
+            (now, stats::ns_since(epoch, now))
+        })
+    }
+
+    /// The time.
+    fn now(&mut self) -> Instant {
+        self.read().0
+    }
+
+    /// The time as the counters keep it: nanoseconds since the reactor's epoch.
+    fn ns(&mut self) -> u64 {
+        self.read().1
+    }
+}
+
 /// What counting a command needs besides its connection: the ids and the snapshot they are for,
 /// and the time (read once per batch).
 struct Count<'a> {
@@ -226,6 +259,9 @@ fn track_start(stats: &mut IoStats, cnt: &Count, c: &mut Conn, slot: u16, sqe: &
 /// Count command `slot` of `c` as answered with `status`.
 #[inline]
 fn track_finish(stats: &mut IoStats, cnt: &Count, c: &mut Conn, slot: u16, status: Status) {
+    if !stats.any_tracked() {
+        return;
+    }
     let Some(t) = c.track.get_mut(slot as usize) else {
         return;
     };
@@ -420,12 +456,19 @@ impl<G: PollGroup> Reactor<G> {
         } = self;
         let side = &mut sides[gi];
         let mut work = false;
-        // The clock is read once per batch of commands, not once per command.
-        let mut now = None;
+        // The clock is read at most once per batch of commands, and only if something needs it:
+        // counting (the metrics endpoint is served), or an admin command or Connect (the
+        // keep-alive timer). I/O commands on their own never read it.
+        let mut clock = BatchClock::new(*epoch);
         let mut cnt = Count {
             ids,
             target,
             now_ns: 0,
+        };
+        let mut dev = Devices {
+            channels,
+            own_pool,
+            deferred,
         };
         while let Some(ev) = side.group.next_event() {
             work = true;
@@ -449,6 +492,7 @@ impl<G: PollGroup> Reactor<G> {
                         held: Vec::new(),
                         queue_set: false,
                         track: vec![Track::IDLE; info.max_slots()],
+                        admitted: vec![None; info.max_slots()],
                     });
                 }
                 Event::Command {
@@ -460,28 +504,53 @@ impl<G: PollGroup> Reactor<G> {
                     let Some(c) = side.conns[conn as usize].as_mut() else {
                         continue;
                     };
+                    if side.stats.tracking() {
+                        cnt.now_ns = clock.ns();
+                    }
                     if side.stats.on {
-                        let n = *now.get_or_insert_with(Instant::now);
-                        cnt.now_ns = stats::ns_since(*epoch, n);
                         track_start(&mut side.stats, &cnt, c, slot, &sqe);
                     }
-                    match c.qp.admit(&sqe, desc) {
+                    let mut admitted = None;
+                    let now = match c.qp.admit(&sqe, desc) {
                         Admission::Respond(resp) => {
                             track_finish(&mut side.stats, &cnt, c, slot, resp.cqe.status);
-                            side.group.respond(conn, slot, resp)
+                            side.group.respond(conn, slot, resp);
+                            false
                         }
-                        Admission::Data(need) => side.group.fetch(conn, slot, need),
-                        Admission::Execute => {
-                            let n = *now.get_or_insert_with(Instant::now);
-                            cnt.now_ns = stats::ns_since(*epoch, n);
-                            execute(side, channels, own_pool, deferred, gi, conn, slot, n, &cnt);
+                        // Data in place at once (in-capsule, or a buffer for a read): executed
+                        // now, without the round trip of an Event::DataReady.
+                        Admission::Data(need) => {
+                            admitted = c.qp.admitted();
+                            let ready = side.group.fetch_ready(conn, slot, need);
+                            if !ready {
+                                if let Some(a) = c.admitted.get_mut(slot as usize) {
+                                    *a = admitted;
+                                }
+                            }
+                            ready
                         }
+                        Admission::Execute => true,
+                    };
+                    if now {
+                        if side.stats.tracking() {
+                            cnt.now_ns = clock.ns();
+                        }
+                        let (group, stats) = (&mut side.group, &mut side.stats);
+                        let at = (gi, conn, slot, admitted);
+                        execute(group, stats, c, &mut dev, at, &mut clock, &cnt);
                     }
                 }
                 Event::DataReady { conn, slot } => {
-                    let n = *now.get_or_insert_with(Instant::now);
-                    cnt.now_ns = stats::ns_since(*epoch, n);
-                    execute(side, channels, own_pool, deferred, gi, conn, slot, n, &cnt);
+                    let Some(c) = side.conns[conn as usize].as_mut() else {
+                        continue;
+                    };
+                    if side.stats.tracking() {
+                        cnt.now_ns = clock.ns();
+                    }
+                    let admitted = c.admitted.get_mut(slot as usize).and_then(Option::take);
+                    let (group, stats) = (&mut side.group, &mut side.stats);
+                    let at = (gi, conn, slot, admitted);
+                    execute(group, stats, c, &mut dev, at, &mut clock, &cnt);
                 }
                 Event::Closed { conn, why } => {
                     if let Some(c) = side.conns[conn as usize].take() {
@@ -537,7 +606,7 @@ impl<G: PollGroup> Reactor<G> {
             target: &self.target,
             now_ns: 0,
         };
-        let mut clock_read = !sides.iter().any(|s| s.stats.on);
+        let mut clock_read = !sides.iter().any(|s| s.stats.tracking());
         for ch in self.channels.iter_mut() {
             n += ch.poll(&mut |done: Completion| {
                 if !clock_read {
@@ -613,61 +682,63 @@ impl<G: PollGroup> Reactor<G> {
     }
 }
 
-/// Phase two of a command whose data is in place: execute it and carry out the outcome.
-#[allow(clippy::too_many_arguments)]
+/// What executing a command may need of the reactor's block-device side.
+struct Devices<'a> {
+    channels: &'a mut [Box<dyn BdevChannel>],
+    own_pool: &'a mut BufPool,
+    deferred: &'a mut VecDeque<Deferred>,
+}
+
+/// Phase two of command `slot` of connection `c` (`conn` of group `gi`), its data in place:
+/// execute it (with what its admission found, if anything) and carry out the outcome.
 fn execute<G: PollGroup>(
-    side: &mut Side<G>,
-    channels: &mut [Box<dyn BdevChannel>],
-    own_pool: &mut BufPool,
-    deferred: &mut VecDeque<Deferred>,
-    gi: usize,
-    conn: ConnId,
-    slot: u16,
-    now: Instant,
+    group: &mut G,
+    stats: &mut IoStats,
+    c: &mut Conn,
+    dev: &mut Devices,
+    (gi, conn, slot, admitted): (usize, ConnId, u16, Option<Admitted>),
+    clock: &mut BatchClock,
     cnt: &Count,
 ) {
-    let Some(c) = side.conns[conn as usize].as_mut() else {
-        return;
-    };
-    let lend = side.group.takes_lent_data(conn);
-    let cap = side.group.capsule_mut(conn, slot);
-    match c.qp.execute(cap, now) {
+    let cap = group.capsule_mut(conn, slot);
+    match c.qp.execute_with(cap, || clock.now(), admitted) {
         Outcome::Done(resp) => {
-            track_finish(&mut side.stats, cnt, c, slot, resp.cqe.status);
-            side.group.respond(conn, slot, resp)
+            track_finish(stats, cnt, c, slot, resp.cqe.status);
+            group.respond(conn, slot, resp)
         }
         Outcome::Held => {
             if let Some(t) = c.track.get_mut(slot as usize) {
-                side.stats.hold(t);
+                stats.hold(t);
             }
             c.held.push((cap.sqe.cid, slot))
         }
         Outcome::Io { bdev, mut op } => {
+            let buf = cap.buf.take();
             // Reads go out from a RAM disk's own memory when the connection can send data it
             // never reads (TCP: no data digest): one copy less per byte.
             if let nvmfd_bdev::Op::Read { lba, blocks } = op {
-                if lend {
+                if group.takes_lent_data(conn) {
                     op = nvmfd_bdev::Op::ReadLent { lba, blocks };
                 }
             }
             // A command admitted without data (Flush, Write Zeroes) has no buffer from the
             // group; the I/O carries one of the reactor's own.
             let t = tag(c.generation, gi, conn, slot);
-            let (tag, buf) = match cap.buf.take() {
+            let (tag, buf) = match buf {
                 Some(buf) => (t, buf),
-                None => (t | OWN_BUF, own_pool.get(FLUSH_BUF)),
+                None => (t | OWN_BUF, dev.own_pool.get(FLUSH_BUF)),
             };
             c.in_flight += 1;
             let io = Io { tag, op, buf };
-            if let Err(io) = channels[bdev].submit(io) {
-                deferred.push_back(Deferred { bdev, io });
+            if let Err(io) = dev.channels[bdev].submit(io) {
+                dev.deferred.push_back(Deferred { bdev, io });
             }
         }
     }
     // Once Connect has made this a queue, the transport holds the host to its size.
     if !c.queue_set && c.qp.is_connected() {
         c.queue_set = true;
-        side.group.set_queue(conn, c.qp.qid(), c.qp.sq_entries());
+        group.set_queue(conn, c.qp.qid(), c.qp.sq_entries());
     }
 }
 

@@ -6,7 +6,8 @@
 //!  group.poll_recv()      ─▶ Event::Command { conn, slot, sqe, desc }
 //!  core.admit(sqe, desc)  ─▶ Admission::Respond(resp)  ─▶ group.respond(conn, slot, resp)
 //!                         ─▶ Admission::Execute        ─▶ core.execute(group.capsule_mut(..))
-//!                         ─▶ Admission::Data(need)     ─▶ group.fetch(conn, slot, need)
+//!                         ─▶ Admission::Data(need)     ─▶ group.fetch_ready(conn, slot, need)
+//!     data in place now   ─▶ true                      ─▶ core.execute(group.capsule_mut(..))
 //!  group (data in place)  ─▶ Event::DataReady { conn, slot } ─▶ core.execute(group.capsule_mut(..))
 //!  core.execute / bdev completion ─▶ Response ─▶ group.respond(conn, slot, resp)
 //! ```
@@ -235,6 +236,16 @@ pub trait PollGroup {
     /// (TCP: in-capsule copy or R2T; RDMA: RDMA READ). [`Event::DataReady`] follows.
     fn fetch(&mut self, conn: ConnId, slot: u16, need: DataNeed);
 
+    /// [`PollGroup::fetch`], saying whether the data is in place at once (TCP: in-capsule data,
+    /// or a small buffer for controller-to-host data). `true`: it is, the capsule is the
+    /// reactor's now and no [`Event::DataReady`] follows (the reactor executes the command at
+    /// once, saving the event's round trip). `false`: as after `fetch` (`DataReady` follows, or
+    /// the group answered the command itself). A group that cannot tell keeps this default.
+    fn fetch_ready(&mut self, conn: ConnId, slot: u16, need: DataNeed) -> bool {
+        self.fetch(conn, slot, need);
+        false
+    }
+
     /// The command's capsule: its SQE, data buffer and length (after [`Event::DataReady`], or
     /// after `Admission::Execute` for a command without data).
     fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule;
@@ -358,22 +369,32 @@ impl PollGroup for AnyGroup {
         }
     }
 
+    #[inline]
     fn poll_recv(&mut self, cold_turn: bool) -> bool {
         each!(self, g => g.poll_recv(cold_turn))
     }
 
+    #[inline]
     fn next_event(&mut self) -> Option<Event> {
         each!(self, g => g.next_event())
     }
 
+    #[inline]
     fn fetch(&mut self, conn: ConnId, slot: u16, need: DataNeed) {
         each!(self, g => g.fetch(conn, slot, need))
     }
 
+    #[inline]
+    fn fetch_ready(&mut self, conn: ConnId, slot: u16, need: DataNeed) -> bool {
+        each!(self, g => g.fetch_ready(conn, slot, need))
+    }
+
+    #[inline]
     fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule {
         each!(self, g => g.capsule_mut(conn, slot))
     }
 
+    #[inline]
     fn respond(&mut self, conn: ConnId, slot: u16, resp: Response) {
         each!(self, g => g.respond(conn, slot, resp))
     }
@@ -386,6 +407,7 @@ impl PollGroup for AnyGroup {
         each!(self, g => g.close(conn))
     }
 
+    #[inline]
     fn poll_send(&mut self) -> bool {
         each!(self, g => g.poll_send())
     }
@@ -394,6 +416,7 @@ impl PollGroup for AnyGroup {
         each!(self, g => g.poll_timers(now))
     }
 
+    #[inline]
     fn conn_has_unsent(&self, conn: ConnId) -> bool {
         each!(self, g => g.conn_has_unsent(conn))
     }
@@ -402,10 +425,12 @@ impl PollGroup for AnyGroup {
         each!(self, g => g.has_unsent())
     }
 
+    #[inline]
     fn takes_lent_data(&self, conn: ConnId) -> bool {
         each!(self, g => g.takes_lent_data(conn))
     }
 
+    #[inline]
     fn recycle(&mut self, buf: IoBuf) {
         each!(self, g => g.recycle(buf))
     }

@@ -21,15 +21,15 @@ const CDW12_FUA: u32 = 1 << 30;
 
 /// Admission of an I/O command (before its data moves): the namespace exists, the LBA range is
 /// in it, the transfer is within MDTS and the SGL (`sgl_len` bytes) covers it. Returns the
-/// namespace's block device. What needs the data itself (Dataset Management's ranges) is checked
-/// by [`check`] when the command executes.
+/// namespace's block device and block size. What needs the data itself (Dataset Management's
+/// ranges) is checked by [`check`] when the command executes.
 pub fn admit(
     subsys: &Subsystem,
     limits: &TransportInfo,
     sqe: &Sqe,
     sgl_len: u32,
-) -> Result<usize, Status> {
-    admitted(subsys, limits, sqe, sgl_len).map(|ns| ns.bdev)
+) -> Result<(usize, u32), Status> {
+    admitted(subsys, limits, sqe, sgl_len).map(|ns| (ns.bdev, ns.info.block_size))
 }
 
 /// [`admit`]'s checks, giving the namespace.
@@ -78,6 +78,8 @@ fn admitted<'a>(
 }
 
 /// Validate an I/O command against its namespace and turn it into a block-device operation.
+/// `found` is the block device and block size admission found for it in this same snapshot
+/// (its checks then hold as they were: only what needs the data is looked at again).
 ///
 /// `write_cache` is the controller's Volatile Write Cache feature (FID 06h) as the host last set
 /// it. With the cache disabled every write must be durable when it completes (Base 2.0, Volatile
@@ -89,9 +91,29 @@ pub fn check(
     limits: &TransportInfo,
     cap: &Capsule,
     write_cache: bool,
+    found: Option<(usize, u32)>,
 ) -> Result<Checked, Status> {
     let sqe = &cap.sqe;
     let fua = sqe.cdw12 & CDW12_FUA != 0 || !write_cache;
+    if let (Some((bdev, block_size)), opcode::NVM_READ | opcode::NVM_WRITE) = (found, sqe.opcode) {
+        // Namespace, LBA range, MDTS and SGL length were checked at admission against this
+        // snapshot; the buffer is the one thing that came since.
+        let (lba, blocks) = (sqe.slba(), sqe.nlb());
+        let bytes = blocks as u64 * block_size as u64;
+        if cap
+            .buf
+            .as_ref()
+            .is_none_or(|b| (b.capacity() as u64) < bytes)
+        {
+            return Err(Status::DATA_SGL_LENGTH_INVALID);
+        }
+        let op = if sqe.opcode == opcode::NVM_READ {
+            Op::Read { lba, blocks }
+        } else {
+            Op::Write { lba, blocks, fua }
+        };
+        return Ok(Checked::Io { bdev, op });
+    }
     // The admission rules again, with the data in place: the namespace may have changed since
     // (live reconfiguration swaps the target between the two phases).
     let ns = admitted(subsys, limits, sqe, cap.data_len)?;
@@ -203,7 +225,7 @@ mod tests {
             lent: None,
         };
         let tcp = t.transports[0];
-        match check(&t.subsystems[0], &tcp, &cap, write_cache) {
+        match check(&t.subsystems[0], &tcp, &cap, write_cache, None) {
             Ok(Checked::Io { op, .. }) => op,
             other => panic!("{other:?}"),
         }

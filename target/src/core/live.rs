@@ -133,6 +133,8 @@ impl QueuePair {
     /// (see the module notes): the old snapshot is kept until this queue has nothing in flight.
     pub fn set_target(&mut self, target: Arc<Target>) -> Option<&'static str> {
         let old = std::mem::replace(&mut self.target, target);
+        // Commands admitted under the old snapshot are checked again when they execute.
+        self.snapshot = self.snapshot.wrapping_add(1);
         if self.in_flight() > 0 {
             self.retired.push(old);
         } else {

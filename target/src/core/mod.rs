@@ -16,7 +16,7 @@ mod logpage;
 mod qpair;
 
 pub use controller::{AsyncEvent, CtrlShared};
-pub use qpair::{Action, Outcome, QueuePair};
+pub use qpair::{Action, Admitted, Outcome, QueuePair};
 
 use nvmfd_bdev::BdevInfo;
 use nvmfd_config::{Config, TransportKind};

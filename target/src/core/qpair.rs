@@ -34,6 +34,19 @@ pub enum Outcome {
     Held,
 }
 
+/// What the admission of an I/O command found, for [`QueuePair::execute_with`]: the namespace's
+/// block device and block size, and which snapshot of the target they are of (see
+/// [`QueuePair::admitted`]). Executed under the same snapshot, a Read or Write of that namespace
+/// needs no second look at what admission checked (namespace, LBA range, MDTS, SGL length);
+/// under a newer one (live reconfiguration came in between) it is checked again in full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admitted {
+    snapshot: u32,
+    nsid: u32,
+    bdev: usize,
+    block_size: u32,
+}
+
 /// Work the core asks of the reactor outside any capsule (from [`QueuePair::next_action`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -76,6 +89,11 @@ pub struct QueuePair {
     disconnected: bool,
     /// Snapshots replaced while commands were in flight (live reconfiguration, `live.rs`).
     pub(super) retired: Vec<Arc<Target>>,
+    /// How many snapshots this queue took after its first ([`Self::set_target`]): what an
+    /// [`Admitted`] is stamped with.
+    pub(super) snapshot: u32,
+    /// What the last command admitted found ([`Self::admitted`]).
+    last_admitted: Option<Admitted>,
 }
 
 impl QueuePair {
@@ -93,6 +111,8 @@ impl QueuePair {
             shutdown_acked: 0,
             disconnected: false,
             retired: Vec::new(),
+            snapshot: 0,
+            last_admitted: None,
         }
     }
 
@@ -175,7 +195,11 @@ impl QueuePair {
     /// The SQ head moves past one entry.
     fn consume_entry(&mut self) {
         if self.sq_entries != 0 {
-            self.sqhd = (self.sqhd + 1) % self.sq_entries;
+            // sqhd < sq_entries: wrapping by comparison, not by a division.
+            self.sqhd += 1;
+            if self.sqhd >= self.sq_entries {
+                self.sqhd = 0;
+            }
         }
     }
 
@@ -191,6 +215,7 @@ impl QueuePair {
     /// against NLB and whether the SGL covers NLB blocks. A refused command never reaches
     /// [`Self::execute`]; an admitted one must, once (the SQ head moves then).
     pub fn admit(&mut self, sqe: &Sqe, desc: DataDesc) -> Admission {
+        self.last_admitted = None;
         match self.admission(sqe, desc) {
             Ok(a) => a,
             Err(status) => {
@@ -200,7 +225,7 @@ impl QueuePair {
         }
     }
 
-    fn admission(&self, sqe: &Sqe, desc: DataDesc) -> Result<Admission, Status> {
+    fn admission(&mut self, sqe: &Sqe, desc: DataDesc) -> Result<Admission, Status> {
         if sqe.psdt() == 0 {
             return Err(Status::INVALID_FIELD);
         }
@@ -268,7 +293,14 @@ impl QueuePair {
                     if self.disconnected || !ctrl.ready.load(Ordering::Acquire) {
                         return Err(Status::COMMAND_SEQUENCE_ERROR);
                     }
-                    bdev = Some(io::admit(&self.target.subsystems[*subsys], t, sqe, len)?);
+                    let (b, block_size) = io::admit(&self.target.subsystems[*subsys], t, sqe, len)?;
+                    bdev = Some(b);
+                    self.last_admitted = Some(Admitted {
+                        snapshot: self.snapshot,
+                        nsid: sqe.nsid,
+                        bdev: b,
+                        block_size,
+                    });
                 }
             }
         }
@@ -279,14 +311,34 @@ impl QueuePair {
         })
     }
 
+    /// What execution may take over from the admission of the command [`Self::admit`] last
+    /// admitted: Some for an I/O command on a namespace, to be handed to
+    /// [`Self::execute_with`] with it.
+    pub fn admitted(&self) -> Option<Admitted> {
+        self.last_admitted
+    }
+
     /// Phase two: run an admitted command whose data is in place (host-to-controller data has
-    /// fully arrived; a controller-to-host command has a buffer of the length admitted).
+    /// fully arrived; a controller-to-host command has a buffer of the length admitted). `now`
+    /// is the time, for the commands that need one (see [`Self::execute_with`]).
     pub fn execute(&mut self, cap: &mut Capsule, now: Instant) -> Outcome {
+        self.execute_with(cap, || now, None)
+    }
+
+    /// [`Self::execute`], the time coming from `clock`, which only admin commands (the
+    /// keep-alive timer) and Connect call: a reactor reads no clock for an I/O command.
+    /// `admitted` is what [`Self::admitted`] said when the command was admitted, if anything.
+    pub fn execute_with(
+        &mut self,
+        cap: &mut Capsule,
+        clock: impl FnOnce() -> Instant,
+        admitted: Option<Admitted>,
+    ) -> Outcome {
         self.consume_entry();
         let sqe = cap.sqe;
         if sqe.opcode == opcode::FABRICS {
             return match (&self.state, sqe.fctype()) {
-                (State::Unconnected, fctype::CONNECT) => fabrics::connect(self, cap, now),
+                (State::Unconnected, fctype::CONNECT) => fabrics::connect(self, cap, clock()),
                 (_, fctype::CONNECT) => self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0),
                 (State::Unconnected, _) => self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0),
                 (State::Admin(_), fctype::PROPERTY_GET | fctype::PROPERTY_SET) => {
@@ -301,7 +353,7 @@ impl QueuePair {
         }
         match &mut self.state {
             State::Unconnected => self.respond(cap, Status::COMMAND_SEQUENCE_ERROR, 0, 0),
-            State::Admin(_) => super::admin::execute(self, cap, now),
+            State::Admin(_) => super::admin::execute(self, cap, clock()),
             State::Io {
                 ctrl,
                 subsys,
@@ -317,11 +369,15 @@ impl QueuePair {
                 }
                 let subsys = *subsys;
                 let write_cache = ctrl.write_cache();
+                let admitted = admitted
+                    .filter(|a| a.snapshot == self.snapshot && a.nsid == cap.sqe.nsid)
+                    .map(|a| (a.bdev, a.block_size));
                 match io::check(
                     &self.target.subsystems[subsys],
                     &self.transport,
                     cap,
                     write_cache,
+                    admitted,
                 ) {
                     Ok(io::Checked::Io { bdev, op }) => {
                         self.in_flight += 1;

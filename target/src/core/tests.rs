@@ -1814,6 +1814,98 @@ fn live_namespace_add_and_remove() {
     assert!(log.iter().all(|&b| b == 0));
 }
 
+/// What admission found ([`QueuePair::admitted`]) spares execution its checks only under the
+/// snapshot it was found in: a read admitted before its namespace was removed and executed
+/// after gets Invalid Namespace as without it; executed under the same snapshot it gives the
+/// same operation as the full check; a buffer short of the transfer is still refused.
+#[test]
+fn admission_findings_hold_only_for_their_snapshot() {
+    let t = target();
+    let (_aq, cntlid) = admin(&t, NQN, HOST_A);
+    let (mut io, s) = io_queue(&t, 1, cntlid);
+    assert_eq!(s, Status::SUCCESS);
+    let admit = |q: &mut QueuePair, sqe: &Sqe, len: u32| {
+        let mut sqe = *sqe;
+        sqe.flags |= 0x40;
+        let desc = DataDesc::Remote {
+            len,
+            descriptors: 1,
+        };
+        assert!(matches!(q.admit(&sqe, desc), Admission::Data(_)));
+        q.admitted().expect("an I/O command on a namespace")
+    };
+    let read = io_sqe(opcode::NVM_READ, 1, 8, 8);
+    let write = io_sqe(opcode::NVM_WRITE, 1, 16, 8);
+    let run = |q: &mut QueuePair, sqe: Sqe, buf: usize, a| {
+        let mut cap = Capsule {
+            sqe,
+            buf: Some(IoBuf::new(buf)),
+            data_len: 32768,
+            lent: None,
+        };
+        q.execute_with(&mut cap, || panic!("no clock for I/O"), a)
+    };
+    // Same snapshot: the operations the full check gives.
+    let a = admit(&mut io, &read, 32768);
+    assert_eq!(
+        run(&mut io, read, 32768, Some(a)),
+        Outcome::Io {
+            bdev: 0,
+            op: Op::Read { lba: 8, blocks: 8 }
+        }
+    );
+    let a = admit(&mut io, &write, 32768);
+    assert_eq!(
+        run(&mut io, write, 32768, Some(a)),
+        Outcome::Io {
+            bdev: 0,
+            op: Op::Write {
+                lba: 16,
+                blocks: 8,
+                fua: false
+            }
+        }
+    );
+    let a = admit(&mut io, &read, 32768);
+    assert_eq!(
+        done(run(&mut io, read, 4096, Some(a))).cqe.status,
+        Status::DATA_SGL_LENGTH_INVALID,
+        "a short buffer is refused all the same"
+    );
+    // A command that is not an I/O command on a namespace has nothing to hand over.
+    let flush = io_sqe(opcode::NVM_FLUSH, 1, 0, 1);
+    let mut f = flush;
+    f.flags |= 0x40;
+    assert_eq!(io.admit(&f, DataDesc::None), Admission::Execute);
+    assert!(io.admitted().is_some(), "a flush names its namespace");
+    let bad = io_sqe(opcode::NVM_READ, 9, 0, 8);
+    let mut b = bad;
+    b.flags |= 0x40;
+    let desc = DataDesc::Remote {
+        len: 32768,
+        descriptors: 1,
+    };
+    assert!(matches!(io.admit(&b, desc), Admission::Respond(_)));
+    assert_eq!(io.admitted(), None, "nothing from a refused command");
+    // Findings for one namespace are not taken for a command naming another.
+    let a = admit(&mut io, &read, 32768);
+    assert_eq!(
+        done(run(&mut io, bad, 32768, Some(a))).cqe.status,
+        Status::INVALID_NAMESPACE
+    );
+    // Admitted, then NSID 1 goes away before the command executes.
+    let a = admit(&mut io, &read, 32768);
+    let mut subs = t.subsystems.clone();
+    subs[0].namespaces.retain(|n| n.nsid != 1);
+    let t2 = t.next(subs, &[(0, 1)]);
+    assert_eq!(io.set_target(t2), None);
+    assert_eq!(
+        done(run(&mut io, read, 32768, Some(a))).cqe.status,
+        Status::INVALID_NAMESPACE,
+        "checked again under the new snapshot"
+    );
+}
+
 /// Taking a host off the allow-list, a listener off the subsystem, or deleting the subsystem
 /// ends that host's queues when they take the snapshot; other queues are untouched.
 #[test]

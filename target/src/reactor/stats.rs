@@ -325,6 +325,9 @@ pub struct IoStats {
     /// Connected queue pairs that have ended since start: admin, I/O (counted whether `on` or
     /// not; `nvmf_get_stats` adds the current ones for SPDK's `admin_qpairs`/`io_qpairs`).
     pub qpairs_ended: [u64; 2],
+    /// Commands being counted now ([`Track::active`] set): zero once counting is off and the
+    /// last counted command is answered, so the data path then skips its slot lookups.
+    tracked: u64,
 }
 
 /// A command being counted, per transport slot of a connection.
@@ -360,7 +363,21 @@ impl IoStats {
             ns: Vec::new(),
             errors: Vec::with_capacity(ERR_ENTRIES),
             qpairs_ended: [0; 2],
+            tracked: 0,
         }
+    }
+
+    /// Whether commands are counted or some still are (counting was on when they were taken):
+    /// when not, taking or answering a command needs no clock.
+    #[inline]
+    pub fn tracking(&self) -> bool {
+        self.on || self.tracked != 0
+    }
+
+    /// Whether some command is being counted: when not, answering one has nothing to count.
+    #[inline]
+    pub fn any_tracked(&self) -> bool {
+        self.tracked != 0
     }
 
     /// Room for `n` ids (the control path, after [`StatIds::update`]).
@@ -382,6 +399,7 @@ impl IoStats {
             return;
         };
         n.in_flight += 1;
+        self.tracked += 1;
         *t = Track {
             start_ns: now_ns,
             id,
@@ -411,6 +429,7 @@ impl IoStats {
             return;
         }
         t.active = false;
+        self.tracked -= 1;
         if !t.held {
             if let Some(n) = self.ns.get_mut(t.id as usize) {
                 n.in_flight -= 1;
@@ -443,6 +462,7 @@ impl IoStats {
                 }
             }
             t.active = false;
+            self.tracked -= 1;
         }
     }
 
@@ -537,6 +557,31 @@ mod tests {
                 ..e
             }]
         );
+    }
+
+    /// Commands counted while counting was on are still tracked once it is off, until they
+    /// are answered or dropped; only then does the data path skip counting altogether.
+    #[test]
+    fn tracking_lasts_until_the_last_counted_command_ends() {
+        let mut s = stats(3);
+        assert!(s.tracking() && !s.any_tracked(), "on, nothing taken yet");
+        let (mut a, mut b, mut c) = (Track::IDLE, Track::IDLE, Track::IDLE);
+        s.start(&mut a, 1, OpClass::Read, 4096, 0);
+        s.start(&mut b, 1, OpClass::Write, 4096, 0);
+        s.start(&mut c, 1, OpClass::Admin, 0, 0);
+        s.hold(&mut c);
+        s.on = false;
+        assert!(s.tracking() && s.any_tracked());
+        s.finish(&mut a, Status::SUCCESS, 10, None);
+        s.drop_track(&mut b);
+        assert!(s.any_tracked(), "the held command is still counted");
+        s.finish(&mut c, Status::SUCCESS, 20, None);
+        assert!(!s.tracking() && !s.any_tracked());
+        // Off, a new command is not counted (and its slot's finish does nothing).
+        s.start(&mut a, 1, OpClass::Read, 4096, 30);
+        assert!(!s.any_tracked() && !a.active);
+        assert_eq!(s.ns[1].commands[OpClass::Read as usize], 1);
+        assert_eq!(s.ns[1].in_flight, 0);
     }
 
     const LBA_OUT_OF_RANGE_ENTRY: ErrEntry = ErrEntry {

@@ -95,6 +95,7 @@ impl TcpGroup {
         }
     }
 
+    #[inline]
     fn entry(&mut self, conn: ConnId) -> &mut Entry {
         self.conns[conn as usize]
             .as_mut()
@@ -243,10 +244,21 @@ impl PollGroup for TcpGroup {
         }
     }
 
+    fn fetch_ready(&mut self, conn: ConnId, slot: u16, need: DataNeed) -> bool {
+        let ready = self.entry(conn).tcp.fetch_ready(slot, need);
+        // Commands that waited for a buffer may have their data in place now (see `fetch`).
+        if (conn as usize) < self.cursor {
+            self.cursor = conn as usize;
+        }
+        ready
+    }
+
+    #[inline]
     fn capsule_mut(&mut self, conn: ConnId, slot: u16) -> &mut Capsule {
         self.entry(conn).tcp.capsule_mut(slot)
     }
 
+    #[inline]
     fn respond(&mut self, conn: ConnId, slot: u16, resp: Response) {
         self.entry(conn).tcp.respond(slot, resp);
     }
@@ -308,6 +320,7 @@ impl PollGroup for TcpGroup {
         self.conns.iter().flatten().any(|e| e.tcp.has_unsent())
     }
 
+    #[inline]
     fn takes_lent_data(&self, conn: ConnId) -> bool {
         self.conns[conn as usize]
             .as_ref()

@@ -21,7 +21,7 @@ use crate::proto::tcp::{
 use crate::staging::{P2pCounters, Staging};
 use crate::{Capsule, DataDesc, DataNeed, Piece, Response, Transmit};
 use nvmfd_config::DigestMode;
-use nvmfd_p2p::mem::{BufPool, IoBuf};
+use nvmfd_p2p::mem::{BufPool, Domain, IoBuf};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, Read};
@@ -519,7 +519,7 @@ impl<S: Read + Transmit> TcpConn<S> {
                     // A short read emptied the socket: reading again now would only say EAGAIN.
                     self.drained = n < room;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                Err(e) if would_block(&e) => {
                     self.stats.recv_empty += 1;
                     self.drained = true;
                     break;
@@ -580,7 +580,7 @@ impl<S: Read + Transmit> TcpConn<S> {
                         return Ok(DirectStep::Partial);
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                Err(e) if would_block(&e) => {
                     self.stats.recv_empty += 1;
                     return Ok(DirectStep::Blocked);
                 }
@@ -619,7 +619,7 @@ impl<S: Read + Transmit> TcpConn<S> {
                     inner.advance(n);
                     progress = true;
                 }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if would_block(&e) => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
                 Err(e) => return Err(ConnError::Io(e)),
             }
@@ -639,6 +639,7 @@ impl<S: Read + Transmit> TcpConn<S> {
 
     /// Whether read data may come lent from a block device (sent as it is, never read here):
     /// not when data digests are on, since computing one reads the data.
+    #[inline]
     pub fn takes_lent_data(&self) -> bool {
         !self.inner.digests.data
     }
@@ -731,10 +732,18 @@ impl<S: Read + Transmit> TcpConn<S> {
     /// an R2T (host-to-controller data not in the capsule), or nothing (controller-to-host).
     /// [`ConnEvent::DataReady`] follows once the data is in place.
     pub fn fetch(&mut self, slot: u16, need: DataNeed) {
-        self.inner.fetch(slot, need);
+        self.inner.fetch(slot, need, false);
+    }
+
+    /// [`Self::fetch`], except that data in place at once (in-capsule data; a small buffer for
+    /// controller-to-host data) is not queued as [`ConnEvent::DataReady`]: it returns true and
+    /// the command is the caller's to execute now, as after `DataReady`.
+    pub fn fetch_ready(&mut self, slot: u16, need: DataNeed) -> bool {
+        self.inner.fetch(slot, need, true)
     }
 
     /// The command's capsule (its SQE, and once its data is in place its buffer).
+    #[inline]
     pub fn capsule_mut(&mut self, slot: u16) -> &mut Capsule {
         &mut self.inner.slots[slot as usize].capsule
     }
@@ -832,7 +841,13 @@ impl Inner {
 
     /// A buffer back to the pool it came from: a CMB cache or the reactor's host pool.
     fn put_buf(&mut self, buf: IoBuf) {
-        if let Some(buf) = self.staging.borrow_mut().put(buf) {
+        // Host memory is the pool's (most buffers: one check, not a look through the table).
+        let buf = if buf.domain() == Domain::HostMemory {
+            Some(buf)
+        } else {
+            self.staging.borrow_mut().put(buf)
+        };
+        if let Some(buf) = buf {
             self.pool.borrow_mut().put(buf);
         }
     }
@@ -1033,8 +1048,9 @@ impl Inner {
         Ok(())
     }
 
-    /// See [`TcpConn::fetch`].
-    fn fetch(&mut self, slot: u16, need: DataNeed) {
+    /// See [`TcpConn::fetch`] and, with `direct`, [`TcpConn::fetch_ready`]: returns whether
+    /// the data is in place and the command the caller's to execute (never without `direct`).
+    fn fetch(&mut self, slot: u16, need: DataNeed, direct: bool) -> bool {
         let s = &mut self.slots[slot as usize];
         debug_assert_eq!(s.state, SlotState::Admitting);
         if let DataDesc::InCapsule { .. } = s.desc {
@@ -1043,10 +1059,10 @@ impl Inner {
                 let sqe = s.capsule.sqe;
                 s.state = SlotState::Executing;
                 self.complete(slot, error_response(&sqe, Status::DATA_SGL_LENGTH_INVALID));
-                return;
+                return false;
             }
             self.stage_in_capsule(slot, need);
-            return self.make_ready(slot);
+            return self.in_place(slot, direct);
         }
         s.capsule.data_len = need.len;
         // Write data of a namespace staged in its SSD's CMB is received straight into a CMB
@@ -1059,8 +1075,7 @@ impl Inner {
             let cmb = (self.staging.borrow_mut()).take_write(need.bdev, len, &mut self.p2p);
             if let Some(buf) = cmb {
                 self.slots[slot as usize].capsule.buf = Some(buf);
-                self.start(slot);
-                return;
+                return self.start(slot, direct);
             }
         }
         (self.staging.borrow_mut()).count_host(need.bdev, len, &mut self.p2p);
@@ -1073,11 +1088,12 @@ impl Inner {
         if self.pool.borrow().is_small(need) {
             let buf = self.pool.borrow_mut().get(need);
             self.slots[slot as usize].capsule.buf = Some(buf);
-            self.start(slot);
+            self.start(slot, direct)
         } else {
             self.slots[slot as usize].state = SlotState::AwaitingBuffer;
             self.waiting.push_back(slot);
             self.serve_waiting();
+            false
         }
     }
 
@@ -1144,18 +1160,19 @@ impl Inner {
             let s = &mut self.slots[slot as usize];
             s.capsule.buf = Some(buf);
             s.large = true;
-            self.start(slot);
+            self.start(slot, false);
             progress = true;
         }
         progress
     }
 
-    /// A command with its buffer: ready to execute, or (a write) waiting for data after an R2T.
-    fn start(&mut self, slot: u16) {
+    /// A command with its buffer: ready to execute (see [`Self::in_place`]), or (a write)
+    /// waiting for data after an R2T.
+    fn start(&mut self, slot: u16, direct: bool) -> bool {
         let s = &mut self.slots[slot as usize];
         let sqe = s.capsule.sqe;
         if sqe.data_direction() != Direction::HostToController || s.capsule.data_len == 0 {
-            return self.make_ready(slot);
+            return self.in_place(slot, direct);
         }
         s.state = SlotState::AwaitingData;
         s.r2t_at = self.clock;
@@ -1167,6 +1184,20 @@ impl Inner {
             length: s.capsule.data_len,
         }
         .encode(&mut self.tx, self.digests);
+        false
+    }
+
+    /// The command's data is in place: with `direct` it goes to the caller at once (true, the
+    /// slot executing, as [`TcpConn::next_event`] leaves it after `DataReady`); otherwise, or
+    /// if its data failed its digest, as [`Self::make_ready`] says (false).
+    fn in_place(&mut self, slot: u16, direct: bool) -> bool {
+        let s = &mut self.slots[slot as usize];
+        if direct && !s.digest_failed {
+            s.state = SlotState::Executing;
+            return true;
+        }
+        self.make_ready(slot);
+        false
     }
 
     /// Check an H2CData header against the transfer its tag names.
@@ -1353,6 +1384,16 @@ impl Inner {
         encode_term_req(&mut self.tx, true, e.fes, e.fei, offending);
         self.phase = Phase::Terminating;
         ConnError::Fatal(e)
+    }
+}
+
+/// Whether a socket call found nothing to do (EAGAIN, the usual answer of a polled socket):
+/// the errno itself first, the error kind (other streams) only if there is none.
+#[inline]
+fn would_block(e: &std::io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(code) => code == libc::EAGAIN,
+        None => e.kind() == ErrorKind::WouldBlock,
     }
 }
 

@@ -1286,3 +1286,74 @@ fn staged_write_data_lands_in_the_cmb_and_takes_host_memory_once_the_pool_is_emp
     drop(staging);
     assert_eq!(cmb.free_shared(), 2);
 }
+
+/// `fetch_ready`: data in place at once (a small read's buffer, in-capsule write data) goes
+/// straight back to the caller with no `DataReady` after it; a write whose data comes by R2T
+/// still waits for its H2CData and then comes as `DataReady`. The wire is the same either way.
+#[test]
+fn data_in_place_at_fetch_is_handed_over_at_once_and_only_once() {
+    let (mut c, _pool) = conn(4);
+    send_cmd(&mut c, opcode::NVM_READ, 1, 4096);
+    let data: Vec<u8> = (0..4096u32).map(|i| (i % 253) as u8).collect();
+    let sqe = sgl_cmd(opcode::NVM_WRITE, 2, 1, SglDescriptor::in_capsule(0, 4096));
+    send_sqe(&mut c, &sqe, Some(&data));
+    send_cmd(&mut c, opcode::NVM_WRITE, 3, 4096);
+    c.poll_recv().unwrap();
+    let mut direct = Vec::new();
+    let mut waiting = Vec::new();
+    while let Some(ev) = c.next_event() {
+        let ConnEvent::Command { slot, sqe, desc } = ev else {
+            panic!("no data is due before the commands are fetched: {ev:?}");
+        };
+        let len = match desc {
+            DataDesc::InCapsule { len, .. } | DataDesc::Remote { len, .. } => len,
+            other => panic!("{other:?}"),
+        };
+        let need = DataNeed {
+            len,
+            dir: sqe.data_direction(),
+            bdev: None,
+        };
+        if c.fetch_ready(slot, need) {
+            direct.push((sqe.cid, slot));
+        } else {
+            waiting.push((sqe.cid, slot));
+        }
+    }
+    assert_eq!(direct.iter().map(|d| d.0).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(waiting.iter().map(|d| d.0).collect::<Vec<_>>(), [3]);
+    let cap = c.capsule_mut(direct[1].1);
+    assert_eq!(cap.data_len, 4096);
+    assert!(cap.buf.as_ref().unwrap().as_slice()[..4096] == data[..]);
+    assert!(
+        c.capsule_mut(direct[0].1).buf.is_some(),
+        "the read has its buffer"
+    );
+    assert_eq!(
+        sent_types(&mut c),
+        [pdu_type::R2T],
+        "an R2T for the third only"
+    );
+    // Nothing more for the two handed over; the third comes once its data is in.
+    let h2c = h2c_for(&c, 3, &[0xcd; 4096]);
+    c.stream.input.extend(h2c);
+    c.poll_recv().unwrap();
+    assert_eq!(
+        c.next_event(),
+        Some(ConnEvent::DataReady { slot: waiting[0].1 })
+    );
+    assert_eq!(c.next_event(), None);
+    c.respond(direct[0].1, ok(1, 4096));
+    c.respond(direct[1].1, ok(2, 0));
+    c.respond(waiting[0].1, ok(3, 0));
+    assert_eq!(
+        sent_types(&mut c),
+        [
+            pdu_type::C2H_DATA,
+            pdu_type::CAPSULE_RESP,
+            pdu_type::CAPSULE_RESP,
+            pdu_type::CAPSULE_RESP
+        ]
+    );
+    assert!(c.inner.slots.iter().all(|s| s.state == SlotState::Free));
+}

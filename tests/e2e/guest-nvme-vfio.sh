@@ -65,9 +65,9 @@ refuse_unknown_bdf() {
 }
 
 refuse_other_driver() {
-    [[ $(pci_driver $BDF) == nvme ]] || { why "expected the kernel nvme driver at boot, got $(pci_driver $BDF)"; return 1; }
+    [[ $(pci_driver "$BDF") == nvme ]] || { why "expected the kernel nvme driver at boot, got $(pci_driver "$BDF")"; return 1; }
     local out
-    out=$("$BIN/nvmfd-nvme-selftest" --pci $BDF 2>&1) && { why "driver opened a device bound to nvme"; return 1; }
+    out=$("$BIN/nvmfd-nvme-selftest" --pci "$BDF" 2>&1) && { why "driver opened a device bound to nvme"; return 1; }
     note "$out"
     grep -q "bound to nvme, not vfio-pci" <<<"$out" || { why "unclear message: $out"; return 1; }
 }
@@ -81,13 +81,13 @@ refuse_mounted() {
     mkfs.ext4 -q -F "$dev" >/dev/null 2>&1 || { why "mkfs.ext4 $dev failed"; return 1; }
     mkdir -p /tmp/mnt || { why "mkdir /tmp/mnt"; return 1; }
     mount "$dev" /tmp/mnt || { why "mount $dev failed"; return 1; }
-    out=$("$NVMFD" setup --pci $BDF 2>&1)
+    out=$("$NVMFD" setup --pci "$BDF" 2>&1)
     local rc=$?
     umount /tmp/mnt
     ((rc != 0)) || { why "setup unbound a device with a mounted file system: $out"; return 1; }
     grep -q "is mounted on /tmp/mnt" <<<"$out" || { why "unclear message: $out"; return 1; }
     note "$out"
-    [[ $(pci_driver $BDF) == nvme ]] || { why "driver changed to $(pci_driver $BDF)"; return 1; }
+    [[ $(pci_driver "$BDF") == nvme ]] || { why "driver changed to $(pci_driver "$BDF")"; return 1; }
 }
 
 # `uring` with `passthrough: true` while the kernel's nvme driver owns the SSD: NVMe commands to
@@ -153,8 +153,8 @@ YAML
 
 setup_bind() {
     "$NVMFD" setup --status
-    "$NVMFD" setup --pci $BDF || { why "setup --pci failed"; return 1; }
-    [[ $(pci_driver $BDF) == vfio-pci ]] || { why "driver is $(pci_driver $BDF)"; return 1; }
+    "$NVMFD" setup --pci "$BDF" || { why "setup --pci failed"; return 1; }
+    [[ $(pci_driver "$BDF") == vfio-pci ]] || { why "driver is $(pci_driver "$BDF")"; return 1; }
     "$NVMFD" setup --status | grep "$BDF" | grep -q vfio-pci || { why "status does not show vfio-pci"; return 1; }
 }
 
@@ -174,13 +174,13 @@ daemon_uses_hugepages() {
 }
 
 selftest() {
-    "$BIN/nvmfd-nvme-selftest" --pci $BDF --nsid 1 || { why "self-test failed"; return 1; }
+    "$BIN/nvmfd-nvme-selftest" --pci "$BDF" --nsid 1 || { why "self-test failed"; return 1; }
 }
 
 # The nvme bdev takes buffers of the SSD's CMB domain and of host pools (by IOVA) in place (no
 # bounce); only buffers made on their own bounce; content compared every way.
 bdev_cmb() {
-    "$BIN/nvmfd-bdev-nvme-check" --pci $BDF --nsid 1 || { why "bdev CMB check failed"; return 1; }
+    "$BIN/nvmfd-bdev-nvme-check" --pci "$BDF" --nsid 1 || { why "bdev CMB check failed"; return 1; }
 }
 
 write_config() {
@@ -428,7 +428,7 @@ YAML
     pid=$!
     wait_for 60 grep -q "nvmfd started" "$log" || { why "nvmfd ($mode) did not start"; cat "$log"; kill "$pid"; return 1; }
     wait_for 10 grep -q "TEST-ONLY fault injection" "$log" || { why "the fault injection is not armed"; rc=1; }
-    cmd=$(pci_command $BDF)
+    cmd=$(pci_command "$BDF")
     note "PCI Command $cmd before"
     ((0x$cmd & 4)) || { why "bus mastering is off before the reset: $cmd"; rc=1; }
     out=$(timeout 120 "$BIN/nvmfd-perf" --addr 127.0.0.1:4423 --nqn $GONE_NQN --nsid 3 \
@@ -441,7 +441,7 @@ YAML
     wait_for 30 grep -q "controller given up" "$log" || { why "the controller was not given up"; tail -n 20 "$log"; rc=1; }
     grep -q "controller reset failed" "$log" || { why "no failed reset logged"; rc=1; }
     grep -m3 -E "reset failed|given up|leaked" "$log"
-    cmd=$(pci_command $BDF)
+    cmd=$(pci_command "$BDF")
     note "PCI Command $cmd after"
     if [[ $mode == bme ]]; then
         grep -q "controller given up with bus mastering off" "$log" || { why "bus mastering not reported off"; rc=1; }
@@ -482,8 +482,8 @@ restart_keeps_data() {
 }
 
 reset_to_kernel() {
-    "$NVMFD" setup --reset --pci $BDF || { why "setup --reset failed"; return 1; }
-    [[ $(pci_driver $BDF) == nvme ]] || { why "driver is $(pci_driver $BDF)"; return 1; }
+    "$NVMFD" setup --reset --pci "$BDF" || { why "setup --reset failed"; return 1; }
+    [[ $(pci_driver "$BDF") == nvme ]] || { why "driver is $(pci_driver "$BDF")"; return 1; }
     wait_for 30 kernel_nsdev || { why "kernel driver made no block device"; kmsg_tail; return 1; }
     local dev
     dev=$(kernel_nsdev)
@@ -508,7 +508,7 @@ io_flowing() { (($(io_count "$1") > $2)); }
 gone() { ! kill -0 "$1" 2>/dev/null; }
 hot_removal() {
     local log=/tmp/nvmfd-remove.log pid rc=0 dev1 dev2 fssd fram wpid t0 took base out i fr
-    [[ $(pci_driver $BDF) == vfio-pci ]] || "$NVMFD" setup --pci $BDF || { why "setup --pci failed"; return 1; }
+    [[ $(pci_driver "$BDF") == vfio-pci ]] || "$NVMFD" setup --pci "$BDF" || { why "setup --pci failed"; return 1; }
     cat >/tmp/nvmfd-remove.yaml <<YAML
 reactors: { count: 1 }
 state_dir: /tmp/nvmfd-remove-state
@@ -609,15 +609,15 @@ YAML
         kill -TERM "$pid"
         wait "$pid" || { why "nvmfd (remove) exited $?"; tail -n 20 "$log"; rc=1; }
     fi
-    nvme disconnect -n $RM_NQN >/dev/null 2>&1
+    timeout 90 nvme disconnect -n $RM_NQN >/dev/null 2>&1
     wait_for 60 no_ctrls $RM_NQN || { why "controllers left"; rc=1; }
     cp "$log" "${RIG_OUT:-/tmp}/nvmfd-remove.log" 2>/dev/null
     # A rescan brings the SSD back (on the kernel's nvme driver); setup binds it to vfio-pci again.
     echo 1 >/sys/bus/pci/rescan
-    wait_for 60 test -e /sys/bus/pci/devices/$BDF/driver || { why "$BDF not back after a rescan"; return 1; }
-    note "$BDF back after the rescan, driver $(pci_driver $BDF)"
-    "$NVMFD" setup --pci $BDF || { why "setup --pci after the rescan failed"; return 1; }
-    [[ $(pci_driver $BDF) == vfio-pci ]] || { why "driver after the rescan is $(pci_driver $BDF)"; return 1; }
+    wait_for 60 test -e "/sys/bus/pci/devices/$BDF/driver" || { why "$BDF not back after a rescan"; return 1; }
+    note "$BDF back after the rescan, driver $(pci_driver "$BDF")"
+    "$NVMFD" setup --pci "$BDF" || { why "setup --pci after the rescan failed"; return 1; }
+    [[ $(pci_driver "$BDF") == vfio-pci ]] || { why "driver after the rescan is $(pci_driver "$BDF")"; return 1; }
     return "$rc"
 }
 

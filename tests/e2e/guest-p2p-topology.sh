@@ -43,7 +43,7 @@ if [[ ${BASH_SOURCE[0]} == "$0" ]]; then
     set -uo pipefail
     TOPO_STANDALONE=1
     HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-    # shellcheck source=lib/common.sh
+    # shellcheck source=tests/e2e/lib/common.sh
     . "$HERE/lib/common.sh"
     [[ ${RIG_GUEST:-} == 1 || -n ${TOPO_ROOT:-} ]] ||
         { echo "run me through tests/e2e/nvme-vfio.sh (or with TOPO_ROOT)" >&2; exit 2; }

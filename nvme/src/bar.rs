@@ -293,7 +293,13 @@ mod tests {
         bar.revoke(true).unwrap();
         assert!(bar.revoked.load(Ordering::Acquire));
         bar.revoke(true).unwrap(); // idempotent
+                                   // Bounded: a reader that panicked (a torn value) must fail the test, not hang it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while seen_ones.load(Ordering::Relaxed) == 0 {
+            assert!(
+                std::time::Instant::now() < deadline && !readers.iter().any(|r| r.is_finished()),
+                "no reader saw the revoked BAR read all ones"
+            );
             std::thread::yield_now();
         }
         stop.store(true, Ordering::Relaxed);

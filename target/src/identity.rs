@@ -329,8 +329,9 @@ fn parse_serials(text: &str, file: &Path) -> anyhow::Result<Serials> {
         }
         let bad = |what: &str| {
             anyhow::anyhow!(
-                "{}:{}: {what} (each line is: NQN SERIAL; remove the file and nvmfd derives \
-                 default serials afresh, which changes them)",
+                "{}:{}: {what} (each line is: NQN SERIAL; mend or restore the line: without \
+                 this file nvmfd takes the state directory for an older nvmfd's and gives each \
+                 subsystem without `serial` its positional serial, which may differ)",
                 file.display(),
                 n + 1
             )

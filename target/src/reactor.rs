@@ -241,6 +241,13 @@ struct Count<'a> {
 #[inline]
 fn track_start(stats: &mut IoStats, cnt: &Count, c: &mut Conn, slot: u16, sqe: &Sqe) {
     if !stats.on {
+        // A command counted before counting went off whose slot is taken again (the transport
+        // ended it without an answer) ends here, so `tracking()` drains to false.
+        if stats.any_tracked() {
+            if let Some(t) = c.track.get_mut(slot as usize) {
+                stats.drop_track(t);
+            }
+        }
         return;
     }
     let io_queue = c.qp.is_connected() && c.qp.qid() != 0;

@@ -54,15 +54,23 @@ fn controller(pci: &str, opts: &OpenOptions) -> nvmfd_nvme::ctrl::Result<Arc<Con
     let bdf = nvmfd_nvme::sysfs::parse_bdf(pci).map_err(nvmfd_nvme::Error::Invalid)?;
     let mut open = CONTROLLERS.lock().unwrap_or_else(|p| p.into_inner());
     open.retain(|(_, w)| w.strong_count() > 0);
-    // A dead controller (given up, or released to the kernel after a hot-removal) is not
-    // shared: a bdev made now (the device rescanned and bound again) opens the SSD anew.
-    if let Some(c) = open
-        .iter()
+    // A controller released to the kernel (hot-removal) is not shared: a bdev made now (the
+    // device rescanned and bound again) opens the SSD anew. One given up but still holding its
+    // VFIO group cannot be opened a second time (the group is busy): say so rather than fail
+    // on the group.
+    let live: Vec<Arc<Controller>> = (open.iter())
         .filter(|(b, _)| *b == bdf)
         .filter_map(|(_, w)| w.upgrade())
-        .find(|c| !c.is_dead())
-    {
-        return Ok(c);
+        .filter(|c| !c.is_released())
+        .collect();
+    if let Some(c) = live.iter().find(|c| !c.is_dead()) {
+        return Ok(c.clone());
+    }
+    if !live.is_empty() {
+        return Err(nvmfd_nvme::ctrl::Error::Invalid(format!(
+            "NVMe controller {bdf} was given up (failed reset or removal) and is still held by \
+             this nvmfd: remove the bdevs on it and restart nvmfd to use the SSD again"
+        )));
     }
     let c = Controller::open(&bdf, opts)?;
     open.push((bdf, Arc::downgrade(&c)));

@@ -467,21 +467,16 @@ fn mark_stale(v: &mut Value, seen: &Seen) {
 
 /// The connected queue pairs of a subsystem, each reported by the reactor it lives on. A
 /// reactor that did not answer in time shows the queue pairs of its last report, each marked
-/// `"stale": true` with `age_ms`; one never heard from is one entry of its own, with its
-/// `thread` and `"reported": false` (its queue pairs are unknown, not absent).
+/// `"stale": true` with `age_ms`. Every element is one queue pair, as in SPDK (clients count
+/// them and read `qid`/`listen_address` of each): a reactor never heard from adds none here;
+/// `nvmf_get_stats` and `nvmfd_get_p2p` list it as `"reported": false`.
 fn nvmf_subsystem_get_qpairs(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: SubsysQuery = params(p)?;
     check_tgt(&q.tgt_name)?;
     let sref = find_subsys(ctx, &q.nqn)?;
     let mut out = Vec::new();
-    let mut unknown = Vec::new();
     for seen in ctx.live.collect() {
         let Some(r) = &seen.report else {
-            let mut v = json!({"thread": poll_group(seen.reactor)});
-            if let Some(o) = v.as_object_mut() {
-                o.extend(reports::freshness_json(&seen));
-            }
-            unknown.push(v);
             continue;
         };
         for qp in r.qpairs.iter().filter(|x| x.subsys == sref) {
@@ -501,9 +496,7 @@ fn nvmf_subsystem_get_qpairs(ctx: &Call, p: Option<&Value>) -> Result<Value, Rpc
         }
     }
     out.sort_by_key(|(k, _)| *k);
-    Ok(Value::Array(
-        out.into_iter().map(|(_, v)| v).chain(unknown).collect(),
-    ))
+    Ok(Value::Array(out.into_iter().map(|(_, v)| v).collect()))
 }
 
 #[derive(Deserialize)]
@@ -522,8 +515,9 @@ const TICK_RATE: u64 = 1_000_000_000;
 /// `io_qpairs` (connected since start), `current_admin_qpairs`, `current_io_qpairs`,
 /// `pending_bdev_io`, `completed_nvme_io` and `transports` (one `{"trtype": ...}` per transport
 /// served). Every reactor is listed: one that did not answer in time with its last report,
-/// marked `"stale": true` with `age_ms` and `misses`; one never heard from with only its name
-/// and `"stale": true, "reported": false`.
+/// marked `"stale": true` with `age_ms` and `misses`; one never heard from with SPDK's members
+/// all zero, no transports, and `"stale": true, "reported": false` (scripts iterate
+/// `.poll_groups[].transports[]`, so no member may be missing).
 fn nvmf_get_stats(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
     let q: TgtOnly = params(p)?;
     check_tgt(&q.tgt_name)?;
@@ -545,7 +539,16 @@ fn nvmf_get_stats(ctx: &Call, p: Option<&Value>) -> Result<Value, RpcError> {
                         TransportKind::Rdma => "RDMA",
                     }})).collect::<Vec<_>>(),
                 }),
-                None => json!({"name": poll_group(seen.reactor)}),
+                None => json!({
+                    "name": poll_group(seen.reactor),
+                    "admin_qpairs": 0,
+                    "io_qpairs": 0,
+                    "current_admin_qpairs": 0,
+                    "current_io_qpairs": 0,
+                    "pending_bdev_io": 0,
+                    "completed_nvme_io": 0,
+                    "transports": [],
+                }),
             };
             if let Some(o) = v.as_object_mut() {
                 o.extend(reports::freshness_json(seen));

@@ -109,6 +109,14 @@ state_dir: {}
     let mut heard = false;
     // Every other call misses the reactor; stop once each method showed it fresh and stale.
     for round in 0..20 {
+        // Before every call the reactor is let fall asleep (1024 empty polls, well under
+        // 200 ms): calls in quick succession are work for it, and a reactor kept awake by them
+        // answers every call in time (seen: 20 fresh rounds in 0.13 s). Asleep for 4 s, it
+        // misses a call (stale after the 2 s deadline) and answers the next one when it wakes
+        // (fresh), so consecutive calls alternate; with three calls a round, each method sees
+        // both within two rounds.
+        let nap = || std::thread::sleep(Duration::from_millis(200));
+        nap();
         let stats = call(&mut c, "nvmf_get_stats", json!({}));
         assert_eq!(stats["tick_rate"], 1_000_000_000u64, "{stats}");
         let groups = stats["poll_groups"].as_array().expect("poll_groups");
@@ -151,6 +159,7 @@ state_dir: {}
         }
         seen_stats.push(s);
 
+        nap();
         let qps = call(&mut c, "nvmf_subsystem_get_qpairs", json!({"nqn": NQN}));
         let qps = qps.as_array().expect("an array");
         // Every element is a queue pair (SPDK's shape): a reactor never heard from adds none.
@@ -174,6 +183,7 @@ state_dir: {}
         }
 
         if seen_stats.contains(&Shown::Stale) && !p2p_stale {
+            nap();
             let p = call(&mut c, "nvmfd_get_p2p", json!({}));
             let r = p["reactors"].as_array().expect("reactors");
             assert_eq!(r.len(), 1, "{p}");

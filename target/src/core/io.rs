@@ -77,6 +77,28 @@ fn admitted<'a>(
     Ok(ns)
 }
 
+/// A Read or Write of `cap` on block device `bdev` (blocks of `block_size` bytes), once its
+/// namespace and range are known good: the buffer must hold the whole transfer.
+#[inline]
+fn read_write(cap: &Capsule, bdev: usize, block_size: u32, fua: bool) -> Result<Checked, Status> {
+    let sqe = &cap.sqe;
+    let (lba, blocks) = (sqe.slba(), sqe.nlb());
+    let bytes = blocks as u64 * block_size as u64;
+    if cap
+        .buf
+        .as_ref()
+        .is_none_or(|b| (b.capacity() as u64) < bytes)
+    {
+        return Err(Status::DATA_SGL_LENGTH_INVALID);
+    }
+    let op = if sqe.opcode == opcode::NVM_READ {
+        Op::Read { lba, blocks }
+    } else {
+        Op::Write { lba, blocks, fua }
+    };
+    Ok(Checked::Io { bdev, op })
+}
+
 /// Validate an I/O command against its namespace and turn it into a block-device operation.
 /// `found` is the block device and block size admission found for it in this same snapshot
 /// (its checks then hold as they were: only what needs the data is looked at again).
@@ -98,21 +120,7 @@ pub fn check(
     if let (Some((bdev, block_size)), opcode::NVM_READ | opcode::NVM_WRITE) = (found, sqe.opcode) {
         // Namespace, LBA range, MDTS and SGL length were checked at admission against this
         // snapshot; the buffer is the one thing that came since.
-        let (lba, blocks) = (sqe.slba(), sqe.nlb());
-        let bytes = blocks as u64 * block_size as u64;
-        if cap
-            .buf
-            .as_ref()
-            .is_none_or(|b| (b.capacity() as u64) < bytes)
-        {
-            return Err(Status::DATA_SGL_LENGTH_INVALID);
-        }
-        let op = if sqe.opcode == opcode::NVM_READ {
-            Op::Read { lba, blocks }
-        } else {
-            Op::Write { lba, blocks, fua }
-        };
-        return Ok(Checked::Io { bdev, op });
+        return read_write(cap, bdev, block_size, fua);
     }
     // The admission rules again, with the data in place: the namespace may have changed since
     // (live reconfiguration swaps the target between the two phases).
@@ -123,23 +131,7 @@ pub fn check(
             .is_some_and(|end| end <= ns.info.num_blocks)
     };
     match sqe.opcode {
-        opcode::NVM_READ | opcode::NVM_WRITE => {
-            let (lba, blocks) = (sqe.slba(), sqe.nlb());
-            let bytes = blocks as u64 * ns.info.block_size as u64;
-            if cap
-                .buf
-                .as_ref()
-                .is_none_or(|b| (b.capacity() as u64) < bytes)
-            {
-                return Err(Status::DATA_SGL_LENGTH_INVALID);
-            }
-            let op = if sqe.opcode == opcode::NVM_READ {
-                Op::Read { lba, blocks }
-            } else {
-                Op::Write { lba, blocks, fua }
-            };
-            Ok(Checked::Io { bdev, op })
-        }
+        opcode::NVM_READ | opcode::NVM_WRITE => read_write(cap, bdev, ns.info.block_size, fua),
         opcode::NVM_FLUSH => Ok(Checked::Io {
             bdev,
             op: Op::Flush,
